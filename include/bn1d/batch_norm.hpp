@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: MIT
+/// @file batch_norm.hpp
+/// @brief Functional batch normalization over (N, C) and (N, C, L) inputs, and its separable steps.
+///
+/// Conventions used throughout:
+/// - Statistics are per channel c over the n = N·L values x[:, c, :].
+/// - Normalization uses the **biased** batch variance M2 / n. The running variance is updated with
+///   the **unbiased** variance M2 / (n − 1).
+/// - Momentum follows PyTorch: running = (1 − momentum) · running + momentum · observed.
+///   (The module turns momentum = nullopt into 1 / num_batches_tracked, a cumulative average.)
+/// - invstd = 1 / sqrt(var + eps), except that var + eps == 0 gives invstd = 0 so that a constant
+///   channel with eps = 0 normalizes to 0 (as PyTorch does), never NaN.
+/// - Inputs may have any strides; outputs are new contiguous tensors of the input's shape.
+///   Statistics (mean, M2, invstd, gradient sums) are float64 tensors of shape {C}, accumulated
+///   in float64 for float32 and float64 inputs alike.
+///
+/// Distributed training inserts a reduction between the steps:
+///   forward:  batch_stats → combine_stats (across ranks) → normalization_from_batch → batch_norm_apply
+///   backward: backward_stats → combine_grad_stats (across ranks) → batch_norm_backward_apply
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "bn1d/tensor.hpp"
+
+namespace bn1d {
+
+/// Per-channel partial statistics of a batch: count, mean and M2 = Σ (x − mean)².
+struct BatchStats {
+  int64_t count = 0;  ///< values per channel, N·L
+  Tensor mean;        ///< float64 {C}
+  Tensor m2;          ///< float64 {C}, sum of squared deviations from mean
+};
+
+/// Per-channel sums needed by the backward pass, over the same n = N·L values per channel.
+struct GradStats {
+  int64_t count = 0;  ///< values per channel, N·L
+  Tensor sum_dy;      ///< float64 {C}: Σ dy
+  Tensor sum_dy_xmu;  ///< float64 {C}: Σ dy · (x − mean)
+};
+
+/// Mean and inverse standard deviation used to normalize each channel.
+struct Normalization {
+  Tensor mean;    ///< float64 {C}
+  Tensor invstd;  ///< float64 {C}: 1 / sqrt(var + eps) (0 when var + eps == 0)
+};
+
+/// Gradients of a batch-norm call. Undefined tensors where the gradient does not exist
+/// (weight and bias without affine parameters).
+struct BatchNormGradients {
+  Tensor input;   ///< same shape and dtype as the input, contiguous
+  Tensor weight;  ///< {C}, the parameters' dtype
+  Tensor bias;    ///< {C}, the parameters' dtype
+};
+
+/// Step 1 of the forward pass: per-channel count, mean and M2 of @p input ((N, C) or (N, C, L),
+/// float32/float64, any strides). An empty batch gives count 0, mean 0 and M2 0.
+BatchStats batch_stats(const Tensor& input);
+
+/// Step 2: merges partial statistics of disjoint batches with Chan's parallel formula, in the
+/// order given (deterministic). Parts with count 0 contribute nothing. All parts must have the
+/// same channel count.
+BatchStats combine_stats(std::span<const BatchStats> parts);
+
+/// Normalization with the biased variance of @p stats: invstd = 1 / sqrt(M2 / count + eps).
+/// Throws Error if count is 0.
+Normalization normalization_from_batch(const BatchStats& stats, double eps);
+
+/// Normalization with running statistics (evaluation mode): invstd = 1 / sqrt(running_var + eps).
+/// Throws Error if running_var + eps is negative in any channel.
+Normalization normalization_from_running(const Tensor& running_mean, const Tensor& running_var,
+                                         double eps);
+
+/// Updates running statistics in place with the **unbiased** variance M2 / (count − 1):
+/// running = (1 − momentum) · running + momentum · observed. Requires count > 1.
+void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
+                          const BatchStats& stats, double momentum);
+
+/// Step 3: y = (x − mean) · invstd · weight + bias per channel. @p weight and @p bias may be
+/// undefined (treated as 1 and 0). Returns a new contiguous tensor of the input's shape.
+Tensor batch_norm_apply(const Tensor& input, const Normalization& norm, const Tensor& weight,
+                        const Tensor& bias);
+
+/// torch.nn.functional.batch_norm. With @p training, normalizes with batch statistics and, when
+/// running_mean/running_var are defined, updates them in place with @p momentum (unbiased
+/// variance). Without @p training, normalizes with the running statistics, which must be defined.
+/// Throws Error for N·L == 1 in training mode. An empty batch (no elements) returns an empty
+/// output and leaves the running statistics unchanged.
+Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
+                  const Tensor& weight, const Tensor& bias, bool training, double momentum = 0.1,
+                  double eps = 1e-5);
+
+/// Step 1 of the backward pass: per-channel Σ dy and Σ dy · (x − mean), with mean = norm.mean.
+/// @p grad_output must have the input's shape and dtype (any strides).
+GradStats backward_stats(const Tensor& grad_output, const Tensor& input, const Normalization& norm);
+
+/// Step 2: sums partial gradient statistics of disjoint batches, in the order given.
+GradStats combine_grad_stats(std::span<const GradStats> parts);
+
+/// Step 3, input gradient. With @p batch_statistics (the forward normalized with statistics of
+/// the batch described by @p global, e.g. the combined global batch) the mean and variance
+/// depend on x:
+///   dx = w·invstd · (dy − Σdy / n − (x − mean) · invstd² · Σdy(x − mean) / n),   n = global.count.
+/// Without it (running statistics were constants): dx = w · invstd · dy.
+/// @p weight may be undefined (treated as 1). Returns a new contiguous tensor of the input's shape.
+Tensor batch_norm_backward_input(const Tensor& grad_output, const Tensor& input,
+                                 const Normalization& norm, const Tensor& weight,
+                                 const GradStats& global, bool batch_statistics);
+
+/// Parameter gradients from (local) gradient statistics, in @p dtype:
+///   grad_weight = Σ dy · (x − mean) · invstd,   grad_bias = Σ dy.
+BatchNormGradients batch_norm_backward_params(const GradStats& stats, const Normalization& norm,
+                                              DType dtype);
+
+/// The whole backward pass of one batch_norm call: the three steps above without a
+/// reduction. @p batch_statistics says whether the forward used batch statistics (training, or
+/// no running statistics). Weight and bias gradients are computed only when @p affine.
+BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& input,
+                                       const Normalization& norm, const Tensor& weight,
+                                       bool batch_statistics, bool affine);
+
+}  // namespace bn1d

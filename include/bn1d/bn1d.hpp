@@ -1,0 +1,10 @@
+// SPDX-License-Identifier: MIT
+/// @file bn1d.hpp
+/// @brief Umbrella header: everything public in bn1d.
+#pragma once
+
+#include "bn1d/batch_norm.hpp"
+#include "bn1d/error.hpp"
+#include "bn1d/module.hpp"
+#include "bn1d/state.hpp"
+#include "bn1d/tensor.hpp"

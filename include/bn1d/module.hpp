@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: MIT
+/// @file module.hpp
+/// @brief BatchNorm1d: the stateful module of torch.nn.BatchNorm1d / R torch nn_batch_norm1d.
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <optional>
+#include <string>
+
+#include "bn1d/batch_norm.hpp"
+#include "bn1d/state.hpp"
+#include "bn1d/tensor.hpp"
+
+namespace bn1d {
+
+/// Options of a BatchNorm1d, with PyTorch's defaults. Setters chain:
+/// `BatchNorm1dOptions(64).eps(1e-3).momentum(std::nullopt)`.
+class BatchNorm1dOptions {
+ public:
+  /// @p num_features: C of an (N, C) or (N, C, L) input. Validated when the module is built.
+  explicit BatchNorm1dOptions(int64_t num_features) : num_features_(num_features) {}
+
+  /// Number of channels C.
+  int64_t num_features() const noexcept { return num_features_; }
+  /// Added to the variance before the square root (default 1e-5; must be finite and ≥ 0).
+  BatchNorm1dOptions& eps(double value) { eps_ = value; return *this; }
+  double eps() const noexcept { return eps_; }
+  /// Weight of the newest batch in the running statistics: running = (1 − m)·running + m·batch
+  /// (default 0.1, must be in [0, 1]). std::nullopt gives a cumulative moving average,
+  /// m = 1 / num_batches_tracked.
+  BatchNorm1dOptions& momentum(std::optional<double> value) { momentum_ = value; return *this; }
+  std::optional<double> momentum() const noexcept { return momentum_; }
+  /// Learnable per-channel weight (γ, init 1) and bias (β, init 0) (default true).
+  BatchNorm1dOptions& affine(bool value) { affine_ = value; return *this; }
+  bool affine() const noexcept { return affine_; }
+  /// Keep running_mean/running_var/num_batches_tracked and use them in eval mode (default true).
+  /// When false, batch statistics are used in training and eval mode alike.
+  BatchNorm1dOptions& track_running_stats(bool value) { track_ = value; return *this; }
+  bool track_running_stats() const noexcept { return track_; }
+  /// dtype of the parameters and buffers, and of the inputs the module accepts (default Float32).
+  BatchNorm1dOptions& dtype(DType value) { dtype_ = value; return *this; }
+  DType dtype() const noexcept { return dtype_; }
+
+ private:
+  int64_t num_features_;
+  double eps_ = 1e-5;
+  std::optional<double> momentum_ = 0.1;
+  bool affine_ = true;
+  bool track_ = true;
+  DType dtype_ = DType::Float32;
+};
+
+/// Batch normalization over (N, C) or (N, C, L) inputs, exactly as torch.nn.BatchNorm1d:
+///
+///   y = (x − E[x]) / sqrt(Var[x] + eps) · weight + bias,   per channel over N·L values.
+///
+/// Training mode normalizes with the batch mean and **biased** variance and, when tracking,
+/// updates running_mean/running_var with momentum using the **unbiased** variance
+/// (n / (n − 1) · biased, n = N·L) and increments num_batches_tracked. Eval mode normalizes with
+/// the running statistics; without track_running_stats it uses batch statistics in both modes.
+///
+/// Differences from PyTorch (deliberate): a call that throws changes nothing (PyTorch increments
+/// num_batches_tracked before validating); an empty batch (N·L·C == 0) returns an empty output and
+/// changes no state.
+///
+/// Thread safety: distinct modules may be used concurrently. A module's forward/backward mutate
+/// it (saved input, running statistics), so one module must not be called from several threads at
+/// once.
+class BatchNorm1d {
+ public:
+  /// Gradients returned by backward(): input, weight, bias (undefined without affine).
+  using Gradients = BatchNormGradients;
+
+  /// BatchNorm1d(num_features) with default options.
+  explicit BatchNorm1d(int64_t num_features);
+  /// Throws Error for num_features < 1, eps negative or non-finite, momentum outside [0, 1] or
+  /// non-finite, or a dtype other than Float32/Float64.
+  explicit BatchNorm1d(const BatchNorm1dOptions& options);
+  /// Deep copy: the copy's parameters and buffers are independent of the original's.
+  BatchNorm1d(const BatchNorm1d& other);
+  /// Deep copy assignment.
+  BatchNorm1d& operator=(const BatchNorm1d& other);
+  BatchNorm1d(BatchNorm1d&&) noexcept = default;
+  BatchNorm1d& operator=(BatchNorm1d&&) noexcept = default;
+  ~BatchNorm1d() = default;
+
+  /// Normalizes @p input ((N, C) or (N, C, L), the module's dtype, any strides) and returns a
+  /// new contiguous tensor of the same shape. Saves what backward() needs (a reference to the
+  /// input: its memory must stay valid until backward()).
+  Tensor forward(const Tensor& input);
+  /// Same as forward().
+  Tensor operator()(const Tensor& input) { return forward(input); }
+
+  /// Gradients of the most recent forward() with respect to its input, weight and bias, for
+  /// @p grad_output of the output's shape and dtype. Throws Error before any forward().
+  Gradients backward(const Tensor& grad_output);
+
+  /// Sets training (true) or evaluation (false) mode; returns *this.
+  BatchNorm1d& train(bool on = true) noexcept { training_ = on; return *this; }
+  /// Sets evaluation mode; returns *this.
+  BatchNorm1d& eval() noexcept { return train(false); }
+  /// True in training mode (the initial mode).
+  bool is_training() const noexcept { return training_; }
+
+  /// Running statistics to mean 0, variance 1, num_batches_tracked 0; weight 1 and bias 0.
+  void reset_parameters();
+  /// Running statistics to mean 0, variance 1, num_batches_tracked 0.
+  void reset_running_stats();
+
+  /// γ, shape {C}; undefined without affine. Its values may be changed in place.
+  Tensor& weight() noexcept { return weight_; }
+  const Tensor& weight() const noexcept { return weight_; }
+  /// β, shape {C}; undefined without affine.
+  Tensor& bias() noexcept { return bias_; }
+  const Tensor& bias() const noexcept { return bias_; }
+  /// Running mean, shape {C}; undefined without track_running_stats.
+  Tensor& running_mean() noexcept { return running_mean_; }
+  const Tensor& running_mean() const noexcept { return running_mean_; }
+  /// Running **unbiased** variance, shape {C}; undefined without track_running_stats.
+  Tensor& running_var() noexcept { return running_var_; }
+  const Tensor& running_var() const noexcept { return running_var_; }
+  /// Number of training forwards seen while tracking (0 without track_running_stats).
+  int64_t num_batches_tracked() const noexcept { return num_batches_tracked_; }
+  /// The options the module was built with.
+  const BatchNorm1dOptions& options() const noexcept { return options_; }
+
+  /// weight, bias, running_mean, running_var (clones) and num_batches_tracked (int64 scalar),
+  /// in PyTorch's order, only those that exist.
+  StateDict state_dict() const;
+  /// Copies matching entries of @p state into the module. With @p strict, missing and unexpected
+  /// keys are errors (a missing num_batches_tracked is allowed and loads as 0). Wrong shapes or
+  /// dtypes are always errors naming the key. On any error the module is unchanged.
+  void load_state_dict(const StateDict& state, bool strict = true);
+  /// Saves state_dict() to @p path as safetensors.
+  void save(const std::string& path) const;
+  /// Loads the entries `prefix + key` of a safetensors file (one layer of a whole-model file),
+  /// strictly: missing or unexpected keys under @p prefix are errors. Module unchanged on error.
+  void load(const std::string& path, const std::string& prefix = "");
+
+ private:
+  void validate_state(int64_t channels) const;
+
+  BatchNorm1dOptions options_;
+  bool training_ = true;
+  Tensor weight_, bias_, running_mean_, running_var_;
+  int64_t num_batches_tracked_ = 0;
+
+  // Saved by forward() for backward().
+  Tensor saved_input_;
+  Normalization saved_norm_;
+  bool saved_batch_statistics_ = false;
+};
+
+/// Prints `BatchNorm1d(100, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)`
+/// (`momentum=None` for a cumulative average); numbers as Python prints them.
+std::ostream& operator<<(std::ostream& os, const BatchNorm1d& module);
+
+}  // namespace bn1d

@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: MIT
+/// @file tensor.hpp
+/// @brief A minimal strided tensor: owning (shared storage) or a non-owning view of caller memory.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bn1d/error.hpp"
+
+namespace bn1d {
+
+/// Element type of a Tensor. Float32 and Float64 are the types BatchNorm1d computes in;
+/// Int64 exists for state dicts (num_batches_tracked).
+enum class DType { Float32, Float64, Int64 };
+
+/// Sizes or strides of a tensor, in elements. Brace-initializable: `{N, C, L}`.
+using Shape = std::vector<int64_t>;
+
+/// Size of one element of @p dtype in bytes.
+std::size_t element_size(DType dtype) noexcept;
+
+/// Lower-case name of @p dtype: "float32", "float64", "int64".
+const char* dtype_name(DType dtype) noexcept;
+
+/// Formats a shape as PyTorch prints a size list: `[20, 100]`.
+std::string format_shape(const Shape& shape);
+
+/// Formats @p value as Python's repr(float) does: shortest round-trip digits, scientific
+/// notation below 1e-4 or from 1e16 (`1e-05`, `0.1`, `1.0`).
+std::string python_float_repr(double value);
+
+/// The DType of C++ type T (float, double, int64_t).
+template <class T>
+constexpr DType dtype_of();
+template <>
+constexpr DType dtype_of<float>() { return DType::Float32; }
+template <>
+constexpr DType dtype_of<double>() { return DType::Float64; }
+template <>
+constexpr DType dtype_of<int64_t>() { return DType::Int64; }
+
+/// A strided n-dimensional array of one DType.
+///
+/// Copies of a Tensor share its storage (like torch.Tensor); clone() makes an independent copy.
+/// A Tensor made by from_blob() is a view of caller memory and does not own it: that memory must
+/// outlive every Tensor (and every module call) that refers to it.
+/// A default-constructed Tensor is *undefined* and plays the role of torch's None.
+class Tensor {
+ public:
+  /// An undefined tensor (torch's None).
+  Tensor() = default;
+
+  /// A new contiguous tensor with uninitialized contents.
+  static Tensor empty(Shape sizes, DType dtype = DType::Float32);
+  /// A new contiguous tensor filled with 0.
+  static Tensor zeros(Shape sizes, DType dtype = DType::Float32);
+  /// A new contiguous tensor filled with 1.
+  static Tensor ones(Shape sizes, DType dtype = DType::Float32);
+  /// A new contiguous tensor filled with @p value (converted to @p dtype).
+  static Tensor full(Shape sizes, double value, DType dtype = DType::Float32);
+  /// Wraps caller memory without copying. @p strides are in elements, one per size, and may be
+  /// zero or negative (@p ptr then points at the element with all indices 0). Throws Error on
+  /// negative sizes, a stride count that differs from the size count, a null @p ptr for a
+  /// non-empty tensor, or sizes/strides whose element offsets overflow int64.
+  static Tensor from_blob(void* ptr, Shape sizes, Shape strides, DType dtype);
+  /// Wraps contiguous (row-major) caller memory without copying.
+  static Tensor from_blob(void* ptr, Shape sizes, DType dtype);
+
+  /// False for a default-constructed tensor.
+  bool defined() const noexcept { return defined_; }
+  /// Element type.
+  DType dtype() const noexcept { return dtype_; }
+  /// Sizes, one per dimension.
+  const Shape& sizes() const noexcept { return sizes_; }
+  /// Strides in elements, one per dimension.
+  const Shape& strides() const noexcept { return strides_; }
+  /// Number of dimensions (0 for a scalar).
+  int64_t dim() const noexcept { return static_cast<int64_t>(sizes_.size()); }
+  /// Size of dimension @p d; negative @p d counts from the end. Throws Error when out of range.
+  int64_t size(int64_t d) const;
+  /// Number of elements (product of sizes; 1 for a scalar).
+  int64_t numel() const noexcept { return numel_; }
+  /// True when the strides are those of a row-major array of these sizes (dimensions of size 1
+  /// may have any stride).
+  bool is_contiguous() const noexcept;
+
+  /// Typed pointer to the element with all indices 0. Throws Error if undefined or if T does
+  /// not match dtype(). Constness is shallow, as in torch: the data of a const Tensor may change.
+  template <class T>
+  T* data() const {
+    check_access(dtype_of<T>());
+    return static_cast<T*>(data_);
+  }
+  /// Untyped pointer to the element with all indices 0 (nullptr when undefined).
+  void* raw_data() const noexcept { return data_; }
+
+  /// This tensor if it is contiguous, else a contiguous copy.
+  Tensor contiguous() const;
+  /// A contiguous copy with its own storage.
+  Tensor clone() const;
+  /// Copies the values of @p src into this tensor (same sizes and dtype, any strides on either
+  /// side). Throws Error on a mismatch, before writing anything.
+  void copy_from(const Tensor& src) const;
+
+ private:
+  void check_access(DType requested) const;
+
+  std::shared_ptr<void> storage_;
+  void* data_ = nullptr;
+  DType dtype_ = DType::Float32;
+  Shape sizes_;
+  Shape strides_;
+  int64_t numel_ = 0;
+  bool defined_ = false;
+};
+
+/// A new contiguous tensor of standard-normal samples, reproducible from @p seed
+/// (mt19937_64 and Box-Muller: identical on every platform). @p dtype: Float32 or Float64.
+Tensor randn(Shape sizes, DType dtype = DType::Float32, uint64_t seed = 0);
+
+}  // namespace bn1d

@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: MIT
+// Scalar reference kernels (see reference.hpp). Channels are independent, so they are split
+// across OpenMP threads; each channel is reduced serially, so results never depend on the
+// thread count.
+#include "kernels/reference.hpp"
+
+namespace bn1d::kernels::reference {
+namespace {
+
+// Below this many elements a call runs on one thread: forking costs more than it saves.
+constexpr int64_t kMinElementsPerThread = 1 << 15;
+
+template <class T>
+double at(const View3& v, int64_t n, int64_t c, int64_t l) {
+  return static_cast<double>(static_cast<const T*>(v.data)[n * v.sN + c * v.sC + l * v.sL]);
+}
+
+int thread_count(const View3& x) {
+  const int64_t work = x.N * x.C * x.L / kMinElementsPerThread;
+  return static_cast<int>(work < 1 ? 1 : (work > 1024 ? 1024 : work));
+}
+
+template <class T>
+void channel_stats_t(double* mean, double* m2, const View3& x) {
+  const int64_t N = x.N, C = x.C, L = x.L;
+  const double n_inv = 1.0 / static_cast<double>(N * L);
+#pragma omp parallel for schedule(static) num_threads(thread_count(x))
+  for (int64_t c = 0; c < C; ++c) {
+    double sum = 0.0;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t l = 0; l < L; ++l) sum += at<T>(x, n, c, l);
+    const double mu = N * L > 0 ? sum * n_inv : 0.0;
+    double sq = 0.0;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t l = 0; l < L; ++l) {
+        const double d = at<T>(x, n, c, l) - mu;
+        sq += d * d;
+      }
+    mean[c] = mu;
+    m2[c] = sq;
+  }
+}
+
+template <class T>
+void normalize_t(T* y, const View3& x, const double* mean, const double* scale,
+                 const double* shift) {
+  const int64_t N = x.N, C = x.C, L = x.L;
+#pragma omp parallel for schedule(static) num_threads(thread_count(x))
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t l = 0; l < L; ++l)
+        y[(n * C + c) * L + l] = static_cast<T>((at<T>(x, n, c, l) - mean[c]) * scale[c] + shift[c]);
+}
+
+template <class T>
+void backward_sums_t(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
+                     const double* mean) {
+  const int64_t N = x.N, C = x.C, L = x.L;
+#pragma omp parallel for schedule(static) num_threads(thread_count(x))
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0.0, sx = 0.0;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t l = 0; l < L; ++l) {
+        const double g = at<T>(dy, n, c, l);
+        s += g;
+        sx += g * (at<T>(x, n, c, l) - mean[c]);
+      }
+    sum_dy[c] = s;
+    sum_dy_xmu[c] = sx;
+  }
+}
+
+template <class T>
+void backward_input_t(T* dx, const View3& dy, const View3& x, const double* mean,
+                      const double* a, const double* b, const double* k) {
+  const int64_t N = x.N, C = x.C, L = x.L;
+#pragma omp parallel for schedule(static) num_threads(thread_count(x))
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t l = 0; l < L; ++l)
+        dx[(n * C + c) * L + l] = static_cast<T>(
+            a[c] * at<T>(dy, n, c, l) + b[c] * (at<T>(x, n, c, l) - mean[c]) + k[c]);
+}
+
+}  // namespace
+
+void channel_stats(double* mean, double* m2, const View3& x) {
+  if (x.dtype == DType::Float32) channel_stats_t<float>(mean, m2, x);
+  else channel_stats_t<double>(mean, m2, x);
+}
+
+void normalize(void* y, const View3& x, const double* mean, const double* scale,
+               const double* shift) {
+  if (x.dtype == DType::Float32) normalize_t(static_cast<float*>(y), x, mean, scale, shift);
+  else normalize_t(static_cast<double*>(y), x, mean, scale, shift);
+}
+
+void backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
+                   const double* mean) {
+  if (x.dtype == DType::Float32) backward_sums_t<float>(sum_dy, sum_dy_xmu, dy, x, mean);
+  else backward_sums_t<double>(sum_dy, sum_dy_xmu, dy, x, mean);
+}
+
+void backward_input(void* dx, const View3& dy, const View3& x, const double* mean,
+                    const double* a, const double* b, const double* k) {
+  if (x.dtype == DType::Float32) backward_input_t(static_cast<float*>(dx), dy, x, mean, a, b, k);
+  else backward_input_t(static_cast<double*>(dx), dy, x, mean, a, b, k);
+}
+
+}  // namespace bn1d::kernels::reference

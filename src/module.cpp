@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: MIT
+// BatchNorm1d: owns parameters and buffers and orchestrates the functional steps. Every check
+// runs before the first mutation, so a call that throws leaves the module unchanged.
+#include "bn1d/module.hpp"
+
+#include <cmath>
+#include <ostream>
+
+#include "validate.hpp"
+
+namespace bn1d {
+namespace {
+
+void check_options(const BatchNorm1dOptions& o) {
+  if (o.num_features() < 1) {
+    throw Error("num_features: expected a positive channel count, got " +
+                std::to_string(o.num_features()));
+  }
+  detail::check_eps(o.eps());
+  if (o.momentum()) detail::check_momentum(*o.momentum());
+  if (o.dtype() != DType::Float32 && o.dtype() != DType::Float64) {
+    throw Error(std::string("dtype: expected float32 or float64, got ") + dtype_name(o.dtype()));
+  }
+}
+
+std::string module_name(const BatchNorm1dOptions& o) {
+  return "BatchNorm1d(" + std::to_string(o.num_features()) + ")";
+}
+
+}  // namespace
+
+BatchNorm1d::BatchNorm1d(int64_t num_features) : BatchNorm1d(BatchNorm1dOptions(num_features)) {}
+
+BatchNorm1d::BatchNorm1d(const BatchNorm1dOptions& options) : options_(options) {
+  check_options(options_);
+  const int64_t C = options_.num_features();
+  if (options_.affine()) {
+    weight_ = Tensor::ones({C}, options_.dtype());
+    bias_ = Tensor::zeros({C}, options_.dtype());
+  }
+  if (options_.track_running_stats()) {
+    running_mean_ = Tensor::zeros({C}, options_.dtype());
+    running_var_ = Tensor::ones({C}, options_.dtype());
+  }
+}
+
+BatchNorm1d::BatchNorm1d(const BatchNorm1d& other)
+    : options_(other.options_),
+      training_(other.training_),
+      weight_(other.weight_.clone()),
+      bias_(other.bias_.clone()),
+      running_mean_(other.running_mean_.clone()),
+      running_var_(other.running_var_.clone()),
+      num_batches_tracked_(other.num_batches_tracked_),
+      saved_input_(other.saved_input_),
+      saved_norm_(other.saved_norm_),
+      saved_batch_statistics_(other.saved_batch_statistics_) {}
+
+BatchNorm1d& BatchNorm1d::operator=(const BatchNorm1d& other) {
+  if (this != &other) *this = BatchNorm1d(other);
+  return *this;
+}
+
+void BatchNorm1d::validate_state(int64_t channels) const {
+  const int64_t C = options_.num_features();
+  if (channels != C) {
+    throw Error(module_name(options_) + ": expected input with " + std::to_string(C) +
+                " channels (num_features), got " + std::to_string(channels) + " channels");
+  }
+  // The accessors hand out mutable references: the user may have replaced a tensor.
+  if (options_.affine()) {
+    detail::check_channel_tensor(weight_, "weight", C, options_.dtype());
+    detail::check_channel_tensor(bias_, "bias", C, options_.dtype());
+  }
+  if (options_.track_running_stats()) {
+    detail::check_channel_tensor(running_mean_, "running_mean", C, options_.dtype());
+    detail::check_channel_tensor(running_var_, "running_var", C, options_.dtype());
+  }
+}
+
+Tensor BatchNorm1d::forward(const Tensor& input) {
+  const kernels::View3 x = detail::input_view(input);
+  if (input.dtype() != options_.dtype()) {
+    throw Error(module_name(options_) + ": expected a " + dtype_name(options_.dtype()) +
+                " input (the module's dtype), got " + dtype_name(input.dtype()));
+  }
+  validate_state(x.C);
+  const bool tracking = options_.track_running_stats();
+  const bool batch_statistics = training_ || !tracking;
+  if (batch_statistics) detail::check_batch_size(input);
+
+  Normalization norm;
+  Tensor output;
+  if (x.count() == 0) {
+    // Empty batch: nothing to normalize, no statistics, no state change (torch would count it).
+    norm = {detail::stat_tensor(x.C), detail::stat_tensor(x.C)};
+    output = Tensor::empty(input.sizes(), input.dtype());
+  } else if (batch_statistics) {
+    const BatchStats stats = batch_stats(input);
+    norm = normalization_from_batch(stats, options_.eps());
+    output = batch_norm_apply(input, norm, weight_, bias_);
+    if (training_ && tracking) {  // commit: nothing below can throw
+      ++num_batches_tracked_;
+      const double factor = options_.momentum().value_or(1.0 / static_cast<double>(num_batches_tracked_));
+      update_running_stats(running_mean_, running_var_, stats, factor);
+    }
+  } else {
+    norm = normalization_from_running(running_mean_, running_var_, options_.eps());
+    output = batch_norm_apply(input, norm, weight_, bias_);
+  }
+  saved_input_ = input;
+  saved_norm_ = std::move(norm);
+  saved_batch_statistics_ = batch_statistics;
+  return output;
+}
+
+BatchNorm1d::Gradients BatchNorm1d::backward(const Tensor& grad_output) {
+  if (!saved_input_.defined()) {
+    throw Error(module_name(options_) + ": backward called before forward");
+  }
+  detail::check_same_shape(grad_output, "grad_output", saved_input_);
+  validate_state(saved_input_.sizes()[1]);
+  return batch_norm_backward(grad_output, saved_input_, saved_norm_, weight_,
+                             saved_batch_statistics_, options_.affine());
+}
+
+void BatchNorm1d::reset_running_stats() {
+  if (options_.track_running_stats()) {
+    const int64_t C = options_.num_features();
+    detail::assign_channel_tensor(running_mean_, Tensor::zeros({C}, options_.dtype()));
+    detail::assign_channel_tensor(running_var_, Tensor::ones({C}, options_.dtype()));
+  }
+  num_batches_tracked_ = 0;
+}
+
+void BatchNorm1d::reset_parameters() {
+  reset_running_stats();
+  if (options_.affine()) {
+    const int64_t C = options_.num_features();
+    detail::assign_channel_tensor(weight_, Tensor::ones({C}, options_.dtype()));
+    detail::assign_channel_tensor(bias_, Tensor::zeros({C}, options_.dtype()));
+  }
+}
+
+std::ostream& operator<<(std::ostream& os, const BatchNorm1d& module) {
+  const BatchNorm1dOptions& o = module.options();
+  return os << "BatchNorm1d(" << o.num_features() << ", eps=" << python_float_repr(o.eps())
+            << ", momentum=" << (o.momentum() ? python_float_repr(*o.momentum()) : "None")
+            << ", affine=" << (o.affine() ? "true" : "false")
+            << ", track_running_stats=" << (o.track_running_stats() ? "true" : "false") << ")";
+}
+
+}  // namespace bn1d

@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: MIT
+/// @file state_dict.cpp
+/// @brief StateDict: an insertion-ordered name → tensor map.
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bn1d/error.hpp"
+#include "bn1d/state.hpp"
+
+namespace bn1d {
+
+void StateDict::insert(const std::string& key, Tensor value) {
+  for (Item& item : items_) {
+    if (item.first == key) {
+      item.second = std::move(value);
+      return;
+    }
+  }
+  items_.emplace_back(key, std::move(value));
+}
+
+const Tensor* StateDict::find(const std::string& key) const noexcept {
+  for (const Item& item : items_) {
+    if (item.first == key) return &item.second;
+  }
+  return nullptr;
+}
+
+const Tensor& StateDict::at(const std::string& key) const {
+  if (const Tensor* tensor = find(key)) return *tensor;
+  throw Error("state dict has no key \"" + key + "\"");
+}
+
+std::vector<std::string> StateDict::keys() const {
+  std::vector<std::string> result;
+  result.reserve(items_.size());
+  for (const Item& item : items_) result.push_back(item.first);
+  return result;
+}
+
+}  // namespace bn1d

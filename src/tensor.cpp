@@ -1,0 +1,229 @@
+// SPDX-License-Identifier: MIT
+// Tensor: storage, views, copies and the seeded randn.
+#include "bn1d/tensor.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <random>
+#include <sstream>
+#include <string>
+
+namespace bn1d {
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+int64_t checked_numel(const Shape& sizes) {
+  int64_t n = 1;
+  for (std::size_t d = 0; d < sizes.size(); ++d) {
+    if (sizes[d] < 0) {
+      throw Error("tensor sizes must be non-negative, got size " + std::to_string(sizes[d]) +
+                  " in dimension " + std::to_string(d) + " of " + format_shape(sizes));
+    }
+    if (__builtin_mul_overflow(n, sizes[d], &n)) {
+      throw Error("tensor sizes " + format_shape(sizes) + " have more elements than int64 holds");
+    }
+  }
+  return n;
+}
+
+Shape contiguous_strides(const Shape& sizes) {
+  Shape strides(sizes.size());
+  int64_t s = 1;
+  for (std::size_t d = sizes.size(); d-- > 0;) {
+    strides[d] = s;
+    s *= std::max<int64_t>(sizes[d], 1);
+  }
+  return strides;
+}
+
+// Offset in elements of the element with the given flat row-major index.
+int64_t offset_of(int64_t flat, const Shape& sizes, const Shape& strides) {
+  int64_t off = 0;
+  for (std::size_t d = sizes.size(); d-- > 0;) {
+    off += (flat % sizes[d]) * strides[d];
+    flat /= sizes[d];
+  }
+  return off;
+}
+
+}  // namespace
+
+std::size_t element_size(DType dtype) noexcept {
+  return dtype == DType::Float32 ? 4 : 8;
+}
+
+const char* dtype_name(DType dtype) noexcept {
+  switch (dtype) {
+    case DType::Float32: return "float32";
+    case DType::Float64: return "float64";
+    case DType::Int64: return "int64";
+  }
+  return "unknown";
+}
+
+std::string format_shape(const Shape& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+Tensor Tensor::empty(Shape sizes, DType dtype) {
+  Tensor t;
+  t.numel_ = checked_numel(sizes);
+  std::size_t bytes = 0;
+  if (__builtin_mul_overflow(static_cast<std::size_t>(t.numel_), element_size(dtype), &bytes)) {
+    throw Error("tensor sizes " + format_shape(sizes) + " need more bytes than size_t holds");
+  }
+  void* p = std::malloc(std::max<std::size_t>(bytes, 1));
+  if (p == nullptr) throw std::bad_alloc();
+  t.storage_ = std::shared_ptr<void>(p, std::free);
+  t.data_ = p;
+  t.dtype_ = dtype;
+  t.strides_ = contiguous_strides(sizes);
+  t.sizes_ = std::move(sizes);
+  t.defined_ = true;
+  return t;
+}
+
+Tensor Tensor::full(Shape sizes, double value, DType dtype) {
+  Tensor t = empty(std::move(sizes), dtype);
+  switch (dtype) {
+    case DType::Float32: std::fill_n(t.data<float>(), t.numel_, static_cast<float>(value)); break;
+    case DType::Float64: std::fill_n(t.data<double>(), t.numel_, value); break;
+    case DType::Int64: std::fill_n(t.data<int64_t>(), t.numel_, static_cast<int64_t>(value)); break;
+  }
+  return t;
+}
+
+Tensor Tensor::zeros(Shape sizes, DType dtype) { return full(std::move(sizes), 0.0, dtype); }
+Tensor Tensor::ones(Shape sizes, DType dtype) { return full(std::move(sizes), 1.0, dtype); }
+
+Tensor Tensor::from_blob(void* ptr, Shape sizes, Shape strides, DType dtype) {
+  if (strides.size() != sizes.size()) {
+    throw Error("from_blob: expected one stride per dimension (" + std::to_string(sizes.size()) +
+                "), got " + std::to_string(strides.size()) + " strides");
+  }
+  Tensor t;
+  t.numel_ = checked_numel(sizes);
+  if (t.numel_ > 0) {
+    if (ptr == nullptr) {
+      throw Error("from_blob: got a null pointer for a tensor of sizes " + format_shape(sizes));
+    }
+    // The largest distance from element 0, in bytes, must fit in int64.
+    int64_t extent = 0;
+    for (std::size_t d = 0; d < sizes.size(); ++d) {
+      int64_t span = 0;
+      if (strides[d] == INT64_MIN || __builtin_mul_overflow(sizes[d] - 1, std::abs(strides[d]), &span) ||
+          __builtin_add_overflow(extent, span, &extent)) {
+        throw Error("from_blob: sizes " + format_shape(sizes) + " with strides " +
+                    format_shape(strides) + " address beyond the int64 range");
+      }
+    }
+    int64_t bytes = 0;
+    if (__builtin_mul_overflow(extent, static_cast<int64_t>(element_size(dtype)), &bytes)) {
+      throw Error("from_blob: sizes " + format_shape(sizes) + " with strides " +
+                  format_shape(strides) + " address beyond the int64 range");
+    }
+  }
+  t.data_ = ptr;
+  t.dtype_ = dtype;
+  t.sizes_ = std::move(sizes);
+  t.strides_ = std::move(strides);
+  t.defined_ = true;
+  return t;
+}
+
+Tensor Tensor::from_blob(void* ptr, Shape sizes, DType dtype) {
+  checked_numel(sizes);
+  Shape strides = contiguous_strides(sizes);
+  return from_blob(ptr, std::move(sizes), std::move(strides), dtype);
+}
+
+int64_t Tensor::size(int64_t d) const {
+  const int64_t n = dim();
+  const int64_t i = d < 0 ? d + n : d;
+  if (i < 0 || i >= n) {
+    throw Error("size: dimension " + std::to_string(d) + " out of range for a " +
+                std::to_string(n) + "-D tensor");
+  }
+  return sizes_[static_cast<std::size_t>(i)];
+}
+
+bool Tensor::is_contiguous() const noexcept {
+  int64_t expected = 1;
+  for (std::size_t d = sizes_.size(); d-- > 0;) {
+    if (sizes_[d] == 0) return true;
+    if (sizes_[d] != 1 && strides_[d] != expected) return false;
+    expected *= sizes_[d];
+  }
+  return true;
+}
+
+void Tensor::check_access(DType requested) const {
+  if (!defined_) throw Error("data: the tensor is undefined");
+  if (requested != dtype_) {
+    throw Error(std::string("data: requested ") + dtype_name(requested) + " from a " +
+                dtype_name(dtype_) + " tensor");
+  }
+}
+
+Tensor Tensor::contiguous() const {
+  if (!defined_ || is_contiguous()) return *this;
+  return clone();
+}
+
+Tensor Tensor::clone() const {
+  if (!defined_) return {};
+  Tensor out = empty(sizes_, dtype_);
+  out.copy_from(*this);
+  return out;
+}
+
+void Tensor::copy_from(const Tensor& src) const {
+  if (!defined_ || !src.defined_) throw Error("copy_from: both tensors must be defined");
+  if (src.sizes_ != sizes_ || src.dtype_ != dtype_) {
+    throw Error(std::string("copy_from: expected a ") + dtype_name(dtype_) + " tensor of sizes " +
+                format_shape(sizes_) + ", got a " + dtype_name(src.dtype_) + " tensor of sizes " +
+                format_shape(src.sizes_));
+  }
+  const std::size_t esize = element_size(dtype_);
+  if (is_contiguous() && src.is_contiguous()) {
+    if (numel_ > 0) std::memmove(data_, src.data_, static_cast<std::size_t>(numel_) * esize);
+    return;
+  }
+  auto* dst_bytes = static_cast<char*>(data_);
+  const auto* src_bytes = static_cast<const char*>(src.data_);
+  for (int64_t i = 0; i < numel_; ++i) {
+    std::memcpy(dst_bytes + offset_of(i, sizes_, strides_) * static_cast<int64_t>(esize),
+                src_bytes + offset_of(i, src.sizes_, src.strides_) * static_cast<int64_t>(esize),
+                esize);
+  }
+}
+
+Tensor randn(Shape sizes, DType dtype, uint64_t seed) {
+  if (dtype == DType::Int64) throw Error("randn: expected dtype float32 or float64, got int64");
+  Tensor t = Tensor::empty(std::move(sizes), dtype);
+  std::mt19937_64 gen(seed);
+  // Uniform in (0, 1]: 53 random bits, never 0 so that log() is finite.
+  auto uniform = [&gen] { return (static_cast<double>(gen() >> 11) + 1.0) * 0x1.0p-53; };
+  const int64_t n = t.numel();
+  for (int64_t i = 0; i < n; i += 2) {
+    const double r = std::sqrt(-2.0 * std::log(uniform()));
+    const double theta = 2.0 * kPi * uniform();
+    const double z[2] = {r * std::cos(theta), r * std::sin(theta)};
+    for (int64_t k = 0; k < 2 && i + k < n; ++k) {
+      if (dtype == DType::Float32) t.data<float>()[i + k] = static_cast<float>(z[k]);
+      else t.data<double>()[i + k] = z[k];
+    }
+  }
+  return t;
+}
+
+}  // namespace bn1d

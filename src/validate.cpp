@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: MIT
+#include "validate.hpp"
+
+#include <cmath>
+
+
+namespace bn1d::detail {
+
+kernels::View3 input_view(const Tensor& input, const char* name) {
+  if (!input.defined()) throw Error(std::string(name) + ": expected a defined tensor");
+  if (input.dim() != 2 && input.dim() != 3) {
+    throw Error("expected 2D or 3D input (got " + std::to_string(input.dim()) + "D input)");
+  }
+  if (input.dtype() != DType::Float32 && input.dtype() != DType::Float64) {
+    throw Error(std::string(name) + ": expected dtype float32 or float64, got " +
+                dtype_name(input.dtype()));
+  }
+  kernels::View3 v;
+  v.data = input.raw_data();
+  v.dtype = input.dtype();
+  v.N = input.sizes()[0];
+  v.C = input.sizes()[1];
+  v.sN = input.strides()[0];
+  v.sC = input.strides()[1];
+  v.L = input.dim() == 3 ? input.sizes()[2] : 1;
+  v.sL = input.dim() == 3 ? input.strides()[2] : 0;
+  return v;
+}
+
+void check_channel_tensor(const Tensor& t, const std::string& name, int64_t C, DType dtype) {
+  if (!t.defined()) throw Error(name + ": expected a defined tensor of shape [" + std::to_string(C) + "]");
+  if (t.dim() != 1 || t.sizes()[0] != C || t.dtype() != dtype) {
+    throw Error(name + ": expected a " + dtype_name(dtype) + " tensor of shape [" +
+                std::to_string(C) + "] (one value per channel), got a " + dtype_name(t.dtype()) +
+                " tensor of shape " + format_shape(t.sizes()));
+  }
+}
+
+void check_stat_tensor(const Tensor& t, const std::string& name, int64_t C) {
+  check_channel_tensor(t, name, C, DType::Float64);
+}
+
+void check_same_shape(const Tensor& other, const char* other_name, const Tensor& input) {
+  if (!other.defined() || other.sizes() != input.sizes() || other.dtype() != input.dtype()) {
+    throw Error(std::string(other_name) + ": expected a " + dtype_name(input.dtype()) +
+                " tensor of size " + format_shape(input.sizes()) + " (the input's), got " +
+                (other.defined() ? std::string("a ") + dtype_name(other.dtype()) +
+                                       " tensor of size " + format_shape(other.sizes())
+                                 : std::string("an undefined tensor")));
+  }
+}
+
+void check_eps(double eps) {
+  if (!std::isfinite(eps) || eps < 0) {
+    throw Error("eps: expected a finite value >= 0, got " + python_float_repr(eps));
+  }
+}
+
+void check_momentum(double momentum) {
+  if (!std::isfinite(momentum) || momentum < 0 || momentum > 1) {
+    throw Error("momentum: expected a value in [0, 1], got " + python_float_repr(momentum));
+  }
+}
+
+void check_batch_size(const Tensor& input) {
+  const kernels::View3 v = input_view(input);
+  if (v.N * v.L == 1) {
+    throw Error("Expected more than 1 value per channel when training, got input size " +
+                format_shape(input.sizes()));
+  }
+}
+
+Tensor stat_tensor(int64_t C) { return Tensor::zeros({C}, DType::Float64); }
+
+void assign_channel_tensor(Tensor& dst, const Tensor& value) {
+  if (dst.defined() && dst.sizes() == value.sizes() && dst.dtype() == value.dtype()) {
+    dst.copy_from(value);
+  } else {
+    dst = value.clone();
+  }
+}
+
+void check_normalization(const Normalization& norm, int64_t C) {
+  check_stat_tensor(norm.mean, "norm.mean", C);
+  check_stat_tensor(norm.invstd, "norm.invstd", C);
+}
+
+}  // namespace bn1d::detail

@@ -1,0 +1,111 @@
+// The functional API and its separable steps: they compose to the module's results, and a
+// batch split into parts (as across ranks) gives the whole batch's statistics and gradients.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <bn1d/bn1d.hpp>
+
+#include "test_util.hpp"
+
+namespace bn1d::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Rows [begin, end) of a contiguous (N, C, L) tensor, as a view.
+Tensor rows(const Tensor& t, int64_t begin, int64_t end) {
+  Shape sizes = t.sizes();
+  sizes[0] = end - begin;
+  return Tensor::from_blob(static_cast<char*>(t.raw_data()) +
+                               begin * t.strides()[0] * static_cast<int64_t>(element_size(t.dtype())),
+                           sizes, t.strides(), t.dtype());
+}
+
+TEST(Functional, BatchNormMatchesModule) {
+  for (DType dtype : {DType::Float32, DType::Float64}) {
+    const Tensor x = randn({6, 4, 5}, dtype, 1);
+    BatchNorm1d m(BatchNorm1dOptions(4).dtype(dtype));
+    m.weight().copy_from(randn({4}, dtype, 2));
+    const Tensor rm = Tensor::zeros({4}, dtype), rv = Tensor::ones({4}, dtype);
+    const Tensor y = batch_norm(x, rm, rv, m.weight(), m.bias(), /*training=*/true, 0.1, 1e-5);
+    EXPECT_EQ(values(y), values(m(x)));
+    EXPECT_EQ(values(rm), values(m.running_mean()));
+    EXPECT_EQ(values(rv), values(m.running_var()));
+    m.eval();
+    EXPECT_EQ(values(batch_norm(x, rm, rv, m.weight(), m.bias(), false)), values(m(x)));
+    // No running statistics and no affine parameters: plain normalization.
+    BatchNorm1d plain(BatchNorm1dOptions(4).dtype(dtype).affine(false).track_running_stats(false));
+    EXPECT_EQ(values(batch_norm(x, {}, {}, {}, {}, true)), values(plain(x)));
+  }
+}
+
+TEST(Functional, Errors) {
+  const Tensor x = randn({4, 3});
+  auto expect = [](auto call, const char* text) {
+    try {
+      call();
+      ADD_FAILURE() << text;
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr(text));
+    }
+  };
+  expect([&] { batch_norm(x, {}, {}, {}, {}, false); }, "running_mean and running_var must be defined in evaluation mode");
+  expect([&] { batch_norm(x, Tensor::zeros({3}), {}, {}, {}, true); }, "both defined or both undefined");
+  expect([&] { batch_norm(x, Tensor::zeros({4}), Tensor::ones({4}), {}, {}, true); },
+         "running_mean: expected a float32 tensor of shape [3] (one value per channel), got a float32 tensor of shape [4]");
+  expect([&] { batch_norm(x, {}, {}, Tensor::ones({3}, DType::Float64), {}, true); }, "weight: expected a float32 tensor of shape [3]");
+  expect([&] { batch_norm(x, {}, {}, {}, {}, true, 2.0); }, "momentum: expected a value in [0, 1], got 2.0");
+  expect([&] { batch_norm(randn({1, 3}), {}, {}, {}, {}, true); }, "Expected more than 1 value per channel when training");
+  const BatchStats one = batch_stats(randn({1, 3}));
+  expect([&] { update_running_stats(Tensor::zeros({3}), Tensor::ones({3}), one, 0.1); }, "more than 1 value per channel, got count 1");
+  expect([&] { normalization_from_batch(batch_stats(Tensor::zeros({0, 3})), 1e-5); }, "got count 0");
+  const BatchStats parts[] = {batch_stats(x), batch_stats(randn({4, 2}))};
+  expect([&] { combine_stats(parts); }, "part 1 mean: expected a float64 tensor of shape [3]");
+  expect([&] { combine_stats({}); }, "expected at least one part");
+}
+
+TEST(Functional, SplitBatchStatisticsCombineToTheWhole) {
+  const Tensor x = randn({11, 3, 4}, DType::Float64, 3);
+  const int64_t cuts[] = {0, 4, 4, 5, 11};  // parts of 4, 0 (empty), 1 and 6 rows
+  std::vector<BatchStats> parts;
+  for (int i = 0; i + 1 < 5; ++i) parts.push_back(batch_stats(rows(x, cuts[i], cuts[i + 1])));
+  const BatchStats whole = batch_stats(x);
+  const BatchStats combined = combine_stats(parts);
+  EXPECT_EQ(combined.count, 44);
+  EXPECT_TRUE(all_close(combined.mean, values(whole.mean)));
+  EXPECT_TRUE(all_close(combined.m2, values(whole.m2)));
+}
+
+TEST(Functional, SeparableStepsReproduceTheModuleForwardAndBackward) {
+  for (DType dtype : {DType::Float32, DType::Float64}) {
+    const Tensor x = randn({9, 5, 3}, dtype, 4);
+    const Tensor dy = randn({9, 5, 3}, dtype, 5);
+    BatchNorm1d m(BatchNorm1dOptions(5).dtype(dtype));
+    m.weight().copy_from(randn({5}, dtype, 6));
+    const Tensor y = m(x);
+    const BatchNorm1d::Gradients g = m.backward(dy);
+
+    // The same computation as two "ranks" holding rows [0, 4) and [4, 9).
+    const Tensor xa = rows(x, 0, 4), xb = rows(x, 4, 9), dya = rows(dy, 0, 4), dyb = rows(dy, 4, 9);
+    const BatchStats stats[] = {batch_stats(xa), batch_stats(xb)};
+    const Normalization norm = normalization_from_batch(combine_stats(stats), 1e-5);
+    const Tensor ya = batch_norm_apply(xa, norm, m.weight(), m.bias());
+    const Tensor yb = batch_norm_apply(xb, norm, m.weight(), m.bias());
+    const GradStats gstats[] = {backward_stats(dya, xa, norm), backward_stats(dyb, xb, norm)};
+    const GradStats global = combine_grad_stats(gstats);
+    const Tensor dxa = batch_norm_backward_input(dya, xa, norm, m.weight(), global, true);
+    const Tensor dxb = batch_norm_backward_input(dyb, xb, norm, m.weight(), global, true);
+    const BatchNormGradients params = batch_norm_backward_params(global, norm, dtype);
+
+    std::vector<double> y_parts = values(ya), dx_parts = values(dxa);
+    for (double v : values(yb)) y_parts.push_back(v);
+    for (double v : values(dxb)) dx_parts.push_back(v);
+    EXPECT_TRUE(all_close(y_parts, values(y), dtype));
+    EXPECT_TRUE(all_close(dx_parts, values(g.input), dtype));
+    EXPECT_TRUE(all_close(params.weight, values(g.weight)));
+    EXPECT_TRUE(all_close(params.bias, values(g.bias)));
+  }
+}
+
+}  // namespace
+}  // namespace bn1d::test

@@ -1,0 +1,139 @@
+// Tensor: factories, views of caller memory, copies, argument errors, randn.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <bn1d/bn1d.hpp>
+#include <cmath>
+
+#include "test_util.hpp"
+
+namespace bn1d::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(Tensor, UndefinedByDefault) {
+  Tensor t;
+  EXPECT_FALSE(t.defined());
+  EXPECT_EQ(t.raw_data(), nullptr);
+  EXPECT_THROW(t.data<float>(), Error);
+  EXPECT_FALSE(t.clone().defined());
+}
+
+TEST(Tensor, Factories) {
+  const Tensor z = Tensor::zeros({2, 3}, DType::Float64);
+  EXPECT_EQ(z.sizes(), (Shape{2, 3}));
+  EXPECT_EQ(z.strides(), (Shape{3, 1}));
+  EXPECT_EQ(z.dim(), 2);
+  EXPECT_EQ(z.numel(), 6);
+  EXPECT_EQ(z.size(-1), 3);
+  EXPECT_THROW(z.size(2), Error);
+  EXPECT_TRUE(z.is_contiguous());
+  EXPECT_EQ(values(z), std::vector<double>(6, 0.0));
+  EXPECT_EQ(values(Tensor::ones({4})), std::vector<double>(4, 1.0));
+  EXPECT_EQ(values(Tensor::full({2}, 2.5, DType::Float32)), (std::vector<double>{2.5, 2.5}));
+  const Tensor scalar = Tensor::zeros({}, DType::Int64);
+  EXPECT_EQ(scalar.dim(), 0);
+  EXPECT_EQ(scalar.numel(), 1);
+  EXPECT_EQ(Tensor::empty({0, 5}).numel(), 0);
+}
+
+TEST(Tensor, DataChecksDType) {
+  const Tensor t = Tensor::zeros({2}, DType::Float32);
+  try {
+    t.data<double>();
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("requested float64 from a float32 tensor"));
+  }
+}
+
+TEST(Tensor, FromBlobViewsCallerMemoryWithAnyStrides) {
+  float buf[6] = {0, 1, 2, 3, 4, 5};
+  // Memory (2, 3) row-major viewed transposed as (3, 2).
+  const Tensor t = Tensor::from_blob(buf, {3, 2}, {1, 3}, DType::Float32);
+  EXPECT_FALSE(t.is_contiguous());
+  EXPECT_EQ(values(t), (std::vector<double>{0, 3, 1, 4, 2, 5}));
+  buf[1] = 10;  // a view, not a copy
+  EXPECT_EQ(values(t)[2], 10);
+  const Tensor c = t.contiguous();
+  EXPECT_TRUE(c.is_contiguous());
+  EXPECT_EQ(values(c), values(t));
+  buf[1] = 1;
+  EXPECT_EQ(values(c)[2], 10);  // contiguous() of a strided view copies
+  const Tensor same = Tensor::from_blob(buf, {2, 3}, DType::Float32);
+  EXPECT_EQ(same.contiguous().raw_data(), static_cast<void*>(buf));  // no copy when contiguous
+  // Negative and zero strides.
+  const Tensor rev = Tensor::from_blob(buf + 5, {6}, {-1}, DType::Float32);
+  EXPECT_EQ(values(rev), (std::vector<double>{5, 4, 3, 2, 1, 0}));
+  const Tensor bcast = Tensor::from_blob(buf, {3}, {0}, DType::Float32);
+  EXPECT_EQ(values(bcast), (std::vector<double>{0, 0, 0}));
+}
+
+TEST(Tensor, FromBlobRejectsBadArguments) {
+  float buf[4] = {};
+  auto expect = [](auto call, const char* text) {
+    try {
+      call();
+      ADD_FAILURE() << text;
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr(text));
+    }
+  };
+  expect([&] { Tensor::from_blob(buf, {2, 2}, {1}, DType::Float32); }, "expected one stride per dimension (2), got 1 strides");
+  expect([&] { Tensor::from_blob(buf, {2, -1}, {1, 1}, DType::Float32); }, "sizes must be non-negative, got size -1 in dimension 1");
+  expect([&] { Tensor::from_blob(nullptr, {2}, {1}, DType::Float32); }, "null pointer");
+  expect([&] { Tensor::from_blob(buf, {1LL << 40, 1LL << 40}, {1, 1}, DType::Float32); }, "more elements than int64 holds");
+  expect([&] { Tensor::from_blob(buf, {3, 3}, {INT64_MAX / 2, 1}, DType::Float32); }, "address beyond the int64 range");
+  expect([&] { Tensor::from_blob(buf, {2}, {INT64_MIN}, DType::Float32); }, "address beyond the int64 range");
+  expect([&] { Tensor::empty({-2}); }, "non-negative");
+  // An empty view may have a null pointer.
+  EXPECT_NO_THROW(Tensor::from_blob(nullptr, {0, 3}, DType::Float32));
+}
+
+TEST(Tensor, CloneAndCopyFrom) {
+  double buf[4] = {1, 2, 3, 4};
+  const Tensor view = Tensor::from_blob(buf, {2, 2}, {1, 2}, DType::Float64);
+  const Tensor copy = view.clone();
+  buf[0] = 100;
+  EXPECT_EQ(values(copy), (std::vector<double>{1, 3, 2, 4}));
+  const Tensor dst = Tensor::zeros({2, 2}, DType::Float64);
+  dst.copy_from(view);
+  EXPECT_EQ(values(dst), (std::vector<double>{100, 3, 2, 4}));
+  // Copying into a strided view writes through to the caller's memory.
+  view.copy_from(Tensor::ones({2, 2}, DType::Float64));
+  EXPECT_EQ(buf[3], 1.0);
+  EXPECT_THROW(dst.copy_from(Tensor::zeros({2, 2}, DType::Float32)), Error);
+  EXPECT_THROW(dst.copy_from(Tensor::zeros({4}, DType::Float64)), Error);
+  EXPECT_THROW(dst.copy_from(Tensor()), Error);
+}
+
+TEST(Tensor, RandnIsSeededAndStandardNormal) {
+  const Tensor a = randn({100000}, DType::Float64, 42);
+  EXPECT_EQ(values(a), values(randn({100000}, DType::Float64, 42)));
+  EXPECT_NE(values(a), values(randn({100000}, DType::Float64, 43)));
+  double mean = 0, sq = 0;
+  for (double v : values(a)) mean += v;
+  mean /= 100000;
+  for (double v : values(a)) sq += (v - mean) * (v - mean);
+  EXPECT_NEAR(mean, 0.0, 0.02);           // 6 standard errors
+  EXPECT_NEAR(sq / 100000, 1.0, 0.03);    // ~7 standard errors
+  EXPECT_EQ(randn({3}, DType::Float32, 1).dtype(), DType::Float32);
+  EXPECT_THROW(randn({3}, DType::Int64), Error);
+}
+
+TEST(Tensor, Formatting) {
+  EXPECT_EQ(format_shape({1, 100}), "[1, 100]");
+  EXPECT_EQ(format_shape({}), "[]");
+  EXPECT_EQ(python_float_repr(1e-5), "1e-05");
+  EXPECT_EQ(python_float_repr(0.1), "0.1");
+  EXPECT_EQ(python_float_repr(1.0), "1.0");
+  EXPECT_EQ(python_float_repr(0.0001), "0.0001");
+  EXPECT_EQ(python_float_repr(1e16), "1e+16");
+  EXPECT_EQ(python_float_repr(123.456), "123.456");
+  EXPECT_EQ(python_float_repr(-2.5e-7), "-2.5e-07");
+  EXPECT_EQ(python_float_repr(NAN), "nan");
+}
+
+}  // namespace
+}  // namespace bn1d::test
