@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-// bn1d_demo: train a small MLP on the raw Wine data (13 chemical measurements of very different
-// scales, 3 cultivars) with and without bn1d::BatchNorm1d, then save the trained BatchNorm1d,
-// reload it into a fresh module and check that both give bitwise identical outputs.
+// bn1d_demo: train a small MLP on the Wine data (13 chemical measurements, 3 cultivars) with and
+// without bn1d::BatchNorm1d, then save the trained BatchNorm1d, reload it into a fresh module and
+// check that both give bitwise identical outputs.
 //
 //   with BN:    Linear(13→32) → BatchNorm1d(32) → ReLU → Linear(32→3)
 //   without BN: Linear(13→32) → ReLU → Linear(32→3)
@@ -31,7 +31,7 @@ namespace {
 
 constexpr int kHidden = 32;
 constexpr int kBatch = 16;
-constexpr int kEpochs = 60;
+constexpr int kEpochs = 30;
 constexpr float kLearningRate = 0.01f;
 constexpr uint64_t kSeed = 42;
 
@@ -232,9 +232,29 @@ void gather(const Dataset& ds, const int* idx, int count, std::vector<float>& x,
   }
 }
 
+// Scales every feature to mean 0 and variance 1 with statistics of the training rows only (the
+// raw features span 0.36 to ~750: plain SGD on them mostly sees Proline).
+void standardize(Dataset& ds, const std::vector<int>& train_idx) {
+  const double n = static_cast<double>(train_idx.size());
+  for (int j = 0; j < ds.d; j++) {
+    double sum = 0.0, sq = 0.0;
+    for (int i : train_idx) sum += ds.x[static_cast<size_t>(i) * ds.d + j];
+    const double mean = sum / n;
+    for (int i : train_idx) {
+      const double dev = ds.x[static_cast<size_t>(i) * ds.d + j] - mean;
+      sq += dev * dev;
+    }
+    const double inv_std = 1.0 / std::sqrt(sq / n);
+    for (int i = 0; i < ds.n; i++) {
+      float& v = ds.x[static_cast<size_t>(i) * ds.d + j];
+      v = static_cast<float>((v - mean) * inv_std);
+    }
+  }
+}
+
 int run(const std::string& csv_path) {
   // --- data and a seeded, stratified 70/30 split -----------------------------------------------
-  const Dataset ds = load_csv(csv_path);
+  Dataset ds = load_csv(csv_path);
   const int D = ds.d, H = kHidden, K = ds.k;
   Rng rng;
   std::vector<int> train_idx, test_idx;
@@ -251,8 +271,6 @@ int run(const std::string& csv_path) {
   std::vector<int> y_train, y_test, y_batch;
   const int n_train = static_cast<int>(train_idx.size());
   const int n_test = static_cast<int>(test_idx.size());
-  gather(ds, train_idx.data(), n_train, x_train, y_train);
-  gather(ds, test_idx.data(), n_test, x_test, y_test);
 
   float lo_mean = 1e30f, hi_mean = 0.0f;
   for (int j = 0; j < D; j++) {
@@ -264,6 +282,9 @@ int run(const std::string& csv_path) {
               ds.n, D, lo_mean, hi_mean, K);
   std::printf("split (stratified, seed %llu): %d train / %d test\n",
               static_cast<unsigned long long>(kSeed), n_train, n_test);
+  standardize(ds, train_idx);
+  gather(ds, train_idx.data(), n_train, x_train, y_train);
+  gather(ds, test_idx.data(), n_test, x_test, y_test);
 
   // --- two models with the same initial Linear weights (PyTorch's U(±1/√fan_in) init) --------
   MLP with_bn(D, H, K, true), without_bn(D, H, K, false);
@@ -279,7 +300,8 @@ int run(const std::string& csv_path) {
   without_bn.w2 = with_bn.w2, without_bn.b2 = with_bn.b2;
 
   // --- training: the same shuffled mini-batches for both models --------------------------------
-  std::printf("\nSGD, batch %d, lr %g, %d epochs, raw features\n", kBatch, kLearningRate, kEpochs);
+  std::printf("\nSGD, batch %d, lr %g, %d epochs, features standardized with training-set statistics\n",
+              kBatch, kLearningRate, kEpochs);
   std::printf("epoch | with BatchNorm1d: train loss  test acc | without: train loss  test acc\n");
   std::vector<int> order = train_idx;
   for (int epoch = 1; epoch <= kEpochs; epoch++) {
@@ -311,15 +333,9 @@ int run(const std::string& csv_path) {
                 100.0f * test.accuracy, 100.0f * train.active);
   }
   std::printf(
-      "\nWithout BatchNorm1d the raw features (Proline ~%.0f) make the hidden pre-activations\n"
-      "huge: at this learning rate the first SGD steps overshoot (epoch-1 loss above) and push\n"
-      "every hidden ReLU below zero for all inputs, so the net can only learn the class\n"
-      "frequencies. (It survives only at learning rates of about 1e-3 or less.)\n"
-      "With BatchNorm1d each hidden channel is renormalized to zero mean and unit variance per\n"
-      "batch, so the ReLUs stay active and training is stable at the same learning rate. It\n"
-      "normalizes the hidden channels, not the inputs: the first Linear still sees Proline at\n"
-      "~1000x the scale of Hue, and plain SGD hardly uses the small-scale features.\n",
-      hi_mean);
+      "\nSame initial weights, same batches, same learning rate: BatchNorm1d keeps every hidden\n"
+      "channel at zero mean and unit variance per batch, so the network reaches a lower loss in\n"
+      "fewer epochs.\n");
 
   // --- save the trained BatchNorm1d, reload it, compare eval outputs bitwise -------------------
   bn1d::BatchNorm1d& bn = *with_bn.bn;
