@@ -24,21 +24,23 @@ std::string python_float_repr(double value) {
   const int nd = static_cast<int>(digits.size());
 
   if (exp < -4 || exp >= 16) {  // scientific, exponent with at least two digits
-    std::string mant = digits.substr(0, 1);
-    if (nd > 1) mant += "." + digits.substr(1);
+    std::string out = sign;
+    out.push_back(digits[0]);
+    if (nd > 1) out.append(".").append(digits, 1, std::string::npos);
     const int ae = std::abs(exp);
-    return sign + mant + "e" + (exp < 0 ? "-" : "+") + (ae < 10 ? "0" : "") + std::to_string(ae);
+    out.append(exp < 0 ? "e-" : "e+").append(ae < 10 ? "0" : "").append(std::to_string(ae));
+    return out;
   }
-  std::string out;
+  std::string out = sign;
   if (exp < 0) {
-    out = "0." + std::string(static_cast<std::size_t>(-exp - 1), '0') + digits;
+    out.append("0.").append(static_cast<std::size_t>(-exp - 1), '0').append(digits);
   } else if (nd <= exp + 1) {
-    out = digits + std::string(static_cast<std::size_t>(exp + 1 - nd), '0') + ".0";
+    out.append(digits).append(static_cast<std::size_t>(exp + 1 - nd), '0').append(".0");
   } else {
-    out = digits.substr(0, static_cast<std::size_t>(exp + 1)) + "." +
-          digits.substr(static_cast<std::size_t>(exp + 1));
+    const auto point = static_cast<std::size_t>(exp + 1);
+    out.append(digits, 0, point).append(".").append(digits, point, std::string::npos);
   }
-  return sign + out;
+  return out;
 }
 
 }  // namespace bn1d

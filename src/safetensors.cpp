@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdio>
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -34,15 +35,14 @@ namespace {
 
 using json = nlohmann::json;
 
-/// Largest accepted header, as in the reference implementation.
-constexpr std::uint64_t kMaxHeaderSize = 100'000'000;
-/// Containers may nest 3 deep: top-level object > entry object > shape/data_offsets array.
-constexpr std::size_t kMaxDepth = 3;
-/// Most dimensions a shape may have (bounds the memory a hostile shape array can claim).
-constexpr std::size_t kMaxRank = 64;
+constexpr std::uint64_t kMaxHeaderSize = 100'000'000;  ///< as in the reference implementation
+constexpr std::size_t kMaxDepth = 3;  ///< top-level object > entry object > shape/data_offsets array
+constexpr std::size_t kMaxRank = 64;  ///< bounds the memory a hostile shape array can claim
 /// The safetensors dtype codes bn1d supports.
 constexpr std::array<std::pair<std::string_view, DType>, 3> kDTypes{
     {{"F32", DType::Float32}, {"F64", DType::Float64}, {"I64", DType::Int64}}};
+/// The fields of an entry, in the order of Slot::DType, Slot::Shape, Slot::Offsets.
+constexpr std::array<std::string_view, 3> kFields{"dtype", "shape", "data_offsets"};
 
 /// Throws Error with @p message.
 [[noreturn]] void fail(const std::string& message) { throw Error(message); }
@@ -84,12 +84,10 @@ struct Header {
 };
 
 /// What a JSON value (or, on the stack, an open container) means at its position in the header.
-enum class Slot { Root, Entry, Metadata, MetadataValue, DType, Shape, Offsets, ShapeItem, OffsetItem, Unknown };
-
-/// Bit of the entry fields dtype, shape and data_offsets, for duplicate and missing checks.
-unsigned field_bit(Slot field) {
-  return field == Slot::DType ? 1U : field == Slot::Shape ? 2U : field == Slot::Offsets ? 4U : 0U;
-}
+/// The first three are the entry fields, indexed like kFields.
+enum class Slot {
+  DType, Shape, Offsets, Root, Entry, Metadata, MetadataValue, ShapeItem, OffsetItem, Unknown
+};
 
 /// SAX handler that builds the header's entries while checking types, nesting and duplicates.
 /// Unknown fields inside an entry are ignored, like the reference implementation does.
@@ -155,14 +153,14 @@ class HeaderParser final : public json::json_sax_t {
         if (!top_keys_.insert(name).second) fail("duplicate key " + quote(name));
         top_key_ = name;
         break;
-      case Slot::Entry:
-        field_ = name == "dtype" ? Slot::DType
-                 : name == "shape" ? Slot::Shape
-                 : name == "data_offsets" ? Slot::Offsets
-                                          : Slot::Unknown;
-        if ((entry_.seen & field_bit(field_)) != 0) fail(tensor() + ": duplicate field " + quote(name));
-        entry_.seen |= field_bit(field_);
+      case Slot::Entry: {
+        const auto field = std::find(kFields.begin(), kFields.end(), name);
+        field_ = field == kFields.end() ? Slot::Unknown : static_cast<Slot>(field - kFields.begin());
+        if (field_ == Slot::Unknown) break;
+        if (entry_.seen[field - kFields.begin()]) fail(tensor() + ": duplicate field " + quote(name));
+        entry_.seen[field - kFields.begin()] = true;
         break;
+      }
       case Slot::Metadata:
         if (header_.metadata.contains(name)) fail("duplicate __metadata__ key " + quote(name));
         metadata_key_ = name;
@@ -184,7 +182,7 @@ class HeaderParser final : public json::json_sax_t {
     std::string dtype;
     Shape shape;
     std::vector<std::uint64_t> offsets;
-    unsigned seen = 0;  ///< field_bit()s of the fields present
+    std::array<bool, kFields.size()> seen{};  ///< which kFields were present
   };
 
   /// `tensor "<key>"`, the subject of messages about the current entry.
@@ -210,11 +208,13 @@ class HeaderParser final : public json::json_sax_t {
       case Slot::Root: expected = "the header must be a JSON object"; break;
       case Slot::Entry: expected = tensor() + " must be an object"; break;
       case Slot::Metadata: expected = "__metadata__ must be an object of strings"; break;
-      case Slot::MetadataValue: expected = "__metadata__ value " + quote(metadata_key_) + " must be a string"; break;
+      case Slot::MetadataValue:
+        expected = "__metadata__ value " + quote(metadata_key_) + " must be a string";
+        break;
       case Slot::DType: expected = tensor() + ": dtype must be a string"; break;
       case Slot::Shape:
       case Slot::ShapeItem: expected = tensor() + ": shape must be an array of non-negative integers"; break;
-      default: expected = tensor() + ": data_offsets must be two non-negative integers [begin, end]"; break;
+      default: expected = tensor() + ": data_offsets must be two non-negative integers [begin, end]";
     }
     fail(expected + ", got " + got);
   }
@@ -244,17 +244,17 @@ class HeaderParser final : public json::json_sax_t {
   bool close() {
     const Slot slot = stack_.back();
     stack_.pop_back();
-    if (slot == Slot::Offsets && entry_.offsets.size() != 2) mismatch("an array of " + std::to_string(entry_.offsets.size()));
+    if (slot == Slot::Offsets && entry_.offsets.size() != 2) {
+      mismatch("an array of " + std::to_string(entry_.offsets.size()));
+    }
     if (slot == Slot::Entry) header_.entries.push_back(finish_entry());
     return true;
   }
 
   /// Validates the entry just closed against the data section.
   Entry finish_entry() const {
-    for (const Slot field : {Slot::DType, Slot::Shape, Slot::Offsets}) {
-      if ((entry_.seen & field_bit(field)) == 0) {
-        fail(tensor() + ": missing " + (field == Slot::DType ? "\"dtype\"" : field == Slot::Shape ? "\"shape\"" : "\"data_offsets\""));
-      }
+    for (std::size_t field = 0; field < kFields.size(); ++field) {
+      if (!entry_.seen[field]) fail(tensor() + ": missing " + quote(std::string(kFields[field])));
     }
     const auto known = std::find_if(kDTypes.begin(), kDTypes.end(),
                                      [&](const auto& d) { return d.first == entry_.dtype; });
@@ -334,15 +334,12 @@ Header parse_header(std::string_view text, std::uint64_t data_size) {
   return header;
 }
 
-/// Checks that a file of @p total bytes can hold the 8-byte header length.
-void check_size(std::uint64_t total) {
+/// Validates and returns the header length of a file of @p total bytes that starts with @p head
+/// (its first min(total, 8) bytes).
+std::uint64_t header_length(const char* head, std::uint64_t total) {
   if (total < 8) fail("need at least 8 bytes for the header length, got " + std::to_string(total));
-}
-
-/// Decodes the header length from @p prefix (the first 8 bytes of a file of @p total bytes).
-std::uint64_t header_length(const char* prefix, std::uint64_t total) {
   std::uint64_t length = 0;
-  std::memcpy(&length, prefix, sizeof length);
+  std::memcpy(&length, head, sizeof length);
   if (length > kMaxHeaderSize) {
     fail("header length " + std::to_string(length) + " exceeds the limit of " +
          std::to_string(kMaxHeaderSize) + " bytes");
@@ -430,7 +427,6 @@ std::vector<std::uint8_t> to_safetensors(const StateDict& state, const Metadata&
 
 StateDict parse_safetensors(std::span<const std::uint8_t> bytes, Metadata* metadata) {
   try {
-    check_size(bytes.size());
     const auto* text = reinterpret_cast<const char*>(bytes.data());
     const std::uint64_t length = header_length(text, bytes.size());
     Header header = parse_header({text + 8, length}, bytes.size() - 8 - length);
@@ -451,11 +447,21 @@ StateDict parse_safetensors(std::span<const std::uint8_t> bytes, Metadata* metad
 
 void save_safetensors(const std::string& path, const StateDict& state, const Metadata& metadata) {
   const std::vector<std::uint8_t> bytes = to_safetensors(state, metadata);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) fail("cannot open " + quote(path) + " for writing");
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  out.close();
-  if (!out) fail("cannot write " + quote(path));
+  const std::string temp = path + ".tmp-bn1d";
+  {
+    std::ofstream out(temp, std::ios::binary | std::ios::trunc);
+    if (!out) fail("cannot open " + quote(path) + " for writing");
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    if (!out) {
+      std::remove(temp.c_str());
+      fail("cannot write " + quote(path));
+    }
+  }
+  if (std::rename(temp.c_str(), path.c_str()) != 0) {
+    std::remove(temp.c_str());
+    fail("cannot write " + quote(path) + " (rename of the temporary file failed)");
+  }
 }
 
 StateDict load_safetensors(const std::string& path, const std::string& prefix, Metadata* metadata) {
@@ -471,10 +477,9 @@ StateDict load_safetensors(const std::string& path, const std::string& prefix, M
   if (!in || end < 0) fail("cannot read " + quote(path));
   const auto total = static_cast<std::uint64_t>(end);
 
-  checking_file(path, [&] { check_size(total); });
-  std::array<char, 8> prefix_bytes{};
-  read(prefix_bytes.data(), 0, prefix_bytes.size());
-  const std::uint64_t length = checking_file(path, [&] { return header_length(prefix_bytes.data(), total); });
+  std::array<char, 8> head{};
+  read(head.data(), 0, std::min<std::uint64_t>(total, head.size()));
+  const std::uint64_t length = checking_file(path, [&] { return header_length(head.data(), total); });
   std::string text(length, '\0');
   read(text.data(), 8, length);
   Header header = checking_file(path, [&] { return parse_header(text, total - 8 - length); });

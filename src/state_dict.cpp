@@ -12,20 +12,22 @@
 namespace bn1d {
 
 void StateDict::insert(const std::string& key, Tensor value) {
-  for (Item& item : items_) {
-    if (item.first == key) {
-      item.second = std::move(value);
-      return;
-    }
+  const auto [it, inserted] = index_.try_emplace(key, items_.size());
+  if (!inserted) {
+    items_[it->second].second = std::move(value);
+    return;
   }
-  items_.emplace_back(key, std::move(value));
+  try {
+    items_.emplace_back(key, std::move(value));
+  } catch (...) {
+    index_.erase(it);
+    throw;
+  }
 }
 
 const Tensor* StateDict::find(const std::string& key) const noexcept {
-  for (const Item& item : items_) {
-    if (item.first == key) return &item.second;
-  }
-  return nullptr;
+  const auto it = index_.find(key);
+  return it == index_.end() ? nullptr : &items_[it->second].second;
 }
 
 const Tensor& StateDict::at(const std::string& key) const {

@@ -156,7 +156,8 @@ TEST(StateDict, FindAndContains) {
 TEST(StateDict, AtNamesTheMissingKey) {
   StateDict state;
   state.insert("weight", Tensor::zeros({2}));
-  EXPECT_TRUE(throws_error([&] { (void)state.at("running_mean"); }, "state dict has no key \"running_mean\""));
+  EXPECT_TRUE(throws_error([&] { (void)state.at("running_mean"); },
+                           "state dict has no key \"running_mean\""));
 }
 
 TEST(Safetensors, RoundTripInMemory) {
@@ -328,8 +329,8 @@ std::vector<Hostile> hostile_files() {
        "overflow"},
       {"shape entry past int64", make_file(R"({"a":{"dtype":"F32","shape":[18446744073709551615]}})", 0),
        "overflow"},
-      {"too many dimensions", make_file(R"({"a":{"dtype":"F32","shape":[)" + nested("1,", "", 64) + "1]}}", 0),
-       "dimensions"},
+      {"too many dimensions",
+       make_file(R"({"a":{"dtype":"F32","shape":[)" + nested("1,", "", 64) + "1]}}", 0), "dimensions"},
       {"offsets reversed", make_file(R"({"a":)" + f32x2 + "[8,0]}}", 8), "begin > end"},
       {"offsets past end", make_file(R"({"a":)" + f32x2 + "[8,16]}}", 8), "past the end"},
       {"negative offset", make_file(R"({"a":)" + f32x2 + "[-8,0]}}", 8), "negative"},

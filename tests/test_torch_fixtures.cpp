@@ -23,6 +23,10 @@
 //     - running_mean / running_var: torch updates them in double and rounds once per step
 //       (three steps): the scale is max(|e_i|, 1).
 //    In every case the library accumulates in double, so K bounds torch's float32 rounding.
+//    Measured (torch 1.13.0a0 fixtures): at most 2.1 ulps for outputs (up to 15.6 ulps of |y|
+//    on the N = 2 fixture, hence the α/β scale), 4.4 ulps for input gradients, 1.7 ulps for
+//    parameter gradients and running statistics; float64 differences at most 6e-15 relative.
+//    Run with BN1D_FIXTURE_REPORT=1 to print each comparison's error as a fraction of its bound.
 //  * num_batches_tracked: exact.
 #include <gtest/gtest.h>
 
@@ -374,6 +378,6 @@ std::string param_name(const ::testing::TestParamInfo<const char*>& info) {
   return s;
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, TorchFixture, ::testing::ValuesIn(kFixtures), param_name);
+INSTANTIATE_TEST_SUITE_P(TorchFixtures, TorchFixture, ::testing::ValuesIn(kFixtures), param_name);
 
 }  // namespace

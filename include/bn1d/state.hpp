@@ -8,6 +8,7 @@
 #include <map>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -41,6 +42,7 @@ class StateDict {
 
  private:
   std::vector<Item> items_;
+  std::unordered_map<std::string, std::size_t> index_;  // key → position in items_
 };
 
 /// Free-form string metadata of a safetensors file (its "__metadata__" object).
@@ -56,10 +58,13 @@ std::vector<std::uint8_t> to_safetensors(const StateDict& state, const Metadata&
 /// than its header length, a header over 100 MB, invalid or non-object JSON, nesting deeper than
 /// the format allows, duplicate keys, a dtype other than F32/F64/I64, negative or overflowing
 /// shapes, data_offsets that are reversed, out of range, overlapping, leave holes or disagree
-/// with shape × dtype size. @p metadata, if given, receives "__metadata__".
+/// with shape × dtype size. @p metadata, if given, is replaced by "__metadata__" (empty when the
+/// file has none) on success and left unchanged on error.
 StateDict parse_safetensors(std::span<const std::uint8_t> bytes, Metadata* metadata = nullptr);
 
-/// Writes @p state to @p path as safetensors (see to_safetensors). Throws Error on I/O failure.
+/// Writes @p state to @p path as safetensors (see to_safetensors), through a temporary file in
+/// the same directory renamed over @p path, so that a failed write never leaves a partial file.
+/// Throws Error on I/O failure.
 void save_safetensors(const std::string& path, const StateDict& state,
                       const Metadata& metadata = {});
 

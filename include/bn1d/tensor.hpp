@@ -3,6 +3,7 @@
 /// @brief A minimal strided tensor: owning (shared storage) or a non-owning view of caller memory.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
