@@ -15,9 +15,11 @@
 #include "bn1d/error.hpp"
 #include "bn1d/state.hpp"
 #include "bn1d/tensor.hpp"
+#include "test_util.hpp"
 
 namespace {
 
+using bn1d::test::throws_error;
 using bn1d::DType;
 using bn1d::Error;
 using bn1d::StateDict;
@@ -54,19 +56,6 @@ Bytes make_file(std::string_view header, std::size_t data_bytes) {
   return with_length(header.size(), std::string(header) + std::string(data_bytes, '\0'));
 }
 
-/// Success if @p call throws bn1d::Error whose what() contains @p word.
-template <class Call>
-testing::AssertionResult throws_error(Call&& call, std::string_view word) {
-  try {
-    call();
-  } catch (const Error& error) {
-    if (std::string_view(error.what()).find(word) != std::string_view::npos) {
-      return testing::AssertionSuccess();
-    }
-    return testing::AssertionFailure() << "what() = \"" << error.what() << "\" lacks \"" << word << "\"";
-  }
-  return testing::AssertionFailure() << "no bn1d::Error thrown (expected one mentioning \"" << word << "\")";
-}
 
 /// The values of @p tensor in row-major order.
 template <class T>

@@ -10,6 +10,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace bn1d::test {
@@ -138,6 +139,20 @@ inline ::testing::AssertionResult all_close(const Tensor& got, const std::vector
                                             double scale = 0.0) {
   if (!got.defined()) return ::testing::AssertionFailure() << "tensor is undefined";
   return all_close(values(got), want, got.dtype(), scale);
+}
+
+/// Success if @p call throws bn1d::Error whose what() contains @p word.
+template <class Call>
+::testing::AssertionResult throws_error(Call&& call, std::string_view word) {
+  try {
+    call();
+  } catch (const Error& error) {
+    if (std::string_view(error.what()).find(word) != std::string_view::npos) {
+      return ::testing::AssertionSuccess();
+    }
+    return ::testing::AssertionFailure() << "what() = \"" << error.what() << "\" lacks \"" << word << "\"";
+  }
+  return ::testing::AssertionFailure() << "no bn1d::Error thrown (expected one mentioning \"" << word << "\")";
 }
 
 }  // namespace bn1d::test

@@ -89,6 +89,17 @@ def random_input(shape, dtype, offsets, scales, channels_last):
     return x.to(dtype)
 
 
+def record_grads(out, stage, x, y, params, shape, dtype):
+    """Gradients of sum(y * gy) for a random gy, under the keys '<stage>.grad_*'."""
+    gy = torch.randn(shape, dtype=torch.float64).to(dtype)
+    grads = torch.autograd.grad(y, [x] + params, gy)
+    out[f"{stage}.grad_output"] = gy
+    out[f"{stage}.grad_input"] = grads[0].contiguous()
+    if params:
+        out[f"{stage}.grad_weight"] = grads[1]
+        out[f"{stage}.grad_bias"] = grads[2]
+
+
 def generate(index, cfg):
     torch.manual_seed(20240 + index)
     shape = cfg["shape"]
@@ -123,26 +134,14 @@ def generate(index, cfg):
         out[f"train.input.{k}"] = x.detach().contiguous()
         out[f"train.output.{k}"] = y.detach().clone()
         if k == TRAIN_STEPS - 1:
-            gy = torch.randn(shape, dtype=torch.float64).to(dtype)
-            grads = torch.autograd.grad(y, [x] + params, gy)
-            out["train.grad_output"] = gy
-            out["train.grad_input"] = grads[0].contiguous()
-            if affine:
-                out["train.grad_weight"] = grads[1]
-                out["train.grad_bias"] = grads[2]
+            record_grads(out, "train", x, y, params, shape, dtype)
 
     bn.eval()
     x = random_input(eval_shape, dtype, offsets, scales, channels_last).requires_grad_(True)
     y = bn(x)
     out["eval.input"] = x.detach().contiguous()
     out["eval.output"] = y.detach().clone()
-    gy = torch.randn(eval_shape, dtype=torch.float64).to(dtype)
-    grads = torch.autograd.grad(y, [x] + params, gy)
-    out["eval.grad_output"] = gy
-    out["eval.grad_input"] = grads[0].contiguous()
-    if affine:
-        out["eval.grad_weight"] = grads[1]
-        out["eval.grad_bias"] = grads[2]
+    record_grads(out, "eval", x, y, params, eval_shape, dtype)
 
     # The module's full state dict, as one layer of a larger model, plus another layer.
     for key, value in bn.state_dict().items():
