@@ -1,22 +1,21 @@
 // SPDX-License-Identifier: MIT
-// Functional batch norm: validate the arguments, derive per-channel coefficients, route to the
-// kernels. No per-element math lives here.
+// Functional batch norm, forward: validate the arguments, derive per-channel coefficients, route
+// to the kernels. No per-element math lives here.
 #include "bn1d/batch_norm.hpp"
 
+#include <algorithm>
 #include <cmath>
-#include <vector>
 
 #include "channel_values.hpp"
-#include "kernels/reference.hpp"
+#include "route.hpp"
 #include "validate.hpp"
 
 namespace bn1d {
 
-using detail::channel_values;
-using detail::check_optional_param;
+using detail::channel_value;
 using detail::f64;
 using detail::f64_mut;
-using detail::store_channel_values;
+
 namespace {
 
 double invstd_of(double var, double eps) {
@@ -24,26 +23,39 @@ double invstd_of(double var, double eps) {
   return var + eps == 0.0 ? 0.0 : 1.0 / std::sqrt(var + eps);
 }
 
+int64_t channels_of(const Tensor& stat) { return stat.defined() ? stat.numel() : 0; }
+
+void check_stats(const BatchStats& stats, std::string_view name, int64_t C) {
+  if (stats.count < 0) throw Error(std::string(name) + " has negative count " + std::to_string(stats.count));
+  detail::check_stat_tensor(stats.mean, name, C, " mean");
+  detail::check_stat_tensor(stats.m2, name, C, " m2");
+}
+
 }  // namespace
 
-BatchStats batch_stats(const Tensor& input) {
+void batch_stats(BatchStats& stats, const Tensor& input) {
   const kernels::View3 x = detail::input_view(input);
-  BatchStats s{x.count(), detail::stat_tensor(x.C), detail::stat_tensor(x.C)};
-  if (x.count() > 0) kernels::reference::channel_stats(f64_mut(s.mean), f64_mut(s.m2), x);
-  return s;
+  detail::reuse_or_allocate(stats.mean, x.C, DType::Float64);
+  detail::reuse_or_allocate(stats.m2, x.C, DType::Float64);
+  stats.count = x.count();
+  if (x.count() > 0) {
+    route::channel_stats(f64_mut(stats.mean), f64_mut(stats.m2), x);
+  } else {
+    std::fill_n(f64_mut(stats.mean), x.C, 0.0);
+    std::fill_n(f64_mut(stats.m2), x.C, 0.0);
+  }
+}
+
+BatchStats batch_stats(const Tensor& input) {
+  BatchStats stats;
+  batch_stats(stats, input);
+  return stats;
 }
 
 BatchStats combine_stats(std::span<const BatchStats> parts) {
   if (parts.empty()) throw Error("combine_stats: expected at least one part, got none");
-  const int64_t C = parts[0].mean.defined() ? parts[0].mean.numel() : 0;
-  for (std::size_t i = 0; i < parts.size(); ++i) {
-    if (parts[i].count < 0) {
-      throw Error("combine_stats: part " + std::to_string(i) + " has negative count " +
-                  std::to_string(parts[i].count));
-    }
-    detail::check_stat_tensor(parts[i].mean, "combine_stats: part " + std::to_string(i) + " mean", C);
-    detail::check_stat_tensor(parts[i].m2, "combine_stats: part " + std::to_string(i) + " m2", C);
-  }
+  const int64_t C = channels_of(parts[0].mean);
+  for (std::size_t i = 0; i < parts.size(); ++i) check_stats(parts[i], "combine_stats: part " + std::to_string(i), C);
   BatchStats out{0, detail::stat_tensor(C), detail::stat_tensor(C)};
   double* mean = f64_mut(out.mean);
   double* m2 = f64_mut(out.m2);
@@ -62,54 +74,68 @@ BatchStats combine_stats(std::span<const BatchStats> parts) {
   return out;
 }
 
-Normalization normalization_from_batch(const BatchStats& stats, double eps) {
+void normalization_from_batch(Normalization& norm, const BatchStats& stats, double eps) {
   detail::check_eps(eps);
-  if (stats.count <= 0) {
-    throw Error("normalization_from_batch: expected statistics of at least one value per channel, got count " +
-                std::to_string(stats.count));
+  const int64_t C = channels_of(stats.mean);
+  check_stats(stats, "stats", C);
+  if (stats.count == 0) {
+    throw Error("normalization_from_batch: expected statistics of at least one value per channel, got count 0");
   }
-  const int64_t C = stats.mean.defined() ? stats.mean.numel() : 0;
-  detail::check_stat_tensor(stats.mean, "stats.mean", C);
-  detail::check_stat_tensor(stats.m2, "stats.m2", C);
-  Normalization norm{stats.mean.clone(), detail::stat_tensor(C)};
+  detail::reuse_or_allocate(norm.mean, C, DType::Float64, {&stats.mean, &stats.m2});
+  detail::reuse_or_allocate(norm.invstd, C, DType::Float64, {&stats.mean, &stats.m2});
   const double n = static_cast<double>(stats.count);
-  for (int64_t c = 0; c < C; ++c) f64_mut(norm.invstd)[c] = invstd_of(f64(stats.m2)[c] / n, eps);
+  for (int64_t c = 0; c < C; ++c) {
+    f64_mut(norm.mean)[c] = f64(stats.mean)[c];
+    f64_mut(norm.invstd)[c] = invstd_of(f64(stats.m2)[c] / n, eps);
+  }
+}
+
+Normalization normalization_from_batch(const BatchStats& stats, double eps) {
+  Normalization norm;
+  normalization_from_batch(norm, stats, eps);
   return norm;
 }
 
-Normalization normalization_from_running(const Tensor& running_mean, const Tensor& running_var,
-                                         double eps) {
+void normalization_from_running(Normalization& norm, const Tensor& running_mean,
+                                const Tensor& running_var, double eps) {
   detail::check_eps(eps);
   if (!running_mean.defined() || !running_var.defined()) {
     throw Error("running_mean and running_var must be defined in evaluation mode");
   }
-  const int64_t C = running_mean.numel();
-  detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
-  detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
   if (running_mean.dtype() == DType::Int64) {
     throw Error("running_mean: expected dtype float32 or float64, got int64");
   }
-  const std::vector<double> mean = channel_values(running_mean, C, 0.0);
-  const std::vector<double> var = channel_values(running_var, C, 1.0);
-  Normalization norm{detail::stat_tensor(C), detail::stat_tensor(C)};
-  for (int64_t c = 0; c < C; ++c) {
-    if (var[c] + eps < 0) {
+  const int64_t C = running_mean.numel();
+  detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
+  detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
+  for (int64_t c = 0; c < C; ++c) {  // all checks before the first write
+    const double var = channel_value(running_var, c, 1.0);
+    if (var + eps < 0) {
       throw Error("running_var: expected non-negative variances, got running_var[" +
-                  std::to_string(c) + "] = " + python_float_repr(var[c]) + " with eps " +
+                  std::to_string(c) + "] = " + python_float_repr(var) + " with eps " +
                   python_float_repr(eps));
     }
-    f64_mut(norm.mean)[c] = mean[c];
-    f64_mut(norm.invstd)[c] = invstd_of(var[c], eps);
   }
+  detail::reuse_or_allocate(norm.mean, C, DType::Float64);
+  detail::reuse_or_allocate(norm.invstd, C, DType::Float64);
+  for (int64_t c = 0; c < C; ++c) {
+    f64_mut(norm.mean)[c] = channel_value(running_mean, c, 0.0);
+    f64_mut(norm.invstd)[c] = invstd_of(channel_value(running_var, c, 1.0), eps);
+  }
+}
+
+Normalization normalization_from_running(const Tensor& running_mean, const Tensor& running_var,
+                                         double eps) {
+  Normalization norm;
+  normalization_from_running(norm, running_mean, running_var, eps);
   return norm;
 }
 
 void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
                           const BatchStats& stats, double momentum) {
   detail::check_momentum(momentum);
-  const int64_t C = stats.mean.defined() ? stats.mean.numel() : 0;
-  detail::check_stat_tensor(stats.mean, "stats.mean", C);
-  detail::check_stat_tensor(stats.m2, "stats.m2", C);
+  const int64_t C = channels_of(stats.mean);
+  check_stats(stats, "stats", C);
   if (stats.count < 2) {
     throw Error("update_running_stats: the unbiased variance needs more than 1 value per channel, got count " +
                 std::to_string(stats.count));
@@ -119,32 +145,38 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
   }
   detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
   detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
-  std::vector<double> mean = channel_values(running_mean, C, 0.0);
-  std::vector<double> var = channel_values(running_var, C, 1.0);
   const double unbias = 1.0 / static_cast<double>(stats.count - 1);
   for (int64_t c = 0; c < C; ++c) {
-    mean[c] = (1.0 - momentum) * mean[c] + momentum * f64(stats.mean)[c];
-    var[c] = (1.0 - momentum) * var[c] + momentum * (f64(stats.m2)[c] * unbias);
+    const double mean = (1.0 - momentum) * channel_value(running_mean, c, 0.0) + momentum * f64(stats.mean)[c];
+    const double var = (1.0 - momentum) * channel_value(running_var, c, 1.0) + momentum * (f64(stats.m2)[c] * unbias);
+    detail::store_channel_value(running_mean, c, mean);
+    detail::store_channel_value(running_var, c, var);
   }
-  store_channel_values(running_mean, mean);
-  store_channel_values(running_var, var);
+}
+
+void batch_norm_apply(Tensor& output, const Tensor& input, const Normalization& norm,
+                      const Tensor& weight, const Tensor& bias) {
+  const kernels::View3 x = detail::input_view(input);
+  detail::check_normalization(norm, x.C);
+  detail::check_optional_param(weight, "weight", x.C, input.dtype());
+  detail::check_optional_param(bias, "bias", x.C, input.dtype());
+  detail::reuse_or_allocate(output, input.sizes(), input.dtype(), {&input});
+  if (output.numel() == 0) return;
+  // y = (x − mean) · scale + shift, scale = invstd · weight, shift = bias.
+  double* scale = detail::scratch(0, static_cast<std::size_t>(x.C));
+  double* shift = detail::scratch(1, static_cast<std::size_t>(x.C));
+  for (int64_t c = 0; c < x.C; ++c) {
+    scale[c] = channel_value(weight, c, 1.0) * f64(norm.invstd)[c];
+    shift[c] = channel_value(bias, c, 0.0);
+  }
+  route::normalize(output.raw_data(), x, f64(norm.mean), scale, shift);
 }
 
 Tensor batch_norm_apply(const Tensor& input, const Normalization& norm, const Tensor& weight,
                         const Tensor& bias) {
-  const kernels::View3 x = detail::input_view(input);
-  detail::check_normalization(norm, x.C);
-  check_optional_param(weight, "weight", x.C, input.dtype());
-  check_optional_param(bias, "bias", x.C, input.dtype());
-  // y = (x − mean) · scale + shift, scale = invstd · weight, shift = bias.
-  std::vector<double> scale = channel_values(weight, x.C, 1.0);
-  const std::vector<double> shift = channel_values(bias, x.C, 0.0);
-  for (int64_t c = 0; c < x.C; ++c) scale[c] *= f64(norm.invstd)[c];
-  Tensor out = Tensor::empty(input.sizes(), input.dtype());
-  if (out.numel() > 0) {
-    kernels::reference::normalize(out.raw_data(), x, f64(norm.mean), scale.data(), shift.data());
-  }
-  return out;
+  Tensor output;
+  batch_norm_apply(output, input, norm, weight, bias);
+  return output;
 }
 
 Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
@@ -153,8 +185,8 @@ Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor&
   const kernels::View3 x = detail::input_view(input);
   detail::check_eps(eps);
   detail::check_momentum(momentum);
-  check_optional_param(weight, "weight", x.C, input.dtype());
-  check_optional_param(bias, "bias", x.C, input.dtype());
+  detail::check_optional_param(weight, "weight", x.C, input.dtype());
+  detail::check_optional_param(bias, "bias", x.C, input.dtype());
   if (running_mean.defined() != running_var.defined()) {
     throw Error("running_mean and running_var must be both defined or both undefined");
   }
@@ -168,7 +200,7 @@ Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor&
                             weight, bias);
   }
   detail::check_batch_size(input);
-  if (x.count() == 0 || x.C == 0) return Tensor::empty(input.sizes(), input.dtype());
+  if (x.count() == 0) return Tensor::empty(input.sizes(), input.dtype());
   const BatchStats stats = batch_stats(input);
   Tensor out = batch_norm_apply(input, normalization_from_batch(stats, eps), weight, bias);
   if (tracking) update_running_stats(running_mean, running_var, stats, momentum);

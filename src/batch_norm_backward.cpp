@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MIT
 // Functional batch-norm backward: validate, derive per-channel coefficients, route to kernels.
 // The derivation of each term is in docs/math.md.
-#include <vector>
+#include <algorithm>
 
 #include "bn1d/batch_norm.hpp"
 #include "channel_values.hpp"
-#include "kernels/reference.hpp"
+#include "route.hpp"
 #include "validate.hpp"
 
 namespace bn1d {
@@ -13,28 +13,44 @@ namespace bn1d {
 using detail::f64;
 using detail::f64_mut;
 
-GradStats backward_stats(const Tensor& grad_output, const Tensor& input, const Normalization& norm) {
+namespace {
+
+void check_grad_stats(const GradStats& s, std::string_view name, int64_t C) {
+  if (s.count < 0) throw Error(std::string(name) + " has negative count " + std::to_string(s.count));
+  detail::check_stat_tensor(s.sum_dy, name, C, " sum_dy");
+  detail::check_stat_tensor(s.sum_dy_xmu, name, C, " sum_dy_xmu");
+}
+
+}  // namespace
+
+void backward_stats(GradStats& stats, const Tensor& grad_output, const Tensor& input,
+                    const Normalization& norm) {
   const kernels::View3 x = detail::input_view(input);
   detail::check_same_shape(grad_output, "grad_output", input);
   const kernels::View3 dy = detail::input_view(grad_output, "grad_output");
   detail::check_normalization(norm, x.C);
-  GradStats s{x.count(), detail::stat_tensor(x.C), detail::stat_tensor(x.C)};
+  detail::reuse_or_allocate(stats.sum_dy, x.C, DType::Float64, {&norm.mean, &norm.invstd});
+  detail::reuse_or_allocate(stats.sum_dy_xmu, x.C, DType::Float64, {&norm.mean, &norm.invstd});
+  stats.count = x.count();
   if (x.count() > 0) {
-    kernels::reference::backward_sums(f64_mut(s.sum_dy), f64_mut(s.sum_dy_xmu), dy, x, f64(norm.mean));
+    route::backward_sums(f64_mut(stats.sum_dy), f64_mut(stats.sum_dy_xmu), dy, x, f64(norm.mean));
+  } else {
+    std::fill_n(f64_mut(stats.sum_dy), x.C, 0.0);
+    std::fill_n(f64_mut(stats.sum_dy_xmu), x.C, 0.0);
   }
-  return s;
+}
+
+GradStats backward_stats(const Tensor& grad_output, const Tensor& input, const Normalization& norm) {
+  GradStats stats;
+  backward_stats(stats, grad_output, input, norm);
+  return stats;
 }
 
 GradStats combine_grad_stats(std::span<const GradStats> parts) {
   if (parts.empty()) throw Error("combine_grad_stats: expected at least one part, got none");
   const int64_t C = parts[0].sum_dy.defined() ? parts[0].sum_dy.numel() : 0;
+  for (std::size_t i = 0; i < parts.size(); ++i) check_grad_stats(parts[i], "combine_grad_stats: part " + std::to_string(i), C);
   GradStats out{0, detail::stat_tensor(C), detail::stat_tensor(C)};
-  for (std::size_t i = 0; i < parts.size(); ++i) {
-    const std::string name = "combine_grad_stats: part " + std::to_string(i);
-    if (parts[i].count < 0) throw Error(name + " has negative count " + std::to_string(parts[i].count));
-    detail::check_stat_tensor(parts[i].sum_dy, name + " sum_dy", C);
-    detail::check_stat_tensor(parts[i].sum_dy_xmu, name + " sum_dy_xmu", C);
-  }
   for (const GradStats& p : parts) {
     for (int64_t c = 0; c < C; ++c) {
       f64_mut(out.sum_dy)[c] += f64(p.sum_dy)[c];
@@ -45,76 +61,96 @@ GradStats combine_grad_stats(std::span<const GradStats> parts) {
   return out;
 }
 
-Tensor batch_norm_backward_input(const Tensor& grad_output, const Tensor& input,
-                                 const Normalization& norm, const Tensor& weight,
-                                 const GradStats& global, bool batch_statistics) {
+void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
+                               const Normalization& norm, const Tensor& weight,
+                               const GradStats& global, bool batch_statistics) {
   const kernels::View3 x = detail::input_view(input);
   detail::check_same_shape(grad_output, "grad_output", input);
   const kernels::View3 dy = detail::input_view(grad_output, "grad_output");
   detail::check_normalization(norm, x.C);
   detail::check_optional_param(weight, "weight", x.C, input.dtype());
   if (batch_statistics) {
-    detail::check_stat_tensor(global.sum_dy, "global.sum_dy", x.C);
-    detail::check_stat_tensor(global.sum_dy_xmu, "global.sum_dy_xmu", x.C);
-    if (global.count <= 0 && x.count() > 0) {
-      throw Error("batch_norm_backward_input: expected global statistics of at least one value per channel, got count " +
-                  std::to_string(global.count));
+    check_grad_stats(global, "global", x.C);
+    if (global.count == 0 && x.count() > 0) {
+      throw Error("batch_norm_backward_input: expected global statistics of at least one value per channel, got count 0");
     }
   }
+  detail::reuse_or_allocate(grad_input, input.sizes(), input.dtype(), {&input, &grad_output});
+  if (grad_input.numel() == 0) return;
   // dx = a · dy + b · (x − mean) + k per channel, with g = weight · invstd:
   //   a = g                                   (direct path through x̂)
   //   k = −g · Σdy / n                        (through the batch mean)
   //   b = −g · invstd² · Σdy(x − mean) / n    (through the batch variance)
   // With running statistics the mean and variance are constants: b = k = 0.
-  const std::vector<double> w = detail::channel_values(weight, x.C, 1.0);
-  std::vector<double> a(w.size()), b(w.size(), 0.0), k(w.size(), 0.0);
+  const auto C = static_cast<std::size_t>(x.C);
+  double* a = detail::scratch(0, C);
+  double* b = detail::scratch(1, C);
+  double* k = detail::scratch(2, C);
   for (int64_t c = 0; c < x.C; ++c) {
     const double invstd = f64(norm.invstd)[c];
-    a[c] = w[c] * invstd;
-    if (batch_statistics && global.count > 0) {
+    a[c] = detail::channel_value(weight, c, 1.0) * invstd;
+    b[c] = k[c] = 0.0;
+    if (batch_statistics) {
       const double n = static_cast<double>(global.count);
       k[c] = -a[c] * f64(global.sum_dy)[c] / n;
       b[c] = -a[c] * invstd * invstd * f64(global.sum_dy_xmu)[c] / n;
     }
   }
-  Tensor dx = Tensor::empty(input.sizes(), input.dtype());
-  if (dx.numel() > 0) {
-    kernels::reference::backward_input(dx.raw_data(), dy, x, f64(norm.mean), a.data(), b.data(), k.data());
+  route::backward_input(grad_input.raw_data(), dy, x, f64(norm.mean), a, b, k);
+}
+
+Tensor batch_norm_backward_input(const Tensor& grad_output, const Tensor& input,
+                                 const Normalization& norm, const Tensor& weight,
+                                 const GradStats& global, bool batch_statistics) {
+  Tensor grad_input;
+  batch_norm_backward_input(grad_input, grad_output, input, norm, weight, global, batch_statistics);
+  return grad_input;
+}
+
+void batch_norm_backward_params(BatchNormGradients& grads, const GradStats& stats,
+                                const Normalization& norm, DType dtype) {
+  const int64_t C = norm.mean.defined() ? norm.mean.numel() : 0;
+  detail::check_normalization(norm, C);
+  check_grad_stats(stats, "stats", C);
+  if (dtype != DType::Float32 && dtype != DType::Float64) {
+    throw Error(std::string("dtype: expected float32 or float64, got ") + dtype_name(dtype));
   }
-  return dx;
+  detail::reuse_or_allocate(grads.weight, C, dtype);
+  detail::reuse_or_allocate(grads.bias, C, dtype);
+  // grad_weight = Σ dy · x̂ = Σ dy (x − mean) · invstd;  grad_bias = Σ dy.
+  for (int64_t c = 0; c < C; ++c) {
+    detail::store_channel_value(grads.weight, c, f64(stats.sum_dy_xmu)[c] * f64(norm.invstd)[c]);
+    detail::store_channel_value(grads.bias, c, f64(stats.sum_dy)[c]);
+  }
 }
 
 BatchNormGradients batch_norm_backward_params(const GradStats& stats, const Normalization& norm,
                                               DType dtype) {
-  const int64_t C = norm.mean.defined() ? norm.mean.numel() : 0;
-  detail::check_normalization(norm, C);
-  detail::check_stat_tensor(stats.sum_dy, "stats.sum_dy", C);
-  detail::check_stat_tensor(stats.sum_dy_xmu, "stats.sum_dy_xmu", C);
-  if (dtype != DType::Float32 && dtype != DType::Float64) {
-    throw Error(std::string("dtype: expected float32 or float64, got ") + dtype_name(dtype));
+  BatchNormGradients grads;
+  batch_norm_backward_params(grads, stats, norm, dtype);
+  return grads;
+}
+
+void batch_norm_backward(BatchNormGradients& grads, const Tensor& grad_output, const Tensor& input,
+                         const Normalization& norm, const Tensor& weight, bool batch_statistics,
+                         bool affine) {
+  thread_local GradStats stats;  // reused: steady-state calls allocate nothing
+  backward_stats(stats, grad_output, input, norm);
+  if (affine) {
+    batch_norm_backward_params(grads, stats, norm, input.dtype());
+  } else {
+    grads.weight = Tensor();
+    grads.bias = Tensor();
   }
-  // grad_weight = Σ dy · x̂ = Σ dy (x − mean) · invstd;  grad_bias = Σ dy.
-  std::vector<double> gw(static_cast<std::size_t>(C)), gb(static_cast<std::size_t>(C));
-  for (int64_t c = 0; c < C; ++c) {
-    gw[c] = f64(stats.sum_dy_xmu)[c] * f64(norm.invstd)[c];
-    gb[c] = f64(stats.sum_dy)[c];
-  }
-  BatchNormGradients g;
-  g.weight = Tensor::empty({C}, dtype);
-  g.bias = Tensor::empty({C}, dtype);
-  detail::store_channel_values(g.weight, gw);
-  detail::store_channel_values(g.bias, gb);
-  return g;
+  batch_norm_backward_input(grads.input, grad_output, input, norm, weight, stats, batch_statistics);
 }
 
 BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& input,
                                        const Normalization& norm, const Tensor& weight,
                                        bool batch_statistics, bool affine) {
-  const GradStats stats = backward_stats(grad_output, input, norm);
-  BatchNormGradients g;
-  if (affine) g = batch_norm_backward_params(stats, norm, input.dtype());
-  g.input = batch_norm_backward_input(grad_output, input, norm, weight, stats, batch_statistics);
-  return g;
+  BatchNormGradients grads;
+  batch_norm_backward(grads, grad_output, input, norm, weight, batch_statistics, affine);
+  return grads;
 }
 
 }  // namespace bn1d

@@ -3,9 +3,11 @@
 // runs before the first mutation, so a call that throws leaves the module unchanged.
 #include "bn1d/module.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <ostream>
 
+#include "channel_values.hpp"
 #include "validate.hpp"
 
 namespace bn1d {
@@ -53,7 +55,7 @@ BatchNorm1d::BatchNorm1d(const BatchNorm1d& other)
       running_var_(other.running_var_.clone()),
       num_batches_tracked_(other.num_batches_tracked_),
       saved_input_(other.saved_input_),
-      saved_norm_(other.saved_norm_),
+      saved_norm_{other.saved_norm_.mean.clone(), other.saved_norm_.invstd.clone()},
       saved_batch_statistics_(other.saved_batch_statistics_) {}
 
 BatchNorm1d& BatchNorm1d::operator=(const BatchNorm1d& other) {
@@ -79,6 +81,12 @@ void BatchNorm1d::validate_state(int64_t channels) const {
 }
 
 Tensor BatchNorm1d::forward(const Tensor& input) {
+  Tensor output;
+  forward(input, output);
+  return output;
+}
+
+void BatchNorm1d::forward(const Tensor& input, Tensor& output) {
   const kernels::View3 x = detail::input_view(input);
   if (input.dtype() != options_.dtype()) {
     throw Error(module_name(options_) + ": expected a " + dtype_name(options_.dtype()) +
@@ -88,40 +96,48 @@ Tensor BatchNorm1d::forward(const Tensor& input) {
   const bool tracking = options_.track_running_stats();
   const bool batch_statistics = training_ || !tracking;
   if (batch_statistics) detail::check_batch_size(input);
+  // Eval mode validates the running variance before anything is written.
+  if (!batch_statistics && x.count() > 0) {
+    normalization_from_running(saved_norm_, running_mean_, running_var_, options_.eps());
+  }
 
-  Normalization norm;
-  Tensor output;
   if (x.count() == 0) {
     // Empty batch: nothing to normalize, no statistics, no state change (torch would count it).
-    norm = {detail::stat_tensor(x.C), detail::stat_tensor(x.C)};
-    output = Tensor::empty(input.sizes(), input.dtype());
+    detail::reuse_or_allocate(output, input.sizes(), input.dtype());
+    detail::reuse_or_allocate(saved_norm_.mean, x.C, DType::Float64);
+    detail::reuse_or_allocate(saved_norm_.invstd, x.C, DType::Float64);
+    std::fill_n(saved_norm_.mean.data<double>(), x.C, 0.0);
+    std::fill_n(saved_norm_.invstd.data<double>(), x.C, 0.0);
   } else if (batch_statistics) {
-    const BatchStats stats = batch_stats(input);
-    norm = normalization_from_batch(stats, options_.eps());
-    output = batch_norm_apply(input, norm, weight_, bias_);
+    batch_stats(stats_, input);
+    normalization_from_batch(saved_norm_, stats_, options_.eps());
+    batch_norm_apply(output, input, saved_norm_, weight_, bias_);
     if (training_ && tracking) {  // commit: nothing below can throw
       ++num_batches_tracked_;
       const double factor = options_.momentum().value_or(1.0 / static_cast<double>(num_batches_tracked_));
-      update_running_stats(running_mean_, running_var_, stats, factor);
+      update_running_stats(running_mean_, running_var_, stats_, factor);
     }
   } else {
-    norm = normalization_from_running(running_mean_, running_var_, options_.eps());
-    output = batch_norm_apply(input, norm, weight_, bias_);
+    batch_norm_apply(output, input, saved_norm_, weight_, bias_);
   }
   saved_input_ = input;
-  saved_norm_ = std::move(norm);
   saved_batch_statistics_ = batch_statistics;
-  return output;
 }
 
 BatchNorm1d::Gradients BatchNorm1d::backward(const Tensor& grad_output) {
+  Gradients grads;
+  backward(grad_output, grads);
+  return grads;
+}
+
+void BatchNorm1d::backward(const Tensor& grad_output, Gradients& grads) {
   if (!saved_input_.defined()) {
     throw Error(module_name(options_) + ": backward called before forward");
   }
   detail::check_same_shape(grad_output, "grad_output", saved_input_);
   validate_state(saved_input_.sizes()[1]);
-  return batch_norm_backward(grad_output, saved_input_, saved_norm_, weight_,
-                             saved_batch_statistics_, options_.affine());
+  batch_norm_backward(grads, grad_output, saved_input_, saved_norm_, weight_,
+                      saved_batch_statistics_, options_.affine());
 }
 
 void BatchNorm1d::reset_running_stats() {

@@ -27,17 +27,18 @@ kernels::View3 input_view(const Tensor& input, const char* name) {
   return v;
 }
 
-void check_channel_tensor(const Tensor& t, const std::string& name, int64_t C, DType dtype) {
-  if (!t.defined()) throw Error(name + ": expected a defined tensor of shape [" + std::to_string(C) + "]");
-  if (t.dim() != 1 || t.sizes()[0] != C || t.dtype() != dtype) {
-    throw Error(name + ": expected a " + dtype_name(dtype) + " tensor of shape [" +
-                std::to_string(C) + "] (one value per channel), got a " + dtype_name(t.dtype()) +
-                " tensor of shape " + format_shape(t.sizes()));
-  }
+void check_channel_tensor(const Tensor& t, std::string_view name, int64_t C, DType dtype,
+                          std::string_view field) {
+  if (t.defined() && t.dim() == 1 && t.sizes()[0] == C && t.dtype() == dtype) return;
+  const std::string who = std::string(name) + std::string(field);
+  if (!t.defined()) throw Error(who + ": expected a defined tensor of shape [" + std::to_string(C) + "]");
+  throw Error(who + ": expected a " + dtype_name(dtype) + " tensor of shape [" + std::to_string(C) +
+              "] (one value per channel), got a " + dtype_name(t.dtype()) + " tensor of shape " +
+              format_shape(t.sizes()));
 }
 
-void check_stat_tensor(const Tensor& t, const std::string& name, int64_t C) {
-  check_channel_tensor(t, name, C, DType::Float64);
+void check_stat_tensor(const Tensor& t, std::string_view name, int64_t C, std::string_view field) {
+  check_channel_tensor(t, name, C, DType::Float64, field);
 }
 
 void check_same_shape(const Tensor& other, const char* other_name, const Tensor& input) {

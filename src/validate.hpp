@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "bn1d/batch_norm.hpp"
 #include "kernels/view.hpp"
@@ -15,11 +16,13 @@ namespace bn1d::detail {
 /// 3-D view. Errors use PyTorch's text: "expected 2D or 3D input (got 4D input)".
 kernels::View3 input_view(const Tensor& input, const char* name = "input");
 
-/// Checks that @p t is defined, of shape {C} and of @p dtype; @p name goes into the message.
-void check_channel_tensor(const Tensor& t, const std::string& name, int64_t C, DType dtype);
+/// Checks that @p t is defined, of shape {C} and of @p dtype; @p name + @p field names it in the
+/// message (built only on failure, so that the check allocates nothing).
+void check_channel_tensor(const Tensor& t, std::string_view name, int64_t C, DType dtype,
+                          std::string_view field = {});
 
 /// Checks that @p t is a float64 {C} statistics tensor.
-void check_stat_tensor(const Tensor& t, const std::string& name, int64_t C);
+void check_stat_tensor(const Tensor& t, std::string_view name, int64_t C, std::string_view field = {});
 
 /// Checks that @p other has the sizes and dtype of @p input.
 void check_same_shape(const Tensor& other, const char* other_name, const Tensor& input);

@@ -120,4 +120,34 @@ BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& 
                                        const Normalization& norm, const Tensor& weight,
                                        bool batch_statistics, bool affine);
 
+// ---- Allocation-free forms --------------------------------------------------------------------
+// The same steps writing into caller-owned results (outputs first). A result tensor is reused
+// when it is contiguous, of the right sizes and dtype and does not overlap an input; otherwise
+// it is replaced by a new one. With reused results a call allocates nothing.
+
+/// batch_stats() into @p stats.
+void batch_stats(BatchStats& stats, const Tensor& input);
+/// normalization_from_batch() into @p norm.
+void normalization_from_batch(Normalization& norm, const BatchStats& stats, double eps);
+/// normalization_from_running() into @p norm (unchanged when it throws).
+void normalization_from_running(Normalization& norm, const Tensor& running_mean,
+                                const Tensor& running_var, double eps);
+/// batch_norm_apply() into @p output.
+void batch_norm_apply(Tensor& output, const Tensor& input, const Normalization& norm,
+                      const Tensor& weight, const Tensor& bias);
+/// backward_stats() into @p stats.
+void backward_stats(GradStats& stats, const Tensor& grad_output, const Tensor& input,
+                    const Normalization& norm);
+/// batch_norm_backward_input() into @p grad_input.
+void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
+                               const Normalization& norm, const Tensor& weight,
+                               const GradStats& global, bool batch_statistics);
+/// batch_norm_backward_params() into grads.weight and grads.bias (grads.input is untouched).
+void batch_norm_backward_params(BatchNormGradients& grads, const GradStats& stats,
+                                const Normalization& norm, DType dtype);
+/// batch_norm_backward() into @p grads (weight and bias reset to undefined without @p affine).
+void batch_norm_backward(BatchNormGradients& grads, const Tensor& grad_output, const Tensor& input,
+                         const Normalization& norm, const Tensor& weight, bool batch_statistics,
+                         bool affine);
+
 }  // namespace bn1d

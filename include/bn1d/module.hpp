@@ -91,10 +91,16 @@ class BatchNorm1d {
   Tensor forward(const Tensor& input);
   /// Same as forward().
   Tensor operator()(const Tensor& input) { return forward(input); }
+  /// forward() into a caller-owned buffer: @p output is reused when it is a contiguous tensor of
+  /// the input's sizes and dtype (no allocation in steady state), otherwise replaced by a new one.
+  void forward(const Tensor& input, Tensor& output);
 
   /// Gradients of the most recent forward() with respect to its input, weight and bias, for
   /// @p grad_output of the output's shape and dtype. Throws Error before any forward().
   Gradients backward(const Tensor& grad_output);
+  /// backward() into caller-owned buffers: each tensor of @p grads is reused when it already has
+  /// the right sizes and dtype and is contiguous, otherwise replaced.
+  void backward(const Tensor& grad_output, Gradients& grads);
 
   /// Sets training (true) or evaluation (false) mode; returns *this.
   BatchNorm1d& train(bool on = true) noexcept { training_ = on; return *this; }
@@ -146,7 +152,8 @@ class BatchNorm1d {
   Tensor weight_, bias_, running_mean_, running_var_;
   int64_t num_batches_tracked_ = 0;
 
-  // Saved by forward() for backward().
+  // Saved by forward() for backward(), and reused statistics buffers.
+  BatchStats stats_;
   Tensor saved_input_;
   Normalization saved_norm_;
   bool saved_batch_statistics_ = false;

@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: MIT
+/// @file runner.hpp
+/// @brief What the benchmark driver measures: one problem (shape, dtype, memory layout, shared
+/// input buffers) and one Runner per library that runs the three ops on it.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <bn1d/tensor.hpp>
+
+namespace bench {
+
+/// One benchmark case. The logical shape is (N, C) or (N, C, L); the input buffers hold either a
+/// row-major (N, C, L) array or, for channels_last, a row-major (N, L, C) array viewed as (N, C, L).
+struct Problem {
+  int64_t n = 0, c = 0, l = 1;  ///< l == 1 for a 2-D (N, C) problem
+  bool three_d = false;         ///< (N, C, L) rather than (N, C)
+  bool channels_last = false;   ///< (N, L, C) memory, three_d only
+  bn1d::DType dtype = bn1d::DType::Float32;
+  double eps = 1e-5;
+  double momentum = 0.1;
+  void* x = nullptr;   ///< input, layout given by strides()
+  void* dy = nullptr;  ///< gradient of the output for backward, same layout as x
+
+  int64_t numel() const { return n * c * l; }
+  std::size_t bytes() const { return static_cast<std::size_t>(numel()) * bn1d::element_size(dtype); }
+  /// Element strides of (N, C, L) in the input buffers (L's stride is unused when !three_d).
+  std::array<int64_t, 3> strides() const {
+    return channels_last ? std::array<int64_t, 3>{l * c, 1, c} : std::array<int64_t, 3>{c * l, l, 1};
+  }
+};
+
+/// Affine weight of channel @p c, the same in every library (exact in float32).
+inline double affine_weight(int64_t c) { return 0.5 + static_cast<double>(c % 7) / 8.0; }
+/// Affine bias of channel @p c.
+inline double affine_bias(int64_t c) { return static_cast<double>(c % 5) / 4.0 - 0.5; }
+
+/// An output of a runner: its first element and its (N, C, L) element strides.
+struct View {
+  const void* data = nullptr;
+  std::array<int64_t, 3> strides{};
+};
+
+/// One library's implementation of the benchmarked ops, bound to one Problem. Output buffers are
+/// allocated by the constructor (or the library's first call) and reused by every later call.
+class Runner {
+ public:
+  virtual ~Runner() = default;
+  /// Training forward: batch statistics, running-statistics update where the library does it.
+  virtual void forward_train() = 0;
+  /// Evaluation forward with running statistics.
+  virtual void forward_eval() = 0;
+  /// Gradients of input, weight and bias for Problem::dy. Callers run forward_train() first.
+  virtual void backward() = 0;
+  /// The output of the most recent forward call.
+  virtual View output() const = 0;
+};
+
+/// bn1d's BatchNorm1d with forward(input, output) and backward(grad_output, grads).
+std::unique_ptr<Runner> make_bn1d_runner(const Problem& p);
+
+#if BN1D_HAVE_TORCH
+/// libtorch's CPU batch norm (at::native_batch_norm / native_batch_norm_backward).
+std::unique_ptr<Runner> make_torch_runner(const Problem& p);
+/// at::set_num_threads.
+void set_torch_threads(int threads);
+/// "libtorch 1.13.1 (N threads)".
+std::string torch_description();
+#endif
+
+#if BN1D_HAVE_DNNL
+/// oneDNN's batch_normalization primitives; nullptr when the problem is not supported (float64).
+std::unique_ptr<Runner> make_dnnl_runner(const Problem& p);
+/// "oneDNN 2.6.3 (OpenMP runtime)".
+std::string dnnl_description();
+#endif
+
+}  // namespace bench

@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: MIT
+/// @file torch_runner.cpp
+/// @brief libtorch's side of the benchmark (compiled only when find_package(Torch) succeeds).
+///
+/// libtorch 1.13 has no CPU kernel for native_batch_norm.out (it throws "Could not run
+/// 'aten::native_batch_norm.out' with arguments from the 'CPU' backend"), and
+/// native_batch_norm_backward.out is a composite that runs the functional op and then copies.
+/// The fastest honest calls are therefore the functional at::native_batch_norm and
+/// at::native_batch_norm_backward, which allocate their outputs on every call; the driver tunes
+/// glibc malloc so that those allocations reuse the freed blocks (see bench.cpp).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+#include <torch/version.h>
+
+#include "runner.hpp"
+
+namespace bench {
+namespace {
+
+class TorchRunner final : public Runner {
+ public:
+  explicit TorchRunner(const Problem& p) : p_(p) {
+    const auto type = p.dtype == bn1d::DType::Float32 ? at::kFloat : at::kDouble;
+    const auto opts = at::TensorOptions().dtype(type);
+    const auto s = p.strides();
+    std::vector<int64_t> sizes{p.n, p.c}, strides{s[0], s[1]};
+    if (p.three_d) {
+      sizes.push_back(p.l);
+      strides.push_back(s[2]);
+    }
+    if (p.channels_last) {
+      // Torch's CPU batch norm has a dedicated kernel for 4-D channels_last tensors; a 3-D
+      // strided view would take its generic TensorIterator path. (N, C, L, 1) with strides
+      // (L·C, 1, C, C) is the same memory, channels_last-contiguous.
+      sizes.push_back(1);
+      strides.push_back(p.c);
+    }
+    x_ = at::from_blob(p.x, sizes, strides, opts);
+    dy_ = at::from_blob(p.dy, sizes, strides, opts);
+    weight_ = at::empty({p.c}, opts);
+    bias_ = at::empty({p.c}, opts);
+    for (int64_t c = 0; c < p.c; ++c) {
+      weight_[c] = affine_weight(c);
+      bias_[c] = affine_bias(c);
+    }
+    running_mean_ = at::zeros({p.c}, opts);
+    running_var_ = at::ones({p.c}, opts);
+  }
+
+  void forward_train() override {
+    c10::InferenceMode guard;
+    std::tie(out_, save_mean_, save_invstd_) = at::native_batch_norm(
+        x_, weight_, bias_, running_mean_, running_var_, /*training=*/true, p_.momentum, p_.eps);
+  }
+  void forward_eval() override {
+    c10::InferenceMode guard;
+    out_ = std::get<0>(at::native_batch_norm(x_, weight_, bias_, running_mean_, running_var_,
+                                             /*training=*/false, p_.momentum, p_.eps));
+  }
+  void backward() override {
+    c10::InferenceMode guard;
+    grads_ = at::native_batch_norm_backward(dy_, x_, weight_, running_mean_, running_var_,
+                                            save_mean_, save_invstd_, /*train=*/true, p_.eps,
+                                            {true, true, true});
+  }
+  View output() const override {
+    return {out_.data_ptr(), {out_.stride(0), out_.stride(1), p_.three_d ? out_.stride(2) : 1}};
+  }
+
+ private:
+  Problem p_;
+  at::Tensor x_, dy_, weight_, bias_, running_mean_, running_var_;
+  at::Tensor out_, save_mean_, save_invstd_;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> grads_;
+};
+
+}  // namespace
+
+std::unique_ptr<Runner> make_torch_runner(const Problem& p) {
+  return std::make_unique<TorchRunner>(p);
+}
+
+std::string torch_description() {
+  return std::string("libtorch ") + TORCH_VERSION + " (" + std::to_string(at::get_num_threads()) +
+         " threads)";
+}
+
+void set_torch_threads(int threads) { at::set_num_threads(threads); }
+
+}  // namespace bench

@@ -1,0 +1,25 @@
+// SPDX-License-Identifier: MIT
+// Routing: picks the kernel for a validated view by its memory layout. The functional API calls
+// these; they have the signatures of the kernels (outputs first, pointers and sizes).
+#pragma once
+
+#include "kernels/view.hpp"
+
+namespace bn1d::route {
+
+/// mean[c] and m2[c] = Σ (x − mean[c])² over the N·L values of channel c.
+void channel_stats(double* mean, double* m2, const kernels::View3& x);
+
+/// y = (x − mean[c]) · scale[c] + shift[c], y contiguous (N, C, L) of x's dtype.
+void normalize(void* y, const kernels::View3& x, const double* mean, const double* scale,
+               const double* shift);
+
+/// sum_dy[c] = Σ dy, sum_dy_xmu[c] = Σ dy · (x − mean[c]).
+void backward_sums(double* sum_dy, double* sum_dy_xmu, const kernels::View3& dy,
+                   const kernels::View3& x, const double* mean);
+
+/// dx = a[c] · dy + b[c] · (x − mean[c]) + k[c], dx contiguous (N, C, L) of x's dtype.
+void backward_input(void* dx, const kernels::View3& dy, const kernels::View3& x,
+                    const double* mean, const double* a, const double* b, const double* k);
+
+}  // namespace bn1d::route

@@ -1,0 +1,79 @@
+// Steady state allocates nothing: forward(input, out) and backward(grad_output, grads) reuse the
+// caller's buffers and the module's statistics. Counted by replacing the global operator new
+// (every Tensor allocation also allocates its shared_ptr control block through it).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <functional>
+#include <bn1d/bn1d.hpp>
+#include <cstdlib>
+#include <new>
+
+#include "test_util.hpp"
+
+namespace {
+std::atomic<bool> counting{false};
+std::atomic<long> allocations{0};
+}  // namespace
+
+void* operator new(std::size_t n) {
+  if (counting.load(std::memory_order_relaxed)) {
+    allocations.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace bn1d::test {
+namespace {
+
+long allocations_during(const std::function<void()>& body) {
+  allocations = 0;
+  counting = true;
+  body();
+  counting = false;
+  return allocations.load();
+}
+
+TEST(SteadyState, ForwardAndBackwardIntoBuffersAllocateNothing) {
+  for (const Shape& shape : {Shape{64, 32}, Shape{8, 16, 40}}) {
+    for (bool training : {true, false}) {
+      BatchNorm1d m(16 * (shape.size() == 2 ? 2 : 1));
+      m.train(training);
+      const Tensor x = randn(shape, DType::Float32, 1), dy = randn(shape, DType::Float32, 2);
+      Tensor y;
+      BatchNorm1d::Gradients g;
+      m.forward(x, y);  // first calls size the buffers
+      m.backward(dy, g);
+      const void* y_storage = y.raw_data();
+      const long n = allocations_during([&] {
+        for (int i = 0; i < 3; ++i) {
+          m.forward(x, y);
+          m.backward(dy, g);
+        }
+      });
+      EXPECT_EQ(n, 0) << format_shape(shape) << " training " << training;
+      EXPECT_EQ(y.raw_data(), y_storage);
+      // Same results as the allocating forms.
+      BatchNorm1d fresh(m.options().num_features());
+      fresh.train(training);
+      fresh.load_state_dict(m.state_dict());
+      EXPECT_EQ(values(y), values(fresh(x)));
+    }
+  }
+}
+
+TEST(SteadyState, AnOutputOverlappingTheInputIsReplaced) {
+  BatchNorm1d m(4);
+  Tensor x = randn({6, 4}, DType::Float32, 3);
+  const std::vector<double> before = values(x);
+  Tensor out = x;  // same storage
+  m.forward(x, out);
+  EXPECT_NE(out.raw_data(), x.raw_data());
+  EXPECT_EQ(values(x), before);  // the input (saved for backward) is intact
+}
+
+}  // namespace
+}  // namespace bn1d::test
