@@ -57,6 +57,8 @@ class Runner {
   virtual void backward() = 0;
   /// The output of the most recent forward call.
   virtual View output() const = 0;
+  /// Anything worth printing under the table (layout and implementation chosen), or "".
+  virtual std::string note() const { return {}; }
 };
 
 /// bn1d's BatchNorm1d with forward(input, output) and backward(grad_output, grads).

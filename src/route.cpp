@@ -1,27 +1,58 @@
 // SPDX-License-Identifier: MIT
+// Routing by layout, decided once per call: the SIMD kernels take views whose rows (unit stride
+// along L) or columns (unit stride along C) are contiguous; everything else (e.g. a column-major
+// R matrix, negative or odd strides) goes to the scalar reference kernels.
 #include "route.hpp"
 
 #include "kernels/reference.hpp"
+#include "kernels/simd.hpp"
 
 namespace bn1d::route {
+namespace {
+
+using kernels::simd::Layout;
+
+// The SIMD layout that applies to every view given, if any.
+template <class... Views>
+bool simd_layout(Layout& layout, const Views&... views) {
+  if ((kernels::simd::rows_layout(views) && ...)) {
+    layout = Layout::Rows;
+    return true;
+  }
+  if ((kernels::simd::cols_layout(views) && ...)) {
+    layout = Layout::Cols;
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
 
 void channel_stats(double* mean, double* m2, const kernels::View3& x) {
-  kernels::reference::channel_stats(mean, m2, x);
+  Layout layout;
+  if (simd_layout(layout, x)) kernels::simd::channel_stats(layout, mean, m2, x);
+  else kernels::reference::channel_stats(mean, m2, x);
 }
 
 void normalize(void* y, const kernels::View3& x, const double* mean, const double* scale,
                const double* shift) {
-  kernels::reference::normalize(y, x, mean, scale, shift);
+  Layout layout;
+  if (simd_layout(layout, x)) kernels::simd::normalize(layout, y, x, mean, scale, shift);
+  else kernels::reference::normalize(y, x, mean, scale, shift);
 }
 
 void backward_sums(double* sum_dy, double* sum_dy_xmu, const kernels::View3& dy,
                    const kernels::View3& x, const double* mean) {
-  kernels::reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean);
+  Layout layout;
+  if (simd_layout(layout, dy, x)) kernels::simd::backward_sums(layout, sum_dy, sum_dy_xmu, dy, x, mean);
+  else kernels::reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean);
 }
 
 void backward_input(void* dx, const kernels::View3& dy, const kernels::View3& x,
                     const double* mean, const double* a, const double* b, const double* k) {
-  kernels::reference::backward_input(dx, dy, x, mean, a, b, k);
+  Layout layout;
+  if (simd_layout(layout, dy, x)) kernels::simd::backward_input(layout, dx, dy, x, mean, a, b, k);
+  else kernels::reference::backward_input(dx, dy, x, mean, a, b, k);
 }
 
 }  // namespace bn1d::route

@@ -1,0 +1,295 @@
+// SPDX-License-Identifier: MIT
+/// @file bench.cpp
+/// @brief bn1d_bench: times bn1d's BatchNorm1d (forward-train, forward-eval, backward) on the
+/// shapes of bench/shapes.txt against a bandwidth bound and, when built with them, libtorch and
+/// oneDNN. See bench/README.md for the model and the columns.
+///
+///   bn1d_bench [--threads T] [--filter SUBSTR] [--shapes FILE]
+#include <malloc.h>
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <bn1d/tensor.hpp>
+
+#include "measure.hpp"
+#include "runner.hpp"
+
+namespace bench {
+namespace {
+
+struct Options {
+  int threads = omp_get_num_procs();
+  std::string filter;
+  std::string shapes = BN1D_BENCH_SHAPES;  // bench/shapes.txt of the source tree
+};
+
+/// One line of the shapes file.
+struct Case {
+  Problem problem;  // buffers not yet attached
+  std::string label;
+};
+
+/// The three ops and their bandwidth model: reads and writes of the whole tensor.
+enum class Kind { Train, Eval, Backward };
+struct Op {
+  Kind kind;
+  const char* name;
+  int reads, writes;
+};
+constexpr Op kOps[] = {
+    {Kind::Train, "train", 2, 1}, {Kind::Eval, "eval", 1, 1}, {Kind::Backward, "backward", 4, 1}};
+
+/// A library under test: its name and its runner for the current case (null when unsupported).
+struct Lib {
+  const char* name;
+  std::unique_ptr<Runner> runner;
+};
+
+[[noreturn]] void fail(const std::string& message) {
+  std::fprintf(stderr, "bn1d_bench: %s\n", message.c_str());
+  std::exit(2);
+}
+
+Options parse_args(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::printf("usage: bn1d_bench [--threads T] [--filter SUBSTR] [--shapes FILE]\n");
+      std::exit(0);
+    }
+    if (i + 1 >= argc) fail("missing value after " + arg);
+    const std::string value = argv[++i];
+    if (arg == "--threads") {
+      o.threads = std::atoi(value.c_str());
+      if (o.threads < 1) fail("--threads needs a positive integer");
+    } else if (arg == "--filter") {
+      o.filter = value;
+    } else if (arg == "--shapes") {
+      o.shapes = value;
+    } else {
+      fail("unknown option " + arg + " (try --help)");
+    }
+  }
+  return o;
+}
+
+/// Reads lines `NxC[xL] f32|f64 contiguous|channels_last` ('#' starts a comment).
+std::vector<Case> read_shapes(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("cannot open " + path);
+  std::vector<Case> cases;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    line = line.substr(0, line.find('#'));
+    std::istringstream fields(line);
+    std::string sizes, dtype, layout;
+    if (!(fields >> sizes)) continue;
+    const std::string where = path + ":" + std::to_string(number) + ": ";
+    if (!(fields >> dtype >> layout)) fail(where + "expected `NxC[xL] dtype layout`");
+    std::vector<int64_t> dims;
+    std::istringstream parts(sizes);
+    for (std::string part; std::getline(parts, part, 'x');) dims.push_back(std::atoll(part.c_str()));
+    Case k;
+    Problem& p = k.problem;
+    if (dims.size() < 2 || dims.size() > 3 ||
+        std::any_of(dims.begin(), dims.end(), [](int64_t d) { return d < 1; }))
+      fail(where + "bad sizes " + sizes);
+    p.n = dims[0];
+    p.c = dims[1];
+    p.three_d = dims.size() == 3;
+    p.l = p.three_d ? dims[2] : 1;
+    if (dtype != "f32" && dtype != "f64") fail(where + "dtype must be f32 or f64");
+    p.dtype = dtype == "f32" ? bn1d::DType::Float32 : bn1d::DType::Float64;
+    if (layout != "contiguous" && layout != "channels_last") fail(where + "bad layout " + layout);
+    p.channels_last = layout == "channels_last";
+    if (p.channels_last && !p.three_d) fail(where + "channels_last needs (N, C, L)");
+    std::ostringstream label;
+    label << "(" << p.n << "," << p.c;
+    if (p.three_d) label << "," << p.l;
+    label << ") " << dtype << " " << (!p.three_d ? "NC" : p.channels_last ? "NLC" : "NCL");
+    k.label = label.str();
+    cases.push_back(k);
+  }
+  return cases;
+}
+
+/// Largest |a − b| over the (N, C, L) elements of two outputs (NaN when any element is NaN).
+double max_abs_diff(const Problem& p, const View& a, const View& b) {
+  const bool f32 = p.dtype == bn1d::DType::Float32;
+  double worst = 0;
+  for (int64_t n = 0; n < p.n; ++n)
+    for (int64_t c = 0; c < p.c; ++c)
+      for (int64_t l = 0; l < p.l; ++l) {
+        const int64_t i = n * a.strides[0] + c * a.strides[1] + l * a.strides[2];
+        const int64_t j = n * b.strides[0] + c * b.strides[1] + l * b.strides[2];
+        const double d = f32 ? static_cast<const float*>(a.data)[i] - static_cast<const float*>(b.data)[j]
+                             : static_cast<const double*>(a.data)[i] - static_cast<const double*>(b.data)[j];
+        if (std::isnan(d)) return d;
+        worst = std::max(worst, std::fabs(d));
+      }
+  return worst;
+}
+
+/// Milliseconds with 3–4 significant digits in a field of 9.
+std::string ms(double seconds) {
+  const double v = seconds * 1e3;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, v < 1 ? "%9.4f" : v < 100 ? "%9.3f" : "%9.1f", v);
+  return buf;
+}
+
+void print_header(const Options& o) {
+  std::printf("bn1d_bench: BatchNorm1d on the CPU, %d thread(s) (omp_get_max_threads() = %d)\n",
+              o.threads, omp_get_max_threads());
+#if BN1D_HAVE_TORCH
+  std::printf("peer: %s: at::native_batch_norm(_backward), outputs allocated per call (no CPU "
+              "_out kernel)\n", torch_description().c_str());
+#endif
+#if BN1D_HAVE_DNNL
+  std::printf("peer: %s: primitives created once, zero-copy memory\n", dnnl_description().c_str());
+#endif
+  std::printf("malloc: no mmap, no trim, so that a freed block is reused warm (matters for "
+              "libtorch's outputs)\n");
+  std::printf(
+      "timing: steady_clock median of >= %d runs after %d warm-up calls (up to %d for fast ops; "
+      "%d..%d if %d\n        runs would exceed %.1f s), column 'runs' = fewest in the row; "
+      "outputs preallocated and reused\n"
+      "bound: t_bound = R*t_read + W*max(t_copy - t_read, 0), t_read = sum over the input "
+      "buffer,\n       t_copy = memcpy into a preallocated buffer of the same size; train R=2 W=1, "
+      "eval R=1 W=1, backward R=4 W=1\n"
+      "GB/s = (R+W)*bytes / bn1d time; /bound = bn1d time / t_bound; x torch, x dnnl = "
+      "peer time / bn1d time (>1: bn1d faster)\n\n",
+      kMinRuns, kWarmupCalls, kMaxRuns, kFloorRuns, kMinRuns - 1, kMinRuns, kCapSeconds);
+  std::printf("%-22s %-8s %4s %9s %9s %7s %6s %9s %7s %9s %7s\n", "shape dtype layout", "op",
+              "runs", "bound_ms", "bn1d_ms", "GB/s", "/bound", "torch_ms", "x torch", "dnnl_ms",
+              "x dnnl");
+}
+
+/// Fills a buffer of @p p's size with standard-normal values (reproducible from @p seed).
+bn1d::Tensor random_buffer(const Problem& p, uint64_t seed) {
+  return bn1d::randn({p.numel()}, p.dtype, seed);
+}
+
+/// Runs one case: sanity check, bandwidth bound, the three ops for every library. Returns notes.
+std::vector<std::string> run_case(Case& k) {
+  Problem& p = k.problem;
+  const bn1d::Tensor x = random_buffer(p, 1), dy = random_buffer(p, 2);
+  p.x = x.raw_data();
+  p.dy = dy.raw_data();
+
+  // Bandwidth bound first, with a scratch destination freed before the libraries allocate.
+  Timing read, copy;
+  {
+    const bn1d::Tensor dst = bn1d::Tensor::empty({p.numel()}, p.dtype);
+    read = time_median([&] { read_kernel(p.x, p.bytes()); });
+    copy = time_median([&] { copy_kernel(dst.raw_data(), p.x, p.bytes()); });
+  }
+  const double write = std::max(copy.seconds - read.seconds, 0.0);
+
+  // The table's columns: bn1d, then the peers (no runner where not built in or not supported).
+  Lib libs[] = {{"bn1d", make_bn1d_runner(p)}, {"torch", nullptr}, {"oneDNN", nullptr}};
+#if BN1D_HAVE_TORCH
+  libs[1].runner = make_torch_runner(p);
+#endif
+#if BN1D_HAVE_DNNL
+  libs[2].runner = make_dnnl_runner(p);
+#endif
+
+  // Sanity: every peer's training output must match bn1d's before anything is timed.
+  std::vector<std::string> notes;
+  const double tolerance = p.dtype == bn1d::DType::Float32 ? 1e-3 : 1e-9;
+  libs[0].runner->forward_train();
+  for (std::size_t i = 1; i < std::size(libs); ++i) {
+    if (!libs[i].runner) continue;
+    libs[i].runner->forward_train();
+    const double diff = max_abs_diff(p, libs[0].runner->output(), libs[i].runner->output());
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "%s %s: max |%s - bn1d| = %.1e", k.label.c_str(),
+                  diff <= tolerance ? "ok" : "WARNING", libs[i].name, diff);
+    notes.push_back(buf);
+    if (!(diff <= tolerance))
+      std::printf("WARNING: %s forward-train differs from bn1d by %.3g (tolerance %.0e)\n",
+                  libs[i].name, diff, tolerance);
+    if (const std::string note = libs[i].runner->note(); !note.empty())
+      notes.push_back(k.label + " " + libs[i].name + " " + note);
+  }
+
+  for (const Op& op : kOps) {
+    Timing times[std::size(libs)];
+    int runs = std::min(read.runs, copy.runs);
+    for (std::size_t i = 0; i < std::size(libs); ++i) {
+      Runner* r = libs[i].runner.get();
+      if (!r) continue;
+      switch (op.kind) {
+        case Kind::Train: times[i] = time_median([r] { r->forward_train(); }); break;
+        case Kind::Eval: times[i] = time_median([r] { r->forward_eval(); }); break;
+        case Kind::Backward:
+          r->forward_train();  // backward differentiates the last training forward
+          times[i] = time_median([r] { r->backward(); });
+          break;
+      }
+      runs = std::min(runs, times[i].runs);
+    }
+    const double bound = op.reads * read.seconds + op.writes * write;
+    const double t = times[0].seconds;
+    std::printf("%-22s %-8s %4d %s %s %7.2f %6.2f", k.label.c_str(), op.name, runs,
+                ms(bound).c_str(), ms(t).c_str(), (op.reads + op.writes) * p.bytes() / t / 1e9,
+                t / bound);
+    for (std::size_t i = 1; i < std::size(libs); ++i) {
+      if (libs[i].runner)
+        std::printf(" %s %6.2fx", ms(times[i].seconds).c_str(), times[i].seconds / t);
+      else
+        std::printf(" %9s %7s", "-", "-");
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  return notes;
+}
+
+}  // namespace
+}  // namespace bench
+
+int main(int argc, char** argv) {
+  using namespace bench;
+  const auto start = std::chrono::steady_clock::now();
+  const Options o = parse_args(argc, argv);
+  // libtorch allocates its outputs on every call. glibc would serve each large block with a
+  // fresh mmap (page faults on every call); keeping all blocks on the heap lets a freed output
+  // be reused warm, the closest libtorch 1.13 gets to a preallocated output. Same for everyone.
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  omp_set_num_threads(o.threads);
+#if BN1D_HAVE_TORCH
+  set_torch_threads(o.threads);
+#endif
+  print_header(o);
+
+  std::vector<std::string> notes;
+  for (Case& k : read_shapes(o.shapes)) {
+    if (k.label.find(o.filter) == std::string::npos) continue;
+    for (std::string& note : run_case(k)) notes.push_back(std::move(note));
+  }
+
+  if (!notes.empty()) std::printf("\n");
+  for (const std::string& note : notes) std::printf("%s\n", note.c_str());
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("\npeak RSS %.0f MiB, total time %.1f s\n", usage.ru_maxrss / 1024.0, elapsed);
+}

@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: MIT
+/// @file measure.cpp
+/// @brief Median timing and the read/copy bandwidth kernels.
+#include "measure.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+namespace bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_of(const std::function<void()>& fn) {
+  const auto start = Clock::now();
+  fn();
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+/// [begin, end) of thread @p t's share of @p count items, boundaries on multiples of 64 items.
+std::pair<std::size_t, std::size_t> chunk(std::size_t count, int t, int threads) {
+  const std::size_t blocks = (count + 63) / 64;
+  const std::size_t begin = blocks * t / threads * 64;
+  const std::size_t end = blocks * (t + 1) / threads * 64;
+  return {std::min(begin, count), std::min(end, count)};
+}
+
+/// Keeps the read kernel's sum alive so the compiler cannot drop the loads.
+volatile std::uint64_t g_sink = 0;
+
+}  // namespace
+
+Timing time_median(const std::function<void()>& fn) {
+  double estimate = seconds_of(fn);
+  for (int i = 1; i < kWarmupCalls; ++i) estimate = std::min(estimate, seconds_of(fn));
+  int runs = std::clamp(static_cast<int>(std::ceil(kTargetSeconds / std::max(estimate, 1e-9))),
+                        kMinRuns, kMaxRuns);
+  if (kMinRuns * estimate > kCapSeconds)
+    runs = std::max(kFloorRuns, static_cast<int>(kCapSeconds / estimate));
+  std::vector<double> times(static_cast<std::size_t>(runs));
+  for (double& t : times) t = seconds_of(fn);
+  const auto mid = times.begin() + runs / 2;
+  std::nth_element(times.begin(), mid, times.end());
+  double median = *mid;
+  if (runs % 2 == 0) median = (median + *std::max_element(times.begin(), mid)) / 2;
+  return {median, runs};
+}
+
+void read_kernel(const void* src, std::size_t bytes) {
+  const auto* words = static_cast<const std::uint64_t*>(src);
+  const std::size_t count = bytes / sizeof(std::uint64_t);  // a 4-byte tail, if any, is ignored
+  std::uint64_t total = 0;
+#pragma omp parallel reduction(+ : total)
+  {
+    const auto [begin, end] = chunk(count, omp_get_thread_num(), omp_get_num_threads());
+    std::uint64_t sum = 0;
+    for (std::size_t i = begin; i < end; ++i) sum += words[i];
+    total += sum;
+  }
+  g_sink = total;
+}
+
+void copy_kernel(void* dst, const void* src, std::size_t bytes) {
+#pragma omp parallel
+  {
+    const auto [begin, end] = chunk(bytes, omp_get_thread_num(), omp_get_num_threads());
+    if (end > begin)
+      std::memcpy(static_cast<char*>(dst) + begin, static_cast<const char*>(src) + begin,
+                  end - begin);
+  }
+}
+
+}  // namespace bench

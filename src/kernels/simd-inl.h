@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: MIT
+// Per-target helpers of the SIMD kernels: float32/float64 loads and stores through float64
+// lanes, so that every kernel accumulates and computes in float64 and rounds once on output.
+// Included once per Highway target by simd.cpp.
+#if defined(BN1D_KERNELS_SIMD_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef BN1D_KERNELS_SIMD_INL_H_
+#undef BN1D_KERNELS_SIMD_INL_H_
+#else
+#define BN1D_KERNELS_SIMD_INL_H_
+#endif
+
+#include <cstdint>
+#include <type_traits>
+
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace bn1d::kernels::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DD = hn::ScalableTag<double>;
+using VD = hn::Vec<DD>;
+/// T lanes matching the float64 lanes (half-width vectors for float).
+template <class T>
+using DT = hn::Rebind<T, DD>;
+/// Signed integer lanes for gather offsets of T.
+template <class T>
+using DI = hn::Rebind<std::conditional_t<std::is_same_v<T, float>, int32_t, int64_t>, DD>;
+
+/// Lanes(DD()) values of T at p, as float64.
+template <class T>
+HWY_INLINE VD LoadD(const T* HWY_RESTRICT p) {
+  if constexpr (std::is_same_v<T, double>) {
+    return hn::LoadU(DD(), p);
+  } else {
+    return hn::PromoteTo(DD(), hn::LoadU(DT<float>(), p));
+  }
+}
+
+/// Values of T at base[offsets[i]], as float64.
+template <class T>
+HWY_INLINE VD GatherD(const T* HWY_RESTRICT base, hn::Vec<DI<T>> offsets) {
+  if constexpr (std::is_same_v<T, double>) {
+    return hn::GatherIndex(DD(), base, offsets);
+  } else {
+    return hn::PromoteTo(DD(), hn::GatherIndex(DT<float>(), base, offsets));
+  }
+}
+
+/// Stores float64 lanes to p as T (rounding once).
+template <class T>
+HWY_INLINE void StoreD(VD v, T* HWY_RESTRICT p) {
+  if constexpr (std::is_same_v<T, double>) {
+    hn::StoreU(v, DD(), p);
+  } else {
+    hn::StoreU(hn::DemoteTo(DT<float>(), v), DT<float>(), p);
+  }
+}
+
+HWY_INLINE double ReduceSum(VD v) { return hn::GetLane(hn::SumOfLanes(DD(), v)); }
+
+}  // namespace bn1d::kernels::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // BN1D_KERNELS_SIMD_INL_H_

@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: MIT
+// SIMD kernels (Highway, runtime dispatch). Each op has two layouts:
+//   Rows: every (n, c) row of L values is contiguous (sL == 1), e.g. a contiguous (N, C, L)
+//         tensor: vectorized along L.
+//   Cols: the C channels of every (n, l) are contiguous (sC == 1), e.g. a contiguous (N, C)
+//         tensor or a channels-last (N, L, C) buffer viewed as (N, C, L): vectorized along C.
+// Statistics are accumulated in float64 over fixed blocks (two passes while a block is in
+// cache) merged with Chan's formula in a fixed order, so results do not depend on the thread
+// count. Outputs are contiguous (N, C, L).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kernels/view.hpp"
+
+namespace bn1d::kernels::simd {
+
+enum class Layout { Rows, Cols };
+
+/// Rows layout applies: unit stride along L and rows long enough to vectorize.
+bool rows_layout(const View3& v);
+/// Cols layout applies: unit stride along C.
+bool cols_layout(const View3& v);
+
+/// See reference.hpp for the meaning of each op; @p layout must apply to every view.
+void channel_stats(Layout layout, double* mean, double* m2, const View3& x);
+void normalize(Layout layout, void* y, const View3& x, const double* mean, const double* scale,
+               const double* shift);
+void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View3& dy,
+                   const View3& x, const double* mean);
+void backward_input(Layout layout, void* dx, const View3& dy, const View3& x, const double* mean,
+                    const double* a, const double* b, const double* k);
+
+/// Names of the compiled targets this CPU supports, best first (e.g. "AVX3", "AVX2", "SSE4").
+std::vector<std::string> targets();
+/// The target the kernels dispatch to now.
+std::string active_target();
+/// Forces the kernels onto target @p name (one of targets()); "" restores the best one. The
+/// environment variable BN1D_SIMD_TARGET is applied the same way before the first kernel call.
+/// Throws Error for a name that is not in targets().
+void force_target(const std::string& name);
+
+}  // namespace bn1d::kernels::simd

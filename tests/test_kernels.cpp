@@ -1,0 +1,162 @@
+// The SIMD kernels against the scalar float64 reference oracle, on every compiled target and
+// every layout; and results that are bitwise identical for any thread count.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <bn1d/bn1d.hpp>
+#include <cmath>
+
+#include "kernels/reference.hpp"
+#include "kernels/simd.hpp"
+#include "test_util.hpp"
+
+namespace bn1d::test {
+namespace {
+
+namespace simd = kernels::simd;
+namespace reference = kernels::reference;
+
+kernels::View3 view_of(const Tensor& t) {
+  kernels::View3 v;
+  v.data = t.raw_data();
+  v.dtype = t.dtype();
+  v.N = t.sizes()[0];
+  v.C = t.sizes()[1];
+  v.sN = t.strides()[0];
+  v.sC = t.strides()[1];
+  v.L = t.dim() == 3 ? t.sizes()[2] : 1;
+  v.sL = t.dim() == 3 ? t.strides()[2] : 0;
+  return v;
+}
+
+struct KernelCase {
+  Shape shape;
+  Layout layout;
+  simd::Layout simd_layout;
+};
+
+// Shapes that reach every code path: vector bodies and scalar tails, several statistics blocks
+// and row pieces (L ≥ 4096), several partitions, a single channel.
+const KernelCase kCases[] = {
+    {{3, 4, 37}, Layout::Contiguous, simd::Layout::Rows},
+    {{2, 3, 5000}, Layout::Contiguous, simd::Layout::Rows},
+    {{300, 2, 8}, Layout::Contiguous, simd::Layout::Rows},
+    {{9, 7}, Layout::Contiguous, simd::Layout::Cols},
+    {{5000, 3}, Layout::Contiguous, simd::Layout::Cols},
+    {{700, 37}, Layout::Contiguous, simd::Layout::Cols},
+    {{64, 1}, Layout::Contiguous, simd::Layout::Cols},
+    {{3, 21, 35}, Layout::ChannelsLast, simd::Layout::Cols},
+    {{40, 9, 70}, Layout::ChannelsLast, simd::Layout::Cols},
+};
+
+// The SIMD result must equal the oracle's to within a few float64 rounding errors (they sum in
+// different orders): |simd − ref| ≤ 1e-13 · scale, scale = max(|ref|) over the channel vector or
+// tensor. Values rounded to float32 may differ by one float32 ulp where the float64 values
+// straddle a rounding boundary.
+::testing::AssertionResult near(const std::vector<double>& got, const std::vector<double>& want, DType dtype) {
+  const double scale = std::max(max_abs(want), 1e-300);
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const double bound = dtype == DType::Float32 ? std::max(1e-13 * scale, std::fabs(want[i]) * 0x1.0p-23)
+                                                 : 1e-13 * scale;
+    if (!(std::fabs(got[i] - want[i]) <= bound)) {
+      return ::testing::AssertionFailure() << "element " << i << ": " << got[i] << " vs " << want[i];
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+void check_case(const KernelCase& k, DType dtype) {
+  SCOPED_TRACE(format_shape(k.shape) + " " + layout_name(k.layout) + " " + dtype_name(dtype));
+  std::shared_ptr<std::vector<char>> kx, kg;
+  std::vector<double> xv = values(randn(k.shape, DType::Float64, 1));
+  for (std::size_t i = 0; i < xv.size(); ++i) xv[i] = 3.0 + 2.0 * xv[i];  // offset data
+  const Tensor xt = make_strided(xv, k.shape, dtype, k.layout, kx);
+  const Tensor gt = make_strided(values(randn(k.shape, DType::Float64, 2)), k.shape, dtype, k.layout, kg);
+  const kernels::View3 x = view_of(xt), dy = view_of(gt);
+  ASSERT_TRUE(k.simd_layout == simd::Layout::Rows ? simd::rows_layout(x) : simd::cols_layout(x));
+  const auto C = static_cast<std::size_t>(x.C);
+  const auto numel = static_cast<std::size_t>(xt.numel());
+
+  std::vector<double> mean(C), m2(C), rmean(C), rm2(C);
+  simd::channel_stats(k.simd_layout, mean.data(), m2.data(), x);
+  reference::channel_stats(rmean.data(), rm2.data(), x);
+  EXPECT_TRUE(near(mean, rmean, DType::Float64));
+  EXPECT_TRUE(near(m2, rm2, DType::Float64));
+
+  std::vector<double> scale(C), shift(C), b(C), kk(C);
+  for (std::size_t c = 0; c < C; ++c) {
+    scale[c] = 0.5 + static_cast<double>(c % 5);
+    shift[c] = -1.0 + static_cast<double>(c % 3);
+    b[c] = 0.25 * static_cast<double>(c % 4) - 0.3;
+    kk[c] = 0.1 * static_cast<double>(c % 7);
+  }
+  Tensor y = Tensor::empty(k.shape, dtype), ry = Tensor::empty(k.shape, dtype);
+  simd::normalize(k.simd_layout, y.raw_data(), x, rmean.data(), scale.data(), shift.data());
+  reference::normalize(ry.raw_data(), x, rmean.data(), scale.data(), shift.data());
+  EXPECT_TRUE(near(values(y), values(ry), dtype));
+
+  std::vector<double> s(C), sx(C), rs(C), rsx(C);
+  simd::backward_sums(k.simd_layout, s.data(), sx.data(), dy, x, rmean.data());
+  reference::backward_sums(rs.data(), rsx.data(), dy, x, rmean.data());
+  EXPECT_TRUE(near(s, rs, DType::Float64));
+  EXPECT_TRUE(near(sx, rsx, DType::Float64));
+
+  Tensor dx = Tensor::empty(k.shape, dtype), rdx = Tensor::empty(k.shape, dtype);
+  simd::backward_input(k.simd_layout, dx.raw_data(), dy, x, rmean.data(), scale.data(), b.data(), kk.data());
+  reference::backward_input(rdx.raw_data(), dy, x, rmean.data(), scale.data(), b.data(), kk.data());
+  EXPECT_TRUE(near(values(dx), values(rdx), dtype));
+  EXPECT_EQ(values(dx).size(), numel);
+}
+
+TEST(Kernels, EveryTargetMatchesTheReferenceOracle) {
+  const std::vector<std::string> targets = simd::targets();
+  ASSERT_FALSE(targets.empty());
+  for (const std::string& target : targets) {
+    simd::force_target(target);
+    EXPECT_EQ(simd::active_target(), target);
+    SCOPED_TRACE("target " + target);
+    for (const KernelCase& k : kCases)
+      for (DType dtype : {DType::Float32, DType::Float64}) check_case(k, dtype);
+  }
+  simd::force_target("");
+  EXPECT_EQ(simd::active_target(), targets.front());
+  std::cout << "[ targets  ] tested:";
+  for (const std::string& t : targets) std::cout << " " << t;
+  std::cout << "\n";
+}
+
+TEST(Kernels, UnknownTargetIsAnError) {
+  EXPECT_TRUE(throws_error([] { simd::force_target("NOT_A_TARGET"); }, "SIMD target \"NOT_A_TARGET\""));
+}
+
+// Outputs, running statistics and gradients for 1, 2, 3 and 8 threads, bitwise.
+TEST(Kernels, ResultsAreBitwiseIdenticalForAnyThreadCount) {
+  struct Big {
+    Shape shape;
+    Layout layout;
+  };
+  const Big cases[] = {{{64, 32, 512}, Layout::Contiguous}, {{16384, 64}, Layout::Contiguous},
+                       {{64, 32, 512}, Layout::ChannelsLast}, {{50, 11, 301}, Layout::Sliced}};
+  const int saved = omp_get_max_threads();
+  for (const Big& big : cases) {
+    SCOPED_TRACE(format_shape(big.shape) + " " + layout_name(big.layout));
+    std::shared_ptr<std::vector<char>> kx, kg;
+    const Tensor x = make_strided(values(randn(big.shape, DType::Float64, 3)), big.shape, DType::Float32, big.layout, kx);
+    const Tensor g = make_strided(values(randn(big.shape, DType::Float64, 4)), big.shape, DType::Float32, big.layout, kg);
+    std::vector<std::vector<double>> first;
+    for (int threads : {1, 2, 3, 8}) {
+      omp_set_num_threads(threads);
+      BatchNorm1d m(big.shape[1]);
+      const Tensor y = m(x);
+      const BatchNorm1d::Gradients grads = m.backward(g);
+      const std::vector<std::vector<double>> got = {values(y), values(m.running_mean()), values(m.running_var()),
+                                                    values(grads.input), values(grads.weight), values(grads.bias)};
+      if (first.empty()) first = got;
+      for (std::size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], first[i]) << "threads " << threads << " result " << i;
+    }
+  }
+  omp_set_num_threads(saved);
+}
+
+}  // namespace
+}  // namespace bn1d::test
