@@ -23,10 +23,6 @@ using VD = hn::Vec<DD>;
 /// T lanes matching the float64 lanes (half-width vectors for float).
 template <class T>
 using DT = hn::Rebind<T, DD>;
-/// Signed integer lanes for gather offsets of T.
-template <class T>
-using DI = hn::Rebind<std::conditional_t<std::is_same_v<T, float>, int32_t, int64_t>, DD>;
-
 /// Lanes(DD()) values of T at p, as float64.
 template <class T>
 HWY_INLINE VD LoadD(const T* HWY_RESTRICT p) {
@@ -34,16 +30,6 @@ HWY_INLINE VD LoadD(const T* HWY_RESTRICT p) {
     return hn::LoadU(DD(), p);
   } else {
     return hn::PromoteTo(DD(), hn::LoadU(DT<float>(), p));
-  }
-}
-
-/// Values of T at base[offsets[i]], as float64.
-template <class T>
-HWY_INLINE VD GatherD(const T* HWY_RESTRICT base, hn::Vec<DI<T>> offsets) {
-  if constexpr (std::is_same_v<T, double>) {
-    return hn::GatherIndex(DD(), base, offsets);
-  } else {
-    return hn::PromoteTo(DD(), hn::GatherIndex(DT<float>(), base, offsets));
   }
 }
 

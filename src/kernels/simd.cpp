@@ -35,16 +35,25 @@ HWY_INLINE void chan_merge(double na, double nb, double mean_b, double m2_b, dou
 
 // ---- Rows layout: (n, c) rows of L contiguous values ---------------------------------------
 
+// Four independent accumulators hide the latency of float64 adds.
+struct Acc4 {
+  VD a0, a1, a2, a3;
+  Acc4() : a0(hn::Zero(DD())), a1(hn::Zero(DD())), a2(hn::Zero(DD())), a3(hn::Zero(DD())) {}
+  double sum() const { return ReduceSum(hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))); }
+};
+
 // acc += the full vectors of p[0, len); returns the scalar sum of the tail.
 template <class T>
-HWY_INLINE double add_row(VD& acc0, VD& acc1, const T* p, int64_t len) {
+HWY_INLINE double add_row(Acc4& acc, const T* p, int64_t len) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   int64_t i = 0;
-  for (; i + 2 * N <= len; i += 2 * N) {
-    acc0 = hn::Add(acc0, LoadD(p + i));
-    acc1 = hn::Add(acc1, LoadD(p + i + N));
+  for (; i + 4 * N <= len; i += 4 * N) {
+    acc.a0 = hn::Add(acc.a0, LoadD(p + i));
+    acc.a1 = hn::Add(acc.a1, LoadD(p + i + N));
+    acc.a2 = hn::Add(acc.a2, LoadD(p + i + 2 * N));
+    acc.a3 = hn::Add(acc.a3, LoadD(p + i + 3 * N));
   }
-  for (; i + N <= len; i += N) acc0 = hn::Add(acc0, LoadD(p + i));
+  for (; i + N <= len; i += N) acc.a0 = hn::Add(acc.a0, LoadD(p + i));
   double tail = 0.0;
   for (; i < len; ++i) tail += static_cast<double>(p[i]);
   return tail;
@@ -52,23 +61,25 @@ HWY_INLINE double add_row(VD& acc0, VD& acc1, const T* p, int64_t len) {
 
 // acc += (p[i] − mean)² over the full vectors; returns the tail's sum.
 template <class T>
-HWY_INLINE double add_row_sqdev(VD& acc0, VD& acc1, const T* p, int64_t len, double mean) {
+HWY_INLINE double add_row_sqdev(Acc4& acc, const T* p, int64_t len, double mean) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   const VD m = hn::Set(DD(), mean);
+  auto sq = [&](VD& a, int64_t at) {
+    const VD dv = hn::Sub(LoadD(p + at), m);
+    a = hn::MulAdd(dv, dv, a);
+  };
   int64_t i = 0;
-  for (; i + 2 * N <= len; i += 2 * N) {
-    const VD d0 = hn::Sub(LoadD(p + i), m), d1 = hn::Sub(LoadD(p + i + N), m);
-    acc0 = hn::MulAdd(d0, d0, acc0);
-    acc1 = hn::MulAdd(d1, d1, acc1);
+  for (; i + 4 * N <= len; i += 4 * N) {
+    sq(acc.a0, i);
+    sq(acc.a1, i + N);
+    sq(acc.a2, i + 2 * N);
+    sq(acc.a3, i + 3 * N);
   }
-  for (; i + N <= len; i += N) {
-    const VD d0 = hn::Sub(LoadD(p + i), m);
-    acc0 = hn::MulAdd(d0, d0, acc0);
-  }
+  for (; i + N <= len; i += N) sq(acc.a0, i);
   double tail = 0.0;
   for (; i < len; ++i) {
-    const double d = static_cast<double>(p[i]) - mean;
-    tail += d * d;
+    const double dv = static_cast<double>(p[i]) - mean;
+    tail += dv * dv;
   }
   return tail;
 }
@@ -86,15 +97,15 @@ void stats_rows_channel(const View3& x, int64_t c, double* mean_out, double* m2_
     const int64_t n1 = std::min(N, n0 + rows_per_block);
     for (int64_t l0 = 0; l0 < L; l0 += piece) {
       const int64_t len = std::min(piece, L - l0);
-      VD a0 = hn::Zero(DD()), a1 = hn::Zero(DD());
+      Acc4 sum;
       double tail = 0.0;
-      for (int64_t n = n0; n < n1; ++n) tail += add_row(a0, a1, row_ptr<T>(x, n, c, l0), len);
+      for (int64_t n = n0; n < n1; ++n) tail += add_row(sum, row_ptr<T>(x, n, c, l0), len);
       const double nb = static_cast<double>((n1 - n0) * len);
-      const double mean_b = (ReduceSum(hn::Add(a0, a1)) + tail) / nb;
-      a0 = hn::Zero(DD()), a1 = hn::Zero(DD());
+      const double mean_b = (sum.sum() + tail) / nb;
+      Acc4 sq;
       tail = 0.0;
-      for (int64_t n = n0; n < n1; ++n) tail += add_row_sqdev(a0, a1, row_ptr<T>(x, n, c, l0), len, mean_b);
-      chan_merge(count, nb, mean_b, ReduceSum(hn::Add(a0, a1)) + tail, mean, m2);
+      for (int64_t n = n0; n < n1; ++n) tail += add_row_sqdev(sq, row_ptr<T>(x, n, c, l0), len, mean_b);
+      chan_merge(count, nb, mean_b, sq.sum() + tail, mean, m2);
       count += nb;
     }
   }
@@ -174,9 +185,10 @@ void backward_input_rows(T* dx, const View3& dy, const View3& x, const double* m
 
 // Most rows a statistics block can have (see rows_per_block in the dispatcher).
 constexpr int64_t kMaxRowsPerBlock = 256;
-// Output tile along L for channels-last views: values of one channel for kTileL consecutive l
-// are gathered and stored contiguously.
-constexpr int64_t kTileL = 16;
+// Channels-last output (see elementwise_cols): units of kChannelBlock channels of one n,
+// transposed through tiles of kTileL values of l.
+constexpr int64_t kChannelBlock = 16;
+constexpr int64_t kTileL = 64;
 
 template <class T>
 const T* cols_row(const View3& v, int64_t r) {
@@ -290,78 +302,74 @@ void backward_sums_cols_partition(const View3& dy, const View3& x, const double*
   }
 }
 
-// Offsets 0, s, 2s, … of the lanes of a gather.
-template <class T>
-HWY_INLINE hn::Vec<DI<T>> lane_offsets(int64_t stride) {
-  using TI = hn::TFromD<DI<T>>;
-  TI idx[HWY_LANES(double)];
-  for (size_t i = 0; i < hn::Lanes(DD()); ++i) idx[i] = static_cast<TI>(static_cast<int64_t>(i) * stride);
-  return hn::LoadU(DI<T>(), idx);
-}
-
 // Elementwise op over units u0 … u1 − 1 of a cols view, writing the contiguous (N, C, L)
-// output: f(c, xv, gv) gives the float64 result for loaded lanes of x (and dy). For L == 1 a unit
-// is a row n, vectorized along C; for L > 1 a unit is a tile of kTileL values of l for one n,
-// gathered along l so that the output is written contiguously.
+// output: f.vec(c, x, dy) gives the float64 results for channels c … c + lanes − 1, f.scalar
+// for one channel. For L == 1 a unit is a row n and the output row is contiguous along C. For
+// L > 1 (channels-last) a unit is a block of kChannelBlock channels of one n: values are read
+// along C and transposed through a small tile, so that each channel's output is written as a
+// sequential stream along L.
 template <class T, class F>
 void elementwise_cols(T* out, const View3& x, const View3* dy, int64_t u0, int64_t u1, F f) {
-  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  const DD d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t C = x.C, L = x.L;
+  auto at = [](const View3* v, int64_t n, int64_t c, int64_t l) {
+    return v ? static_cast<double>(*row_ptr<T>(*v, n, c, l)) : 0.0;
+  };
   if (L == 1) {
     for (int64_t n = u0; n < u1; ++n) {
       const T* p = row_ptr<T>(x, n, 0, 0);
       const T* g = dy ? row_ptr<T>(*dy, n, 0, 0) : nullptr;
       T* o = out + n * C;
       int64_t c = 0;
-      for (; c + N <= C; c += N) StoreD(f.vec(c, LoadD(p + c), g ? LoadD(g + c) : hn::Zero(DD())), o + c);
-      for (; c < C; ++c) o[c] = static_cast<T>(f.scalar(c, static_cast<double>(p[c]), g ? static_cast<double>(g[c]) : 0.0));
+      for (; c + N <= C; c += N) StoreD(f.vec(c, LoadD(p + c), g ? LoadD(g + c) : hn::Zero(d)), o + c);
+      for (; c < C; ++c) o[c] = static_cast<T>(f.scalar(c, at(&x, n, c, 0), at(dy, n, c, 0)));
     }
     return;
   }
-  const int64_t tiles = (L + kTileL - 1) / kTileL;
-  const auto xoff = lane_offsets<T>(x.sL);
-  const auto goff = lane_offsets<T>(dy ? dy->sL : 0);
+  const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
+  double lanes[HWY_LANES(double)];
+  T tile[kChannelBlock][kTileL];  // [channel - c_begin][l - l0]
   for (int64_t u = u0; u < u1; ++u) {
-    const int64_t n = u / tiles, l0 = (u % tiles) * kTileL, l1 = std::min(L, l0 + kTileL);
-    for (int64_t c = 0; c < C; ++c) {
-      T* o = out + (n * C + c) * L;
-      int64_t l = l0;
-      for (; l + N <= l1; l += N) {
-        const VD xv = GatherD(row_ptr<T>(x, n, c, l), xoff);
-        const VD gv = dy ? GatherD(row_ptr<T>(*dy, n, c, l), goff) : hn::Zero(DD());
-        StoreD(f.vec(c, xv, gv), o + l);
+    const int64_t n = u / blocks, c_begin = (u % blocks) * kChannelBlock;
+    const int64_t width = std::min(C - c_begin, kChannelBlock);
+    const int64_t vec_width = width - width % N;  // channels done with vectors
+    for (int64_t l0 = 0; l0 < L; l0 += kTileL) {
+      const int64_t len = std::min(L - l0, kTileL);
+      for (int64_t i = 0; i < len; ++i) {  // each row's channels c_begin … + width, read once
+        const T* p = row_ptr<T>(x, n, c_begin, l0 + i);
+        const T* g = dy ? row_ptr<T>(*dy, n, c_begin, l0 + i) : nullptr;
+        for (int64_t cv = 0; cv < vec_width; cv += N) {
+          hn::StoreU(f.vec(c_begin + cv, LoadD(p + cv), g ? LoadD(g + cv) : hn::Zero(d)), d, lanes);
+          for (int64_t j = 0; j < N; ++j) tile[cv + j][i] = static_cast<T>(lanes[j]);
+        }
+        for (int64_t cv = vec_width; cv < width; ++cv) {
+          tile[cv][i] = static_cast<T>(f.scalar(c_begin + cv, static_cast<double>(p[cv]),
+                                                g ? static_cast<double>(g[cv]) : 0.0));
+        }
       }
-      for (; l < l1; ++l) {
-        o[l] = static_cast<T>(f.scalar(c, static_cast<double>(*row_ptr<T>(x, n, c, l)),
-                                       dy ? static_cast<double>(*row_ptr<T>(*dy, n, c, l)) : 0.0));
-      }
+      for (int64_t j = 0; j < width; ++j) std::copy_n(tile[j], len, out + (n * C + c_begin + j) * L + l0);
     }
   }
 }
 
-// y = (x − mean) · scale + shift, per channel c.
+// y = (x − mean) · scale + shift; vector lanes are consecutive channels.
 struct NormalizeOp {
   const double *mean, *scale, *shift;
-  bool per_lane;  // true: lanes are consecutive channels (L == 1); false: one channel
   HWY_INLINE VD vec(int64_t c, VD x, VD) const {
     const DD d;
-    if (per_lane) return hn::MulAdd(hn::Sub(x, hn::LoadU(d, mean + c)), hn::LoadU(d, scale + c), hn::LoadU(d, shift + c));
-    return hn::MulAdd(hn::Sub(x, hn::Set(d, mean[c])), hn::Set(d, scale[c]), hn::Set(d, shift[c]));
+    return hn::MulAdd(hn::Sub(x, hn::LoadU(d, mean + c)), hn::LoadU(d, scale + c), hn::LoadU(d, shift + c));
   }
   HWY_INLINE double scalar(int64_t c, double x, double) const { return std::fma(x - mean[c], scale[c], shift[c]); }
 };
 
-// dx = a · dy + b · (x − mean) + k, per channel c.
+// dx = a · dy + b · (x − mean) + k; vector lanes are consecutive channels.
 struct BackwardInputOp {
   const double *mean, *a, *b, *k;
-  bool per_lane;
   HWY_INLINE VD vec(int64_t c, VD x, VD g) const {
     const DD d;
-    if (per_lane) {
-      return hn::MulAdd(hn::LoadU(d, a + c), g,
-                        hn::MulAdd(hn::LoadU(d, b + c), hn::Sub(x, hn::LoadU(d, mean + c)), hn::LoadU(d, k + c)));
-    }
-    return hn::MulAdd(hn::Set(d, a[c]), g, hn::MulAdd(hn::Set(d, b[c]), hn::Sub(x, hn::Set(d, mean[c])), hn::Set(d, k[c])));
+    return hn::MulAdd(hn::LoadU(d, a + c), g,
+                      hn::MulAdd(hn::LoadU(d, b + c), hn::Sub(x, hn::LoadU(d, mean + c)), hn::LoadU(d, k + c)));
   }
   HWY_INLINE double scalar(int64_t c, double x, double g) const {
     return std::fma(a[c], g, std::fma(b[c], x - mean[c], k[c]));
@@ -371,13 +379,13 @@ struct BackwardInputOp {
 template <class T>
 void normalize_cols(T* y, const View3& x, const double* mean, const double* scale,
                     const double* shift, int64_t u0, int64_t u1) {
-  elementwise_cols(y, x, nullptr, u0, u1, NormalizeOp{mean, scale, shift, x.L == 1});
+  elementwise_cols(y, x, nullptr, u0, u1, NormalizeOp{mean, scale, shift});
 }
 
 template <class T>
 void backward_input_cols(T* dx, const View3& dy, const View3& x, const double* mean,
                          const double* a, const double* b, const double* k, int64_t u0, int64_t u1) {
-  elementwise_cols(dx, x, &dy, u0, u1, BackwardInputOp{mean, a, b, k, x.L == 1});
+  elementwise_cols(dx, x, &dy, u0, u1, BackwardInputOp{mean, a, b, k});
 }
 
 
@@ -458,7 +466,7 @@ constexpr int64_t kGrain = 1 << 16;
 // and merged in order: the split depends on the shape only, never on the thread count.
 constexpr int64_t kPartitions = 16;
 constexpr int64_t kBlock = 4096;
-constexpr int64_t kTileL = 16;
+constexpr int64_t kChannelBlock = 16;
 
 int threads_for(int64_t elements) {
   const int64_t t = std::min<int64_t>(elements / kGrain, omp_get_max_threads());
@@ -508,15 +516,15 @@ std::vector<double>& partition_scratch(std::size_t n) {
   return scratch;
 }
 
-int64_t cols_units(const View3& x) { return x.L == 1 ? x.N : x.N * ((x.L + kTileL - 1) / kTileL); }
+int64_t cols_units(const View3& x) {
+  return x.L == 1 ? x.N : x.N * ((x.C + kChannelBlock - 1) / kChannelBlock);
+}
 
 }  // namespace
 
 bool rows_layout(const View3& v) { return v.sL == 1 && v.L >= 8; }
 
-bool cols_layout(const View3& v) {
-  return v.sC == 1 && (v.L == 1 || (v.sL > 0 && v.sL <= INT32_MAX / kTileL));
-}
+bool cols_layout(const View3& v) { return v.sC == 1; }
 
 void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
   apply_environment_once();
