@@ -41,6 +41,7 @@ const KernelCase kCases[] = {
     {{3, 4, 37}, Layout::Contiguous, simd::Layout::Rows},
     {{2, 3, 5000}, Layout::Contiguous, simd::Layout::Rows},
     {{300, 2, 8}, Layout::Contiguous, simd::Layout::Rows},
+    {{40, 3, 300}, Layout::Contiguous, simd::Layout::Rows},
     {{9, 7}, Layout::Contiguous, simd::Layout::Cols},
     {{5000, 3}, Layout::Contiguous, simd::Layout::Cols},
     {{700, 37}, Layout::Contiguous, simd::Layout::Cols},

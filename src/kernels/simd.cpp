@@ -113,6 +113,71 @@ void stats_rows_channel(const View3& x, int64_t c, double* mean_out, double* m2_
   *m2_out = m2;
 }
 
+// Statistics of units u0 … u1 − 1 for all channels, where unit u = n · pieces + piece covers
+// the values l0 … l0 + kBlock − 1 of row n of every channel: each (n, c, piece) block is reduced
+// two-pass while in cache and merged in order into mean[C], m2[C]. Memory is walked in order.
+template <class T>
+void stats_rows_partition(const View3& x, int64_t u0, int64_t u1, double* mean, double* m2) {
+  const int64_t pieces = (x.L + kBlock - 1) / kBlock;
+  std::fill_n(mean, x.C, 0.0);
+  std::fill_n(m2, x.C, 0.0);
+  double count = 0.0;
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t n = u / pieces, l0 = (u % pieces) * kBlock, len = std::min(kBlock, x.L - l0);
+    const double nb = static_cast<double>(len);
+    for (int64_t c = 0; c < x.C; ++c) {
+      const T* p = row_ptr<T>(x, n, c, l0);
+      Acc4 sum;
+      const double tail_sum = add_row(sum, p, len);
+      const double mean_b = (sum.sum() + tail_sum) / nb;
+      Acc4 sq;
+      const double tail = add_row_sqdev(sq, p, len, mean_b);
+      chan_merge(count, nb, mean_b, sq.sum() + tail, mean[c], m2[c]);
+    }
+    count += nb;
+  }
+}
+
+// Σ dy and Σ dy · (x − mean) over units u0 … u1 − 1 (as in stats_rows_partition), into
+// sum_dy[C], sum_dy_xmu[C].
+template <class T>
+void backward_sums_rows_partition(const View3& dy, const View3& x, const double* mean, int64_t u0,
+                                  int64_t u1, double* sum_dy, double* sum_dy_xmu) {
+  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  const int64_t pieces = (x.L + kBlock - 1) / kBlock;
+  std::fill_n(sum_dy, x.C, 0.0);
+  std::fill_n(sum_dy_xmu, x.C, 0.0);
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t n = u / pieces, l0 = (u % pieces) * kBlock, len = std::min(kBlock, x.L - l0);
+    for (int64_t c = 0; c < x.C; ++c) {
+      const T* g = row_ptr<T>(dy, n, c, l0);
+      const T* p = row_ptr<T>(x, n, c, l0);
+      const VD m = hn::Set(DD(), mean[c]);
+      VD s0 = hn::Zero(DD()), s1 = hn::Zero(DD()), sx0 = hn::Zero(DD()), sx1 = hn::Zero(DD());
+      int64_t l = 0;
+      for (; l + 2 * N <= len; l += 2 * N) {
+        const VD g0 = LoadD(g + l), g1 = LoadD(g + l + N);
+        s0 = hn::Add(s0, g0);
+        s1 = hn::Add(s1, g1);
+        sx0 = hn::MulAdd(g0, hn::Sub(LoadD(p + l), m), sx0);
+        sx1 = hn::MulAdd(g1, hn::Sub(LoadD(p + l + N), m), sx1);
+      }
+      for (; l + N <= len; l += N) {
+        const VD g0 = LoadD(g + l);
+        s0 = hn::Add(s0, g0);
+        sx0 = hn::MulAdd(g0, hn::Sub(LoadD(p + l), m), sx0);
+      }
+      double s = ReduceSum(hn::Add(s0, s1)), sx = ReduceSum(hn::Add(sx0, sx1));
+      for (; l < len; ++l) {
+        s += static_cast<double>(g[l]);
+        sx += static_cast<double>(g[l]) * (static_cast<double>(p[l]) - mean[c]);
+      }
+      sum_dy[c] += s;
+      sum_dy_xmu[c] += sx;
+    }
+  }
+}
+
 // y rows i0 … i1 − 1 (i = n·C + c) of the contiguous output: y = (x − mean) · scale + shift.
 template <class T>
 void normalize_rows(T* y, const View3& x, const double* mean, const double* scale,
@@ -397,6 +462,15 @@ void StatsRowsChannel(const View3& x, int64_t c, double* mean, double* m2) {
   if (x.dtype == DType::Float32) stats_rows_channel<float>(x, c, mean, m2);
   else stats_rows_channel<double>(x, c, mean, m2);
 }
+void StatsRowsPartition(const View3& x, int64_t u0, int64_t u1, double* mean, double* m2) {
+  if (x.dtype == DType::Float32) stats_rows_partition<float>(x, u0, u1, mean, m2);
+  else stats_rows_partition<double>(x, u0, u1, mean, m2);
+}
+void BackwardSumsRowsPartition(const View3& dy, const View3& x, const double* mean, int64_t u0,
+                               int64_t u1, double* sum_dy, double* sum_dy_xmu) {
+  if (x.dtype == DType::Float32) backward_sums_rows_partition<float>(dy, x, mean, u0, u1, sum_dy, sum_dy_xmu);
+  else backward_sums_rows_partition<double>(dy, x, mean, u0, u1, sum_dy, sum_dy_xmu);
+}
 void StatsColsPartition(const View3& x, int64_t r0, int64_t r1, int64_t rows_per_block,
                         double* mean, double* m2) {
   if (x.dtype == DType::Float32) stats_cols_partition<float>(x, r0, r1, rows_per_block, mean, m2);
@@ -450,6 +524,8 @@ namespace bn1d::kernels::simd {
 
 HWY_EXPORT(TargetId);
 HWY_EXPORT(StatsRowsChannel);
+HWY_EXPORT(StatsRowsPartition);
+HWY_EXPORT(BackwardSumsRowsPartition);
 HWY_EXPORT(StatsColsPartition);
 HWY_EXPORT(NormalizeRows);
 HWY_EXPORT(NormalizeCols);
@@ -500,15 +576,39 @@ void parallel_ranges(int64_t units, int threads, F body) {
   for (int64_t p = 0; p < parts; ++p) body(p * units / parts, (p + 1) * units / parts);
 }
 
-// Partition p of the rows of a cols view: [first, last).
-struct Partitions {
+// Reductions are split into at most kPartitions partitions of consecutive work units; each is
+// reduced on its own and the partitions are merged in order. The split depends on the shape
+// only. values(p) is the number of values per channel in partition p.
+
+// Cols layout: units are rows r = n·L + l, grouped into blocks of `block` rows.
+struct ColsPartitions {
   int64_t rows, block, blocks, count;
-  explicit Partitions(const View3& x)
+  explicit ColsPartitions(const View3& x)
       : rows(x.N * x.L), block(rows_per_block(x.C)), blocks((rows + block - 1) / block),
         count(std::min(blocks, kPartitions)) {}
   int64_t first(int64_t p) const { return std::min(rows, p * blocks / count * block); }
   int64_t last(int64_t p) const { return std::min(rows, (p + 1) * blocks / count * block); }
+  double values(int64_t p) const { return static_cast<double>(last(p) - first(p)); }
 };
+
+// Rows layout with long rows: units u = n · pieces + piece, a piece being kBlock values of l.
+struct RowsPartitions {
+  int64_t L, pieces, units, count;
+  explicit RowsPartitions(const View3& x)
+      : L(x.L), pieces((x.L + kBlock - 1) / kBlock), units(x.N * pieces),
+        count(std::min(units, kPartitions)) {}
+  int64_t first(int64_t p) const { return p * units / count; }
+  int64_t last(int64_t p) const { return (p + 1) * units / count; }
+  double values(int64_t p) const {
+    int64_t v = 0;
+    for (int64_t u = first(p); u < last(p); ++u) v += std::min(kBlock, L - (u % pieces) * kBlock);
+    return static_cast<double>(v);
+  }
+};
+
+// Rows shorter than this are reduced channel by channel (StatsRowsChannel), grouping many rows
+// of a channel per block; longer rows are walked in memory order by partitions.
+constexpr int64_t kMinPartitionRow = 256;
 
 std::vector<double>& partition_scratch(std::size_t n) {
   thread_local std::vector<double> scratch;
@@ -526,28 +626,14 @@ bool rows_layout(const View3& v) { return v.sL == 1 && v.L >= 8; }
 
 bool cols_layout(const View3& v) { return v.sC == 1; }
 
-void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
-  apply_environment_once();
-  const int threads = threads_for(x.N * x.C * x.L);
-  if (layout == Layout::Rows) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t c = 0; c < x.C; ++c) HWY_DYNAMIC_DISPATCH(StatsRowsChannel)(x, c, mean + c, m2 + c);
-    return;
-  }
-  const Partitions parts(x);
-  const int64_t C = x.C;
-  std::vector<double>& scratch = partition_scratch(static_cast<std::size_t>(2 * parts.count * C));
-  double* part_mean = scratch.data();
-  double* part_m2 = part_mean + parts.count * C;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t p = 0; p < parts.count; ++p) {
-    HWY_DYNAMIC_DISPATCH(StatsColsPartition)(x, parts.first(p), parts.last(p), parts.block,
-                                             part_mean + p * C, part_m2 + p * C);
-  }
-  for (int64_t c = 0; c < C; ++c) {  // Chan merge of the partitions, in order
+// Chan merge, in order, of per-partition statistics (part_mean/part_m2: count × C).
+template <class Parts>
+void merge_partitions(double* mean, double* m2, const Parts& parts, int64_t C,
+                      const double* part_mean, const double* part_m2) {
+  for (int64_t c = 0; c < C; ++c) {
     double count = 0.0, mu = 0.0, q = 0.0;
     for (int64_t p = 0; p < parts.count; ++p) {
-      const double nb = static_cast<double>(parts.last(p) - parts.first(p));
+      const double nb = parts.values(p);
       if (nb == 0.0) continue;
       const double n = count + nb, delta = part_mean[p * C + c] - mu;
       mu += delta * (nb / n);
@@ -556,6 +642,48 @@ void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
     }
     mean[c] = mu;
     m2[c] = q;
+  }
+}
+
+// Per-partition sums (part_a/part_b: count × C) added up in order.
+void sum_partitions(double* a, double* b, int64_t parts, int64_t C, const double* part_a,
+                    const double* part_b) {
+  for (int64_t c = 0; c < C; ++c) {
+    double sa = 0.0, sb = 0.0;
+    for (int64_t p = 0; p < parts; ++p) {
+      sa += part_a[p * C + c];
+      sb += part_b[p * C + c];
+    }
+    a[c] = sa;
+    b[c] = sb;
+  }
+}
+
+void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
+  apply_environment_once();
+  const int threads = threads_for(x.N * x.C * x.L);
+  const int64_t C = x.C;
+  if (layout == Layout::Rows && x.L < kMinPartitionRow) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t c = 0; c < C; ++c) HWY_DYNAMIC_DISPATCH(StatsRowsChannel)(x, c, mean + c, m2 + c);
+    return;
+  }
+  auto reduce = [&](const auto& parts, auto kernel) {
+    std::vector<double>& scratch = partition_scratch(static_cast<std::size_t>(2 * parts.count * C));
+    double* part_mean = scratch.data();
+    double* part_m2 = part_mean + parts.count * C;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t p = 0; p < parts.count; ++p) kernel(parts, p, part_mean + p * C, part_m2 + p * C);
+    merge_partitions(mean, m2, parts, C, part_mean, part_m2);
+  };
+  if (layout == Layout::Rows) {
+    reduce(RowsPartitions(x), [&](const RowsPartitions& parts, int64_t p, double* pm, double* pq) {
+      HWY_DYNAMIC_DISPATCH(StatsRowsPartition)(x, parts.first(p), parts.last(p), pm, pq);
+    });
+  } else {
+    reduce(ColsPartitions(x), [&](const ColsPartitions& parts, int64_t p, double* pm, double* pq) {
+      HWY_DYNAMIC_DISPATCH(StatsColsPartition)(x, parts.first(p), parts.last(p), parts.block, pm, pq);
+    });
   }
 }
 
@@ -578,31 +706,31 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
                    const View3& x, const double* mean) {
   apply_environment_once();
   const int threads = threads_for(2 * x.N * x.C * x.L);
-  if (layout == Layout::Rows) {
+  const int64_t C = x.C;
+  if (layout == Layout::Rows && x.L < kMinPartitionRow) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t c = 0; c < x.C; ++c) {
+    for (int64_t c = 0; c < C; ++c) {
       HWY_DYNAMIC_DISPATCH(BackwardSumsRowsChannel)(dy, x, mean, c, sum_dy + c, sum_dy_xmu + c);
     }
     return;
   }
-  const Partitions parts(x);
-  const int64_t C = x.C;
-  std::vector<double>& scratch = partition_scratch(static_cast<std::size_t>(2 * parts.count * C));
-  double* part_s = scratch.data();
-  double* part_sx = part_s + parts.count * C;
+  auto reduce = [&](const auto& parts, auto kernel) {
+    std::vector<double>& scratch = partition_scratch(static_cast<std::size_t>(2 * parts.count * C));
+    double* part_s = scratch.data();
+    double* part_sx = part_s + parts.count * C;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t p = 0; p < parts.count; ++p) {
-    HWY_DYNAMIC_DISPATCH(BackwardSumsColsPartition)(dy, x, mean, parts.first(p), parts.last(p),
-                                                    parts.block, part_s + p * C, part_sx + p * C);
-  }
-  for (int64_t c = 0; c < C; ++c) {  // partitions summed in order
-    double s = 0.0, sx = 0.0;
-    for (int64_t p = 0; p < parts.count; ++p) {
-      s += part_s[p * C + c];
-      sx += part_sx[p * C + c];
-    }
-    sum_dy[c] = s;
-    sum_dy_xmu[c] = sx;
+    for (int64_t p = 0; p < parts.count; ++p) kernel(parts, p, part_s + p * C, part_sx + p * C);
+    sum_partitions(sum_dy, sum_dy_xmu, parts.count, C, part_s, part_sx);
+  };
+  if (layout == Layout::Rows) {
+    reduce(RowsPartitions(x), [&](const RowsPartitions& parts, int64_t p, double* ps, double* psx) {
+      HWY_DYNAMIC_DISPATCH(BackwardSumsRowsPartition)(dy, x, mean, parts.first(p), parts.last(p), ps, psx);
+    });
+  } else {
+    reduce(ColsPartitions(x), [&](const ColsPartitions& parts, int64_t p, double* ps, double* psx) {
+      HWY_DYNAMIC_DISPATCH(BackwardSumsColsPartition)(dy, x, mean, parts.first(p), parts.last(p),
+                                                      parts.block, ps, psx);
+    });
   }
 }
 
