@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: MIT
+// Block and tile sizes shared by the SIMD kernels and their dispatcher. They depend on nothing
+// but these constants and the shape, so results never depend on the thread count.
+#pragma once
+
+#include <cstdint>
+
+namespace bn1d::kernels {
+
+/// Values per statistics block: small enough that a block's second pass hits L1/L2.
+constexpr int64_t kBlock = 4096;
+/// Most rows of a cols-layout statistics block (rows_per_block is kBlock / C clamped to 4 … this).
+constexpr int64_t kMaxRowsPerBlock = 256;
+/// Channels-last output: units of kChannelBlock channels of one n, transposed through tiles of
+/// kTileL values of l.
+constexpr int64_t kChannelBlock = 16;
+constexpr int64_t kTileL = 64;
+
+}  // namespace bn1d::kernels

@@ -1,0 +1,229 @@
+// SPDX-License-Identifier: MIT
+// SIMD kernels for the cols layout: the C channels of every (n, l) are contiguous.
+// Included once per Highway target by simd.cpp (hence the toggle guard, as in Highway's -inl.h).
+#if defined(BN1D_KERNELS_SIMD_COLS_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef BN1D_KERNELS_SIMD_COLS_INL_H_
+#undef BN1D_KERNELS_SIMD_COLS_INL_H_
+#else
+#define BN1D_KERNELS_SIMD_COLS_INL_H_
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "hwy/highway.h"
+#include "kernels/simd-inl.h"
+#include "kernels/blocking.hpp"
+#include "kernels/view.hpp"
+
+HWY_BEFORE_NAMESPACE();
+namespace bn1d::kernels::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// ---- Cols layout: the C channels of every (n, l) are contiguous ------------------------------
+// Row r = n·L + l of a cols view holds the C values x[n, :, l].
+
+
+template <class T>
+const T* cols_row(const View3& v, int64_t r) {
+  return row_ptr<T>(v, r / v.L, 0, r % v.L);
+}
+
+// Statistics of rows r0 … r1 − 1 for all channels: blocks of rows_per_block rows, each
+// two-pass per group of channels, merged in order into mean[C], m2[C].
+template <class T>
+void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t rows_per_block,
+                          double* mean, double* m2) {
+  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  const int64_t C = x.C;
+  const DD d;
+  std::fill_n(mean, C, 0.0);
+  std::fill_n(m2, C, 0.0);
+  const T* rows[kMaxRowsPerBlock];
+  double count = 0.0;
+  for (int64_t b0 = r0; b0 < r1; b0 += rows_per_block) {
+    const int64_t nrows = std::min(r1 - b0, rows_per_block);
+    for (int64_t i = 0; i < nrows; ++i) rows[i] = cols_row<T>(x, b0 + i);
+    const double nb = static_cast<double>(nrows), n = count + nb;
+    const VD vnb = hn::Set(d, nb), wb = hn::Set(d, nb / n), wab = hn::Set(d, count * nb / n);
+    auto merge = [&](int64_t c, VD mb, VD q) {  // Chan, vectorized over channels
+      const VD pm = hn::LoadU(d, mean + c), delta = hn::Sub(mb, pm);
+      hn::StoreU(hn::MulAdd(delta, wb, pm), d, mean + c);
+      hn::StoreU(hn::Add(hn::LoadU(d, m2 + c), hn::MulAdd(hn::Mul(delta, delta), wab, q)), d, m2 + c);
+    };
+    int64_t c = 0;
+    for (; c + 2 * N <= C; c += 2 * N) {  // two independent chains per row
+      VD s0 = hn::Zero(d), s1 = hn::Zero(d);
+      for (int64_t i = 0; i < nrows; ++i) {
+        s0 = hn::Add(s0, LoadD(rows[i] + c));
+        s1 = hn::Add(s1, LoadD(rows[i] + c + N));
+      }
+      const VD mb0 = hn::Div(s0, vnb), mb1 = hn::Div(s1, vnb);
+      VD q0 = hn::Zero(d), q1 = hn::Zero(d);
+      for (int64_t i = 0; i < nrows; ++i) {
+        const VD d0 = hn::Sub(LoadD(rows[i] + c), mb0), d1 = hn::Sub(LoadD(rows[i] + c + N), mb1);
+        q0 = hn::MulAdd(d0, d0, q0);
+        q1 = hn::MulAdd(d1, d1, q1);
+      }
+      merge(c, mb0, q0);
+      merge(c + N, mb1, q1);
+    }
+    for (; c + N <= C; c += N) {
+      VD s0 = hn::Zero(d);
+      for (int64_t i = 0; i < nrows; ++i) s0 = hn::Add(s0, LoadD(rows[i] + c));
+      const VD mb0 = hn::Div(s0, vnb);
+      VD q0 = hn::Zero(d);
+      for (int64_t i = 0; i < nrows; ++i) {
+        const VD d0 = hn::Sub(LoadD(rows[i] + c), mb0);
+        q0 = hn::MulAdd(d0, d0, q0);
+      }
+      merge(c, mb0, q0);
+    }
+    for (; c < C; ++c) {
+      double sum = 0.0, q = 0.0;
+      for (int64_t i = 0; i < nrows; ++i) sum += static_cast<double>(rows[i][c]);
+      const double mb = sum / nb;
+      for (int64_t i = 0; i < nrows; ++i) {
+        const double dv = static_cast<double>(rows[i][c]) - mb;
+        q += dv * dv;
+      }
+      chan_merge(count, nb, mb, q, mean[c], m2[c]);
+    }
+    count = n;
+  }
+}
+
+// Σ dy and Σ dy · (x − mean) over rows r0 … r1 − 1, into sum_dy[C], sum_dy_xmu[C].
+template <class T>
+void backward_sums_cols_partition(const View3& dy, const View3& x, const double* mean, int64_t r0,
+                                  int64_t r1, int64_t rows_per_block, double* sum_dy,
+                                  double* sum_dy_xmu) {
+  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  const int64_t C = x.C;
+  const DD d;
+  std::fill_n(sum_dy, C, 0.0);
+  std::fill_n(sum_dy_xmu, C, 0.0);
+  const T* grows[kMaxRowsPerBlock];
+  const T* xrows[kMaxRowsPerBlock];
+  for (int64_t b0 = r0; b0 < r1; b0 += rows_per_block) {
+    const int64_t nrows = std::min(r1 - b0, rows_per_block);
+    for (int64_t i = 0; i < nrows; ++i) {
+      grows[i] = cols_row<T>(dy, b0 + i);
+      xrows[i] = cols_row<T>(x, b0 + i);
+    }
+    int64_t c = 0;
+    for (; c + N <= C; c += N) {
+      const VD m = hn::LoadU(d, mean + c);
+      VD s = hn::Zero(d), sx = hn::Zero(d);
+      for (int64_t i = 0; i < nrows; ++i) {
+        const VD g = LoadD(grows[i] + c);
+        s = hn::Add(s, g);
+        sx = hn::MulAdd(g, hn::Sub(LoadD(xrows[i] + c), m), sx);
+      }
+      hn::StoreU(hn::Add(hn::LoadU(d, sum_dy + c), s), d, sum_dy + c);
+      hn::StoreU(hn::Add(hn::LoadU(d, sum_dy_xmu + c), sx), d, sum_dy_xmu + c);
+    }
+    for (; c < C; ++c) {
+      double s = 0.0, sx = 0.0;
+      for (int64_t i = 0; i < nrows; ++i) {
+        const double g = static_cast<double>(grows[i][c]);
+        s += g;
+        sx += g * (static_cast<double>(xrows[i][c]) - mean[c]);
+      }
+      sum_dy[c] += s;
+      sum_dy_xmu[c] += sx;
+    }
+  }
+}
+
+// Elementwise op over units u0 … u1 − 1 of a cols view, writing the contiguous (N, C, L)
+// output: f.vec(c, x, dy) gives the float64 results for channels c … c + lanes − 1, f.scalar
+// for one channel. For L == 1 a unit is a row n and the output row is contiguous along C. For
+// L > 1 (channels-last) a unit is a block of kChannelBlock channels of one n: values are read
+// along C and transposed through a small tile, so that each channel's output is written as a
+// sequential stream along L.
+template <class T, class F>
+void elementwise_cols(T* out, const View3& x, const View3* dy, int64_t u0, int64_t u1, F f) {
+  const DD d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t C = x.C, L = x.L;
+  auto at = [](const View3* v, int64_t n, int64_t c, int64_t l) {
+    return v ? static_cast<double>(*row_ptr<T>(*v, n, c, l)) : 0.0;
+  };
+  if (L == 1) {
+    for (int64_t n = u0; n < u1; ++n) {
+      const T* p = row_ptr<T>(x, n, 0, 0);
+      const T* g = dy ? row_ptr<T>(*dy, n, 0, 0) : nullptr;
+      T* o = out + n * C;
+      int64_t c = 0;
+      for (; c + N <= C; c += N) StoreD(f.vec(c, LoadD(p + c), g ? LoadD(g + c) : hn::Zero(d)), o + c);
+      for (; c < C; ++c) o[c] = static_cast<T>(f.scalar(c, at(&x, n, c, 0), at(dy, n, c, 0)));
+    }
+    return;
+  }
+  const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
+  double lanes[HWY_LANES(double)];
+  T tile[kChannelBlock][kTileL];  // [channel - c_begin][l - l0]
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t n = u / blocks, c_begin = (u % blocks) * kChannelBlock;
+    const int64_t width = std::min(C - c_begin, kChannelBlock);
+    const int64_t vec_width = width - width % N;  // channels done with vectors
+    for (int64_t l0 = 0; l0 < L; l0 += kTileL) {
+      const int64_t len = std::min(L - l0, kTileL);
+      for (int64_t i = 0; i < len; ++i) {  // each row's channels c_begin … + width, read once
+        const T* p = row_ptr<T>(x, n, c_begin, l0 + i);
+        const T* g = dy ? row_ptr<T>(*dy, n, c_begin, l0 + i) : nullptr;
+        for (int64_t cv = 0; cv < vec_width; cv += N) {
+          hn::StoreU(f.vec(c_begin + cv, LoadD(p + cv), g ? LoadD(g + cv) : hn::Zero(d)), d, lanes);
+          for (int64_t j = 0; j < N; ++j) tile[cv + j][i] = static_cast<T>(lanes[j]);
+        }
+        for (int64_t cv = vec_width; cv < width; ++cv) {
+          tile[cv][i] = static_cast<T>(f.scalar(c_begin + cv, static_cast<double>(p[cv]),
+                                                g ? static_cast<double>(g[cv]) : 0.0));
+        }
+      }
+      for (int64_t j = 0; j < width; ++j) std::copy_n(tile[j], len, out + (n * C + c_begin + j) * L + l0);
+    }
+  }
+}
+
+// y = (x − mean) · scale + shift; vector lanes are consecutive channels.
+struct NormalizeOp {
+  const double *mean, *scale, *shift;
+  HWY_INLINE VD vec(int64_t c, VD x, VD) const {
+    const DD d;
+    return hn::MulAdd(hn::Sub(x, hn::LoadU(d, mean + c)), hn::LoadU(d, scale + c), hn::LoadU(d, shift + c));
+  }
+  HWY_INLINE double scalar(int64_t c, double x, double) const { return std::fma(x - mean[c], scale[c], shift[c]); }
+};
+
+// dx = a · dy + b · (x − mean) + k; vector lanes are consecutive channels.
+struct BackwardInputOp {
+  const double *mean, *a, *b, *k;
+  HWY_INLINE VD vec(int64_t c, VD x, VD g) const {
+    const DD d;
+    return hn::MulAdd(hn::LoadU(d, a + c), g,
+                      hn::MulAdd(hn::LoadU(d, b + c), hn::Sub(x, hn::LoadU(d, mean + c)), hn::LoadU(d, k + c)));
+  }
+  HWY_INLINE double scalar(int64_t c, double x, double g) const {
+    return std::fma(a[c], g, std::fma(b[c], x - mean[c], k[c]));
+  }
+};
+
+template <class T>
+void normalize_cols(T* y, const View3& x, const double* mean, const double* scale,
+                    const double* shift, int64_t u0, int64_t u1) {
+  elementwise_cols(y, x, nullptr, u0, u1, NormalizeOp{mean, scale, shift});
+}
+
+template <class T>
+void backward_input_cols(T* dx, const View3& dy, const View3& x, const double* mean,
+                         const double* a, const double* b, const double* k, int64_t u0, int64_t u1) {
+  elementwise_cols(dx, x, &dy, u0, u1, BackwardInputOp{mean, a, b, k});
+}
+
+}  // namespace bn1d::kernels::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // BN1D_KERNELS_SIMD_COLS_INL_H_

@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: MIT
+// SIMD kernels for the rows layout: every (n, c) row of L values is contiguous.
+// Included once per Highway target by simd.cpp (hence the toggle guard, as in Highway's -inl.h).
+#if defined(BN1D_KERNELS_SIMD_ROWS_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef BN1D_KERNELS_SIMD_ROWS_INL_H_
+#undef BN1D_KERNELS_SIMD_ROWS_INL_H_
+#else
+#define BN1D_KERNELS_SIMD_ROWS_INL_H_
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "hwy/highway.h"
+#include "kernels/simd-inl.h"
+#include "kernels/view.hpp"
+
+HWY_BEFORE_NAMESPACE();
+namespace bn1d::kernels::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// ---- Rows layout: (n, c) rows of L contiguous values ---------------------------------------
+
+// Four independent accumulators hide the latency of float64 adds.
+struct Acc4 {
+  VD a0, a1, a2, a3;
+  Acc4() : a0(hn::Zero(DD())), a1(hn::Zero(DD())), a2(hn::Zero(DD())), a3(hn::Zero(DD())) {}
+  double sum() const { return ReduceSum(hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))); }
+};
+
+// acc += the full vectors of p[0, len); returns the scalar sum of the tail.
+template <class T>
+HWY_INLINE double add_row(Acc4& acc, const T* p, int64_t len) {
+  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  int64_t i = 0;
+  for (; i + 4 * N <= len; i += 4 * N) {
+    acc.a0 = hn::Add(acc.a0, LoadD(p + i));
+    acc.a1 = hn::Add(acc.a1, LoadD(p + i + N));
+    acc.a2 = hn::Add(acc.a2, LoadD(p + i + 2 * N));
+    acc.a3 = hn::Add(acc.a3, LoadD(p + i + 3 * N));
+  }
+  for (; i + N <= len; i += N) acc.a0 = hn::Add(acc.a0, LoadD(p + i));
+  double tail = 0.0;
+  for (; i < len; ++i) tail += static_cast<double>(p[i]);
+  return tail;
+}
+
+// acc += (p[i] − mean)² over the full vectors; returns the tail's sum.
+template <class T>
+HWY_INLINE double add_row_sqdev(Acc4& acc, const T* p, int64_t len, double mean) {
+  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  const VD m = hn::Set(DD(), mean);
+  auto sq = [&](VD& a, int64_t at) {
+    const VD dv = hn::Sub(LoadD(p + at), m);
+    a = hn::MulAdd(dv, dv, a);
+  };
+  int64_t i = 0;
+  for (; i + 4 * N <= len; i += 4 * N) {
+    sq(acc.a0, i);
+    sq(acc.a1, i + N);
+    sq(acc.a2, i + 2 * N);
+    sq(acc.a3, i + 3 * N);
+  }
+  for (; i + N <= len; i += N) sq(acc.a0, i);
+  double tail = 0.0;
+  for (; i < len; ++i) {
+    const double dv = static_cast<double>(p[i]) - mean;
+    tail += dv * dv;
+  }
+  return tail;
+}
+
+// Statistics of channel c. Blocks: row pieces of kBlock values when L ≥ kBlock, else groups of
+// whole rows; each block two-pass (sum, then squared deviations from its own mean), merged in
+// order.
+template <class T>
+void stats_rows_channel(const View3& x, int64_t c, double* mean_out, double* m2_out) {
+  const int64_t N = x.N, L = x.L;
+  const int64_t piece = L >= kBlock ? kBlock : L;
+  const int64_t rows_per_block = L >= kBlock ? 1 : std::max<int64_t>(1, kBlock / L);
+  double count = 0.0, mean = 0.0, m2 = 0.0;
+  for (int64_t n0 = 0; n0 < N; n0 += rows_per_block) {
+    const int64_t n1 = std::min(N, n0 + rows_per_block);
+    for (int64_t l0 = 0; l0 < L; l0 += piece) {
+      const int64_t len = std::min(piece, L - l0);
+      Acc4 sum;
+      double tail = 0.0;
+      for (int64_t n = n0; n < n1; ++n) tail += add_row(sum, row_ptr<T>(x, n, c, l0), len);
+      const double nb = static_cast<double>((n1 - n0) * len);
+      const double mean_b = (sum.sum() + tail) / nb;
+      Acc4 sq;
+      tail = 0.0;
+      for (int64_t n = n0; n < n1; ++n) tail += add_row_sqdev(sq, row_ptr<T>(x, n, c, l0), len, mean_b);
+      chan_merge(count, nb, mean_b, sq.sum() + tail, mean, m2);
+      count += nb;
+    }
+  }
+  *mean_out = mean;
+  *m2_out = m2;
+}
+
+// Statistics of units u0 … u1 − 1 for all channels, where unit u = n · pieces + piece covers
+// the values l0 … l0 + kBlock − 1 of row n of every channel: each (n, c, piece) block is reduced
+// two-pass while in cache and merged in order into mean[C], m2[C]. Memory is walked in order.
+template <class T>
+void stats_rows_partition(const View3& x, int64_t u0, int64_t u1, double* mean, double* m2) {
+  const int64_t pieces = (x.L + kBlock - 1) / kBlock;
+  std::fill_n(mean, x.C, 0.0);
+  std::fill_n(m2, x.C, 0.0);
+  double count = 0.0;
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t n = u / pieces, l0 = (u % pieces) * kBlock, len = std::min(kBlock, x.L - l0);
+    const double nb = static_cast<double>(len);
+    for (int64_t c = 0; c < x.C; ++c) {
+      const T* p = row_ptr<T>(x, n, c, l0);
+      Acc4 sum;
+      const double tail_sum = add_row(sum, p, len);
+      const double mean_b = (sum.sum() + tail_sum) / nb;
+      Acc4 sq;
+      const double tail = add_row_sqdev(sq, p, len, mean_b);
+      chan_merge(count, nb, mean_b, sq.sum() + tail, mean[c], m2[c]);
+    }
+    count += nb;
+  }
+}
+
+// Σ dy and Σ dy · (x − mean) over units u0 … u1 − 1 (as in stats_rows_partition), into
+// sum_dy[C], sum_dy_xmu[C].
+template <class T>
+void backward_sums_rows_partition(const View3& dy, const View3& x, const double* mean, int64_t u0,
+                                  int64_t u1, double* sum_dy, double* sum_dy_xmu) {
+  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  const int64_t pieces = (x.L + kBlock - 1) / kBlock;
+  std::fill_n(sum_dy, x.C, 0.0);
+  std::fill_n(sum_dy_xmu, x.C, 0.0);
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t n = u / pieces, l0 = (u % pieces) * kBlock, len = std::min(kBlock, x.L - l0);
+    for (int64_t c = 0; c < x.C; ++c) {
+      const T* g = row_ptr<T>(dy, n, c, l0);
+      const T* p = row_ptr<T>(x, n, c, l0);
+      const VD m = hn::Set(DD(), mean[c]);
+      VD s0 = hn::Zero(DD()), s1 = hn::Zero(DD()), sx0 = hn::Zero(DD()), sx1 = hn::Zero(DD());
+      int64_t l = 0;
+      for (; l + 2 * N <= len; l += 2 * N) {
+        const VD g0 = LoadD(g + l), g1 = LoadD(g + l + N);
+        s0 = hn::Add(s0, g0);
+        s1 = hn::Add(s1, g1);
+        sx0 = hn::MulAdd(g0, hn::Sub(LoadD(p + l), m), sx0);
+        sx1 = hn::MulAdd(g1, hn::Sub(LoadD(p + l + N), m), sx1);
+      }
+      for (; l + N <= len; l += N) {
+        const VD g0 = LoadD(g + l);
+        s0 = hn::Add(s0, g0);
+        sx0 = hn::MulAdd(g0, hn::Sub(LoadD(p + l), m), sx0);
+      }
+      double s = ReduceSum(hn::Add(s0, s1)), sx = ReduceSum(hn::Add(sx0, sx1));
+      for (; l < len; ++l) {
+        s += static_cast<double>(g[l]);
+        sx += static_cast<double>(g[l]) * (static_cast<double>(p[l]) - mean[c]);
+      }
+      sum_dy[c] += s;
+      sum_dy_xmu[c] += sx;
+    }
+  }
+}
+
+// y rows i0 … i1 − 1 (i = n·C + c) of the contiguous output: y = (x − mean) · scale + shift.
+template <class T>
+void normalize_rows(T* y, const View3& x, const double* mean, const double* scale,
+                    const double* shift, int64_t i0, int64_t i1) {
+  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  const int64_t L = x.L;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t n = i / x.C, c = i % x.C;
+    const T* p = row_ptr<T>(x, n, c, 0);
+    T* out = y + i * L;
+    const VD m = hn::Set(DD(), mean[c]), s = hn::Set(DD(), scale[c]), b = hn::Set(DD(), shift[c]);
+    int64_t l = 0;
+    for (; l + N <= L; l += N) StoreD(hn::MulAdd(hn::Sub(LoadD(p + l), m), s, b), out + l);
+    for (; l < L; ++l) out[l] = static_cast<T>(std::fma(static_cast<double>(p[l]) - mean[c], scale[c], shift[c]));
+  }
+}
+
+// Σ dy and Σ dy · (x − mean) of channel c, accumulated row by row in a fixed order.
+template <class T>
+void backward_sums_rows_channel(const View3& dy, const View3& x, const double* mean, int64_t c,
+                                double* sum_dy, double* sum_dy_xmu) {
+  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  const VD m = hn::Set(DD(), mean[c]);
+  VD s = hn::Zero(DD()), sx = hn::Zero(DD());
+  double s_tail = 0.0, sx_tail = 0.0;
+  for (int64_t n = 0; n < x.N; ++n) {
+    const T* g = row_ptr<T>(dy, n, c, 0);
+    const T* p = row_ptr<T>(x, n, c, 0);
+    int64_t l = 0;
+    for (; l + N <= x.L; l += N) {
+      const VD gv = LoadD(g + l);
+      s = hn::Add(s, gv);
+      sx = hn::MulAdd(gv, hn::Sub(LoadD(p + l), m), sx);
+    }
+    for (; l < x.L; ++l) {
+      s_tail += static_cast<double>(g[l]);
+      sx_tail += static_cast<double>(g[l]) * (static_cast<double>(p[l]) - mean[c]);
+    }
+  }
+  *sum_dy = ReduceSum(s) + s_tail;
+  *sum_dy_xmu = ReduceSum(sx) + sx_tail;
+}
+
+// dx rows i0 … i1 − 1: dx = a · dy + b · (x − mean) + k.
+template <class T>
+void backward_input_rows(T* dx, const View3& dy, const View3& x, const double* mean,
+                         const double* a, const double* b, const double* k, int64_t i0, int64_t i1) {
+  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  const int64_t L = x.L;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t n = i / x.C, c = i % x.C;
+    const T* g = row_ptr<T>(dy, n, c, 0);
+    const T* p = row_ptr<T>(x, n, c, 0);
+    T* out = dx + i * L;
+    const VD m = hn::Set(DD(), mean[c]), av = hn::Set(DD(), a[c]), bv = hn::Set(DD(), b[c]),
+             kv = hn::Set(DD(), k[c]);
+    int64_t l = 0;
+    for (; l + N <= L; l += N) {
+      StoreD(hn::MulAdd(av, LoadD(g + l), hn::MulAdd(bv, hn::Sub(LoadD(p + l), m), kv)), out + l);
+    }
+    for (; l < L; ++l) {
+      out[l] = static_cast<T>(std::fma(a[c], static_cast<double>(g[l]),
+                                       std::fma(b[c], static_cast<double>(p[l]) - mean[c], k[c])));
+    }
+  }
+}
+
+}  // namespace bn1d::kernels::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // BN1D_KERNELS_SIMD_ROWS_INL_H_
