@@ -18,7 +18,6 @@
 #include <iterator>
 #include <memory>
 #include <sstream>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -152,9 +151,19 @@ std::string ms(double seconds) {
   return buf;
 }
 
+/// The 1-minute load average: other busy processes make OpenMP timings wait for time slices.
+std::string load_average() {
+  double load = 0;
+  if (getloadavg(&load, 1) != 1) return "unknown";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f", load);
+  return buf;
+}
+
 void print_header(const Options& o) {
-  std::printf("bn1d_bench: BatchNorm1d on the CPU, %d thread(s) (omp_get_max_threads() = %d)\n",
-              o.threads, omp_get_max_threads());
+  std::printf("bn1d_bench: BatchNorm1d on the CPU, %d thread(s) (omp_get_max_threads() = %d), "
+              "%d cores, load average %s\n",
+              o.threads, omp_get_max_threads(), omp_get_num_procs(), load_average().c_str());
 #if BN1D_HAVE_TORCH
   std::printf("peer: %s: at::native_batch_norm(_backward), outputs allocated per call (no CPU "
               "_out kernel)\n", torch_description().c_str());
@@ -291,5 +300,6 @@ int main(int argc, char** argv) {
   getrusage(RUSAGE_SELF, &usage);
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("\npeak RSS %.0f MiB, total time %.1f s\n", usage.ru_maxrss / 1024.0, elapsed);
+  std::printf("\npeak RSS %.0f MiB, total time %.1f s, load average %s\n",
+              usage.ru_maxrss / 1024.0, elapsed, load_average().c_str());
 }

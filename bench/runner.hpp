@@ -69,7 +69,7 @@ std::unique_ptr<Runner> make_bn1d_runner(const Problem& p);
 std::unique_ptr<Runner> make_torch_runner(const Problem& p);
 /// at::set_num_threads.
 void set_torch_threads(int threads);
-/// "libtorch 1.13.1 (N threads)".
+/// "libtorch 1.13.0 (at::get_num_threads() = N)".
 std::string torch_description();
 #endif
 

@@ -82,8 +82,8 @@ std::unique_ptr<Runner> make_torch_runner(const Problem& p) {
 }
 
 std::string torch_description() {
-  return std::string("libtorch ") + TORCH_VERSION + " (" + std::to_string(at::get_num_threads()) +
-         " threads)";
+  return std::string("libtorch ") + TORCH_VERSION +
+         " (at::get_num_threads() = " + std::to_string(at::get_num_threads()) + ")";
 }
 
 void set_torch_threads(int threads) { at::set_num_threads(threads); }

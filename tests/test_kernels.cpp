@@ -8,6 +8,7 @@
 
 #include "kernels/reference.hpp"
 #include "kernels/simd.hpp"
+#include "validate.hpp"
 #include "test_util.hpp"
 
 namespace bn1d::test {
@@ -16,18 +17,7 @@ namespace {
 namespace simd = kernels::simd;
 namespace reference = kernels::reference;
 
-kernels::View3 view_of(const Tensor& t) {
-  kernels::View3 v;
-  v.data = t.raw_data();
-  v.dtype = t.dtype();
-  v.N = t.sizes()[0];
-  v.C = t.sizes()[1];
-  v.sN = t.strides()[0];
-  v.sC = t.strides()[1];
-  v.L = t.dim() == 3 ? t.sizes()[2] : 1;
-  v.sL = t.dim() == 3 ? t.strides()[2] : 0;
-  return v;
-}
+kernels::View3 view_of(const Tensor& t) { return detail::input_view(t); }
 
 struct KernelCase {
   Shape shape;
