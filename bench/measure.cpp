@@ -4,6 +4,9 @@
 #include "measure.hpp"
 
 #include <omp.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -30,6 +33,22 @@ std::pair<std::size_t, std::size_t> chunk(std::size_t count, int t, int threads)
   const std::size_t begin = blocks * t / threads * 64;
   const std::size_t end = blocks * (t + 1) / threads * 64;
   return {std::min(begin, count), std::min(end, count)};
+}
+
+/// memcpy with non-temporal (cache-bypassing) stores where the target has them.
+void stream_copy(char* dst, const char* src, std::size_t n) {
+#if defined(__SSE2__)
+  std::size_t i = std::min(n, (16 - reinterpret_cast<std::uintptr_t>(dst) % 16) % 16);
+  std::memcpy(dst, src, i);
+  for (; i + 64 <= n; i += 64)
+    for (std::size_t k = 0; k < 64; k += 16)
+      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + k),
+                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + k)));
+  std::memcpy(dst + i, src + i, n - i);
+  _mm_sfence();
+#else
+  std::memcpy(dst, src, n);
+#endif
 }
 
 /// Keeps the read kernel's sum alive so the compiler cannot drop the loads.
@@ -67,13 +86,16 @@ void read_kernel(const void* src, std::size_t bytes) {
   g_sink = total;
 }
 
-void copy_kernel(void* dst, const void* src, std::size_t bytes) {
+void copy_kernel(void* dst, const void* src, std::size_t bytes, bool streaming) {
 #pragma omp parallel
   {
     const auto [begin, end] = chunk(bytes, omp_get_thread_num(), omp_get_num_threads());
-    if (end > begin)
-      std::memcpy(static_cast<char*>(dst) + begin, static_cast<const char*>(src) + begin,
-                  end - begin);
+    char* d = static_cast<char*>(dst) + begin;
+    const char* s = static_cast<const char*>(src) + begin;
+    if (streaming)
+      stream_copy(d, s, end - begin);
+    else
+      std::memcpy(d, s, end - begin);
   }
 }
 

@@ -30,7 +30,8 @@ Timing time_median(const std::function<void()>& fn);
 /// "Read" kernel: sums @p bytes of @p src as 64-bit words, in parallel over the OpenMP threads.
 void read_kernel(const void* src, std::size_t bytes);
 
-/// "Copy" kernel: memcpy of @p bytes from @p src to @p dst, one contiguous chunk per OpenMP thread.
-void copy_kernel(void* dst, const void* src, std::size_t bytes);
+/// "Copy" kernel: copies @p bytes from @p src to @p dst, one contiguous chunk per OpenMP thread,
+/// with memcpy or, when @p streaming, with non-temporal stores (x86 SSE2; memcpy elsewhere).
+void copy_kernel(void* dst, const void* src, std::size_t bytes, bool streaming);
 
 }  // namespace bench
