@@ -103,7 +103,8 @@ std::vector<Case> read_shapes(const std::string& path) {
     if (!(fields >> dtype >> layout)) fail(where + "expected `NxC[xL] dtype layout`");
     std::vector<int64_t> dims;
     std::istringstream parts(sizes);
-    for (std::string part; std::getline(parts, part, 'x');) dims.push_back(std::atoll(part.c_str()));
+    for (std::string part; std::getline(parts, part, 'x');)
+      dims.push_back(std::atoll(part.c_str()));
     Case k;
     Problem& p = k.problem;
     if (dims.size() < 2 || dims.size() > 3 ||
@@ -130,15 +131,17 @@ std::vector<Case> read_shapes(const std::string& path) {
 
 /// Largest |a − b| over the (N, C, L) elements of two outputs (NaN when any element is NaN).
 double max_abs_diff(const Problem& p, const View& a, const View& b) {
-  const bool f32 = p.dtype == bn1d::DType::Float32;
+  const auto value = [f32 = p.dtype == bn1d::DType::Float32](const View& v, int64_t i) {
+    return f32 ? static_cast<double>(static_cast<const float*>(v.data)[i])
+               : static_cast<const double*>(v.data)[i];
+  };
   double worst = 0;
   for (int64_t n = 0; n < p.n; ++n)
     for (int64_t c = 0; c < p.c; ++c)
       for (int64_t l = 0; l < p.l; ++l) {
         const int64_t i = n * a.strides[0] + c * a.strides[1] + l * a.strides[2];
         const int64_t j = n * b.strides[0] + c * b.strides[1] + l * b.strides[2];
-        const double d = f32 ? static_cast<const float*>(a.data)[i] - static_cast<const float*>(b.data)[j]
-                             : static_cast<const double*>(a.data)[i] - static_cast<const double*>(b.data)[j];
+        const double d = value(a, i) - value(b, j);
         if (std::isnan(d)) return d;
         worst = std::max(worst, std::fabs(d));
       }
@@ -315,10 +318,11 @@ int main(int argc, char** argv) {
 #if BN1D_HAVE_TORCH
   set_torch_threads(o.threads);
 #endif
+  std::vector<Case> cases = read_shapes(o.shapes);
   print_header(o);
 
   std::vector<std::string> notes;
-  for (Case& k : read_shapes(o.shapes)) {
+  for (Case& k : cases) {
     if (k.label.find(o.filter) == std::string::npos) continue;
     for (std::string& note : run_case(k)) notes.push_back(std::move(note));
   }

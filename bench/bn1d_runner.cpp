@@ -51,6 +51,8 @@ class Bn1dRunner final : public Runner {
 
 }  // namespace
 
-std::unique_ptr<Runner> make_bn1d_runner(const Problem& p) { return std::make_unique<Bn1dRunner>(p); }
+std::unique_ptr<Runner> make_bn1d_runner(const Problem& p) {
+  return std::make_unique<Bn1dRunner>(p);
+}
 
 }  // namespace bench

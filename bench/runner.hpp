@@ -14,7 +14,8 @@
 namespace bench {
 
 /// One benchmark case. The logical shape is (N, C) or (N, C, L); the input buffers hold either a
-/// row-major (N, C, L) array or, for channels_last, a row-major (N, L, C) array viewed as (N, C, L).
+/// row-major (N, C, L) array or, for channels_last, a row-major (N, L, C) array viewed as
+/// (N, C, L).
 struct Problem {
   int64_t n = 0, c = 0, l = 1;  ///< l == 1 for a 2-D (N, C) problem
   bool three_d = false;         ///< (N, C, L) rather than (N, C)
@@ -26,10 +27,13 @@ struct Problem {
   void* dy = nullptr;  ///< gradient of the output for backward, same layout as x
 
   int64_t numel() const { return n * c * l; }
-  std::size_t bytes() const { return static_cast<std::size_t>(numel()) * bn1d::element_size(dtype); }
+  std::size_t bytes() const {
+    return static_cast<std::size_t>(numel()) * bn1d::element_size(dtype);
+  }
   /// Element strides of (N, C, L) in the input buffers (L's stride is unused when !three_d).
   std::array<int64_t, 3> strides() const {
-    return channels_last ? std::array<int64_t, 3>{l * c, 1, c} : std::array<int64_t, 3>{c * l, l, 1};
+    if (channels_last) return {l * c, 1, c};
+    return {c * l, l, 1};
   }
 };
 
