@@ -12,7 +12,7 @@
 
 namespace bn1d {
 
-using detail::channel_value;
+using detail::ChannelValues;
 using detail::f64;
 using detail::f64_mut;
 
@@ -108,8 +108,9 @@ void normalization_from_running(Normalization& norm, const Tensor& running_mean,
   const int64_t C = running_mean.numel();
   detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
   detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
+  const ChannelValues rmean(running_mean, 0.0), rvar(running_var, 1.0);
   for (int64_t c = 0; c < C; ++c) {  // all checks before the first write
-    const double var = channel_value(running_var, c, 1.0);
+    const double var = rvar[c];
     if (var + eps < 0) {
       throw Error("running_var: expected non-negative variances, got running_var[" +
                   std::to_string(c) + "] = " + python_float_repr(var) + " with eps " +
@@ -119,8 +120,8 @@ void normalization_from_running(Normalization& norm, const Tensor& running_mean,
   detail::reuse_or_allocate(norm.mean, C, DType::Float64);
   detail::reuse_or_allocate(norm.invstd, C, DType::Float64);
   for (int64_t c = 0; c < C; ++c) {
-    f64_mut(norm.mean)[c] = channel_value(running_mean, c, 0.0);
-    f64_mut(norm.invstd)[c] = invstd_of(channel_value(running_var, c, 1.0), eps);
+    f64_mut(norm.mean)[c] = rmean[c];
+    f64_mut(norm.invstd)[c] = invstd_of(rvar[c], eps);
   }
 }
 
@@ -146,11 +147,10 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
   detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
   detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
   const double unbias = 1.0 / static_cast<double>(stats.count - 1);
+  const ChannelValues rmean(running_mean, 0.0), rvar(running_var, 1.0);
   for (int64_t c = 0; c < C; ++c) {
-    const double mean = (1.0 - momentum) * channel_value(running_mean, c, 0.0) + momentum * f64(stats.mean)[c];
-    const double var = (1.0 - momentum) * channel_value(running_var, c, 1.0) + momentum * (f64(stats.m2)[c] * unbias);
-    detail::store_channel_value(running_mean, c, mean);
-    detail::store_channel_value(running_var, c, var);
+    rmean.set(c, (1.0 - momentum) * rmean[c] + momentum * f64(stats.mean)[c]);
+    rvar.set(c, (1.0 - momentum) * rvar[c] + momentum * (f64(stats.m2)[c] * unbias));
   }
 }
 
@@ -165,9 +165,11 @@ void batch_norm_apply(Tensor& output, const Tensor& input, const Normalization& 
   // y = (x − mean) · scale + shift, scale = invstd · weight, shift = bias.
   double* scale = detail::scratch(0, static_cast<std::size_t>(x.C));
   double* shift = detail::scratch(1, static_cast<std::size_t>(x.C));
+  const ChannelValues w(weight, 1.0), b(bias, 0.0);
+  const double* invstd = f64(norm.invstd);
   for (int64_t c = 0; c < x.C; ++c) {
-    scale[c] = channel_value(weight, c, 1.0) * f64(norm.invstd)[c];
-    shift[c] = channel_value(bias, c, 0.0);
+    scale[c] = w[c] * invstd[c];
+    shift[c] = b[c];
   }
   route::normalize(output.raw_data(), x, f64(norm.mean), scale, shift);
 }

@@ -86,9 +86,10 @@ void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, co
   double* a = detail::scratch(0, C);
   double* b = detail::scratch(1, C);
   double* k = detail::scratch(2, C);
+  const detail::ChannelValues w(weight, 1.0);
   for (int64_t c = 0; c < x.C; ++c) {
     const double invstd = f64(norm.invstd)[c];
-    a[c] = detail::channel_value(weight, c, 1.0) * invstd;
+    a[c] = w[c] * invstd;
     b[c] = k[c] = 0.0;
     if (batch_statistics) {
       const double n = static_cast<double>(global.count);
@@ -118,9 +119,10 @@ void batch_norm_backward_params(BatchNormGradients& grads, const GradStats& stat
   detail::reuse_or_allocate(grads.weight, C, dtype);
   detail::reuse_or_allocate(grads.bias, C, dtype);
   // grad_weight = Σ dy · x̂ = Σ dy (x − mean) · invstd;  grad_bias = Σ dy.
+  const detail::ChannelValues gw(grads.weight, 0.0), gb(grads.bias, 0.0);
   for (int64_t c = 0; c < C; ++c) {
-    detail::store_channel_value(grads.weight, c, f64(stats.sum_dy_xmu)[c] * f64(norm.invstd)[c]);
-    detail::store_channel_value(grads.bias, c, f64(stats.sum_dy)[c]);
+    gw.set(c, f64(stats.sum_dy_xmu)[c] * f64(norm.invstd)[c]);
+    gb.set(c, f64(stats.sum_dy)[c]);
   }
 }
 

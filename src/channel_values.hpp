@@ -14,20 +14,33 @@ namespace bn1d::detail {
 inline const double* f64(const Tensor& t) { return t.data<double>(); }
 inline double* f64_mut(const Tensor& t) { return t.data<double>(); }
 
-/// Value c of a {C} float32/float64 tensor (any stride) as float64; @p fallback when @p t is
-/// undefined (no affine parameters).
-inline double channel_value(const Tensor& t, int64_t c, double fallback) {
-  if (!t.defined()) return fallback;
-  const int64_t off = c * t.strides()[0];
-  return t.dtype() == DType::Float32 ? t.data<float>()[off] : t.data<double>()[off];
-}
+/// Element access to a {C} float32/float64 tensor (any stride) in float64, resolved once: reads
+/// give @p fallback for every channel when the tensor is undefined (no affine parameters).
+class ChannelValues {
+ public:
+  ChannelValues(const Tensor& t, double fallback)
+      : data_(static_cast<char*>(t.raw_data())),
+        f32_(t.dtype() == DType::Float32),
+        step_(t.defined() ? t.strides()[0] * static_cast<int64_t>(element_size(t.dtype())) : 0),
+        fallback_(fallback) {}
+  double operator[](int64_t c) const {
+    if (data_ == nullptr) return fallback_;
+    const char* p = data_ + c * step_;
+    return f32_ ? *reinterpret_cast<const float*>(p) : *reinterpret_cast<const double*>(p);
+  }
+  /// Writes element c, rounding once to the tensor's dtype.
+  void set(int64_t c, double v) const {
+    char* p = data_ + c * step_;
+    if (f32_) *reinterpret_cast<float*>(p) = static_cast<float>(v);
+    else *reinterpret_cast<double*>(p) = v;
+  }
 
-/// Writes @p v into element c of a {C} float32/float64 tensor (any stride), rounding once.
-inline void store_channel_value(const Tensor& t, int64_t c, double v) {
-  const int64_t off = c * t.strides()[0];
-  if (t.dtype() == DType::Float32) t.data<float>()[off] = static_cast<float>(v);
-  else t.data<double>()[off] = v;
-}
+ private:
+  char* data_;
+  bool f32_;
+  int64_t step_;
+  double fallback_;
+};
 
 /// Checks an optional affine parameter: undefined, or {C} of @p dtype.
 void check_optional_param(const Tensor& t, const char* name, int64_t C, DType dtype);

@@ -9,8 +9,8 @@ namespace bn1d::kernels {
 
 /// Values per statistics block: small enough that a block's second pass hits L1/L2.
 constexpr int64_t kBlock = 4096;
-/// Most rows of a cols-layout statistics block (rows_per_block is kBlock / C clamped to 4 … this).
-constexpr int64_t kMaxRowsPerBlock = 256;
+/// Rows of a cols-layout statistics block.
+constexpr int64_t kMaxRowsPerBlock = 64;
 /// Channels-last output: units of kChannelBlock channels of one n, transposed through tiles of
 /// kTileL values of l.
 constexpr int64_t kChannelBlock = 16;

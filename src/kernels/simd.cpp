@@ -113,7 +113,9 @@ int threads_for(int64_t elements) {
   return static_cast<int>(std::max<int64_t>(t, 1));
 }
 
-int64_t rows_per_block(int64_t C) { return std::clamp<int64_t>(kBlock / C, 4, kMaxRowsPerBlock); }
+// Rows per cols-layout statistics block. Each group of channels is reduced twice over the block's
+// rows back to back (those few cache lines stay in L1), so blocks can be tall whatever C is.
+int64_t rows_per_block(int64_t) { return kMaxRowsPerBlock; }
 
 // Names of all compiled targets this CPU supports, read once before any forcing.
 const std::vector<int64_t>& all_targets() {
@@ -190,36 +192,39 @@ bool rows_layout(const View3& v) { return v.sL == 1 && v.L >= 8; }
 
 bool cols_layout(const View3& v) { return v.sC == 1; }
 
-// Chan merge, in order, of per-partition statistics (part_mean/part_m2: count × C).
+// Chan merge, in order, of per-partition statistics (part_mean/part_m2: count × C). The merge
+// weights depend on the partition only, so they are computed once, outside the channel loop.
 template <class Parts>
 void merge_partitions(double* mean, double* m2, const Parts& parts, int64_t C,
                       const double* part_mean, const double* part_m2) {
-  for (int64_t c = 0; c < C; ++c) {
-    double count = 0.0, mu = 0.0, q = 0.0;
-    for (int64_t p = 0; p < parts.count; ++p) {
-      const double nb = parts.values(p);
-      if (nb == 0.0) continue;
-      const double n = count + nb, delta = part_mean[p * C + c] - mu;
-      mu += delta * (nb / n);
-      q += part_m2[p * C + c] + delta * delta * (count * nb / n);
-      count = n;
+  std::fill_n(mean, C, 0.0);
+  std::fill_n(m2, C, 0.0);
+  double count = 0.0;
+  for (int64_t p = 0; p < parts.count; ++p) {
+    const double nb = parts.values(p);
+    if (nb == 0.0) continue;
+    const double n = count + nb, wb = nb / n, wab = count * nb / n;
+    const double* pm = part_mean + p * C;
+    const double* pq = part_m2 + p * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const double delta = pm[c] - mean[c];
+      mean[c] += delta * wb;
+      m2[c] += pq[c] + delta * delta * wab;
     }
-    mean[c] = mu;
-    m2[c] = q;
+    count = n;
   }
 }
 
 // Per-partition sums (part_a/part_b: count × C) added up in order.
 void sum_partitions(double* a, double* b, int64_t parts, int64_t C, const double* part_a,
                     const double* part_b) {
-  for (int64_t c = 0; c < C; ++c) {
-    double sa = 0.0, sb = 0.0;
-    for (int64_t p = 0; p < parts; ++p) {
-      sa += part_a[p * C + c];
-      sb += part_b[p * C + c];
+  std::fill_n(a, C, 0.0);
+  std::fill_n(b, C, 0.0);
+  for (int64_t p = 0; p < parts; ++p) {
+    for (int64_t c = 0; c < C; ++c) {
+      a[c] += part_a[p * C + c];
+      b[c] += part_b[p * C + c];
     }
-    a[c] = sa;
-    b[c] = sb;
   }
 }
 

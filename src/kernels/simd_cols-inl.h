@@ -46,7 +46,7 @@ void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t rows_p
     const int64_t nrows = std::min(r1 - b0, rows_per_block);
     for (int64_t i = 0; i < nrows; ++i) rows[i] = cols_row<T>(x, b0 + i);
     const double nb = static_cast<double>(nrows), n = count + nb;
-    const VD vnb = hn::Set(d, nb), wb = hn::Set(d, nb / n), wab = hn::Set(d, count * nb / n);
+    const VD inv_nb = hn::Set(d, 1.0 / nb), wb = hn::Set(d, nb / n), wab = hn::Set(d, count * nb / n);
     auto merge = [&](int64_t c, VD mb, VD q) {  // Chan, vectorized over channels
       const VD pm = hn::LoadU(d, mean + c), delta = hn::Sub(mb, pm);
       hn::StoreU(hn::MulAdd(delta, wb, pm), d, mean + c);
@@ -59,7 +59,7 @@ void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t rows_p
         s0 = hn::Add(s0, LoadD(rows[i] + c));
         s1 = hn::Add(s1, LoadD(rows[i] + c + N));
       }
-      const VD mb0 = hn::Div(s0, vnb), mb1 = hn::Div(s1, vnb);
+      const VD mb0 = hn::Mul(s0, inv_nb), mb1 = hn::Mul(s1, inv_nb);
       VD q0 = hn::Zero(d), q1 = hn::Zero(d);
       for (int64_t i = 0; i < nrows; ++i) {
         const VD d0 = hn::Sub(LoadD(rows[i] + c), mb0), d1 = hn::Sub(LoadD(rows[i] + c + N), mb1);
@@ -72,7 +72,7 @@ void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t rows_p
     for (; c + N <= C; c += N) {
       VD s0 = hn::Zero(d);
       for (int64_t i = 0; i < nrows; ++i) s0 = hn::Add(s0, LoadD(rows[i] + c));
-      const VD mb0 = hn::Div(s0, vnb);
+      const VD mb0 = hn::Mul(s0, inv_nb);
       VD q0 = hn::Zero(d);
       for (int64_t i = 0; i < nrows; ++i) {
         const VD d0 = hn::Sub(LoadD(rows[i] + c), mb0);
