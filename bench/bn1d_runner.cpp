@@ -3,6 +3,9 @@
 /// @brief bn1d's side of the benchmark: a BatchNorm1d module with caller-owned output buffers.
 #include <bn1d/module.hpp>
 
+#include <cstddef>
+#include <vector>
+
 #include "runner.hpp"
 
 namespace bench {
@@ -21,8 +24,12 @@ class Bn1dRunner final : public Runner {
     // Views of the shared buffers: channels-last memory is passed as its strided (N, C, L) view.
     input_ = bn1d::Tensor::from_blob(p.x, sizes, strides, p.dtype);
     grad_output_ = bn1d::Tensor::from_blob(p.dy, sizes, strides, p.dtype);
-    output_ = bn1d::Tensor::empty(sizes, p.dtype);
-    grads_.input = bn1d::Tensor::empty(sizes, p.dtype);
+    // Outputs in the input's memory layout (as torch and oneDNN produce them): for channels-last
+    // input bn1d then writes channels-last output instead of transposing to (N, C, L).
+    out_storage_.resize(static_cast<std::size_t>(p.n * p.c * (p.three_d ? p.l : 1)) * bn1d::element_size(p.dtype));
+    grad_storage_.resize(out_storage_.size());
+    output_ = bn1d::Tensor::from_blob(out_storage_.data(), sizes, strides, p.dtype);
+    grads_.input = bn1d::Tensor::from_blob(grad_storage_.data(), sizes, strides, p.dtype);
     grads_.weight = bn1d::Tensor::empty({p.c}, p.dtype);
     grads_.bias = bn1d::Tensor::empty({p.c}, p.dtype);
     for (int64_t c = 0; c < p.c; ++c) {
@@ -34,7 +41,7 @@ class Bn1dRunner final : public Runner {
         module_.bias().data<double>()[c] = affine_bias(c);
       }
     }
-    out_strides_ = {p.c * p.l, p.l, 1};  // bn1d's outputs are contiguous (N, C, L)
+    out_strides_ = {s[0], s[1], p.three_d ? s[2] : 0};
   }
 
   void forward_train() override { module_.train().forward(input_, output_); }
@@ -46,6 +53,7 @@ class Bn1dRunner final : public Runner {
   bn1d::BatchNorm1d module_;
   bn1d::Tensor input_, grad_output_, output_;
   bn1d::BatchNorm1d::Gradients grads_;
+  std::vector<std::byte> out_storage_, grad_storage_;
   std::array<int64_t, 3> out_strides_{};
 };
 

@@ -160,7 +160,7 @@ void batch_norm_apply(Tensor& output, const Tensor& input, const Normalization& 
   detail::check_normalization(norm, x.C);
   detail::check_optional_param(weight, "weight", x.C, input.dtype());
   detail::check_optional_param(bias, "bias", x.C, input.dtype());
-  detail::reuse_or_allocate(output, input.sizes(), input.dtype(), {&input});
+  detail::reuse_or_allocate_like(output, input, {&input});
   if (output.numel() == 0) return;
   // y = (x − mean) · scale + shift, scale = invstd · weight, shift = bias.
   double* scale = detail::scratch(0, static_cast<std::size_t>(x.C));
@@ -171,7 +171,7 @@ void batch_norm_apply(Tensor& output, const Tensor& input, const Normalization& 
     scale[c] = w[c] * invstd[c];
     shift[c] = b[c];
   }
-  route::normalize(output.raw_data(), x, f64(norm.mean), scale, shift);
+  route::normalize(detail::output_view(output), x, f64(norm.mean), scale, shift);
 }
 
 Tensor batch_norm_apply(const Tensor& input, const Normalization& norm, const Tensor& weight,

@@ -75,7 +75,7 @@ void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, co
       throw Error("batch_norm_backward_input: expected global statistics of at least one value per channel, got count 0");
     }
   }
-  detail::reuse_or_allocate(grad_input, input.sizes(), input.dtype(), {&input, &grad_output});
+  detail::reuse_or_allocate_like(grad_input, input, {&input, &grad_output});
   if (grad_input.numel() == 0) return;
   // dx = a · dy + b · (x − mean) + k per channel, with g = weight · invstd:
   //   a = g                                   (direct path through x̂)
@@ -97,7 +97,7 @@ void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, co
       b[c] = -a[c] * invstd * invstd * f64(global.sum_dy_xmu)[c] / n;
     }
   }
-  route::backward_input(grad_input.raw_data(), dy, x, f64(norm.mean), a, b, k);
+  route::backward_input(detail::output_view(grad_input), dy, x, f64(norm.mean), a, b, k);
 }
 
 Tensor batch_norm_backward_input(const Tensor& grad_output, const Tensor& input,

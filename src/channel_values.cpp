@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <utility>
 #include <span>
 #include <vector>
 
@@ -49,6 +50,32 @@ void reuse_or_allocate(Tensor& t, const Shape& sizes, DType dtype,
 
 void reuse_or_allocate(Tensor& t, int64_t C, DType dtype, std::initializer_list<const Tensor*> avoid) {
   if (!reusable(t, std::span<const int64_t>(&C, 1), dtype, avoid)) t = Tensor::empty({C}, dtype);
+}
+
+// True when the elements of a 2-D or 3-D @p t cover a block of memory exactly once, in any order
+// of its dimensions (no allocation: this runs on every call).
+static bool dense(const Tensor& t) {
+  std::array<std::pair<int64_t, int64_t>, 3> dims{};  // (stride, size) of dims with size > 1
+  std::size_t count = 0;
+  for (int64_t d = 0; d < t.dim() && d < 3; ++d)
+    if (t.sizes()[d] > 1) dims[count++] = {t.strides()[d], t.sizes()[d]};
+  for (std::size_t i = 1; i < count; ++i)  // insertion sort by stride
+    for (std::size_t j = i; j > 0 && dims[j].first < dims[j - 1].first; --j) std::swap(dims[j], dims[j - 1]);
+  int64_t expected = 1;
+  for (std::size_t i = 0; i < count; ++i) {
+    if (dims[i].first != expected) return false;
+    expected *= dims[i].second;
+  }
+  return true;
+}
+
+void reuse_or_allocate_like(Tensor& out, const Tensor& input,
+                            std::initializer_list<const Tensor*> avoid) {
+  const bool same_strides = out.defined() && out.strides() == input.strides() && dense(input);
+  bool ok = out.defined() && out.sizes() == input.sizes() && out.dtype() == input.dtype() &&
+            (out.is_contiguous() || same_strides);
+  for (const Tensor* other : avoid) ok = ok && !overlaps(out, *other);
+  if (!ok) out = Tensor::empty(input.sizes(), input.dtype());
 }
 
 double* scratch(int slot, std::size_t n) {

@@ -53,6 +53,13 @@ void reuse_or_allocate(Tensor& t, const Shape& sizes, DType dtype,
 void reuse_or_allocate(Tensor& t, int64_t C, DType dtype,
                        std::initializer_list<const Tensor*> avoid = {});
 
+/// Makes @p out a result for @p input ((N, C) or (N, C, L)): kept when it has the input's sizes
+/// and dtype, overlaps none of @p avoid, and is contiguous or has exactly the input's strides
+/// with the input dense (e.g. a channels-last output for a channels-last input); otherwise
+/// replaced by a new contiguous tensor.
+void reuse_or_allocate_like(Tensor& out, const Tensor& input,
+                            std::initializer_list<const Tensor*> avoid);
+
 /// Per-thread scratch of float64 values: @p slot (0 … 3) holds at least @p n values. The storage
 /// grows and is kept, so steady-state calls allocate nothing.
 double* scratch(int slot, std::size_t n);

@@ -27,6 +27,15 @@ kernels::View3 input_view(const Tensor& input, const char* name) {
   return v;
 }
 
+kernels::Out3 output_view(const Tensor& out) {
+  kernels::Out3 o;
+  o.data = out.raw_data();
+  o.sN = out.strides()[0];
+  o.sC = out.strides()[1];
+  o.sL = out.dim() == 3 ? out.strides()[2] : 0;
+  return o;
+}
+
 void check_channel_tensor(const Tensor& t, std::string_view name, int64_t C, DType dtype,
                           std::string_view field) {
   if (t.defined() && t.dim() == 1 && t.sizes()[0] == C && t.dtype() == dtype) return;

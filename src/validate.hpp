@@ -16,6 +16,9 @@ namespace bn1d::detail {
 /// 3-D view. Errors use PyTorch's text: "expected 2D or 3D input (got 4D input)".
 kernels::View3 input_view(const Tensor& input, const char* name = "input");
 
+/// The output view of a result tensor made by reuse_or_allocate_like().
+kernels::Out3 output_view(const Tensor& out);
+
 /// Checks that @p t is defined, of shape {C} and of @p dtype; @p name + @p field names it in the
 /// message (built only on failure, so that the check allocates nothing).
 void check_channel_tensor(const Tensor& t, std::string_view name, int64_t C, DType dtype,

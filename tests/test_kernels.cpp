@@ -81,10 +81,18 @@ void check_case(const KernelCase& k, DType dtype) {
     b[c] = 0.25 * static_cast<double>(c % 4) - 0.3;
     kk[c] = 0.1 * static_cast<double>(c % 7);
   }
-  Tensor y = Tensor::empty(k.shape, dtype), ry = Tensor::empty(k.shape, dtype);
-  simd::normalize(k.simd_layout, y.raw_data(), x, rmean.data(), scale.data(), shift.data());
-  reference::normalize(ry.raw_data(), x, rmean.data(), scale.data(), shift.data());
-  EXPECT_TRUE(near(values(y), values(ry), dtype));
+  // Outputs: contiguous (N, C, L), and in the input's own layout.
+  std::shared_ptr<std::vector<char>> ky, kdx;
+  const std::vector<double> zeros(numel, 0.0);
+  const Tensor outputs[] = {Tensor::empty(k.shape, dtype), make_strided(zeros, k.shape, dtype, k.layout, ky)};
+  Tensor ry = Tensor::empty(k.shape, dtype);
+  reference::normalize(detail::output_view(ry), x, rmean.data(), scale.data(), shift.data());
+  for (const Tensor& y : outputs) {
+    ASSERT_TRUE(k.simd_layout == simd::Layout::Rows ? simd::rows_layout(detail::output_view(y))
+                                                     : simd::cols_layout(detail::output_view(y)));
+    simd::normalize(k.simd_layout, detail::output_view(y), x, rmean.data(), scale.data(), shift.data());
+    EXPECT_TRUE(near(values(y), values(ry), dtype));
+  }
 
   std::vector<double> s(C), sx(C), rs(C), rsx(C);
   simd::backward_sums(k.simd_layout, s.data(), sx.data(), dy, x, rmean.data());
@@ -92,11 +100,13 @@ void check_case(const KernelCase& k, DType dtype) {
   EXPECT_TRUE(near(s, rs, DType::Float64));
   EXPECT_TRUE(near(sx, rsx, DType::Float64));
 
-  Tensor dx = Tensor::empty(k.shape, dtype), rdx = Tensor::empty(k.shape, dtype);
-  simd::backward_input(k.simd_layout, dx.raw_data(), dy, x, rmean.data(), scale.data(), b.data(), kk.data());
-  reference::backward_input(rdx.raw_data(), dy, x, rmean.data(), scale.data(), b.data(), kk.data());
-  EXPECT_TRUE(near(values(dx), values(rdx), dtype));
-  EXPECT_EQ(values(dx).size(), numel);
+  Tensor rdx = Tensor::empty(k.shape, dtype);
+  reference::backward_input(detail::output_view(rdx), dy, x, rmean.data(), scale.data(), b.data(), kk.data());
+  const Tensor grad_outputs[] = {Tensor::empty(k.shape, dtype), make_strided(zeros, k.shape, dtype, k.layout, kdx)};
+  for (const Tensor& dx : grad_outputs) {
+    simd::backward_input(k.simd_layout, detail::output_view(dx), dy, x, rmean.data(), scale.data(), b.data(), kk.data());
+    EXPECT_TRUE(near(values(dx), values(rdx), dtype));
+  }
 }
 
 TEST(Kernels, EveryTargetMatchesTheReferenceOracle) {

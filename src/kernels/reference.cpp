@@ -42,14 +42,19 @@ void channel_stats_t(double* mean, double* m2, const View3& x) {
 }
 
 template <class T>
-void normalize_t(T* y, const View3& x, const double* mean, const double* scale,
+T& out_at(const Out3& o, int64_t n, int64_t c, int64_t l) {
+  return static_cast<T*>(o.data)[n * o.sN + c * o.sC + l * o.sL];
+}
+
+template <class T>
+void normalize_t(const Out3& y, const View3& x, const double* mean, const double* scale,
                  const double* shift) {
   const int64_t N = x.N, C = x.C, L = x.L;
 #pragma omp parallel for schedule(static) num_threads(thread_count(x))
   for (int64_t c = 0; c < C; ++c)
     for (int64_t n = 0; n < N; ++n)
       for (int64_t l = 0; l < L; ++l)
-        y[(n * C + c) * L + l] = static_cast<T>((at<T>(x, n, c, l) - mean[c]) * scale[c] + shift[c]);
+        out_at<T>(y, n, c, l) = static_cast<T>((at<T>(x, n, c, l) - mean[c]) * scale[c] + shift[c]);
 }
 
 template <class T>
@@ -71,14 +76,14 @@ void backward_sums_t(double* sum_dy, double* sum_dy_xmu, const View3& dy, const 
 }
 
 template <class T>
-void backward_input_t(T* dx, const View3& dy, const View3& x, const double* mean,
+void backward_input_t(const Out3& dx, const View3& dy, const View3& x, const double* mean,
                       const double* a, const double* b, const double* k) {
   const int64_t N = x.N, C = x.C, L = x.L;
 #pragma omp parallel for schedule(static) num_threads(thread_count(x))
   for (int64_t c = 0; c < C; ++c)
     for (int64_t n = 0; n < N; ++n)
       for (int64_t l = 0; l < L; ++l)
-        dx[(n * C + c) * L + l] = static_cast<T>(
+        out_at<T>(dx, n, c, l) = static_cast<T>(
             a[c] * at<T>(dy, n, c, l) + b[c] * (at<T>(x, n, c, l) - mean[c]) + k[c]);
 }
 
@@ -89,10 +94,10 @@ void channel_stats(double* mean, double* m2, const View3& x) {
   else channel_stats_t<double>(mean, m2, x);
 }
 
-void normalize(void* y, const View3& x, const double* mean, const double* scale,
+void normalize(const Out3& y, const View3& x, const double* mean, const double* scale,
                const double* shift) {
-  if (x.dtype == DType::Float32) normalize_t(static_cast<float*>(y), x, mean, scale, shift);
-  else normalize_t(static_cast<double*>(y), x, mean, scale, shift);
+  if (x.dtype == DType::Float32) normalize_t<float>(y, x, mean, scale, shift);
+  else normalize_t<double>(y, x, mean, scale, shift);
 }
 
 void backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
@@ -101,10 +106,10 @@ void backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const Vi
   else backward_sums_t<double>(sum_dy, sum_dy_xmu, dy, x, mean);
 }
 
-void backward_input(void* dx, const View3& dy, const View3& x, const double* mean,
+void backward_input(const Out3& dx, const View3& dy, const View3& x, const double* mean,
                     const double* a, const double* b, const double* k) {
-  if (x.dtype == DType::Float32) backward_input_t(static_cast<float*>(dx), dy, x, mean, a, b, k);
-  else backward_input_t(static_cast<double*>(dx), dy, x, mean, a, b, k);
+  if (x.dtype == DType::Float32) backward_input_t<float>(dx, dy, x, mean, a, b, k);
+  else backward_input_t<double>(dx, dy, x, mean, a, b, k);
 }
 
 }  // namespace bn1d::kernels::reference

@@ -10,16 +10,16 @@ namespace bn1d::kernels::reference {
 /// mean[c] and m2[c] = Σ (x − mean[c])² over the N·L values of channel c (two passes).
 void channel_stats(double* mean, double* m2, const View3& x);
 
-/// y[n, c, l] = (x − mean[c]) · scale[c] + shift[c], y contiguous (N, C, L) of x's dtype.
-void normalize(void* y, const View3& x, const double* mean, const double* scale,
+/// y[n, c, l] = (x − mean[c]) · scale[c] + shift[c], y of x's dtype.
+void normalize(const Out3& y, const View3& x, const double* mean, const double* scale,
                const double* shift);
 
 /// sum_dy[c] = Σ dy, sum_dy_xmu[c] = Σ dy · (x − mean[c]).
 void backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
                    const double* mean);
 
-/// dx[n, c, l] = a[c] · dy + b[c] · (x − mean[c]) + k[c], dx contiguous (N, C, L) of x's dtype.
-void backward_input(void* dx, const View3& dy, const View3& x, const double* mean,
+/// dx[n, c, l] = a[c] · dy + b[c] · (x − mean[c]) + k[c], dx of x's dtype.
+void backward_input(const Out3& dx, const View3& dy, const View3& x, const double* mean,
                     const double* a, const double* b, const double* k);
 
 }  // namespace bn1d::kernels::reference

@@ -42,15 +42,15 @@ void StatsColsPartition(const View3& x, int64_t r0, int64_t r1, int64_t rows_per
   if (x.dtype == DType::Float32) stats_cols_partition<float>(x, r0, r1, rows_per_block, mean, m2);
   else stats_cols_partition<double>(x, r0, r1, rows_per_block, mean, m2);
 }
-void NormalizeRows(void* y, const View3& x, const double* mean, const double* scale,
+void NormalizeRows(const Out3& y, const View3& x, const double* mean, const double* scale,
                    const double* shift, int64_t i0, int64_t i1) {
-  if (x.dtype == DType::Float32) normalize_rows(static_cast<float*>(y), x, mean, scale, shift, i0, i1);
-  else normalize_rows(static_cast<double*>(y), x, mean, scale, shift, i0, i1);
+  if (x.dtype == DType::Float32) normalize_rows<float>(y, x, mean, scale, shift, i0, i1);
+  else normalize_rows<double>(y, x, mean, scale, shift, i0, i1);
 }
-void NormalizeCols(void* y, const View3& x, const double* mean, const double* scale,
+void NormalizeCols(const Out3& y, const View3& x, const double* mean, const double* scale,
                    const double* shift, int64_t u0, int64_t u1) {
-  if (x.dtype == DType::Float32) normalize_cols(static_cast<float*>(y), x, mean, scale, shift, u0, u1);
-  else normalize_cols(static_cast<double*>(y), x, mean, scale, shift, u0, u1);
+  if (x.dtype == DType::Float32) normalize_cols<float>(y, x, mean, scale, shift, u0, u1);
+  else normalize_cols<double>(y, x, mean, scale, shift, u0, u1);
 }
 void BackwardSumsRowsChannel(const View3& dy, const View3& x, const double* mean, int64_t c,
                              double* sum_dy, double* sum_dy_xmu) {
@@ -62,15 +62,15 @@ void BackwardSumsColsPartition(const View3& dy, const View3& x, const double* me
   if (x.dtype == DType::Float32) backward_sums_cols_partition<float>(dy, x, mean, r0, r1, rows_per_block, sum_dy, sum_dy_xmu);
   else backward_sums_cols_partition<double>(dy, x, mean, r0, r1, rows_per_block, sum_dy, sum_dy_xmu);
 }
-void BackwardInputRows(void* dx, const View3& dy, const View3& x, const double* mean,
+void BackwardInputRows(const Out3& dx, const View3& dy, const View3& x, const double* mean,
                        const double* a, const double* b, const double* k, int64_t i0, int64_t i1) {
-  if (x.dtype == DType::Float32) backward_input_rows(static_cast<float*>(dx), dy, x, mean, a, b, k, i0, i1);
-  else backward_input_rows(static_cast<double*>(dx), dy, x, mean, a, b, k, i0, i1);
+  if (x.dtype == DType::Float32) backward_input_rows<float>(dx, dy, x, mean, a, b, k, i0, i1);
+  else backward_input_rows<double>(dx, dy, x, mean, a, b, k, i0, i1);
 }
-void BackwardInputCols(void* dx, const View3& dy, const View3& x, const double* mean,
+void BackwardInputCols(const Out3& dx, const View3& dy, const View3& x, const double* mean,
                        const double* a, const double* b, const double* k, int64_t u0, int64_t u1) {
-  if (x.dtype == DType::Float32) backward_input_cols(static_cast<float*>(dx), dy, x, mean, a, b, k, u0, u1);
-  else backward_input_cols(static_cast<double*>(dx), dy, x, mean, a, b, k, u0, u1);
+  if (x.dtype == DType::Float32) backward_input_cols<float>(dx, dy, x, mean, a, b, k, u0, u1);
+  else backward_input_cols<double>(dx, dy, x, mean, a, b, k, u0, u1);
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE
@@ -182,15 +182,19 @@ std::vector<double>& partition_scratch(std::size_t n) {
   return scratch;
 }
 
-int64_t cols_units(const View3& x) {
-  return x.L == 1 ? x.N : x.N * ((x.C + kChannelBlock - 1) / kChannelBlock);
+// Units of elementwise_cols: rows (n, l) when the output's channels are contiguous, else blocks
+// of channels of one n.
+int64_t cols_units(const View3& x, const Out3& out) {
+  return out.sC == 1 ? x.N * x.L : x.N * ((x.C + kChannelBlock - 1) / kChannelBlock);
 }
 
 }  // namespace
 
 bool rows_layout(const View3& v) { return v.sL == 1 && v.L >= 8; }
+bool rows_layout(const Out3& o) { return o.sL == 1; }
 
 bool cols_layout(const View3& v) { return v.sC == 1; }
+bool cols_layout(const Out3& o) { return o.sC == 1 || o.sL == 1; }
 
 // Chan merge, in order, of per-partition statistics (part_mean/part_m2: count × C). The merge
 // weights depend on the partition only, so they are computed once, outside the channel loop.
@@ -256,7 +260,7 @@ void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
   }
 }
 
-void normalize(Layout layout, void* y, const View3& x, const double* mean, const double* scale,
+void normalize(Layout layout, const Out3& y, const View3& x, const double* mean, const double* scale,
                const double* shift) {
   apply_environment_once();
   const int threads = threads_for(x.N * x.C * x.L);
@@ -265,7 +269,7 @@ void normalize(Layout layout, void* y, const View3& x, const double* mean, const
       HWY_DYNAMIC_DISPATCH(NormalizeRows)(y, x, mean, scale, shift, i0, i1);
     });
   } else {
-    parallel_ranges(cols_units(x), threads, [&](int64_t u0, int64_t u1) {
+    parallel_ranges(cols_units(x, y), threads, [&](int64_t u0, int64_t u1) {
       HWY_DYNAMIC_DISPATCH(NormalizeCols)(y, x, mean, scale, shift, u0, u1);
     });
   }
@@ -303,7 +307,7 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
   }
 }
 
-void backward_input(Layout layout, void* dx, const View3& dy, const View3& x, const double* mean,
+void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3& x, const double* mean,
                     const double* a, const double* b, const double* k) {
   apply_environment_once();
   const int threads = threads_for(2 * x.N * x.C * x.L);
@@ -312,7 +316,7 @@ void backward_input(Layout layout, void* dx, const View3& dy, const View3& x, co
       HWY_DYNAMIC_DISPATCH(BackwardInputRows)(dx, dy, x, mean, a, b, k, i0, i1);
     });
   } else {
-    parallel_ranges(cols_units(x), threads, [&](int64_t u0, int64_t u1) {
+    parallel_ranges(cols_units(x, dx), threads, [&](int64_t u0, int64_t u1) {
       HWY_DYNAMIC_DISPATCH(BackwardInputCols)(dx, dy, x, mean, a, b, k, u0, u1);
     });
   }

@@ -6,7 +6,7 @@
 //         tensor or a channels-last (N, L, C) buffer viewed as (N, C, L): vectorized along C.
 // Statistics are accumulated in float64 over fixed blocks (two passes while a block is in
 // cache) merged with Chan's formula in a fixed order, so results do not depend on the thread
-// count. Outputs are contiguous (N, C, L).
+// count. Outputs may have any strides the chosen layout allows (see rows_layout/cols_layout).
 #pragma once
 
 #include <string>
@@ -18,18 +18,22 @@ namespace bn1d::kernels::simd {
 
 enum class Layout { Rows, Cols };
 
-/// Rows layout applies: unit stride along L and rows long enough to vectorize.
+/// Rows layout applies: unit stride along L and rows long enough to vectorize; for an output,
+/// unit stride along L.
 bool rows_layout(const View3& v);
-/// Cols layout applies: unit stride along C.
+bool rows_layout(const Out3& o);
+/// Cols layout applies: unit stride along C; for an output, unit stride along C (written row by
+/// row) or along L (written through a transposition tile).
 bool cols_layout(const View3& v);
+bool cols_layout(const Out3& o);
 
 /// See reference.hpp for the meaning of each op; @p layout must apply to every view.
 void channel_stats(Layout layout, double* mean, double* m2, const View3& x);
-void normalize(Layout layout, void* y, const View3& x, const double* mean, const double* scale,
+void normalize(Layout layout, const Out3& y, const View3& x, const double* mean, const double* scale,
                const double* shift);
 void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View3& dy,
                    const View3& x, const double* mean);
-void backward_input(Layout layout, void* dx, const View3& dy, const View3& x, const double* mean,
+void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3& x, const double* mean,
                     const double* a, const double* b, const double* k);
 
 /// Names of the compiled targets this CPU supports, best first (e.g. "AVX3", "AVX2", "SSE4").

@@ -137,28 +137,30 @@ void backward_sums_cols_partition(const View3& dy, const View3& x, const double*
   }
 }
 
-// Elementwise op over units u0 … u1 − 1 of a cols view, writing the contiguous (N, C, L)
-// output: f.vec(c, x, dy) gives the float64 results for channels c … c + lanes − 1, f.scalar
-// for one channel. For L == 1 a unit is a row n and the output row is contiguous along C. For
-// L > 1 (channels-last) a unit is a block of kChannelBlock channels of one n: values are read
-// along C and transposed through a small tile, so that each channel's output is written as a
-// sequential stream along L.
+// Elementwise op over units u0 … u1 − 1 of a cols view: f.vec(c, x, dy) gives the float64
+// results for channels c … c + lanes − 1, f.scalar for one channel.
+// - Output with contiguous channels too (out.sC == 1, e.g. (N, C) or channels-last): a unit is a
+//   row r = n·L + l, read and written along C.
+// - Output (N, C, L) with unit stride along L: a unit is a block of kChannelBlock channels of one
+//   n; values are read along C and transposed through a small tile, so that each channel's
+//   output is written as a sequential stream along L.
 template <class T, class F>
-void elementwise_cols(T* out, const View3& x, const View3* dy, int64_t u0, int64_t u1, F f) {
+void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t u0, int64_t u1, F f) {
   const DD d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t C = x.C, L = x.L;
-  auto at = [](const View3* v, int64_t n, int64_t c, int64_t l) {
-    return v ? static_cast<double>(*row_ptr<T>(*v, n, c, l)) : 0.0;
-  };
-  if (L == 1) {
-    for (int64_t n = u0; n < u1; ++n) {
-      const T* p = row_ptr<T>(x, n, 0, 0);
-      const T* g = dy ? row_ptr<T>(*dy, n, 0, 0) : nullptr;
-      T* o = out + n * C;
+  T* const base = static_cast<T*>(out.data);
+  if (out.sC == 1) {
+    for (int64_t r = u0; r < u1; ++r) {
+      const int64_t n = r / L, l = r % L;
+      const T* p = row_ptr<T>(x, n, 0, l);
+      const T* g = dy ? row_ptr<T>(*dy, n, 0, l) : nullptr;
+      T* o = base + n * out.sN + l * out.sL;
       int64_t c = 0;
       for (; c + N <= C; c += N) StoreD(f.vec(c, LoadD(p + c), g ? LoadD(g + c) : hn::Zero(d)), o + c);
-      for (; c < C; ++c) o[c] = static_cast<T>(f.scalar(c, at(&x, n, c, 0), at(dy, n, c, 0)));
+      for (; c < C; ++c) {
+        o[c] = static_cast<T>(f.scalar(c, static_cast<double>(p[c]), g ? static_cast<double>(g[c]) : 0.0));
+      }
     }
     return;
   }
@@ -183,7 +185,9 @@ void elementwise_cols(T* out, const View3& x, const View3* dy, int64_t u0, int64
                                                 g ? static_cast<double>(g[cv]) : 0.0));
         }
       }
-      for (int64_t j = 0; j < width; ++j) std::copy_n(tile[j], len, out + (n * C + c_begin + j) * L + l0);
+      for (int64_t j = 0; j < width; ++j) {
+        std::copy_n(tile[j], len, base + n * out.sN + (c_begin + j) * out.sC + l0);
+      }
     }
   }
 }
@@ -212,15 +216,15 @@ struct BackwardInputOp {
 };
 
 template <class T>
-void normalize_cols(T* y, const View3& x, const double* mean, const double* scale,
+void normalize_cols(const Out3& y, const View3& x, const double* mean, const double* scale,
                     const double* shift, int64_t u0, int64_t u1) {
-  elementwise_cols(y, x, nullptr, u0, u1, NormalizeOp{mean, scale, shift});
+  elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp{mean, scale, shift});
 }
 
 template <class T>
-void backward_input_cols(T* dx, const View3& dy, const View3& x, const double* mean,
+void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const double* mean,
                          const double* a, const double* b, const double* k, int64_t u0, int64_t u1) {
-  elementwise_cols(dx, x, &dy, u0, u1, BackwardInputOp{mean, a, b, k});
+  elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp{mean, a, b, k});
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE

@@ -165,16 +165,16 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
   }
 }
 
-// y rows i0 … i1 − 1 (i = n·C + c) of the contiguous output: y = (x − mean) · scale + shift.
+// Output rows i0 … i1 − 1 (i = n·C + c; unit stride along L): y = (x − mean) · scale + shift.
 template <class T>
-void normalize_rows(T* y, const View3& x, const double* mean, const double* scale,
+void normalize_rows(const Out3& y, const View3& x, const double* mean, const double* scale,
                     const double* shift, int64_t i0, int64_t i1) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   const int64_t L = x.L;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / x.C, c = i % x.C;
     const T* p = row_ptr<T>(x, n, c, 0);
-    T* out = y + i * L;
+    T* out = static_cast<T*>(y.data) + n * y.sN + c * y.sC;
     const VD m = hn::Set(DD(), mean[c]), s = hn::Set(DD(), scale[c]), b = hn::Set(DD(), shift[c]);
     int64_t l = 0;
     for (; l + N <= L; l += N) StoreD(hn::MulAdd(hn::Sub(LoadD(p + l), m), s, b), out + l);
@@ -208,9 +208,9 @@ void backward_sums_rows_channel(const View3& dy, const View3& x, const double* m
   *sum_dy_xmu = ReduceSum(sx) + sx_tail;
 }
 
-// dx rows i0 … i1 − 1: dx = a · dy + b · (x − mean) + k.
+// dx rows i0 … i1 − 1 (unit stride along L): dx = a · dy + b · (x − mean) + k.
 template <class T>
-void backward_input_rows(T* dx, const View3& dy, const View3& x, const double* mean,
+void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const double* mean,
                          const double* a, const double* b, const double* k, int64_t i0, int64_t i1) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   const int64_t L = x.L;
@@ -218,7 +218,7 @@ void backward_input_rows(T* dx, const View3& dy, const View3& x, const double* m
     const int64_t n = i / x.C, c = i % x.C;
     const T* g = row_ptr<T>(dy, n, c, 0);
     const T* p = row_ptr<T>(x, n, c, 0);
-    T* out = dx + i * L;
+    T* out = static_cast<T*>(dx.data) + n * dx.sN + c * dx.sC;
     const VD m = hn::Set(DD(), mean[c]), av = hn::Set(DD(), a[c]), bv = hn::Set(DD(), b[c]),
              kv = hn::Set(DD(), k[c]);
     int64_t l = 0;

@@ -19,4 +19,11 @@ struct View3 {
   int64_t count() const { return N * L; }  ///< values per channel
 };
 
+/// An output: element (n, c, l) is written at data + n·sN + c·sC + l·sL (in elements), in the
+/// dtype of the input view it is computed from.
+struct Out3 {
+  void* data = nullptr;
+  int64_t sN = 0, sC = 0, sL = 0;
+};
+
 }  // namespace bn1d::kernels
