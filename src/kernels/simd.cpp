@@ -42,15 +42,15 @@ void StatsColsPartition(const View3& x, int64_t r0, int64_t r1, int64_t rows_per
   if (x.dtype == DType::Float32) stats_cols_partition<float>(x, r0, r1, rows_per_block, mean, m2);
   else stats_cols_partition<double>(x, r0, r1, rows_per_block, mean, m2);
 }
-void NormalizeRows(const Out3& y, const View3& x, const double* mean, const double* scale,
-                   const double* shift, int64_t i0, int64_t i1) {
-  if (x.dtype == DType::Float32) normalize_rows<float>(y, x, mean, scale, shift, i0, i1);
-  else normalize_rows<double>(y, x, mean, scale, shift, i0, i1);
+// Elementwise entry points: P holds the per-channel parameters in the input's dtype (see
+// elementwise_params in the dispatcher).
+void NormalizeRows(const Out3& y, const View3& x, const void* P, int64_t i0, int64_t i1) {
+  if (x.dtype == DType::Float32) normalize_rows<float>(y, x, static_cast<const float*>(P), i0, i1);
+  else normalize_rows<double>(y, x, static_cast<const double*>(P), i0, i1);
 }
-void NormalizeCols(const Out3& y, const View3& x, const double* mean, const double* scale,
-                   const double* shift, int64_t u0, int64_t u1) {
-  if (x.dtype == DType::Float32) normalize_cols<float>(y, x, mean, scale, shift, u0, u1);
-  else normalize_cols<double>(y, x, mean, scale, shift, u0, u1);
+void NormalizeCols(const Out3& y, const View3& x, const void* P, int64_t u0, int64_t u1) {
+  if (x.dtype == DType::Float32) normalize_cols<float>(y, x, static_cast<const float*>(P), u0, u1);
+  else normalize_cols<double>(y, x, static_cast<const double*>(P), u0, u1);
 }
 void BackwardSumsRowsChannel(const View3& dy, const View3& x, const double* mean, int64_t c,
                              double* sum_dy, double* sum_dy_xmu) {
@@ -62,15 +62,15 @@ void BackwardSumsColsPartition(const View3& dy, const View3& x, const double* me
   if (x.dtype == DType::Float32) backward_sums_cols_partition<float>(dy, x, mean, r0, r1, rows_per_block, sum_dy, sum_dy_xmu);
   else backward_sums_cols_partition<double>(dy, x, mean, r0, r1, rows_per_block, sum_dy, sum_dy_xmu);
 }
-void BackwardInputRows(const Out3& dx, const View3& dy, const View3& x, const double* mean,
-                       const double* a, const double* b, const double* k, int64_t i0, int64_t i1) {
-  if (x.dtype == DType::Float32) backward_input_rows<float>(dx, dy, x, mean, a, b, k, i0, i1);
-  else backward_input_rows<double>(dx, dy, x, mean, a, b, k, i0, i1);
+void BackwardInputRows(const Out3& dx, const View3& dy, const View3& x, const void* P, int64_t i0,
+                       int64_t i1) {
+  if (x.dtype == DType::Float32) backward_input_rows<float>(dx, dy, x, static_cast<const float*>(P), i0, i1);
+  else backward_input_rows<double>(dx, dy, x, static_cast<const double*>(P), i0, i1);
 }
-void BackwardInputCols(const Out3& dx, const View3& dy, const View3& x, const double* mean,
-                       const double* a, const double* b, const double* k, int64_t u0, int64_t u1) {
-  if (x.dtype == DType::Float32) backward_input_cols<float>(dx, dy, x, mean, a, b, k, u0, u1);
-  else backward_input_cols<double>(dx, dy, x, mean, a, b, k, u0, u1);
+void BackwardInputCols(const Out3& dx, const View3& dy, const View3& x, const void* P, int64_t u0,
+                       int64_t u1) {
+  if (x.dtype == DType::Float32) backward_input_cols<float>(dx, dy, x, static_cast<const float*>(P), u0, u1);
+  else backward_input_cols<double>(dx, dy, x, static_cast<const double*>(P), u0, u1);
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE
@@ -80,6 +80,7 @@ HWY_AFTER_NAMESPACE();
 #include <omp.h>
 
 #include <cstdlib>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -176,6 +177,32 @@ struct RowsPartitions {
 // of a channel per block; longer rows are walked in memory order by partitions.
 constexpr int64_t kMinPartitionRow = 256;
 
+// Per-channel parameters of an elementwise kernel in the input's dtype T, laid out as
+// [mean_hi | mean_lo | columns...] (C values each): mean_hi = T(mean), mean_lo = T(mean − mean_hi),
+// so that the kernels compute x − mean in T without losing the float64 mean's precision. The
+// storage is per calling thread and kept between calls.
+template <class T>
+const T* elementwise_params_t(int64_t C, const double* mean, std::initializer_list<const double*> columns) {
+  thread_local std::vector<T> params;
+  params.resize(static_cast<std::size_t>(C) * (2 + columns.size()));
+  T* P = params.data();
+  for (int64_t c = 0; c < C; ++c) {
+    P[c] = static_cast<T>(mean[c]);
+    P[C + c] = static_cast<T>(mean[c] - static_cast<double>(P[c]));
+  }
+  int64_t k = 2;
+  for (const double* column : columns) {
+    for (int64_t c = 0; c < C; ++c) P[k * C + c] = static_cast<T>(column[c]);
+    ++k;
+  }
+  return P;
+}
+
+const void* elementwise_params(const View3& x, const double* mean, std::initializer_list<const double*> columns) {
+  if (x.dtype == DType::Float32) return elementwise_params_t<float>(x.C, mean, columns);
+  return elementwise_params_t<double>(x.C, mean, columns);
+}
+
 std::vector<double>& partition_scratch(std::size_t n) {
   thread_local std::vector<double> scratch;
   if (scratch.size() < n) scratch.resize(n);
@@ -264,13 +291,14 @@ void normalize(Layout layout, const Out3& y, const View3& x, const double* mean,
                const double* shift) {
   apply_environment_once();
   const int threads = threads_for(x.N * x.C * x.L);
+  const void* P = elementwise_params(x, mean, {scale, shift});
   if (layout == Layout::Rows) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
-      HWY_DYNAMIC_DISPATCH(NormalizeRows)(y, x, mean, scale, shift, i0, i1);
+      HWY_DYNAMIC_DISPATCH(NormalizeRows)(y, x, P, i0, i1);
     });
   } else {
     parallel_ranges(cols_units(x, y), threads, [&](int64_t u0, int64_t u1) {
-      HWY_DYNAMIC_DISPATCH(NormalizeCols)(y, x, mean, scale, shift, u0, u1);
+      HWY_DYNAMIC_DISPATCH(NormalizeCols)(y, x, P, u0, u1);
     });
   }
 }
@@ -311,13 +339,14 @@ void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3&
                     const double* a, const double* b, const double* k) {
   apply_environment_once();
   const int threads = threads_for(2 * x.N * x.C * x.L);
+  const void* P = elementwise_params(x, mean, {a, b, k});
   if (layout == Layout::Rows) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
-      HWY_DYNAMIC_DISPATCH(BackwardInputRows)(dx, dy, x, mean, a, b, k, i0, i1);
+      HWY_DYNAMIC_DISPATCH(BackwardInputRows)(dx, dy, x, P, i0, i1);
     });
   } else {
     parallel_ranges(cols_units(x, dx), threads, [&](int64_t u0, int64_t u1) {
-      HWY_DYNAMIC_DISPATCH(BackwardInputCols)(dx, dy, x, mean, a, b, k, u0, u1);
+      HWY_DYNAMIC_DISPATCH(BackwardInputCols)(dx, dy, x, P, u0, u1);
     });
   }
 }

@@ -137,8 +137,8 @@ void backward_sums_cols_partition(const View3& dy, const View3& x, const double*
   }
 }
 
-// Elementwise op over units u0 … u1 − 1 of a cols view: f.vec(c, x, dy) gives the float64
-// results for channels c … c + lanes − 1, f.scalar for one channel.
+// Elementwise op over units u0 … u1 − 1 of a cols view, in T's own lanes: f.vec(d, c, x, dy)
+// gives the results for channels c … c + lanes − 1, f.scalar(c, x, dy) for one channel.
 // - Output with contiguous channels too (out.sC == 1, e.g. (N, C) or channels-last): a unit is a
 //   row r = n·L + l, read and written along C.
 // - Output (N, C, L) with unit stride along L: a unit is a block of kChannelBlock channels of one
@@ -146,7 +146,7 @@ void backward_sums_cols_partition(const View3& dy, const View3& x, const double*
 //   output is written as a sequential stream along L.
 template <class T, class F>
 void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t u0, int64_t u1, F f) {
-  const DD d;
+  const hn::ScalableTag<T> d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t C = x.C, L = x.L;
   T* const base = static_cast<T*>(out.data);
@@ -154,18 +154,16 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
     for (int64_t r = u0; r < u1; ++r) {
       const int64_t n = r / L, l = r % L;
       const T* p = row_ptr<T>(x, n, 0, l);
-      const T* g = dy ? row_ptr<T>(*dy, n, 0, l) : nullptr;
+      const T* g = dy ? row_ptr<T>(*dy, n, 0, l) : p;
       T* o = base + n * out.sN + l * out.sL;
       int64_t c = 0;
-      for (; c + N <= C; c += N) StoreD(f.vec(c, LoadD(p + c), g ? LoadD(g + c) : hn::Zero(d)), o + c);
-      for (; c < C; ++c) {
-        o[c] = static_cast<T>(f.scalar(c, static_cast<double>(p[c]), g ? static_cast<double>(g[c]) : 0.0));
-      }
+      for (; c + N <= C; c += N) hn::StoreU(f.vec(d, c, hn::LoadU(d, p + c), hn::LoadU(d, g + c)), d, o + c);
+      for (; c < C; ++c) o[c] = f.scalar(c, p[c], g[c]);
     }
     return;
   }
   const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
-  double lanes[HWY_LANES(double)];
+  T lanes[HWY_LANES(T)];
   T tile[kChannelBlock][kTileL];  // [channel - c_begin][l - l0]
   for (int64_t u = u0; u < u1; ++u) {
     const int64_t n = u / blocks, c_begin = (u % blocks) * kChannelBlock;
@@ -175,15 +173,12 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
       const int64_t len = std::min(L - l0, kTileL);
       for (int64_t i = 0; i < len; ++i) {  // each row's channels c_begin … + width, read once
         const T* p = row_ptr<T>(x, n, c_begin, l0 + i);
-        const T* g = dy ? row_ptr<T>(*dy, n, c_begin, l0 + i) : nullptr;
+        const T* g = dy ? row_ptr<T>(*dy, n, c_begin, l0 + i) : p;
         for (int64_t cv = 0; cv < vec_width; cv += N) {
-          hn::StoreU(f.vec(c_begin + cv, LoadD(p + cv), g ? LoadD(g + cv) : hn::Zero(d)), d, lanes);
-          for (int64_t j = 0; j < N; ++j) tile[cv + j][i] = static_cast<T>(lanes[j]);
+          hn::StoreU(f.vec(d, c_begin + cv, hn::LoadU(d, p + cv), hn::LoadU(d, g + cv)), d, lanes);
+          for (int64_t j = 0; j < N; ++j) tile[cv + j][i] = lanes[j];
         }
-        for (int64_t cv = vec_width; cv < width; ++cv) {
-          tile[cv][i] = static_cast<T>(f.scalar(c_begin + cv, static_cast<double>(p[cv]),
-                                                g ? static_cast<double>(g[cv]) : 0.0));
-        }
+        for (int64_t cv = vec_width; cv < width; ++cv) tile[cv][i] = f.scalar(c_begin + cv, p[cv], g[cv]);
       }
       for (int64_t j = 0; j < width; ++j) {
         std::copy_n(tile[j], len, base + n * out.sN + (c_begin + j) * out.sC + l0);
@@ -192,39 +187,46 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
   }
 }
 
-// y = (x − mean) · scale + shift; vector lanes are consecutive channels.
+// y = ((x − m_hi) − m_lo) · s + b; P = [m_hi | m_lo | s | b], each C values of T.
+template <class T>
 struct NormalizeOp {
-  const double *mean, *scale, *shift;
-  HWY_INLINE VD vec(int64_t c, VD x, VD) const {
-    const DD d;
-    return hn::MulAdd(hn::Sub(x, hn::LoadU(d, mean + c)), hn::LoadU(d, scale + c), hn::LoadU(d, shift + c));
+  const T* P;
+  int64_t C;
+  template <class D, class V>
+  HWY_INLINE V vec(D d, int64_t c, V x, V) const {
+    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, P + c)), hn::LoadU(d, P + C + c));
+    return hn::MulAdd(xm, hn::LoadU(d, P + 2 * C + c), hn::LoadU(d, P + 3 * C + c));
   }
-  HWY_INLINE double scalar(int64_t c, double x, double) const { return std::fma(x - mean[c], scale[c], shift[c]); }
+  HWY_INLINE T scalar(int64_t c, T x, T) const {
+    return std::fma((x - P[c]) - P[C + c], P[2 * C + c], P[3 * C + c]);
+  }
 };
 
-// dx = a · dy + b · (x − mean) + k; vector lanes are consecutive channels.
+// dx = a · dy + b · ((x − m_hi) − m_lo) + k; P = [m_hi | m_lo | a | b | k].
+template <class T>
 struct BackwardInputOp {
-  const double *mean, *a, *b, *k;
-  HWY_INLINE VD vec(int64_t c, VD x, VD g) const {
-    const DD d;
-    return hn::MulAdd(hn::LoadU(d, a + c), g,
-                      hn::MulAdd(hn::LoadU(d, b + c), hn::Sub(x, hn::LoadU(d, mean + c)), hn::LoadU(d, k + c)));
+  const T* P;
+  int64_t C;
+  template <class D, class V>
+  HWY_INLINE V vec(D d, int64_t c, V x, V g) const {
+    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, P + c)), hn::LoadU(d, P + C + c));
+    return hn::MulAdd(hn::LoadU(d, P + 2 * C + c), g,
+                      hn::MulAdd(hn::LoadU(d, P + 3 * C + c), xm, hn::LoadU(d, P + 4 * C + c)));
   }
-  HWY_INLINE double scalar(int64_t c, double x, double g) const {
-    return std::fma(a[c], g, std::fma(b[c], x - mean[c], k[c]));
+  HWY_INLINE T scalar(int64_t c, T x, T g) const {
+    return std::fma(P[2 * C + c], g, std::fma(P[3 * C + c], (x - P[c]) - P[C + c], P[4 * C + c]));
   }
 };
 
 template <class T>
-void normalize_cols(const Out3& y, const View3& x, const double* mean, const double* scale,
-                    const double* shift, int64_t u0, int64_t u1) {
-  elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp{mean, scale, shift});
+void normalize_cols(const Out3& y, const View3& x, const T* P, int64_t u0, int64_t u1) {
+  elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<T>{P, x.C});
 }
 
 template <class T>
-void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const double* mean,
-                         const double* a, const double* b, const double* k, int64_t u0, int64_t u1) {
-  elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp{mean, a, b, k});
+void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const T* P, int64_t u0,
+                         int64_t u1) {
+  elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<T>{P, x.C});
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE

@@ -165,20 +165,26 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
   }
 }
 
-// Output rows i0 … i1 − 1 (i = n·C + c; unit stride along L): y = (x − mean) · scale + shift.
+// Output rows i0 … i1 − 1 (i = n·C + c; unit stride along L), in T's own lanes:
+//   y = ((x − m_hi) − m_lo) · s + b,   P = [m_hi | m_lo | s | b], each C values of T.
+// m_hi + m_lo is the float64 mean split into two T values: x − m_hi is exact for x near the mean,
+// so large offsets cost no precision.
 template <class T>
-void normalize_rows(const Out3& y, const View3& x, const double* mean, const double* scale,
-                    const double* shift, int64_t i0, int64_t i1) {
-  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
-  const int64_t L = x.L;
+void normalize_rows(const Out3& y, const View3& x, const T* P, int64_t i0, int64_t i1) {
+  const hn::ScalableTag<T> d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t L = x.L, C = x.C;
   for (int64_t i = i0; i < i1; ++i) {
-    const int64_t n = i / x.C, c = i % x.C;
+    const int64_t n = i / C, c = i % C;
     const T* p = row_ptr<T>(x, n, c, 0);
     T* out = static_cast<T*>(y.data) + n * y.sN + c * y.sC;
-    const VD m = hn::Set(DD(), mean[c]), s = hn::Set(DD(), scale[c]), b = hn::Set(DD(), shift[c]);
+    const T mh = P[c], ml = P[C + c], sc = P[2 * C + c], sh = P[3 * C + c];
+    const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), vs = hn::Set(d, sc), vb = hn::Set(d, sh);
     int64_t l = 0;
-    for (; l + N <= L; l += N) StoreD(hn::MulAdd(hn::Sub(LoadD(p + l), m), s, b), out + l);
-    for (; l < L; ++l) out[l] = static_cast<T>(std::fma(static_cast<double>(p[l]) - mean[c], scale[c], shift[c]));
+    for (; l + N <= L; l += N) {
+      hn::StoreU(hn::MulAdd(hn::Sub(hn::Sub(hn::LoadU(d, p + l), vmh), vml), vs, vb), d, out + l);
+    }
+    for (; l < L; ++l) out[l] = std::fma((p[l] - mh) - ml, sc, sh);
   }
 }
 
@@ -208,27 +214,28 @@ void backward_sums_rows_channel(const View3& dy, const View3& x, const double* m
   *sum_dy_xmu = ReduceSum(sx) + sx_tail;
 }
 
-// dx rows i0 … i1 − 1 (unit stride along L): dx = a · dy + b · (x − mean) + k.
+// dx rows i0 … i1 − 1 (unit stride along L), in T's own lanes:
+//   dx = a · dy + b · ((x − m_hi) − m_lo) + k,   P = [m_hi | m_lo | a | b | k], each C values.
 template <class T>
-void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const double* mean,
-                         const double* a, const double* b, const double* k, int64_t i0, int64_t i1) {
-  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
-  const int64_t L = x.L;
+void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const T* P, int64_t i0,
+                         int64_t i1) {
+  const hn::ScalableTag<T> d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t L = x.L, C = x.C;
   for (int64_t i = i0; i < i1; ++i) {
-    const int64_t n = i / x.C, c = i % x.C;
+    const int64_t n = i / C, c = i % C;
     const T* g = row_ptr<T>(dy, n, c, 0);
     const T* p = row_ptr<T>(x, n, c, 0);
     T* out = static_cast<T*>(dx.data) + n * dx.sN + c * dx.sC;
-    const VD m = hn::Set(DD(), mean[c]), av = hn::Set(DD(), a[c]), bv = hn::Set(DD(), b[c]),
-             kv = hn::Set(DD(), k[c]);
+    const T mh = P[c], ml = P[C + c], a = P[2 * C + c], b = P[3 * C + c], k = P[4 * C + c];
+    const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), va = hn::Set(d, a), vb = hn::Set(d, b),
+               vk = hn::Set(d, k);
     int64_t l = 0;
     for (; l + N <= L; l += N) {
-      StoreD(hn::MulAdd(av, LoadD(g + l), hn::MulAdd(bv, hn::Sub(LoadD(p + l), m), kv)), out + l);
+      const auto xm = hn::Sub(hn::Sub(hn::LoadU(d, p + l), vmh), vml);
+      hn::StoreU(hn::MulAdd(va, hn::LoadU(d, g + l), hn::MulAdd(vb, xm, vk)), d, out + l);
     }
-    for (; l < L; ++l) {
-      out[l] = static_cast<T>(std::fma(a[c], static_cast<double>(g[l]),
-                                       std::fma(b[c], static_cast<double>(p[l]) - mean[c], k[c])));
-    }
+    for (; l < L; ++l) out[l] = std::fma(a, g[l], std::fma(b, (p[l] - mh) - ml, k));
   }
 }
 
