@@ -58,9 +58,9 @@ void BackwardSumsRowsChannel(const View3& dy, const View3& x, const double* mean
   else backward_sums_rows_channel<double>(dy, x, mean, c, sum_dy, sum_dy_xmu);
 }
 void BackwardSumsColsPartition(const View3& dy, const View3& x, const double* mean, int64_t r0,
-                               int64_t r1, int64_t rows_per_block, double* sum_dy, double* sum_dy_xmu) {
-  if (x.dtype == DType::Float32) backward_sums_cols_partition<float>(dy, x, mean, r0, r1, rows_per_block, sum_dy, sum_dy_xmu);
-  else backward_sums_cols_partition<double>(dy, x, mean, r0, r1, rows_per_block, sum_dy, sum_dy_xmu);
+                               int64_t r1, double* sum_dy, double* sum_dy_xmu) {
+  if (x.dtype == DType::Float32) backward_sums_cols_partition<float>(dy, x, mean, r0, r1, sum_dy, sum_dy_xmu);
+  else backward_sums_cols_partition<double>(dy, x, mean, r0, r1, sum_dy, sum_dy_xmu);
 }
 void BackwardInputRows(const Out3& dx, const View3& dy, const View3& x, const void* P, int64_t i0,
                        int64_t i1) {
@@ -329,8 +329,7 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
     });
   } else {
     reduce(ColsPartitions(x), [&](const ColsPartitions& parts, int64_t p, double* ps, double* psx) {
-      HWY_DYNAMIC_DISPATCH(BackwardSumsColsPartition)(dy, x, mean, parts.first(p), parts.last(p),
-                                                      parts.block, ps, psx);
+      HWY_DYNAMIC_DISPATCH(BackwardSumsColsPartition)(dy, x, mean, parts.first(p), parts.last(p), ps, psx);
     });
   }
 }

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "hwy/highway.h"
 #include "kernels/simd-inl.h"
@@ -30,109 +31,88 @@ const T* cols_row(const View3& v, int64_t r) {
   return row_ptr<T>(v, r / v.L, 0, r % v.L);
 }
 
-// Statistics of rows r0 … r1 − 1 for all channels: blocks of rows_per_block rows, each
-// two-pass per group of channels, merged in order into mean[C], m2[C].
+// Per-thread float64 work arrays of the cols reductions (C values each), kept between calls.
+HWY_INLINE double* cols_scratch(int64_t C) {
+  thread_local std::vector<double> scratch;
+  if (scratch.size() < static_cast<std::size_t>(2 * C)) scratch.resize(static_cast<std::size_t>(2 * C));
+  return scratch.data();
+}
+
+// Statistics of rows r0 … r1 − 1 for all channels, merged in order into mean[C], m2[C]: blocks of
+// rows_per_block rows, each reduced in two passes that walk the block row by row (memory order)
+// and accumulate per channel into float64 arrays: the block's sums, then its squared deviations
+// from the block mean. Blocks are merged with Chan's formula, vectorized over channels.
 template <class T>
 void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t rows_per_block,
                           double* mean, double* m2) {
-  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
-  const int64_t C = x.C;
   const DD d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t C = x.C, vecC = C - C % N;
   std::fill_n(mean, C, 0.0);
   std::fill_n(m2, C, 0.0);
-  const T* rows[kMaxRowsPerBlock];
+  double* bmean = cols_scratch(C);  // block sums, then block means
+  double* bq = bmean + C;           // block sums of squared deviations
   double count = 0.0;
   for (int64_t b0 = r0; b0 < r1; b0 += rows_per_block) {
-    const int64_t nrows = std::min(r1 - b0, rows_per_block);
-    for (int64_t i = 0; i < nrows; ++i) rows[i] = cols_row<T>(x, b0 + i);
-    const double nb = static_cast<double>(nrows), n = count + nb;
-    const VD inv_nb = hn::Set(d, 1.0 / nb), wb = hn::Set(d, nb / n), wab = hn::Set(d, count * nb / n);
-    auto merge = [&](int64_t c, VD mb, VD q) {  // Chan, vectorized over channels
-      const VD pm = hn::LoadU(d, mean + c), delta = hn::Sub(mb, pm);
-      hn::StoreU(hn::MulAdd(delta, wb, pm), d, mean + c);
-      hn::StoreU(hn::Add(hn::LoadU(d, m2 + c), hn::MulAdd(hn::Mul(delta, delta), wab, q)), d, m2 + c);
-    };
+    const int64_t b1 = std::min(r1, b0 + rows_per_block);
+    std::fill_n(bmean, C, 0.0);
+    std::fill_n(bq, C, 0.0);
+    for (int64_t r = b0; r < b1; ++r) {  // pass 1: sums
+      const T* p = cols_row<T>(x, r);
+      int64_t c = 0;
+      for (; c < vecC; c += N) hn::StoreU(hn::Add(hn::LoadU(d, bmean + c), LoadD(p + c)), d, bmean + c);
+      for (; c < C; ++c) bmean[c] += static_cast<double>(p[c]);
+    }
+    const double nb = static_cast<double>(b1 - b0), n = count + nb;
+    for (int64_t c = 0; c < C; ++c) bmean[c] /= nb;
+    for (int64_t r = b0; r < b1; ++r) {  // pass 2: squared deviations from the block mean
+      const T* p = cols_row<T>(x, r);
+      int64_t c = 0;
+      for (; c < vecC; c += N) {
+        const VD dv = hn::Sub(LoadD(p + c), hn::LoadU(d, bmean + c));
+        hn::StoreU(hn::MulAdd(dv, dv, hn::LoadU(d, bq + c)), d, bq + c);
+      }
+      for (; c < C; ++c) {
+        const double dv = static_cast<double>(p[c]) - bmean[c];
+        bq[c] += dv * dv;
+      }
+    }
+    const VD wb = hn::Set(d, nb / n), wab = hn::Set(d, count * nb / n);
     int64_t c = 0;
-    for (; c + 2 * N <= C; c += 2 * N) {  // two independent chains per row
-      VD s0 = hn::Zero(d), s1 = hn::Zero(d);
-      for (int64_t i = 0; i < nrows; ++i) {
-        s0 = hn::Add(s0, LoadD(rows[i] + c));
-        s1 = hn::Add(s1, LoadD(rows[i] + c + N));
-      }
-      const VD mb0 = hn::Mul(s0, inv_nb), mb1 = hn::Mul(s1, inv_nb);
-      VD q0 = hn::Zero(d), q1 = hn::Zero(d);
-      for (int64_t i = 0; i < nrows; ++i) {
-        const VD d0 = hn::Sub(LoadD(rows[i] + c), mb0), d1 = hn::Sub(LoadD(rows[i] + c + N), mb1);
-        q0 = hn::MulAdd(d0, d0, q0);
-        q1 = hn::MulAdd(d1, d1, q1);
-      }
-      merge(c, mb0, q0);
-      merge(c + N, mb1, q1);
+    for (; c < vecC; c += N) {  // Chan merge of the block, vectorized over channels
+      const VD pm = hn::LoadU(d, mean + c), delta = hn::Sub(hn::LoadU(d, bmean + c), pm);
+      hn::StoreU(hn::MulAdd(delta, wb, pm), d, mean + c);
+      hn::StoreU(hn::Add(hn::LoadU(d, m2 + c), hn::MulAdd(hn::Mul(delta, delta), wab, hn::LoadU(d, bq + c))), d, m2 + c);
     }
-    for (; c + N <= C; c += N) {
-      VD s0 = hn::Zero(d);
-      for (int64_t i = 0; i < nrows; ++i) s0 = hn::Add(s0, LoadD(rows[i] + c));
-      const VD mb0 = hn::Mul(s0, inv_nb);
-      VD q0 = hn::Zero(d);
-      for (int64_t i = 0; i < nrows; ++i) {
-        const VD d0 = hn::Sub(LoadD(rows[i] + c), mb0);
-        q0 = hn::MulAdd(d0, d0, q0);
-      }
-      merge(c, mb0, q0);
-    }
-    for (; c < C; ++c) {
-      double sum = 0.0, q = 0.0;
-      for (int64_t i = 0; i < nrows; ++i) sum += static_cast<double>(rows[i][c]);
-      const double mb = sum / nb;
-      for (int64_t i = 0; i < nrows; ++i) {
-        const double dv = static_cast<double>(rows[i][c]) - mb;
-        q += dv * dv;
-      }
-      chan_merge(count, nb, mb, q, mean[c], m2[c]);
-    }
+    for (; c < C; ++c) chan_merge(count, nb, bmean[c], bq[c], mean[c], m2[c]);
     count = n;
   }
 }
 
-// Σ dy and Σ dy · (x − mean) over rows r0 … r1 − 1, into sum_dy[C], sum_dy_xmu[C].
+// Σ dy and Σ dy · (x − mean) over rows r0 … r1 − 1 into sum_dy[C], sum_dy_xmu[C], walking the
+// rows in memory order and accumulating per channel.
 template <class T>
 void backward_sums_cols_partition(const View3& dy, const View3& x, const double* mean, int64_t r0,
-                                  int64_t r1, int64_t rows_per_block, double* sum_dy,
-                                  double* sum_dy_xmu) {
-  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
-  const int64_t C = x.C;
+                                  int64_t r1, double* sum_dy, double* sum_dy_xmu) {
   const DD d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t C = x.C, vecC = C - C % N;
   std::fill_n(sum_dy, C, 0.0);
   std::fill_n(sum_dy_xmu, C, 0.0);
-  const T* grows[kMaxRowsPerBlock];
-  const T* xrows[kMaxRowsPerBlock];
-  for (int64_t b0 = r0; b0 < r1; b0 += rows_per_block) {
-    const int64_t nrows = std::min(r1 - b0, rows_per_block);
-    for (int64_t i = 0; i < nrows; ++i) {
-      grows[i] = cols_row<T>(dy, b0 + i);
-      xrows[i] = cols_row<T>(x, b0 + i);
-    }
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* g = cols_row<T>(dy, r);
+    const T* p = cols_row<T>(x, r);
     int64_t c = 0;
-    for (; c + N <= C; c += N) {
-      const VD m = hn::LoadU(d, mean + c);
-      VD s = hn::Zero(d), sx = hn::Zero(d);
-      for (int64_t i = 0; i < nrows; ++i) {
-        const VD g = LoadD(grows[i] + c);
-        s = hn::Add(s, g);
-        sx = hn::MulAdd(g, hn::Sub(LoadD(xrows[i] + c), m), sx);
-      }
-      hn::StoreU(hn::Add(hn::LoadU(d, sum_dy + c), s), d, sum_dy + c);
-      hn::StoreU(hn::Add(hn::LoadU(d, sum_dy_xmu + c), sx), d, sum_dy_xmu + c);
+    for (; c < vecC; c += N) {
+      const VD gv = LoadD(g + c);
+      hn::StoreU(hn::Add(hn::LoadU(d, sum_dy + c), gv), d, sum_dy + c);
+      const VD xm = hn::Sub(LoadD(p + c), hn::LoadU(d, mean + c));
+      hn::StoreU(hn::MulAdd(gv, xm, hn::LoadU(d, sum_dy_xmu + c)), d, sum_dy_xmu + c);
     }
     for (; c < C; ++c) {
-      double s = 0.0, sx = 0.0;
-      for (int64_t i = 0; i < nrows; ++i) {
-        const double g = static_cast<double>(grows[i][c]);
-        s += g;
-        sx += g * (static_cast<double>(xrows[i][c]) - mean[c]);
-      }
-      sum_dy[c] += s;
-      sum_dy_xmu[c] += sx;
+      const double gv = static_cast<double>(g[c]);
+      sum_dy[c] += gv;
+      sum_dy_xmu[c] += gv * (static_cast<double>(p[c]) - mean[c]);
     }
   }
 }
