@@ -122,8 +122,10 @@ BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& 
 
 // ---- Allocation-free forms --------------------------------------------------------------------
 // The same steps writing into caller-owned results (outputs first). A result tensor is reused
-// when it is contiguous, of the right sizes and dtype and does not overlap an input; otherwise
-// it is replaced by a new one. With reused results a call allocates nothing.
+// when it has the right sizes and dtype, does not overlap an input, and is contiguous (an
+// output or grad_input may instead have exactly the input's strides when the input is dense,
+// e.g. channels-last); otherwise it is replaced by a new contiguous one. With reused results a
+// call allocates nothing.
 
 /// batch_stats() into @p stats.
 void batch_stats(BatchStats& stats, const Tensor& input);

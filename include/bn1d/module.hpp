@@ -91,15 +91,19 @@ class BatchNorm1d {
   Tensor forward(const Tensor& input);
   /// Same as forward().
   Tensor operator()(const Tensor& input) { return forward(input); }
-  /// forward() into a caller-owned buffer: @p output is reused when it is a contiguous tensor of
-  /// the input's sizes and dtype (no allocation in steady state), otherwise replaced by a new one.
+  /// forward() into a caller-owned buffer: @p output is reused (no allocation in steady state)
+  /// when it has the input's sizes and dtype, does not overlap the input, and is contiguous or has
+  /// exactly the input's strides with the input dense — e.g. a channels-last output for a
+  /// channels-last input, the fastest way to normalize such data. Otherwise it is replaced by a
+  /// new contiguous tensor.
   void forward(const Tensor& input, Tensor& output);
 
   /// Gradients of the most recent forward() with respect to its input, weight and bias, for
   /// @p grad_output of the output's shape and dtype. Throws Error before any forward().
   Gradients backward(const Tensor& grad_output);
   /// backward() into caller-owned buffers: each tensor of @p grads is reused when it already has
-  /// the right sizes and dtype and is contiguous, otherwise replaced.
+  /// the right sizes and dtype (grads.input: under the same rule as forward()'s output, with
+  /// respect to the saved input), otherwise replaced.
   void backward(const Tensor& grad_output, Gradients& grads);
 
   /// Sets training (true) or evaluation (false) mode; returns *this.
