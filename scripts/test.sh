@@ -7,8 +7,12 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 
 echo "== build"
-cmake --preset default -DBN1D_BUILD_TESTS=ON >/dev/null
+# The benchmark is built (without peers) so that it keeps compiling; a tiny shape runs as a smoke test.
+cmake --preset default -DBN1D_BUILD_TESTS=ON -DBN1D_BUILD_BENCH=ON -DBN1D_BENCH_PEERS=OFF >/dev/null
 cmake --build --preset default
+
+echo "== benchmark smoke run"
+./build/default/bench/bn1d_bench --filter "(32,64)" | tail -n 4
 
 echo "== examples"
 ./build/default/examples/bn1d_quickstart

@@ -75,5 +75,29 @@ TEST(SteadyState, AnOutputOverlappingTheInputIsReplaced) {
   EXPECT_EQ(values(x), before);  // the input (saved for backward) is intact
 }
 
+TEST(SteadyState, AnOutputInTheInputsLayoutIsKept) {
+  const Shape shape{4, 24, 33};
+  const std::vector<double> xs = values(randn(shape, DType::Float64, 5)), gs = values(randn(shape, DType::Float64, 6));
+  for (DType dtype : {DType::Float32, DType::Float64}) {
+    std::shared_ptr<std::vector<char>> kx, kg, ky, kdx;
+    const Tensor x = make_strided(xs, shape, dtype, Layout::ChannelsLast, kx);
+    const Tensor g = make_strided(gs, shape, dtype, Layout::ChannelsLast, kg);
+    Tensor y = make_strided(std::vector<double>(xs.size()), shape, dtype, Layout::ChannelsLast, ky);
+    BatchNorm1d::Gradients grads;
+    grads.input = make_strided(std::vector<double>(xs.size()), shape, dtype, Layout::ChannelsLast, kdx);
+    const void* y_storage = y.raw_data();
+    const void* dx_storage = grads.input.raw_data();
+    BatchNorm1d m(BatchNorm1dOptions(24).dtype(dtype)), plain(BatchNorm1dOptions(24).dtype(dtype));
+    m.forward(x, y);
+    m.backward(g, grads);
+    EXPECT_EQ(y.raw_data(), y_storage);  // written in place, channels-last
+    EXPECT_EQ(grads.input.raw_data(), dx_storage);
+    EXPECT_EQ(y.strides(), x.strides());
+    // The same values as a contiguous output.
+    EXPECT_EQ(values(y), values(plain(x)));
+    EXPECT_EQ(values(grads.input), values(plain.backward(g).input));
+  }
+}
+
 }  // namespace
 }  // namespace bn1d::test
