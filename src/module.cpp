@@ -124,6 +124,37 @@ void BatchNorm1d::forward(const Tensor& input, Tensor& output) {
   saved_batch_statistics_ = batch_statistics;
 }
 
+Tensor BatchNorm1d::infer(const Tensor& input) const {
+  Tensor output;
+  infer(input, output);
+  return output;
+}
+
+void BatchNorm1d::infer(const Tensor& input, Tensor& output) const {
+  const kernels::View3 x = detail::input_view(input);
+  if (input.dtype() != options_.dtype()) {
+    throw Error(module_name(options_) + ": expected a " + dtype_name(options_.dtype()) +
+                " input (the module's dtype), got " + dtype_name(input.dtype()));
+  }
+  validate_state(x.C);
+  const bool batch_statistics = !options_.track_running_stats();
+  if (batch_statistics) detail::check_batch_size(input);
+  if (x.count() == 0) {
+    detail::reuse_or_allocate(output, input.sizes(), input.dtype());
+    return;
+  }
+  // Per-thread statistics: concurrent calls share nothing but the module's read-only tensors.
+  thread_local BatchStats stats;
+  thread_local Normalization norm;
+  if (batch_statistics) {
+    batch_stats(stats, input);
+    normalization_from_batch(norm, stats, options_.eps());
+  } else {
+    normalization_from_running(norm, running_mean_, running_var_, options_.eps());
+  }
+  batch_norm_apply(output, input, norm, weight_, bias_);
+}
+
 BatchNorm1d::Gradients BatchNorm1d::backward(const Tensor& grad_output) {
   Gradients grads;
   backward(grad_output, grads);

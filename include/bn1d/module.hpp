@@ -64,9 +64,9 @@ class BatchNorm1dOptions {
 /// num_batches_tracked before validating); an empty batch (N·L·C == 0) returns an empty output and
 /// changes no state.
 ///
-/// Thread safety: distinct modules may be used concurrently. A module's forward/backward mutate
-/// it (saved input, running statistics), so one module must not be called from several threads at
-/// once.
+/// Thread safety: distinct modules may be used concurrently. forward() and backward() mutate
+/// the module (saved input and statistics, running statistics) even in eval mode, so they must not
+/// run on one module from several threads at once; infer() and the const accessors may.
 class BatchNorm1d {
  public:
   /// Gradients returned by backward(): input, weight, bias (undefined without affine).
@@ -97,6 +97,14 @@ class BatchNorm1d {
   /// channels-last input, the fastest way to normalize such data. Otherwise it is replaced by a
   /// new contiguous tensor.
   void forward(const Tensor& input, Tensor& output);
+
+  /// Inference without side effects: normalizes @p input with the running statistics (with
+  /// batch statistics when the module does not track them), whatever the training flag, and
+  /// changes nothing — no running-statistics update, nothing saved for backward(). Safe to call
+  /// from many threads at once on one module while no thread modifies it.
+  Tensor infer(const Tensor& input) const;
+  /// infer() into a caller-owned buffer, under forward()'s reuse rule.
+  void infer(const Tensor& input, Tensor& output) const;
 
   /// Gradients of the most recent forward() with respect to its input, weight and bias, for
   /// @p grad_output of the output's shape and dtype. Throws Error before any forward().
