@@ -26,10 +26,13 @@ void channel_stats_t(double* mean, double* m2, const View3& x) {
   const double n_inv = 1.0 / static_cast<double>(N * L);
 #pragma omp parallel for schedule(static) num_threads(thread_count(x))
   for (int64_t c = 0; c < C; ++c) {
+    // Sum of x − K with K the channel's first value: a constant channel then has exactly the
+    // mean K (and M2 = 0), whatever its magnitude.
+    const double K = N * L > 0 ? at<T>(x, 0, c, 0) : 0.0;
     double sum = 0.0;
     for (int64_t n = 0; n < N; ++n)
-      for (int64_t l = 0; l < L; ++l) sum += at<T>(x, n, c, l);
-    const double mu = N * L > 0 ? sum * n_inv : 0.0;
+      for (int64_t l = 0; l < L; ++l) sum += at<T>(x, n, c, l) - K;
+    const double mu = K + sum * n_inv;
     double sq = 0.0;
     for (int64_t n = 0; n < N; ++n)
       for (int64_t l = 0; l < L; ++l) {

@@ -79,12 +79,14 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 #include <omp.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <initializer_list>
 #include <string>
 #include <vector>
 
 #include "bn1d/error.hpp"
+#include "kernels/reference.hpp"
 #include "kernels/simd.hpp"
 
 namespace bn1d::kernels::simd {
@@ -198,9 +200,20 @@ const T* elementwise_params_t(int64_t C, const double* mean, std::initializer_li
   return P;
 }
 
+// The parameters, or nullptr when one is not finite in T (e.g. invstd of a denormal-variance
+// channel overflows float32, or a channel's mean is NaN): such calls take the float64 reference
+// kernel, which keeps every channel's result to itself.
+template <class T>
+const void* finite_or_null(const T* P, std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i)
+    if (!std::isfinite(P[i])) return nullptr;
+  return P;
+}
+
 const void* elementwise_params(const View3& x, const double* mean, std::initializer_list<const double*> columns) {
-  if (x.dtype == DType::Float32) return elementwise_params_t<float>(x.C, mean, columns);
-  return elementwise_params_t<double>(x.C, mean, columns);
+  const auto count = static_cast<std::size_t>(x.C) * (2 + columns.size());
+  if (x.dtype == DType::Float32) return finite_or_null(elementwise_params_t<float>(x.C, mean, columns), count);
+  return finite_or_null(elementwise_params_t<double>(x.C, mean, columns), count);
 }
 
 std::vector<double>& partition_scratch(std::size_t n) {
@@ -292,6 +305,7 @@ void normalize(Layout layout, const Out3& y, const View3& x, const double* mean,
   apply_environment_once();
   const int threads = threads_for(x.N * x.C * x.L);
   const void* P = elementwise_params(x, mean, {scale, shift});
+  if (P == nullptr) return reference::normalize(y, x, mean, scale, shift);
   if (layout == Layout::Rows) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
       HWY_DYNAMIC_DISPATCH(NormalizeRows)(y, x, P, i0, i1);
@@ -339,6 +353,7 @@ void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3&
   apply_environment_once();
   const int threads = threads_for(2 * x.N * x.C * x.L);
   const void* P = elementwise_params(x, mean, {a, b, k});
+  if (P == nullptr) return reference::backward_input(dx, dy, x, mean, a, b, k);
   if (layout == Layout::Rows) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
       HWY_DYNAMIC_DISPATCH(BackwardInputRows)(dx, dy, x, P, i0, i1);

@@ -57,14 +57,17 @@ void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t rows_p
     const int64_t b1 = std::min(r1, b0 + rows_per_block);
     std::fill_n(bmean, C, 0.0);
     std::fill_n(bq, C, 0.0);
-    for (int64_t r = b0; r < b1; ++r) {  // pass 1: sums
+    const T* first = cols_row<T>(x, b0);  // sums of x − (the block's first row): see add_row
+    for (int64_t r = b0 + 1; r < b1; ++r) {  // pass 1: sums
       const T* p = cols_row<T>(x, r);
       int64_t c = 0;
-      for (; c < vecC; c += N) hn::StoreU(hn::Add(hn::LoadU(d, bmean + c), LoadD(p + c)), d, bmean + c);
-      for (; c < C; ++c) bmean[c] += static_cast<double>(p[c]);
+      for (; c < vecC; c += N) {
+        hn::StoreU(hn::Add(hn::LoadU(d, bmean + c), hn::Sub(LoadD(p + c), LoadD(first + c))), d, bmean + c);
+      }
+      for (; c < C; ++c) bmean[c] += static_cast<double>(p[c]) - static_cast<double>(first[c]);
     }
     const double nb = static_cast<double>(b1 - b0), n = count + nb;
-    for (int64_t c = 0; c < C; ++c) bmean[c] /= nb;
+    for (int64_t c = 0; c < C; ++c) bmean[c] = static_cast<double>(first[c]) + bmean[c] / nb;
     for (int64_t r = b0; r < b1; ++r) {  // pass 2: squared deviations from the block mean
       const T* p = cols_row<T>(x, r);
       int64_t c = 0;

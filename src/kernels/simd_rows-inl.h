@@ -29,20 +29,22 @@ struct Acc4 {
   double sum() const { return ReduceSum(hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))); }
 };
 
-// acc += the full vectors of p[0, len); returns the scalar sum of the tail.
+// acc += (p[i] − shift) over the full vectors of p[0, len); returns the tail's sum. Blocks sum
+// their values minus their first value, so that a constant block has exactly that mean.
 template <class T>
-HWY_INLINE double add_row(Acc4& acc, const T* p, int64_t len) {
+HWY_INLINE double add_row(Acc4& acc, const T* p, int64_t len, double shift) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  const VD k = hn::Set(DD(), shift);
   int64_t i = 0;
   for (; i + 4 * N <= len; i += 4 * N) {
-    acc.a0 = hn::Add(acc.a0, LoadD(p + i));
-    acc.a1 = hn::Add(acc.a1, LoadD(p + i + N));
-    acc.a2 = hn::Add(acc.a2, LoadD(p + i + 2 * N));
-    acc.a3 = hn::Add(acc.a3, LoadD(p + i + 3 * N));
+    acc.a0 = hn::Add(acc.a0, hn::Sub(LoadD(p + i), k));
+    acc.a1 = hn::Add(acc.a1, hn::Sub(LoadD(p + i + N), k));
+    acc.a2 = hn::Add(acc.a2, hn::Sub(LoadD(p + i + 2 * N), k));
+    acc.a3 = hn::Add(acc.a3, hn::Sub(LoadD(p + i + 3 * N), k));
   }
-  for (; i + N <= len; i += N) acc.a0 = hn::Add(acc.a0, LoadD(p + i));
+  for (; i + N <= len; i += N) acc.a0 = hn::Add(acc.a0, hn::Sub(LoadD(p + i), k));
   double tail = 0.0;
-  for (; i < len; ++i) tail += static_cast<double>(p[i]);
+  for (; i < len; ++i) tail += static_cast<double>(p[i]) - shift;
   return tail;
 }
 
@@ -86,9 +88,10 @@ void stats_rows_channel(const View3& x, int64_t c, double* mean_out, double* m2_
       const int64_t len = std::min(piece, L - l0);
       Acc4 sum;
       double tail = 0.0;
-      for (int64_t n = n0; n < n1; ++n) tail += add_row(sum, row_ptr<T>(x, n, c, l0), len);
+      const double K = static_cast<double>(*row_ptr<T>(x, n0, c, l0));
+      for (int64_t n = n0; n < n1; ++n) tail += add_row(sum, row_ptr<T>(x, n, c, l0), len, K);
       const double nb = static_cast<double>((n1 - n0) * len);
-      const double mean_b = (sum.sum() + tail) / nb;
+      const double mean_b = K + (sum.sum() + tail) / nb;
       Acc4 sq;
       tail = 0.0;
       for (int64_t n = n0; n < n1; ++n) tail += add_row_sqdev(sq, row_ptr<T>(x, n, c, l0), len, mean_b);
@@ -115,8 +118,9 @@ void stats_rows_partition(const View3& x, int64_t u0, int64_t u1, double* mean, 
     for (int64_t c = 0; c < x.C; ++c) {
       const T* p = row_ptr<T>(x, n, c, l0);
       Acc4 sum;
-      const double tail_sum = add_row(sum, p, len);
-      const double mean_b = (sum.sum() + tail_sum) / nb;
+      const double K = static_cast<double>(p[0]);
+      const double tail_sum = add_row(sum, p, len, K);
+      const double mean_b = K + (sum.sum() + tail_sum) / nb;
       Acc4 sq;
       const double tail = add_row_sqdev(sq, p, len, mean_b);
       chan_merge(count, nb, mean_b, sq.sum() + tail, mean[c], m2[c]);
