@@ -1,0 +1,169 @@
+// Numerical stress (float32 against a float64 reference on the same float32 inputs): offset data
+// where the naive E[x²] − E[x]² fails, constant channels at huge magnitudes, huge and tiny values,
+// NaN/inf confined to their channel, and reductions past float32's 2^24 counting limit.
+#include <gtest/gtest.h>
+
+#include <bn1d/bn1d.hpp>
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "reference_model.hpp"
+#include "test_util.hpp"
+
+namespace bn1d::test {
+namespace {
+
+constexpr int64_t kN = 512, kL = 16;
+// Contiguous takes the SIMD rows kernel, channels-last the SIMD cols kernel, sliced the reference.
+constexpr Layout kLayouts[] = {Layout::Contiguous, Layout::ChannelsLast, Layout::Sliced};
+
+// A float32 (kN, C, kL) tensor of @p x in @p layout (memory kept alive by @p keep).
+Tensor input(const std::vector<double>& x, int64_t C, Layout layout, std::shared_ptr<std::vector<char>>& keep) {
+  return make_strided(x, {kN, C, kL}, DType::Float32, layout, keep);
+}
+
+// (kN, C, kL) float32-representable values: channel c = means[c] + stds[c] · N(0, 1).
+std::vector<double> channels(const std::vector<double>& means, const std::vector<double>& stds, uint64_t seed) {
+  const auto C = static_cast<int64_t>(means.size());
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<double> normal;
+  std::vector<double> x(static_cast<std::size_t>(kN * C * kL));
+  for (int64_t n = 0; n < kN; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t l = 0; l < kL; ++l) x[(n * C + c) * kL + l] = means[c] + stds[c] * normal(gen);
+  return round_to(x, DType::Float32);
+}
+
+// Training-mode output of bn1d (float32) and of the float64 reference, for the same inputs.
+std::pair<std::vector<double>, std::vector<double>> normalize_both(const std::vector<double>& x, int64_t C,
+                                                                   Layout layout, double eps = 1e-5) {
+  BatchNorm1d m(BatchNorm1dOptions(C).eps(eps));
+  ReferenceBatchNorm ref(C, eps, 0.1, true, true);
+  std::shared_ptr<std::vector<char>> keep;
+  return {values(m(input(x, C, layout, keep))), ref.forward(x, kN, kL)};
+}
+
+// What a naive kernel does: float32 accumulators and var = E[x²] − E[x]².
+std::vector<double> naive_normalize(const std::vector<double>& x, int64_t C, double eps) {
+  std::vector<double> y(x.size());
+  for (int64_t c = 0; c < C; ++c) {
+    float s = 0, sq = 0;
+    for (int64_t n = 0; n < kN; ++n)
+      for (int64_t l = 0; l < kL; ++l) {
+        const auto v = static_cast<float>(x[(n * C + c) * kL + l]);
+        s += v;
+        sq += v * v;
+      }
+    const float mean = s / (kN * kL), var = std::max(sq / (kN * kL) - mean * mean, 0.0f);
+    for (int64_t n = 0; n < kN; ++n)
+      for (int64_t l = 0; l < kL; ++l) {
+        const int64_t i = (n * C + c) * kL + l;
+        y[i] = (static_cast<float>(x[i]) - mean) / std::sqrt(var + static_cast<float>(eps));
+      }
+  }
+  return y;
+}
+
+double max_error(const std::vector<double>& got, const std::vector<double>& want) {
+  double e = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) e = std::max(e, std::fabs(got[i] - want[i]));
+  return e;
+}
+
+// Per-channel mean 1e4 or 1e6 with std 1e-3 … 1: bn1d stays within the suite's float32 bound
+// (8 half-ulps of the largest output, rel_tolerance in test_util.hpp) where the naive formula is
+// off by orders of magnitude on the same data.
+TEST(Numerics, OffsetDataNormalizesAccuratelyWhereTheNaiveFormulaFails) {
+  for (double offset : {1e4, 1e6}) {
+    const std::vector<double> means(4, offset), stds{1e-3, 1e-2, 1e-1, 1.0};
+    const std::vector<double> x = channels(means, stds, 1);
+    std::vector<double> want;
+    for (Layout layout : kLayouts) {
+      const auto [got, ref] = normalize_both(x, 4, layout);
+      EXPECT_TRUE(all_close(got, ref, DType::Float32)) << "offset " << offset << " " << layout_name(layout);
+      want = ref;
+    }
+    const double bound = rel_tolerance(DType::Float32) * max_abs(want);
+    EXPECT_GT(max_error(naive_normalize(x, 4, 1e-5), want), 1000 * bound) << "offset " << offset;
+  }
+}
+
+TEST(Numerics, ConstantChannelsNormalizeToExactlyZero) {
+  for (double eps : {1e-5, 0.0})
+  for (Layout layout : kLayouts) {
+    SCOPED_TRACE(layout_name(layout));
+    const std::vector<double> means{1e7, 1e30, -1e30, 3e38, 1.0}, stds{0, 0, 0, 0, 1};
+    const std::vector<double> x = channels(means, stds, 2);
+    BatchNorm1d m(BatchNorm1dOptions(5).eps(eps));
+    std::shared_ptr<std::vector<char>> keep;
+    const std::vector<double> y = values(m(input(x, 5, layout, keep)));
+    for (std::size_t i = 0; i < y.size(); ++i) {
+      if ((i / kL) % 5 < 4) {
+        ASSERT_EQ(y[i], 0.0) << "element " << i << " eps " << eps;
+      }
+    }
+    for (double v : values(m.running_var())) EXPECT_TRUE(std::isfinite(v));
+    const auto g = m.backward(randn({kN, 5, kL}, DType::Float32, 3));
+    for (double v : values(g.input)) ASSERT_FALSE(std::isnan(v));
+  }
+}
+
+TEST(Numerics, HugeAndTinyValuesStayFiniteAndAccurate) {
+  // |x| ≈ 1e30 (squares overflow float32, not float64), 1e-30, and float32 denormals (1e-40)
+  // with eps = 0: every channel still normalizes to the reference's values.
+  const std::vector<double> means{0, 0, 0, 5}, stds{1e30, 1e-30, 1e-40, 1};
+  const std::vector<double> x = channels(means, stds, 4);
+  for (Layout layout : kLayouts) {
+    const auto [got, want] = normalize_both(x, 4, layout, 0.0);
+    for (double v : got) ASSERT_TRUE(std::isfinite(v)) << layout_name(layout);
+    EXPECT_TRUE(all_close(got, want, DType::Float32)) << layout_name(layout);
+  }
+}
+
+TEST(Numerics, NaNAndInfStayInTheirChannel) {
+  for (double bad : {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()})
+  for (Layout layout : kLayouts) {
+    SCOPED_TRACE(layout_name(layout));
+    std::vector<double> x = channels({1, 2, 3}, {1, 1, 1}, 5);
+    const std::vector<double> clean = x;
+    x[(7 * 3 + 1) * kL + 2] = bad;  // one value of channel 1
+    BatchNorm1d m(3), m_clean(3);
+    std::shared_ptr<std::vector<char>> k1, k2;
+    const std::vector<double> y = values(m(input(x, 3, layout, k1)));
+    const std::vector<double> y_clean = values(m_clean(input(clean, 3, layout, k2)));
+    for (std::size_t i = 0; i < y.size(); ++i) {
+      if ((i / kL) % 3 == 1) {
+        ASSERT_TRUE(std::isnan(y[i])) << i;
+      } else {
+        ASSERT_NEAR(y[i], y_clean[i], rel_tolerance(DType::Float32) * 8) << i;
+      }
+    }
+    const std::vector<double> rv = values(m.running_var()), rv_clean = values(m_clean.running_var());
+    EXPECT_TRUE(std::isnan(rv[1]));
+    EXPECT_EQ(rv[0], rv_clean[0]);
+    EXPECT_EQ(rv[2], rv_clean[2]);
+  }
+}
+
+// 2^24 + 1 values in one channel: a float32 accumulator stalls at 2^24; bn1d's mean and M2 keep
+// full float64 precision, in both layouts.
+TEST(Numerics, ReductionsPastTwoToTheTwentyFourKeepFullPrecision) {
+  const int64_t n = (int64_t{1} << 24) + 1;
+  std::vector<float> data(static_cast<std::size_t>(n), 1.0f);
+  data[0] = 2.0f;
+  const long double mean = 1.0L + 1.0L / n;
+  const long double m2 = (2.0L - mean) * (2.0L - mean) + (n - 1) * (1.0L - mean) * (1.0L - mean);
+  for (const Shape& shape : {Shape{1, 1, n}, Shape{n, 1}}) {
+    const BatchStats s = batch_stats(Tensor::from_blob(data.data(), shape, DType::Float32));
+    EXPECT_EQ(s.count, n);
+    EXPECT_NEAR(s.mean.data<double>()[0], static_cast<double>(mean), 1e-15) << format_shape(shape);
+    EXPECT_NEAR(s.m2.data<double>()[0], static_cast<double>(m2), 1e-9) << format_shape(shape);
+  }
+  float naive = 0;
+  for (float v : data) naive += v;
+  EXPECT_GT(std::fabs(naive / static_cast<float>(n) - static_cast<double>(mean)), 1e-8);  // the stall
+}
+
+}  // namespace
+}  // namespace bn1d::test
