@@ -82,7 +82,10 @@ Tensor Tensor::empty(Shape sizes, DType dtype) {
     throw Error("tensor sizes " + format_shape(sizes) + " need more bytes than size_t holds");
   }
   void* p = std::malloc(std::max<std::size_t>(bytes, 1));
-  if (p == nullptr) throw std::bad_alloc();
+  if (p == nullptr) {
+    throw Error("cannot allocate " + std::to_string(bytes) + " bytes for a " + dtype_name(dtype) +
+                " tensor of sizes " + format_shape(sizes));
+  }
   t.storage_ = std::shared_ptr<void>(p, std::free);
   t.data_ = p;
   t.dtype_ = dtype;

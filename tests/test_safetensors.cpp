@@ -4,7 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <cstdint>
+#include <cstdlib>
+#include <iterator>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -358,6 +361,30 @@ TEST(SafetensorsHostile, LoadRejectsEveryMalformedFile) {
     write_file(path, hostile.bytes);
     EXPECT_TRUE(throws_error([&] { bn1d::load_safetensors(path, "a"); }, hostile.word)) << hostile.name;
     EXPECT_TRUE(throws_error([&] { bn1d::load_safetensors(path, "a"); }, path)) << hostile.name;
+  }
+}
+
+// The fuzzer's seed corpus (fuzz/corpus/safetensors) is exactly these cases, one file each, so
+// that every seed is also a unit test above. BN1D_WRITE_CORPUS=<dir> writes the files afresh.
+std::string corpus_name(const char* name) {
+  std::string file = name;
+  for (char& ch : file) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+  return file + ".safetensors";
+}
+
+TEST(SafetensorsHostile, CommittedFuzzCorpusIsTheseCases) {
+  const std::filesystem::path dir = std::filesystem::path(BN1D_FIXTURE_DIR) / "../../fuzz/corpus/safetensors";
+  if (const char* out = std::getenv("BN1D_WRITE_CORPUS")) {
+    for (const Hostile& hostile : hostile_files()) write_file((std::filesystem::path(out) / corpus_name(hostile.name)).string(), hostile.bytes);
+  }
+  std::size_t files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) files += entry.path().extension() == ".safetensors";
+  EXPECT_EQ(files, hostile_files().size());
+  for (const Hostile& hostile : hostile_files()) {
+    std::ifstream in(dir / corpus_name(hostile.name), std::ios::binary);
+    ASSERT_TRUE(in) << corpus_name(hostile.name);
+    const Bytes bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(bytes, hostile.bytes) << hostile.name;
   }
 }
 

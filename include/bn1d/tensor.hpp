@@ -54,7 +54,8 @@ class Tensor {
   /// An undefined tensor (torch's None).
   Tensor() = default;
 
-  /// A new contiguous tensor with uninitialized contents.
+  /// A new contiguous tensor with uninitialized contents. Throws Error for negative or
+  /// overflowing sizes and when the memory cannot be allocated.
   static Tensor empty(Shape sizes, DType dtype = DType::Float32);
   /// A new contiguous tensor filled with 0.
   static Tensor zeros(Shape sizes, DType dtype = DType::Float32);
