@@ -166,9 +166,10 @@ std::string load_average() {
 }
 
 void print_header(const Options& o) {
-  std::printf("bn1d_bench: BatchNorm1d on the CPU, %d thread(s) (omp_get_max_threads() = %d), "
-              "%d cores, load average %s\n",
-              o.threads, omp_get_max_threads(), omp_get_num_procs(), load_average().c_str());
+  std::printf(
+      "bn1d_bench: BatchNorm1d on the CPU, %d thread(s) (omp_get_max_threads() = %d), "
+      "%d cores, load average %s\n",
+      o.threads, omp_get_max_threads(), omp_get_num_procs(), load_average().c_str());
 #if BN1D_HAVE_TORCH
   std::printf("peer: %s: at::native_batch_norm(_backward), outputs allocated per call\n",
               torch_description().c_str());
@@ -176,8 +177,9 @@ void print_header(const Options& o) {
 #if BN1D_HAVE_DNNL
   std::printf("peer: %s: primitives created once, zero-copy memory\n", dnnl_description().c_str());
 #endif
-  std::printf("malloc: no mmap, no trim, so that a freed block is reused warm (matters for "
-              "libtorch's outputs)\n");
+  std::printf(
+      "malloc: no mmap, no trim, so that a freed block is reused warm (matters for "
+      "libtorch's outputs)\n");
   std::printf(
       "timing: steady_clock median of >= %d runs after %d warm-up calls (up to %d for fast ops; "
       "%d..%d if %d\n        runs would exceed %.1f s), column 'runs' = fewest in the row; "
@@ -271,8 +273,12 @@ std::vector<std::string> run_case(Case& k) {
       Runner* r = libs[i].runner.get();
       if (!r) continue;
       switch (kOps[o].kind) {
-        case Kind::Train: times[o][i] = time_median([r] { r->forward_train(); }); break;
-        case Kind::Eval: times[o][i] = time_median([r] { r->forward_eval(); }); break;
+        case Kind::Train:
+          times[o][i] = time_median([r] { r->forward_train(); });
+          break;
+        case Kind::Eval:
+          times[o][i] = time_median([r] { r->forward_eval(); });
+          break;
         case Kind::Backward:
           r->forward_train();  // backward differentiates the last training forward
           times[o][i] = time_median([r] { r->backward(); });
@@ -333,6 +339,6 @@ int main(int argc, char** argv) {
   getrusage(RUSAGE_SELF, &usage);
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("\npeak RSS %.0f MiB, total time %.1f s, load average %s\n",
-              usage.ru_maxrss / 1024.0, elapsed, load_average().c_str());
+  std::printf("\npeak RSS %.0f MiB, total time %.1f s, load average %s\n", usage.ru_maxrss / 1024.0,
+              elapsed, load_average().c_str());
 }

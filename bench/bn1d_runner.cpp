@@ -26,7 +26,8 @@ class Bn1dRunner final : public Runner {
     grad_output_ = bn1d::Tensor::from_blob(p.dy, sizes, strides, p.dtype);
     // Outputs in the input's memory layout (as torch and oneDNN produce them): for channels-last
     // input bn1d then writes channels-last output instead of transposing to (N, C, L).
-    out_storage_.resize(static_cast<std::size_t>(p.n * p.c * (p.three_d ? p.l : 1)) * bn1d::element_size(p.dtype));
+    out_storage_.resize(static_cast<std::size_t>(p.n * p.c * (p.three_d ? p.l : 1)) *
+                        bn1d::element_size(p.dtype));
     grad_storage_.resize(out_storage_.size());
     output_ = bn1d::Tensor::from_blob(out_storage_.data(), sizes, strides, p.dtype);
     grads_.input = bn1d::Tensor::from_blob(grad_storage_.data(), sizes, strides, p.dtype);

@@ -63,21 +63,30 @@ class DnnlRunner final : public Runner {
   }
 
   void forward_train() override {
-    train_.execute(stream_, {{DNNL_ARG_SRC, src_}, {DNNL_ARG_DST, dst_},
-                             {DNNL_ARG_MEAN, mean_}, {DNNL_ARG_VARIANCE, variance_},
-                             {DNNL_ARG_SCALE, scale_}, {DNNL_ARG_SHIFT, shift_}});
+    train_.execute(stream_, {{DNNL_ARG_SRC, src_},
+                             {DNNL_ARG_DST, dst_},
+                             {DNNL_ARG_MEAN, mean_},
+                             {DNNL_ARG_VARIANCE, variance_},
+                             {DNNL_ARG_SCALE, scale_},
+                             {DNNL_ARG_SHIFT, shift_}});
     stream_.wait();
   }
   void forward_eval() override {
-    eval_.execute(stream_, {{DNNL_ARG_SRC, src_}, {DNNL_ARG_DST, dst_},
-                            {DNNL_ARG_MEAN, mean_}, {DNNL_ARG_VARIANCE, variance_},
-                            {DNNL_ARG_SCALE, scale_}, {DNNL_ARG_SHIFT, shift_}});
+    eval_.execute(stream_, {{DNNL_ARG_SRC, src_},
+                            {DNNL_ARG_DST, dst_},
+                            {DNNL_ARG_MEAN, mean_},
+                            {DNNL_ARG_VARIANCE, variance_},
+                            {DNNL_ARG_SCALE, scale_},
+                            {DNNL_ARG_SHIFT, shift_}});
     stream_.wait();
   }
   void backward() override {
-    backward_.execute(stream_, {{DNNL_ARG_SRC, src_}, {DNNL_ARG_DIFF_DST, diff_dst_},
-                                {DNNL_ARG_MEAN, mean_}, {DNNL_ARG_VARIANCE, variance_},
-                                {DNNL_ARG_SCALE, scale_}, {DNNL_ARG_SHIFT, shift_},
+    backward_.execute(stream_, {{DNNL_ARG_SRC, src_},
+                                {DNNL_ARG_DIFF_DST, diff_dst_},
+                                {DNNL_ARG_MEAN, mean_},
+                                {DNNL_ARG_VARIANCE, variance_},
+                                {DNNL_ARG_SCALE, scale_},
+                                {DNNL_ARG_SHIFT, shift_},
                                 {DNNL_ARG_DIFF_SRC, diff_src_},
                                 {DNNL_ARG_DIFF_SCALE, diff_scale_},
                                 {DNNL_ARG_DIFF_SHIFT, diff_shift_}});

@@ -10,11 +10,11 @@ namespace bench {
 
 /// Timing policy, printed in the output header.
 inline constexpr int kWarmupCalls = 2;
-inline constexpr int kMinRuns = 20;             ///< normal minimum of timed calls
-inline constexpr int kMaxRuns = 200;            ///< fast calls: as many as fit kTargetSeconds
-inline constexpr double kTargetSeconds = 0.2;   ///< aim of one measurement's timed calls
-inline constexpr int kFloorRuns = 10;           ///< slow calls: at least this many
-inline constexpr double kCapSeconds = 3.0;      ///< slow calls: fewer than kMinRuns past this
+inline constexpr int kMinRuns = 20;            ///< normal minimum of timed calls
+inline constexpr int kMaxRuns = 200;           ///< fast calls: as many as fit kTargetSeconds
+inline constexpr double kTargetSeconds = 0.2;  ///< aim of one measurement's timed calls
+inline constexpr int kFloorRuns = 10;          ///< slow calls: at least this many
+inline constexpr double kCapSeconds = 3.0;     ///< slow calls: fewer than kMinRuns past this
 
 /// Median wall time of one call and how many timed calls it is the median of.
 struct Timing {

@@ -60,9 +60,9 @@ class TorchRunner final : public Runner {
   }
   void backward() override {
     c10::InferenceMode guard;
-    grads_ = at::native_batch_norm_backward(dy_, x_, weight_, running_mean_, running_var_,
-                                            save_mean_, save_invstd_, /*train=*/true, p_.eps,
-                                            {true, true, true});
+    grads_ =
+        at::native_batch_norm_backward(dy_, x_, weight_, running_mean_, running_var_, save_mean_,
+                                       save_invstd_, /*train=*/true, p_.eps, {true, true, true});
   }
   View output() const override {
     return {out_.data_ptr(), {out_.stride(0), out_.stride(1), p_.three_d ? out_.stride(2) : 1}};

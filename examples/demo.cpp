@@ -155,9 +155,9 @@ struct MLP {
   std::vector<float> w1, b1, w2, b2;      // parameters
   std::vector<float> dw1, db1, dw2, db2;  // their gradients
   std::optional<bn1d::BatchNorm1d> bn;
-  bn1d::Tensor bn_out;                    // BatchNorm1d output of the last forward (N, H)
-  std::vector<float> h, a, logits;        // activations of the last forward
-  std::vector<float> dlogits, da, dz;     // gradient buffers
+  bn1d::Tensor bn_out;                 // BatchNorm1d output of the last forward (N, H)
+  std::vector<float> h, a, logits;     // activations of the last forward
+  std::vector<float> dlogits, da, dz;  // gradient buffers
 
   MLP(int d, int hidden, int k, bool with_bn) : D(d), H(hidden), K(k) {
     if (with_bn) bn.emplace(hidden);
@@ -209,7 +209,9 @@ struct MLP {
 
   // Eval-mode forward of x (N, D): the fraction of rows classified correctly and the fraction
   // of hidden ReLU outputs that are non-zero.
-  struct Score { float accuracy, active; };
+  struct Score {
+    float accuracy, active;
+  };
   Score evaluate(const float* x, const int* y, int N) {
     if (bn) bn->eval();
     const float* l = forward(x, N);
@@ -300,8 +302,9 @@ int run(const std::string& csv_path) {
   without_bn.w2 = with_bn.w2, without_bn.b2 = with_bn.b2;
 
   // --- training: the same shuffled mini-batches for both models --------------------------------
-  std::printf("\nSGD, batch %d, lr %g, %d epochs, features standardized with training-set statistics\n",
-              kBatch, kLearningRate, kEpochs);
+  std::printf(
+      "\nSGD, batch %d, lr %g, %d epochs, features standardized with training-set statistics\n",
+      kBatch, kLearningRate, kEpochs);
   std::printf("epoch | with BatchNorm1d: train loss  test acc | without: train loss  test acc\n");
   std::vector<int> order = train_idx;
   for (int epoch = 1; epoch <= kEpochs; epoch++) {

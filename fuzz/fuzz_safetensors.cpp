@@ -33,7 +33,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
   }
-  const std::string prefix = size > 0 && (data[0] & 1) ? std::string(1, static_cast<char>(data[size / 2])) : "";
+  const std::string prefix =
+      size > 0 && (data[0] & 1) ? std::string(1, static_cast<char>(data[size / 2])) : "";
   try {
     const bn1d::StateDict loaded = bn1d::load_safetensors(path, prefix);
     if (!parsed) __builtin_trap();  // the file loader accepted what the parser rejected

@@ -18,20 +18,29 @@ constexpr int64_t kMaxElements = 1 << 16;
 
 int64_t pick_int(FuzzedDataProvider& fdp) {
   switch (fdp.ConsumeIntegralInRange<int>(0, 3)) {
-    case 0: return fdp.ConsumeIntegralInRange<int64_t>(-2, 9);
-    case 1: return fdp.ConsumeIntegralInRange<int64_t>(-100, 100);
-    case 2: return fdp.ConsumeBool() ? std::numeric_limits<int64_t>::max() - fdp.ConsumeIntegralInRange<int64_t>(0, 3)
-                                     : std::numeric_limits<int64_t>::min() + fdp.ConsumeIntegralInRange<int64_t>(0, 3);
-    default: return fdp.ConsumeIntegral<int64_t>();
+    case 0:
+      return fdp.ConsumeIntegralInRange<int64_t>(-2, 9);
+    case 1:
+      return fdp.ConsumeIntegralInRange<int64_t>(-100, 100);
+    case 2:
+      return fdp.ConsumeBool()
+                 ? std::numeric_limits<int64_t>::max() - fdp.ConsumeIntegralInRange<int64_t>(0, 3)
+                 : std::numeric_limits<int64_t>::min() + fdp.ConsumeIntegralInRange<int64_t>(0, 3);
+    default:
+      return fdp.ConsumeIntegral<int64_t>();
   }
 }
 
 double pick_double(FuzzedDataProvider& fdp) {
   switch (fdp.ConsumeIntegralInRange<int>(0, 4)) {
-    case 0: return 1e-5;
-    case 1: return std::numeric_limits<double>::quiet_NaN();
-    case 2: return fdp.ConsumeBool() ? std::numeric_limits<double>::infinity() : -1.0;
-    default: return fdp.ConsumeFloatingPoint<double>();
+    case 0:
+      return 1e-5;
+    case 1:
+      return std::numeric_limits<double>::quiet_NaN();
+    case 2:
+      return fdp.ConsumeBool() ? std::numeric_limits<double>::infinity() : -1.0;
+    default:
+      return fdp.ConsumeFloatingPoint<double>();
   }
 }
 
@@ -59,7 +68,8 @@ bn1d::Tensor make_view(FuzzedDataProvider& fdp, std::vector<unsigned char>& buff
   }
   if (t.numel() > kMaxElements) return {};
   int64_t lo = 0, hi = 0;  // element offsets reached, relative to the first element
-  for (int d = 0; d < dim && t.numel() > 0; ++d) (strides[d] < 0 ? lo : hi) += (sizes[d] - 1) * strides[d];
+  for (int d = 0; d < dim && t.numel() > 0; ++d)
+    (strides[d] < 0 ? lo : hi) += (sizes[d] - 1) * strides[d];
   if (t.numel() > 0 && (offset + lo < 0 || (offset + hi + 1) * esize > kBufferBytes)) return {};
   return t;
 }
@@ -69,11 +79,14 @@ bn1d::Tensor make_view(FuzzedDataProvider& fdp, std::vector<unsigned char>& buff
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   FuzzedDataProvider fdp(data, size);
   static std::vector<unsigned char> buffer(kBufferBytes);
-  for (std::size_t i = 0; i < buffer.size(); ++i) buffer[i] = static_cast<unsigned char>(i * 37 % 61);  // finite values
+  for (std::size_t i = 0; i < buffer.size(); ++i)
+    buffer[i] = static_cast<unsigned char>(i * 37 % 61);  // finite values
   try {
-    bn1d::BatchNorm1dOptions options(fdp.ConsumeBool() ? fdp.ConsumeIntegralInRange<int64_t>(-1, 12) : pick_int(fdp));
+    bn1d::BatchNorm1dOptions options(fdp.ConsumeBool() ? fdp.ConsumeIntegralInRange<int64_t>(-1, 12)
+                                                       : pick_int(fdp));
     options.eps(fdp.ConsumeBool() ? 1e-5 : pick_double(fdp));
-    if (fdp.ConsumeBool()) options.momentum(fdp.ConsumeBool() ? std::nullopt : std::optional<double>(pick_double(fdp)));
+    if (fdp.ConsumeBool())
+      options.momentum(fdp.ConsumeBool() ? std::nullopt : std::optional<double>(pick_double(fdp)));
     options.affine(fdp.ConsumeBool()).track_running_stats(fdp.ConsumeBool()).dtype(pick_dtype(fdp));
     bn1d::BatchNorm1d m(options);
     m.train(fdp.ConsumeBool());

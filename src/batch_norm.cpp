@@ -26,7 +26,8 @@ double invstd_of(double var, double eps) {
 int64_t channels_of(const Tensor& stat) { return stat.defined() ? stat.numel() : 0; }
 
 void check_stats(const BatchStats& stats, std::string_view name, int64_t C) {
-  if (stats.count < 0) throw Error(std::string(name) + " has negative count " + std::to_string(stats.count));
+  if (stats.count < 0)
+    throw Error(std::string(name) + " has negative count " + std::to_string(stats.count));
   detail::check_stat_tensor(stats.mean, name, C, " mean");
   detail::check_stat_tensor(stats.m2, name, C, " m2");
 }
@@ -55,7 +56,8 @@ BatchStats batch_stats(const Tensor& input) {
 BatchStats combine_stats(std::span<const BatchStats> parts) {
   if (parts.empty()) throw Error("combine_stats: expected at least one part, got none");
   const int64_t C = channels_of(parts[0].mean);
-  for (std::size_t i = 0; i < parts.size(); ++i) check_stats(parts[i], "combine_stats: part " + std::to_string(i), C);
+  for (std::size_t i = 0; i < parts.size(); ++i)
+    check_stats(parts[i], "combine_stats: part " + std::to_string(i), C);
   BatchStats out{0, detail::stat_tensor(C), detail::stat_tensor(C)};
   double* mean = f64_mut(out.mean);
   double* m2 = f64_mut(out.m2);
@@ -79,7 +81,9 @@ void normalization_from_batch(Normalization& norm, const BatchStats& stats, doub
   const int64_t C = channels_of(stats.mean);
   check_stats(stats, "stats", C);
   if (stats.count == 0) {
-    throw Error("normalization_from_batch: expected statistics of at least one value per channel, got count 0");
+    throw Error(
+        "normalization_from_batch: expected statistics of at least one value per channel, got "
+        "count 0");
   }
   detail::reuse_or_allocate(norm.mean, C, DType::Float64, {&stats.mean, &stats.m2});
   detail::reuse_or_allocate(norm.invstd, C, DType::Float64, {&stats.mean, &stats.m2});
@@ -138,8 +142,10 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
   const int64_t C = channels_of(stats.mean);
   check_stats(stats, "stats", C);
   if (stats.count < 2) {
-    throw Error("update_running_stats: the unbiased variance needs more than 1 value per channel, got count " +
-                std::to_string(stats.count));
+    throw Error(
+        "update_running_stats: the unbiased variance needs more than 1 value per channel, got "
+        "count " +
+        std::to_string(stats.count));
   }
   if (!running_mean.defined() || running_mean.dtype() == DType::Int64) {
     throw Error("running_mean: expected a defined float32 or float64 tensor");

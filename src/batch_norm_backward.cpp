@@ -16,7 +16,8 @@ using detail::f64_mut;
 namespace {
 
 void check_grad_stats(const GradStats& s, std::string_view name, int64_t C) {
-  if (s.count < 0) throw Error(std::string(name) + " has negative count " + std::to_string(s.count));
+  if (s.count < 0)
+    throw Error(std::string(name) + " has negative count " + std::to_string(s.count));
   detail::check_stat_tensor(s.sum_dy, name, C, " sum_dy");
   detail::check_stat_tensor(s.sum_dy_xmu, name, C, " sum_dy_xmu");
 }
@@ -40,7 +41,8 @@ void backward_stats(GradStats& stats, const Tensor& grad_output, const Tensor& i
   }
 }
 
-GradStats backward_stats(const Tensor& grad_output, const Tensor& input, const Normalization& norm) {
+GradStats backward_stats(const Tensor& grad_output, const Tensor& input,
+                         const Normalization& norm) {
   GradStats stats;
   backward_stats(stats, grad_output, input, norm);
   return stats;
@@ -49,7 +51,8 @@ GradStats backward_stats(const Tensor& grad_output, const Tensor& input, const N
 GradStats combine_grad_stats(std::span<const GradStats> parts) {
   if (parts.empty()) throw Error("combine_grad_stats: expected at least one part, got none");
   const int64_t C = parts[0].sum_dy.defined() ? parts[0].sum_dy.numel() : 0;
-  for (std::size_t i = 0; i < parts.size(); ++i) check_grad_stats(parts[i], "combine_grad_stats: part " + std::to_string(i), C);
+  for (std::size_t i = 0; i < parts.size(); ++i)
+    check_grad_stats(parts[i], "combine_grad_stats: part " + std::to_string(i), C);
   GradStats out{0, detail::stat_tensor(C), detail::stat_tensor(C)};
   for (const GradStats& p : parts) {
     for (int64_t c = 0; c < C; ++c) {
@@ -72,7 +75,9 @@ void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, co
   if (batch_statistics) {
     check_grad_stats(global, "global", x.C);
     if (global.count == 0 && x.count() > 0) {
-      throw Error("batch_norm_backward_input: expected global statistics of at least one value per channel, got count 0");
+      throw Error(
+          "batch_norm_backward_input: expected global statistics of at least one value per "
+          "channel, got count 0");
     }
   }
   detail::reuse_or_allocate_like(grad_input, input, {&input, &grad_output});

@@ -3,8 +3,8 @@
 
 #include <algorithm>
 #include <array>
-#include <utility>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace bn1d::detail {
@@ -36,8 +36,9 @@ void check_optional_param(const Tensor& t, const char* name, int64_t C, DType dt
 }
 
 static bool reusable(const Tensor& t, std::span<const int64_t> sizes, DType dtype,
-              std::initializer_list<const Tensor*> avoid) {
-  bool ok = t.defined() && std::equal(sizes.begin(), sizes.end(), t.sizes().begin(), t.sizes().end()) &&
+                     std::initializer_list<const Tensor*> avoid) {
+  bool ok = t.defined() &&
+            std::equal(sizes.begin(), sizes.end(), t.sizes().begin(), t.sizes().end()) &&
             t.dtype() == dtype && t.is_contiguous();
   for (const Tensor* other : avoid) ok = ok && !overlaps(t, *other);
   return ok;
@@ -48,7 +49,8 @@ void reuse_or_allocate(Tensor& t, const Shape& sizes, DType dtype,
   if (!reusable(t, sizes, dtype, avoid)) t = Tensor::empty(sizes, dtype);
 }
 
-void reuse_or_allocate(Tensor& t, int64_t C, DType dtype, std::initializer_list<const Tensor*> avoid) {
+void reuse_or_allocate(Tensor& t, int64_t C, DType dtype,
+                       std::initializer_list<const Tensor*> avoid) {
   if (!reusable(t, std::span<const int64_t>(&C, 1), dtype, avoid)) t = Tensor::empty({C}, dtype);
 }
 
@@ -60,7 +62,8 @@ static bool dense(const Tensor& t) {
   for (int64_t d = 0; d < t.dim() && d < 3; ++d)
     if (t.sizes()[d] > 1) dims[count++] = {t.strides()[d], t.sizes()[d]};
   for (std::size_t i = 1; i < count; ++i)  // insertion sort by stride
-    for (std::size_t j = i; j > 0 && dims[j].first < dims[j - 1].first; --j) std::swap(dims[j], dims[j - 1]);
+    for (std::size_t j = i; j > 0 && dims[j].first < dims[j - 1].first; --j)
+      std::swap(dims[j], dims[j - 1]);
   int64_t expected = 1;
   for (std::size_t i = 0; i < count; ++i) {
     if (dims[i].first != expected) return false;

@@ -31,8 +31,10 @@ class ChannelValues {
   /// Writes element c, rounding once to the tensor's dtype.
   void set(int64_t c, double v) const {
     char* p = data_ + c * step_;
-    if (f32_) *reinterpret_cast<float*>(p) = static_cast<float>(v);
-    else *reinterpret_cast<double*>(p) = v;
+    if (f32_)
+      *reinterpret_cast<float*>(p) = static_cast<float>(v);
+    else
+      *reinterpret_cast<double*>(p) = v;
   }
 
  private:

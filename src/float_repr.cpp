@@ -14,7 +14,8 @@ std::string python_float_repr(double value) {
   if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
   // Shortest round-trip digits, in scientific form: "d[.ddd]e±XX".
   char buf[64];
-  const auto res = std::to_chars(buf, buf + sizeof buf, std::fabs(value), std::chars_format::scientific);
+  const auto res =
+      std::to_chars(buf, buf + sizeof buf, std::fabs(value), std::chars_format::scientific);
   const std::string sci(buf, res.ptr);
   const std::size_t e_pos = sci.find('e');
   std::string digits = sci.substr(0, e_pos);

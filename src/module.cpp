@@ -114,7 +114,8 @@ void BatchNorm1d::forward(const Tensor& input, Tensor& output) {
     batch_norm_apply(output, input, saved_norm_, weight_, bias_);
     if (training_ && tracking) {  // commit: nothing below can throw
       ++num_batches_tracked_;
-      const double factor = options_.momentum().value_or(1.0 / static_cast<double>(num_batches_tracked_));
+      const double factor =
+          options_.momentum().value_or(1.0 / static_cast<double>(num_batches_tracked_));
       update_running_stats(running_mean_, running_var_, stats_, factor);
     }
   } else {

@@ -52,18 +52,22 @@ void BatchNorm1d::load_state_dict(const StateDict& state, bool strict) {
     } else if (src->dim() != 1 || src->sizes()[0] != C || src->dtype() != dtype) {
       problems.push_back("size or dtype mismatch for " + key + ": copying a " +
                          dtype_name(src->dtype()) + " tensor of shape " +
-                         format_shape(src->sizes()) + " from the state dict, the module expects a " +
-                         dtype_name(dtype) + " tensor of shape [" + std::to_string(C) + "]");
+                         format_shape(src->sizes()) +
+                         " from the state dict, the module expects a " + dtype_name(dtype) +
+                         " tensor of shape [" + std::to_string(C) + "]");
     }
   }
   int64_t count = 0;
   const Tensor* nbt = options_.track_running_stats() ? state.find("num_batches_tracked") : nullptr;
   if (nbt != nullptr) {
     if (nbt->dtype() != DType::Int64 || nbt->numel() != 1 || nbt->dim() > 1) {
-      problems.push_back(std::string("size or dtype mismatch for num_batches_tracked: expected an int64 scalar, got a ") +
-                         dtype_name(nbt->dtype()) + " tensor of shape " + format_shape(nbt->sizes()));
+      problems.push_back(
+          std::string(
+              "size or dtype mismatch for num_batches_tracked: expected an int64 scalar, got a ") +
+          dtype_name(nbt->dtype()) + " tensor of shape " + format_shape(nbt->sizes()));
     } else if ((count = *nbt->data<int64_t>()) < 0) {
-      problems.push_back("num_batches_tracked: expected a count >= 0, got " + std::to_string(count));
+      problems.push_back("num_batches_tracked: expected a count >= 0, got " +
+                         std::to_string(count));
     }
   }
   for (const auto& [key, value] : state) {
@@ -72,8 +76,10 @@ void BatchNorm1d::load_state_dict(const StateDict& state, bool strict) {
     if (!known) unexpected.push_back(key);
   }
   std::string message;
-  if (strict && !missing.empty()) message += " Missing key(s) in state_dict: " + join_quoted(missing) + ".";
-  if (strict && !unexpected.empty()) message += " Unexpected key(s) in state_dict: " + join_quoted(unexpected) + ".";
+  if (strict && !missing.empty())
+    message += " Missing key(s) in state_dict: " + join_quoted(missing) + ".";
+  if (strict && !unexpected.empty())
+    message += " Unexpected key(s) in state_dict: " + join_quoted(unexpected) + ".";
   for (const std::string& p : problems) message += " " + p + ".";
   if (!message.empty()) throw Error("Error(s) in loading state_dict for BatchNorm1d:" + message);
 

@@ -30,29 +30,37 @@ bool simd_layout(Layout& layout, const Views&... views) {
 
 void channel_stats(double* mean, double* m2, const kernels::View3& x) {
   Layout layout;
-  if (simd_layout(layout, x)) kernels::simd::channel_stats(layout, mean, m2, x);
-  else kernels::reference::channel_stats(mean, m2, x);
+  if (simd_layout(layout, x))
+    kernels::simd::channel_stats(layout, mean, m2, x);
+  else
+    kernels::reference::channel_stats(mean, m2, x);
 }
 
 void normalize(const kernels::Out3& y, const kernels::View3& x, const double* mean,
                const double* scale, const double* shift) {
   Layout layout;
-  if (simd_layout(layout, x, y)) kernels::simd::normalize(layout, y, x, mean, scale, shift);
-  else kernels::reference::normalize(y, x, mean, scale, shift);
+  if (simd_layout(layout, x, y))
+    kernels::simd::normalize(layout, y, x, mean, scale, shift);
+  else
+    kernels::reference::normalize(y, x, mean, scale, shift);
 }
 
 void backward_sums(double* sum_dy, double* sum_dy_xmu, const kernels::View3& dy,
                    const kernels::View3& x, const double* mean) {
   Layout layout;
-  if (simd_layout(layout, dy, x)) kernels::simd::backward_sums(layout, sum_dy, sum_dy_xmu, dy, x, mean);
-  else kernels::reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean);
+  if (simd_layout(layout, dy, x))
+    kernels::simd::backward_sums(layout, sum_dy, sum_dy_xmu, dy, x, mean);
+  else
+    kernels::reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean);
 }
 
 void backward_input(const kernels::Out3& dx, const kernels::View3& dy, const kernels::View3& x,
                     const double* mean, const double* a, const double* b, const double* k) {
   Layout layout;
-  if (simd_layout(layout, dy, x, dx)) kernels::simd::backward_input(layout, dx, dy, x, mean, a, b, k);
-  else kernels::reference::backward_input(dx, dy, x, mean, a, b, k);
+  if (simd_layout(layout, dy, x, dx))
+    kernels::simd::backward_input(layout, dx, dy, x, mean, a, b, k);
+  else
+    kernels::reference::backward_input(dx, dy, x, mean, a, b, k);
 }
 
 }  // namespace bn1d::route

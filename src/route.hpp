@@ -11,8 +11,8 @@ namespace bn1d::route {
 void channel_stats(double* mean, double* m2, const kernels::View3& x);
 
 /// y = (x − mean[c]) · scale[c] + shift[c], y of x's dtype.
-void normalize(const kernels::Out3& y, const kernels::View3& x, const double* mean, const double* scale,
-               const double* shift);
+void normalize(const kernels::Out3& y, const kernels::View3& x, const double* mean,
+               const double* scale, const double* shift);
 
 /// sum_dy[c] = Σ dy, sum_dy_xmu[c] = Σ dy · (x − mean[c]).
 void backward_sums(double* sum_dy, double* sum_dy_xmu, const kernels::View3& dy,

@@ -9,9 +9,9 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdio>
 #include <bit>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -36,7 +36,8 @@ namespace {
 using json = nlohmann::json;
 
 constexpr std::uint64_t kMaxHeaderSize = 100'000'000;  ///< as in the reference implementation
-constexpr std::size_t kMaxDepth = 3;  ///< top-level object > entry object > shape/data_offsets array
+constexpr std::size_t kMaxDepth =
+    3;  ///< top-level object > entry object > shape/data_offsets array
 constexpr std::size_t kMaxRank = 64;  ///< bounds the memory a hostile shape array can claim
 /// The safetensors dtype codes bn1d supports.
 constexpr std::array<std::pair<std::string_view, DType>, 3> kDTypes{
@@ -64,7 +65,8 @@ void check_name(const std::string& name) {
 
 /// The safetensors code of @p dtype.
 std::string_view dtype_code(DType dtype) {
-  return std::find_if(kDTypes.begin(), kDTypes.end(), [&](const auto& d) { return d.second == dtype; })
+  return std::find_if(kDTypes.begin(), kDTypes.end(),
+                      [&](const auto& d) { return d.second == dtype; })
       ->first;
 }
 
@@ -86,7 +88,16 @@ struct Header {
 /// What a JSON value (or, on the stack, an open container) means at its position in the header.
 /// The first three are the entry fields, indexed like kFields.
 enum class Slot {
-  DType, Shape, Offsets, Root, Entry, Metadata, MetadataValue, ShapeItem, OffsetItem, Unknown
+  DType,
+  Shape,
+  Offsets,
+  Root,
+  Entry,
+  Metadata,
+  MetadataValue,
+  ShapeItem,
+  OffsetItem,
+  Unknown
 };
 
 /// SAX handler that builds the header's entries while checking types, nesting and duplicates.
@@ -155,9 +166,11 @@ class HeaderParser final : public json::json_sax_t {
         break;
       case Slot::Entry: {
         const auto field = std::find(kFields.begin(), kFields.end(), name);
-        field_ = field == kFields.end() ? Slot::Unknown : static_cast<Slot>(field - kFields.begin());
+        field_ =
+            field == kFields.end() ? Slot::Unknown : static_cast<Slot>(field - kFields.begin());
         if (field_ == Slot::Unknown) break;
-        if (entry_.seen[field - kFields.begin()]) fail(tensor() + ": duplicate field " + quote(name));
+        if (entry_.seen[field - kFields.begin()])
+          fail(tensor() + ": duplicate field " + quote(name));
         entry_.seen[field - kFields.begin()] = true;
         break;
       }
@@ -192,12 +205,18 @@ class HeaderParser final : public json::json_sax_t {
   Slot current() const {
     if (stack_.empty()) return Slot::Root;
     switch (stack_.back()) {
-      case Slot::Root: return top_key_ == "__metadata__" ? Slot::Metadata : Slot::Entry;
-      case Slot::Entry: return field_;
-      case Slot::Metadata: return Slot::MetadataValue;
-      case Slot::Shape: return Slot::ShapeItem;
-      case Slot::Offsets: return Slot::OffsetItem;
-      default: return Slot::Unknown;
+      case Slot::Root:
+        return top_key_ == "__metadata__" ? Slot::Metadata : Slot::Entry;
+      case Slot::Entry:
+        return field_;
+      case Slot::Metadata:
+        return Slot::MetadataValue;
+      case Slot::Shape:
+        return Slot::ShapeItem;
+      case Slot::Offsets:
+        return Slot::OffsetItem;
+      default:
+        return Slot::Unknown;
     }
   }
 
@@ -205,16 +224,27 @@ class HeaderParser final : public json::json_sax_t {
   [[noreturn]] void mismatch(const std::string& got) const {
     std::string expected;
     switch (current()) {
-      case Slot::Root: expected = "the header must be a JSON object"; break;
-      case Slot::Entry: expected = tensor() + " must be an object"; break;
-      case Slot::Metadata: expected = "__metadata__ must be an object of strings"; break;
+      case Slot::Root:
+        expected = "the header must be a JSON object";
+        break;
+      case Slot::Entry:
+        expected = tensor() + " must be an object";
+        break;
+      case Slot::Metadata:
+        expected = "__metadata__ must be an object of strings";
+        break;
       case Slot::MetadataValue:
         expected = "__metadata__ value " + quote(metadata_key_) + " must be a string";
         break;
-      case Slot::DType: expected = tensor() + ": dtype must be a string"; break;
+      case Slot::DType:
+        expected = tensor() + ": dtype must be a string";
+        break;
       case Slot::Shape:
-      case Slot::ShapeItem: expected = tensor() + ": shape must be an array of non-negative integers"; break;
-      default: expected = tensor() + ": data_offsets must be two non-negative integers [begin, end]";
+      case Slot::ShapeItem:
+        expected = tensor() + ": shape must be an array of non-negative integers";
+        break;
+      default:
+        expected = tensor() + ": data_offsets must be two non-negative integers [begin, end]";
     }
     fail(expected + ", got " + got);
   }
@@ -228,12 +258,14 @@ class HeaderParser final : public json::json_sax_t {
   /// Opens an object (@p object) or an array where current() allows it.
   bool open(bool object) {
     const Slot slot = current();
-    const bool allowed = slot == Slot::Unknown ||
-                         (object ? slot == Slot::Root || slot == Slot::Entry || slot == Slot::Metadata
-                                 : slot == Slot::Shape || slot == Slot::Offsets);
+    const bool allowed =
+        slot == Slot::Unknown ||
+        (object ? slot == Slot::Root || slot == Slot::Entry || slot == Slot::Metadata
+                : slot == Slot::Shape || slot == Slot::Offsets);
     if (!allowed) mismatch(object ? "an object" : "an array");
     if (stack_.size() == kMaxDepth) {
-      fail("header nests deeper than the " + std::to_string(kMaxDepth) + " levels the format allows");
+      fail("header nests deeper than the " + std::to_string(kMaxDepth) +
+           " levels the format allows");
     }
     if (slot == Slot::Entry) entry_ = RawEntry{};
     stack_.push_back(slot);
@@ -257,7 +289,7 @@ class HeaderParser final : public json::json_sax_t {
       if (!entry_.seen[field]) fail(tensor() + ": missing " + quote(std::string(kFields[field])));
     }
     const auto known = std::find_if(kDTypes.begin(), kDTypes.end(),
-                                     [&](const auto& d) { return d.first == entry_.dtype; });
+                                    [&](const auto& d) { return d.first == entry_.dtype; });
     if (known == kDTypes.end()) {
       fail(tensor() + ": unknown dtype " + quote(entry_.dtype) + " (supported: F32, F64, I64)");
     }
@@ -272,7 +304,8 @@ class HeaderParser final : public json::json_sax_t {
     }
     const std::uint64_t begin = entry_.offsets[0];
     const std::uint64_t end = entry_.offsets[1];
-    if (begin > end) fail(tensor() + ": data_offsets " + range(begin, end) + " are reversed (begin > end)");
+    if (begin > end)
+      fail(tensor() + ": data_offsets " + range(begin, end) + " are reversed (begin > end)");
     if (end > data_size_) {
       fail(tensor() + ": data_offsets " + range(begin, end) + " run past the end of the " +
            std::to_string(data_size_) + "-byte data section");
@@ -288,11 +321,11 @@ class HeaderParser final : public json::json_sax_t {
 
   std::uint64_t data_size_;
   Header header_;
-  std::vector<Slot> stack_;            ///< open containers, outermost first
+  std::vector<Slot> stack_;  ///< open containers, outermost first
   std::unordered_set<std::string> top_keys_;
-  std::string top_key_;                ///< last top-level key
-  std::string metadata_key_;           ///< last key inside __metadata__
-  Slot field_ = Slot::Unknown;         ///< last field key inside the current entry
+  std::string top_key_;         ///< last top-level key
+  std::string metadata_key_;    ///< last key inside __metadata__
+  Slot field_ = Slot::Unknown;  ///< last field key inside the current entry
   RawEntry entry_;
 };
 
@@ -308,8 +341,9 @@ void check_layout(const std::vector<Entry>& entries, std::uint64_t data_size) {
   const Entry* previous = nullptr;
   for (const Entry* entry : order) {
     if (entry->begin < covered) {
-      fail("tensors " + quote(previous->key) + " and " + quote(entry->key) + " overlap (data_offsets " +
-           range(previous->begin, previous->end) + " and " + range(entry->begin, entry->end) + ")");
+      fail("tensors " + quote(previous->key) + " and " + quote(entry->key) +
+           " overlap (data_offsets " + range(previous->begin, previous->end) + " and " +
+           range(entry->begin, entry->end) + ")");
     }
     if (entry->begin > covered) {
       fail("hole in the data section: bytes [" + std::to_string(covered) + ", " +
@@ -319,14 +353,15 @@ void check_layout(const std::vector<Entry>& entries, std::uint64_t data_size) {
     previous = entry;
   }
   if (covered != data_size) {
-    fail("hole in the data section: bytes [" + std::to_string(covered) + ", " + std::to_string(data_size) +
-         ") belong to no tensor");
+    fail("hole in the data section: bytes [" + std::to_string(covered) + ", " +
+         std::to_string(data_size) + ") belong to no tensor");
   }
 }
 
 /// Parses and validates the JSON @p text of a header followed by @p data_size bytes of data.
 Header parse_header(std::string_view text, std::uint64_t data_size) {
-  if (text.empty() || text.front() != '{') fail("the header must be a JSON object starting with '{'");
+  if (text.empty() || text.front() != '{')
+    fail("the header must be a JSON object starting with '{'");
   HeaderParser parser(data_size);
   json::sax_parse(text.begin(), text.end(), &parser);
   Header header = parser.take();
@@ -345,8 +380,8 @@ std::uint64_t header_length(const char* head, std::uint64_t total) {
          std::to_string(kMaxHeaderSize) + " bytes");
   }
   if (length > total - 8) {
-    fail("header length " + std::to_string(length) + " runs past the end (" + std::to_string(total - 8) +
-         " bytes follow it)");
+    fail("header length " + std::to_string(length) + " runs past the end (" +
+         std::to_string(total - 8) + " bytes follow it)");
   }
   return length;
 }
@@ -395,7 +430,8 @@ std::vector<std::uint8_t> to_safetensors(const StateDict& state, const Metadata&
         if (shape.size() > 1) shape += ',';
         shape += std::to_string(size);
       }
-      const std::uint64_t bytes = static_cast<std::uint64_t>(tensor.numel()) * element_size(tensor.dtype());
+      const std::uint64_t bytes =
+          static_cast<std::uint64_t>(tensor.numel()) * element_size(tensor.dtype());
       if (header.size() > 1) header += ',';
       header += quote_strict(name) + ":{\"dtype\":\"" + std::string(dtype_code(tensor.dtype())) +
                 "\",\"shape\":" + shape + "],\"data_offsets\":[" + std::to_string(offset) + "," +
@@ -415,7 +451,8 @@ std::vector<std::uint8_t> to_safetensors(const StateDict& state, const Metadata&
     std::memcpy(out.data() + 8, header.data(), header.size());
     std::uint8_t* data = out.data() + 8 + header.size();
     for (const Tensor& tensor : tensors) {
-      const std::size_t bytes = static_cast<std::size_t>(tensor.numel()) * element_size(tensor.dtype());
+      const std::size_t bytes =
+          static_cast<std::size_t>(tensor.numel()) * element_size(tensor.dtype());
       if (bytes != 0) std::memcpy(data, tensor.raw_data(), bytes);
       data += bytes;
     }
@@ -451,7 +488,8 @@ void save_safetensors(const std::string& path, const StateDict& state, const Met
   {
     std::ofstream out(temp, std::ios::binary | std::ios::trunc);
     if (!out) fail("cannot open " + quote(path) + " for writing");
-    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    out.write(reinterpret_cast<const char*>(bytes.data()),
+              static_cast<std::streamsize>(bytes.size()));
     out.close();
     if (!out) {
       std::remove(temp.c_str());
@@ -479,7 +517,8 @@ StateDict load_safetensors(const std::string& path, const std::string& prefix, M
 
   std::array<char, 8> head{};
   read(head.data(), 0, std::min<std::uint64_t>(total, head.size()));
-  const std::uint64_t length = checking_file(path, [&] { return header_length(head.data(), total); });
+  const std::uint64_t length =
+      checking_file(path, [&] { return header_length(head.data(), total); });
   std::string text(length, '\0');
   read(text.data(), 8, length);
   Header header = checking_file(path, [&] { return parse_header(text, total - 8 - length); });
@@ -489,7 +528,8 @@ StateDict load_safetensors(const std::string& path, const std::string& prefix, M
     if (!entry.key.starts_with(prefix)) continue;
     Tensor tensor = Tensor::empty(entry.shape, entry.dtype);
     if (entry.end != entry.begin) {
-      read(static_cast<char*>(tensor.raw_data()), 8 + length + entry.begin, entry.end - entry.begin);
+      read(static_cast<char*>(tensor.raw_data()), 8 + length + entry.begin,
+           entry.end - entry.begin);
     }
     state.insert(entry.key, std::move(tensor));
   }

@@ -52,15 +52,16 @@ int64_t offset_of(int64_t flat, const Shape& sizes, const Shape& strides) {
 
 }  // namespace
 
-std::size_t element_size(DType dtype) noexcept {
-  return dtype == DType::Float32 ? 4 : 8;
-}
+std::size_t element_size(DType dtype) noexcept { return dtype == DType::Float32 ? 4 : 8; }
 
 const char* dtype_name(DType dtype) noexcept {
   switch (dtype) {
-    case DType::Float32: return "float32";
-    case DType::Float64: return "float64";
-    case DType::Int64: return "int64";
+    case DType::Float32:
+      return "float32";
+    case DType::Float64:
+      return "float64";
+    case DType::Int64:
+      return "int64";
   }
   return "unknown";
 }
@@ -98,9 +99,15 @@ Tensor Tensor::empty(Shape sizes, DType dtype) {
 Tensor Tensor::full(Shape sizes, double value, DType dtype) {
   Tensor t = empty(std::move(sizes), dtype);
   switch (dtype) {
-    case DType::Float32: std::fill_n(t.data<float>(), t.numel_, static_cast<float>(value)); break;
-    case DType::Float64: std::fill_n(t.data<double>(), t.numel_, value); break;
-    case DType::Int64: std::fill_n(t.data<int64_t>(), t.numel_, static_cast<int64_t>(value)); break;
+    case DType::Float32:
+      std::fill_n(t.data<float>(), t.numel_, static_cast<float>(value));
+      break;
+    case DType::Float64:
+      std::fill_n(t.data<double>(), t.numel_, value);
+      break;
+    case DType::Int64:
+      std::fill_n(t.data<int64_t>(), t.numel_, static_cast<int64_t>(value));
+      break;
   }
   return t;
 }
@@ -123,7 +130,8 @@ Tensor Tensor::from_blob(void* ptr, Shape sizes, Shape strides, DType dtype) {
     int64_t extent = 0;
     for (std::size_t d = 0; d < sizes.size(); ++d) {
       int64_t span = 0;
-      if (strides[d] == INT64_MIN || __builtin_mul_overflow(sizes[d] - 1, std::abs(strides[d]), &span) ||
+      if (strides[d] == INT64_MIN ||
+          __builtin_mul_overflow(sizes[d] - 1, std::abs(strides[d]), &span) ||
           __builtin_add_overflow(extent, span, &extent)) {
         throw Error("from_blob: sizes " + format_shape(sizes) + " with strides " +
                     format_shape(strides) + " address beyond the int64 range");
@@ -222,8 +230,10 @@ Tensor randn(Shape sizes, DType dtype, uint64_t seed) {
     const double theta = 2.0 * kPi * uniform();
     const double z[2] = {r * std::cos(theta), r * std::sin(theta)};
     for (int64_t k = 0; k < 2 && i + k < n; ++k) {
-      if (dtype == DType::Float32) t.data<float>()[i + k] = static_cast<float>(z[k]);
-      else t.data<double>()[i + k] = z[k];
+      if (dtype == DType::Float32)
+        t.data<float>()[i + k] = static_cast<float>(z[k]);
+      else
+        t.data<double>()[i + k] = z[k];
     }
   }
   return t;

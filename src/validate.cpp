@@ -3,7 +3,6 @@
 
 #include <cmath>
 
-
 namespace bn1d::detail {
 
 kernels::View3 input_view(const Tensor& input, const char* name) {
@@ -40,7 +39,8 @@ void check_channel_tensor(const Tensor& t, std::string_view name, int64_t C, DTy
                           std::string_view field) {
   if (t.defined() && t.dim() == 1 && t.sizes()[0] == C && t.dtype() == dtype) return;
   const std::string who = std::string(name) + std::string(field);
-  if (!t.defined()) throw Error(who + ": expected a defined tensor of shape [" + std::to_string(C) + "]");
+  if (!t.defined())
+    throw Error(who + ": expected a defined tensor of shape [" + std::to_string(C) + "]");
   throw Error(who + ": expected a " + dtype_name(dtype) + " tensor of shape [" + std::to_string(C) +
               "] (one value per channel), got a " + dtype_name(t.dtype()) + " tensor of shape " +
               format_shape(t.sizes()));

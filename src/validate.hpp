@@ -25,7 +25,8 @@ void check_channel_tensor(const Tensor& t, std::string_view name, int64_t C, DTy
                           std::string_view field = {});
 
 /// Checks that @p t is a float64 {C} statistics tensor.
-void check_stat_tensor(const Tensor& t, std::string_view name, int64_t C, std::string_view field = {});
+void check_stat_tensor(const Tensor& t, std::string_view name, int64_t C,
+                       std::string_view field = {});
 
 /// Checks that @p other has the sizes and dtype of @p input.
 void check_same_shape(const Tensor& other, const char* other_name, const Tensor& input);

@@ -23,9 +23,17 @@ struct ReferenceBatchNorm {
   bool batch_stats = false;
   int64_t N = 0, L = 0;
 
-  ReferenceBatchNorm(int64_t channels, double eps_, std::optional<double> momentum_, bool affine_, bool track_)
-      : C(channels), eps(eps_), momentum(momentum_), affine(affine_), track(track_),
-        weight(channels, 1.0), bias(channels, 0.0), running_mean(channels, 0.0), running_var(channels, 1.0) {}
+  ReferenceBatchNorm(int64_t channels, double eps_, std::optional<double> momentum_, bool affine_,
+                     bool track_)
+      : C(channels),
+        eps(eps_),
+        momentum(momentum_),
+        affine(affine_),
+        track(track_),
+        weight(channels, 1.0),
+        bias(channels, 0.0),
+        running_mean(channels, 0.0),
+        running_var(channels, 1.0) {}
 
   /// @p x: logical row-major (N, C, L) values.
   std::vector<double> forward(const std::vector<double>& x, int64_t N_, int64_t L_) {
@@ -42,7 +50,8 @@ struct ReferenceBatchNorm {
       const double mu = s / n;
       double q = 0;
       for (int64_t i = 0; i < N; ++i)
-        for (int64_t l = 0; l < L; ++l) q += (x[(i * C + c) * L + l] - mu) * (x[(i * C + c) * L + l] - mu);
+        for (int64_t l = 0; l < L; ++l)
+          q += (x[(i * C + c) * L + l] - mu) * (x[(i * C + c) * L + l] - mu);
       mean[c] = batch_stats ? mu : running_mean[c];
       var[c] = batch_stats ? q / n : running_var[c];
       invstd[c] = (var[c] + eps == 0) ? 0.0 : 1.0 / std::sqrt(var[c] + eps);
@@ -89,8 +98,9 @@ struct ReferenceBatchNorm {
       for (int64_t i = 0; i < N; ++i)
         for (int64_t l = 0; l < L; ++l) {
           const int64_t k = (i * C + c) * L + l;
-          g.input[k] = batch_stats ? weight[c] * invstd[c] / n * (n * dy[k] - sdy - x_hat[k] * sdyxh)
-                                   : weight[c] * invstd[c] * dy[k];
+          g.input[k] = batch_stats
+                           ? weight[c] * invstd[c] / n * (n * dy[k] - sdy - x_hat[k] * sdyxh)
+                           : weight[c] * invstd[c] * dy[k];
         }
     }
     return g;

@@ -9,14 +9,14 @@
 namespace bn1d::test {
 namespace {
 
-
 // Rows [begin, end) of a contiguous (N, C, L) tensor, as a view.
 Tensor rows(const Tensor& t, int64_t begin, int64_t end) {
   Shape sizes = t.sizes();
   sizes[0] = end - begin;
-  return Tensor::from_blob(static_cast<char*>(t.raw_data()) +
-                               begin * t.strides()[0] * static_cast<int64_t>(element_size(t.dtype())),
-                           sizes, t.strides(), t.dtype());
+  return Tensor::from_blob(
+      static_cast<char*>(t.raw_data()) +
+          begin * t.strides()[0] * static_cast<int64_t>(element_size(t.dtype())),
+      sizes, t.strides(), t.dtype());
 }
 
 TEST(Functional, BatchNormMatchesModule) {
@@ -39,18 +39,36 @@ TEST(Functional, BatchNormMatchesModule) {
 
 TEST(Functional, Errors) {
   const Tensor x = randn({4, 3});
-  EXPECT_TRUE(throws_error([&] { batch_norm(x, {}, {}, {}, {}, false); }, "running_mean and running_var must be defined in evaluation mode"));
-  EXPECT_TRUE(throws_error([&] { batch_norm(x, Tensor::zeros({3}), {}, {}, {}, true); }, "both defined or both undefined"));
-  EXPECT_TRUE(throws_error([&] { batch_norm(x, Tensor::zeros({4}), Tensor::ones({4}), {}, {}, true); },
-         "running_mean: expected a float32 tensor of shape [3] (one value per channel), got a float32 tensor of shape [4]"));
-  EXPECT_TRUE(throws_error([&] { batch_norm(x, {}, {}, Tensor::ones({3}, DType::Float64), {}, true); }, "weight: expected a float32 tensor of shape [3]"));
-  EXPECT_TRUE(throws_error([&] { batch_norm(x, {}, {}, {}, {}, true, 2.0); }, "momentum: expected a value in [0, 1], got 2.0"));
-  EXPECT_TRUE(throws_error([&] { batch_norm(randn({1, 3}), {}, {}, {}, {}, true); }, "Expected more than 1 value per channel when training"));
+  EXPECT_TRUE(throws_error([&] { batch_norm(x, {}, {}, {}, {}, false); },
+                           "running_mean and running_var must be defined in evaluation mode"));
+  EXPECT_TRUE(throws_error([&] { batch_norm(x, Tensor::zeros({3}), {}, {}, {}, true); },
+                           "both defined or both undefined"));
+  EXPECT_TRUE(
+      throws_error([&] { batch_norm(x, Tensor::zeros({4}), Tensor::ones({4}), {}, {}, true); },
+                   "running_mean: expected a float32 tensor of shape [3] (one value per channel), "
+                   "got a float32 tensor of shape [4]"));
+  EXPECT_TRUE(
+      throws_error([&] { batch_norm(x, {}, {}, Tensor::ones({3}, DType::Float64), {}, true); },
+                   "weight: expected a float32 tensor of shape [3]"));
+  EXPECT_TRUE(throws_error([&] { batch_norm(x, {}, {}, {}, {}, true, 2.0); },
+                           "momentum: expected a value in [0, 1], got 2.0"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        batch_norm(randn({1, 3}), {}, {}, {}, {}, true);
+      },
+      "Expected more than 1 value per channel when training"));
   const BatchStats one = batch_stats(randn({1, 3}));
-  EXPECT_TRUE(throws_error([&] { update_running_stats(Tensor::zeros({3}), Tensor::ones({3}), one, 0.1); }, "more than 1 value per channel, got count 1"));
-  EXPECT_TRUE(throws_error([&] { normalization_from_batch(batch_stats(Tensor::zeros({0, 3})), 1e-5); }, "got count 0"));
+  EXPECT_TRUE(
+      throws_error([&] { update_running_stats(Tensor::zeros({3}), Tensor::ones({3}), one, 0.1); },
+                   "more than 1 value per channel, got count 1"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        normalization_from_batch(batch_stats(Tensor::zeros({0, 3})), 1e-5);
+      },
+      "got count 0"));
   const BatchStats parts[] = {batch_stats(x), batch_stats(randn({4, 2}))};
-  EXPECT_TRUE(throws_error([&] { combine_stats(parts); }, "part 1 mean: expected a float64 tensor of shape [3]"));
+  EXPECT_TRUE(throws_error([&] { combine_stats(parts); },
+                           "part 1 mean: expected a float64 tensor of shape [3]"));
   EXPECT_TRUE(throws_error([&] { combine_stats({}); }, "expected at least one part"));
 }
 

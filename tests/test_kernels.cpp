@@ -8,8 +8,8 @@
 
 #include "kernels/reference.hpp"
 #include "kernels/simd.hpp"
-#include "validate.hpp"
 #include "test_util.hpp"
+#include "validate.hpp"
 
 namespace bn1d::test {
 namespace {
@@ -46,7 +46,8 @@ const KernelCase kCases[] = {
   const double bound = 1e-13 * std::max(max_abs(want), 1e-300);
   for (std::size_t i = 0; i < got.size(); ++i) {
     if (!(std::fabs(got[i] - want[i]) <= bound)) {
-      return ::testing::AssertionFailure() << "element " << i << ": " << got[i] << " vs " << want[i];
+      return ::testing::AssertionFailure()
+             << "element " << i << ": " << got[i] << " vs " << want[i];
     }
   }
   return ::testing::AssertionSuccess();
@@ -56,7 +57,8 @@ const KernelCase kCases[] = {
 // mean split in two, then fused multiply-adds) and in float64, rounded once, by the oracle:
 // |simd − ref| ≤ 8 half-ulps of the dtype times terms[i], the sum of the magnitudes of the terms
 // that make up element i.
-::testing::AssertionResult near_terms(const std::vector<double>& got, const std::vector<double>& want,
+::testing::AssertionResult near_terms(const std::vector<double>& got,
+                                      const std::vector<double>& want,
                                       const std::vector<double>& terms, DType dtype) {
   const double ulp = dtype == DType::Float32 ? 0x1.0p-23 : 0x1.0p-52;
   for (std::size_t i = 0; i < got.size(); ++i) {
@@ -74,7 +76,8 @@ void check_case(const KernelCase& k, DType dtype) {
   std::vector<double> xv = values(randn(k.shape, DType::Float64, 1));
   for (std::size_t i = 0; i < xv.size(); ++i) xv[i] = 3.0 + 2.0 * xv[i];  // offset data
   const Tensor xt = make_strided(xv, k.shape, dtype, k.layout, kx);
-  const Tensor gt = make_strided(values(randn(k.shape, DType::Float64, 2)), k.shape, dtype, k.layout, kg);
+  const Tensor gt =
+      make_strided(values(randn(k.shape, DType::Float64, 2)), k.shape, dtype, k.layout, kg);
   const kernels::View3 x = view_of(xt), dy = view_of(gt);
   ASSERT_TRUE(k.simd_layout == simd::Layout::Rows ? simd::rows_layout(x) : simd::cols_layout(x));
   const auto C = static_cast<std::size_t>(x.C);
@@ -106,13 +109,15 @@ void check_case(const KernelCase& k, DType dtype) {
   // Outputs: contiguous (N, C, L), and in the input's own layout.
   std::shared_ptr<std::vector<char>> ky, kdx;
   const std::vector<double> zeros(numel, 0.0);
-  const Tensor outputs[] = {Tensor::empty(k.shape, dtype), make_strided(zeros, k.shape, dtype, k.layout, ky)};
+  const Tensor outputs[] = {Tensor::empty(k.shape, dtype),
+                            make_strided(zeros, k.shape, dtype, k.layout, ky)};
   Tensor ry = Tensor::empty(k.shape, dtype);
   reference::normalize(detail::output_view(ry), x, rmean.data(), scale.data(), shift.data());
   for (const Tensor& y : outputs) {
     ASSERT_TRUE(k.simd_layout == simd::Layout::Rows ? simd::rows_layout(detail::output_view(y))
-                                                     : simd::cols_layout(detail::output_view(y)));
-    simd::normalize(k.simd_layout, detail::output_view(y), x, rmean.data(), scale.data(), shift.data());
+                                                    : simd::cols_layout(detail::output_view(y)));
+    simd::normalize(k.simd_layout, detail::output_view(y), x, rmean.data(), scale.data(),
+                    shift.data());
     EXPECT_TRUE(near_terms(values(y), values(ry), y_terms, dtype));
   }
 
@@ -123,10 +128,13 @@ void check_case(const KernelCase& k, DType dtype) {
   EXPECT_TRUE(near(sx, rsx));
 
   Tensor rdx = Tensor::empty(k.shape, dtype);
-  reference::backward_input(detail::output_view(rdx), dy, x, rmean.data(), scale.data(), b.data(), kk.data());
-  const Tensor grad_outputs[] = {Tensor::empty(k.shape, dtype), make_strided(zeros, k.shape, dtype, k.layout, kdx)};
+  reference::backward_input(detail::output_view(rdx), dy, x, rmean.data(), scale.data(), b.data(),
+                            kk.data());
+  const Tensor grad_outputs[] = {Tensor::empty(k.shape, dtype),
+                                 make_strided(zeros, k.shape, dtype, k.layout, kdx)};
   for (const Tensor& dx : grad_outputs) {
-    simd::backward_input(k.simd_layout, detail::output_view(dx), dy, x, rmean.data(), scale.data(), b.data(), kk.data());
+    simd::backward_input(k.simd_layout, detail::output_view(dx), dy, x, rmean.data(), scale.data(),
+                         b.data(), kk.data());
     EXPECT_TRUE(near_terms(values(dx), values(rdx), dx_terms, dtype));
   }
 }
@@ -149,7 +157,8 @@ TEST(Kernels, EveryTargetMatchesTheReferenceOracle) {
 }
 
 TEST(Kernels, UnknownTargetIsAnError) {
-  EXPECT_TRUE(throws_error([] { simd::force_target("NOT_A_TARGET"); }, "SIMD target \"NOT_A_TARGET\""));
+  EXPECT_TRUE(
+      throws_error([] { simd::force_target("NOT_A_TARGET"); }, "SIMD target \"NOT_A_TARGET\""));
 }
 
 // Outputs, running statistics and gradients for 1, 2, 3 and 8 threads, bitwise.
@@ -158,24 +167,30 @@ TEST(Kernels, ResultsAreBitwiseIdenticalForAnyThreadCount) {
     Shape shape;
     Layout layout;
   };
-  const Big cases[] = {{{64, 32, 512}, Layout::Contiguous}, {{16384, 64}, Layout::Contiguous},
-                       {{64, 32, 512}, Layout::ChannelsLast}, {{50, 11, 301}, Layout::Sliced}};
+  const Big cases[] = {{{64, 32, 512}, Layout::Contiguous},
+                       {{16384, 64}, Layout::Contiguous},
+                       {{64, 32, 512}, Layout::ChannelsLast},
+                       {{50, 11, 301}, Layout::Sliced}};
   const int saved = omp_get_max_threads();
   for (const Big& big : cases) {
     SCOPED_TRACE(format_shape(big.shape) + " " + layout_name(big.layout));
     std::shared_ptr<std::vector<char>> kx, kg;
-    const Tensor x = make_strided(values(randn(big.shape, DType::Float64, 3)), big.shape, DType::Float32, big.layout, kx);
-    const Tensor g = make_strided(values(randn(big.shape, DType::Float64, 4)), big.shape, DType::Float32, big.layout, kg);
+    const Tensor x = make_strided(values(randn(big.shape, DType::Float64, 3)), big.shape,
+                                  DType::Float32, big.layout, kx);
+    const Tensor g = make_strided(values(randn(big.shape, DType::Float64, 4)), big.shape,
+                                  DType::Float32, big.layout, kg);
     std::vector<std::vector<double>> first;
     for (int threads : {1, 2, 3, 8}) {
       omp_set_num_threads(threads);
       BatchNorm1d m(big.shape[1]);
       const Tensor y = m(x);
       const BatchNorm1d::Gradients grads = m.backward(g);
-      const std::vector<std::vector<double>> got = {values(y), values(m.running_mean()), values(m.running_var()),
-                                                    values(grads.input), values(grads.weight), values(grads.bias)};
+      const std::vector<std::vector<double>> got = {
+          values(y),           values(m.running_mean()), values(m.running_var()),
+          values(grads.input), values(grads.weight),     values(grads.bias)};
       if (first.empty()) first = got;
-      for (std::size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], first[i]) << "threads " << threads << " result " << i;
+      for (std::size_t i = 0; i < got.size(); ++i)
+        EXPECT_EQ(got[i], first[i]) << "threads " << threads << " result " << i;
     }
   }
   omp_set_num_threads(saved);

@@ -11,7 +11,6 @@
 namespace bn1d::test {
 namespace {
 
-
 // Everything observable about a module, to check that a failed call changed nothing.
 std::vector<double> snapshot(const BatchNorm1d& m) {
   std::vector<double> s{static_cast<double>(m.num_batches_tracked()), m.is_training() ? 1.0 : 0.0};
@@ -41,23 +40,34 @@ TEST(Module, ConstructionDefaults) {
 }
 
 TEST(Module, InvalidOptionsAreErrors) {
-  EXPECT_TRUE(throws_error([] { BatchNorm1d m(0); }, "num_features: expected a positive channel count, got 0"));
+  EXPECT_TRUE(throws_error([] { BatchNorm1d m(0); },
+                           "num_features: expected a positive channel count, got 0"));
   EXPECT_TRUE(throws_error([] { BatchNorm1d m(-3); }, "got -3"));
-  EXPECT_TRUE(throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).eps(-1e-5)); }, "eps: expected a finite value >= 0, got -1e-05"));
+  EXPECT_TRUE(throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).eps(-1e-5)); },
+                           "eps: expected a finite value >= 0, got -1e-05"));
   EXPECT_TRUE(throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).eps(NAN)); }, "eps"));
   EXPECT_TRUE(throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).eps(INFINITY)); }, "eps"));
-  EXPECT_TRUE(throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).momentum(1.5)); }, "momentum: expected a value in [0, 1], got 1.5"));
-  EXPECT_TRUE(throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).momentum(-0.1)); }, "momentum"));
+  EXPECT_TRUE(throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).momentum(1.5)); },
+                           "momentum: expected a value in [0, 1], got 1.5"));
+  EXPECT_TRUE(
+      throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).momentum(-0.1)); }, "momentum"));
   EXPECT_TRUE(throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).momentum(NAN)); }, "momentum"));
-  EXPECT_TRUE(throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).dtype(DType::Int64)); }, "dtype: expected float32 or float64, got int64"));
+  EXPECT_TRUE(throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).dtype(DType::Int64)); },
+                           "dtype: expected float32 or float64, got int64"));
 }
 
 TEST(Module, PrintsLikePyTorch) {
   std::ostringstream a, b;
   a << BatchNorm1d(100);
-  EXPECT_EQ(a.str(), "BatchNorm1d(100, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)");
-  b << BatchNorm1d(BatchNorm1dOptions(3).eps(0.001).momentum(std::nullopt).affine(false).track_running_stats(false));
-  EXPECT_EQ(b.str(), "BatchNorm1d(3, eps=0.001, momentum=None, affine=false, track_running_stats=false)");
+  EXPECT_EQ(a.str(),
+            "BatchNorm1d(100, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)");
+  b << BatchNorm1d(BatchNorm1dOptions(3)
+                       .eps(0.001)
+                       .momentum(std::nullopt)
+                       .affine(false)
+                       .track_running_stats(false));
+  EXPECT_EQ(b.str(),
+            "BatchNorm1d(3, eps=0.001, momentum=None, affine=false, track_running_stats=false)");
 }
 
 // x = 1, 2, 3, 4 in one channel: mean 2.5, biased variance 1.25, unbiased variance 5/3.
@@ -139,8 +149,11 @@ TEST(Module, WithoutTrackingBatchStatisticsInBothModes) {
   m.eval();
   EXPECT_EQ(values(m(x)), train_out);
   EXPECT_EQ(m.num_batches_tracked(), 0);
-  EXPECT_TRUE(throws_error([&] { m(make_tensor({1}, {1, 1}, DType::Float64)); },
-               "Expected more than 1 value per channel when training, got input size [1, 1]"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        m(make_tensor({1}, {1, 1}, DType::Float64));
+      },
+      "Expected more than 1 value per channel when training, got input size [1, 1]"));
   EXPECT_EQ(m.state_dict().size(), 2u);  // weight, bias
 }
 
@@ -155,25 +168,57 @@ TEST(Module, AffineFalseHasNoParameterGradients) {
 
 TEST(Module, ForwardErrorsUsePyTorchText) {
   BatchNorm1d m(100);
-  EXPECT_TRUE(throws_error([&] { m(Tensor::zeros({2, 100, 3, 4})); }, "expected 2D or 3D input (got 4D input)"));
-  EXPECT_TRUE(throws_error([&] { m(Tensor::zeros({100})); }, "expected 2D or 3D input (got 1D input)"));
-  EXPECT_TRUE(throws_error([&] { m(randn({1, 100})); },
-               "Expected more than 1 value per channel when training, got input size [1, 100]"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        m(Tensor::zeros({2, 100, 3, 4}));
+      },
+      "expected 2D or 3D input (got 4D input)"));
+  EXPECT_TRUE(
+      throws_error([&] { m(Tensor::zeros({100})); }, "expected 2D or 3D input (got 1D input)"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        m(randn({1, 100}));
+      },
+      "Expected more than 1 value per channel when training, got input size [1, 100]"));
   EXPECT_TRUE(throws_error([&] { m(randn({1, 100, 1})); }, "got input size [1, 100, 1]"));
-  EXPECT_TRUE(throws_error([&] { m(randn({20, 50})); }, "expected input with 100 channels (num_features), got 50 channels"));
-  EXPECT_TRUE(throws_error([&] { m(randn({20, 100}, DType::Float64)); }, "expected a float32 input (the module's dtype), got float64"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        m(randn({20, 50}));
+      },
+      "expected input with 100 channels (num_features), got 50 channels"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        m(randn({20, 100}, DType::Float64));
+      },
+      "expected a float32 input (the module's dtype), got float64"));
   EXPECT_TRUE(throws_error([&] { m(Tensor()); }, "input: expected a defined tensor"));
-  EXPECT_TRUE(throws_error([&] { m(Tensor::zeros({2, 100}, DType::Int64)); }, "input: expected dtype float32 or float64, got int64"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        m(Tensor::zeros({2, 100}, DType::Int64));
+      },
+      "input: expected dtype float32 or float64, got int64"));
   // N = 1 is allowed when the values per channel come from L.
   EXPECT_NO_THROW(m(randn({1, 100, 2})));
 }
 
 TEST(Module, BackwardErrors) {
   BatchNorm1d m(3);
-  EXPECT_TRUE(throws_error([&] { m.backward(Tensor::zeros({2, 3})); }, "backward called before forward"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        m.backward(Tensor::zeros({2, 3}));
+      },
+      "backward called before forward"));
   m(randn({4, 3}));
-  EXPECT_TRUE(throws_error([&] { m.backward(Tensor::zeros({4, 3, 1})); }, "grad_output: expected a float32 tensor of size [4, 3]"));
-  EXPECT_TRUE(throws_error([&] { m.backward(Tensor::zeros({4, 3}, DType::Float64)); }, "got a float64 tensor of size [4, 3]"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        m.backward(Tensor::zeros({4, 3, 1}));
+      },
+      "grad_output: expected a float32 tensor of size [4, 3]"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        m.backward(Tensor::zeros({4, 3}, DType::Float64));
+      },
+      "got a float64 tensor of size [4, 3]"));
   EXPECT_TRUE(throws_error([&] { m.backward(Tensor()); }, "got an undefined tensor"));
 }
 
@@ -196,7 +241,11 @@ TEST(Module, FailedCallsChangeNothing) {
   // Negative running variance in eval mode is an error, not NaN.
   m.eval();
   m.running_var().data<float>()[2] = -1.0f;
-  EXPECT_TRUE(throws_error([&] { m(randn({8, 4})); }, "running_var: expected non-negative variances, got running_var[2] = -1.0"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        m(randn({8, 4}));
+      },
+      "running_var: expected non-negative variances, got running_var[2] = -1.0"));
 }
 
 TEST(Module, EmptyBatchReturnsEmptyAndChangesNothing) {

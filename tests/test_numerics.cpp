@@ -19,12 +19,14 @@ constexpr int64_t kN = 499, kL = 16;  // a count that is not a power of two
 constexpr Layout kLayouts[] = {Layout::Contiguous, Layout::ChannelsLast, Layout::Sliced};
 
 // A float32 (kN, C, kL) tensor of @p x in @p layout (memory kept alive by @p keep).
-Tensor input(const std::vector<double>& x, int64_t C, Layout layout, std::shared_ptr<std::vector<char>>& keep) {
+Tensor input(const std::vector<double>& x, int64_t C, Layout layout,
+             std::shared_ptr<std::vector<char>>& keep) {
   return make_strided(x, {kN, C, kL}, DType::Float32, layout, keep);
 }
 
 // (kN, C, kL) float32-representable values: channel c = means[c] + stds[c] · N(0, 1).
-std::vector<double> channels(const std::vector<double>& means, const std::vector<double>& stds, uint64_t seed) {
+std::vector<double> channels(const std::vector<double>& means, const std::vector<double>& stds,
+                             uint64_t seed) {
   const auto C = static_cast<int64_t>(means.size());
   std::mt19937_64 gen(seed);
   std::normal_distribution<double> normal;
@@ -36,8 +38,9 @@ std::vector<double> channels(const std::vector<double>& means, const std::vector
 }
 
 // Training-mode output of bn1d (float32) and of the float64 reference, for the same inputs.
-std::pair<std::vector<double>, std::vector<double>> normalize_both(const std::vector<double>& x, int64_t C,
-                                                                   Layout layout, double eps = 1e-5) {
+std::pair<std::vector<double>, std::vector<double>> normalize_both(const std::vector<double>& x,
+                                                                   int64_t C, Layout layout,
+                                                                   double eps = 1e-5) {
   BatchNorm1d m(BatchNorm1dOptions(C).eps(eps));
   ReferenceBatchNorm ref(C, eps, 0.1, true, true);
   std::shared_ptr<std::vector<char>> keep;
@@ -81,7 +84,8 @@ TEST(Numerics, OffsetDataNormalizesAccuratelyWhereTheNaiveFormulaFails) {
     std::vector<double> want;
     for (Layout layout : kLayouts) {
       const auto [got, ref] = normalize_both(x, 4, layout);
-      EXPECT_TRUE(all_close(got, ref, DType::Float32)) << "offset " << offset << " " << layout_name(layout);
+      EXPECT_TRUE(all_close(got, ref, DType::Float32))
+          << "offset " << offset << " " << layout_name(layout);
       want = ref;
     }
     const double bound = rel_tolerance(DType::Float32) * max_abs(want);
@@ -93,28 +97,30 @@ TEST(Numerics, OffsetDataNormalizesAccuratelyWhereTheNaiveFormulaFails) {
 // mantissas (0.1, 1e30 / 3) need the blocks' shifted sums to come out exactly constant.
 TEST(Numerics, ConstantChannelsNormalizeToExactlyZero) {
   for (DType dtype : {DType::Float32, DType::Float64})
-  for (double eps : {1e-5, 0.0})
-  for (Layout layout : kLayouts) {
-    SCOPED_TRACE(std::string(dtype_name(dtype)) + " " + layout_name(layout) + " eps " + python_float_repr(eps));
-    const std::vector<double> means{1e7 + 0.1, 1e30 / 3, -1e30, 3e38, 0.1, 1.0}, stds{0, 0, 0, 0, 0, 1};
-    std::vector<double> x = channels(means, stds, 2);
-    if (dtype == DType::Float64) {
-      for (std::size_t i = 0; i < x.size(); ++i) {
-        if ((i / kL) % 6 < 5) x[i] = means[(i / kL) % 6];
+    for (double eps : {1e-5, 0.0})
+      for (Layout layout : kLayouts) {
+        SCOPED_TRACE(std::string(dtype_name(dtype)) + " " + layout_name(layout) + " eps " +
+                     python_float_repr(eps));
+        const std::vector<double> means{1e7 + 0.1, 1e30 / 3, -1e30, 3e38, 0.1, 1.0},
+            stds{0, 0, 0, 0, 0, 1};
+        std::vector<double> x = channels(means, stds, 2);
+        if (dtype == DType::Float64) {
+          for (std::size_t i = 0; i < x.size(); ++i) {
+            if ((i / kL) % 6 < 5) x[i] = means[(i / kL) % 6];
+          }
+        }
+        BatchNorm1d m(BatchNorm1dOptions(6).eps(eps).dtype(dtype));
+        std::shared_ptr<std::vector<char>> keep;
+        const std::vector<double> y = values(m(make_strided(x, {kN, 6, kL}, dtype, layout, keep)));
+        for (std::size_t i = 0; i < y.size(); ++i) {
+          if ((i / kL) % 6 < 5) {
+            ASSERT_EQ(y[i], 0.0) << "element " << i;
+          }
+        }
+        for (double v : values(m.running_var())) EXPECT_TRUE(std::isfinite(v));
+        const auto g = m.backward(randn({kN, 6, kL}, dtype, 3));
+        for (double v : values(g.input)) ASSERT_FALSE(std::isnan(v));
       }
-    }
-    BatchNorm1d m(BatchNorm1dOptions(6).eps(eps).dtype(dtype));
-    std::shared_ptr<std::vector<char>> keep;
-    const std::vector<double> y = values(m(make_strided(x, {kN, 6, kL}, dtype, layout, keep)));
-    for (std::size_t i = 0; i < y.size(); ++i) {
-      if ((i / kL) % 6 < 5) {
-        ASSERT_EQ(y[i], 0.0) << "element " << i;
-      }
-    }
-    for (double v : values(m.running_var())) EXPECT_TRUE(std::isfinite(v));
-    const auto g = m.backward(randn({kN, 6, kL}, dtype, 3));
-    for (double v : values(g.input)) ASSERT_FALSE(std::isnan(v));
-  }
 }
 
 TEST(Numerics, HugeAndTinyValuesStayFiniteAndAccurate) {
@@ -130,28 +136,30 @@ TEST(Numerics, HugeAndTinyValuesStayFiniteAndAccurate) {
 }
 
 TEST(Numerics, NaNAndInfStayInTheirChannel) {
-  for (double bad : {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()})
-  for (Layout layout : kLayouts) {
-    SCOPED_TRACE(layout_name(layout));
-    std::vector<double> x = channels({1, 2, 3}, {1, 1, 1}, 5);
-    const std::vector<double> clean = x;
-    x[(7 * 3 + 1) * kL + 2] = bad;  // one value of channel 1
-    BatchNorm1d m(3), m_clean(3);
-    std::shared_ptr<std::vector<char>> k1, k2;
-    const std::vector<double> y = values(m(input(x, 3, layout, k1)));
-    const std::vector<double> y_clean = values(m_clean(input(clean, 3, layout, k2)));
-    for (std::size_t i = 0; i < y.size(); ++i) {
-      if ((i / kL) % 3 == 1) {
-        ASSERT_TRUE(std::isnan(y[i])) << i;
-      } else {
-        ASSERT_NEAR(y[i], y_clean[i], rel_tolerance(DType::Float32) * 8) << i;
+  for (double bad :
+       {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()})
+    for (Layout layout : kLayouts) {
+      SCOPED_TRACE(layout_name(layout));
+      std::vector<double> x = channels({1, 2, 3}, {1, 1, 1}, 5);
+      const std::vector<double> clean = x;
+      x[(7 * 3 + 1) * kL + 2] = bad;  // one value of channel 1
+      BatchNorm1d m(3), m_clean(3);
+      std::shared_ptr<std::vector<char>> k1, k2;
+      const std::vector<double> y = values(m(input(x, 3, layout, k1)));
+      const std::vector<double> y_clean = values(m_clean(input(clean, 3, layout, k2)));
+      for (std::size_t i = 0; i < y.size(); ++i) {
+        if ((i / kL) % 3 == 1) {
+          ASSERT_TRUE(std::isnan(y[i])) << i;
+        } else {
+          ASSERT_NEAR(y[i], y_clean[i], rel_tolerance(DType::Float32) * 8) << i;
+        }
       }
+      const std::vector<double> rv = values(m.running_var()),
+                                rv_clean = values(m_clean.running_var());
+      EXPECT_TRUE(std::isnan(rv[1]));
+      EXPECT_EQ(rv[0], rv_clean[0]);
+      EXPECT_EQ(rv[2], rv_clean[2]);
     }
-    const std::vector<double> rv = values(m.running_var()), rv_clean = values(m_clean.running_var());
-    EXPECT_TRUE(std::isnan(rv[1]));
-    EXPECT_EQ(rv[0], rv_clean[0]);
-    EXPECT_EQ(rv[2], rv_clean[2]);
-  }
 }
 
 // 2^24 + 1 values in one channel: a float32 accumulator stalls at 2^24; bn1d's mean and M2 keep
@@ -170,7 +178,8 @@ TEST(Numerics, ReductionsPastTwoToTheTwentyFourKeepFullPrecision) {
   }
   float naive = 0;
   for (float v : data) naive += v;
-  EXPECT_GT(std::fabs(naive / static_cast<float>(n) - static_cast<double>(mean)), 1e-8);  // the stall
+  EXPECT_GT(std::fabs(naive / static_cast<float>(n) - static_cast<double>(mean)),
+            1e-8);  // the stall
 }
 
 }  // namespace

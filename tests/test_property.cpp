@@ -23,13 +23,16 @@ struct Case {
 std::string describe(const Case& k, uint64_t seed) {
   return "seed " + std::to_string(seed) + ": (N, C, L) = (" + std::to_string(k.N) + ", " +
          std::to_string(k.C) + ", " + std::to_string(k.L) + ") " + dtype_name(k.dtype) + " eps " +
-         python_float_repr(k.eps) + " momentum " + (k.momentum ? python_float_repr(*k.momentum) : "None") +
-         " affine " + std::to_string(k.affine) + " track " + std::to_string(k.track) + " " +
+         python_float_repr(k.eps) + " momentum " +
+         (k.momentum ? python_float_repr(*k.momentum) : "None") + " affine " +
+         std::to_string(k.affine) + " track " + std::to_string(k.track) + " " +
          layout_name(k.layout);
 }
 
 Case random_case(std::mt19937_64& gen) {
-  auto pick = [&gen](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(gen); };
+  auto pick = [&gen](int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(gen);
+  };
   Case k;
   k.N = pick(0, 5) == 0 ? 2 : pick(2, 40);
   k.C = pick(0, 5) == 0 ? 1 : pick(1, 24);
@@ -52,8 +55,12 @@ void run_case(const Case& k, uint64_t seed) {
   const int64_t L = k.L == 0 ? 1 : k.L;
   const Shape shape = k.L == 0 ? Shape{k.N, k.C} : Shape{k.N, k.C, k.L};
 
-  BatchNorm1d m(BatchNorm1dOptions(k.C).eps(k.eps).momentum(k.momentum).affine(k.affine)
-                    .track_running_stats(k.track).dtype(k.dtype));
+  BatchNorm1d m(BatchNorm1dOptions(k.C)
+                    .eps(k.eps)
+                    .momentum(k.momentum)
+                    .affine(k.affine)
+                    .track_running_stats(k.track)
+                    .dtype(k.dtype));
   ReferenceBatchNorm ref(k.C, k.eps, k.momentum, k.affine, k.track);
   ref.float32_buffers = k.dtype == DType::Float32;
   if (k.affine) {  // non-trivial parameters, representable in the module's dtype
@@ -75,7 +82,8 @@ void run_case(const Case& k, uint64_t seed) {
     for (int64_t i = 0; i < k.N; ++i)
       for (int64_t c = 0; c < k.C; ++c)
         for (int64_t l = 0; l < L; ++l) {
-          x[(i * k.C + c) * L + l] = 3.0 * std::sin(static_cast<double>(c)) + (1.0 + c % 4) * normal(gen);
+          x[(i * k.C + c) * L + l] =
+              3.0 * std::sin(static_cast<double>(c)) + (1.0 + c % 4) * normal(gen);
           dy[(i * k.C + c) * L + l] = normal(gen);
         }
     x = round_to(x, k.dtype);
@@ -103,7 +111,8 @@ void run_case(const Case& k, uint64_t seed) {
     // dx = w·invstd·(dy − Σdy/n − x̂·Σ(dy·x̂)/n) may cancel to ~0 (e.g. n = 2, where it is 0):
     // scale the bound by its terms, max|w·invstd| · max|dy|.
     double term_scale = 0;
-    for (int64_t c = 0; c < k.C; ++c) term_scale = std::max(term_scale, std::fabs(ref.weight[c] * ref.invstd[c]));
+    for (int64_t c = 0; c < k.C; ++c)
+      term_scale = std::max(term_scale, std::fabs(ref.weight[c] * ref.invstd[c]));
     EXPECT_TRUE(all_close(g.input, g_ref.input, term_scale * max_abs(dy)));
     if (k.affine) {
       EXPECT_TRUE(all_close(g.weight, g_ref.weight));
@@ -132,10 +141,12 @@ TEST(Property, EveryLayoutGivesTheSameResult) {
     ReferenceBatchNorm ref(5, 1e-5, 0.1, true, true);
     const std::vector<double> want = ref.forward(x, 7, 9);
     // Each layout takes another kernel (rows, cols, reference): same values within tolerance.
-    for (Layout layout : {Layout::Contiguous, Layout::ChannelsLast, Layout::Sliced, Layout::ColumnMajor}) {
+    for (Layout layout :
+         {Layout::Contiguous, Layout::ChannelsLast, Layout::Sliced, Layout::ColumnMajor}) {
       BatchNorm1d m(BatchNorm1dOptions(5).dtype(dtype));
       std::shared_ptr<std::vector<char>> keep;
-      EXPECT_TRUE(all_close(m(make_strided(x, shape, dtype, layout, keep)), want)) << layout_name(layout);
+      EXPECT_TRUE(all_close(m(make_strided(x, shape, dtype, layout, keep)), want))
+          << layout_name(layout);
     }
   }
 }
@@ -173,7 +184,8 @@ TEST(Property, GradientsMatchFiniteDifferences) {
       xp.data<double>()[i] += h;
       xm.data<double>()[i] -= h;
       const double numeric = (loss(xp) - loss(xm)) / (2 * h);
-      EXPECT_NEAR(dx[i], numeric, 1e-6 * std::max(1.0, std::fabs(numeric))) << "element " << i << " training " << training;
+      EXPECT_NEAR(dx[i], numeric, 1e-6 * std::max(1.0, std::fabs(numeric)))
+          << "element " << i << " training " << training;
     }
   }
 }

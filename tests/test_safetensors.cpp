@@ -7,10 +7,10 @@
 #include <cctype>
 #include <cstdint>
 #include <cstdlib>
-#include <iterator>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -22,11 +22,11 @@
 
 namespace {
 
-using bn1d::test::throws_error;
 using bn1d::DType;
 using bn1d::Error;
 using bn1d::StateDict;
 using bn1d::Tensor;
+using bn1d::test::throws_error;
 using Bytes = std::vector<std::uint8_t>;
 
 /// A fresh, empty directory for this test's files.
@@ -42,7 +42,8 @@ std::filesystem::path temp_dir() {
 /// Writes @p bytes to @p path.
 void write_file(const std::filesystem::path& path, const Bytes& bytes) {
   std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
   ASSERT_TRUE(out.good());
 }
 
@@ -58,7 +59,6 @@ Bytes with_length(std::uint64_t length, std::string_view rest) {
 Bytes make_file(std::string_view header, std::size_t data_bytes) {
   return with_length(header.size(), std::string(header) + std::string(data_bytes, '\0'));
 }
-
 
 /// The values of @p tensor in row-major order.
 template <class T>
@@ -93,8 +93,9 @@ StateDict sample_state() {
 
 /// Expects @p loaded to equal sample_state() (keys, order, shapes, dtypes and values).
 void expect_sample(const StateDict& loaded) {
-  EXPECT_EQ(loaded.keys(), (std::vector<std::string>{"z.weight", "a.running_var", "a.num_batches_tracked",
-                                                     "empty", "transposed"}));
+  EXPECT_EQ(loaded.keys(),
+            (std::vector<std::string>{"z.weight", "a.running_var", "a.num_batches_tracked", "empty",
+                                      "transposed"}));
   const StateDict expected = sample_state();
   for (const auto& [key, tensor] : expected) {
     SCOPED_TRACE(key);
@@ -103,9 +104,15 @@ void expect_sample(const StateDict& loaded) {
     ASSERT_EQ(got.sizes(), tensor.sizes());
     EXPECT_TRUE(got.is_contiguous());
     switch (tensor.dtype()) {
-      case DType::Float32: EXPECT_EQ(values<float>(got), values<float>(tensor)); break;
-      case DType::Float64: EXPECT_EQ(values<double>(got), values<double>(tensor)); break;
-      case DType::Int64: EXPECT_EQ(values<std::int64_t>(got), values<std::int64_t>(tensor)); break;
+      case DType::Float32:
+        EXPECT_EQ(values<float>(got), values<float>(tensor));
+        break;
+      case DType::Float64:
+        EXPECT_EQ(values<double>(got), values<double>(tensor));
+        break;
+      case DType::Int64:
+        EXPECT_EQ(values<std::int64_t>(got), values<std::int64_t>(tensor));
+        break;
     }
   }
   EXPECT_EQ(values<float>(loaded.at("transposed")),
@@ -165,7 +172,8 @@ TEST(Safetensors, WritesThePaddedLayout) {
   const Bytes bytes = bn1d::to_safetensors(state);
   const std::string header = header_of(bytes);
   EXPECT_EQ(header.size() % 8, 0U);
-  EXPECT_EQ(header.rfind(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 0), 0U) << header;
+  EXPECT_EQ(header.rfind(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 0), 0U)
+      << header;
   EXPECT_EQ(header.find_first_not_of(' ', header.find('}') + 2), std::string::npos) << header;
   ASSERT_EQ(bytes.size(), 8 + header.size() + 8);
   float data[2];
@@ -186,7 +194,8 @@ TEST(Safetensors, EmptyStateDict) {
 }
 
 TEST(Safetensors, MetadataRoundTrip) {
-  const bn1d::Metadata metadata{{"format", "pt"}, {"note", "quotes \" and \\ and \n and \xc3\xa9"}, {"", ""}};
+  const bn1d::Metadata metadata{
+      {"format", "pt"}, {"note", "quotes \" and \\ and \n and \xc3\xa9"}, {"", ""}};
   const Bytes bytes = bn1d::to_safetensors(sample_state(), metadata);
   bn1d::Metadata loaded;
   expect_sample(bn1d::parse_safetensors(bytes, &loaded));
@@ -218,7 +227,9 @@ TEST(Safetensors, ReadsFilesFromOtherWriters) {
   // Key order differing from data order, extra whitespace, an ignored extra field, newline padding.
   const Bytes bytes = make_file(
       "{ \"b\" : {\"shape\":[1],\"dtype\":\"I64\",\"data_offsets\":[4,12]},\n"
-      "  \"a\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4],\"extra\":{\"x\":\"y\"},\"more\":[1]},"
+      "  "
+      "\"a\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4],\"extra\":{\"x\":\"y\"},"
+      "\"more\":[1]},"
       "\"__metadata__\":{\"k\":\"v\"}}\n\n",
       12);
   bn1d::Metadata metadata;
@@ -300,29 +311,38 @@ std::vector<Hostile> hostile_files() {
       {"JSON string", make_file(R"("abc")", 0), "JSON object"},
       {"leading space", make_file(" {}", 0), "JSON object"},
       {"deep arrays", make_file(nested("[", "]", 10000), 0), "JSON object"},
-      {"deep arrays in a field", make_file(R"({"a":{"x":)" + nested("[", "]", 10000) + "}}", 0), "deeper"},
-      {"deep objects", make_file(nested(R"({"a":)", "}", 10000).replace(10000 * 5, 0, "0"), 0), "deeper"},
-      {"arrays as shape", make_file(R"({"a":{"shape":)" + nested("[", "]", 10000) + "}}", 0), "shape"},
+      {"deep arrays in a field", make_file(R"({"a":{"x":)" + nested("[", "]", 10000) + "}}", 0),
+       "deeper"},
+      {"deep objects", make_file(nested(R"({"a":)", "}", 10000).replace(10000 * 5, 0, "0"), 0),
+       "deeper"},
+      {"arrays as shape", make_file(R"({"a":{"shape":)" + nested("[", "]", 10000) + "}}", 0),
+       "shape"},
       {"duplicate keys", make_file(R"({"a":)" + f32x2 + "[0,8]},\"a\":" + f32x2 + "[8,16]}}", 16),
        "duplicate key \"a\""},
-      {"duplicate field", make_file(R"({"a":{"dtype":"F32","dtype":"F64"}})", 0), "duplicate field"},
+      {"duplicate field", make_file(R"({"a":{"dtype":"F32","dtype":"F64"}})", 0),
+       "duplicate field"},
       {"duplicate metadata", make_file(R"({"__metadata__":{"k":"1","k":"2"}})", 0), "duplicate"},
-      {"unknown dtype", make_file(R"({"a":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}})", 4), "BF16"},
-      {"negative shape", make_file(R"({"a":{"dtype":"F32","shape":[2,-1],"data_offsets":[0,0]}})", 0),
-       "negative"},
-      {"fractional shape", make_file(R"({"a":{"dtype":"F32","shape":[2.5],"data_offsets":[0,0]}})", 0),
+      {"unknown dtype", make_file(R"({"a":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}})", 4),
+       "BF16"},
+      {"negative shape",
+       make_file(R"({"a":{"dtype":"F32","shape":[2,-1],"data_offsets":[0,0]}})", 0), "negative"},
+      {"fractional shape",
+       make_file(R"({"a":{"dtype":"F32","shape":[2.5],"data_offsets":[0,0]}})", 0),
        "non-negative integers"},
       {"shape overflow",
-       make_file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,0]}})",
-                 0),
+       make_file(
+           R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,0]}})",
+           0),
        "overflow"},
       {"shape overflow with a zero",
-       make_file(R"({"a":{"dtype":"F32","shape":[0,4294967296,4294967296],"data_offsets":[0,0]}})", 0),
+       make_file(R"({"a":{"dtype":"F32","shape":[0,4294967296,4294967296],"data_offsets":[0,0]}})",
+                 0),
        "overflow"},
-      {"shape entry past int64", make_file(R"({"a":{"dtype":"F32","shape":[18446744073709551615]}})", 0),
-       "overflow"},
+      {"shape entry past int64",
+       make_file(R"({"a":{"dtype":"F32","shape":[18446744073709551615]}})", 0), "overflow"},
       {"too many dimensions",
-       make_file(R"({"a":{"dtype":"F32","shape":[)" + nested("1,", "", 64) + "1]}}", 0), "dimensions"},
+       make_file(R"({"a":{"dtype":"F32","shape":[)" + nested("1,", "", 64) + "1]}}", 0),
+       "dimensions"},
       {"offsets reversed", make_file(R"({"a":)" + f32x2 + "[8,0]}}", 8), "begin > end"},
       {"offsets past end", make_file(R"({"a":)" + f32x2 + "[8,16]}}", 8), "past the end"},
       {"negative offset", make_file(R"({"a":)" + f32x2 + "[-8,0]}}", 8), "negative"},
@@ -336,10 +356,12 @@ std::vector<Hostile> hostile_files() {
        "needs 12 bytes"},
       {"dtype not a string", make_file(R"({"a":{"dtype":32,"shape":[],"data_offsets":[0,4]}})", 4),
        "dtype must be a string"},
-      {"three data_offsets", make_file(R"({"a":)" + f32x2 + "[0,8,8]}}", 8), "data_offsets must be two"},
+      {"three data_offsets", make_file(R"({"a":)" + f32x2 + "[0,8,8]}}", 8),
+       "data_offsets must be two"},
       {"one data_offset", make_file(R"({"a":)" + f32x2 + "[0]}}", 8), "data_offsets must be two"},
       {"data_offsets not an array", make_file(R"({"a":)" + f32x2 + "\"0-8\"}}", 8), "data_offsets"},
-      {"missing dtype", make_file(R"({"a":{"shape":[],"data_offsets":[0,4]}})", 4), "missing \"dtype\""},
+      {"missing dtype", make_file(R"({"a":{"shape":[],"data_offsets":[0,4]}})", 4),
+       "missing \"dtype\""},
       {"NUL byte in key", make_file(R"({"a\u0000b":)" + f32x2 + "[0,8]}}", 8), "NUL"},
       {"metadata value not a string", make_file(R"({"__metadata__":{"k":1}})", 0), "__metadata__"},
       {"metadata not an object", make_file(R"({"__metadata__":["k"]})", 0), "__metadata__"},
@@ -350,7 +372,8 @@ std::vector<Hostile> hostile_files() {
 
 TEST(SafetensorsHostile, ParseRejectsEveryMalformedBuffer) {
   for (const Hostile& hostile : hostile_files()) {
-    EXPECT_TRUE(throws_error([&] { bn1d::parse_safetensors(hostile.bytes); }, hostile.word)) << hostile.name;
+    EXPECT_TRUE(throws_error([&] { bn1d::parse_safetensors(hostile.bytes); }, hostile.word))
+        << hostile.name;
   }
 }
 
@@ -359,7 +382,8 @@ TEST(SafetensorsHostile, LoadRejectsEveryMalformedFile) {
   for (const Hostile& hostile : hostile_files()) {
     const auto path = (dir / "hostile.safetensors").string();
     write_file(path, hostile.bytes);
-    EXPECT_TRUE(throws_error([&] { bn1d::load_safetensors(path, "a"); }, hostile.word)) << hostile.name;
+    EXPECT_TRUE(throws_error([&] { bn1d::load_safetensors(path, "a"); }, hostile.word))
+        << hostile.name;
     EXPECT_TRUE(throws_error([&] { bn1d::load_safetensors(path, "a"); }, path)) << hostile.name;
   }
 }
@@ -373,12 +397,15 @@ std::string corpus_name(const char* name) {
 }
 
 TEST(SafetensorsHostile, CommittedFuzzCorpusIsTheseCases) {
-  const std::filesystem::path dir = std::filesystem::path(BN1D_FIXTURE_DIR) / "../../fuzz/corpus/safetensors";
+  const std::filesystem::path dir =
+      std::filesystem::path(BN1D_FIXTURE_DIR) / "../../fuzz/corpus/safetensors";
   if (const char* out = std::getenv("BN1D_WRITE_CORPUS")) {
-    for (const Hostile& hostile : hostile_files()) write_file((std::filesystem::path(out) / corpus_name(hostile.name)).string(), hostile.bytes);
+    for (const Hostile& hostile : hostile_files())
+      write_file((std::filesystem::path(out) / corpus_name(hostile.name)).string(), hostile.bytes);
   }
   std::size_t files = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) files += entry.path().extension() == ".safetensors";
+  for (const auto& entry : std::filesystem::directory_iterator(dir))
+    files += entry.path().extension() == ".safetensors";
   EXPECT_EQ(files, hostile_files().size());
   for (const Hostile& hostile : hostile_files()) {
     std::ifstream in(dir / corpus_name(hostile.name), std::ios::binary);
@@ -390,8 +417,9 @@ TEST(SafetensorsHostile, CommittedFuzzCorpusIsTheseCases) {
 
 TEST(SafetensorsHostile, ErrorsLeaveMetadataUnchanged) {
   bn1d::Metadata metadata{{"keep", "me"}};
-  EXPECT_THROW(bn1d::parse_safetensors(make_file(R"({"__metadata__":{"k":"v"},"a":5})", 0), &metadata),
-               Error);
+  EXPECT_THROW(
+      bn1d::parse_safetensors(make_file(R"({"__metadata__":{"k":"v"},"a":5})", 0), &metadata),
+      Error);
   EXPECT_EQ(metadata, (bn1d::Metadata{{"keep", "me"}}));
 }
 

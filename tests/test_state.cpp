@@ -9,7 +9,6 @@
 namespace bn1d::test {
 namespace {
 
-
 std::string temp_path(const std::string& name) {
   return (std::filesystem::path(::testing::TempDir()) / name).string();
 }
@@ -25,7 +24,8 @@ BatchNorm1d trained(const BatchNorm1dOptions& options, uint64_t seed) {
 TEST(ModuleState, KeysAndOrderAsTorch) {
   const BatchNorm1d m = trained(BatchNorm1dOptions(3), 1);
   const StateDict s = m.state_dict();
-  EXPECT_EQ(s.keys(), (std::vector<std::string>{"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}));
+  EXPECT_EQ(s.keys(), (std::vector<std::string>{"weight", "bias", "running_mean", "running_var",
+                                                "num_batches_tracked"}));
   EXPECT_EQ(s.at("num_batches_tracked").dtype(), DType::Int64);
   EXPECT_EQ(s.at("num_batches_tracked").dim(), 0);
   EXPECT_EQ(values(s.at("num_batches_tracked")), std::vector<double>{3});
@@ -70,18 +70,25 @@ TEST(ModuleState, LoadStateDictErrorsNameTheKeyAndChangeNothing) {
   };
   StateDict changed = with("weight", Tensor::full({3}, 5.0));  // would change weight if committed
   changed.insert("extra", Tensor::zeros({1}));
-  EXPECT_TRUE(throws_error([&] { m.load_state_dict(changed); }, "Unexpected key(s) in state_dict: \"extra\""));
-  EXPECT_TRUE(throws_error([&] { m.load_state_dict(without("running_var")); }, "Missing key(s) in state_dict: \"running_var\""));
-  EXPECT_TRUE(throws_error([&] { m.load_state_dict(with("bias", Tensor::zeros({4}))); },
-               "size or dtype mismatch for bias: copying a float32 tensor of shape [4]"));
-  EXPECT_TRUE(throws_error([&] { m.load_state_dict(with("running_mean", Tensor::zeros({3}, DType::Float64))); },
-               "mismatch for running_mean: copying a float64 tensor"));
-  EXPECT_TRUE(throws_error([&] { m.load_state_dict(with("num_batches_tracked", Tensor::zeros({}, DType::Float32))); },
-               "num_batches_tracked: expected an int64 scalar"));
-  EXPECT_TRUE(throws_error([&] { m.load_state_dict(with("num_batches_tracked", Tensor::full({}, -1, DType::Int64))); },
-               "num_batches_tracked: expected a count >= 0, got -1"));
+  EXPECT_TRUE(throws_error([&] { m.load_state_dict(changed); },
+                           "Unexpected key(s) in state_dict: \"extra\""));
+  EXPECT_TRUE(throws_error([&] { m.load_state_dict(without("running_var")); },
+                           "Missing key(s) in state_dict: \"running_var\""));
+  EXPECT_TRUE(
+      throws_error([&] { m.load_state_dict(with("bias", Tensor::zeros({4}))); },
+                   "size or dtype mismatch for bias: copying a float32 tensor of shape [4]"));
+  EXPECT_TRUE(throws_error(
+      [&] { m.load_state_dict(with("running_mean", Tensor::zeros({3}, DType::Float64))); },
+      "mismatch for running_mean: copying a float64 tensor"));
+  EXPECT_TRUE(throws_error(
+      [&] { m.load_state_dict(with("num_batches_tracked", Tensor::zeros({}, DType::Float32))); },
+      "num_batches_tracked: expected an int64 scalar"));
+  EXPECT_TRUE(throws_error(
+      [&] { m.load_state_dict(with("num_batches_tracked", Tensor::full({}, -1, DType::Int64))); },
+      "num_batches_tracked: expected a count >= 0, got -1"));
   // Non-strict still checks shapes, but ignores missing and unexpected keys.
-  EXPECT_TRUE(throws_error([&] { m.load_state_dict(with("bias", Tensor::zeros({4})), false); }, "bias"));
+  EXPECT_TRUE(
+      throws_error([&] { m.load_state_dict(with("bias", Tensor::zeros({4})), false); }, "bias"));
   for (const auto& [k, v] : before) EXPECT_EQ(values(m.state_dict().at(k)), values(v)) << k;
 
   StateDict partial;
@@ -104,11 +111,13 @@ TEST(ModuleState, MissingNumBatchesTrackedLoadsAsZero) {
 TEST(ModuleState, SaveAndLoadRoundTrip) {
   for (DType dtype : {DType::Float32, DType::Float64}) {
     const BatchNorm1d src = trained(BatchNorm1dOptions(4).dtype(dtype).momentum(std::nullopt), 5);
-    const std::string path = temp_path(std::string("roundtrip_") + dtype_name(dtype) + ".safetensors");
+    const std::string path =
+        temp_path(std::string("roundtrip_") + dtype_name(dtype) + ".safetensors");
     src.save(path);
     BatchNorm1d dst(BatchNorm1dOptions(4).dtype(dtype).momentum(std::nullopt));
     dst.load(path);
-    for (const auto& [k, v] : src.state_dict()) EXPECT_EQ(values(dst.state_dict().at(k)), values(v)) << k;
+    for (const auto& [k, v] : src.state_dict())
+      EXPECT_EQ(values(dst.state_dict().at(k)), values(v)) << k;
     // Loading into a module of another dtype or size fails and leaves it unchanged.
     BatchNorm1d other(BatchNorm1dOptions(5).dtype(dtype));
     EXPECT_TRUE(throws_error([&] { other.load(path); }, "size or dtype mismatch for weight"));
@@ -117,7 +126,8 @@ TEST(ModuleState, SaveAndLoadRoundTrip) {
 }
 
 TEST(ModuleState, LoadOneLayerOfAWholeModelFile) {
-  const BatchNorm1d bn1 = trained(BatchNorm1dOptions(3), 6), bn2 = trained(BatchNorm1dOptions(2), 7);
+  const BatchNorm1d bn1 = trained(BatchNorm1dOptions(3), 6),
+                    bn2 = trained(BatchNorm1dOptions(2), 7);
   StateDict model;
   model.insert("fc.weight", randn({3, 3}));
   for (const auto& [k, v] : bn1.state_dict()) model.insert("bn1." + k, v);
@@ -129,9 +139,12 @@ TEST(ModuleState, LoadOneLayerOfAWholeModelFile) {
   EXPECT_EQ(values(m.running_var()), values(bn2.running_var()));
   EXPECT_EQ(m.num_batches_tracked(), 3);
   EXPECT_TRUE(throws_error([&] { m.load(path, "bn1."); }, "size or dtype mismatch"));
-  EXPECT_TRUE(throws_error([&] { m.load(path, "missing."); }, "Missing key(s) in state_dict: \"weight\", \"bias\", \"running_mean\", \"running_var\""));
+  EXPECT_TRUE(throws_error(
+      [&] { m.load(path, "missing."); },
+      "Missing key(s) in state_dict: \"weight\", \"bias\", \"running_mean\", \"running_var\""));
   EXPECT_TRUE(throws_error([&] { m.load(path); }, "Unexpected key(s)"));
-  EXPECT_TRUE(throws_error([&] { m.load(temp_path("does_not_exist.safetensors")); }, "does_not_exist.safetensors"));
+  EXPECT_TRUE(throws_error([&] { m.load(temp_path("does_not_exist.safetensors")); },
+                           "does_not_exist.safetensors"));
 }
 
 }  // namespace

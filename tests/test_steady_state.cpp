@@ -4,9 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <functional>
 #include <bn1d/bn1d.hpp>
 #include <cstdlib>
+#include <functional>
 #include <new>
 
 #include "test_util.hpp"
@@ -88,14 +88,16 @@ TEST(SteadyState, AnOutputOverlappingTheInputIsReplaced) {
 
 TEST(SteadyState, AnOutputInTheInputsLayoutIsKept) {
   const Shape shape{4, 24, 33};
-  const std::vector<double> xs = values(randn(shape, DType::Float64, 5)), gs = values(randn(shape, DType::Float64, 6));
+  const std::vector<double> xs = values(randn(shape, DType::Float64, 5)),
+                            gs = values(randn(shape, DType::Float64, 6));
   for (DType dtype : {DType::Float32, DType::Float64}) {
     std::shared_ptr<std::vector<char>> kx, kg, ky, kdx;
     const Tensor x = make_strided(xs, shape, dtype, Layout::ChannelsLast, kx);
     const Tensor g = make_strided(gs, shape, dtype, Layout::ChannelsLast, kg);
     Tensor y = make_strided(std::vector<double>(xs.size()), shape, dtype, Layout::ChannelsLast, ky);
     BatchNorm1d::Gradients grads;
-    grads.input = make_strided(std::vector<double>(xs.size()), shape, dtype, Layout::ChannelsLast, kdx);
+    grads.input =
+        make_strided(std::vector<double>(xs.size()), shape, dtype, Layout::ChannelsLast, kdx);
     const void* y_storage = y.raw_data();
     const void* dx_storage = grads.input.raw_data();
     BatchNorm1d m(BatchNorm1dOptions(24).dtype(dtype)), plain(BatchNorm1dOptions(24).dtype(dtype));

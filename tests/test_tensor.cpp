@@ -72,14 +72,34 @@ TEST(Tensor, FromBlobViewsCallerMemoryWithAnyStrides) {
 
 TEST(Tensor, FromBlobRejectsBadArguments) {
   float buf[4] = {};
-  EXPECT_TRUE(throws_error([&] { Tensor::from_blob(buf, {2, 2}, {1}, DType::Float32); }, "expected one stride per dimension (2), got 1 strides"));
-  EXPECT_TRUE(throws_error([&] { Tensor::from_blob(buf, {2, -1}, {1, 1}, DType::Float32); }, "sizes must be non-negative, got size -1 in dimension 1"));
-  EXPECT_TRUE(throws_error([&] { Tensor::from_blob(nullptr, {2}, {1}, DType::Float32); }, "null pointer"));
-  EXPECT_TRUE(throws_error([&] { Tensor::from_blob(buf, {1LL << 40, 1LL << 40}, {1, 1}, DType::Float32); }, "more elements than int64 holds"));
-  EXPECT_TRUE(throws_error([&] { Tensor::from_blob(buf, {3, 3}, {INT64_MAX / 2, 1}, DType::Float32); }, "address beyond the int64 range"));
-  EXPECT_TRUE(throws_error([&] { Tensor::from_blob(buf, {2}, {INT64_MIN}, DType::Float32); }, "address beyond the int64 range"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        Tensor::from_blob(buf, {2, 2}, {1}, DType::Float32);
+      },
+      "expected one stride per dimension (2), got 1 strides"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        Tensor::from_blob(buf, {2, -1}, {1, 1}, DType::Float32);
+      },
+      "sizes must be non-negative, got size -1 in dimension 1"));
+  EXPECT_TRUE(
+      throws_error([&] { Tensor::from_blob(nullptr, {2}, {1}, DType::Float32); }, "null pointer"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        Tensor::from_blob(buf, {1LL << 40, 1LL << 40}, {1, 1}, DType::Float32);
+      },
+      "more elements than int64 holds"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        Tensor::from_blob(buf, {3, 3}, {INT64_MAX / 2, 1}, DType::Float32);
+      },
+      "address beyond the int64 range"));
+  EXPECT_TRUE(throws_error([&] { Tensor::from_blob(buf, {2}, {INT64_MIN}, DType::Float32); },
+                           "address beyond the int64 range"));
   EXPECT_TRUE(throws_error([&] { Tensor::empty({-2}); }, "non-negative"));
-  EXPECT_TRUE(throws_error([&] { Tensor::empty({int64_t{1} << 55}); }, "cannot allocate 144115188075855872 bytes for a float32 tensor of sizes [36028797018963968]"));
+  EXPECT_TRUE(throws_error([&] { Tensor::empty({int64_t{1} << 55}); },
+                           "cannot allocate 144115188075855872 bytes for a float32 tensor of sizes "
+                           "[36028797018963968]"));
   // An empty view may have a null pointer.
   EXPECT_NO_THROW(Tensor::from_blob(nullptr, {0, 3}, DType::Float32));
 }
@@ -109,8 +129,8 @@ TEST(Tensor, RandnIsSeededAndStandardNormal) {
   for (double v : values(a)) mean += v;
   mean /= 100000;
   for (double v : values(a)) sq += (v - mean) * (v - mean);
-  EXPECT_NEAR(mean, 0.0, 0.02);           // 6 standard errors
-  EXPECT_NEAR(sq / 100000, 1.0, 0.03);    // ~7 standard errors
+  EXPECT_NEAR(mean, 0.0, 0.02);         // 6 standard errors
+  EXPECT_NEAR(sq / 100000, 1.0, 0.03);  // ~7 standard errors
   EXPECT_EQ(randn({3}, DType::Float32, 1).dtype(), DType::Float32);
   EXPECT_THROW(randn({3}, DType::Int64), Error);
 }

@@ -36,7 +36,8 @@ TEST(Threads, DistinctModulesTrainConcurrently) {
   std::vector<std::vector<std::vector<double>>> sequential, concurrent(kThreads);
   for (int t = 0; t < kThreads; ++t) sequential.push_back(train_run(t));
   std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) threads.emplace_back([t, &concurrent] { concurrent[t] = train_run(t); });
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([t, &concurrent] { concurrent[t] = train_run(t); });
   for (std::thread& th : threads) th.join();
   EXPECT_EQ(concurrent, sequential);
 }

@@ -86,9 +86,15 @@ std::vector<double> values(const Tensor& t) {
     int64_t offset = 0;
     for (int64_t d = 0; d < dims; ++d) offset += index[d] * t.strides()[d];
     switch (t.dtype()) {
-      case DType::Float32: out.push_back(t.data<float>()[offset]); break;
-      case DType::Float64: out.push_back(t.data<double>()[offset]); break;
-      case DType::Int64: out.push_back(static_cast<double>(t.data<int64_t>()[offset])); break;
+      case DType::Float32:
+        out.push_back(t.data<float>()[offset]);
+        break;
+      case DType::Float64:
+        out.push_back(t.data<double>()[offset]);
+        break;
+      case DType::Int64:
+        out.push_back(static_cast<double>(t.data<int64_t>()[offset]));
+        break;
     }
     for (int64_t d = dims - 1; d >= 0; --d) {
       if (++index[d] < t.sizes()[d]) break;
@@ -178,8 +184,8 @@ bool report_enabled() {
 
 // Compares @p actual with the recorded @p expected under the tolerances described at the top.
 // @p custom_scale, if non-empty, gives the float32 scale of each element.
-void expect_close(const std::string& what, const Tensor& actual, const Tensor& expected,
-                  Scale mode, const std::vector<double>& custom_scale = {}) {
+void expect_close(const std::string& what, const Tensor& actual, const Tensor& expected, Scale mode,
+                  const std::vector<double>& custom_scale = {}) {
   ASSERT_TRUE(actual.defined()) << what << ": undefined";
   ASSERT_EQ(actual.dtype(), expected.dtype()) << what;
   ASSERT_EQ(actual.sizes(), expected.sizes()) << what;
@@ -194,7 +200,7 @@ void expect_close(const std::string& what, const Tensor& actual, const Tensor& e
     if (f64) {
       allowed = kFloat64Rel * std::max(std::abs(e[i]), 1.0);
     } else {
-      const double scale = !custom_scale.empty() ? custom_scale[i]
+      const double scale = !custom_scale.empty()    ? custom_scale[i]
                            : mode == Scale::Element ? std::max(std::abs(e[i]), 1.0)
                                                     : tensor_max;
       allowed = kFloat32Ulps * kFloat32Eps * scale;

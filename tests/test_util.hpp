@@ -25,9 +25,15 @@ inline std::vector<double> values(const Tensor& t) {
       flat /= t.sizes()[d];
     }
     switch (t.dtype()) {
-      case DType::Float32: v[i] = t.data<float>()[off]; break;
-      case DType::Float64: v[i] = t.data<double>()[off]; break;
-      case DType::Int64: v[i] = static_cast<double>(t.data<int64_t>()[off]); break;
+      case DType::Float32:
+        v[i] = t.data<float>()[off];
+        break;
+      case DType::Float64:
+        v[i] = t.data<double>()[off];
+        break;
+      case DType::Int64:
+        v[i] = static_cast<double>(t.data<int64_t>()[off]);
+        break;
     }
   }
   return v;
@@ -37,10 +43,14 @@ inline std::vector<double> values(const Tensor& t) {
 enum class Layout { Contiguous, ChannelsLast, Sliced, ColumnMajor };
 inline const char* layout_name(Layout l) {
   switch (l) {
-    case Layout::Contiguous: return "contiguous";
-    case Layout::ChannelsLast: return "channels-last";
-    case Layout::Sliced: return "sliced";
-    case Layout::ColumnMajor: return "column-major";
+    case Layout::Contiguous:
+      return "contiguous";
+    case Layout::ChannelsLast:
+      return "channels-last";
+    case Layout::Sliced:
+      return "sliced";
+    case Layout::ColumnMajor:
+      return "column-major";
   }
   return "?";
 }
@@ -80,8 +90,10 @@ inline Tensor make_strided(const std::vector<double>& logical, const Shape& size
       for (int64_t l = 0; l < L; ++l) {
         const double v = logical[static_cast<std::size_t>((n * C + c) * L + l)];
         const int64_t off = n * strides[0] + c * strides[1] + (is3d ? l * strides[2] : 0);
-        if (dtype == DType::Float32) reinterpret_cast<float*>(data)[off] = static_cast<float>(v);
-        else reinterpret_cast<double*>(data)[off] = v;
+        if (dtype == DType::Float32)
+          reinterpret_cast<float*>(data)[off] = static_cast<float>(v);
+        else
+          reinterpret_cast<double*>(data)[off] = v;
       }
   return Tensor::from_blob(data, sizes, strides, dtype);
 }
@@ -90,8 +102,10 @@ inline Tensor make_strided(const std::vector<double>& logical, const Shape& size
 inline Tensor make_tensor(const std::vector<double>& logical, const Shape& sizes, DType dtype) {
   Tensor t = Tensor::empty(sizes, dtype);
   for (std::size_t i = 0; i < logical.size(); ++i) {
-    if (dtype == DType::Float32) t.data<float>()[i] = static_cast<float>(logical[i]);
-    else t.data<double>()[i] = logical[i];
+    if (dtype == DType::Float32)
+      t.data<float>()[i] = static_cast<float>(logical[i]);
+    else
+      t.data<double>()[i] = logical[i];
   }
   return t;
 }
@@ -113,7 +127,9 @@ inline double max_abs(const std::vector<double>& v) {
 /// expected tensor (max-norm relative error):
 ///   float64: max|got − want| ≤ 1e-12 · max|want|
 ///   float32: max|got − want| ≤ 8 · 2⁻²⁴ · max|want|   (8 float32 half-ulps of the largest value)
-inline double rel_tolerance(DType dtype) { return dtype == DType::Float64 ? 1e-12 : 8.0 * 0x1.0p-24; }
+inline double rel_tolerance(DType dtype) {
+  return dtype == DType::Float64 ? 1e-12 : 8.0 * 0x1.0p-24;
+}
 
 /// Asserts that @p got matches @p want within rel_tolerance(dtype), element by element. The
 /// tolerance is relative to max(max|want|, @p scale): pass the magnitude of the terms that make up
@@ -150,9 +166,11 @@ template <class Call>
     if (std::string_view(error.what()).find(word) != std::string_view::npos) {
       return ::testing::AssertionSuccess();
     }
-    return ::testing::AssertionFailure() << "what() = \"" << error.what() << "\" lacks \"" << word << "\"";
+    return ::testing::AssertionFailure()
+           << "what() = \"" << error.what() << "\" lacks \"" << word << "\"";
   }
-  return ::testing::AssertionFailure() << "no bn1d::Error thrown (expected one mentioning \"" << word << "\")";
+  return ::testing::AssertionFailure()
+         << "no bn1d::Error thrown (expected one mentioning \"" << word << "\")";
 }
 
 }  // namespace bn1d::test

@@ -15,8 +15,9 @@
 ///   in float64 for float32 and float64 inputs alike.
 ///
 /// Distributed training inserts a reduction between the steps:
-///   forward:  batch_stats → combine_stats (across ranks) → normalization_from_batch → batch_norm_apply
-///   backward: backward_stats → combine_grad_stats (across ranks) → batch_norm_backward_apply
+///   forward:  batch_stats → combine_stats (across ranks) → normalization_from_batch →
+///   batch_norm_apply backward: backward_stats → combine_grad_stats (across ranks) →
+///   batch_norm_backward_apply
 #pragma once
 
 #include <cstdint>

@@ -24,22 +24,37 @@ class BatchNorm1dOptions {
   /// Number of channels C.
   int64_t num_features() const noexcept { return num_features_; }
   /// Added to the variance before the square root (default 1e-5; must be finite and ≥ 0).
-  BatchNorm1dOptions& eps(double value) { eps_ = value; return *this; }
+  BatchNorm1dOptions& eps(double value) {
+    eps_ = value;
+    return *this;
+  }
   double eps() const noexcept { return eps_; }
   /// Weight of the newest batch in the running statistics: running = (1 − m)·running + m·batch
   /// (default 0.1, must be in [0, 1]). std::nullopt gives a cumulative moving average,
   /// m = 1 / num_batches_tracked.
-  BatchNorm1dOptions& momentum(std::optional<double> value) { momentum_ = value; return *this; }
+  BatchNorm1dOptions& momentum(std::optional<double> value) {
+    momentum_ = value;
+    return *this;
+  }
   std::optional<double> momentum() const noexcept { return momentum_; }
   /// Learnable per-channel weight (γ, init 1) and bias (β, init 0) (default true).
-  BatchNorm1dOptions& affine(bool value) { affine_ = value; return *this; }
+  BatchNorm1dOptions& affine(bool value) {
+    affine_ = value;
+    return *this;
+  }
   bool affine() const noexcept { return affine_; }
   /// Keep running_mean/running_var/num_batches_tracked and use them in eval mode (default true).
   /// When false, batch statistics are used in training and eval mode alike.
-  BatchNorm1dOptions& track_running_stats(bool value) { track_ = value; return *this; }
+  BatchNorm1dOptions& track_running_stats(bool value) {
+    track_ = value;
+    return *this;
+  }
   bool track_running_stats() const noexcept { return track_; }
   /// dtype of the parameters and buffers, and of the inputs the module accepts (default Float32).
-  BatchNorm1dOptions& dtype(DType value) { dtype_ = value; return *this; }
+  BatchNorm1dOptions& dtype(DType value) {
+    dtype_ = value;
+    return *this;
+  }
   DType dtype() const noexcept { return dtype_; }
 
  private:
@@ -115,7 +130,10 @@ class BatchNorm1d {
   void backward(const Tensor& grad_output, Gradients& grads);
 
   /// Sets training (true) or evaluation (false) mode; returns *this.
-  BatchNorm1d& train(bool on = true) noexcept { training_ = on; return *this; }
+  BatchNorm1d& train(bool on = true) noexcept {
+    training_ = on;
+    return *this;
+  }
   /// Sets evaluation mode; returns *this.
   BatchNorm1d& eval() noexcept { return train(false); }
   /// True in training mode (the initial mode).

@@ -86,33 +86,41 @@ void backward_input_t(const Out3& dx, const View3& dy, const View3& x, const dou
   for (int64_t c = 0; c < C; ++c)
     for (int64_t n = 0; n < N; ++n)
       for (int64_t l = 0; l < L; ++l)
-        out_at<T>(dx, n, c, l) = static_cast<T>(
-            a[c] * at<T>(dy, n, c, l) + b[c] * (at<T>(x, n, c, l) - mean[c]) + k[c]);
+        out_at<T>(dx, n, c, l) =
+            static_cast<T>(a[c] * at<T>(dy, n, c, l) + b[c] * (at<T>(x, n, c, l) - mean[c]) + k[c]);
 }
 
 }  // namespace
 
 void channel_stats(double* mean, double* m2, const View3& x) {
-  if (x.dtype == DType::Float32) channel_stats_t<float>(mean, m2, x);
-  else channel_stats_t<double>(mean, m2, x);
+  if (x.dtype == DType::Float32)
+    channel_stats_t<float>(mean, m2, x);
+  else
+    channel_stats_t<double>(mean, m2, x);
 }
 
 void normalize(const Out3& y, const View3& x, const double* mean, const double* scale,
                const double* shift) {
-  if (x.dtype == DType::Float32) normalize_t<float>(y, x, mean, scale, shift);
-  else normalize_t<double>(y, x, mean, scale, shift);
+  if (x.dtype == DType::Float32)
+    normalize_t<float>(y, x, mean, scale, shift);
+  else
+    normalize_t<double>(y, x, mean, scale, shift);
 }
 
 void backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
                    const double* mean) {
-  if (x.dtype == DType::Float32) backward_sums_t<float>(sum_dy, sum_dy_xmu, dy, x, mean);
-  else backward_sums_t<double>(sum_dy, sum_dy_xmu, dy, x, mean);
+  if (x.dtype == DType::Float32)
+    backward_sums_t<float>(sum_dy, sum_dy_xmu, dy, x, mean);
+  else
+    backward_sums_t<double>(sum_dy, sum_dy_xmu, dy, x, mean);
 }
 
 void backward_input(const Out3& dx, const View3& dy, const View3& x, const double* mean,
                     const double* a, const double* b, const double* k) {
-  if (x.dtype == DType::Float32) backward_input_t<float>(dx, dy, x, mean, a, b, k);
-  else backward_input_t<double>(dx, dy, x, mean, a, b, k);
+  if (x.dtype == DType::Float32)
+    backward_input_t<float>(dx, dy, x, mean, a, b, k);
+  else
+    backward_input_t<double>(dx, dy, x, mean, a, b, k);
 }
 
 }  // namespace bn1d::kernels::reference

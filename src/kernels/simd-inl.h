@@ -48,14 +48,14 @@ HWY_INLINE void StoreD(VD v, T* HWY_RESTRICT p) {
 
 HWY_INLINE double ReduceSum(VD v) { return hn::GetLane(hn::SumOfLanes(DD(), v)); }
 
-
 template <class T>
 const T* row_ptr(const View3& v, int64_t n, int64_t c, int64_t l) {
   return static_cast<const T*>(v.data) + n * v.sN + c * v.sC + l * v.sL;
 }
 
 // Chan's merge of (nb, mean_b, m2_b) into (na, mean, m2); na is the count before the merge.
-HWY_INLINE void chan_merge(double na, double nb, double mean_b, double m2_b, double& mean, double& m2) {
+HWY_INLINE void chan_merge(double na, double nb, double mean_b, double m2_b, double& mean,
+                           double& m2) {
   const double n = na + nb, delta = mean_b - mean;
   mean += delta * (nb / n);
   m2 += m2_b + delta * delta * (na * nb / n);

@@ -12,10 +12,10 @@
 #include <cstdint>
 // clang-format on
 #include "hwy/highway.h"
+#include "kernels/blocking.hpp"
 #include "kernels/simd-inl.h"
 #include "kernels/simd_cols-inl.h"
 #include "kernels/simd_rows-inl.h"
-#include "kernels/blocking.hpp"
 #include "kernels/view.hpp"
 
 HWY_BEFORE_NAMESPACE();
@@ -25,52 +25,72 @@ namespace bn1d::kernels::HWY_NAMESPACE {
 int64_t TargetId() { return HWY_TARGET; }
 
 void StatsRowsChannel(const View3& x, int64_t c, double* mean, double* m2) {
-  if (x.dtype == DType::Float32) stats_rows_channel<float>(x, c, mean, m2);
-  else stats_rows_channel<double>(x, c, mean, m2);
+  if (x.dtype == DType::Float32)
+    stats_rows_channel<float>(x, c, mean, m2);
+  else
+    stats_rows_channel<double>(x, c, mean, m2);
 }
 void StatsRowsPartition(const View3& x, int64_t u0, int64_t u1, double* mean, double* m2) {
-  if (x.dtype == DType::Float32) stats_rows_partition<float>(x, u0, u1, mean, m2);
-  else stats_rows_partition<double>(x, u0, u1, mean, m2);
+  if (x.dtype == DType::Float32)
+    stats_rows_partition<float>(x, u0, u1, mean, m2);
+  else
+    stats_rows_partition<double>(x, u0, u1, mean, m2);
 }
 void BackwardSumsRowsPartition(const View3& dy, const View3& x, const double* mean, int64_t u0,
                                int64_t u1, double* sum_dy, double* sum_dy_xmu) {
-  if (x.dtype == DType::Float32) backward_sums_rows_partition<float>(dy, x, mean, u0, u1, sum_dy, sum_dy_xmu);
-  else backward_sums_rows_partition<double>(dy, x, mean, u0, u1, sum_dy, sum_dy_xmu);
+  if (x.dtype == DType::Float32)
+    backward_sums_rows_partition<float>(dy, x, mean, u0, u1, sum_dy, sum_dy_xmu);
+  else
+    backward_sums_rows_partition<double>(dy, x, mean, u0, u1, sum_dy, sum_dy_xmu);
 }
 void StatsColsPartition(const View3& x, int64_t r0, int64_t r1, int64_t rows_per_block,
                         double* mean, double* m2) {
-  if (x.dtype == DType::Float32) stats_cols_partition<float>(x, r0, r1, rows_per_block, mean, m2);
-  else stats_cols_partition<double>(x, r0, r1, rows_per_block, mean, m2);
+  if (x.dtype == DType::Float32)
+    stats_cols_partition<float>(x, r0, r1, rows_per_block, mean, m2);
+  else
+    stats_cols_partition<double>(x, r0, r1, rows_per_block, mean, m2);
 }
 // Elementwise entry points: P holds the per-channel parameters in the input's dtype (see
 // elementwise_params in the dispatcher).
 void NormalizeRows(const Out3& y, const View3& x, const void* P, int64_t i0, int64_t i1) {
-  if (x.dtype == DType::Float32) normalize_rows<float>(y, x, static_cast<const float*>(P), i0, i1);
-  else normalize_rows<double>(y, x, static_cast<const double*>(P), i0, i1);
+  if (x.dtype == DType::Float32)
+    normalize_rows<float>(y, x, static_cast<const float*>(P), i0, i1);
+  else
+    normalize_rows<double>(y, x, static_cast<const double*>(P), i0, i1);
 }
 void NormalizeCols(const Out3& y, const View3& x, const void* P, int64_t u0, int64_t u1) {
-  if (x.dtype == DType::Float32) normalize_cols<float>(y, x, static_cast<const float*>(P), u0, u1);
-  else normalize_cols<double>(y, x, static_cast<const double*>(P), u0, u1);
+  if (x.dtype == DType::Float32)
+    normalize_cols<float>(y, x, static_cast<const float*>(P), u0, u1);
+  else
+    normalize_cols<double>(y, x, static_cast<const double*>(P), u0, u1);
 }
 void BackwardSumsRowsChannel(const View3& dy, const View3& x, const double* mean, int64_t c,
                              double* sum_dy, double* sum_dy_xmu) {
-  if (x.dtype == DType::Float32) backward_sums_rows_channel<float>(dy, x, mean, c, sum_dy, sum_dy_xmu);
-  else backward_sums_rows_channel<double>(dy, x, mean, c, sum_dy, sum_dy_xmu);
+  if (x.dtype == DType::Float32)
+    backward_sums_rows_channel<float>(dy, x, mean, c, sum_dy, sum_dy_xmu);
+  else
+    backward_sums_rows_channel<double>(dy, x, mean, c, sum_dy, sum_dy_xmu);
 }
 void BackwardSumsColsPartition(const View3& dy, const View3& x, const double* mean, int64_t r0,
                                int64_t r1, double* sum_dy, double* sum_dy_xmu) {
-  if (x.dtype == DType::Float32) backward_sums_cols_partition<float>(dy, x, mean, r0, r1, sum_dy, sum_dy_xmu);
-  else backward_sums_cols_partition<double>(dy, x, mean, r0, r1, sum_dy, sum_dy_xmu);
+  if (x.dtype == DType::Float32)
+    backward_sums_cols_partition<float>(dy, x, mean, r0, r1, sum_dy, sum_dy_xmu);
+  else
+    backward_sums_cols_partition<double>(dy, x, mean, r0, r1, sum_dy, sum_dy_xmu);
 }
 void BackwardInputRows(const Out3& dx, const View3& dy, const View3& x, const void* P, int64_t i0,
                        int64_t i1) {
-  if (x.dtype == DType::Float32) backward_input_rows<float>(dx, dy, x, static_cast<const float*>(P), i0, i1);
-  else backward_input_rows<double>(dx, dy, x, static_cast<const double*>(P), i0, i1);
+  if (x.dtype == DType::Float32)
+    backward_input_rows<float>(dx, dy, x, static_cast<const float*>(P), i0, i1);
+  else
+    backward_input_rows<double>(dx, dy, x, static_cast<const double*>(P), i0, i1);
 }
 void BackwardInputCols(const Out3& dx, const View3& dy, const View3& x, const void* P, int64_t u0,
                        int64_t u1) {
-  if (x.dtype == DType::Float32) backward_input_cols<float>(dx, dy, x, static_cast<const float*>(P), u0, u1);
-  else backward_input_cols<double>(dx, dy, x, static_cast<const double*>(P), u0, u1);
+  if (x.dtype == DType::Float32)
+    backward_input_cols<float>(dx, dy, x, static_cast<const float*>(P), u0, u1);
+  else
+    backward_input_cols<double>(dx, dy, x, static_cast<const double*>(P), u0, u1);
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE
@@ -153,7 +173,9 @@ void parallel_ranges(int64_t units, int threads, F body) {
 struct ColsPartitions {
   int64_t rows, block, blocks, count;
   explicit ColsPartitions(const View3& x)
-      : rows(x.N * x.L), block(rows_per_block(x.C)), blocks((rows + block - 1) / block),
+      : rows(x.N * x.L),
+        block(rows_per_block(x.C)),
+        blocks((rows + block - 1) / block),
         count(std::min(blocks, kPartitions)) {}
   int64_t first(int64_t p) const { return std::min(rows, p * blocks / count * block); }
   int64_t last(int64_t p) const { return std::min(rows, (p + 1) * blocks / count * block); }
@@ -164,7 +186,9 @@ struct ColsPartitions {
 struct RowsPartitions {
   int64_t L, pieces, units, count;
   explicit RowsPartitions(const View3& x)
-      : L(x.L), pieces((x.L + kBlock - 1) / kBlock), units(x.N * pieces),
+      : L(x.L),
+        pieces((x.L + kBlock - 1) / kBlock),
+        units(x.N * pieces),
         count(std::min(units, kPartitions)) {}
   int64_t first(int64_t p) const { return p * units / count; }
   int64_t last(int64_t p) const { return (p + 1) * units / count; }
@@ -184,7 +208,8 @@ constexpr int64_t kMinPartitionRow = 256;
 // so that the kernels compute x − mean in T without losing the float64 mean's precision. The
 // storage is per calling thread and kept between calls.
 template <class T>
-const T* elementwise_params_t(int64_t C, const double* mean, std::initializer_list<const double*> columns) {
+const T* elementwise_params_t(int64_t C, const double* mean,
+                              std::initializer_list<const double*> columns) {
   thread_local std::vector<T> params;
   params.resize(static_cast<std::size_t>(C) * (2 + columns.size()));
   T* P = params.data();
@@ -210,9 +235,11 @@ const void* finite_or_null(const T* P, std::size_t count) {
   return P;
 }
 
-const void* elementwise_params(const View3& x, const double* mean, std::initializer_list<const double*> columns) {
+const void* elementwise_params(const View3& x, const double* mean,
+                               std::initializer_list<const double*> columns) {
   const auto count = static_cast<std::size_t>(x.C) * (2 + columns.size());
-  if (x.dtype == DType::Float32) return finite_or_null(elementwise_params_t<float>(x.C, mean, columns), count);
+  if (x.dtype == DType::Float32)
+    return finite_or_null(elementwise_params_t<float>(x.C, mean, columns), count);
   return finite_or_null(elementwise_params_t<double>(x.C, mean, columns), count);
 }
 
@@ -295,13 +322,14 @@ void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
     });
   } else {
     reduce(ColsPartitions(x), [&](const ColsPartitions& parts, int64_t p, double* pm, double* pq) {
-      HWY_DYNAMIC_DISPATCH(StatsColsPartition)(x, parts.first(p), parts.last(p), parts.block, pm, pq);
+      HWY_DYNAMIC_DISPATCH(StatsColsPartition)
+      (x, parts.first(p), parts.last(p), parts.block, pm, pq);
     });
   }
 }
 
-void normalize(Layout layout, const Out3& y, const View3& x, const double* mean, const double* scale,
-               const double* shift) {
+void normalize(Layout layout, const Out3& y, const View3& x, const double* mean,
+               const double* scale, const double* shift) {
   apply_environment_once();
   const int threads = threads_for(x.N * x.C * x.L);
   const void* P = elementwise_params(x, mean, {scale, shift});
@@ -339,17 +367,19 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
   };
   if (layout == Layout::Rows) {
     reduce(RowsPartitions(x), [&](const RowsPartitions& parts, int64_t p, double* ps, double* psx) {
-      HWY_DYNAMIC_DISPATCH(BackwardSumsRowsPartition)(dy, x, mean, parts.first(p), parts.last(p), ps, psx);
+      HWY_DYNAMIC_DISPATCH(BackwardSumsRowsPartition)
+      (dy, x, mean, parts.first(p), parts.last(p), ps, psx);
     });
   } else {
     reduce(ColsPartitions(x), [&](const ColsPartitions& parts, int64_t p, double* ps, double* psx) {
-      HWY_DYNAMIC_DISPATCH(BackwardSumsColsPartition)(dy, x, mean, parts.first(p), parts.last(p), ps, psx);
+      HWY_DYNAMIC_DISPATCH(BackwardSumsColsPartition)
+      (dy, x, mean, parts.first(p), parts.last(p), ps, psx);
     });
   }
 }
 
-void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3& x, const double* mean,
-                    const double* a, const double* b, const double* k) {
+void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3& x,
+                    const double* mean, const double* a, const double* b, const double* k) {
   apply_environment_once();
   const int threads = threads_for(2 * x.N * x.C * x.L);
   const void* P = elementwise_params(x, mean, {a, b, k});
@@ -389,7 +419,9 @@ void force_target(const std::string& name) {
     }
     available += (available.empty() ? "" : ", ") + std::string(hwy::TargetName(t));
   }
-  throw Error("SIMD target \"" + name + "\" (BN1D_SIMD_TARGET) is not compiled in or not supported by this CPU; available: " + available);
+  throw Error("SIMD target \"" + name +
+              "\" (BN1D_SIMD_TARGET) is not compiled in or not supported by this CPU; available: " +
+              available);
 }
 
 }  // namespace bn1d::kernels::simd

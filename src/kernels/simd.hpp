@@ -29,12 +29,12 @@ bool cols_layout(const Out3& o);
 
 /// See reference.hpp for the meaning of each op; @p layout must apply to every view.
 void channel_stats(Layout layout, double* mean, double* m2, const View3& x);
-void normalize(Layout layout, const Out3& y, const View3& x, const double* mean, const double* scale,
-               const double* shift);
+void normalize(Layout layout, const Out3& y, const View3& x, const double* mean,
+               const double* scale, const double* shift);
 void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View3& dy,
                    const View3& x, const double* mean);
-void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3& x, const double* mean,
-                    const double* a, const double* b, const double* k);
+void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3& x,
+                    const double* mean, const double* a, const double* b, const double* k);
 
 /// Names of the compiled targets this CPU supports, best first (e.g. "AVX3", "AVX2", "SSE4").
 std::vector<std::string> targets();

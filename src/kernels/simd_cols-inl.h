@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "hwy/highway.h"
-#include "kernels/simd-inl.h"
 #include "kernels/blocking.hpp"
+#include "kernels/simd-inl.h"
 #include "kernels/view.hpp"
 
 HWY_BEFORE_NAMESPACE();
@@ -25,7 +25,6 @@ namespace hn = hwy::HWY_NAMESPACE;
 // ---- Cols layout: the C channels of every (n, l) are contiguous ------------------------------
 // Row r = n·L + l of a cols view holds the C values x[n, :, l].
 
-
 template <class T>
 const T* cols_row(const View3& v, int64_t r) {
   return row_ptr<T>(v, r / v.L, 0, r % v.L);
@@ -34,7 +33,8 @@ const T* cols_row(const View3& v, int64_t r) {
 // Per-thread float64 work arrays of the cols reductions (C values each), kept between calls.
 HWY_INLINE double* cols_scratch(int64_t C) {
   thread_local std::vector<double> scratch;
-  if (scratch.size() < static_cast<std::size_t>(2 * C)) scratch.resize(static_cast<std::size_t>(2 * C));
+  if (scratch.size() < static_cast<std::size_t>(2 * C))
+    scratch.resize(static_cast<std::size_t>(2 * C));
   return scratch.data();
 }
 
@@ -57,12 +57,13 @@ void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t rows_p
     const int64_t b1 = std::min(r1, b0 + rows_per_block);
     std::fill_n(bmean, C, 0.0);
     std::fill_n(bq, C, 0.0);
-    const T* first = cols_row<T>(x, b0);  // sums of x − (the block's first row): see add_row
+    const T* first = cols_row<T>(x, b0);     // sums of x − (the block's first row): see add_row
     for (int64_t r = b0 + 1; r < b1; ++r) {  // pass 1: sums
       const T* p = cols_row<T>(x, r);
       int64_t c = 0;
       for (; c < vecC; c += N) {
-        hn::StoreU(hn::Add(hn::LoadU(d, bmean + c), hn::Sub(LoadD(p + c), LoadD(first + c))), d, bmean + c);
+        hn::StoreU(hn::Add(hn::LoadU(d, bmean + c), hn::Sub(LoadD(p + c), LoadD(first + c))), d,
+                   bmean + c);
       }
       for (; c < C; ++c) bmean[c] += static_cast<double>(p[c]) - static_cast<double>(first[c]);
     }
@@ -85,7 +86,9 @@ void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t rows_p
     for (; c < vecC; c += N) {  // Chan merge of the block, vectorized over channels
       const VD pm = hn::LoadU(d, mean + c), delta = hn::Sub(hn::LoadU(d, bmean + c), pm);
       hn::StoreU(hn::MulAdd(delta, wb, pm), d, mean + c);
-      hn::StoreU(hn::Add(hn::LoadU(d, m2 + c), hn::MulAdd(hn::Mul(delta, delta), wab, hn::LoadU(d, bq + c))), d, m2 + c);
+      hn::StoreU(hn::Add(hn::LoadU(d, m2 + c),
+                         hn::MulAdd(hn::Mul(delta, delta), wab, hn::LoadU(d, bq + c))),
+                 d, m2 + c);
     }
     for (; c < C; ++c) chan_merge(count, nb, bmean[c], bq[c], mean[c], m2[c]);
     count = n;
@@ -128,7 +131,8 @@ void backward_sums_cols_partition(const View3& dy, const View3& x, const double*
 //   n; values are read along C and transposed through a small tile, so that each channel's
 //   output is written as a sequential stream along L.
 template <class T, class F>
-void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t u0, int64_t u1, F f) {
+void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t u0, int64_t u1,
+                      F f) {
   const hn::ScalableTag<T> d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t C = x.C, L = x.L;
@@ -140,7 +144,8 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
       const T* g = dy ? row_ptr<T>(*dy, n, 0, l) : p;
       T* o = base + n * out.sN + l * out.sL;
       int64_t c = 0;
-      for (; c + N <= C; c += N) hn::StoreU(f.vec(d, c, hn::LoadU(d, p + c), hn::LoadU(d, g + c)), d, o + c);
+      for (; c + N <= C; c += N)
+        hn::StoreU(f.vec(d, c, hn::LoadU(d, p + c), hn::LoadU(d, g + c)), d, o + c);
       for (; c < C; ++c) o[c] = f.scalar(c, p[c], g[c]);
     }
     return;
@@ -161,7 +166,8 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
           hn::StoreU(f.vec(d, c_begin + cv, hn::LoadU(d, p + cv), hn::LoadU(d, g + cv)), d, lanes);
           for (int64_t j = 0; j < N; ++j) tile[cv + j][i] = lanes[j];
         }
-        for (int64_t cv = vec_width; cv < width; ++cv) tile[cv][i] = f.scalar(c_begin + cv, p[cv], g[cv]);
+        for (int64_t cv = vec_width; cv < width; ++cv)
+          tile[cv][i] = f.scalar(c_begin + cv, p[cv], g[cv]);
       }
       for (int64_t j = 0; j < width; ++j) {
         std::copy_n(tile[j], len, base + n * out.sN + (c_begin + j) * out.sC + l0);

@@ -94,7 +94,8 @@ void stats_rows_channel(const View3& x, int64_t c, double* mean_out, double* m2_
       const double mean_b = K + (sum.sum() + tail) / nb;
       Acc4 sq;
       tail = 0.0;
-      for (int64_t n = n0; n < n1; ++n) tail += add_row_sqdev(sq, row_ptr<T>(x, n, c, l0), len, mean_b);
+      for (int64_t n = n0; n < n1; ++n)
+        tail += add_row_sqdev(sq, row_ptr<T>(x, n, c, l0), len, mean_b);
       chan_merge(count, nb, mean_b, sq.sum() + tail, mean, m2);
       count += nb;
     }
