@@ -3,7 +3,10 @@
 # Usage: scripts/install-deps.sh   (as root, or with sudo available)
 set -euo pipefail
 
-packages=(cmake ninja-build g++ pkg-config libgtest-dev libgmock-dev nlohmann-json3-dev libhwy-dev)
+# build and tests; clang + libclang-rt (libFuzzer, sanitizer runtimes) and clang-format for the
+# hardening stages of scripts/test.sh
+packages=(cmake ninja-build g++ pkg-config git libgtest-dev libgmock-dev nlohmann-json3-dev libhwy-dev
+          clang libclang-rt-14-dev clang-format)
 
 missing=()
 for p in "${packages[@]}"; do

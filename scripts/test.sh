@@ -1,24 +1,34 @@
 #!/usr/bin/env bash
-# Quick start 2: installs what is missing, builds everything and runs the whole test suite:
-# the C++ tests (ctest), the quickstart, the demo, and a consumer project built against the
-# installed library (CMake package and pkg-config).
+# Quick start 2: installs what is missing, then runs the whole test suite:
+#   1. format check (clang-format, .clang-format)
+#   2. Release build (warnings are errors): the C++ tests, quickstart, demo, a benchmark smoke run,
+#      and consumer projects built against the installed library (CMake package, pkg-config)
+#   3. the C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included)
+#   4. the threaded tests under ThreadSanitizer
+#   5. each libFuzzer target for BN1D_FUZZ_SECONDS seconds (default 60) from the seed corpus
+# BN1D_QUICK=1 stops after stage 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+stage() { echo; echo "== $*"; }
 
-echo "== build"
+stage "format check"
+git ls-files '*.cpp' '*.hpp' '*.h' | xargs clang-format --dry-run -Werror
+echo "formatting: ok"
+
+stage "release build"
 # The benchmark is built (without peers) so that it keeps compiling; a tiny shape runs as a smoke test.
 cmake --preset default -DBN1D_BUILD_TESTS=ON -DBN1D_BUILD_BENCH=ON -DBN1D_BENCH_PEERS=OFF >/dev/null
 cmake --build --preset default
 
-echo "== benchmark smoke run"
+stage "benchmark smoke run"
 ./build/default/bench/bn1d_bench --filter "(32,64)" | tail -n 4
 
-echo "== examples"
+stage "examples"
 ./build/default/examples/bn1d_quickstart
 ./build/default/examples/bn1d_demo >/dev/null && echo "demo: ok"
 
-echo "== install + find_package / pkg-config consumer"
+stage "install + find_package / pkg-config consumer"
 prefix="$PWD/build/default/install-test"
 rm -rf "$prefix"
 cmake --install build/default --prefix "$prefix" >/dev/null
@@ -29,5 +39,31 @@ g++ -o build/default/find-package/consumer_pkgconfig tests/find-package/main.cpp
   $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags --libs --static bn1d)
 ./build/default/find-package/consumer_pkgconfig
 
-echo "== unit tests"
+stage "unit tests"
 ctest --preset default -j2
+
+[ "${BN1D_QUICK:-0}" = "1" ] && exit 0
+
+stage "unit tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+cmake --preset asan >/dev/null
+cmake --build --preset asan --target bn1d_tests
+ctest --preset asan -j2
+
+stage "threaded tests under ThreadSanitizer"
+cmake --preset tsan >/dev/null
+cmake --build --preset tsan --target bn1d_tests
+ctest --preset tsan
+
+stage "fuzzing (libFuzzer + ASan + UBSan), ${BN1D_FUZZ_SECONDS:-60} s per target"
+cmake --preset fuzz >/dev/null
+cmake --build --preset fuzz
+export ASAN_OPTIONS=allocator_may_return_null=1
+for target in safetensors validation; do
+  work="build/fuzz/corpus-$target"
+  mkdir -p "$work"
+  seeds=("fuzz/corpus/$target")
+  [ "$target" = safetensors ] && seeds+=(tests/fixtures)
+  ./build/fuzz/fuzz/fuzz_$target -max_total_time="${BN1D_FUZZ_SECONDS:-60}" -rss_limit_mb=2048 \
+    -print_final_stats=1 -artifact_prefix=build/fuzz/ "$work" "${seeds[@]}" 2>&1 | grep -E "^(Done|stat::number_of_executed|stat::peak_rss)"
+  echo "fuzz_$target: no crash, leak or sanitizer report"
+done
