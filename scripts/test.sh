@@ -63,7 +63,13 @@ for target in safetensors validation; do
   mkdir -p "$work"
   seeds=("fuzz/corpus/$target")
   [ "$target" = safetensors ] && seeds+=(tests/fixtures)
-  ./build/fuzz/fuzz/fuzz_$target -max_total_time="${BN1D_FUZZ_SECONDS:-60}" -rss_limit_mb=2048 \
-    -print_final_stats=1 -artifact_prefix=build/fuzz/ "$work" "${seeds[@]}" 2>&1 | grep -E "^(Done|stat::number_of_executed|stat::peak_rss)"
+  log="build/fuzz/fuzz_$target.log"
+  if ! ./build/fuzz/fuzz/fuzz_$target -max_total_time="${BN1D_FUZZ_SECONDS:-60}" -rss_limit_mb=2048 \
+      -print_final_stats=1 -artifact_prefix=build/fuzz/ "$work" "${seeds[@]}" >"$log" 2>&1; then
+    grep -v "^#" "$log" | tail -n 40
+    echo "fuzz_$target: FAILED (input saved as build/fuzz/crash-*)"
+    exit 1
+  fi
+  grep -E "^(Done|stat::peak_rss)" "$log"
   echo "fuzz_$target: no crash, leak or sanitizer report"
 done

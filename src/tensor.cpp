@@ -30,12 +30,16 @@ int64_t checked_numel(const Shape& sizes) {
   return n;
 }
 
+// Row-major strides. An empty tensor's sizes may multiply past int64 (e.g. [0, 2^40, 2^40]),
+// which no stride can describe: that is an Error too.
 Shape contiguous_strides(const Shape& sizes) {
   Shape strides(sizes.size());
   int64_t s = 1;
   for (std::size_t d = sizes.size(); d-- > 0;) {
     strides[d] = s;
-    s *= std::max<int64_t>(sizes[d], 1);
+    if (d > 0 && __builtin_mul_overflow(s, std::max<int64_t>(sizes[d], 1), &s)) {
+      throw Error("tensor sizes " + format_shape(sizes) + " need strides beyond the int64 range");
+    }
   }
   return strides;
 }

@@ -23,6 +23,11 @@ kernels::View3 input_view(const Tensor& input, const char* name) {
   v.sC = input.strides()[1];
   v.L = input.dim() == 3 ? input.sizes()[2] : 1;
   v.sL = input.dim() == 3 ? input.strides()[2] : 0;
+  int64_t count = 0;  // N·L can overflow only when C == 0 (numel is checked at construction)
+  if (__builtin_mul_overflow(v.N, v.L, &count)) {
+    throw Error(std::string(name) + ": sizes " + format_shape(input.sizes()) +
+                " give more values per channel than int64 holds");
+  }
   return v;
 }
 

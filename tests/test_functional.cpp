@@ -57,6 +57,12 @@ TEST(Functional, Errors) {
         batch_norm(randn({1, 3}), {}, {}, {}, {}, true);
       },
       "Expected more than 1 value per channel when training"));
+  // Found by fuzz_validation: an empty (N, 0, L) view whose N·L overflows int64.
+  float dummy = 0;
+  const Tensor huge_empty =
+      Tensor::from_blob(&dummy, {INT64_MAX / 2, 0, 7}, {1, 1, 1}, DType::Float32);
+  EXPECT_TRUE(throws_error([&] { batch_stats(huge_empty); },
+                           "give more values per channel than int64 holds"));
   const BatchStats one = batch_stats(randn({1, 3}));
   EXPECT_TRUE(
       throws_error([&] { update_running_stats(Tensor::zeros({3}), Tensor::ones({3}), one, 0.1); },

@@ -97,6 +97,11 @@ TEST(Tensor, FromBlobRejectsBadArguments) {
   EXPECT_TRUE(throws_error([&] { Tensor::from_blob(buf, {2}, {INT64_MIN}, DType::Float32); },
                            "address beyond the int64 range"));
   EXPECT_TRUE(throws_error([&] { Tensor::empty({-2}); }, "non-negative"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        Tensor::empty({0, int64_t{1} << 40, int64_t{1} << 40});
+      },
+      "need strides beyond the int64 range"));
   EXPECT_TRUE(throws_error([&] { Tensor::empty({int64_t{1} << 55}); },
                            "cannot allocate 144115188075855872 bytes for a float32 tensor of sizes "
                            "[36028797018963968]"));
