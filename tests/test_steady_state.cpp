@@ -8,12 +8,14 @@
 #include <cstdlib>
 #include <functional>
 #include <new>
+#include <thread>
 
 #include "test_util.hpp"
 
 namespace {
 std::atomic<bool> counting{false};
 std::atomic<long> allocations{0};
+std::atomic<long> allocated_bytes{0};
 }  // namespace
 
 // Sanitizers bring their own operator new; counting is then left out and the test skipped.
@@ -28,6 +30,7 @@ std::atomic<long> allocations{0};
 void* operator new(std::size_t n) {
   if (counting.load(std::memory_order_relaxed)) {
     allocations.fetch_add(1, std::memory_order_relaxed);
+    allocated_bytes.fetch_add(static_cast<long>(n), std::memory_order_relaxed);
   }
   if (void* p = std::malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
@@ -41,6 +44,7 @@ namespace {
 
 long allocations_during(const std::function<void()>& body) {
   allocations = 0;
+  allocated_bytes = 0;
   counting = true;
   body();
   counting = false;
@@ -73,6 +77,33 @@ TEST(SteadyState, ForwardAndBackwardIntoBuffersAllocateNothing) {
       fresh.load_state_dict(m.state_dict());
       EXPECT_EQ(values(y), values(fresh(x)));
     }
+  }
+}
+
+// Beyond the output (tensor storage, not counted here), a first call on a fresh thread allocates
+// only scratch that grows with C and the thread count — never with N·L: the kernels' partition
+// buffers (≤ 16 × C × 2 float64), per-channel parameters and statistics.
+TEST(SteadyState, ScratchGrowsWithChannelsNotWithTheBatch) {
+  if (!BN1D_COUNTS_ALLOCATIONS) GTEST_SKIP() << "allocation counting is off under sanitizers";
+  const int64_t C = 32;
+  for (const Shape& shape : {Shape{64, C, 512}, Shape{16384, C}, Shape{256, C, 256}}) {
+    const Tensor x = randn(shape, DType::Float32, 1), dy = randn(shape, DType::Float32, 2);
+    long bytes = 0;
+    std::thread([&] {  // fresh thread-local scratch
+      BatchNorm1d m(C);
+      Tensor y;
+      BatchNorm1d::Gradients g;
+      allocations_during([&] {
+        m.forward(x, y);
+        m.backward(dy, g);
+      });
+      bytes = allocated_bytes.load();
+    })
+        .join();
+    EXPECT_GT(bytes, 0);  // the counter sees this thread's first-call allocations
+    const long per_thread = 8 * C * (2 * 16 + 8) + 4096;  // partitions + parameters + slack
+    EXPECT_LT(bytes, 4 * per_thread) << format_shape(shape) << ": " << bytes << " bytes for a "
+                                     << x.numel() * 4 << "-byte input";
   }
 }
 
