@@ -299,6 +299,18 @@ void sum_partitions(double* a, double* b, int64_t parts, int64_t C, const double
   }
 }
 
+// Runs kernel(p, a_p, b_p) for every partition on `threads` threads, each writing two C-value
+// results into per-partition scratch, then combine(a, b) over all of them in order.
+template <class Parts, class Kernel, class Combine>
+void over_partitions(const Parts& parts, int threads, int64_t C, Kernel kernel, Combine combine) {
+  std::vector<double>& scratch = partition_scratch(static_cast<std::size_t>(2 * parts.count * C));
+  double* a = scratch.data();
+  double* b = a + parts.count * C;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t p = 0; p < parts.count; ++p) kernel(p, a + p * C, b + p * C);
+  combine(a, b);
+}
+
 void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
   apply_environment_once();
   const int threads = threads_for(x.N * x.C * x.L);
@@ -308,23 +320,27 @@ void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
     for (int64_t c = 0; c < C; ++c) HWY_DYNAMIC_DISPATCH(StatsRowsChannel)(x, c, mean + c, m2 + c);
     return;
   }
-  auto reduce = [&](const auto& parts, auto kernel) {
-    std::vector<double>& scratch = partition_scratch(static_cast<std::size_t>(2 * parts.count * C));
-    double* part_mean = scratch.data();
-    double* part_m2 = part_mean + parts.count * C;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t p = 0; p < parts.count; ++p) kernel(parts, p, part_mean + p * C, part_m2 + p * C);
-    merge_partitions(mean, m2, parts, C, part_mean, part_m2);
+  auto merge = [&](const auto& parts) {
+    return
+        [&](const double* pm, const double* pq) { merge_partitions(mean, m2, parts, C, pm, pq); };
   };
   if (layout == Layout::Rows) {
-    reduce(RowsPartitions(x), [&](const RowsPartitions& parts, int64_t p, double* pm, double* pq) {
-      HWY_DYNAMIC_DISPATCH(StatsRowsPartition)(x, parts.first(p), parts.last(p), pm, pq);
-    });
+    const RowsPartitions parts(x);
+    over_partitions(
+        parts, threads, C,
+        [&](int64_t p, double* pm, double* pq) {
+          HWY_DYNAMIC_DISPATCH(StatsRowsPartition)(x, parts.first(p), parts.last(p), pm, pq);
+        },
+        merge(parts));
   } else {
-    reduce(ColsPartitions(x), [&](const ColsPartitions& parts, int64_t p, double* pm, double* pq) {
-      HWY_DYNAMIC_DISPATCH(StatsColsPartition)
-      (x, parts.first(p), parts.last(p), parts.block, pm, pq);
-    });
+    const ColsPartitions parts(x);
+    over_partitions(
+        parts, threads, C,
+        [&](int64_t p, double* pm, double* pq) {
+          HWY_DYNAMIC_DISPATCH(StatsColsPartition)
+          (x, parts.first(p), parts.last(p), parts.block, pm, pq);
+        },
+        merge(parts));
   }
 }
 
@@ -357,24 +373,29 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
     }
     return;
   }
-  auto reduce = [&](const auto& parts, auto kernel) {
-    std::vector<double>& scratch = partition_scratch(static_cast<std::size_t>(2 * parts.count * C));
-    double* part_s = scratch.data();
-    double* part_sx = part_s + parts.count * C;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t p = 0; p < parts.count; ++p) kernel(parts, p, part_s + p * C, part_sx + p * C);
-    sum_partitions(sum_dy, sum_dy_xmu, parts.count, C, part_s, part_sx);
+  auto sum = [&](int64_t count) {
+    return [&, count](const double* ps, const double* psx) {
+      sum_partitions(sum_dy, sum_dy_xmu, count, C, ps, psx);
+    };
   };
   if (layout == Layout::Rows) {
-    reduce(RowsPartitions(x), [&](const RowsPartitions& parts, int64_t p, double* ps, double* psx) {
-      HWY_DYNAMIC_DISPATCH(BackwardSumsRowsPartition)
-      (dy, x, mean, parts.first(p), parts.last(p), ps, psx);
-    });
+    const RowsPartitions parts(x);
+    over_partitions(
+        parts, threads, C,
+        [&](int64_t p, double* ps, double* psx) {
+          HWY_DYNAMIC_DISPATCH(BackwardSumsRowsPartition)
+          (dy, x, mean, parts.first(p), parts.last(p), ps, psx);
+        },
+        sum(parts.count));
   } else {
-    reduce(ColsPartitions(x), [&](const ColsPartitions& parts, int64_t p, double* ps, double* psx) {
-      HWY_DYNAMIC_DISPATCH(BackwardSumsColsPartition)
-      (dy, x, mean, parts.first(p), parts.last(p), ps, psx);
-    });
+    const ColsPartitions parts(x);
+    over_partitions(
+        parts, threads, C,
+        [&](int64_t p, double* ps, double* psx) {
+          HWY_DYNAMIC_DISPATCH(BackwardSumsColsPartition)
+          (dy, x, mean, parts.first(p), parts.last(p), ps, psx);
+        },
+        sum(parts.count));
   }
 }
 
