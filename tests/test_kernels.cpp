@@ -156,6 +156,12 @@ TEST(Kernels, EveryTargetMatchesTheReferenceOracle) {
   std::cout << "\n";
 }
 
+// Outputs of 16 MiB or more are written with non-temporal stores (best target, float64).
+TEST(Kernels, StreamingStoresMatchTheReferenceOracle) {
+  check_case({{1, 3, 700001}, Layout::Contiguous, simd::Layout::Rows}, DType::Float64);
+  check_case({{140001, 15}, Layout::Contiguous, simd::Layout::Cols}, DType::Float64);
+}
+
 TEST(Kernels, UnknownTargetIsAnError) {
   EXPECT_TRUE(
       throws_error([] { simd::force_target("NOT_A_TARGET"); }, "SIMD target \"NOT_A_TARGET\""));

@@ -15,6 +15,7 @@
 #include "kernels/blocking.hpp"
 #include "kernels/view.hpp"
 
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -47,6 +48,25 @@ HWY_INLINE void StoreD(VD v, T* HWY_RESTRICT p) {
 }
 
 HWY_INLINE double ReduceSum(VD v) { return hn::GetLane(hn::SumOfLanes(DD(), v)); }
+
+/// out[i] = vec(i) (lanes i … i + lanes − 1) or scalar(i) for i in [0, len). With @p stream the
+/// vectors go out as non-temporal stores (whole cache lines, no read-for-ownership), after a
+/// scalar prologue up to the first aligned address; the caller ends with hwy::FlushStream().
+template <class D, class T, class VecF, class ScalarF>
+HWY_INLINE void write_run(D d, T* HWY_RESTRICT out, int64_t len, bool stream, VecF vec,
+                          ScalarF scalar) {
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  int64_t i = 0;
+  if (stream) {
+    const auto vector_bytes = static_cast<uintptr_t>(N) * sizeof(T);
+    for (; i < len && reinterpret_cast<uintptr_t>(out + i) % vector_bytes != 0; ++i)
+      out[i] = scalar(i);
+    for (; i + N <= len; i += N) hn::Stream(vec(i), d, out + i);
+  } else {
+    for (; i + N <= len; i += N) hn::StoreU(vec(i), d, out + i);
+  }
+  for (; i < len; ++i) out[i] = scalar(i);
+}
 
 template <class T>
 const T* row_ptr(const View3& v, int64_t n, int64_t c, int64_t l) {

@@ -52,17 +52,19 @@ void StatsColsPartition(const View3& x, int64_t r0, int64_t r1, int64_t rows_per
 }
 // Elementwise entry points: P holds the per-channel parameters in the input's dtype (see
 // elementwise_params in the dispatcher).
-void NormalizeRows(const Out3& y, const View3& x, const void* P, int64_t i0, int64_t i1) {
+void NormalizeRows(const Out3& y, const View3& x, const void* P, int64_t i0, int64_t i1,
+                   bool stream) {
   if (x.dtype == DType::Float32)
-    normalize_rows<float>(y, x, static_cast<const float*>(P), i0, i1);
+    normalize_rows<float>(y, x, static_cast<const float*>(P), i0, i1, stream);
   else
-    normalize_rows<double>(y, x, static_cast<const double*>(P), i0, i1);
+    normalize_rows<double>(y, x, static_cast<const double*>(P), i0, i1, stream);
 }
-void NormalizeCols(const Out3& y, const View3& x, const void* P, int64_t u0, int64_t u1) {
+void NormalizeCols(const Out3& y, const View3& x, const void* P, int64_t u0, int64_t u1,
+                   bool stream) {
   if (x.dtype == DType::Float32)
-    normalize_cols<float>(y, x, static_cast<const float*>(P), u0, u1);
+    normalize_cols<float>(y, x, static_cast<const float*>(P), u0, u1, stream);
   else
-    normalize_cols<double>(y, x, static_cast<const double*>(P), u0, u1);
+    normalize_cols<double>(y, x, static_cast<const double*>(P), u0, u1, stream);
 }
 void BackwardSumsRowsChannel(const View3& dy, const View3& x, const double* mean, int64_t c,
                              double* sum_dy, double* sum_dy_xmu) {
@@ -79,18 +81,18 @@ void BackwardSumsColsPartition(const View3& dy, const View3& x, const double* me
     backward_sums_cols_partition<double>(dy, x, mean, r0, r1, sum_dy, sum_dy_xmu);
 }
 void BackwardInputRows(const Out3& dx, const View3& dy, const View3& x, const void* P, int64_t i0,
-                       int64_t i1) {
+                       int64_t i1, bool stream) {
   if (x.dtype == DType::Float32)
-    backward_input_rows<float>(dx, dy, x, static_cast<const float*>(P), i0, i1);
+    backward_input_rows<float>(dx, dy, x, static_cast<const float*>(P), i0, i1, stream);
   else
-    backward_input_rows<double>(dx, dy, x, static_cast<const double*>(P), i0, i1);
+    backward_input_rows<double>(dx, dy, x, static_cast<const double*>(P), i0, i1, stream);
 }
 void BackwardInputCols(const Out3& dx, const View3& dy, const View3& x, const void* P, int64_t u0,
-                       int64_t u1) {
+                       int64_t u1, bool stream) {
   if (x.dtype == DType::Float32)
-    backward_input_cols<float>(dx, dy, x, static_cast<const float*>(P), u0, u1);
+    backward_input_cols<float>(dx, dy, x, static_cast<const float*>(P), u0, u1, stream);
   else
-    backward_input_cols<double>(dx, dy, x, static_cast<const double*>(P), u0, u1);
+    backward_input_cols<double>(dx, dy, x, static_cast<const double*>(P), u0, u1, stream);
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE
@@ -130,6 +132,14 @@ constexpr int64_t kGrain = 1 << 16;
 // Cols-layout reductions are split into at most this many row partitions, reduced separately
 // and merged in order: the split depends on the shape only, never on the thread count.
 constexpr int64_t kPartitions = 16;
+
+// Outputs larger than this are written with non-temporal stores: they would not stay in cache
+// anyway, and streaming saves reading every line before writing it.
+constexpr int64_t kStreamMinBytes = int64_t{16} << 20;
+
+bool streams(const View3& x) {
+  return x.N * x.C * x.L * static_cast<int64_t>(element_size(x.dtype)) >= kStreamMinBytes;
+}
 
 int threads_for(int64_t elements) {
   const int64_t t = std::min<int64_t>(elements / kGrain, omp_get_max_threads());
@@ -350,13 +360,14 @@ void normalize(Layout layout, const Out3& y, const View3& x, const double* mean,
   const int threads = threads_for(x.N * x.C * x.L);
   const void* P = elementwise_params(x, mean, {scale, shift});
   if (P == nullptr) return reference::normalize(y, x, mean, scale, shift);
+  const bool stream = streams(x);
   if (layout == Layout::Rows) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
-      HWY_DYNAMIC_DISPATCH(NormalizeRows)(y, x, P, i0, i1);
+      HWY_DYNAMIC_DISPATCH(NormalizeRows)(y, x, P, i0, i1, stream);
     });
   } else {
     parallel_ranges(cols_units(x, y), threads, [&](int64_t u0, int64_t u1) {
-      HWY_DYNAMIC_DISPATCH(NormalizeCols)(y, x, P, u0, u1);
+      HWY_DYNAMIC_DISPATCH(NormalizeCols)(y, x, P, u0, u1, stream);
     });
   }
 }
@@ -405,13 +416,14 @@ void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3&
   const int threads = threads_for(2 * x.N * x.C * x.L);
   const void* P = elementwise_params(x, mean, {a, b, k});
   if (P == nullptr) return reference::backward_input(dx, dy, x, mean, a, b, k);
+  const bool stream = streams(x);
   if (layout == Layout::Rows) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
-      HWY_DYNAMIC_DISPATCH(BackwardInputRows)(dx, dy, x, P, i0, i1);
+      HWY_DYNAMIC_DISPATCH(BackwardInputRows)(dx, dy, x, P, i0, i1, stream);
     });
   } else {
     parallel_ranges(cols_units(x, dx), threads, [&](int64_t u0, int64_t u1) {
-      HWY_DYNAMIC_DISPATCH(BackwardInputCols)(dx, dy, x, P, u0, u1);
+      HWY_DYNAMIC_DISPATCH(BackwardInputCols)(dx, dy, x, P, u0, u1, stream);
     });
   }
 }

@@ -131,8 +131,8 @@ void backward_sums_cols_partition(const View3& dy, const View3& x, const double*
 //   n; values are read along C and transposed through a small tile, so that each channel's
 //   output is written as a sequential stream along L.
 template <class T, class F>
-void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t u0, int64_t u1,
-                      F f) {
+void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t u0, int64_t u1, F f,
+                      bool stream) {
   const hn::ScalableTag<T> d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t C = x.C, L = x.L;
@@ -143,11 +143,12 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
       const T* p = row_ptr<T>(x, n, 0, l);
       const T* g = dy ? row_ptr<T>(*dy, n, 0, l) : p;
       T* o = base + n * out.sN + l * out.sL;
-      int64_t c = 0;
-      for (; c + N <= C; c += N)
-        hn::StoreU(f.vec(d, c, hn::LoadU(d, p + c), hn::LoadU(d, g + c)), d, o + c);
-      for (; c < C; ++c) o[c] = f.scalar(c, p[c], g[c]);
+      write_run(
+          d, o, C, stream,
+          [&](int64_t c) { return f.vec(d, c, hn::LoadU(d, p + c), hn::LoadU(d, g + c)); },
+          [&](int64_t c) { return f.scalar(c, p[c], g[c]); });
     }
+    if (stream) hwy::FlushStream();
     return;
   }
   const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
@@ -208,14 +209,15 @@ struct BackwardInputOp {
 };
 
 template <class T>
-void normalize_cols(const Out3& y, const View3& x, const T* P, int64_t u0, int64_t u1) {
-  elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<T>{P, x.C});
+void normalize_cols(const Out3& y, const View3& x, const T* P, int64_t u0, int64_t u1,
+                    bool stream) {
+  elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<T>{P, x.C}, stream);
 }
 
 template <class T>
 void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const T* P, int64_t u0,
-                         int64_t u1) {
-  elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<T>{P, x.C});
+                         int64_t u1, bool stream) {
+  elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<T>{P, x.C}, stream);
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE

@@ -175,9 +175,9 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
 // m_hi + m_lo is the float64 mean split into two T values: x − m_hi is exact for x near the mean,
 // so large offsets cost no precision.
 template <class T>
-void normalize_rows(const Out3& y, const View3& x, const T* P, int64_t i0, int64_t i1) {
+void normalize_rows(const Out3& y, const View3& x, const T* P, int64_t i0, int64_t i1,
+                    bool stream) {
   const hn::ScalableTag<T> d;
-  const auto N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t L = x.L, C = x.C;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / C, c = i % C;
@@ -185,12 +185,14 @@ void normalize_rows(const Out3& y, const View3& x, const T* P, int64_t i0, int64
     T* out = static_cast<T*>(y.data) + n * y.sN + c * y.sC;
     const T mh = P[c], ml = P[C + c], sc = P[2 * C + c], sh = P[3 * C + c];
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), vs = hn::Set(d, sc), vb = hn::Set(d, sh);
-    int64_t l = 0;
-    for (; l + N <= L; l += N) {
-      hn::StoreU(hn::MulAdd(hn::Sub(hn::Sub(hn::LoadU(d, p + l), vmh), vml), vs, vb), d, out + l);
-    }
-    for (; l < L; ++l) out[l] = std::fma((p[l] - mh) - ml, sc, sh);
+    write_run(
+        d, out, L, stream,
+        [&](int64_t l) {
+          return hn::MulAdd(hn::Sub(hn::Sub(hn::LoadU(d, p + l), vmh), vml), vs, vb);
+        },
+        [&](int64_t l) { return std::fma((p[l] - mh) - ml, sc, sh); });
   }
+  if (stream) hwy::FlushStream();
 }
 
 // Σ dy and Σ dy · (x − mean) of channel c, accumulated row by row in a fixed order.
@@ -223,9 +225,8 @@ void backward_sums_rows_channel(const View3& dy, const View3& x, const double* m
 //   dx = a · dy + b · ((x − m_hi) − m_lo) + k,   P = [m_hi | m_lo | a | b | k], each C values.
 template <class T>
 void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const T* P, int64_t i0,
-                         int64_t i1) {
+                         int64_t i1, bool stream) {
   const hn::ScalableTag<T> d;
-  const auto N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t L = x.L, C = x.C;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / C, c = i % C;
@@ -235,13 +236,15 @@ void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const 
     const T mh = P[c], ml = P[C + c], a = P[2 * C + c], b = P[3 * C + c], k = P[4 * C + c];
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), va = hn::Set(d, a), vb = hn::Set(d, b),
                vk = hn::Set(d, k);
-    int64_t l = 0;
-    for (; l + N <= L; l += N) {
-      const auto xm = hn::Sub(hn::Sub(hn::LoadU(d, p + l), vmh), vml);
-      hn::StoreU(hn::MulAdd(va, hn::LoadU(d, g + l), hn::MulAdd(vb, xm, vk)), d, out + l);
-    }
-    for (; l < L; ++l) out[l] = std::fma(a, g[l], std::fma(b, (p[l] - mh) - ml, k));
+    write_run(
+        d, out, L, stream,
+        [&](int64_t l) {
+          const auto xm = hn::Sub(hn::Sub(hn::LoadU(d, p + l), vmh), vml);
+          return hn::MulAdd(va, hn::LoadU(d, g + l), hn::MulAdd(vb, xm, vk));
+        },
+        [&](int64_t l) { return std::fma(a, g[l], std::fma(b, (p[l] - mh) - ml, k)); });
   }
+  if (stream) hwy::FlushStream();
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE

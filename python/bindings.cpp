@@ -1,0 +1,302 @@
+// SPDX-License-Identifier: MIT
+// _bn1d: the pybind11 extension behind the `bn1d` Python package (python/bn1d/__init__.py).
+//
+// A thin layer: numpy arrays are wrapped zero-copy as bn1d::Tensor views (any strides), outputs
+// are numpy arrays bn1d writes into directly, parameters and buffers are numpy views of the
+// module's own storage, and every bn1d::Error becomes a ValueError with the same message.
+// No math happens here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <bn1d/bn1d.hpp>
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <shared_mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+// ---- numpy <-> bn1d::Tensor ----------------------------------------------------------------
+
+// The bn1d dtype of a numpy dtype, or nullopt when bn1d has none (non-native byte order too).
+std::optional<bn1d::DType> bn1d_dtype(const py::dtype& dt) {
+  if (!dt.attr("isnative").cast<bool>()) return std::nullopt;
+  if (dt.kind() == 'f' && dt.itemsize() == 4) return bn1d::DType::Float32;
+  if (dt.kind() == 'f' && dt.itemsize() == 8) return bn1d::DType::Float64;
+  if (dt.kind() == 'i' && dt.itemsize() == 8) return bn1d::DType::Int64;
+  return std::nullopt;
+}
+
+py::dtype numpy_dtype(bn1d::DType dtype) {
+  switch (dtype) {
+    case bn1d::DType::Float32:
+      return py::dtype::of<float>();
+    case bn1d::DType::Float64:
+      return py::dtype::of<double>();
+    case bn1d::DType::Int64:
+      return py::dtype::of<std::int64_t>();
+  }
+  throw bn1d::Error("unknown dtype");
+}
+
+std::string numpy_dtype_name(const py::dtype& dt) { return py::str(py::object(dt)).cast<std::string>(); }
+
+// A zero-copy bn1d view of @p a (any strides). The array must stay alive while bn1d uses it.
+bn1d::Tensor wrap(const py::array& a, const char* name) {
+  const std::optional<bn1d::DType> dtype = bn1d_dtype(a.dtype());
+  if (!dtype) {
+    throw bn1d::Error(std::string(name) + ": expected dtype float32 or float64, got " +
+                      numpy_dtype_name(a.dtype()));
+  }
+  const auto itemsize = static_cast<py::ssize_t>(a.itemsize());
+  bn1d::Shape sizes, strides;
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    sizes.push_back(static_cast<int64_t>(a.shape(d)));
+    if (a.strides(d) % itemsize != 0) {
+      throw bn1d::Error(std::string(name) + ": stride " + std::to_string(a.strides(d)) +
+                        " bytes of dimension " + std::to_string(d) +
+                        " is not a multiple of the item size (" + std::to_string(itemsize) +
+                        " bytes)");
+    }
+    strides.push_back(static_cast<int64_t>(a.strides(d) / itemsize));
+  }
+  if (!(py::detail::array_proxy(a.ptr())->flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
+    throw bn1d::Error(std::string(name) + ": expected an array aligned to its item size");
+  }
+  // bn1d never writes through an input view, so a read-only array is fine.
+  return bn1d::Tensor::from_blob(const_cast<void*>(a.data()), std::move(sizes), std::move(strides),
+                                 *dtype);
+}
+
+// A numpy array over the memory of @p t, kept alive by @p base.
+py::array view_of(const bn1d::Tensor& t, py::handle base) {
+  std::vector<py::ssize_t> shape, strides;
+  const auto itemsize = static_cast<py::ssize_t>(bn1d::element_size(t.dtype()));
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    shape.push_back(static_cast<py::ssize_t>(t.sizes()[d]));
+    strides.push_back(static_cast<py::ssize_t>(t.strides()[d]) * itemsize);
+  }
+  return py::array(numpy_dtype(t.dtype()), std::move(shape), std::move(strides), t.raw_data(),
+                   base);
+}
+
+// A numpy array sharing the storage of @p t (a Tensor copy keeps it alive); None if undefined.
+py::object to_numpy(const bn1d::Tensor& t) {
+  if (!t.defined()) return py::none();
+  auto* holder = new bn1d::Tensor(t);
+  py::capsule base(holder, [](void* p) { delete static_cast<bn1d::Tensor*>(p); });
+  return view_of(*holder, base);
+}
+
+// A new C-contiguous numpy array with the shape and dtype of @p like.
+py::array empty_like(const py::array& like) {
+  std::vector<py::ssize_t> shape(like.shape(), like.shape() + like.ndim());
+  return py::array(like.dtype(), std::move(shape));
+}
+
+// The numpy array bn1d wrote into: @p out when bn1d reused its buffer, else its new tensor.
+py::object result(const py::array& out, const bn1d::Tensor& written) {
+  if (written.raw_data() == out.data() || written.numel() == 0) return out;
+  return to_numpy(written);
+}
+
+// ---- the module ----------------------------------------------------------------------------
+
+// A BatchNorm1d plus what Python needs around it: the input object of the last forward() (the
+// module keeps a view of its memory for backward()) and a lock, because calls release the GIL.
+struct Module {
+  explicit Module(const bn1d::BatchNorm1dOptions& options) : m(options) {}
+
+  bn1d::BatchNorm1d m;
+  std::shared_mutex mu;  // exclusive: forward/backward/state changes; shared: readers
+  py::object saved_input = py::none();
+  uint64_t forwards = 0;  // successful forward() calls, under mu
+  uint64_t saved_seq = 0;  // the forward whose input saved_input holds, under the GIL
+
+  // Runs @p f without the GIL, holding the lock (never waits for the GIL while locked).
+  template <class F>
+  auto exclusive(F&& f) {
+    py::gil_scoped_release nogil;
+    std::unique_lock lock(mu);
+    return f();
+  }
+  template <class F>
+  auto shared(F&& f) {
+    py::gil_scoped_release nogil;
+    std::shared_lock lock(mu);
+    return f();
+  }
+};
+
+bn1d::DType parse_module_dtype(const std::string& name) {
+  if (name == "float32") return bn1d::DType::Float32;
+  if (name == "float64") return bn1d::DType::Float64;
+  throw bn1d::Error("dtype: expected float32 or float64, got " + name);
+}
+
+py::object forward(Module& self, const py::array& x) {
+  const bn1d::Tensor input = wrap(x, "input");
+  py::array out = empty_like(x);
+  bn1d::Tensor output = wrap(out, "output");
+  const uint64_t seq = self.exclusive([&] {
+    self.m.forward(input, output);
+    return ++self.forwards;
+  });
+  if (seq > self.saved_seq) {  // a later forward on another thread may have finished first
+    self.saved_input = x;
+    self.saved_seq = seq;
+  }
+  return result(out, output);
+}
+
+py::object infer(Module& self, const py::array& x) {
+  const bn1d::Tensor input = wrap(x, "input");
+  py::array out = empty_like(x);
+  bn1d::Tensor output = wrap(out, "output");
+  self.shared([&] { self.m.infer(input, output); });
+  return result(out, output);
+}
+
+py::tuple backward(Module& self, const py::array& grad_output) {
+  const bn1d::Tensor dy = wrap(grad_output, "grad_output");
+  bn1d::BatchNorm1d::Gradients grads;
+  py::array grad_input = empty_like(grad_output);
+  grads.input = wrap(grad_input, "grad_input");
+  self.exclusive([&] { self.m.backward(dy, grads); });
+  return py::make_tuple(result(grad_input, grads.input), to_numpy(grads.weight),
+                        to_numpy(grads.bias));
+}
+
+py::dict state_dict(Module& self) {
+  const bn1d::StateDict state = self.shared([&] { return self.m.state_dict(); });
+  py::dict d;
+  for (const auto& [key, value] : state) d[py::str(key)] = to_numpy(value);
+  return d;
+}
+
+// @p items: (key, numpy array) pairs in the caller's order, converted by the Python layer.
+void load_state_dict(Module& self, const std::vector<std::pair<std::string, py::array>>& items,
+                     bool strict) {
+  const bn1d::BatchNorm1dOptions& o = self.m.options();
+  bn1d::StateDict state;
+  for (const auto& [key, value] : items) {
+    const bool known = ((key == "weight" || key == "bias") && o.affine()) ||
+                       ((key == "running_mean" || key == "running_var" ||
+                         key == "num_batches_tracked") &&
+                        o.track_running_stats());
+    if (!bn1d_dtype(value.dtype())) {
+      if (known) {
+        throw bn1d::Error(
+            "Error(s) in loading state_dict for BatchNorm1d: size or dtype mismatch for " + key +
+            ": copying a tensor of unsupported dtype " + numpy_dtype_name(value.dtype()) +
+            " from the state dict.");
+      }
+      // An unknown key: bn1d only reports it (strict) or ignores it; its values are never read.
+      state.insert(key, bn1d::Tensor::empty({0}, bn1d::DType::Int64));
+      continue;
+    }
+    state.insert(key, wrap(value, key.c_str()));
+  }
+  self.exclusive([&] { self.m.load_state_dict(state, strict); });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_bn1d, mod) {
+  mod.doc() = "bn1d: exact BatchNorm1d (C++ core). Use the `bn1d` package, not this module.";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const bn1d::Error& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+
+  py::class_<Module>(mod, "BatchNorm1d")
+      .def(py::init([](int64_t num_features, double eps, std::optional<double> momentum,
+                       bool affine, bool track_running_stats, const std::string& dtype) {
+             return new Module(bn1d::BatchNorm1dOptions(num_features)
+                                   .eps(eps)
+                                   .momentum(momentum)
+                                   .affine(affine)
+                                   .track_running_stats(track_running_stats)
+                                   .dtype(parse_module_dtype(dtype)));
+           }),
+           py::arg("num_features"), py::arg("eps") = 1e-5, py::arg("momentum") = 0.1,
+           py::arg("affine") = true, py::arg("track_running_stats") = true,
+           py::arg("dtype") = "float32")
+      .def_property(
+          "training", [](Module& self) { return self.shared([&] { return self.m.is_training(); }); },
+          [](Module& self, bool on) { self.exclusive([&] { self.m.train(on); }); })
+      .def("forward", &forward, py::arg("input"))
+      .def("infer", &infer, py::arg("input"))
+      .def("backward", &backward, py::arg("grad_output"))
+      .def_property_readonly("weight",
+                             [](py::object self) -> py::object {
+                               Module& m = self.cast<Module&>();
+                               if (!m.m.weight().defined()) return py::none();
+                               return view_of(m.m.weight(), self);
+                             })
+      .def_property_readonly("bias",
+                             [](py::object self) -> py::object {
+                               Module& m = self.cast<Module&>();
+                               if (!m.m.bias().defined()) return py::none();
+                               return view_of(m.m.bias(), self);
+                             })
+      .def_property_readonly("running_mean",
+                             [](py::object self) -> py::object {
+                               Module& m = self.cast<Module&>();
+                               if (!m.m.running_mean().defined()) return py::none();
+                               return view_of(m.m.running_mean(), self);
+                             })
+      .def_property_readonly("running_var",
+                             [](py::object self) -> py::object {
+                               Module& m = self.cast<Module&>();
+                               if (!m.m.running_var().defined()) return py::none();
+                               return view_of(m.m.running_var(), self);
+                             })
+      .def_property_readonly("num_batches_tracked",
+                             [](Module& self) {
+                               return self.shared([&] { return self.m.num_batches_tracked(); });
+                             })
+      .def_property_readonly("num_features",
+                             [](Module& self) { return self.m.options().num_features(); })
+      .def_property_readonly("eps", [](Module& self) { return self.m.options().eps(); })
+      .def_property_readonly("momentum", [](Module& self) { return self.m.options().momentum(); })
+      .def_property_readonly("affine", [](Module& self) { return self.m.options().affine(); })
+      .def_property_readonly(
+          "track_running_stats",
+          [](Module& self) { return self.m.options().track_running_stats(); })
+      .def_property_readonly(
+          "dtype", [](Module& self) { return std::string(bn1d::dtype_name(self.m.options().dtype())); })
+      .def("state_dict", &state_dict)
+      .def("load_state_dict", &load_state_dict, py::arg("items"), py::arg("strict") = true)
+      .def(
+          "save",
+          [](Module& self, const std::string& path) { self.shared([&] { self.m.save(path); }); },
+          py::arg("path"))
+      .def(
+          "load",
+          [](Module& self, const std::string& path, const std::string& prefix) {
+            self.exclusive([&] { self.m.load(path, prefix); });
+          },
+          py::arg("path"), py::arg("prefix") = "")
+      .def("reset_parameters",
+           [](Module& self) { self.exclusive([&] { self.m.reset_parameters(); }); })
+      .def("reset_running_stats",
+           [](Module& self) { self.exclusive([&] { self.m.reset_running_stats(); }); })
+      .def("__repr__", [](const Module& self) {
+        std::ostringstream s;
+        s << self.m;
+        return s.str();
+      });
+}
