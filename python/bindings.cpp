@@ -14,8 +14,8 @@
 #include <cstdint>
 #include <mutex>
 #include <optional>
-#include <sstream>
 #include <shared_mutex>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -47,7 +47,9 @@ py::dtype numpy_dtype(bn1d::DType dtype) {
   throw bn1d::Error("unknown dtype");
 }
 
-std::string numpy_dtype_name(const py::dtype& dt) { return py::str(py::object(dt)).cast<std::string>(); }
+std::string numpy_dtype_name(const py::dtype& dt) {
+  return py::str(py::object(dt)).cast<std::string>();
+}
 
 // A zero-copy bn1d view of @p a (any strides). The array must stay alive while bn1d uses it.
 bn1d::Tensor wrap(const py::array& a, const char* name) {
@@ -118,7 +120,7 @@ struct Module {
   bn1d::BatchNorm1d m;
   std::shared_mutex mu;  // exclusive: forward/backward/state changes; shared: readers
   py::object saved_input = py::none();
-  uint64_t forwards = 0;  // successful forward() calls, under mu
+  uint64_t forwards = 0;   // successful forward() calls, under mu
   uint64_t saved_seq = 0;  // the forward whose input saved_input holds, under the GIL
 
   // Runs @p f without the GIL, holding the lock (never waits for the GIL while locked).
@@ -188,10 +190,10 @@ void load_state_dict(Module& self, const std::vector<std::pair<std::string, py::
   const bn1d::BatchNorm1dOptions& o = self.m.options();
   bn1d::StateDict state;
   for (const auto& [key, value] : items) {
-    const bool known = ((key == "weight" || key == "bias") && o.affine()) ||
-                       ((key == "running_mean" || key == "running_var" ||
-                         key == "num_batches_tracked") &&
-                        o.track_running_stats());
+    const bool known =
+        ((key == "weight" || key == "bias") && o.affine()) ||
+        ((key == "running_mean" || key == "running_var" || key == "num_batches_tracked") &&
+         o.track_running_stats());
     if (!bn1d_dtype(value.dtype())) {
       if (known) {
         throw bn1d::Error(
@@ -235,7 +237,8 @@ PYBIND11_MODULE(_bn1d, mod) {
            py::arg("affine") = true, py::arg("track_running_stats") = true,
            py::arg("dtype") = "float32")
       .def_property(
-          "training", [](Module& self) { return self.shared([&] { return self.m.is_training(); }); },
+          "training",
+          [](Module& self) { return self.shared([&] { return self.m.is_training(); }); },
           [](Module& self, bool on) { self.exclusive([&] { self.m.train(on); }); })
       .def("forward", &forward, py::arg("input"))
       .def("infer", &infer, py::arg("input"))
@@ -264,20 +267,19 @@ PYBIND11_MODULE(_bn1d, mod) {
                                if (!m.m.running_var().defined()) return py::none();
                                return view_of(m.m.running_var(), self);
                              })
-      .def_property_readonly("num_batches_tracked",
-                             [](Module& self) {
-                               return self.shared([&] { return self.m.num_batches_tracked(); });
-                             })
+      .def_property_readonly(
+          "num_batches_tracked",
+          [](Module& self) { return self.shared([&] { return self.m.num_batches_tracked(); }); })
       .def_property_readonly("num_features",
                              [](Module& self) { return self.m.options().num_features(); })
       .def_property_readonly("eps", [](Module& self) { return self.m.options().eps(); })
       .def_property_readonly("momentum", [](Module& self) { return self.m.options().momentum(); })
       .def_property_readonly("affine", [](Module& self) { return self.m.options().affine(); })
+      .def_property_readonly("track_running_stats",
+                             [](Module& self) { return self.m.options().track_running_stats(); })
       .def_property_readonly(
-          "track_running_stats",
-          [](Module& self) { return self.m.options().track_running_stats(); })
-      .def_property_readonly(
-          "dtype", [](Module& self) { return std::string(bn1d::dtype_name(self.m.options().dtype())); })
+          "dtype",
+          [](Module& self) { return std::string(bn1d::dtype_name(self.m.options().dtype())); })
       .def("state_dict", &state_dict)
       .def("load_state_dict", &load_state_dict, py::arg("items"), py::arg("strict") = true)
       .def(

@@ -3,6 +3,12 @@
 
 Accuracy rule (test_random_case):
   * float64: every tensor within 1e-10 of torch float64, relative to max |torch| of the tensor.
+    grad_input with batch statistics is ill-conditioned when N*L is tiny: for N*L == 2 it is
+    O(eps / var) times its terms (exactly 0 for eps == 0), so bn1d and torch both return
+    rounding noise of the terms' size (seed 142 of a 3000-seed sweep: both ~1e-16, exact 0).
+    Its tolerance therefore also has an absolute floor of GRAD_INPUT_FLOOR (1e-13) times the
+    terms' scale max|grad_output| * max_c |weight_c| * invstd_c — still ~1000x tighter than
+    any real error, and the same for every implementation.
   * float32: the reference is torch run in float64 from the same float32 inputs, parameters and
     buffers. Our error against it (max abs difference / max |reference|) must not exceed
     FLOAT32_FACTOR (4) times torch-float32's own error against it, plus FLOAT32_FLOOR = 2**-21
@@ -24,6 +30,7 @@ import torch
 import bn1d
 
 FLOAT64_RTOL = 1e-10
+GRAD_INPUT_FLOOR = 1e-13
 FLOAT32_FACTOR = 4.0
 FLOAT32_FLOOR = 2.0**-21
 
@@ -144,6 +151,16 @@ def run_case(seed):
         mine = dict(output=y, grad_input=gi, grad_weight=gw, grad_bias=gb,
                     running_mean=ours.running_mean, running_var=ours.running_var)
 
+        # The scale of grad_input's terms (see the module docstring), from torch's statistics.
+        if training or not cfg["track"]:
+            axes = (0,) if L is None else (0, 2)
+            var = x.astype(np.float64).var(axis=axes)
+        else:
+            var = results["ref"]["running_var"].astype(np.float64)
+        invstd = 1 / np.sqrt(var + cfg["eps"])
+        w = np.abs(ref.weight.detach().numpy()) if cfg["affine"] else 1.0
+        grad_input_scale = np.max(np.abs(dy)) * np.max(w * invstd)
+
         where = f"seed {seed} step {step} {cfg}"
         for key, value in mine.items():
             t, r = results["torch"][key], results["ref"][key]
@@ -153,7 +170,10 @@ def run_case(seed):
             assert value is not None and value.dtype == dtype, f"{key}; {where}"
             if dtype == np.float64:
                 err = rel_err(value, t)
-                assert err <= FLOAT64_RTOL, f"{key}: relative error {err:.3g}; {where}"
+                scale = max(np.max(np.abs(t), initial=0.0), 1e-300)
+                floor = GRAD_INPUT_FLOOR * grad_input_scale / scale if key == "grad_input" else 0
+                assert err <= FLOAT64_RTOL + floor, (
+                    f"{key}: relative error {err:.3g} (max |torch| {scale:.3g}); {where}")
             else:
                 err, torch_err = rel_err(value, r), rel_err(t, r)
                 assert err <= FLOAT32_FACTOR * torch_err + FLOAT32_FLOOR, (
@@ -527,3 +547,30 @@ def test_threads():
         th.join()
     assert not errors, errors
     assert shared.num_batches_tracked == 80
+
+
+def test_failed_forward_keeps_the_previous_input():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(5, 3, 2))
+    dy = rng.normal(size=x.shape)
+    m = bn1d.BatchNorm1d(3, dtype="float64")
+    t = torch_module(3, np.float64)
+    m(x.copy())
+    with pytest.raises(ValueError):
+        m(np.zeros((1, 3)))  # N*L == 1: throws, state and saved input unchanged
+    gc.collect()
+    xt = to_torch(x, requires_grad=True)
+    expected = torch.autograd.grad(t(xt), xt, to_torch(dy))[0].numpy()
+    np.testing.assert_allclose(m.backward(dy)[0], expected, rtol=1e-12, atol=1e-12)
+    assert m.num_batches_tracked == 1
+
+
+def test_broadcast_input():
+    """Zero strides (np.broadcast_to, read-only) are used as they are."""
+    row = np.arange(3, dtype=np.float64)
+    x = np.broadcast_to(row, (4, 3))
+    m = bn1d.BatchNorm1d(3, dtype="float64", track_running_stats=False)
+    np.testing.assert_array_equal(m(x), np.zeros((4, 3)))
+    x3 = np.broadcast_to(np.arange(4.0)[:, None, None], (4, 2, 5))
+    expected = torch.nn.BatchNorm1d(2).double()(torch.from_numpy(x3.copy())).detach().numpy()
+    np.testing.assert_allclose(bn1d.BatchNorm1d(2, dtype="float64")(x3), expected, rtol=1e-12)
