@@ -2,7 +2,8 @@
 # Quick start 2: installs what is missing, then runs the whole test suite:
 #   1. format check (clang-format, .clang-format)
 #   2. Release build (warnings are errors): the C++ tests, quickstart, demo, a benchmark smoke run,
-#      and consumer projects built against the installed library (CMake package, pkg-config)
+#      and consumer projects built against the installed library (CMake package, pkg-config);
+#      the Python module and its differential suite against torch (scripts/test-python.sh)
 #   3. the C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included)
 #   4. the threaded tests under ThreadSanitizer
 #   5. each libFuzzer target for BN1D_FUZZ_SECONDS seconds (default 60) from the seed corpus
@@ -41,6 +42,9 @@ g++ -o build/default/find-package/consumer_pkgconfig tests/find-package/main.cpp
 
 stage "unit tests"
 ctest --preset default -j2
+
+stage "Python module: differential suite against torch"
+scripts/test-python.sh
 
 [ "${BN1D_QUICK:-0}" = "1" ] && exit 0
 
