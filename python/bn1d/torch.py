@@ -1,0 +1,199 @@
+# SPDX-License-Identifier: MIT
+"""bn1d.torch: bn1d's kernels behind a torch.nn.Module, a drop-in for torch.nn.BatchNorm1d.
+
+    import bn1d.torch
+    bn = bn1d.torch.BatchNorm1d(32)          # same constructor as torch.nn.BatchNorm1d
+    model = bn1d.torch.convert(model)        # every torch.nn.BatchNorm1d -> bn1d.torch.BatchNorm1d
+    model = bn1d.torch.revert(model)         # and back
+
+Only ``import bn1d.torch`` imports torch; ``import bn1d`` does not.
+
+``bn1d.torch.BatchNorm1d`` is a subclass of ``torch.nn.BatchNorm1d`` that overrides only
+``forward()``. Its parameters (``weight``, ``bias``: ``nn.Parameter``), buffers
+(``running_mean``, ``running_var``, ``num_batches_tracked``; None where torch has None),
+constructor, ``state_dict``/``load_state_dict``, ``train()``/``eval()``, ``.double()``,
+``repr`` and ``isinstance(m, torch.nn.BatchNorm1d)`` are torch's own. ``forward()`` follows
+``torch.nn.BatchNorm1d.forward`` step by step (input-dim check, ``num_batches_tracked += 1`` in
+training with tracked statistics, the exponential-average factor: ``momentum``, or
+``1 / num_batches_tracked`` when ``momentum`` is None; batch statistics in training or when
+there are no running statistics) and then runs bn1d's forward and backward kernels through a
+``torch.autograd.Function``, so gradients reach the input and ``weight``/``bias`` as usual.
+
+What one forward/backward copies, and what it does not:
+
+* Not copied: the input and ``grad_output``. They are passed to bn1d as numpy views of the torch
+  tensors' memory (``Tensor.numpy()`` on the detached tensor, any strides: transposed, sliced,
+  expanded tensors are used as they are). The input must not be modified in place before
+  backward; torch's version counter reports it if it is (the input is saved for backward).
+* Not copied: the output, ``grad_input``, ``grad_weight`` and ``grad_bias``. bn1d writes them
+  into numpy arrays it allocates, which are handed to torch with ``torch.from_numpy``.
+* Copied (C values each, per forward): ``weight`` and ``bias`` into a transient
+  ``bn1d.BatchNorm1d`` created for that call (it also holds what backward needs, so a module may
+  be applied several times before backward); ``running_mean`` and ``running_var`` into it, and,
+  when they were updated (training with tracked statistics), back into the torch buffers with
+  ``buffer.copy_()`` (the same tensor objects, updated in place as torch does).
+* ``num_batches_tracked`` is never copied: it is updated in torch, exactly as torch does.
+
+Inputs that bn1d cannot take are handled by torch: tensors that are not on the CPU, and dtypes
+other than float32 and float64 (float16, bfloat16) run ``torch.nn.BatchNorm1d.forward``
+unchanged. Gradients are first-order only (no double backward). A float64 input to a float32
+module (or the converse) is a ValueError from bn1d where torch raises a RuntimeError.
+
+``convert(model)`` / ``revert(model)`` replace, in place and recursively, every submodule whose
+type is exactly ``torch.nn.BatchNorm1d`` (resp. ``bn1d.torch.BatchNorm1d``) by a module of the
+other class with the same options and training flag that *shares* the original's parameter and
+buffer tensors (the same ``nn.Parameter`` objects: an optimizer built before the conversion
+keeps updating them; nothing is copied, dtype and device are kept). Hooks registered on the
+replaced modules are not carried over; subclasses of ``torch.nn.BatchNorm1d`` are left alone.
+"""
+
+import numpy as np
+import torch
+
+from . import BatchNorm1d as _Bn1dModule
+
+__all__ = ["BatchNorm1d", "convert", "revert"]
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def _view(t):
+    """A numpy view of the CPU tensor @p t (no copy; any strides)."""
+    return t.detach().resolve_neg().resolve_conj().numpy()
+
+
+class _BatchNormFunction(torch.autograd.Function):
+    """bn1d's forward and backward as an autograd function.
+
+    forward(input, weight, bias, running_mean, running_var, use_batch_stats, factor, eps):
+    ``running_mean``/``running_var`` are None when no running statistics are used; when given
+    with ``use_batch_stats`` they are updated in place with @p factor.
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, running_mean, running_var, use_batch_stats, factor,
+                eps):
+        affine = weight is not None
+        track = running_mean is not None
+        if affine:
+            dtype = weight.dtype
+        elif track:
+            dtype = running_mean.dtype
+        else:
+            dtype = input.dtype
+        bn = _Bn1dModule(input.shape[1], eps=eps, momentum=float(factor), affine=affine,
+                         track_running_stats=track, dtype=str(dtype).replace("torch.", ""))
+        if affine:
+            bn.weight[...] = _view(weight)
+            bn.bias[...] = _view(bias)
+        if track:
+            bn.running_mean[...] = _view(running_mean)
+            bn.running_var[...] = _view(running_var)
+        bn.train(bool(use_batch_stats))
+        output = torch.from_numpy(bn.forward(_view(input)))
+        if track and use_batch_stats:
+            running_mean.copy_(torch.from_numpy(bn.running_mean))
+            running_var.copy_(torch.from_numpy(bn.running_var))
+        ctx.bn = bn
+        ctx.save_for_backward(input)  # the version check: bn keeps a view of its memory
+        return output
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        ctx.saved_tensors  # noqa: B018 -- raises if the input was modified in place
+        grad_input, grad_weight, grad_bias = ctx.bn.backward(_view(grad_output))
+        del ctx.bn
+        as_tensor = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+        return (as_tensor(grad_input), as_tensor(grad_weight), as_tensor(grad_bias),
+                None, None, None, None, None)
+
+
+class BatchNorm1d(torch.nn.BatchNorm1d):
+    """torch.nn.BatchNorm1d computed by bn1d (see the module docstring). Same constructor,
+    parameters, buffers and state dict as torch.nn.BatchNorm1d."""
+
+    def forward(self, input):
+        if input.device.type != "cpu" or input.dtype not in _SUPPORTED_DTYPES:
+            return super().forward(input)  # what bn1d cannot take: torch's own forward
+        self._check_input_dim(input)
+
+        # torch.nn.BatchNorm1d.forward (torch 1.13), step by step.
+        if self.momentum is None:
+            exponential_average_factor = 0.0
+        else:
+            exponential_average_factor = self.momentum
+        if self.training and self.track_running_stats:
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+                if self.momentum is None:  # cumulative moving average
+                    exponential_average_factor = 1.0 / float(self.num_batches_tracked)
+                else:  # exponential moving average
+                    exponential_average_factor = self.momentum
+        if self.training:
+            bn_training = True
+        else:
+            bn_training = self.running_mean is None and self.running_var is None
+        use_buffers = not self.training or self.track_running_stats
+        running_mean = self.running_mean if use_buffers else None
+        running_var = self.running_var if use_buffers else None
+        return _BatchNormFunction.apply(input, self.weight, self.bias, running_mean,
+                                        running_var, bn_training, exponential_average_factor,
+                                        self.eps)
+
+
+def _swap(module, source, target):
+    """A @p target module with the options, training flag, parameters and buffers (the same
+    tensor objects) of @p module, an instance of @p source."""
+    ref = module.weight if module.weight is not None else module.running_mean
+    kw = {} if ref is None else dict(device=ref.device, dtype=ref.dtype)
+    new = target(module.num_features, eps=module.eps, momentum=module.momentum,
+                 affine=module.affine, track_running_stats=module.track_running_stats, **kw)
+    new._parameters.clear()
+    new._parameters.update(module._parameters)
+    new._buffers.clear()
+    new._buffers.update(module._buffers)
+    new._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
+    new.train(module.training)
+    return new
+
+
+def _replace(model, source, target):
+    memo = {}  # a module used at several places becomes one new module
+
+    def swapped(m):
+        if id(m) not in memo:
+            memo[id(m)] = _swap(m, source, target)
+        return memo[id(m)]
+
+    if type(model) is source:
+        return swapped(model)
+    seen = set()
+
+    def visit(parent):
+        if id(parent) in seen:
+            return
+        seen.add(id(parent))
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if type(child) is source:
+                parent._modules[name] = swapped(child)
+            else:
+                visit(child)
+
+    visit(model)
+    return model
+
+
+def convert(model):
+    """Replaces, in place and recursively, every torch.nn.BatchNorm1d of @p model by a
+    bn1d.torch.BatchNorm1d sharing its parameters and buffers; returns @p model (the new module
+    when @p model itself is a torch.nn.BatchNorm1d)."""
+    return _replace(model, torch.nn.BatchNorm1d, BatchNorm1d)
+
+
+def revert(model):
+    """The inverse of convert(): every bn1d.torch.BatchNorm1d becomes a torch.nn.BatchNorm1d
+    sharing its parameters and buffers; returns @p model (or the new module)."""
+    return _replace(model, BatchNorm1d, torch.nn.BatchNorm1d)
