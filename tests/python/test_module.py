@@ -14,6 +14,9 @@ Accuracy rule (test_random_case):
     FLOAT32_FACTOR (4) times torch-float32's own error against it, plus FLOAT32_FLOOR = 2**-21
     (4 float32 ulps relative to the tensor's largest magnitude: bn1d rounds every element once
     from float64, so it needs no more; torch float32 may be exact by luck on small tensors).
+    grad_input gets the same ill-conditioning floor as in float64, scaled to float32:
+    GRAD_INPUT_FLOOR32 = 8 float32 half-ulps of the terms' scale (seed 20527, N*L == 2: bn1d
+    6e-3 and torch 1.4e-3 relative to an exact result ~1e-5 times its terms — both noise).
   * num_batches_tracked: exact.
 """
 
@@ -33,6 +36,7 @@ FLOAT64_RTOL = 1e-10
 GRAD_INPUT_FLOOR = 1e-13
 FLOAT32_FACTOR = 4.0
 FLOAT32_FLOOR = 2.0**-21
+GRAD_INPUT_FLOOR32 = 8 * 2.0**-24
 
 NUM_RANDOM_CASES = 2000
 BASE_SEED = 20240
@@ -82,10 +86,26 @@ def layout(rng, a, kind):
 
 def case_config(seed):
     rng = np.random.default_rng(seed)
+
+    def log_uniform(lo, hi, edge):
+        """lo with probability 1/8 (an edge), else log-uniform in [lo, hi]."""
+        if rng.random() < 0.125:
+            return edge
+        return int(round(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
+
+    # The issue's ranges (N 2..512, C 1..300, L absent or 1..2000, edges N = 2, C = 1, L = 1),
+    # with N·C·L capped at 2^17 by shrinking L, then N, so that 2,000 cases stay fast.
+    N, C = log_uniform(2, 512, 2), log_uniform(1, 300, 1)
+    L = None if rng.random() < 1 / 3 else log_uniform(1, 2000, 1)
+    while N * C * (L or 1) > 1 << 17:
+        if L is not None and L > 1:
+            L = max(1, L // 2)
+        else:
+            N = max(2, N // 2)
     cfg = dict(
-        N=int(rng.integers(2, 65)),
-        C=int(rng.integers(1, 41)),
-        L=None if rng.random() < 1 / 3 else int(rng.integers(1, 51)),
+        N=N,
+        C=C,
+        L=L,
         dtype=np.float32 if rng.random() < 0.5 else np.float64,
         momentum=[0.0, 0.1, 0.5, 1.0, None][int(rng.integers(0, 5))],
         eps=[1e-5, 1e-5, 1e-3, 0.0][int(rng.integers(0, 4))],
@@ -176,7 +196,10 @@ def run_case(seed):
                     f"{key}: relative error {err:.3g} (max |torch| {scale:.3g}); {where}")
             else:
                 err, torch_err = rel_err(value, r), rel_err(t, r)
-                assert err <= FLOAT32_FACTOR * torch_err + FLOAT32_FLOOR, (
+                scale = max(np.max(np.abs(r), initial=0.0), 1e-300)
+                # grad_input's terms in float32: a few ulps of their scale (see the docstring).
+                floor = (GRAD_INPUT_FLOOR32 * grad_input_scale / scale) if key == "grad_input" else 0
+                assert err <= FLOAT32_FACTOR * torch_err + FLOAT32_FLOOR + floor, (
                     f"{key}: error {err:.3g} vs torch float32's {torch_err:.3g}; {where}")
         expected_count = int(oracle.num_batches_tracked) if cfg["track"] else None
         assert ours.num_batches_tracked == expected_count, where
