@@ -9,7 +9,8 @@ namespace bn1d::kernels {
 
 /// Values per statistics block: small enough that a block's second pass hits L1/L2.
 constexpr int64_t kBlock = 4096;
-/// Rows of a cols-layout statistics block.
+/// Rows of a cols-layout statistics block: each block is reduced in two passes over its rows
+/// (kMaxRowsPerBlock · C values, which stay in L2), so blocks can be tall whatever C is.
 constexpr int64_t kMaxRowsPerBlock = 64;
 /// Channels-last output: units of kChannelBlock channels of one n, transposed through tiles of
 /// kTileL values of l.

@@ -146,10 +146,6 @@ int threads_for(int64_t elements) {
   return static_cast<int>(std::max<int64_t>(t, 1));
 }
 
-// Rows per cols-layout statistics block. Each group of channels is reduced twice over the block's
-// rows back to back (those few cache lines stay in L1), so blocks can be tall whatever C is.
-int64_t rows_per_block(int64_t) { return kMaxRowsPerBlock; }
-
 // Names of all compiled targets this CPU supports, read once before any forcing.
 const std::vector<int64_t>& all_targets() {
   static const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
@@ -184,7 +180,7 @@ struct ColsPartitions {
   int64_t rows, block, blocks, count;
   explicit ColsPartitions(const View3& x)
       : rows(x.N * x.L),
-        block(rows_per_block(x.C)),
+        block(kMaxRowsPerBlock),
         blocks((rows + block - 1) / block),
         count(std::min(blocks, kPartitions)) {}
   int64_t first(int64_t p) const { return std::min(rows, p * blocks / count * block); }
