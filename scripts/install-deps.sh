@@ -4,9 +4,10 @@
 set -euo pipefail
 
 # build and tests; clang + libclang-rt (libFuzzer, sanitizer runtimes) and clang-format for the
-# hardening stages of scripts/test.sh
+# hardening stages of scripts/test.sh; OpenMPI for bn1d::dist (SyncBatchNorm1d) and its tests
 packages=(cmake ninja-build g++ pkg-config git libgtest-dev libgmock-dev nlohmann-json3-dev libhwy-dev
-          clang libclang-rt-14-dev clang-format)
+          clang libclang-rt-14-dev clang-format
+          openmpi-bin libopenmpi-dev)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,181 @@
+// SPDX-License-Identifier: MIT
+/// @file sync_batch_norm.hpp
+/// @brief SyncBatchNorm1d: BatchNorm1d whose batch statistics span all ranks of an MPI
+/// communicator (torch.nn.SyncBatchNorm for (N, C) and (N, C, L) inputs).
+///
+/// Part of the optional library bn1d::dist (built when CMake finds MPI).
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "bn1d/batch_norm.hpp"
+#include "bn1d/module.hpp"
+#include "bn1d/state.hpp"
+#include "bn1d/tensor.hpp"
+
+namespace bn1d {
+
+/// Batch normalization whose batch statistics are those of the **global** batch: the
+/// concatenation along N of the inputs of every rank of a communicator. Outputs, running
+/// statistics and input gradients equal those of a single-process BatchNorm1d on the global
+/// batch (up to rounding: float64 within 1e-12, float32 within 8 half-ulps).
+///
+/// Implementation: the parameters, buffers and options live in an ordinary BatchNorm1d
+/// (module()); the synchronized passes run the functional steps of batch_norm.hpp with one
+/// collective each:
+/// - forward (batch statistics): every rank computes its local (count, mean, M2) with
+///   batch_stats(); one MPI_Allgather of a fixed-size record per rank
+///   [status, count, C, dtype, mode, momentum, eps, mean[C], M2[C]] (float64); every rank merges
+///   the records with combine_stats() in rank order (deterministic), normalizes with the global
+///   statistics and applies the identical running-statistics update (unbiased variance with the
+///   global count), so the running statistics stay bitwise identical on all ranks.
+/// - backward (after a synchronized forward): one MPI_Allgather of
+///   [status, count, C, Σdy[C], Σdy·(x − mean)[C]] summed in rank order with
+///   combine_grad_stats(); the input gradient uses the global sums. The weight and bias gradients
+///   are those of the **local** batch: the data-parallel optimizer sums them across ranks (as
+///   DistributedDataParallel's all-reduce does), which gives the gradient of the global batch.
+/// - Eval mode with running statistics makes no collective (it is BatchNorm1d's eval forward);
+///   without track_running_stats, eval mode normalizes with synchronized batch statistics.
+///   A world of size 1 makes no collective either.
+///
+/// Collective calls: construction (MPI_Comm_dup), destruction (MPI_Comm_free), and every
+/// forward()/backward() that uses batch statistics must be called by all ranks of the
+/// communicator, in the same order, with modules of the same num_features (the record length
+/// depends on it). All ranks must also agree on the mode (training/eval), dtype, eps, momentum,
+/// affine and track_running_stats; a disagreement detected in a record makes every rank throw.
+///
+/// Errors never hang: every rank validates its arguments locally, puts the outcome in its record
+/// and takes part in the collective anyway. If any rank failed, **every** rank throws
+/// bn1d::Error — the failing rank with its own message (the same text as BatchNorm1d), the
+/// others with "SyncBatchNorm1d: rank R failed: <reason>". The training-size check uses the
+/// global count: a rank may hold a single value (or no value) per channel as long as the global
+/// batch has more than one. A call that throws changes nothing. MPI failures (MPI_ERRORS_RETURN
+/// is set on the module's communicator) become bn1d::Error.
+///
+/// The class is move-only (it owns a duplicate of the communicator). Thread safety as
+/// BatchNorm1d; in addition, MPI must be initialized with the thread level your use needs.
+class SyncBatchNorm1d {
+ public:
+  using Gradients = BatchNormGradients;
+
+  /// SyncBatchNorm1d(num_features) with default options over @p comm (collective on @p comm).
+  /// Throws Error if MPI is not initialized, for invalid options (as BatchNorm1d; checked before
+  /// the collective duplication, so invalid options must be invalid on every rank), or when
+  /// duplicating the communicator fails.
+  explicit SyncBatchNorm1d(int64_t num_features, MPI_Comm comm = MPI_COMM_WORLD);
+  /// As above with @p options.
+  explicit SyncBatchNorm1d(const BatchNorm1dOptions& options, MPI_Comm comm = MPI_COMM_WORLD);
+  SyncBatchNorm1d(const SyncBatchNorm1d&) = delete;
+  SyncBatchNorm1d& operator=(const SyncBatchNorm1d&) = delete;
+  SyncBatchNorm1d(SyncBatchNorm1d&& other) noexcept;
+  SyncBatchNorm1d& operator=(SyncBatchNorm1d&& other) noexcept;
+  /// Frees the communicator duplicate (skipped when MPI is already finalized).
+  ~SyncBatchNorm1d();
+
+  /// Normalizes @p input ((N, C) or (N, C, L), the module's dtype, any strides; N may be 0 on
+  /// some ranks) with the global batch statistics (training mode, or no running statistics) or
+  /// the running statistics (eval mode). Returns a new contiguous tensor of the input's shape and
+  /// saves a reference to the input for backward().
+  Tensor forward(const Tensor& input);
+  /// Same as forward().
+  Tensor operator()(const Tensor& input) { return forward(input); }
+  /// forward() into a caller-owned buffer (BatchNorm1d's reuse rule).
+  void forward(const Tensor& input, Tensor& output);
+
+  /// Gradients of the most recent forward(): the input gradient of the global loss with respect
+  /// to this rank's input; weight and bias gradients of this rank's part (sum them across ranks).
+  /// Collective when the forward was. Throws Error before any forward().
+  Gradients backward(const Tensor& grad_output);
+  /// backward() into caller-owned buffers.
+  void backward(const Tensor& grad_output, Gradients& grads);
+
+  /// Sets training (true) or evaluation (false) mode; returns *this.
+  SyncBatchNorm1d& train(bool on = true) noexcept {
+    module_.train(on);
+    return *this;
+  }
+  /// Sets evaluation mode; returns *this.
+  SyncBatchNorm1d& eval() noexcept { return train(false); }
+  /// True in training mode (the initial mode).
+  bool is_training() const noexcept { return module_.is_training(); }
+
+  /// Running statistics to mean 0, variance 1, num_batches_tracked 0; weight 1 and bias 0.
+  void reset_parameters();
+  /// Running statistics to mean 0, variance 1, num_batches_tracked 0.
+  void reset_running_stats();
+
+  /// γ, shape {C}; undefined without affine.
+  Tensor& weight() noexcept { return module_.weight(); }
+  const Tensor& weight() const noexcept { return module_.weight(); }
+  /// β, shape {C}; undefined without affine.
+  Tensor& bias() noexcept { return module_.bias(); }
+  const Tensor& bias() const noexcept { return module_.bias(); }
+  /// Running mean, shape {C}; undefined without track_running_stats.
+  Tensor& running_mean() noexcept { return module_.running_mean(); }
+  const Tensor& running_mean() const noexcept { return module_.running_mean(); }
+  /// Running unbiased variance, shape {C}; undefined without track_running_stats.
+  Tensor& running_var() noexcept { return module_.running_var(); }
+  const Tensor& running_var() const noexcept { return module_.running_var(); }
+  /// Number of training forwards seen while tracking (the same on every rank).
+  int64_t num_batches_tracked() const noexcept { return num_batches_tracked_; }
+  /// The options the module was built with.
+  const BatchNorm1dOptions& options() const noexcept { return module_.options(); }
+  /// The underlying local module holding parameters and buffers (e.g. for infer(), which uses
+  /// running statistics and makes no collective). Its num_batches_tracked is not maintained:
+  /// use this class's.
+  const BatchNorm1d& module() const noexcept { return module_; }
+
+  /// The module's own duplicate of the communicator.
+  MPI_Comm comm() const noexcept { return comm_; }
+  /// This process's rank in comm().
+  int rank() const noexcept { return rank_; }
+  /// Number of ranks of comm().
+  int world_size() const noexcept { return size_; }
+
+  /// BatchNorm1d's state dict (PyTorch's keys), with this module's num_batches_tracked.
+  StateDict state_dict() const;
+  /// As BatchNorm1d::load_state_dict (local: load the same state on every rank).
+  void load_state_dict(const StateDict& state, bool strict = true);
+  /// Saves state_dict() to @p path as safetensors (e.g. on rank 0 only).
+  void save(const std::string& path) const;
+  /// As BatchNorm1d::load.
+  void load(const std::string& path, const std::string& prefix = "");
+
+ private:
+  void sync_forward(const Tensor& input, Tensor& output);
+  void sync_backward(const Tensor& grad_output, Gradients& grads);
+  // Allgathers @p local (@p n doubles per rank) into gathered_; no collective for one rank.
+  void allgather(const std::vector<double>& local, std::size_t n);
+  void release() noexcept;
+
+  BatchNorm1d module_;  // options, parameters, buffers; eval forward/backward with running stats
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0;
+  int size_ = 1;
+  int64_t num_batches_tracked_ = 0;
+
+  // Saved by a synchronized forward for backward().
+  bool saved_ = false;       // a forward succeeded
+  bool saved_sync_ = false;  // ... and was synchronized (else module_ holds the saved state)
+  int64_t saved_global_count_ = 0;
+  Tensor saved_input_;
+  Normalization saved_norm_;
+
+  // Reused buffers.
+  BatchStats local_stats_;
+  GradStats local_grad_;
+  std::vector<BatchStats> parts_;
+  std::vector<GradStats> grad_parts_;
+  std::vector<double> record_;
+  std::vector<double> gathered_;
+};
+
+/// Prints `SyncBatchNorm1d(100, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)`.
+std::ostream& operator<<(std::ostream& os, const SyncBatchNorm1d& module);
+
+}  // namespace bn1d

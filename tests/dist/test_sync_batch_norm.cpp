@@ -1,0 +1,498 @@
+// SPDX-License-Identifier: MIT
+// SyncBatchNorm1d under MPI: every rank builds the same global batch from a shared seed, keeps
+// its own slice for the synchronized module and runs a single-process BatchNorm1d on the whole
+// batch as the reference. Run with any number of ranks (ctest: 1 to 4).
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <bn1d/bn1d.hpp>
+#include <bn1d/dist/sync_batch_norm.hpp>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using bn1d::BatchNorm1d;
+using bn1d::BatchNorm1dOptions;
+using bn1d::DType;
+using bn1d::Shape;
+using bn1d::SyncBatchNorm1d;
+using bn1d::Tensor;
+
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+int world_size() {
+  int s = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &s);
+  return s;
+}
+
+/// Values of a float32/float64 tensor (contiguous or not) as float64, in logical order.
+std::vector<double> values(const Tensor& t) {
+  const Tensor c = t.contiguous();
+  std::vector<double> v(static_cast<std::size_t>(c.numel()));
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    v[i] =
+        c.dtype() == DType::Float32 ? static_cast<double>(c.data<float>()[i]) : c.data<double>()[i];
+  }
+  return v;
+}
+
+double max_abs(const std::vector<double>& v) {
+  double m = 0.0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+/// The bound of the README: float64 within 1e-12, float32 within 8 half-ulps, both relative to
+/// @p scale (default: the expected tensor's largest magnitude).
+void expect_close(const std::vector<double>& actual, const std::vector<double>& expected,
+                  DType dtype, const std::string& what, double scale = -1.0) {
+  ASSERT_EQ(actual.size(), expected.size()) << what;
+  if (scale < 0) scale = max_abs(expected);
+  const double rel = dtype == DType::Float64 ? 1e-12 : 8.0 * std::ldexp(1.0, -24);
+  const double tol = rel * std::max(scale, 1e-300);
+  double worst = 0.0;
+  std::size_t at = 0;
+  for (std::size_t i = 0; i < actual.size(); ++i) {
+    const double d = std::abs(actual[i] - expected[i]);
+    if (!(d <= worst)) {
+      worst = d;
+      at = i;
+    }
+  }
+  EXPECT_LE(worst, tol) << what << ": element " << at << " is " << actual[at] << ", expected "
+                        << expected[at] << " (rank " << world_rank() << ")";
+}
+
+/// Per-rank batch sizes and this rank's offset in the global batch.
+struct Split {
+  std::vector<int64_t> n;  // per rank
+  int64_t offset = 0;      // of this rank
+  int64_t local = 0;
+  int64_t global = 0;
+};
+
+Split make_split(std::vector<int64_t> n) {
+  Split s;
+  s.n = std::move(n);
+  const auto r = static_cast<std::size_t>(world_rank());
+  s.offset = std::accumulate(s.n.begin(), s.n.begin() + static_cast<std::ptrdiff_t>(r), int64_t{0});
+  s.local = s.n[r];
+  s.global = std::accumulate(s.n.begin(), s.n.end(), int64_t{0});
+  return s;
+}
+
+/// Uneven sizes 2 + 3r; with 3 ranks or more, rank 1 holds an empty batch.
+Split uneven_split() {
+  std::vector<int64_t> n;
+  for (int r = 0; r < world_size(); ++r) n.push_back(world_size() >= 3 && r == 1 ? 0 : 2 + 3 * r);
+  return make_split(n);
+}
+
+Shape shape_of(int64_t N, int64_t C, int64_t L) { return L > 0 ? Shape{N, C, L} : Shape{N, C}; }
+
+/// A global batch (the same on every rank) with channel-dependent offsets and scales.
+Tensor global_batch(int64_t N, int64_t C, int64_t L, DType dtype, uint64_t seed) {
+  Tensor t = bn1d::randn(shape_of(N, C, L), dtype, seed);
+  const int64_t inner = std::max<int64_t>(L, 1);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const int64_t c = (i / inner) % C;
+    const double v =
+        (dtype == DType::Float32 ? static_cast<double>(t.data<float>()[i]) : t.data<double>()[i]) *
+            (0.5 + 0.25 * static_cast<double>(c)) +
+        3.0 - static_cast<double>(c);
+    if (dtype == DType::Float32) {
+      t.data<float>()[i] = static_cast<float>(v);
+    } else {
+      t.data<double>()[i] = v;
+    }
+  }
+  return t;
+}
+
+/// This rank's rows [offset, offset + local) of @p global, as a view.
+Tensor local_rows(const Tensor& global, const Split& s) {
+  Shape sizes = global.sizes();
+  sizes[0] = s.local;
+  const int64_t row = global.numel() / std::max<int64_t>(global.sizes()[0], 1);
+  auto* base = static_cast<char*>(global.raw_data()) +
+               static_cast<std::size_t>(s.offset * row) * bn1d::element_size(global.dtype());
+  return Tensor::from_blob(base, sizes, global.dtype());
+}
+
+/// Logical values of rows [offset, offset + local) of @p global.
+std::vector<double> local_values(const Tensor& global, const Split& s) {
+  const std::vector<double> all = values(global);
+  const int64_t row = global.numel() / std::max<int64_t>(global.sizes()[0], 1);
+  return {all.begin() + s.offset * row, all.begin() + (s.offset + s.local) * row};
+}
+
+/// Checks that @p t holds bitwise the same values on every rank.
+void expect_identical_on_all_ranks(const Tensor& t, const std::string& what) {
+  const std::vector<double> mine = values(t);
+  std::vector<double> all(mine.size() * static_cast<std::size_t>(world_size()));
+  MPI_Allgather(mine.data(), static_cast<int>(mine.size()), MPI_DOUBLE, all.data(),
+                static_cast<int>(mine.size()), MPI_DOUBLE, MPI_COMM_WORLD);
+  for (int r = 0; r < world_size(); ++r) {
+    EXPECT_EQ(std::memcmp(all.data() + static_cast<std::size_t>(r) * mine.size(), mine.data(),
+                          mine.size() * sizeof(double)),
+              0)
+        << what << " differs between rank " << r << " and rank " << world_rank();
+  }
+}
+
+/// Sum over ranks (and sum of magnitudes) of a {C} parameter gradient.
+std::vector<double> allreduce_sum(const std::vector<double>& v, bool magnitudes = false) {
+  std::vector<double> in = v, out(v.size());
+  if (magnitudes) {
+    for (double& x : in) x = std::abs(x);
+  }
+  MPI_Allreduce(in.data(), out.data(), static_cast<int>(in.size()), MPI_DOUBLE, MPI_SUM,
+                MPI_COMM_WORLD);
+  return out;
+}
+
+/// Sets weight and bias of both modules to the same non-trivial values.
+void set_affine(BatchNorm1d& ref, SyncBatchNorm1d& sync) {
+  if (!ref.options().affine()) return;
+  const int64_t C = ref.options().num_features();
+  for (int64_t c = 0; c < C; ++c) {
+    const double w = 1.0 + 0.1 * static_cast<double>(c), b = 0.05 * static_cast<double>(c) - 0.1;
+    for (Tensor* t : {&ref.weight(), &sync.weight(), &ref.bias(), &sync.bias()}) {
+      const double v = (t == &ref.weight() || t == &sync.weight()) ? w : b;
+      if (t->dtype() == DType::Float32) {
+        t->data<float>()[c] = static_cast<float>(v);
+      } else {
+        t->data<double>()[c] = v;
+      }
+    }
+  }
+}
+
+/// Runs @p steps training steps then an eval step on the synchronized module and on the
+/// single-process reference, comparing outputs, gradients and running statistics.
+void compare_with_reference(const BatchNorm1dOptions& options, int64_t L, const Split& split,
+                            int steps, uint64_t seed) {
+  const DType dtype = options.dtype();
+  const int64_t C = options.num_features();
+  BatchNorm1d ref(options);
+  SyncBatchNorm1d sync(options);
+  set_affine(ref, sync);
+  ASSERT_EQ(sync.world_size(), world_size());
+  ASSERT_EQ(sync.rank(), world_rank());
+
+  for (int step = 0; step <= steps; ++step) {
+    const bool training = step < steps;
+    ref.train(training);
+    sync.train(training);
+    const std::string tag = std::string(training ? "train step " : "eval step ") +
+                            std::to_string(step) + " " + bn1d::dtype_name(dtype) +
+                            (L > 0 ? " (N, C, L)" : " (N, C)");
+    const Tensor x = global_batch(split.global, C, L, dtype, seed + static_cast<uint64_t>(step));
+    const Tensor gy = bn1d::randn(x.sizes(), dtype, seed + 1000 + static_cast<uint64_t>(step));
+
+    const Tensor y_ref = ref.forward(x);
+    const BatchNorm1d::Gradients g_ref = ref.backward(gy);
+    const Tensor y = sync.forward(local_rows(x, split));
+    const SyncBatchNorm1d::Gradients g = sync.backward(local_rows(gy, split));
+
+    EXPECT_EQ(y.sizes(), shape_of(split.local, C, L)) << tag;
+    expect_close(values(y), local_values(y_ref, split), dtype, tag + ": output",
+                 max_abs(values(y_ref)));
+    expect_close(values(g.input), local_values(g_ref.input, split), dtype, tag + ": grad_input",
+                 max_abs(values(g_ref.input)));
+    if (options.affine()) {
+      // The data-parallel optimizer sums the local parameter gradients over ranks. The float32
+      // bound scales with the magnitudes summed (each rank's part is rounded to float32 once).
+      for (const auto& [mine, expected, name] :
+           {std::tuple{&g.weight, &g_ref.weight, "grad_weight"},
+            std::tuple{&g.bias, &g_ref.bias, "grad_bias"}}) {
+        const std::vector<double> e = values(*expected);
+        const std::vector<double> parts = allreduce_sum(values(*mine), /*magnitudes=*/true);
+        expect_close(allreduce_sum(values(*mine)), e, dtype, tag + ": " + name,
+                     std::max(max_abs(e), max_abs(parts)));
+      }
+    } else {
+      EXPECT_FALSE(g.weight.defined());
+      EXPECT_FALSE(g.bias.defined());
+    }
+    if (options.track_running_stats()) {
+      expect_close(values(sync.running_mean()), values(ref.running_mean()), dtype,
+                   tag + ": running_mean");
+      expect_close(values(sync.running_var()), values(ref.running_var()), dtype,
+                   tag + ": running_var");
+      expect_identical_on_all_ranks(sync.running_mean(), tag + ": running_mean");
+      expect_identical_on_all_ranks(sync.running_var(), tag + ": running_var");
+      EXPECT_EQ(sync.num_batches_tracked(), ref.num_batches_tracked()) << tag;
+    }
+  }
+}
+
+struct Case {
+  DType dtype;
+  int64_t L;  // 0: (N, C) input
+};
+
+class SyncVsSingle : public ::testing::TestWithParam<Case> {};
+
+TEST_P(SyncVsSingle, UnevenBatchesMatchSingleProcess) {
+  const Case p = GetParam();
+  compare_with_reference(BatchNorm1dOptions(5).dtype(p.dtype), p.L, uneven_split(), 3, 11);
+}
+
+TEST_P(SyncVsSingle, CumulativeMomentum) {
+  const Case p = GetParam();
+  compare_with_reference(BatchNorm1dOptions(4).dtype(p.dtype).momentum(std::nullopt).eps(1e-3), p.L,
+                         uneven_split(), 3, 23);
+}
+
+TEST_P(SyncVsSingle, NoAffine) {
+  const Case p = GetParam();
+  compare_with_reference(BatchNorm1dOptions(3).dtype(p.dtype).affine(false), p.L, uneven_split(), 2,
+                         37);
+}
+
+TEST_P(SyncVsSingle, NoRunningStatsSynchronizesInEvalToo) {
+  const Case p = GetParam();
+  compare_with_reference(BatchNorm1dOptions(6).dtype(p.dtype).track_running_stats(false), p.L,
+                         uneven_split(), 2, 41);
+}
+
+TEST_P(SyncVsSingle, SingleValuePerChannelOnOneRank) {
+  const Case p = GetParam();
+  if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
+  // Rank 0 holds one row ((1, C) or (1, C, 1)): one value per channel on that rank.
+  std::vector<int64_t> n(static_cast<std::size_t>(world_size()), 2);
+  n[0] = 1;
+  compare_with_reference(BatchNorm1dOptions(4).dtype(p.dtype), p.L > 0 ? 1 : 0, make_split(n), 3,
+                         53);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dist, SyncVsSingle,
+                         ::testing::Values(Case{DType::Float32, 0}, Case{DType::Float32, 7},
+                                           Case{DType::Float64, 0}, Case{DType::Float64, 7}),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           return std::string(bn1d::dtype_name(info.param.dtype)) +
+                                  (info.param.L > 0 ? "_NCL" : "_NC");
+                         });
+
+TEST(SyncBatchNorm1d, ChannelsLastInput) {
+  // (N, L, C) memory viewed as (N, C, L): any strides work on every rank.
+  const Split s = uneven_split();
+  const int64_t C = 3, L = 4;
+  const Tensor x = global_batch(s.global, C, L, DType::Float64, 5);
+  BatchNorm1d ref(BatchNorm1dOptions(C).dtype(DType::Float64));
+  SyncBatchNorm1d sync(BatchNorm1dOptions(C).dtype(DType::Float64));
+  const Tensor y_ref = ref.forward(x);
+  // Copy this rank's rows into channels-last memory.
+  std::vector<double> mem(static_cast<std::size_t>(s.local * C * L) + 1);
+  const std::vector<double> mine = local_values(x, s);
+  for (int64_t n = 0; n < s.local; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t l = 0; l < L; ++l)
+        mem[static_cast<std::size_t>((n * L + l) * C + c)] =
+            mine[static_cast<std::size_t>((n * C + c) * L + l)];
+  const Tensor xl = Tensor::from_blob(mem.data(), {s.local, C, L}, {L * C, 1, C}, DType::Float64);
+  expect_close(values(sync.forward(xl)), local_values(y_ref, s), DType::Float64, "channels-last",
+               max_abs(values(y_ref)));
+}
+
+TEST(SyncBatchNorm1d, AllRanksEmptyChangesNothing) {
+  SyncBatchNorm1d sync(4);
+  const Tensor y = sync.forward(Tensor::zeros({0, 4}));
+  EXPECT_EQ(y.sizes(), (Shape{0, 4}));
+  EXPECT_EQ(sync.num_batches_tracked(), 0);
+  const auto g = sync.backward(Tensor::zeros({0, 4}));
+  EXPECT_EQ(g.input.sizes(), (Shape{0, 4}));
+  EXPECT_EQ(values(g.bias), std::vector<double>(4, 0.0));
+}
+
+TEST(SyncBatchNorm1d, GlobalSingleValueIsAnErrorOnEveryRank) {
+  // Rank 0 holds one value per channel, the others none: the global count is 1.
+  SyncBatchNorm1d sync(4);
+  const int64_t N = world_rank() == 0 ? 1 : 0;
+  try {
+    (void)sync.forward(Tensor::ones({N, 4}));
+    ADD_FAILURE() << "no error on rank " << world_rank();
+  } catch (const bn1d::Error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "Expected more than 1 value per channel when training, got 1 value per channel "
+              "over all ranks (input size [" +
+                  std::to_string(N) + ", 4] on this rank)");
+  }
+  EXPECT_EQ(sync.num_batches_tracked(), 0);
+  EXPECT_EQ(values(sync.running_var()), std::vector<double>(4, 1.0));
+}
+
+/// Calls @p call, expecting bn1d::Error on every rank: @p own on rank @p bad, "rank <bad>
+/// failed" on the others.
+template <class F>
+void expect_error_everywhere(F call, int bad, const std::string& own) {
+  try {
+    call();
+    ADD_FAILURE() << "no error on rank " << world_rank();
+  } catch (const bn1d::Error& e) {
+    const std::string what = e.what();
+    if (world_rank() == bad) {
+      EXPECT_NE(what.find(own), std::string::npos) << what;
+    } else {
+      EXPECT_NE(what.find("SyncBatchNorm1d: rank " + std::to_string(bad) + " failed"),
+                std::string::npos)
+          << what;
+    }
+  }
+}
+
+TEST(SyncBatchNorm1d, FourDimensionalInputOnOneRankFailsEverywhere) {
+  const int bad = world_size() - 1;
+  SyncBatchNorm1d sync(3);
+  const Tensor good = bn1d::randn({4, 3});
+  const Tensor wrong = bn1d::randn({2, 3, 2, 2});
+  expect_error_everywhere([&] { (void)sync.forward(world_rank() == bad ? wrong : good); }, bad,
+                          "expected 2D or 3D input (got 4D input)");
+  EXPECT_EQ(sync.num_batches_tracked(), 0);
+  // Nothing changed; the module keeps working.
+  EXPECT_NO_THROW((void)sync.forward(good));
+  EXPECT_EQ(sync.num_batches_tracked(), 1);
+}
+
+TEST(SyncBatchNorm1d, WrongChannelCountOnOneRankFailsEverywhere) {
+  const int bad = 0;
+  SyncBatchNorm1d sync(3);
+  expect_error_everywhere(
+      [&] {
+        (void)sync.forward(bn1d::randn({4, world_rank() == bad ? 5 : 3}));
+      },
+      bad, "expected input with 3 channels (num_features), got 5 channels");
+  EXPECT_EQ(values(sync.running_mean()), std::vector<double>(3, 0.0));
+}
+
+TEST(SyncBatchNorm1d, WrongDtypeOnOneRankFailsEverywhere) {
+  const int bad = world_size() / 2;
+  SyncBatchNorm1d sync(3);
+  expect_error_everywhere(
+      [&] {
+        (void)sync.forward(
+            bn1d::randn({4, 3}, world_rank() == bad ? DType::Float64 : DType::Float32));
+      },
+      bad, "expected a float32 input (the module's dtype), got float64");
+}
+
+TEST(SyncBatchNorm1d, WrongGradShapeOnOneRankFailsEverywhere) {
+  const int bad = world_size() - 1;
+  SyncBatchNorm1d sync(3);
+  (void)sync.forward(bn1d::randn({4, 3}, DType::Float32, 3));
+  expect_error_everywhere(
+      [&] {
+        (void)sync.backward(Tensor::ones({world_rank() == bad ? 5 : 4, 3}));
+      },
+      bad, "grad_output");
+  EXPECT_NO_THROW((void)sync.backward(Tensor::ones({4, 3})));
+}
+
+TEST(SyncBatchNorm1d, BackwardBeforeForwardFailsEverywhere) {
+  // Every rank must make the same collective calls, so no rank may have run a forward here.
+  SyncBatchNorm1d sync(3);
+  expect_error_everywhere(
+      [&] {
+        (void)sync.backward(Tensor::ones({4, 3}));
+      },
+      world_rank(), "SyncBatchNorm1d(3): backward called before forward");
+}
+
+TEST(SyncBatchNorm1d, ModeDisagreementFailsEverywhere) {
+  if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
+  // Without running statistics eval mode synchronizes too, so the mismatch is seen.
+  SyncBatchNorm1d sync(BatchNorm1dOptions(3).track_running_stats(false));
+  sync.train(world_rank() != 1);
+  try {
+    (void)sync.forward(bn1d::randn({4, 3}));
+    ADD_FAILURE() << "no error on rank " << world_rank();
+  } catch (const bn1d::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ranks disagree on the mode"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(SyncBatchNorm1d, EvalWithRunningStatsMakesNoCollective) {
+  SyncBatchNorm1d sync(3);
+  sync.eval();
+  // Only rank 0 calls: this would hang if eval forward/backward were collective.
+  if (world_rank() == 0) {
+    const Tensor x = bn1d::randn({4, 3}, DType::Float32, 9);
+    BatchNorm1d ref(3);
+    ref.eval();
+    EXPECT_EQ(values(sync.forward(x)), values(ref.forward(x)));
+    EXPECT_EQ(values(sync.backward(Tensor::ones({4, 3})).input),
+              values(ref.backward(Tensor::ones({4, 3})).input));
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+TEST(SyncBatchNorm1d, StateDictCarriesTheSynchronizedCount) {
+  SyncBatchNorm1d sync(3);
+  for (int i = 0; i < 3; ++i) (void)sync.forward(bn1d::randn({4, 3}, DType::Float32, 100));
+  const bn1d::StateDict state = sync.state_dict();
+  EXPECT_EQ(*state.at("num_batches_tracked").data<int64_t>(), 3);
+  SyncBatchNorm1d other(3);
+  other.load_state_dict(state);
+  EXPECT_EQ(other.num_batches_tracked(), 3);
+  EXPECT_EQ(values(other.running_mean()), values(sync.running_mean()));
+  other.reset_running_stats();
+  EXPECT_EQ(other.num_batches_tracked(), 0);
+  // Move-only: the moved-to module keeps the communicator and the state.
+  SyncBatchNorm1d moved(std::move(sync));
+  EXPECT_EQ(moved.num_batches_tracked(), 3);
+  EXPECT_NO_THROW((void)moved.forward(bn1d::randn({4, 3})));
+  EXPECT_EQ(moved.num_batches_tracked(), 4);
+}
+
+TEST(SyncBatchNorm1d, SelfCommunicatorIsALocalBatchNorm) {
+  // A world of one: no collective, identical to BatchNorm1d on the local batch.
+  SyncBatchNorm1d sync(BatchNorm1dOptions(3).dtype(DType::Float64), MPI_COMM_SELF);
+  BatchNorm1d ref(BatchNorm1dOptions(3).dtype(DType::Float64));
+  const Tensor x = bn1d::randn({5, 3, 2}, DType::Float64, 77 + static_cast<uint64_t>(world_rank()));
+  expect_close(values(sync.forward(x)), values(ref.forward(x)), DType::Float64, "self");
+  expect_close(values(sync.running_var()), values(ref.running_var()), DType::Float64, "self var");
+}
+
+/// Prints the failures of a rank other than 0 (whose progress output is silenced).
+class FailurePrinter : public ::testing::EmptyTestEventListener {
+  void OnTestPartResult(const ::testing::TestPartResult& result) override {
+    if (result.failed()) {
+      std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", world_rank(),
+                   result.file_name() ? result.file_name() : "?", result.line_number(),
+                   result.summary());
+    }
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  if (world_rank() != 0) {
+    // Only rank 0 prints progress; failures on other ranks still print.
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new FailurePrinter);
+  }
+  int result = RUN_ALL_TESTS();
+  int any = 0;
+  MPI_Allreduce(&result, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return any;
+}
