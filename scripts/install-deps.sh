@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages bn1d needs to build and test, if any is missing.
-# Usage: scripts/install-deps.sh   (as root, or with sudo available)
+# Usage: scripts/install-deps.sh [more packages...]   (as root, or with sudo available)
 set -euo pipefail
 
 # build and tests; clang + libclang-rt (libFuzzer, sanitizer runtimes) and clang-format for the
 # hardening stages of scripts/test.sh; OpenMPI for bn1d::dist (SyncBatchNorm1d) and its tests
 packages=(cmake ninja-build g++ pkg-config git libgtest-dev libgmock-dev nlohmann-json3-dev libhwy-dev
           clang libclang-rt-14-dev clang-format
-          openmpi-bin libopenmpi-dev)
+          openmpi-bin libopenmpi-dev "$@")
 
 missing=()
 for p in "${packages[@]}"; do

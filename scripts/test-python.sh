@@ -7,22 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The C++ build (a subset of scripts/install-deps.sh) and the Python side. The Debian python3
-# (/usr/bin/python3) is used throughout: it is the one python3-torch/numpy/pytest belong to.
-packages=(cmake ninja-build g++ pkg-config nlohmann-json3-dev libhwy-dev
-          pybind11-dev python3-dev python3-numpy python3-pytest python3-torch)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "Installing missing Debian packages: ${missing[*]}"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# The C++ build's packages and the Python side's. The Debian python3 (/usr/bin/python3) is used
+# throughout: it is the one python3-torch/numpy/pytest belong to.
+scripts/install-deps.sh pybind11-dev python3-dev python3-numpy python3-pytest python3-torch
 
 python=/usr/bin/python3
 build="${BN1D_PYTHON_BUILD_DIR:-build/python}"
