@@ -10,6 +10,7 @@
 /// Primitives are created once; every call reuses the same dst/diff memory objects.
 /// oneDNN keeps no running statistics: eval uses the last training call's mean and variance.
 #include <oneapi/dnnl/dnnl.hpp>
+#include <unordered_map>
 
 #include "runner.hpp"
 
@@ -62,22 +63,18 @@ class DnnlRunner final : public Runner {
     out_strides_ = p.strides();
   }
 
+  // Arguments of both forward primitives (statistics are outputs in training, inputs in eval).
+  std::unordered_map<int, dnnl::memory> forward_args() const {
+    return {{DNNL_ARG_SRC, src_},           {DNNL_ARG_DST, dst_},     {DNNL_ARG_MEAN, mean_},
+            {DNNL_ARG_VARIANCE, variance_}, {DNNL_ARG_SCALE, scale_}, {DNNL_ARG_SHIFT, shift_}};
+  }
+
   void forward_train() override {
-    train_.execute(stream_, {{DNNL_ARG_SRC, src_},
-                             {DNNL_ARG_DST, dst_},
-                             {DNNL_ARG_MEAN, mean_},
-                             {DNNL_ARG_VARIANCE, variance_},
-                             {DNNL_ARG_SCALE, scale_},
-                             {DNNL_ARG_SHIFT, shift_}});
+    train_.execute(stream_, forward_args());
     stream_.wait();
   }
   void forward_eval() override {
-    eval_.execute(stream_, {{DNNL_ARG_SRC, src_},
-                            {DNNL_ARG_DST, dst_},
-                            {DNNL_ARG_MEAN, mean_},
-                            {DNNL_ARG_VARIANCE, variance_},
-                            {DNNL_ARG_SCALE, scale_},
-                            {DNNL_ARG_SHIFT, shift_}});
+    eval_.execute(stream_, forward_args());
     stream_.wait();
   }
   void backward() override {

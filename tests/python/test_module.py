@@ -84,6 +84,40 @@ def layout(rng, a, kind):
     raise AssertionError(kind)
 
 
+def grad_input_scale(x, dy, L, cfg, ref, ref_running_var, batch_statistics):
+    """The scale of grad_input's terms, max|dy| · max_c |w_c| · invstd_c (module docstring)."""
+    if batch_statistics:
+        var = x.astype(np.float64).var(axis=(0,) if L is None else (0, 2))
+    else:
+        var = ref_running_var.astype(np.float64)
+    w = np.abs(ref.weight.detach().numpy()) if cfg["affine"] else 1.0
+    return np.max(np.abs(dy)) * np.max(w / np.sqrt(var + ref.eps))
+
+
+def check_against_torch(mine, results, dtype, grad_input_scale, where):
+    """The accuracy rule of the module docstring for every tensor in `mine` (numpy or None):
+    against results["torch"] (same dtype) and results["ref"] (torch in float64)."""
+    for key, value in mine.items():
+        t, r = results["torch"][key], results["ref"][key]
+        if t is None:
+            assert value is None, f"{key} should be None; {where}"
+            continue
+        assert value is not None and value.dtype == dtype, f"{key}; {where}"
+        if dtype == np.float64:
+            err = rel_err(value, t)
+            scale = max(np.max(np.abs(t), initial=0.0), 1e-300)
+            floor = GRAD_INPUT_FLOOR * grad_input_scale / scale if key == "grad_input" else 0
+            assert err <= FLOAT64_RTOL + floor, (
+                f"{key}: relative error {err:.3g} (max |torch| {scale:.3g}); {where}")
+        else:
+            err, torch_err = rel_err(value, r), rel_err(t, r)
+            scale = max(np.max(np.abs(r), initial=0.0), 1e-300)
+            # grad_input's terms in float32: a few ulps of their scale (see the docstring).
+            floor = (GRAD_INPUT_FLOOR32 * grad_input_scale / scale) if key == "grad_input" else 0
+            assert err <= FLOAT32_FACTOR * torch_err + FLOAT32_FLOOR + floor, (
+                f"{key}: error {err:.3g} vs torch float32's {torch_err:.3g}; {where}")
+
+
 def case_config(seed):
     rng = np.random.default_rng(seed)
 
@@ -171,36 +205,10 @@ def run_case(seed):
         mine = dict(output=y, grad_input=gi, grad_weight=gw, grad_bias=gb,
                     running_mean=ours.running_mean, running_var=ours.running_var)
 
-        # The scale of grad_input's terms (see the module docstring), from torch's statistics.
-        if training or not cfg["track"]:
-            axes = (0,) if L is None else (0, 2)
-            var = x.astype(np.float64).var(axis=axes)
-        else:
-            var = results["ref"]["running_var"].astype(np.float64)
-        invstd = 1 / np.sqrt(var + cfg["eps"])
-        w = np.abs(ref.weight.detach().numpy()) if cfg["affine"] else 1.0
-        grad_input_scale = np.max(np.abs(dy)) * np.max(w * invstd)
-
+        scale = grad_input_scale(x, dy, L, cfg, ref, results["ref"]["running_var"],
+                                 training or not cfg["track"])
         where = f"seed {seed} step {step} {cfg}"
-        for key, value in mine.items():
-            t, r = results["torch"][key], results["ref"][key]
-            if t is None:
-                assert value is None, f"{key} should be None; {where}"
-                continue
-            assert value is not None and value.dtype == dtype, f"{key}; {where}"
-            if dtype == np.float64:
-                err = rel_err(value, t)
-                scale = max(np.max(np.abs(t), initial=0.0), 1e-300)
-                floor = GRAD_INPUT_FLOOR * grad_input_scale / scale if key == "grad_input" else 0
-                assert err <= FLOAT64_RTOL + floor, (
-                    f"{key}: relative error {err:.3g} (max |torch| {scale:.3g}); {where}")
-            else:
-                err, torch_err = rel_err(value, r), rel_err(t, r)
-                scale = max(np.max(np.abs(r), initial=0.0), 1e-300)
-                # grad_input's terms in float32: a few ulps of their scale (see the docstring).
-                floor = (GRAD_INPUT_FLOOR32 * grad_input_scale / scale) if key == "grad_input" else 0
-                assert err <= FLOAT32_FACTOR * torch_err + FLOAT32_FLOOR + floor, (
-                    f"{key}: error {err:.3g} vs torch float32's {torch_err:.3g}; {where}")
+        check_against_torch(mine, results, dtype, scale, where)
         expected_count = int(oracle.num_batches_tracked) if cfg["track"] else None
         assert ours.num_batches_tracked == expected_count, where
 

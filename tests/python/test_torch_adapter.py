@@ -1,10 +1,8 @@
 # SPDX-License-Identifier: MIT
 """bn1d.torch (the torch.nn.Module adapter) against torch.nn.BatchNorm1d (torch 1.13).
 
-Random cases use test_module.py's accuracy rule (see its docstring): float64 within
-FLOAT64_RTOL of torch (grad_input with the GRAD_INPUT_FLOOR absolute floor), float32 within
-FLOAT32_FACTOR times torch-float32's own error against a float64 reference plus FLOAT32_FLOOR;
-num_batches_tracked exact.
+Random cases are checked with test_module.check_against_torch, the accuracy rule of
+test_module.py's docstring; num_batches_tracked exact.
 """
 
 import copy
@@ -18,8 +16,7 @@ import torch
 
 import bn1d
 import bn1d.torch as bt
-from test_module import (FLOAT32_FACTOR, FLOAT32_FLOOR, FLOAT64_RTOL, GRAD_INPUT_FLOOR,
-                         rel_err)
+from test_module import check_against_torch, grad_input_scale, rel_err
 
 NUM_RANDOM_CASES = 500
 BASE_SEED = 77000
@@ -104,30 +101,10 @@ def run_case(seed):
             if name == "ours":
                 assert y.dtype == tdtype and y.shape == shape and y.grad_fn is not None
 
-        if training or not cfg["track"]:
-            var = x.astype(np.float64).var(axis=(0,) if L is None else (0, 2))
-        else:
-            var = results["ref"]["running_var"].astype(np.float64)
-        w = np.abs(ref.weight.detach().numpy()) if cfg["affine"] else 1.0
-        grad_input_scale = np.max(np.abs(dy)) * np.max(w / np.sqrt(var + ref.eps))
-
+        scale = grad_input_scale(x, dy, L, cfg, ref, results["ref"]["running_var"],
+                                 training or not cfg["track"])
         where = f"seed {seed} step {step} {cfg}"
-        for key, value in results["ours"].items():
-            t, r = results["torch"][key], results["ref"][key]
-            if t is None:
-                assert value is None, f"{key} should be None; {where}"
-                continue
-            assert value is not None and value.dtype == dtype, f"{key}; {where}"
-            if dtype == np.float64:
-                err = rel_err(value, t)
-                scale = max(np.max(np.abs(t), initial=0.0), 1e-300)
-                floor = GRAD_INPUT_FLOOR * grad_input_scale / scale if key == "grad_input" else 0
-                assert err <= FLOAT64_RTOL + floor, (
-                    f"{key}: relative error {err:.3g} (max |torch| {scale:.3g}); {where}")
-            else:
-                err, torch_err = rel_err(value, r), rel_err(t, r)
-                assert err <= FLOAT32_FACTOR * torch_err + FLOAT32_FLOOR, (
-                    f"{key}: error {err:.3g} vs torch float32's {torch_err:.3g}; {where}")
+        check_against_torch(results["ours"], results, dtype, scale, where)
         if cfg["track"]:
             assert int(ours.num_batches_tracked) == int(oracle.num_batches_tracked), where
         else:
