@@ -24,18 +24,23 @@ cmake --build --preset default
 
 stage "benchmark smoke run"
 ./build/default/bench/bn1d_bench --filter "(32,64)" | tail -n 4
+OMP_NUM_THREADS=1 OMPI_MCA_btl=self,tcp mpirun --oversubscribe --allow-run-as-root -np 2 \
+  ./build/default/bench/bn1d_sync_bench --steps 3 | tail -n 3
 
 stage "examples"
 ./build/default/examples/bn1d_quickstart
 ./build/default/examples/bn1d_demo >/dev/null && echo "demo: ok"
 
-stage "install + find_package / pkg-config consumer"
+stage "install + find_package (bn1d, bn1d::dist) / pkg-config consumers"
 prefix="$PWD/build/default/install-test"
 rm -rf "$prefix"
 cmake --install build/default --prefix "$prefix" >/dev/null
-cmake -S tests/find-package -B build/default/find-package -G Ninja -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+cmake -S tests/find-package -B build/default/find-package -G Ninja -DCMAKE_PREFIX_PATH="$prefix" \
+  -DCONSUMER_WITH_DIST=ON >/dev/null
 cmake --build build/default/find-package >/dev/null
 ./build/default/find-package/consumer
+OMPI_MCA_btl=self,tcp mpirun --oversubscribe --allow-run-as-root -np 3 \
+  ./build/default/find-package/consumer_dist
 g++ -o build/default/find-package/consumer_pkgconfig tests/find-package/main.cpp \
   $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags --libs --static bn1d)
 ./build/default/find-package/consumer_pkgconfig

@@ -185,6 +185,14 @@ void SyncBatchNorm1d::release() noexcept {
   comm_ = MPI_COMM_NULL;
 }
 
+std::size_t SyncBatchNorm1d::forward_record_bytes(int64_t num_features) noexcept {
+  return (kForwardHeader + 2 * static_cast<std::size_t>(num_features)) * sizeof(double);
+}
+
+std::size_t SyncBatchNorm1d::backward_record_bytes(int64_t num_features) noexcept {
+  return (kBackwardHeader + 2 * static_cast<std::size_t>(num_features)) * sizeof(double);
+}
+
 void SyncBatchNorm1d::allgather(const std::vector<double>& local, std::size_t n) {
   gathered_.resize(n * static_cast<std::size_t>(size_));
   if (size_ == 1) {

@@ -8,6 +8,7 @@
 
 #include <mpi.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <iosfwd>
 #include <string>
@@ -136,6 +137,13 @@ class SyncBatchNorm1d {
   int rank() const noexcept { return rank_; }
   /// Number of ranks of comm().
   int world_size() const noexcept { return size_; }
+
+  /// Bytes this rank contributes to the MPI_Allgather of a synchronized forward with
+  /// @p num_features channels: a float64 record [7-value header, mean[C], M2[C]]; every rank
+  /// receives world_size() such records.
+  static std::size_t forward_record_bytes(int64_t num_features) noexcept;
+  /// As forward_record_bytes for backward: [3-value header, Σdy[C], Σdy·(x − mean)[C]].
+  static std::size_t backward_record_bytes(int64_t num_features) noexcept;
 
   /// BatchNorm1d's state dict (PyTorch's keys), with this module's num_batches_tracked.
   StateDict state_dict() const;
