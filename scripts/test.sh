@@ -3,7 +3,8 @@
 #   1. format check (clang-format, .clang-format)
 #   2. Release build (warnings are errors): the C++ tests, quickstart, demo, a benchmark smoke run,
 #      and consumer projects built against the installed library (CMake package, pkg-config);
-#      the Python module and its differential suite against torch (scripts/test-python.sh)
+#      the Python module and its differential suite against torch (scripts/test-python.sh);
+#      the R package: R CMD check and state-file interchange (scripts/test-r.sh)
 #   3. the C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included)
 #   4. the threaded tests under ThreadSanitizer
 #   5. each libFuzzer target for BN1D_FUZZ_SECONDS seconds (default 60) from the seed corpus
@@ -50,6 +51,9 @@ ctest --preset default -j2
 
 stage "Python module: differential suite against torch"
 scripts/test-python.sh
+
+stage "R package: R CMD check (testthat against the torch fixtures) + state files R <-> C++ <-> Python"
+BN1D_PREFIX=build/default/install-test BN1D_PYTHONPATH=build/python/python scripts/test-r.sh
 
 [ "${BN1D_QUICK:-0}" = "1" ] && exit 0
 

@@ -1,0 +1,4 @@
+library(testthat)
+library(bn1d)
+
+test_check("bn1d")
