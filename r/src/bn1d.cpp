@@ -29,10 +29,10 @@ namespace {
 // Error translation: bn1d::Error becomes an R error carrying what() and no call, so that R users
 // see exactly the C++ message ("expected 2D or 3D input (got 4D input)").
 #define BN1D_TRY try {
-#define BN1D_CATCH                                                \
-  }                                                               \
-  catch (const bn1d::Error& e) {                                  \
-    throw Rcpp::exception(e.what(), /*include_call=*/false);      \
+#define BN1D_CATCH                                           \
+  }                                                          \
+  catch (const bn1d::Error& e) {                             \
+    throw Rcpp::exception(e.what(), /*include_call=*/false); \
   }
 
 // One module plus, for float32 modules, the float32 copy of the last forward input: the module
@@ -50,8 +50,9 @@ using ModulePtr = Rcpp::XPtr<Module>;
 Module& get(SEXP xp) {
   ModulePtr ptr(xp);
   if (ptr.get() == nullptr) {
-    throw bn1d::Error("this nn_batch_norm1d is no longer valid (restored by readRDS() or "
-                      "unserialize()); use $save() and $load() to keep modules");
+    throw bn1d::Error(
+        "this nn_batch_norm1d is no longer valid (restored by readRDS() or "
+        "unserialize()); use $save() and $load() to keep modules");
   }
   return *ptr;
 }
@@ -90,8 +91,7 @@ bn1d::Shape column_major_strides(const bn1d::Shape& sizes) {
 // A zero-copy float64 view of the R double vector @p x, with its dims.
 bn1d::Tensor view_of(SEXP x) {
   const bn1d::Shape sizes = r_sizes(x);
-  return bn1d::Tensor::from_blob(REAL(x), sizes, column_major_strides(sizes),
-                                 bn1d::DType::Float64);
+  return bn1d::Tensor::from_blob(REAL(x), sizes, column_major_strides(sizes), bn1d::DType::Float64);
 }
 
 // A new R double array of the given sizes (a plain vector for 0 or 1 dimensions).
@@ -220,13 +220,12 @@ Rcpp::List from_state_dict(const bn1d::StateDict& state) {
 // ---- module ---------------------------------------------------------------------------------
 
 // [[Rcpp::export]]
-SEXP cpp_new(double num_features, double eps, SEXP momentum, bool affine,
-             bool track_running_stats, std::string dtype) {
+SEXP cpp_new(double num_features, double eps, SEXP momentum, bool affine, bool track_running_stats,
+             std::string dtype) {
   BN1D_TRY
   if (!std::isfinite(num_features) || std::trunc(num_features) != num_features ||
       std::fabs(num_features) > 9.0e15) {
-    throw bn1d::Error("num_features: expected a whole number, got " +
-                      std::to_string(num_features));
+    throw bn1d::Error("num_features: expected a whole number, got " + std::to_string(num_features));
   }
   std::optional<double> m;
   if (!Rf_isNull(momentum)) {
@@ -236,8 +235,11 @@ SEXP cpp_new(double num_features, double eps, SEXP momentum, bool affine,
     m = Rf_asReal(momentum);
   }
   bn1d::BatchNorm1dOptions options(static_cast<int64_t>(num_features));
-  options.eps(eps).momentum(m).affine(affine).track_running_stats(track_running_stats).dtype(
-      parse_dtype(dtype));
+  options.eps(eps)
+      .momentum(m)
+      .affine(affine)
+      .track_running_stats(track_running_stats)
+      .dtype(parse_dtype(dtype));
   return ModulePtr(new Module(options), true);
   BN1D_CATCH
 }
@@ -351,13 +353,11 @@ Rcpp::List cpp_options(SEXP xp) {
   const bn1d::BatchNorm1dOptions& o = get(xp).module.options();
   Rcpp::RObject momentum;  // NULL for a cumulative moving average
   if (o.momentum()) momentum = Rcpp::wrap(*o.momentum());
-  return Rcpp::List::create(
-      Rcpp::Named("num_features") = static_cast<double>(o.num_features()),
-      Rcpp::Named("eps") = o.eps(),
-      Rcpp::Named("momentum") = momentum,
-      Rcpp::Named("affine") = o.affine(),
-      Rcpp::Named("track_running_stats") = o.track_running_stats(),
-      Rcpp::Named("dtype") = std::string(bn1d::dtype_name(o.dtype())));
+  return Rcpp::List::create(Rcpp::Named("num_features") = static_cast<double>(o.num_features()),
+                            Rcpp::Named("eps") = o.eps(), Rcpp::Named("momentum") = momentum,
+                            Rcpp::Named("affine") = o.affine(),
+                            Rcpp::Named("track_running_stats") = o.track_running_stats(),
+                            Rcpp::Named("dtype") = std::string(bn1d::dtype_name(o.dtype())));
   BN1D_CATCH
 }
 

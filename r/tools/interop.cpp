@@ -54,8 +54,12 @@ int write(const std::string& state_path, const std::string& data_path, const std
   data.insert("input", x);
   data.insert("output", m.forward(x));
   bn1d::save_safetensors(data_path, data,
-                         {{"num_features", "6"}, {"eps", "0.001"}, {"momentum", "0.25"},
-                          {"affine", "true"}, {"track_running_stats", "true"}, {"dtype", dtype}});
+                         {{"num_features", "6"},
+                          {"eps", "0.001"},
+                          {"momentum", "0.25"},
+                          {"affine", "true"},
+                          {"track_running_stats", "true"},
+                          {"dtype", dtype}});
   std::printf("C++ wrote %s and %s (%s)\n", state_path.c_str(), data_path.c_str(), dtype.c_str());
   return 0;
 }
@@ -73,7 +77,7 @@ int check(const std::string& state_path, const std::string& data_path) {
     return 1;
   }
   const long long n = y.dtype() == bn1d::DType::Float32 ? differences<float>(y, expected)
-                                                         : differences<double>(y, expected);
+                                                        : differences<double>(y, expected);
   std::printf("C++ loaded R's state %s: eval output %s R's (%lld of %lld elements differ)\n",
               state_path.c_str(), n == 0 ? "identical to" : "DIFFERS from", n,
               static_cast<long long>(y.numel()));
@@ -90,7 +94,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "interop: %s\n", e.what());
     return 1;
   }
-  std::fprintf(stderr, "usage: interop write <state> <data> <float32|float64>\n"
-                       "       interop check <state> <data>\n");
+  std::fprintf(stderr,
+               "usage: interop write <state> <data> <float32|float64>\n"
+               "       interop check <state> <data>\n");
   return 2;
 }
