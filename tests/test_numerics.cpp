@@ -182,5 +182,43 @@ TEST(Numerics, ReductionsPastTwoToTheTwentyFourKeepFullPrecision) {
             1e-8);  // the stall
 }
 
+// float64 statistics, worst case for the shifted one-pass block sums of the cols kernel (each
+// block sums d = x − x₀ and d², x₀ its first row, then M2 = Σd² − (Σd)²/n): std 1e-3 and, in half
+// of the channels, an outlier 50 std away as the very first value, so that Σd² is ~40× M2.
+// Every layout (rows kernel, cols kernel, reference) keeps M2 to 1e-12 relative against a long
+// double two-pass computation. (The mean is 1 here: with means far larger than the std, every
+// float64 method loses precision with the rounding of the mean itself, ~ulp(mean) / std.)
+TEST(Numerics, Float64ShiftedBlockSumsKeepFullPrecisionInEveryLayout) {
+  constexpr int64_t N = 1000, C = 8;
+  std::mt19937_64 gen(7);
+  std::normal_distribution<double> noise(0.0, 1e-3);
+  std::vector<double> rows(N * C);  // (N, C) row-major
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      rows[n * C + c] = 1.0 + (n == 0 && c % 2 == 0 ? 50e-3 : noise(gen));
+  std::vector<long double> mean(C, 0.0L), m2(C, 0.0L);
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t n = 0; n < N; ++n) mean[c] += rows[n * C + c];
+    mean[c] /= N;
+    for (int64_t n = 0; n < N; ++n)
+      m2[c] += (rows[n * C + c] - mean[c]) * (rows[n * C + c] - mean[c]);
+  }
+  std::vector<double> cols(N * C);  // the same values, column-major (reference kernel)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) cols[c * N + n] = rows[n * C + c];
+  const Tensor layouts[] = {Tensor::from_blob(rows.data(), {N, C}, DType::Float64),
+                            Tensor::from_blob(cols.data(), {N, C}, {1, N}, DType::Float64),
+                            Tensor::from_blob(rows.data(), {N, C, 1}, {C, 1, 1}, DType::Float64)};
+  for (const Tensor& x : layouts) {
+    SCOPED_TRACE(format_shape(x.sizes()) + " strides " + format_shape(x.strides()));
+    const BatchStats s = batch_stats(x);
+    for (int64_t c = 0; c < C; ++c) {
+      const double want = static_cast<double>(m2[c]);
+      EXPECT_NEAR(s.m2.data<double>()[c], want, 1e-12 * want) << "channel " << c;
+      EXPECT_NEAR(s.mean.data<double>()[c], static_cast<double>(mean[c]), 1e-15);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace bn1d::test

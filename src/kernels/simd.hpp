@@ -5,7 +5,8 @@
 //   Cols: the C channels of every (n, l) are contiguous (sC == 1), e.g. a contiguous (N, C)
 //         tensor or a channels-last (N, L, C) buffer viewed as (N, C, L): vectorized along C.
 // Statistics are accumulated in float64 over fixed blocks (two passes while a block is in
-// cache) merged with Chan's formula in a fixed order, so results do not depend on the thread
+// cache, or one pass of values shifted by the block's first one: docs/math.md) merged with Chan's
+// formula in a fixed order, so results do not depend on the thread
 // count. Outputs may have any strides the chosen layout allows (see rows_layout/cols_layout).
 #pragma once
 

@@ -30,103 +30,185 @@ const T* cols_row(const View3& v, int64_t r) {
   return row_ptr<T>(v, r / v.L, 0, r % v.L);
 }
 
-// Per-thread float64 work arrays of the cols reductions (C values each), kept between calls.
-HWY_INLINE double* cols_scratch(int64_t C) {
-  thread_local std::vector<double> scratch;
-  if (scratch.size() < static_cast<std::size_t>(2 * C))
-    scratch.resize(static_cast<std::size_t>(2 * C));
-  return scratch.data();
+// Vectors of float64 lanes per channel chunk of the cols reductions: a chunk's accumulators
+// stay in registers while the chunk walks down the rows of a block.
+constexpr int kChunk = 4;
+
+// Pointers to rows b0 … b1 − 1 (at most kMaxRowsPerBlock) of a cols view.
+template <class T>
+HWY_INLINE void cols_rows(const View3& v, int64_t b0, int64_t b1, const T** rows) {
+  for (int64_t r = b0; r < b1; ++r) rows[r - b0] = cols_row<T>(v, r);
 }
 
-// Statistics of rows r0 … r1 − 1 for all channels, merged in order into mean[C], m2[C]: blocks of
-// rows_per_block rows, each reduced in two passes that walk the block row by row (memory order)
-// and accumulate per channel into float64 arrays: the block's sums, then its squared deviations
-// from the block mean. Blocks are merged with Chan's formula, vectorized over channels.
-template <class T>
-void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t rows_per_block,
-                          double* mean, double* m2) {
+// One block's statistics for channels c … c + K·lanes − 1, merged into mean and m2 (count
+// values before it). One pass accumulates, per channel, s = Σ d and q = Σ d² of the shifted values
+// d = x − x₀ (x₀: the block's first row); then mean_b = x₀ + s / n and M2_b = q − s · s / n.
+// Shifting by a value of the block bounds the cancellation: q = M2_b + n · (x₀ − mean_b)² and
+// (x₀ − mean_b)² ≤ M2_b, so q ≤ (n + 1) · M2_b and M2_b keeps all but log2(n + 1) ≈ 6 of float64's
+// 53 bits (docs/math.md). The block is then merged with Chan's formula.
+template <int K, class T>
+HWY_INLINE void stats_cols_chunk(const T* const* rows, int64_t nb, int64_t c, double count,
+                                 double* mean, double* m2) {
   const DD d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
-  const int64_t C = x.C, vecC = C - C % N;
-  std::fill_n(mean, C, 0.0);
-  std::fill_n(m2, C, 0.0);
-  double* bmean = cols_scratch(C);  // block sums, then block means
-  double* bq = bmean + C;           // block sums of squared deviations
-  double count = 0.0;
-  for (int64_t b0 = r0; b0 < r1; b0 += rows_per_block) {
-    const int64_t b1 = std::min(r1, b0 + rows_per_block);
-    std::fill_n(bmean, C, 0.0);
-    std::fill_n(bq, C, 0.0);
-    const T* first = cols_row<T>(x, b0);     // sums of x − (the block's first row): see add_row
-    for (int64_t r = b0 + 1; r < b1; ++r) {  // pass 1: sums
-      const T* p = cols_row<T>(x, r);
-      int64_t c = 0;
-      for (; c < vecC; c += N) {
-        hn::StoreU(hn::Add(hn::LoadU(d, bmean + c), hn::Sub(LoadD(p + c), LoadD(first + c))), d,
-                   bmean + c);
-      }
-      for (; c < C; ++c) bmean[c] += static_cast<double>(p[c]) - static_cast<double>(first[c]);
+  VD first[K], s[K], q[K];
+  for (int k = 0; k < K; ++k) {
+    first[k] = LoadD(rows[0] + c + k * N);
+    s[k] = hn::Zero(d), q[k] = hn::Zero(d);
+  }
+  for (int64_t r = 1; r < nb; ++r) {
+    for (int k = 0; k < K; ++k) {
+      const VD dv = hn::Sub(LoadD(rows[r] + c + k * N), first[k]);
+      s[k] = hn::Add(s[k], dv);
+      q[k] = hn::MulAdd(dv, dv, q[k]);
     }
-    const double nb = static_cast<double>(b1 - b0), n = count + nb;
-    for (int64_t c = 0; c < C; ++c) bmean[c] = static_cast<double>(first[c]) + bmean[c] / nb;
-    for (int64_t r = b0; r < b1; ++r) {  // pass 2: squared deviations from the block mean
-      const T* p = cols_row<T>(x, r);
-      int64_t c = 0;
-      for (; c < vecC; c += N) {
-        const VD dv = hn::Sub(LoadD(p + c), hn::LoadU(d, bmean + c));
-        hn::StoreU(hn::MulAdd(dv, dv, hn::LoadU(d, bq + c)), d, bq + c);
-      }
-      for (; c < C; ++c) {
-        const double dv = static_cast<double>(p[c]) - bmean[c];
-        bq[c] += dv * dv;
-      }
-    }
-    const VD wb = hn::Set(d, nb / n), wab = hn::Set(d, count * nb / n);
-    int64_t c = 0;
-    for (; c < vecC; c += N) {  // Chan merge of the block, vectorized over channels
-      const VD pm = hn::LoadU(d, mean + c), delta = hn::Sub(hn::LoadU(d, bmean + c), pm);
-      hn::StoreU(hn::MulAdd(delta, wb, pm), d, mean + c);
-      hn::StoreU(hn::Add(hn::LoadU(d, m2 + c),
-                         hn::MulAdd(hn::Mul(delta, delta), wab, hn::LoadU(d, bq + c))),
-                 d, m2 + c);
-    }
-    for (; c < C; ++c) chan_merge(count, nb, bmean[c], bq[c], mean[c], m2[c]);
-    count = n;
+  }
+  const double n = count + static_cast<double>(nb);
+  const VD nbv = hn::Set(d, static_cast<double>(nb));
+  const VD wb = hn::Set(d, static_cast<double>(nb) / n);
+  const VD wab = hn::Set(d, count * static_cast<double>(nb) / n);
+  for (int k = 0; k < K; ++k) {
+    const VD shift = hn::Div(s[k], nbv);  // mean_b − x₀
+    const VD bmean = hn::Add(first[k], shift);
+    const VD bq = hn::Max(hn::NegMulAdd(s[k], shift, q[k]), hn::Zero(d));
+    double* pm = mean + c + k * N;
+    double* pq = m2 + c + k * N;
+    const VD old = hn::LoadU(d, pm), delta = hn::Sub(bmean, old);
+    hn::StoreU(hn::MulAdd(delta, wb, old), d, pm);
+    hn::StoreU(hn::Add(hn::LoadU(d, pq), hn::MulAdd(hn::Mul(delta, delta), wab, bq)), d, pq);
   }
 }
 
-// Σ dy and Σ dy · (x − mean) over rows r0 … r1 − 1 into sum_dy[C], sum_dy_xmu[C], walking the
-// rows in memory order and accumulating per channel.
+// Statistics of rows r0 … r1 − 1 for all channels, merged in order into mean[C], m2[C]: blocks of
+// rows_per_block (≤ kMaxRowsPerBlock) rows, each reduced in one pass per chunk of channels
+// (stats_cols_chunk; leftover channels one by one, with the same arithmetic), and merged into the
+// running result with Chan's formula.
+template <class T>
+void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t rows_per_block,
+                          double* mean, double* m2) {
+  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  const int64_t C = x.C;
+  std::fill_n(mean, C, 0.0);
+  std::fill_n(m2, C, 0.0);
+  const T* rows[kMaxRowsPerBlock];
+  double count = 0.0;
+  for (int64_t b0 = r0; b0 < r1; b0 += rows_per_block) {
+    const int64_t b1 = std::min(r1, b0 + rows_per_block), nb = b1 - b0;
+    cols_rows<T>(x, b0, b1, rows);
+    int64_t c = 0;
+    for (; c + kChunk * N <= C; c += kChunk * N)
+      stats_cols_chunk<kChunk>(rows, nb, c, count, mean, m2);
+    for (; c + N <= C; c += N) stats_cols_chunk<1>(rows, nb, c, count, mean, m2);
+    for (; c < C; ++c) {  // the same arithmetic, one channel
+      const double first = static_cast<double>(rows[0][c]);
+      double sum = 0.0, q = 0.0;
+      for (int64_t r = 1; r < nb; ++r) {
+        const double dv = static_cast<double>(rows[r][c]) - first;
+        sum += dv;
+        q = std::fma(dv, dv, q);
+      }
+      const double shift = sum / static_cast<double>(nb);
+      const double bq = std::max(std::fma(-sum, shift, q), 0.0);
+      chan_merge(count, static_cast<double>(nb), first + shift, bq, mean[c], m2[c]);
+    }
+    count += static_cast<double>(nb);
+  }
+}
+
+// Σ dy and Σ dy · (x − mean) of one block of rows for channels c … c + K·lanes − 1, added to
+// sum_dy and sum_dy_xmu in row order.
+template <int K, class T>
+HWY_INLINE void backward_sums_cols_chunk(const T* const* dy_rows, const T* const* x_rows,
+                                         int64_t nb, int64_t c, const double* mean, double* sum_dy,
+                                         double* sum_dy_xmu) {
+  const DD d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  VD mu[K], sdy[K], sxm[K];
+  for (int k = 0; k < K; ++k) {
+    mu[k] = hn::LoadU(d, mean + c + k * N);
+    sdy[k] = hn::LoadU(d, sum_dy + c + k * N);
+    sxm[k] = hn::LoadU(d, sum_dy_xmu + c + k * N);
+  }
+  for (int64_t r = 0; r < nb; ++r) {
+    for (int k = 0; k < K; ++k) {
+      const VD gv = LoadD(dy_rows[r] + c + k * N);
+      sdy[k] = hn::Add(sdy[k], gv);
+      sxm[k] = hn::MulAdd(gv, hn::Sub(LoadD(x_rows[r] + c + k * N), mu[k]), sxm[k]);
+    }
+  }
+  for (int k = 0; k < K; ++k) {
+    hn::StoreU(sdy[k], d, sum_dy + c + k * N);
+    hn::StoreU(sxm[k], d, sum_dy_xmu + c + k * N);
+  }
+}
+
+// Σ dy and Σ dy · (x − mean) over rows r0 … r1 − 1 into sum_dy[C], sum_dy_xmu[C], accumulated
+// per channel in row order: blocks of kMaxRowsPerBlock rows, walked per chunk of channels.
 template <class T>
 void backward_sums_cols_partition(const View3& dy, const View3& x, const double* mean, int64_t r0,
                                   int64_t r1, double* sum_dy, double* sum_dy_xmu) {
-  const DD d;
-  const auto N = static_cast<int64_t>(hn::Lanes(d));
-  const int64_t C = x.C, vecC = C - C % N;
+  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  const int64_t C = x.C;
   std::fill_n(sum_dy, C, 0.0);
   std::fill_n(sum_dy_xmu, C, 0.0);
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* g = cols_row<T>(dy, r);
-    const T* p = cols_row<T>(x, r);
+  const T* dy_rows[kMaxRowsPerBlock];
+  const T* x_rows[kMaxRowsPerBlock];
+  for (int64_t b0 = r0; b0 < r1; b0 += kMaxRowsPerBlock) {
+    const int64_t b1 = std::min(r1, b0 + kMaxRowsPerBlock), nb = b1 - b0;
+    cols_rows<T>(dy, b0, b1, dy_rows);
+    cols_rows<T>(x, b0, b1, x_rows);
     int64_t c = 0;
-    for (; c < vecC; c += N) {
-      const VD gv = LoadD(g + c);
-      hn::StoreU(hn::Add(hn::LoadU(d, sum_dy + c), gv), d, sum_dy + c);
-      const VD xm = hn::Sub(LoadD(p + c), hn::LoadU(d, mean + c));
-      hn::StoreU(hn::MulAdd(gv, xm, hn::LoadU(d, sum_dy_xmu + c)), d, sum_dy_xmu + c);
-    }
+    for (; c + kChunk * N <= C; c += kChunk * N)
+      backward_sums_cols_chunk<kChunk>(dy_rows, x_rows, nb, c, mean, sum_dy, sum_dy_xmu);
+    for (; c + N <= C; c += N)
+      backward_sums_cols_chunk<1>(dy_rows, x_rows, nb, c, mean, sum_dy, sum_dy_xmu);
     for (; c < C; ++c) {
-      const double gv = static_cast<double>(g[c]);
-      sum_dy[c] += gv;
-      sum_dy_xmu[c] += gv * (static_cast<double>(p[c]) - mean[c]);
+      for (int64_t r = 0; r < nb; ++r) {
+        const double gv = static_cast<double>(dy_rows[r][c]);
+        sum_dy[c] += gv;
+        sum_dy_xmu[c] += gv * (static_cast<double>(x_rows[r][c]) - mean[c]);
+      }
     }
+  }
+}
+
+// Rows of a cols view transformed together by elementwise_cols when the output stays in cache:
+// each vector of per-channel parameters is loaded once for the group (for in-cache data the
+// parameter loads, not the data, bound a one-row loop; streamed outputs are bound by memory and
+// go one row at a time, as interleaved non-temporal row streams are slower).
+constexpr int64_t kRowGroup = 4;
+
+// f applied to rows r … r + R − 1 of x (and dy), written to the same rows of out (out.sC == 1).
+template <int R, class T, class D, class F>
+HWY_INLINE void elementwise_rows_group(D d, const Out3& out, const View3& x, const View3* dy,
+                                       int64_t r, const F& f) {
+  using V = hn::Vec<D>;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t C = x.C, L = x.L;
+  const T* p[R];
+  const T* g[R];
+  T* o[R];
+  for (int i = 0; i < R; ++i) {
+    const int64_t n = (r + i) / L, l = (r + i) % L;
+    p[i] = row_ptr<T>(x, n, 0, l);
+    g[i] = dy ? row_ptr<T>(*dy, n, 0, l) : p[i];
+    o[i] = static_cast<T*>(out.data) + n * out.sN + l * out.sL;
+  }
+  int64_t c = 0;
+  for (; c + N <= C; c += N) {
+    V v[R];
+    for (int i = 0; i < R; ++i) v[i] = f.vec(d, c, hn::LoadU(d, p[i] + c), hn::LoadU(d, g[i] + c));
+    for (int i = 0; i < R; ++i) hn::StoreU(v[i], d, o[i] + c);
+  }
+  for (; c < C; ++c) {
+    for (int i = 0; i < R; ++i) o[i][c] = f.scalar(c, p[i][c], g[i][c]);
   }
 }
 
 // Elementwise op over units u0 … u1 − 1 of a cols view, in T's own lanes: f.vec(d, c, x, dy)
 // gives the results for channels c … c + lanes − 1, f.scalar(c, x, dy) for one channel.
 // - Output with contiguous channels too (out.sC == 1, e.g. (N, C) or channels-last): a unit is a
-//   row r = n·L + l, read and written along C.
+//   row r = n·L + l, read and written along C; kRowGroup rows at a time unless streamed.
 // - Output (N, C, L) with unit stride along L: a unit is a block of kChannelBlock channels of one
 //   n; values are read along C and transposed through a small tile, so that each channel's
 //   output is written as a sequential stream along L.
@@ -137,7 +219,7 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t C = x.C, L = x.L;
   T* const base = static_cast<T*>(out.data);
-  if (out.sC == 1) {
+  if (out.sC == 1 && stream) {
     for (int64_t r = u0; r < u1; ++r) {
       const int64_t n = r / L, l = r % L;
       const T* p = row_ptr<T>(x, n, 0, l);
@@ -148,7 +230,14 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
           [&](int64_t c) { return f.vec(d, c, hn::LoadU(d, p + c), hn::LoadU(d, g + c)); },
           [&](int64_t c) { return f.scalar(c, p[c], g[c]); });
     }
-    if (stream) hwy::FlushStream();
+    hwy::FlushStream();
+    return;
+  }
+  if (out.sC == 1) {
+    int64_t r = u0;
+    for (; r + kRowGroup <= u1; r += kRowGroup)
+      elementwise_rows_group<kRowGroup, T>(d, out, x, dy, r, f);
+    for (; r < u1; ++r) elementwise_rows_group<1, T>(d, out, x, dy, r, f);
     return;
   }
   const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
