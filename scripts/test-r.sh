@@ -18,6 +18,9 @@ repo="$PWD"
 
 scripts/install-deps.sh r-base-dev r-cran-rcpp r-cran-testthat
 
+# Paths given relative to the repository root stay valid after the cd's below.
+if [ -n "${BN1D_PYTHONPATH:-}" ]; then BN1D_PYTHONPATH="$(cd "$BN1D_PYTHONPATH" && pwd)"; fi
+
 build="${BN1D_R_BUILD_DIR:-build/r}"
 mkdir -p "$build"
 build="$(cd "$build" && pwd)"
