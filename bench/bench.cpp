@@ -181,7 +181,8 @@ void print_header(const Options& o) {
       "malloc: no mmap, no trim, so that a freed block is reused warm (matters for "
       "libtorch's outputs)\n");
   std::printf(
-      "timing: steady_clock median of >= %d runs after %d warm-up calls (up to %d for fast ops; "
+      "timing: steady_clock median of >= %d runs after >= %d warm-up calls and >= %.0f ms (up to "
+      "%d for fast ops; "
       "%d..%d if %d\n        runs would exceed %.1f s), column 'runs' = fewest in the row; "
       "outputs preallocated and reused\n"
       "bound: t_bound = R*t_read + W*max(t_copy - t_read, 0); t_read = sum over the input, t_copy "
@@ -190,7 +191,8 @@ void print_header(const Options& o) {
       "eval R=1 W=1, backward R=4 W=1\n"
       "GB/s = (R+W)*bytes / bn1d time; /bound = bn1d time / t_bound; x torch, x dnnl = "
       "peer time / bn1d time (>1: bn1d faster)\n\n",
-      kMinRuns, kWarmupCalls, kMaxRuns, kFloorRuns, kMinRuns - 1, kMinRuns, kCapSeconds);
+      kMinRuns, kWarmupCalls, kWarmupSeconds * 1e3, kMaxRuns, kFloorRuns, kMinRuns - 1, kMinRuns,
+      kCapSeconds);
   std::printf("%-22s %-8s %4s %9s %9s %7s %6s %9s %7s %9s %7s\n", "shape dtype layout", "op",
               "runs", "bound_ms", "bn1d_ms", "GB/s", "/bound", "torch_ms", "x torch", "dnnl_ms",
               "x dnnl");

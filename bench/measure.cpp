@@ -57,8 +57,11 @@ volatile std::uint64_t g_sink = 0;
 }  // namespace
 
 Timing time_median(const std::function<void()>& fn) {
-  double estimate = seconds_of(fn);
-  for (int i = 1; i < kWarmupCalls; ++i) estimate = std::min(estimate, seconds_of(fn));
+  double estimate = seconds_of(fn), spent = estimate;
+  for (int i = 1; i < kWarmupCalls || spent < kWarmupSeconds; ++i) {
+    const double t = seconds_of(fn);
+    estimate = std::min(estimate, t), spent += t;
+  }
   int runs = std::clamp(static_cast<int>(std::ceil(kTargetSeconds / std::max(estimate, 1e-9))),
                         kMinRuns, kMaxRuns);
   if (kMinRuns * estimate > kCapSeconds)

@@ -9,12 +9,13 @@
 namespace bench {
 
 /// Timing policy, printed in the output header.
-inline constexpr int kWarmupCalls = 2;
-inline constexpr int kMinRuns = 20;            ///< normal minimum of timed calls
-inline constexpr int kMaxRuns = 200;           ///< fast calls: as many as fit kTargetSeconds
-inline constexpr double kTargetSeconds = 0.2;  ///< aim of one measurement's timed calls
-inline constexpr int kFloorRuns = 10;          ///< slow calls: at least this many
-inline constexpr double kCapSeconds = 3.0;     ///< slow calls: fewer than kMinRuns past this
+inline constexpr int kWarmupCalls = 2;          ///< at least this many warm-up calls ...
+inline constexpr double kWarmupSeconds = 0.02;  ///< ... and at least this long (threads, caches)
+inline constexpr int kMinRuns = 20;             ///< normal minimum of timed calls
+inline constexpr int kMaxRuns = 200;            ///< fast calls: as many as fit kTargetSeconds
+inline constexpr double kTargetSeconds = 0.2;   ///< aim of one measurement's timed calls
+inline constexpr int kFloorRuns = 10;           ///< slow calls: at least this many
+inline constexpr double kCapSeconds = 3.0;      ///< slow calls: fewer than kMinRuns past this
 
 /// Median wall time of one call and how many timed calls it is the median of.
 struct Timing {
@@ -22,7 +23,9 @@ struct Timing {
   int runs = 0;
 };
 
-/// Calls @p fn kWarmupCalls times (the fastest of them estimates its cost t), then times
+/// Calls @p fn at least kWarmupCalls times and for at least kWarmupSeconds (the fastest call
+/// estimates its cost t: fast ops get a process's threads and caches in their steady state),
+/// then times
 /// clamp(kTargetSeconds / t, kMinRuns, kMaxRuns) calls with std::chrono::steady_clock, or only
 /// max(kFloorRuns, kCapSeconds / t) calls when kMinRuns · t would exceed kCapSeconds.
 Timing time_median(const std::function<void()>& fn);
