@@ -257,10 +257,15 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
   const int64_t C = x.C, L = x.L;
   T* const base = static_cast<T*>(out.data);
   if (out.sC == 1 && stream) {
+    const int64_t ahead = rows_ahead<T>(dy ? 2 * C : C);
     for (int64_t r = u0; r < u1; ++r) {
       const int64_t n = r / L, l = r % L;
       const T* p = row_ptr<T>(x, n, 0, l);
       const T* g = dy ? row_ptr<T>(*dy, n, 0, l) : p;
+      if (r + ahead < u1) {
+        prefetch_l2(cols_row<T>(x, r + ahead), 0, C);
+        if (dy) prefetch_l2(cols_row<T>(*dy, r + ahead), 0, C);
+      }
       T* o = base + n * out.sN + l * out.sL;
       write_run(
           d, o, C, stream,
