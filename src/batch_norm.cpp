@@ -66,10 +66,12 @@ BatchStats combine_stats(std::span<const BatchStats> parts) {
     // Chan et al.: merge (n_a, mean_a, M2_a) with (n_b, mean_b, M2_b).
     const double na = static_cast<double>(out.count), nb = static_cast<double>(p.count);
     const double n = na + nb;
+    const double* p_mean = f64(p.mean);
+    const double* p_m2 = f64(p.m2);
     for (int64_t c = 0; c < C; ++c) {
-      const double delta = f64(p.mean)[c] - mean[c];
+      const double delta = p_mean[c] - mean[c];
       mean[c] += delta * (nb / n);
-      m2[c] += f64(p.m2)[c] + delta * delta * (na * nb / n);
+      m2[c] += p_m2[c] + delta * delta * (na * nb / n);
     }
     out.count += p.count;
   }
@@ -88,9 +90,13 @@ void normalization_from_batch(Normalization& norm, const BatchStats& stats, doub
   detail::reuse_or_allocate(norm.mean, C, DType::Float64, {&stats.mean, &stats.m2});
   detail::reuse_or_allocate(norm.invstd, C, DType::Float64, {&stats.mean, &stats.m2});
   const double n = static_cast<double>(stats.count);
+  const double* mean = f64(stats.mean);
+  const double* m2 = f64(stats.m2);
+  double* out_mean = f64_mut(norm.mean);
+  double* out_invstd = f64_mut(norm.invstd);
   for (int64_t c = 0; c < C; ++c) {
-    f64_mut(norm.mean)[c] = f64(stats.mean)[c];
-    f64_mut(norm.invstd)[c] = invstd_of(f64(stats.m2)[c] / n, eps);
+    out_mean[c] = mean[c];
+    out_invstd[c] = invstd_of(m2[c] / n, eps);
   }
 }
 
@@ -123,9 +129,11 @@ void normalization_from_running(Normalization& norm, const Tensor& running_mean,
   }
   detail::reuse_or_allocate(norm.mean, C, DType::Float64);
   detail::reuse_or_allocate(norm.invstd, C, DType::Float64);
+  double* out_mean = f64_mut(norm.mean);
+  double* out_invstd = f64_mut(norm.invstd);
   for (int64_t c = 0; c < C; ++c) {
-    f64_mut(norm.mean)[c] = rmean[c];
-    f64_mut(norm.invstd)[c] = invstd_of(rvar[c], eps);
+    out_mean[c] = rmean[c];
+    out_invstd[c] = invstd_of(rvar[c], eps);
   }
 }
 
@@ -154,9 +162,11 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
   detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
   const double unbias = 1.0 / static_cast<double>(stats.count - 1);
   const ChannelValues rmean(running_mean, 0.0), rvar(running_var, 1.0);
+  const double* mean = f64(stats.mean);
+  const double* m2 = f64(stats.m2);
   for (int64_t c = 0; c < C; ++c) {
-    rmean.set(c, (1.0 - momentum) * rmean[c] + momentum * f64(stats.mean)[c]);
-    rvar.set(c, (1.0 - momentum) * rvar[c] + momentum * (f64(stats.m2)[c] * unbias));
+    rmean.set(c, (1.0 - momentum) * rmean[c] + momentum * mean[c]);
+    rvar.set(c, (1.0 - momentum) * rvar[c] + momentum * (m2[c] * unbias));
   }
 }
 

@@ -54,10 +54,14 @@ GradStats combine_grad_stats(std::span<const GradStats> parts) {
   for (std::size_t i = 0; i < parts.size(); ++i)
     check_grad_stats(parts[i], "combine_grad_stats: part " + std::to_string(i), C);
   GradStats out{0, detail::stat_tensor(C), detail::stat_tensor(C)};
+  double* sum_dy = f64_mut(out.sum_dy);
+  double* sum_dy_xmu = f64_mut(out.sum_dy_xmu);
   for (const GradStats& p : parts) {
+    const double* p_sum_dy = f64(p.sum_dy);
+    const double* p_sum_dy_xmu = f64(p.sum_dy_xmu);
     for (int64_t c = 0; c < C; ++c) {
-      f64_mut(out.sum_dy)[c] += f64(p.sum_dy)[c];
-      f64_mut(out.sum_dy_xmu)[c] += f64(p.sum_dy_xmu)[c];
+      sum_dy[c] += p_sum_dy[c];
+      sum_dy_xmu[c] += p_sum_dy_xmu[c];
     }
     out.count += p.count;
   }
@@ -92,14 +96,17 @@ void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, co
   double* b = detail::scratch(1, C);
   double* k = detail::scratch(2, C);
   const detail::ChannelValues w(weight, 1.0);
+  const double* invstds = f64(norm.invstd);
+  const double* sum_dy = batch_statistics ? f64(global.sum_dy) : nullptr;
+  const double* sum_dy_xmu = batch_statistics ? f64(global.sum_dy_xmu) : nullptr;
   for (int64_t c = 0; c < x.C; ++c) {
-    const double invstd = f64(norm.invstd)[c];
+    const double invstd = invstds[c];
     a[c] = w[c] * invstd;
     b[c] = k[c] = 0.0;
     if (batch_statistics) {
       const double n = static_cast<double>(global.count);
-      k[c] = -a[c] * f64(global.sum_dy)[c] / n;
-      b[c] = -a[c] * invstd * invstd * f64(global.sum_dy_xmu)[c] / n;
+      k[c] = -a[c] * sum_dy[c] / n;
+      b[c] = -a[c] * invstd * invstd * sum_dy_xmu[c] / n;
     }
   }
   route::backward_input(detail::output_view(grad_input), dy, x, f64(norm.mean), a, b, k);
@@ -125,9 +132,12 @@ void batch_norm_backward_params(BatchNormGradients& grads, const GradStats& stat
   detail::reuse_or_allocate(grads.bias, C, dtype);
   // grad_weight = Σ dy · x̂ = Σ dy (x − mean) · invstd;  grad_bias = Σ dy.
   const detail::ChannelValues gw(grads.weight, 0.0), gb(grads.bias, 0.0);
+  const double* sum_dy_xmu = f64(stats.sum_dy_xmu);
+  const double* sum_dy = f64(stats.sum_dy);
+  const double* invstd = f64(norm.invstd);
   for (int64_t c = 0; c < C; ++c) {
-    gw.set(c, f64(stats.sum_dy_xmu)[c] * f64(norm.invstd)[c]);
-    gb.set(c, f64(stats.sum_dy)[c]);
+    gw.set(c, sum_dy_xmu[c] * invstd[c]);
+    gb.set(c, sum_dy[c]);
   }
 }
 
