@@ -163,12 +163,24 @@ void apply_environment_once() {
   (void)applied;
 }
 
+// Runs f(i) for i in [0, count) on `threads` threads (static schedule); one thread, or one
+// index, runs inline without entering an OpenMP region.
+template <class F>
+void parallel_for(int64_t count, int threads, F f) {
+  if (threads <= 1 || count <= 1) {
+    for (int64_t i = 0; i < count; ++i) f(i);
+    return;
+  }
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < count; ++i) f(i);
+}
+
 // Splits [0, units) into `parts` contiguous ranges and runs body(begin, end) on each, in parallel.
 template <class F>
 void parallel_ranges(int64_t units, int threads, F body) {
   const int64_t parts = std::min<int64_t>(threads, units);
-#pragma omp parallel for num_threads(threads) schedule(static) if (parts > 1)
-  for (int64_t p = 0; p < parts; ++p) body(p * units / parts, (p + 1) * units / parts);
+  parallel_for(parts, threads,
+               [&](int64_t p) { body(p * units / parts, (p + 1) * units / parts); });
 }
 
 // Reductions are split into at most kPartitions partitions of consecutive work units; each is
@@ -312,8 +324,7 @@ void over_partitions(const Parts& parts, int threads, int64_t C, Kernel kernel, 
   std::vector<double>& scratch = partition_scratch(static_cast<std::size_t>(2 * parts.count * C));
   double* a = scratch.data();
   double* b = a + parts.count * C;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t p = 0; p < parts.count; ++p) kernel(p, a + p * C, b + p * C);
+  parallel_for(parts.count, threads, [&](int64_t p) { kernel(p, a + p * C, b + p * C); });
   combine(a, b);
 }
 
@@ -322,8 +333,9 @@ void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
   const int threads = threads_for(x.N * x.C * x.L);
   const int64_t C = x.C;
   if (layout == Layout::Rows && x.L < kMinPartitionRow) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t c = 0; c < C; ++c) HWY_DYNAMIC_DISPATCH(StatsRowsChannel)(x, c, mean + c, m2 + c);
+    parallel_for(C, threads, [&](int64_t c) {
+      HWY_DYNAMIC_DISPATCH(StatsRowsChannel)(x, c, mean + c, m2 + c);
+    });
     return;
   }
   auto merge = [&](const auto& parts) {
@@ -374,10 +386,9 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
   const int threads = threads_for(2 * x.N * x.C * x.L);
   const int64_t C = x.C;
   if (layout == Layout::Rows && x.L < kMinPartitionRow) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t c = 0; c < C; ++c) {
+    parallel_for(C, threads, [&](int64_t c) {
       HWY_DYNAMIC_DISPATCH(BackwardSumsRowsChannel)(dy, x, mean, c, sum_dy + c, sum_dy_xmu + c);
-    }
+    });
     return;
   }
   auto sum = [&](int64_t count) {
