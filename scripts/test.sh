@@ -8,7 +8,7 @@
 #   3. the C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included)
 #   4. the threaded tests under ThreadSanitizer
 #   5. each libFuzzer target for BN1D_FUZZ_SECONDS seconds (default 60) from the seed corpus
-# BN1D_QUICK=1 stops after stage 2.
+# BN1D_QUICK=1 stops after stage 2 (the release build and the Python and R suites).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
