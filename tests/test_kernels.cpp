@@ -157,7 +157,8 @@ TEST(Kernels, EveryTargetMatchesTheReferenceOracle) {
 }
 
 // Outputs of 16 MiB or more are written with non-temporal stores (best target, float64); in
-// the cols layout only rows that start vector-aligned are (C = 16), the others not (C = 15).
+// the cols layout only rows that start vector-aligned are (C = 16), the others not (C = 15), and
+// the backward sums of such inputs walk rows in memory order instead of chunks of channels.
 TEST(Kernels, StreamingStoresMatchTheReferenceOracle) {
   check_case({{1, 3, 700001}, Layout::Contiguous, simd::Layout::Rows}, DType::Float64);
   check_case({{140001, 15}, Layout::Contiguous, simd::Layout::Cols}, DType::Float64);

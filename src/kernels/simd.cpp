@@ -74,11 +74,16 @@ void BackwardSumsRowsChannel(const View3& dy, const View3& x, const double* mean
     backward_sums_rows_channel<double>(dy, x, mean, c, sum_dy, sum_dy_xmu);
 }
 void BackwardSumsColsPartition(const View3& dy, const View3& x, const double* mean, int64_t r0,
-                               int64_t r1, double* sum_dy, double* sum_dy_xmu) {
-  if (x.dtype == DType::Float32)
+                               int64_t r1, bool sequential, double* sum_dy, double* sum_dy_xmu) {
+  if (x.dtype == DType::Float32) {
+    if (sequential)
+      return backward_sums_cols_sequential<float>(dy, x, mean, r0, r1, sum_dy, sum_dy_xmu);
     backward_sums_cols_partition<float>(dy, x, mean, r0, r1, sum_dy, sum_dy_xmu);
-  else
+  } else {
+    if (sequential)
+      return backward_sums_cols_sequential<double>(dy, x, mean, r0, r1, sum_dy, sum_dy_xmu);
     backward_sums_cols_partition<double>(dy, x, mean, r0, r1, sum_dy, sum_dy_xmu);
+  }
 }
 void BackwardInputRows(const Out3& dx, const View3& dy, const View3& x, const void* P, int64_t i0,
                        int64_t i1, bool stream) {
@@ -407,11 +412,12 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
         sum(parts.count));
   } else {
     const ColsPartitions parts(x);
+    const bool sequential = streams(x);  // DRAM-resident: walk rows in memory order
     over_partitions(
         parts, threads, C,
         [&](int64_t p, double* ps, double* psx) {
           HWY_DYNAMIC_DISPATCH(BackwardSumsColsPartition)
-          (dy, x, mean, parts.first(p), parts.last(p), ps, psx);
+          (dy, x, mean, parts.first(p), parts.last(p), sequential, ps, psx);
         },
         sum(parts.count));
   }

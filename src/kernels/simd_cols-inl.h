@@ -172,6 +172,36 @@ HWY_INLINE void backward_sums_cols_chunk(const T* const* dy_rows, const T* const
   }
 }
 
+// Σ dy and Σ dy · (x − mean) over rows r0 … r1 − 1 for data streamed from DRAM: the rows are
+// walked in memory order, which the hardware prefetchers follow better than any software
+// prefetch of the chunked walk when two tensors stream at once, accumulating into
+// sum_dy[C], sum_dy_xmu[C] (L1-resident). Per channel, the operations and their order are those
+// of the chunked walk, so both give the same bits.
+template <class T>
+void backward_sums_cols_sequential(const View3& dy, const View3& x, const double* mean, int64_t r0,
+                                   int64_t r1, double* sum_dy, double* sum_dy_xmu) {
+  const DD d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t C = x.C, vecC = C - C % N;
+  std::fill_n(sum_dy, C, 0.0);
+  std::fill_n(sum_dy_xmu, C, 0.0);
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* g = cols_row<T>(dy, r);
+    const T* p = cols_row<T>(x, r);
+    for (int64_t c = 0; c < vecC; c += N) {
+      const VD gv = LoadD(g + c);
+      hn::StoreU(hn::Add(hn::LoadU(d, sum_dy + c), gv), d, sum_dy + c);
+      const VD xm = hn::Sub(LoadD(p + c), hn::LoadU(d, mean + c));
+      hn::StoreU(hn::MulAdd(gv, xm, hn::LoadU(d, sum_dy_xmu + c)), d, sum_dy_xmu + c);
+    }
+    for (int64_t c = vecC; c < C; ++c) {
+      const double gv = static_cast<double>(g[c]);
+      sum_dy[c] += gv;
+      sum_dy_xmu[c] += gv * (static_cast<double>(p[c]) - mean[c]);
+    }
+  }
+}
+
 // Σ dy and Σ dy · (x − mean) over rows r0 … r1 − 1 into sum_dy[C], sum_dy_xmu[C], accumulated
 // per channel in row order: blocks of kMaxRowsPerBlock rows, walked per chunk of channels.
 template <class T>
