@@ -2,6 +2,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdint>
+
 #include <bn1d/bn1d.hpp>
 #include <cmath>
 
@@ -18,6 +20,17 @@ TEST(Tensor, UndefinedByDefault) {
   EXPECT_EQ(t.raw_data(), nullptr);
   EXPECT_THROW(t.data<float>(), Error);
   EXPECT_FALSE(t.clone().defined());
+}
+
+// Storage is 64-byte aligned; tensors of 16 MiB or more are aligned to 2 MiB (huge pages).
+TEST(Tensor, StorageAlignment) {
+  for (const Shape& sizes : {Shape{3}, Shape{7, 5}, Shape{1000, 33}}) {
+    const Tensor t = Tensor::empty(sizes, DType::Float32);
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(t.raw_data()) % 64, 0u) << format_shape(sizes);
+  }
+  const Tensor big = Tensor::zeros({int64_t{1} << 22}, DType::Float32);  // 16 MiB
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(big.raw_data()) % (std::uintptr_t{2} << 20), 0u);
+  EXPECT_EQ(big.data<float>()[(int64_t{1} << 22) - 1], 0.0f);
 }
 
 TEST(Tensor, Factories) {
