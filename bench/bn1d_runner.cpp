@@ -26,11 +26,13 @@ class Bn1dRunner final : public Runner {
     grad_output_ = bn1d::Tensor::from_blob(p.dy, sizes, strides, p.dtype);
     // Outputs in the input's memory layout (as torch and oneDNN produce them): for channels-last
     // input bn1d then writes channels-last output instead of transposing to (N, C, L).
-    out_storage_.resize(static_cast<std::size_t>(p.n * p.c * (p.three_d ? p.l : 1)) *
-                        bn1d::element_size(p.dtype));
-    grad_storage_.resize(out_storage_.size());
-    output_ = bn1d::Tensor::from_blob(out_storage_.data(), sizes, strides, p.dtype);
-    grads_.input = bn1d::Tensor::from_blob(grad_storage_.data(), sizes, strides, p.dtype);
+    // Their memory comes from bn1d's allocator, as libtorch's and oneDNN's outputs come from
+    // theirs (all 64-byte aligned).
+    const int64_t numel = p.n * p.c * (p.three_d ? p.l : 1);
+    out_storage_ = bn1d::Tensor::empty({numel}, p.dtype);
+    grad_storage_ = bn1d::Tensor::empty({numel}, p.dtype);
+    output_ = bn1d::Tensor::from_blob(out_storage_.raw_data(), sizes, strides, p.dtype);
+    grads_.input = bn1d::Tensor::from_blob(grad_storage_.raw_data(), sizes, strides, p.dtype);
     grads_.weight = bn1d::Tensor::empty({p.c}, p.dtype);
     grads_.bias = bn1d::Tensor::empty({p.c}, p.dtype);
     for (int64_t c = 0; c < p.c; ++c) {
@@ -54,7 +56,7 @@ class Bn1dRunner final : public Runner {
   bn1d::BatchNorm1d module_;
   bn1d::Tensor input_, grad_output_, output_;
   bn1d::BatchNorm1d::Gradients grads_;
-  std::vector<std::byte> out_storage_, grad_storage_;
+  bn1d::Tensor out_storage_, grad_storage_;
   std::array<int64_t, 3> out_strides_{};
 };
 
