@@ -229,13 +229,10 @@ std::vector<std::string> run_case(Case& k) {
   p.dy = dy.raw_data();
   // Copy destination at a distance of 2 KiB modulo 4 KiB from the input: buffers a multiple of
   // 4 KiB apart make copies up to 1.7x slower (4K aliasing), which would loosen the bound.
-  // A bn1d tensor, so that it gets the same pages (huge pages from 16 MiB) as bn1d's buffers.
-  const bn1d::Tensor scratch =
-      bn1d::Tensor::empty({static_cast<int64_t>((p.bytes() + 4096 + 3) / 4)}, bn1d::DType::Float32);
-  auto* const base = static_cast<std::byte*>(scratch.raw_data());
-  const auto gap =
-      reinterpret_cast<std::uintptr_t>(p.x) + 2048 - reinterpret_cast<std::uintptr_t>(base);
-  void* const dst = base + gap % 4096;
+  std::vector<std::byte> scratch(p.bytes() + 4096);
+  const auto gap = reinterpret_cast<std::uintptr_t>(p.x) + 2048 -
+                   reinterpret_cast<std::uintptr_t>(scratch.data());
+  void* const dst = scratch.data() + gap % 4096;
 
   // The table's columns: bn1d, then the peers (no runner where not built in or not supported).
   Lib libs[] = {{"bn1d", make_bn1d_runner(p)}, {"torch", nullptr}, {"oneDNN", nullptr}};
