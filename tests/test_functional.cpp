@@ -78,6 +78,24 @@ TEST(Functional, Errors) {
   EXPECT_TRUE(throws_error([&] { combine_stats({}); }, "expected at least one part"));
 }
 
+// Zero channels with rows (found by fuzz_validation: the cols kernels divided by C): every step
+// gives empty results; under the sanitizers any undefined behaviour fails the test.
+TEST(Functional, ZeroChannelsGiveEmptyResults) {
+  for (const Shape& sizes : {Shape{4, 0}, Shape{4, 0, 3}}) {
+    SCOPED_TRACE(format_shape(sizes));
+    for (DType dtype : {DType::Float32, DType::Float64}) {
+      const Tensor x = Tensor::empty(sizes, dtype);
+      const BatchStats stats = batch_stats(x);
+      EXPECT_EQ(stats.mean.numel(), 0);
+      const Normalization norm = normalization_from_batch(stats, 1e-5);
+      EXPECT_EQ(batch_norm_apply(x, norm, Tensor(), Tensor()).numel(), 0);
+      const GradStats grad = backward_stats(x, x, norm);
+      EXPECT_EQ(grad.sum_dy.numel(), 0);
+      EXPECT_EQ(batch_norm_backward_input(x, x, norm, Tensor(), grad, true).numel(), 0);
+    }
+  }
+}
+
 TEST(Functional, SplitBatchStatisticsCombineToTheWhole) {
   const Tensor x = randn({11, 3, 4}, DType::Float64, 3);
   const int64_t cuts[] = {0, 4, 4, 5, 11};  // parts of 4, 0 (empty), 1 and 6 rows
