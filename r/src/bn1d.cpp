@@ -250,8 +250,9 @@ SEXP cpp_forward(SEXP xp, SEXP input) {
   BN1D_TRY
   Module& m = get(xp);
   if (TYPEOF(input) != REALSXP) throw bn1d::Error("input: expected a double array");
-  Rcpp::NumericVector out = new_r_array(r_sizes(input));
+  Rcpp::NumericVector out;
   if (m.module.options().dtype() == bn1d::DType::Float64) {
+    out = new_r_array(r_sizes(input));
     const bn1d::Tensor x = view_of(input);
     const bn1d::Tensor target = view_of(out);
     bn1d::Tensor y = target;  // reused by bn1d: same sizes and strides as the dense input
@@ -264,14 +265,7 @@ SEXP cpp_forward(SEXP xp, SEXP input) {
   } else {
     bn1d::Tensor x;
     bn1d::Tensor owner = to_f32(input, x);
-    bn1d::Tensor y_view;
-    bn1d::Tensor y_owner = to_f32(out, y_view);
-    bn1d::Tensor y = y_view;
-    m.module.forward(x, y);
-    if (y.raw_data() != y_view.raw_data()) y_view.copy_from(y);
-    const float* src = y_owner.data<float>();
-    double* dst = REAL(out);
-    for (R_xlen_t i = 0; i < Rf_xlength(out); ++i) dst[i] = src[i];
+    out = to_r(m.module.forward(x));  // widened exactly
     m.input_f32 = owner;
     R_SetExternalPtrProtected(xp, R_NilValue);
   }
@@ -290,24 +284,19 @@ SEXP cpp_backward(SEXP xp, SEXP grad_output) {
   BN1D_TRY
   Module& m = get(xp);
   if (TYPEOF(grad_output) != REALSXP) throw bn1d::Error("grad_output: expected a double array");
-  Rcpp::NumericVector gx = new_r_array(r_sizes(grad_output));
+  Rcpp::NumericVector gx;
   bn1d::BatchNorm1d::Gradients grads;
   if (m.module.options().dtype() == bn1d::DType::Float64) {
+    gx = new_r_array(r_sizes(grad_output));
     const bn1d::Tensor target = view_of(gx);
     grads.input = target;
     m.module.backward(view_of(grad_output), grads);
     if (grads.input.raw_data() != target.raw_data()) target.copy_from(grads.input);
   } else {
     bn1d::Tensor dy;
-    bn1d::Tensor dy_owner = to_f32(grad_output, dy);
-    bn1d::Tensor gx_view;
-    bn1d::Tensor gx_owner = to_f32(gx, gx_view);
-    grads.input = gx_view;
+    const bn1d::Tensor dy_owner = to_f32(grad_output, dy);
     m.module.backward(dy, grads);
-    if (grads.input.raw_data() != gx_view.raw_data()) gx_view.copy_from(grads.input);
-    const float* src = gx_owner.data<float>();
-    double* dst = REAL(gx);
-    for (R_xlen_t i = 0; i < Rf_xlength(gx); ++i) dst[i] = src[i];
+    gx = to_r(grads.input);  // widened exactly
   }
   SEXP dimnames = Rf_getAttrib(grad_output, R_DimNamesSymbol);
   if (!Rf_isNull(dimnames)) Rf_setAttrib(gx, R_DimNamesSymbol, dimnames);

@@ -58,6 +58,22 @@ expect_torch_close <- function(actual, expected, dtype, mode = c("element", "max
                             what, sum(bad), length(err), max(err)))
 }
 
+# The gradients list `g` of a backward against the fixture's `<prefix>.grad_*`
+# tensors; without affine, the weight and bias gradients are NULL.
+expect_grads_like_torch <- function(g, f, prefix, dtype, affine, name) {
+  expect_torch_close(g$input, f[[paste0(prefix, ".grad_input")]], dtype, "max",
+                     what = paste(name, prefix, "grad_input"))
+  if (affine) {
+    expect_torch_close(g$weight, f[[paste0(prefix, ".grad_weight")]], dtype, "max",
+                       what = paste(name, prefix, "grad_weight"))
+    expect_torch_close(g$bias, f[[paste0(prefix, ".grad_bias")]], dtype, "max",
+                       what = paste(name, prefix, "grad_bias"))
+  } else {
+    expect_null(g$weight)
+    expect_null(g$bias)
+  }
+}
+
 # torch's float32 output rounding scale: max(|x * alpha| + |beta|, 1) per
 # element with alpha = w / sqrt(var + eps), beta = b - mean * alpha (batch
 # statistics of x unless running statistics are given).

@@ -29,17 +29,7 @@ replay_fixture <- function(path) {
   }
   g <- m$backward(f[["train.grad_output"]])
   expect_identical(names(g), c("input", "weight", "bias"))
-  expect_torch_close(g$input, f[["train.grad_input"]], dtype, "max",
-                     what = paste(name, "train.grad_input"))
-  if (affine) {
-    expect_torch_close(g$weight, f[["train.grad_weight"]], dtype, "max",
-                       what = paste(name, "train.grad_weight"))
-    expect_torch_close(g$bias, f[["train.grad_bias"]], dtype, "max",
-                       what = paste(name, "train.grad_bias"))
-  } else {
-    expect_null(g$weight)
-    expect_null(g$bias)
-  }
+  expect_grads_like_torch(g, f, "train", dtype, affine, name)
 
   # State: torch's keys in torch's order, the same values.
   state <- m$state_dict()
@@ -70,14 +60,7 @@ replay_fixture <- function(path) {
   expect_torch_close(ye, f[["eval.output"]], dtype, scale = eval_scale,
                      what = paste(name, "eval.output"))
   g <- m$backward(f[["eval.grad_output"]])
-  expect_torch_close(g$input, f[["eval.grad_input"]], dtype, "max",
-                     what = paste(name, "eval.grad_input"))
-  if (affine) {
-    expect_torch_close(g$weight, f[["eval.grad_weight"]], dtype, "max",
-                       what = paste(name, "eval.grad_weight"))
-    expect_torch_close(g$bias, f[["eval.grad_bias"]], dtype, "max",
-                       what = paste(name, "eval.grad_bias"))
-  }
+  expect_grads_like_torch(g, f, "eval", dtype, affine, name)
   if (track) expect_identical(m$num_batches_tracked, as.numeric(steps))
 
   # A fresh module loading torch's state (the "bn." layer of the whole-model
