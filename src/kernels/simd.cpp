@@ -43,12 +43,11 @@ void BackwardSumsRowsPartition(const View3& dy, const View3& x, const double* me
   else
     backward_sums_rows_partition<double>(dy, x, mean, u0, u1, sum_dy, sum_dy_xmu);
 }
-void StatsColsPartition(const View3& x, int64_t r0, int64_t r1, int64_t rows_per_block,
-                        double* mean, double* m2) {
+void StatsColsPartition(const View3& x, int64_t r0, int64_t r1, double* mean, double* m2) {
   if (x.dtype == DType::Float32)
-    stats_cols_partition<float>(x, r0, r1, rows_per_block, mean, m2);
+    stats_cols_partition<float>(x, r0, r1, mean, m2);
   else
-    stats_cols_partition<double>(x, r0, r1, rows_per_block, mean, m2);
+    stats_cols_partition<double>(x, r0, r1, mean, m2);
 }
 // Elementwise entry points: P holds the per-channel parameters in the input's dtype (see
 // elementwise_params in the dispatcher).
@@ -365,7 +364,7 @@ void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
         parts, threads, C,
         [&](int64_t p, double* pm, double* pq) {
           HWY_DYNAMIC_DISPATCH(StatsColsPartition)
-          (x, parts.first(p), parts.last(p), parts.block, pm, pq);
+          (x, parts.first(p), parts.last(p), pm, pq);
         },
         merge(parts));
   }

@@ -106,12 +106,11 @@ HWY_INLINE void stats_cols_chunk(const T* const* rows, const T* const* ahead, in
 }
 
 // Statistics of rows r0 … r1 − 1 for all channels, merged in order into mean[C], m2[C]: blocks of
-// rows_per_block (≤ kMaxRowsPerBlock) rows, each reduced in one pass per chunk of channels
+// kMaxRowsPerBlock rows, each reduced in one pass per chunk of channels
 // (stats_cols_chunk; leftover channels one by one, with the same arithmetic), and merged into the
 // running result with Chan's formula.
 template <class T>
-void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t rows_per_block,
-                          double* mean, double* m2) {
+void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, double* mean, double* m2) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   const int64_t C = x.C;
   std::fill_n(mean, C, 0.0);
@@ -120,8 +119,8 @@ void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t rows_p
   const T* ahead[kMaxRowsPerBlock];
   const int64_t distance = rows_ahead<T>(C);
   double count = 0.0;
-  for (int64_t b0 = r0; b0 < r1; b0 += rows_per_block) {
-    const int64_t b1 = std::min(r1, b0 + rows_per_block), nb = b1 - b0;
+  for (int64_t b0 = r0; b0 < r1; b0 += kMaxRowsPerBlock) {
+    const int64_t b1 = std::min(r1, b0 + kMaxRowsPerBlock), nb = b1 - b0;
     cols_rows<T>(x, b0, b1, distance, r1, rows, ahead);
     int64_t c = 0;
     for (; c + kChunk * N <= C; c += kChunk * N)
