@@ -3,7 +3,6 @@
 // to the kernels. No per-element math lives here.
 #include "bn1d/batch_norm.hpp"
 
-#include <algorithm>
 #include <cmath>
 
 #include "channel_values.hpp"
@@ -39,12 +38,7 @@ void batch_stats(BatchStats& stats, const Tensor& input) {
   detail::reuse_or_allocate(stats.mean, x.C, DType::Float64);
   detail::reuse_or_allocate(stats.m2, x.C, DType::Float64);
   stats.count = x.count();
-  if (x.count() > 0) {
-    route::channel_stats(f64_mut(stats.mean), f64_mut(stats.m2), x);
-  } else {
-    std::fill_n(f64_mut(stats.mean), x.C, 0.0);
-    std::fill_n(f64_mut(stats.m2), x.C, 0.0);
-  }
+  route::channel_stats(f64_mut(stats.mean), f64_mut(stats.m2), x);
 }
 
 BatchStats batch_stats(const Tensor& input) {

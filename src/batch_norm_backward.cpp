@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Functional batch-norm backward: validate, derive per-channel coefficients, route to kernels.
 // The derivation of each term is in docs/math.md.
-#include <algorithm>
 
 #include "bn1d/batch_norm.hpp"
 #include "channel_values.hpp"
@@ -33,12 +32,7 @@ void backward_stats(GradStats& stats, const Tensor& grad_output, const Tensor& i
   detail::reuse_or_allocate(stats.sum_dy, x.C, DType::Float64, {&norm.mean, &norm.invstd});
   detail::reuse_or_allocate(stats.sum_dy_xmu, x.C, DType::Float64, {&norm.mean, &norm.invstd});
   stats.count = x.count();
-  if (x.count() > 0) {
-    route::backward_sums(f64_mut(stats.sum_dy), f64_mut(stats.sum_dy_xmu), dy, x, f64(norm.mean));
-  } else {
-    std::fill_n(f64_mut(stats.sum_dy), x.C, 0.0);
-    std::fill_n(f64_mut(stats.sum_dy_xmu), x.C, 0.0);
-  }
+  route::backward_sums(f64_mut(stats.sum_dy), f64_mut(stats.sum_dy_xmu), dy, x, f64(norm.mean));
 }
 
 GradStats backward_stats(const Tensor& grad_output, const Tensor& input,

@@ -4,6 +4,8 @@
 // R matrix, negative or odd strides) goes to the scalar reference kernels.
 #include "route.hpp"
 
+#include <algorithm>
+
 #include "kernels/reference.hpp"
 #include "kernels/simd.hpp"
 
@@ -26,11 +28,18 @@ bool simd_layout(Layout& layout, const Views&... views) {
   return false;
 }
 
+// A view without values: nothing to read, and its strides may be anything (the kernels would
+// form row pointers from them).
+bool no_values(const kernels::View3& x) { return x.N == 0 || x.C == 0 || x.L == 0; }
+
 }  // namespace
 
 void channel_stats(double* mean, double* m2, const kernels::View3& x) {
   Layout layout;
-  if (simd_layout(layout, x))
+  if (no_values(x)) {
+    std::fill_n(mean, x.C, 0.0);
+    std::fill_n(m2, x.C, 0.0);
+  } else if (simd_layout(layout, x))
     kernels::simd::channel_stats(layout, mean, m2, x);
   else
     kernels::reference::channel_stats(mean, m2, x);
@@ -39,6 +48,7 @@ void channel_stats(double* mean, double* m2, const kernels::View3& x) {
 void normalize(const kernels::Out3& y, const kernels::View3& x, const double* mean,
                const double* scale, const double* shift) {
   Layout layout;
+  if (no_values(x)) return;
   if (simd_layout(layout, x, y))
     kernels::simd::normalize(layout, y, x, mean, scale, shift);
   else
@@ -48,7 +58,10 @@ void normalize(const kernels::Out3& y, const kernels::View3& x, const double* me
 void backward_sums(double* sum_dy, double* sum_dy_xmu, const kernels::View3& dy,
                    const kernels::View3& x, const double* mean) {
   Layout layout;
-  if (simd_layout(layout, dy, x))
+  if (no_values(x)) {
+    std::fill_n(sum_dy, x.C, 0.0);
+    std::fill_n(sum_dy_xmu, x.C, 0.0);
+  } else if (simd_layout(layout, dy, x))
     kernels::simd::backward_sums(layout, sum_dy, sum_dy_xmu, dy, x, mean);
   else
     kernels::reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean);
@@ -57,6 +70,7 @@ void backward_sums(double* sum_dy, double* sum_dy_xmu, const kernels::View3& dy,
 void backward_input(const kernels::Out3& dx, const kernels::View3& dy, const kernels::View3& x,
                     const double* mean, const double* a, const double* b, const double* k) {
   Layout layout;
+  if (no_values(x)) return;
   if (simd_layout(layout, dy, x, dx))
     kernels::simd::backward_input(layout, dx, dy, x, mean, a, b, k);
   else

@@ -7,14 +7,15 @@
 
 namespace bn1d::route {
 
-/// mean[c] and m2[c] = Σ (x − mean[c])² over the N·L values of channel c.
+/// mean[c] and m2[c] = Σ (x − mean[c])² over the N·L values of channel c (0 and 0 without values).
+/// Every function here accepts views without values (N, C or L of 0): it then reads nothing.
 void channel_stats(double* mean, double* m2, const kernels::View3& x);
 
 /// y = (x − mean[c]) · scale[c] + shift[c], y of x's dtype.
 void normalize(const kernels::Out3& y, const kernels::View3& x, const double* mean,
                const double* scale, const double* shift);
 
-/// sum_dy[c] = Σ dy, sum_dy_xmu[c] = Σ dy · (x − mean[c]).
+/// sum_dy[c] = Σ dy, sum_dy_xmu[c] = Σ dy · (x − mean[c]) (0 and 0 without values).
 void backward_sums(double* sum_dy, double* sum_dy_xmu, const kernels::View3& dy,
                    const kernels::View3& x, const double* mean);
 

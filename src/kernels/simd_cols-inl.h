@@ -41,8 +41,7 @@ constexpr int64_t kAheadBytes = 48 * 1024;
 // Rows ahead of the one being reduced to prefetch, for rows of C values of T.
 template <class T>
 int64_t rows_ahead(int64_t C) {
-  return std::max<int64_t>(
-      4, kAheadBytes / (std::max<int64_t>(C, 1) * static_cast<int64_t>(sizeof(T))));
+  return std::max<int64_t>(4, kAheadBytes / (C * static_cast<int64_t>(sizeof(T))));
 }
 
 // Prefetches (into L2) values c … c + count − 1 of a row, when there is one.
