@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <memory>
 #include <sstream>
@@ -182,17 +183,18 @@ void print_header(const Options& o) {
       "libtorch's outputs)\n");
   std::printf(
       "timing: steady_clock median of >= %d runs after >= %d warm-up calls and >= %.0f ms (up to "
-      "%d for fast ops; "
-      "%d..%d if %d\n        runs would exceed %.1f s), column 'runs' = fewest in the row; "
-      "outputs preallocated and reused\n"
+      "%d for fast ops; %d..%d if %d\n        runs would exceed %.1f s), split into %d "
+      "interleaved rounds (bound kernels and libraries in turn,\n        each after >= %d calls "
+      "and %.0f ms of warm-up); column 'runs' = fewest in the row; outputs preallocated and "
+      "reused\n"
       "bound: t_bound = R*t_read + W*max(t_copy - t_read, 0); t_read = sum over the input, t_copy "
       "= faster of memcpy\n       and a non-temporal-store copy of it into a preallocated buffer, "
-      "each the fastest of 3 medians\n       (taken before each row of the case); train R=2 W=1, "
-      "eval R=1 W=1, backward R=4 W=1\n"
+      "each the fastest of the case's 3 rows;\n       train R=2 W=1, eval R=1 W=1, backward R=4 "
+      "W=1\n"
       "GB/s = (R+W)*bytes / bn1d time; /bound = bn1d time / t_bound; x torch, x dnnl = "
       "peer time / bn1d time (>1: bn1d faster)\n\n",
       kMinRuns, kWarmupCalls, kWarmupSeconds * 1e3, kMaxRuns, kFloorRuns, kMinRuns - 1, kMinRuns,
-      kCapSeconds);
+      kCapSeconds, kRounds, kWarmupCalls, kRoundWarmupSeconds * 1e3);
   std::printf("%-22s %-8s %4s %9s %9s %7s %6s %9s %7s %9s %7s\n", "shape dtype layout", "op",
               "runs", "bound_ms", "bn1d_ms", "GB/s", "/bound", "torch_ms", "x torch", "dnnl_ms",
               "x dnnl");
@@ -203,36 +205,39 @@ bn1d::Tensor random_buffer(const Problem& p, uint64_t seed) {
   return bn1d::randn({p.numel()}, p.dtype, seed);
 }
 
-/// The bound's ingredients: t_read, t_copy and the fewest runs behind them.
+/// The bound's ingredients: t_read and t_copy.
 struct Bound {
   double read = 0, copy = 0;
-  int runs = 0;
 };
 
-/// Times the read kernel over the input and both copy kernels from it into @p dst; t_copy is the
-/// faster copy (memcpy wins in cache, non-temporal stores in memory).
-Bound measure_bound(const Problem& p, void* dst) {
-  const Timing read = time_median([&] { read_kernel(p.x, p.bytes()); });
-  const Timing copy = time_median([&] { copy_kernel(dst, p.x, p.bytes(), false); });
-  const Timing stream = time_median([&] { copy_kernel(dst, p.x, p.bytes(), true); });
-  return {read.seconds, std::min(copy.seconds, stream.seconds),
-          std::min({read.runs, copy.runs, stream.runs})};
+/// The three bandwidth kernels whose times make the bound: the read kernel over the input, then
+/// the two copy kernels from it into @p dst (t_copy is the faster: memcpy wins in cache,
+/// non-temporal stores in memory).
+constexpr std::size_t kBoundKernels = 3;
+std::vector<std::function<void()>> bound_kernels(const Problem& p, void* dst) {
+  return {[&p] { read_kernel(p.x, p.bytes()); },
+          [&p, dst] { copy_kernel(dst, p.x, p.bytes(), false); },
+          [&p, dst] { copy_kernel(dst, p.x, p.bytes(), true); }};
 }
 
-/// Runs one case: sanity check, then for each op the bound kernels and every library; prints the
-/// case's rows with the fastest t_read and t_copy seen before any of its rows (one consistent
-/// bound per case). Returns the notes printed under the table.
+/// Runs one case: sanity check, then for each op the bound kernels and every library, timed
+/// interleaved; prints the case's rows with the fastest t_read and t_copy of its rows (one
+/// consistent bound per case). Returns the notes printed under the table.
 std::vector<std::string> run_case(Case& k) {
   Problem& p = k.problem;
   const bn1d::Tensor x = random_buffer(p, 1), dy = random_buffer(p, 2);
   p.x = x.raw_data();
   p.dy = dy.raw_data();
   // Copy destination at a distance of 2 KiB modulo 4 KiB from the input: buffers a multiple of
-  // 4 KiB apart make copies up to 1.7x slower (4K aliasing), which would loosen the bound.
-  std::vector<std::byte> scratch(p.bytes() + 4096);
+  // 4 KiB apart make copies up to 1.7x slower (4K aliasing), which would loosen the bound. Its
+  // memory comes from bn1d's allocator, like bn1d's outputs (huge pages from 16 MiB on): a copy
+  // into 4 KiB pages runs about 10% slower, which would loosen the bound too.
+  const bn1d::Tensor scratch =
+      bn1d::Tensor::empty({static_cast<int64_t>(p.bytes() + 4096) / 4}, bn1d::DType::Float32);
+  auto* const scratch_bytes = static_cast<std::byte*>(scratch.raw_data());
   const auto gap = reinterpret_cast<std::uintptr_t>(p.x) + 2048 -
-                   reinterpret_cast<std::uintptr_t>(scratch.data());
-  void* const dst = scratch.data() + gap % 4096;
+                   reinterpret_cast<std::uintptr_t>(scratch_bytes);
+  void* const dst = scratch_bytes + gap % 4096;
 
   // The table's columns: bn1d, then the peers (no runner where not built in or not supported).
   Lib libs[] = {{"bn1d", make_bn1d_runner(p)}, {"torch", nullptr}, {"oneDNN", nullptr}};
@@ -265,28 +270,35 @@ std::vector<std::string> run_case(Case& k) {
   constexpr std::size_t kLibs = std::size(libs);
   Timing times[std::size(kOps)][kLibs];
   int runs[std::size(kOps)];
-  Bound best{1e30, 1e30, 0};
+  Bound best{1e30, 1e30};
   for (std::size_t o = 0; o < std::size(kOps); ++o) {
-    const Bound b = measure_bound(p, dst);
-    best.read = std::min(best.read, b.read);
-    best.copy = std::min(best.copy, b.copy);
-    runs[o] = b.runs;
+    // The row's calls, timed interleaved: the bound kernels, then each library's op.
+    std::vector<std::function<void()>> calls = bound_kernels(p, dst);
+    std::vector<std::size_t> lib_of_call;
     for (std::size_t i = 0; i < kLibs; ++i) {
       Runner* r = libs[i].runner.get();
       if (!r) continue;
+      lib_of_call.push_back(i);
       switch (kOps[o].kind) {
         case Kind::Train:
-          times[o][i] = time_median([r] { r->forward_train(); });
+          calls.emplace_back([r] { r->forward_train(); });
           break;
         case Kind::Eval:
-          times[o][i] = time_median([r] { r->forward_eval(); });
+          calls.emplace_back([r] { r->forward_eval(); });
           break;
         case Kind::Backward:
           r->forward_train();  // backward differentiates the last training forward
-          times[o][i] = time_median([r] { r->backward(); });
+          calls.emplace_back([r] { r->backward(); });
           break;
       }
-      runs[o] = std::min(runs[o], times[o][i].runs);
+    }
+    const std::vector<Timing> t = time_interleaved(calls);
+    best.read = std::min(best.read, t[0].seconds);
+    best.copy = std::min({best.copy, t[1].seconds, t[2].seconds});
+    runs[o] = std::min({t[0].runs, t[1].runs, t[2].runs});
+    for (std::size_t k = 0; k < lib_of_call.size(); ++k) {
+      times[o][lib_of_call[k]] = t[kBoundKernels + k];
+      runs[o] = std::min(runs[o], t[kBoundKernels + k].runs);
     }
   }
 

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <utility>
@@ -25,6 +26,26 @@ double seconds_of(const std::function<void()>& fn) {
   const auto start = Clock::now();
   fn();
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+/// Calls @p fn at least kWarmupCalls times and for at least @p seconds; returns the fastest
+/// call's time.
+double warm_up(const std::function<void()>& fn, double seconds) {
+  double fastest = seconds_of(fn), spent = fastest;
+  for (int i = 1; i < kWarmupCalls || spent < seconds; ++i) {
+    const double t = seconds_of(fn);
+    fastest = std::min(fastest, t), spent += t;
+  }
+  return fastest;
+}
+
+/// The median of @p times (the mean of the middle two for an even count); reorders them.
+double median(std::vector<double>& times) {
+  const auto mid = times.begin() + static_cast<std::ptrdiff_t>(times.size() / 2);
+  std::nth_element(times.begin(), mid, times.end());
+  double m = *mid;
+  if (times.size() % 2 == 0) m = (m + *std::max_element(times.begin(), mid)) / 2;
+  return m;
 }
 
 /// [begin, end) of thread @p t's share of @p count items, boundaries on multiples of 64 items.
@@ -56,23 +77,27 @@ volatile std::uint64_t g_sink = 0;
 
 }  // namespace
 
-Timing time_median(const std::function<void()>& fn) {
-  double estimate = seconds_of(fn), spent = estimate;
-  for (int i = 1; i < kWarmupCalls || spent < kWarmupSeconds; ++i) {
-    const double t = seconds_of(fn);
-    estimate = std::min(estimate, t), spent += t;
+std::vector<Timing> time_interleaved(const std::vector<std::function<void()>>& fns) {
+  const std::size_t count = fns.size();
+  std::vector<int> per_round(count);
+  for (std::size_t f = 0; f < count; ++f) {
+    const double t = warm_up(fns[f], kWarmupSeconds);
+    int runs = std::clamp(static_cast<int>(std::ceil(kTargetSeconds / std::max(t, 1e-9))), kMinRuns,
+                          kMaxRuns);
+    if (kMinRuns * t > kCapSeconds) runs = std::max(kFloorRuns, static_cast<int>(kCapSeconds / t));
+    per_round[f] = (runs + kRounds - 1) / kRounds;
   }
-  int runs = std::clamp(static_cast<int>(std::ceil(kTargetSeconds / std::max(estimate, 1e-9))),
-                        kMinRuns, kMaxRuns);
-  if (kMinRuns * estimate > kCapSeconds)
-    runs = std::max(kFloorRuns, static_cast<int>(kCapSeconds / estimate));
-  std::vector<double> times(static_cast<std::size_t>(runs));
-  for (double& t : times) t = seconds_of(fn);
-  const auto mid = times.begin() + runs / 2;
-  std::nth_element(times.begin(), mid, times.end());
-  double median = *mid;
-  if (runs % 2 == 0) median = (median + *std::max_element(times.begin(), mid)) / 2;
-  return {median, runs};
+  std::vector<std::vector<double>> times(count);
+  for (int round = 0; round < kRounds; ++round) {
+    for (std::size_t i = 0; i < count; ++i) {
+      const std::size_t f = (i + static_cast<std::size_t>(round)) % count;
+      warm_up(fns[f], kRoundWarmupSeconds);
+      for (int k = 0; k < per_round[f]; ++k) times[f].push_back(seconds_of(fns[f]));
+    }
+  }
+  std::vector<Timing> medians(count);
+  for (std::size_t f = 0; f < count; ++f) medians[f] = {median(times[f]), per_round[f] * kRounds};
+  return medians;
 }
 
 void read_kernel(const void* src, std::size_t bytes) {

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <vector>
 
 namespace bench {
 
@@ -16,6 +17,8 @@ inline constexpr int kMaxRuns = 200;            ///< fast calls: as many as fit 
 inline constexpr double kTargetSeconds = 0.2;   ///< aim of one measurement's timed calls
 inline constexpr int kFloorRuns = 10;           ///< slow calls: at least this many
 inline constexpr double kCapSeconds = 3.0;      ///< slow calls: fewer than kMinRuns past this
+inline constexpr int kRounds = 5;               ///< interleaved rounds the timed calls are split in
+inline constexpr double kRoundWarmupSeconds = 0.002;  ///< warm-up at the start of each round
 
 /// Median wall time of one call and how many timed calls it is the median of.
 struct Timing {
@@ -23,12 +26,15 @@ struct Timing {
   int runs = 0;
 };
 
-/// Calls @p fn at least kWarmupCalls times and for at least kWarmupSeconds (the fastest call
-/// estimates its cost t: fast ops get a process's threads and caches in their steady state),
-/// then times
-/// clamp(kTargetSeconds / t, kMinRuns, kMaxRuns) calls with std::chrono::steady_clock, or only
-/// max(kFloorRuns, kCapSeconds / t) calls when kMinRuns · t would exceed kCapSeconds.
-Timing time_median(const std::function<void()>& fn);
+/// Times every function of @p fns and returns their medians, in order. Each function is first
+/// warmed up (at least kWarmupCalls calls and kWarmupSeconds; the fastest call estimates its
+/// cost t) and gets clamp(kTargetSeconds / t, kMinRuns, kMaxRuns) timed calls, or only
+/// max(kFloorRuns, kCapSeconds / t) when kMinRuns · t would exceed kCapSeconds. The timed calls
+/// are split into kRounds rounds; each round runs the functions in turn (the order rotated by
+/// one each round), each after a warm-up of kWarmupCalls calls and kRoundWarmupSeconds. On a
+/// shared machine whose speed drifts over seconds, every function is then timed across the
+/// same stretch of time, and their ratios do not depend on which one ran during a slow spell.
+std::vector<Timing> time_interleaved(const std::vector<std::function<void()>>& fns);
 
 /// "Read" kernel: sums @p bytes of @p src as 64-bit words, in parallel over the OpenMP threads.
 void read_kernel(const void* src, std::size_t bytes);
