@@ -104,70 +104,89 @@ void stats_rows_channel(const View3& x, int64_t c, double* mean_out, double* m2_
   *m2_out = m2;
 }
 
-// Statistics of units u0 … u1 − 1 for all channels, where unit u = n · pieces + piece covers
-// the values l0 … l0 + kBlock − 1 of row n of every channel: each (n, c, piece) block is reduced
-// two-pass while in cache and merged in order into mean[C], m2[C]. Memory is walked in order.
-template <class T>
-void stats_rows_partition(const View3& x, int64_t u0, int64_t u1, double* mean, double* m2) {
-  const int64_t pieces = (x.L + kBlock - 1) / kBlock;
-  std::fill_n(mean, x.C, 0.0);
-  std::fill_n(m2, x.C, 0.0);
-  double count = 0.0;
-  for (int64_t u = u0; u < u1; ++u) {
-    const int64_t n = u / pieces, l0 = (u % pieces) * kBlock, len = std::min(kBlock, x.L - l0);
-    const double nb = static_cast<double>(len);
-    for (int64_t c = 0; c < x.C; ++c) {
-      const T* p = row_ptr<T>(x, n, c, l0);
-      Acc4 sum;
-      const double K = static_cast<double>(p[0]);
-      const double tail_sum = add_row(sum, p, len, K);
-      const double mean_b = K + (sum.sum() + tail_sum) / nb;
-      Acc4 sq;
-      const double tail = add_row_sqdev(sq, p, len, mean_b);
-      chan_merge(count, nb, mean_b, sq.sum() + tail, mean[c], m2[c]);
-    }
-    count += nb;
+// Calls f(n, k0, k1, before) for each row n that units u0 … u1 − 1 reach (unit u = n · pieces + k
+// covers the values k · kBlock … + kBlock − 1 of row n of every channel), with the range [k0, k1)
+// of its pieces in the units and before = the values per channel of the units before row n's.
+// A partition thus walks each channel's pieces of row n in turn: in memory order for (N, C, L)
+// memory, instead of jumping between the channels after every piece (which ran 30% slower).
+template <class F>
+HWY_INLINE void for_rows_of_units(int64_t L, int64_t u0, int64_t u1, const F& f) {
+  const int64_t pieces = (L + kBlock - 1) / kBlock;
+  double before = 0.0;
+  for (int64_t u = u0; u < u1;) {
+    const int64_t n = u / pieces, k0 = u % pieces, k1 = std::min(pieces, k0 + (u1 - u));
+    f(n, k0, k1, before);
+    before += static_cast<double>(std::min(L, k1 * kBlock) - k0 * kBlock);
+    u += k1 - k0;
   }
 }
 
-// Σ dy and Σ dy · (x − mean) over units u0 … u1 − 1 (as in stats_rows_partition), into
+// Statistics of units u0 … u1 − 1 for all channels (see for_rows_of_units), into mean[C], m2[C]:
+// each (n, c, piece) block is reduced two-pass while in cache and merged, per channel in order of
+// n and piece, with Chan's formula.
+template <class T>
+void stats_rows_partition(const View3& x, int64_t u0, int64_t u1, double* mean, double* m2) {
+  std::fill_n(mean, x.C, 0.0);
+  std::fill_n(m2, x.C, 0.0);
+  for_rows_of_units(x.L, u0, u1, [&](int64_t n, int64_t k0, int64_t k1, double before) {
+    for (int64_t c = 0; c < x.C; ++c) {
+      double count = before;
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t l0 = k * kBlock, len = std::min(kBlock, x.L - l0);
+        const double nb = static_cast<double>(len);
+        const T* p = row_ptr<T>(x, n, c, l0);
+        Acc4 sum;
+        const double K = static_cast<double>(p[0]);
+        const double tail_sum = add_row(sum, p, len, K);
+        const double mean_b = K + (sum.sum() + tail_sum) / nb;
+        Acc4 sq;
+        const double tail = add_row_sqdev(sq, p, len, mean_b);
+        chan_merge(count, nb, mean_b, sq.sum() + tail, mean[c], m2[c]);
+        count += nb;
+      }
+    }
+  });
+}
+
+// Σ dy and Σ dy · (x − mean) over units u0 … u1 − 1 (walked as in stats_rows_partition), into
 // sum_dy[C], sum_dy_xmu[C].
 template <class T>
 void backward_sums_rows_partition(const View3& dy, const View3& x, const double* mean, int64_t u0,
                                   int64_t u1, double* sum_dy, double* sum_dy_xmu) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
-  const int64_t pieces = (x.L + kBlock - 1) / kBlock;
   std::fill_n(sum_dy, x.C, 0.0);
   std::fill_n(sum_dy_xmu, x.C, 0.0);
-  for (int64_t u = u0; u < u1; ++u) {
-    const int64_t n = u / pieces, l0 = (u % pieces) * kBlock, len = std::min(kBlock, x.L - l0);
+  for_rows_of_units(x.L, u0, u1, [&](int64_t n, int64_t k0, int64_t k1, double) {
     for (int64_t c = 0; c < x.C; ++c) {
-      const T* g = row_ptr<T>(dy, n, c, l0);
-      const T* p = row_ptr<T>(x, n, c, l0);
       const VD m = hn::Set(DD(), mean[c]);
-      VD s0 = hn::Zero(DD()), s1 = hn::Zero(DD()), sx0 = hn::Zero(DD()), sx1 = hn::Zero(DD());
-      int64_t l = 0;
-      for (; l + 2 * N <= len; l += 2 * N) {
-        const VD g0 = LoadD(g + l), g1 = LoadD(g + l + N);
-        s0 = hn::Add(s0, g0);
-        s1 = hn::Add(s1, g1);
-        sx0 = hn::MulAdd(g0, hn::Sub(LoadD(p + l), m), sx0);
-        sx1 = hn::MulAdd(g1, hn::Sub(LoadD(p + l + N), m), sx1);
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t l0 = k * kBlock, len = std::min(kBlock, x.L - l0);
+        const T* g = row_ptr<T>(dy, n, c, l0);
+        const T* p = row_ptr<T>(x, n, c, l0);
+        VD s0 = hn::Zero(DD()), s1 = hn::Zero(DD()), sx0 = hn::Zero(DD()), sx1 = hn::Zero(DD());
+        int64_t l = 0;
+        for (; l + 2 * N <= len; l += 2 * N) {
+          const VD g0 = LoadD(g + l), g1 = LoadD(g + l + N);
+          s0 = hn::Add(s0, g0);
+          s1 = hn::Add(s1, g1);
+          sx0 = hn::MulAdd(g0, hn::Sub(LoadD(p + l), m), sx0);
+          sx1 = hn::MulAdd(g1, hn::Sub(LoadD(p + l + N), m), sx1);
+        }
+        for (; l + N <= len; l += N) {
+          const VD g0 = LoadD(g + l);
+          s0 = hn::Add(s0, g0);
+          sx0 = hn::MulAdd(g0, hn::Sub(LoadD(p + l), m), sx0);
+        }
+        double s = ReduceSum(hn::Add(s0, s1)), sx = ReduceSum(hn::Add(sx0, sx1));
+        for (; l < len; ++l) {
+          s += static_cast<double>(g[l]);
+          sx += static_cast<double>(g[l]) * (static_cast<double>(p[l]) - mean[c]);
+        }
+        sum_dy[c] += s;
+        sum_dy_xmu[c] += sx;
       }
-      for (; l + N <= len; l += N) {
-        const VD g0 = LoadD(g + l);
-        s0 = hn::Add(s0, g0);
-        sx0 = hn::MulAdd(g0, hn::Sub(LoadD(p + l), m), sx0);
-      }
-      double s = ReduceSum(hn::Add(s0, s1)), sx = ReduceSum(hn::Add(sx0, sx1));
-      for (; l < len; ++l) {
-        s += static_cast<double>(g[l]);
-        sx += static_cast<double>(g[l]) * (static_cast<double>(p[l]) - mean[c]);
-      }
-      sum_dy[c] += s;
-      sum_dy_xmu[c] += sx;
     }
-  }
+  });
 }
 
 // Output rows i0 … i1 − 1 (i = n·C + c; unit stride along L), in T's own lanes:
