@@ -26,10 +26,12 @@ struct KernelCase {
 };
 
 // Shapes that reach every code path: vector bodies and scalar tails, several statistics blocks
-// and row pieces (L ≥ 4096), several partitions, a single channel.
+// and row pieces (L ≥ 4096), several partitions (of several pieces, some spanning two rows, with
+// a short last piece: (2, 3, 40000)), a single channel.
 const KernelCase kCases[] = {
     {{3, 4, 37}, Layout::Contiguous, simd::Layout::Rows},
     {{2, 3, 5000}, Layout::Contiguous, simd::Layout::Rows},
+    {{2, 3, 40000}, Layout::Contiguous, simd::Layout::Rows},
     {{300, 2, 8}, Layout::Contiguous, simd::Layout::Rows},
     {{40, 3, 300}, Layout::Contiguous, simd::Layout::Rows},
     {{9, 7}, Layout::Contiguous, simd::Layout::Cols},
@@ -177,6 +179,7 @@ TEST(Kernels, ResultsAreBitwiseIdenticalForAnyThreadCount) {
     Layout layout;
   };
   const Big cases[] = {{{64, 32, 512}, Layout::Contiguous},
+                       {{2, 3, 40000}, Layout::Contiguous},
                        {{16384, 64}, Layout::Contiguous},
                        {{64, 32, 512}, Layout::ChannelsLast},
                        {{50, 11, 301}, Layout::Sliced}};
