@@ -8,6 +8,7 @@
 #include <ostream>
 
 #include "channel_values.hpp"
+#include "options_repr.hpp"
 #include "validate.hpp"
 
 namespace bn1d {
@@ -190,12 +191,15 @@ void BatchNorm1d::reset_parameters() {
   }
 }
 
-std::ostream& operator<<(std::ostream& os, const BatchNorm1d& module) {
-  const BatchNorm1dOptions& o = module.options();
-  return os << "BatchNorm1d(" << o.num_features() << ", eps=" << python_float_repr(o.eps())
+std::ostream& detail::write_options(std::ostream& os, const BatchNorm1dOptions& o) {
+  return os << "(" << o.num_features() << ", eps=" << python_float_repr(o.eps())
             << ", momentum=" << (o.momentum() ? python_float_repr(*o.momentum()) : "None")
             << ", affine=" << (o.affine() ? "true" : "false")
             << ", track_running_stats=" << (o.track_running_stats() ? "true" : "false") << ")";
+}
+
+std::ostream& operator<<(std::ostream& os, const BatchNorm1d& module) {
+  return detail::write_options(os << "BatchNorm1d", module.options());
 }
 
 }  // namespace bn1d

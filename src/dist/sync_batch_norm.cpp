@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "channel_values.hpp"
+#include "options_repr.hpp"
 #include "validate.hpp"
 
 namespace bn1d {
@@ -429,11 +430,7 @@ void SyncBatchNorm1d::load(const std::string& path, const std::string& prefix) {
 }
 
 std::ostream& operator<<(std::ostream& os, const SyncBatchNorm1d& module) {
-  const BatchNorm1dOptions& o = module.options();
-  return os << "SyncBatchNorm1d(" << o.num_features() << ", eps=" << python_float_repr(o.eps())
-            << ", momentum=" << (o.momentum() ? python_float_repr(*o.momentum()) : "None")
-            << ", affine=" << (o.affine() ? "true" : "false")
-            << ", track_running_stats=" << (o.track_running_stats() ? "true" : "false") << ")";
+  return detail::write_options(os << "SyncBatchNorm1d", module.options());
 }
 
 }  // namespace bn1d
