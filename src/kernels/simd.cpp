@@ -195,7 +195,9 @@ void parallel_ranges(int64_t units, int threads, F body) {
 // reduced on its own and the partitions are merged in order. The split depends on the shape
 // only. values(p) is the number of values per channel in partition p.
 
-// Cols layout: units are rows r = n·L + l, grouped into blocks of `block` rows.
+// Cols layout: units are rows r = n·L + l, grouped into blocks of `block` rows. No partition is
+// empty (count ≤ blocks, and views without values reach no kernel): the cols partition kernels
+// write their outputs from their first block.
 struct ColsPartitions {
   int64_t rows, block, blocks, count;
   explicit ColsPartitions(const View3& x)

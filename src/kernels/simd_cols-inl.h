@@ -112,19 +112,15 @@ HWY_INLINE void stats_cols_chunk(const T* const* rows, const T* const* ahead, in
 // Statistics of rows r0 … r1 − 1 for all channels, merged in order into mean[C], m2[C]: blocks of
 // kMaxRowsPerBlock rows, each reduced in one pass per chunk of channels
 // (stats_cols_chunk; leftover channels one by one, with the same arithmetic), and merged into the
-// running result with Chan's formula. The first block is stored as it is (what a merge into
-// zeros gives, bit for bit) rather than merged into zero-filled outputs: filling first made the
-// statistics of (256, 1024) float32 15% slower at two threads (the outputs are per-partition
-// scratch that the merging thread read last).
+// running result with Chan's formula (r0 < r1: every partition holds a block, see
+// ColsPartitions). The first block is stored as it is (what a merge into zeros gives, bit for
+// bit) rather than merged into zero-filled outputs: filling first made the statistics of
+// (256, 1024) float32 15% slower at two threads (the outputs are per-partition scratch that the
+// merging thread read last).
 template <class T>
 void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, double* mean, double* m2) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   const int64_t C = x.C;
-  if (r0 >= r1) {
-    std::fill_n(mean, C, 0.0);
-    std::fill_n(m2, C, 0.0);
-    return;
-  }
   const T* rows[kMaxRowsPerBlock];
   const T* ahead[kMaxRowsPerBlock];
   const int64_t distance = rows_ahead<T>(C);
@@ -225,11 +221,6 @@ void backward_sums_cols_partition(const View3& dy, const View3& x, const double*
                                   int64_t r1, double* sum_dy, double* sum_dy_xmu) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   const int64_t C = x.C;
-  if (r0 >= r1) {
-    std::fill_n(sum_dy, C, 0.0);
-    std::fill_n(sum_dy_xmu, C, 0.0);
-    return;
-  }
   const T* dy_rows[kMaxRowsPerBlock];
   const T* x_rows[kMaxRowsPerBlock];
   const T* dy_ahead[kMaxRowsPerBlock];
