@@ -15,6 +15,7 @@ namespace {
 
 constexpr int64_t kBufferBytes = 1 << 16;
 constexpr int64_t kMaxElements = 1 << 16;
+constexpr int64_t kAllocatableElements = int64_t{1} << 40;  // > ASan's 1 TiB malloc cap at 4 B
 
 int64_t pick_int(FuzzedDataProvider& fdp) {
   switch (fdp.ConsumeIntegralInRange<int>(0, 3)) {
@@ -82,8 +83,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (std::size_t i = 0; i < buffer.size(); ++i)
     buffer[i] = static_cast<unsigned char>(i * 37 % 61);  // finite values
   try {
-    bn1d::BatchNorm1dOptions options(fdp.ConsumeBool() ? fdp.ConsumeIntegralInRange<int64_t>(-1, 12)
-                                                       : pick_int(fdp));
+    const int64_t num_features =
+        fdp.ConsumeBool() ? fdp.ConsumeIntegralInRange<int64_t>(-1, 12) : pick_int(fdp);
+    // A count past the element cap but small enough to be allocated is a real multi-GiB
+    // allocation, not a validation case (it would only hit libFuzzer's malloc limit). Larger
+    // counts stay: their byte size overflows or exceeds what the allocator can give, and the
+    // library must answer bn1d::Error.
+    if (num_features > kMaxElements && num_features < kAllocatableElements) return 0;
+    bn1d::BatchNorm1dOptions options(num_features);
     options.eps(fdp.ConsumeBool() ? 1e-5 : pick_double(fdp));
     if (fdp.ConsumeBool())
       options.momentum(fdp.ConsumeBool() ? std::nullopt : std::optional<double>(pick_double(fdp)));

@@ -81,7 +81,7 @@ for target in safetensors validation; do
   if ! ./build/fuzz/fuzz/fuzz_$target -max_total_time="${BN1D_FUZZ_SECONDS:-60}" -rss_limit_mb=2048 \
       -print_final_stats=1 -artifact_prefix=build/fuzz/ "$work" "${seeds[@]}" >"$log" 2>&1; then
     grep -v "^#" "$log" | tail -n 40
-    echo "fuzz_$target: FAILED (input saved as build/fuzz/crash-*)"
+    echo "fuzz_$target: FAILED (input saved as build/fuzz/{crash,oom,leak,timeout}-*)"
     exit 1
   fi
   grep -E "^(Done|stat::peak_rss)" "$log"
