@@ -44,7 +44,8 @@ struct Case {
   std::string label;
 };
 
-/// The three ops and their bandwidth model: reads and writes of the whole tensor.
+/// The three ops and their traffic: reads and writes of the whole tensor (for the GB/s column).
+/// Their bound is made of their passes over memory (see bound_kernels and Bound).
 enum class Kind { Train, Eval, Backward };
 struct Op {
   Kind kind;
@@ -187,11 +188,12 @@ void print_header(const Options& o) {
       "interleaved rounds (bound kernels and libraries in turn,\n        each after >= %d calls "
       "and %.0f ms of warm-up); column 'runs' = fewest in the row; outputs preallocated and "
       "reused\n"
-      "bound: t_bound = R*t_read + W*max(t_copy - t_read, 0); t_read = sum over the input, t_copy "
-      "= faster of memcpy\n       and a non-temporal-store copy of it into a preallocated buffer, "
-      "each the fastest of the case's 3 rows;\n       train R=2 W=1, eval R=1 W=1, backward R=4 "
-      "W=1\n"
-      "GB/s = (R+W)*bytes / bn1d time; /bound = bn1d time / t_bound; x torch, x dnnl = "
+      "bound: each pass of the op timed as a bandwidth kernel over the same streams, no math:\n"
+      "       train = read(x) + copy(x -> out), eval = copy(x -> out), backward = read(x, dy) + "
+      "combine(x, dy -> out);\n       copy and combine = the faster of plain and non-temporal "
+      "stores; each kernel's fastest median over the case's rows\n"
+      "       (traffic: train 2 reads + 1 write of the tensor, eval 1 + 1, backward 4 + 1)\n"
+      "GB/s = (reads+writes)*bytes / bn1d time; /bound = bn1d time / t_bound; x torch, x dnnl = "
       "peer time / bn1d time (>1: bn1d faster)\n\n",
       kMinRuns, kWarmupCalls, kWarmupSeconds * 1e3, kMaxRuns, kFloorRuns, kMinRuns - 1, kMinRuns,
       kCapSeconds, kRounds, kWarmupCalls, kRoundWarmupSeconds * 1e3);
@@ -205,24 +207,48 @@ bn1d::Tensor random_buffer(const Problem& p, uint64_t seed) {
   return bn1d::randn({p.numel()}, p.dtype, seed);
 }
 
-/// The bound's ingredients: t_read and t_copy.
+/// The bound's ingredients: the fastest time of each pass kernel over a case's rows.
 struct Bound {
-  double read = 0, copy = 0;
+  double read = 1e30;     // read x
+  double copy = 1e30;     // x -> out (the faster store kind)
+  double read2 = 1e30;    // read x and dy together
+  double combine = 1e30;  // x, dy -> out (the faster store kind)
+
+  /// The op's bound: its passes, each at the speed of its bandwidth kernel. Each pass is
+  /// measured over the streams it really has: a lone buffer somewhat larger than the L3 reads
+  /// faster than two of them (part of it stays in the L3), so "4 reads" of a backward timed as
+  /// 4 lone reads would claim a speed no pass over x and dy reaches (bench/README.md).
+  double of(Kind kind) const {
+    switch (kind) {
+      case Kind::Train:
+        return read + copy;  // statistics pass, then normalize pass
+      case Kind::Eval:
+        return copy;
+      case Kind::Backward:
+        return read2 + combine;  // gradient sums pass, then input-gradient pass
+    }
+    return 0;
+  }
 };
 
-/// The three bandwidth kernels whose times make the bound: the read kernel over the input, then
-/// the two copy kernels from it into @p dst (t_copy is the faster: memcpy wins in cache,
+/// The three bandwidth kernels of an op's row, as the op's passes: for train and eval the read
+/// of x, then the two copies x -> @p dst; for backward the read of x and dy together, then the
+/// two combines x, dy -> @p dst. Of each pair the faster counts (plain stores win in cache,
 /// non-temporal stores in memory).
 constexpr std::size_t kBoundKernels = 3;
-std::vector<std::function<void()>> bound_kernels(const Problem& p, void* dst) {
+std::vector<std::function<void()>> bound_kernels(Kind kind, const Problem& p, void* dst) {
+  if (kind == Kind::Backward)
+    return {[&p] { read2_kernel(p.x, p.dy, p.bytes()); },
+            [&p, dst] { combine_kernel(dst, p.x, p.dy, p.bytes(), false); },
+            [&p, dst] { combine_kernel(dst, p.x, p.dy, p.bytes(), true); }};
   return {[&p] { read_kernel(p.x, p.bytes()); },
           [&p, dst] { copy_kernel(dst, p.x, p.bytes(), false); },
           [&p, dst] { copy_kernel(dst, p.x, p.bytes(), true); }};
 }
 
-/// Runs one case: sanity check, then for each op the bound kernels and every library, timed
-/// interleaved; prints the case's rows with the fastest t_read and t_copy of its rows (one
-/// consistent bound per case). Returns the notes printed under the table.
+/// Runs one case: sanity check, then for each op its bound kernels and every library, timed
+/// interleaved; prints the case's rows, each pass kernel at its fastest median over the rows
+/// that time it (one consistent bound per case). Returns the notes printed under the table.
 std::vector<std::string> run_case(Case& k) {
   Problem& p = k.problem;
   const bn1d::Tensor x = random_buffer(p, 1), dy = random_buffer(p, 2);
@@ -270,10 +296,10 @@ std::vector<std::string> run_case(Case& k) {
   constexpr std::size_t kLibs = std::size(libs);
   Timing times[std::size(kOps)][kLibs];
   int runs[std::size(kOps)];
-  Bound best{1e30, 1e30};
+  Bound best;
   for (std::size_t o = 0; o < std::size(kOps); ++o) {
     // The row's calls, timed interleaved: the bound kernels, then each library's op.
-    std::vector<std::function<void()>> calls = bound_kernels(p, dst);
+    std::vector<std::function<void()>> calls = bound_kernels(kOps[o].kind, p, dst);
     std::vector<std::size_t> lib_of_call;
     for (std::size_t i = 0; i < kLibs; ++i) {
       Runner* r = libs[i].runner.get();
@@ -293,8 +319,11 @@ std::vector<std::string> run_case(Case& k) {
       }
     }
     const std::vector<Timing> t = time_interleaved(calls);
-    best.read = std::min(best.read, t[0].seconds);
-    best.copy = std::min({best.copy, t[1].seconds, t[2].seconds});
+    const bool two = kOps[o].kind == Kind::Backward;
+    double& read = two ? best.read2 : best.read;
+    double& write = two ? best.combine : best.copy;
+    read = std::min(read, t[0].seconds);
+    write = std::min({write, t[1].seconds, t[2].seconds});
     runs[o] = std::min({t[0].runs, t[1].runs, t[2].runs});
     for (std::size_t k = 0; k < lib_of_call.size(); ++k) {
       times[o][lib_of_call[k]] = t[kBoundKernels + k];
@@ -302,10 +331,9 @@ std::vector<std::string> run_case(Case& k) {
     }
   }
 
-  const double write = std::max(best.copy - best.read, 0.0);
   for (std::size_t o = 0; o < std::size(kOps); ++o) {
     const Op& op = kOps[o];
-    const double bound = op.reads * best.read + op.writes * write;
+    const double bound = best.of(op.kind);
     const double t = times[o][0].seconds;
     std::printf("%-22s %-8s %4d %s %s %7.2f %6.2f", k.label.c_str(), op.name, runs[o],
                 ms(bound).c_str(), ms(t).c_str(), (op.reads + op.writes) * p.bytes() / t / 1e9,

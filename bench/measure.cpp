@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 /// @file measure.cpp
-/// @brief Median timing and the read/copy bandwidth kernels.
+/// @brief Median timing and the read/copy/combine bandwidth kernels.
 #include "measure.hpp"
 
 #include <omp.h>
@@ -72,7 +72,26 @@ void stream_copy(char* dst, const char* src, std::size_t n) {
 #endif
 }
 
-/// Keeps the read kernel's sum alive so the compiler cannot drop the loads.
+/// dst[i] = a[i] + b[i] for @p n words, with non-temporal stores where the target has them.
+void combine_words(std::uint64_t* dst, const std::uint64_t* a, const std::uint64_t* b,
+                   std::size_t n, bool streaming) {
+  std::size_t i = 0;
+#if defined(__SSE2__)
+  if (streaming) {
+    for (; i < n && reinterpret_cast<std::uintptr_t>(dst + i) % 16 != 0; ++i) dst[i] = a[i] + b[i];
+    for (; i + 2 <= n; i += 2)
+      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i),
+                       _mm_add_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)),
+                                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i))));
+    _mm_sfence();
+  }
+#else
+  (void)streaming;
+#endif
+  for (; i < n; ++i) dst[i] = a[i] + b[i];
+}
+
+/// Keeps the read kernels' sums alive so the compiler cannot drop the loads.
 volatile std::uint64_t g_sink = 0;
 
 }  // namespace
@@ -124,6 +143,32 @@ void copy_kernel(void* dst, const void* src, std::size_t bytes, bool streaming) 
       stream_copy(d, s, end - begin);
     else
       std::memcpy(d, s, end - begin);
+  }
+}
+
+void read2_kernel(const void* a, const void* b, std::size_t bytes) {
+  const auto* wa = static_cast<const std::uint64_t*>(a);
+  const auto* wb = static_cast<const std::uint64_t*>(b);
+  const std::size_t count = bytes / sizeof(std::uint64_t);
+  std::uint64_t total = 0;
+#pragma omp parallel reduction(+ : total)
+  {
+    const auto [begin, end] = chunk(count, omp_get_thread_num(), omp_get_num_threads());
+    std::uint64_t sum = 0;
+    for (std::size_t i = begin; i < end; ++i) sum += wa[i] + wb[i];
+    total += sum;
+  }
+  g_sink = total;
+}
+
+void combine_kernel(void* dst, const void* a, const void* b, std::size_t bytes, bool streaming) {
+  const std::size_t count = bytes / sizeof(std::uint64_t);
+#pragma omp parallel
+  {
+    const auto [begin, end] = chunk(count, omp_get_thread_num(), omp_get_num_threads());
+    combine_words(static_cast<std::uint64_t*>(dst) + begin,
+                  static_cast<const std::uint64_t*>(a) + begin,
+                  static_cast<const std::uint64_t*>(b) + begin, end - begin, streaming);
   }
 }
 

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /// @file measure.hpp
-/// @brief Timing (median of repeated calls) and the bandwidth kernels that define the bound.
+/// @brief Timing (median of repeated calls) and the bandwidth kernels that define the bound: one
+/// per pass shape of the ops (read one stream; one in, one out; read two; two in, one out).
 #pragma once
 
 #include <cstddef>
@@ -42,5 +43,14 @@ void read_kernel(const void* src, std::size_t bytes);
 /// "Copy" kernel: copies @p bytes from @p src to @p dst, one contiguous chunk per OpenMP thread,
 /// with memcpy or, when @p streaming, with non-temporal stores (x86 SSE2; memcpy elsewhere).
 void copy_kernel(void* dst, const void* src, std::size_t bytes, bool streaming);
+
+/// "Read two" kernel: sums @p bytes of @p a and of @p b as 64-bit words in one loop (two
+/// streams at once, as a pass over x and dy reads them), in parallel over the OpenMP threads.
+void read2_kernel(const void* a, const void* b, std::size_t bytes);
+
+/// "Combine" kernel: dst = a + b as 64-bit words over @p bytes (two streams in, one out), one
+/// contiguous chunk per OpenMP thread, with plain or, when @p streaming, non-temporal stores
+/// (x86 SSE2; plain stores elsewhere).
+void combine_kernel(void* dst, const void* a, const void* b, std::size_t bytes, bool streaming);
 
 }  // namespace bench
