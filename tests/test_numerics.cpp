@@ -8,6 +8,7 @@
 #include <limits>
 #include <random>
 
+#include "kernels/blocking.hpp"
 #include "reference_model.hpp"
 #include "test_util.hpp"
 
@@ -216,6 +217,49 @@ TEST(Numerics, Float64ShiftedBlockSumsKeepFullPrecisionInEveryLayout) {
       const double want = static_cast<double>(m2[c]);
       EXPECT_NEAR(s.m2.data<double>()[c], want, 1e-12 * want) << "channel " << c;
       EXPECT_NEAR(s.mean.data<double>()[c], static_cast<double>(mean[c]), 1e-15);
+    }
+  }
+}
+
+// Float32 rows-layout blocks are reduced in one pass of values shifted by the block's first value
+// (docs/math.md). With that first value an outlier the cancellation is at its worst, yet bounded
+// by log2(n + 1) of float64's bits: M2 agrees with a long double model to 1e-10 (float32 needs
+// 6e-8). An unshifted one-pass sum (Σx² − n·mean²) of this data (offset 1000, std 0.01) loses
+// about 33 bits and fails; so does a shift by anything far from the block's values.
+TEST(Numerics, Float32RowsShiftedBlocksKeepFloat64PrecisionWithOutliersFirst) {
+  using kernels::kBlock;
+  struct Shape {
+    int64_t N, C, L;
+  };
+  // Long rows: blocks are pieces of kBlock values of a row. Short rows: kBlock / L whole rows.
+  for (const Shape sh : {Shape{3, 4, 2 * kBlock + 100}, Shape{200, 4, 100}}) {
+    const int64_t N = sh.N, C = sh.C, L = sh.L;
+    SCOPED_TRACE(format_shape({N, C, L}));
+    const int64_t rows_per_block = L >= kBlock ? 1 : kBlock / L;
+    std::mt19937_64 gen(11);
+    std::normal_distribution<double> noise(0.0, 1e-2);
+    std::vector<float> x(static_cast<std::size_t>(N * C * L));
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t l = 0; l < L; ++l) {
+          const bool first_of_block = l % kBlock == 0 && n % rows_per_block == 0;
+          x[(n * C + c) * L + l] =
+              static_cast<float>(first_of_block ? 1001.0 : 1000.0 + noise(gen));
+        }
+    const BatchStats s = batch_stats(Tensor::from_blob(x.data(), {N, C, L}, DType::Float32));
+    for (int64_t c = 0; c < C; ++c) {
+      long double mean = 0.0L, m2 = 0.0L;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t l = 0; l < L; ++l) mean += x[(n * C + c) * L + l];
+      mean /= static_cast<long double>(N * L);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t l = 0; l < L; ++l) {
+          const long double d = x[(n * C + c) * L + l] - mean;
+          m2 += d * d;
+        }
+      const auto want = static_cast<double>(m2);
+      EXPECT_NEAR(s.m2.data<double>()[c], want, 1e-10 * want) << "channel " << c;
+      EXPECT_NEAR(s.mean.data<double>()[c], static_cast<double>(mean), 1e-12) << "channel " << c;
     }
   }
 }

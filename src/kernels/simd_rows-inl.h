@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "hwy/highway.h"
 #include "kernels/simd-inl.h"
@@ -73,9 +74,66 @@ HWY_INLINE double add_row_sqdev(Acc4& acc, const T* p, int64_t len, double mean)
   return tail;
 }
 
+// s += d, q += d² with d = p[i] − shift, over the full vectors of p[0, len); returns the
+// tail's Σd and Σd² through tail_s, tail_q.
+template <class T>
+HWY_INLINE void add_row_shifted(Acc4& s, Acc4& q, const T* p, int64_t len, double shift,
+                                double& tail_s, double& tail_q) {
+  const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  const VD k = hn::Set(DD(), shift);
+  auto step = [&](VD& as, VD& aq, int64_t at) {
+    const VD d = hn::Sub(LoadD(p + at), k);
+    as = hn::Add(as, d);
+    aq = hn::MulAdd(d, d, aq);
+  };
+  int64_t i = 0;
+  for (; i + 4 * N <= len; i += 4 * N) {
+    step(s.a0, q.a0, i);
+    step(s.a1, q.a1, i + N);
+    step(s.a2, q.a2, i + 2 * N);
+    step(s.a3, q.a3, i + 3 * N);
+  }
+  for (; i + N <= len; i += N) step(s.a0, q.a0, i);
+  for (; i < len; ++i) {
+    const double d = static_cast<double>(p[i]) - shift;
+    tail_s += d;
+    tail_q += d * d;
+  }
+}
+
+// Mean and M2 of one block of at most kBlock values: `rows` rows of channel values, row r's
+// `len` values at row(r). float32: one pass, in values shifted by the block's first value
+// (mean_b = K + s/n, M2_b = q − s²/n); the subtraction loses at most log2(n + 1) ≤ 12 of
+// float64's 53 bits (docs/math.md), far below float32's 24, and the pass costs a third fewer
+// operations than two (float32 → float64 widening makes these passes compute-bound). float64:
+// two passes (the mean, then squared deviations from it), which keep those bits; a float64 pass
+// is bound by memory.
+template <class T, class RowAt>
+HWY_INLINE void block_stats(const RowAt& row, int64_t rows, int64_t len, double& mean_b,
+                            double& m2_b) {
+  const double nb = static_cast<double>(rows * len);
+  const double K = static_cast<double>(row(0)[0]);
+  if constexpr (std::is_same_v<T, float>) {
+    Acc4 s, q;
+    double tail_s = 0.0, tail_q = 0.0;
+    for (int64_t r = 0; r < rows; ++r) add_row_shifted(s, q, row(r), len, K, tail_s, tail_q);
+    const double sum = s.sum() + tail_s;
+    mean_b = K + sum / nb;
+    m2_b = std::max(q.sum() + tail_q - sum * (sum / nb), 0.0);
+  } else {
+    Acc4 s;
+    double tail = 0.0;
+    for (int64_t r = 0; r < rows; ++r) tail += add_row(s, row(r), len, K);
+    mean_b = K + (s.sum() + tail) / nb;
+    Acc4 q;
+    tail = 0.0;
+    for (int64_t r = 0; r < rows; ++r) tail += add_row_sqdev(q, row(r), len, mean_b);
+    m2_b = q.sum() + tail;
+  }
+}
+
 // Statistics of channel c. Blocks: row pieces of kBlock values when L ≥ kBlock, else groups of
-// whole rows; each block two-pass (sum, then squared deviations from its own mean), merged in
-// order.
+// whole rows; each reduced by block_stats, merged in order.
 template <class T>
 void stats_rows_channel(const View3& x, int64_t c, double* mean_out, double* m2_out) {
   const int64_t N = x.N, L = x.L;
@@ -86,17 +144,11 @@ void stats_rows_channel(const View3& x, int64_t c, double* mean_out, double* m2_
     const int64_t n1 = std::min(N, n0 + rows_per_block);
     for (int64_t l0 = 0; l0 < L; l0 += piece) {
       const int64_t len = std::min(piece, L - l0);
-      Acc4 sum;
-      double tail = 0.0;
-      const double K = static_cast<double>(*row_ptr<T>(x, n0, c, l0));
-      for (int64_t n = n0; n < n1; ++n) tail += add_row(sum, row_ptr<T>(x, n, c, l0), len, K);
+      double mean_b, m2_b;
+      block_stats<T>([&](int64_t r) { return row_ptr<T>(x, n0 + r, c, l0); }, n1 - n0, len, mean_b,
+                     m2_b);
       const double nb = static_cast<double>((n1 - n0) * len);
-      const double mean_b = K + (sum.sum() + tail) / nb;
-      Acc4 sq;
-      tail = 0.0;
-      for (int64_t n = n0; n < n1; ++n)
-        tail += add_row_sqdev(sq, row_ptr<T>(x, n, c, l0), len, mean_b);
-      chan_merge(count, nb, mean_b, sq.sum() + tail, mean, m2);
+      chan_merge(count, nb, mean_b, m2_b, mean, m2);
       count += nb;
     }
   }
@@ -122,8 +174,8 @@ HWY_INLINE void for_rows_of_units(int64_t L, int64_t u0, int64_t u1, const F& f)
 }
 
 // Statistics of units u0 … u1 − 1 for all channels (see for_rows_of_units), into mean[C], m2[C]:
-// each (n, c, piece) block is reduced two-pass while in cache and merged, per channel in order of
-// n and piece, with Chan's formula.
+// each (n, c, piece) block is reduced by block_stats while in cache and merged, per channel in
+// order of n and piece, with Chan's formula.
 template <class T>
 void stats_rows_partition(const View3& x, int64_t u0, int64_t u1, double* mean, double* m2) {
   std::fill_n(mean, x.C, 0.0);
@@ -135,13 +187,9 @@ void stats_rows_partition(const View3& x, int64_t u0, int64_t u1, double* mean, 
         const int64_t l0 = k * kBlock, len = std::min(kBlock, x.L - l0);
         const double nb = static_cast<double>(len);
         const T* p = row_ptr<T>(x, n, c, l0);
-        Acc4 sum;
-        const double K = static_cast<double>(p[0]);
-        const double tail_sum = add_row(sum, p, len, K);
-        const double mean_b = K + (sum.sum() + tail_sum) / nb;
-        Acc4 sq;
-        const double tail = add_row_sqdev(sq, p, len, mean_b);
-        chan_merge(count, nb, mean_b, sq.sum() + tail, mean[c], m2[c]);
+        double mean_b, m2_b;
+        block_stats<T>([p](int64_t) { return p; }, 1, len, mean_b, m2_b);
+        chan_merge(count, nb, mean_b, m2_b, mean[c], m2[c]);
         count += nb;
       }
     }
