@@ -3,7 +3,7 @@
 // to the kernels. No per-element math lives here.
 #include "bn1d/batch_norm.hpp"
 
-#include <cmath>
+#include <algorithm>
 
 #include "channel_values.hpp"
 #include "route.hpp"
@@ -16,11 +16,6 @@ using detail::f64;
 using detail::f64_mut;
 
 namespace {
-
-double invstd_of(double var, double eps) {
-  // var + eps == 0 (constant channel, eps = 0): PyTorch's convention, normalize to 0, not NaN.
-  return var + eps == 0.0 ? 0.0 : 1.0 / std::sqrt(var + eps);
-}
 
 int64_t channels_of(const Tensor& stat) { return stat.defined() ? stat.numel() : 0; }
 
@@ -88,10 +83,8 @@ void normalization_from_batch(Normalization& norm, const BatchStats& stats, doub
   const double* m2 = f64(stats.m2);
   double* out_mean = f64_mut(norm.mean);
   double* out_invstd = f64_mut(norm.invstd);
-  for (int64_t c = 0; c < C; ++c) {
-    out_mean[c] = mean[c];
-    out_invstd[c] = invstd_of(m2[c] / n, eps);
-  }
+  std::copy_n(mean, C, out_mean);
+  route::invstd(out_invstd, m2, n, eps, C);  // variance m2 / n
 }
 
 Normalization normalization_from_batch(const BatchStats& stats, double eps) {
@@ -127,8 +120,9 @@ void normalization_from_running(Normalization& norm, const Tensor& running_mean,
   double* out_invstd = f64_mut(norm.invstd);
   for (int64_t c = 0; c < C; ++c) {
     out_mean[c] = rmean[c];
-    out_invstd[c] = invstd_of(rvar[c], eps);
+    out_invstd[c] = rvar[c];
   }
+  route::invstd(out_invstd, out_invstd, 1.0, eps, C);  // in place: the variances, then invstd
 }
 
 Normalization normalization_from_running(const Tensor& running_mean, const Tensor& running_var,

@@ -77,4 +77,8 @@ void backward_input(const kernels::Out3& dx, const kernels::View3& dy, const ker
     kernels::reference::backward_input(dx, dy, x, mean, a, b, k);
 }
 
+void invstd(double* invstd, const double* v, double divisor, double eps, int64_t C) {
+  kernels::simd::invstd(invstd, v, divisor, eps, C);
+}
+
 }  // namespace bn1d::route

@@ -23,4 +23,8 @@ void backward_sums(double* sum_dy, double* sum_dy_xmu, const kernels::View3& dy,
 void backward_input(const kernels::Out3& dx, const kernels::View3& dy, const kernels::View3& x,
                     const double* mean, const double* a, const double* b, const double* k);
 
+/// invstd[c] = 1 / sqrt(v[c] / divisor + eps), or 0 where v[c] / divisor + eps == 0 (a constant
+/// channel with eps = 0: PyTorch's convention). In place if invstd == v.
+void invstd(double* invstd, const double* v, double divisor, double eps, int64_t C);
+
 }  // namespace bn1d::route

@@ -3,8 +3,11 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <bit>
 #include <bn1d/bn1d.hpp>
 #include <cmath>
+#include <limits>
+#include <string>
 
 #include "kernels/reference.hpp"
 #include "kernels/simd.hpp"
@@ -165,6 +168,41 @@ TEST(Kernels, StreamingStoresMatchTheReferenceOracle) {
   check_case({{1, 3, 700001}, Layout::Contiguous, simd::Layout::Rows}, DType::Float64);
   check_case({{140001, 15}, Layout::Contiguous, simd::Layout::Cols}, DType::Float64);
   check_case({{131075, 16}, Layout::Contiguous, simd::Layout::Cols}, DType::Float64);
+}
+
+// invstd = 1 / sqrt(v / divisor + eps), 0 where that sum is 0, gives the oracle's bits on every
+// target, in vector bodies and the tail, in place too: zero, denormal, huge, infinite and NaN
+// values, with eps = 0 (0 → 0, not inf) and a divisor that underflows v / divisor.
+TEST(Kernels, InvStdMatchesTheOracleBitwiseOnEveryTarget) {
+  const double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const std::vector<double> v = {0.0, 1.0,   2.0,    3.0, 1e-320, 5e-324, 1e300, inf, nan, 0.25,
+                                 7.0, 1e-30, 123.45, 4.9, 0.0,    16.0,   1e-5,  3.3, 2.2};
+  const auto C = static_cast<int64_t>(v.size());  // two AVX-512 vectors and a tail of 3
+  auto same = [](double a, double b) {
+    return (std::isnan(a) && std::isnan(b)) ||
+           std::bit_cast<uint64_t>(a) == std::bit_cast<uint64_t>(b);
+  };
+  for (const std::string& target : simd::targets()) {
+    simd::force_target(target);
+    for (double divisor : {1.0, 3.0, 1e300}) {
+      for (double eps : {0.0, 1e-5}) {
+        SCOPED_TRACE("target " + target + " divisor " + std::to_string(divisor) + " eps " +
+                     std::to_string(eps));
+        std::vector<double> want(v.size()), got(v.size()), in_place = v;
+        reference::invstd(want.data(), v.data(), divisor, eps, C);
+        simd::invstd(got.data(), v.data(), divisor, eps, C);
+        simd::invstd(in_place.data(), in_place.data(), divisor, eps, C);
+        for (std::size_t i = 0; i < v.size(); ++i) {
+          EXPECT_TRUE(same(got[i], want[i])) << i << ": " << got[i] << " vs " << want[i];
+          EXPECT_TRUE(same(in_place[i], want[i])) << i;
+        }
+        EXPECT_EQ(want[0], eps == 0.0 ? 0.0 : 1.0 / std::sqrt(eps));  // the constant-channel rule
+        EXPECT_EQ(want[1], 1.0 / std::sqrt(1.0 / divisor + eps));
+      }
+    }
+  }
+  simd::force_target("");
 }
 
 TEST(Kernels, UnknownTargetIsAnError) {

@@ -4,6 +4,8 @@
 // thread count.
 #include "kernels/reference.hpp"
 
+#include <cmath>
+
 namespace bn1d::kernels::reference {
 namespace {
 
@@ -121,6 +123,13 @@ void backward_input(const Out3& dx, const View3& dy, const View3& x, const doubl
     backward_input_t<float>(dx, dy, x, mean, a, b, k);
   else
     backward_input_t<double>(dx, dy, x, mean, a, b, k);
+}
+
+void invstd(double* invstd, const double* v, double divisor, double eps, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    const double var = v[c] / divisor + eps;
+    invstd[c] = var == 0.0 ? 0.0 : 1.0 / std::sqrt(var);
+  }
 }
 
 }  // namespace bn1d::kernels::reference

@@ -22,4 +22,8 @@ void backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const Vi
 void backward_input(const Out3& dx, const View3& dy, const View3& x, const double* mean,
                     const double* a, const double* b, const double* k);
 
+/// invstd[c] = 1 / sqrt(v[c] / divisor + eps), or 0 where v[c] / divisor + eps == 0 (a constant
+/// channel with eps = 0: PyTorch's convention, normalize to 0, not NaN). In place if invstd == v.
+void invstd(double* invstd, const double* v, double divisor, double eps, int64_t C);
+
 }  // namespace bn1d::kernels::reference

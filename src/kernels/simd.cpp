@@ -99,6 +99,42 @@ void BackwardInputCols(const Out3& dx, const View3& dy, const View3& x, const vo
     backward_input_cols<double>(dx, dy, x, static_cast<const double*>(P), u0, u1, stream);
 }
 
+// ---- Per-channel helpers of the dispatcher ----------------------------------------------------
+
+template <class T>
+bool all_finite(const T* p, int64_t count) {
+  const hn::ScalableTag<T> d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  int64_t i = 0;
+  for (; i + N <= count; i += N)
+    if (!hn::AllTrue(d, hn::IsFinite(hn::LoadU(d, p + i)))) return false;
+  for (; i < count; ++i)
+    if (!std::isfinite(p[i])) return false;
+  return true;
+}
+// Whether the count values at p (of dtype) are all finite.
+bool AllFinite(const void* p, DType dtype, int64_t count) {
+  if (dtype == DType::Float32) return all_finite(static_cast<const float*>(p), count);
+  return all_finite(static_cast<const double*>(p), count);
+}
+
+// out[c] = 1 / sqrt(v[c] / divisor + eps), 0 where that sum is 0 (see simd.hpp); out may be v.
+void InvStd(double* out, const double* v, double divisor, double eps, int64_t C) {
+  const DD d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  const VD div = hn::Set(d, divisor), e = hn::Set(d, eps), one = hn::Set(d, 1.0);
+  const VD zero = hn::Zero(d);
+  int64_t c = 0;
+  for (; c + N <= C; c += N) {
+    const VD var = hn::Add(hn::Div(hn::LoadU(d, v + c), div), e);
+    hn::StoreU(hn::IfThenZeroElse(hn::Eq(var, zero), hn::Div(one, hn::Sqrt(var))), d, out + c);
+  }
+  for (; c < C; ++c) {
+    const double var = v[c] / divisor + eps;
+    out[c] = var == 0.0 ? 0.0 : 1.0 / std::sqrt(var);
+  }
+}
+
 }  // namespace bn1d::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
 
@@ -128,6 +164,8 @@ HWY_EXPORT(BackwardSumsRowsChannel);
 HWY_EXPORT(BackwardSumsColsPartition);
 HWY_EXPORT(BackwardInputRows);
 HWY_EXPORT(BackwardInputCols);
+HWY_EXPORT(InvStd);
+HWY_EXPORT(AllFinite);
 
 namespace {
 
@@ -258,9 +296,8 @@ const T* elementwise_params_t(int64_t C, const double* mean,
 // kernel, which keeps every channel's result to itself.
 template <class T>
 const void* finite_or_null(const T* P, std::size_t count) {
-  for (std::size_t i = 0; i < count; ++i)
-    if (!std::isfinite(P[i])) return nullptr;
-  return P;
+  constexpr DType dtype = std::is_same_v<T, float> ? DType::Float32 : DType::Float64;
+  return HWY_DYNAMIC_DISPATCH(AllFinite)(P, dtype, static_cast<int64_t>(count)) ? P : nullptr;
 }
 
 const void* elementwise_params(const View3& x, const double* mean,
@@ -444,6 +481,11 @@ void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3&
       HWY_DYNAMIC_DISPATCH(BackwardInputCols)(dx, dy, x, P, u0, u1, stream);
     });
   }
+}
+
+void invstd(double* invstd, const double* v, double divisor, double eps, int64_t C) {
+  apply_environment_once();
+  HWY_DYNAMIC_DISPATCH(InvStd)(invstd, v, divisor, eps, C);
 }
 
 std::vector<std::string> targets() {

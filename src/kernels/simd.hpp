@@ -37,6 +37,10 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
 void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3& x,
                     const double* mean, const double* a, const double* b, const double* k);
 
+/// invstd[c] = 1 / sqrt(v[c] / divisor + eps), or 0 where that sum is 0: the same bits as
+/// reference::invstd (IEEE division and square root are correctly rounded in every lane).
+void invstd(double* invstd, const double* v, double divisor, double eps, int64_t C);
+
 /// Names of the compiled targets this CPU supports, best first (e.g. "AVX3", "AVX2", "SSE4").
 std::vector<std::string> targets();
 /// The target the kernels dispatch to now.
