@@ -308,10 +308,18 @@ const void* elementwise_params(const View3& x, const double* mean,
   return finite_or_null(elementwise_params_t<double>(x.C, mean, columns), count);
 }
 
-std::vector<double>& partition_scratch(std::size_t n) {
+// Values per cache line (64 bytes) of float64.
+constexpr int64_t kLineValues = 64 / sizeof(double);
+
+// `rows` rows of `ld` float64 values (ld a multiple of kLineValues), starting on a cache line:
+// per-partition outputs of the reductions, so that their vector accesses do not split lines and
+// partitions written by different threads share none. Per calling thread, kept between calls.
+double* partition_scratch(int64_t rows, int64_t ld) {
   thread_local std::vector<double> scratch;
+  const auto n = static_cast<std::size_t>(rows * ld + kLineValues);
   if (scratch.size() < n) scratch.resize(n);
-  return scratch;
+  const auto at = reinterpret_cast<std::uintptr_t>(scratch.data());
+  return scratch.data() + (64 - at % 64) % 64 / sizeof(double);
 }
 
 // Units of elementwise_cols: rows (n, l) when the output's channels are contiguous, else blocks
@@ -328,10 +336,11 @@ bool rows_layout(const Out3& o) { return o.sL == 1; }
 bool cols_layout(const View3& v) { return v.sC == 1; }
 bool cols_layout(const Out3& o) { return o.sC == 1 || o.sL == 1; }
 
-// Chan merge, in order, of per-partition statistics (part_mean/part_m2: count × C). The merge
-// weights depend on the partition only, so they are computed once, outside the channel loop.
+// Chan merge, in order, of per-partition statistics (part_mean/part_m2: count rows of C values,
+// ld apart). The merge weights depend on the partition only, so they are computed once, outside
+// the channel loop.
 template <class Parts>
-void merge_partitions(double* mean, double* m2, const Parts& parts, int64_t C,
+void merge_partitions(double* mean, double* m2, const Parts& parts, int64_t C, int64_t ld,
                       const double* part_mean, const double* part_m2) {
   std::fill_n(mean, C, 0.0);
   std::fill_n(m2, C, 0.0);
@@ -340,8 +349,8 @@ void merge_partitions(double* mean, double* m2, const Parts& parts, int64_t C,
     const double nb = parts.values(p);
     if (nb == 0.0) continue;
     const double n = count + nb, wb = nb / n, wab = count * nb / n;
-    const double* pm = part_mean + p * C;
-    const double* pq = part_m2 + p * C;
+    const double* pm = part_mean + p * ld;
+    const double* pq = part_m2 + p * ld;
     for (int64_t c = 0; c < C; ++c) {
       const double delta = pm[c] - mean[c];
       mean[c] += delta * wb;
@@ -351,28 +360,28 @@ void merge_partitions(double* mean, double* m2, const Parts& parts, int64_t C,
   }
 }
 
-// Per-partition sums (part_a/part_b: count × C) added up in order.
-void sum_partitions(double* a, double* b, int64_t parts, int64_t C, const double* part_a,
-                    const double* part_b) {
+// Per-partition sums (part_a/part_b: `parts` rows of C values, ld apart) added up in order.
+void sum_partitions(double* a, double* b, int64_t parts, int64_t C, int64_t ld,
+                    const double* part_a, const double* part_b) {
   std::fill_n(a, C, 0.0);
   std::fill_n(b, C, 0.0);
   for (int64_t p = 0; p < parts; ++p) {
     for (int64_t c = 0; c < C; ++c) {
-      a[c] += part_a[p * C + c];
-      b[c] += part_b[p * C + c];
+      a[c] += part_a[p * ld + c];
+      b[c] += part_b[p * ld + c];
     }
   }
 }
 
 // Runs kernel(p, a_p, b_p) for every partition on `threads` threads, each writing two C-value
-// results into per-partition scratch, then combine(a, b) over all of them in order.
+// results into per-partition scratch, then combine(a, b, ld) over all of them in order.
 template <class Parts, class Kernel, class Combine>
 void over_partitions(const Parts& parts, int threads, int64_t C, Kernel kernel, Combine combine) {
-  std::vector<double>& scratch = partition_scratch(static_cast<std::size_t>(2 * parts.count * C));
-  double* a = scratch.data();
-  double* b = a + parts.count * C;
-  parallel_for(parts.count, threads, [&](int64_t p) { kernel(p, a + p * C, b + p * C); });
-  combine(a, b);
+  const int64_t ld = (C + kLineValues - 1) / kLineValues * kLineValues;
+  double* a = partition_scratch(2 * parts.count, ld);
+  double* b = a + parts.count * ld;
+  parallel_for(parts.count, threads, [&](int64_t p) { kernel(p, a + p * ld, b + p * ld); });
+  combine(a, b, ld);
 }
 
 void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
@@ -386,8 +395,9 @@ void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
     return;
   }
   auto merge = [&](const auto& parts) {
-    return
-        [&](const double* pm, const double* pq) { merge_partitions(mean, m2, parts, C, pm, pq); };
+    return [&](const double* pm, const double* pq, int64_t ld) {
+      merge_partitions(mean, m2, parts, C, ld, pm, pq);
+    };
   };
   if (layout == Layout::Rows) {
     const RowsPartitions parts(x);
@@ -439,8 +449,8 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
     return;
   }
   auto sum = [&](int64_t count) {
-    return [&, count](const double* ps, const double* psx) {
-      sum_partitions(sum_dy, sum_dy_xmu, count, C, ps, psx);
+    return [&, count](const double* ps, const double* psx, int64_t ld) {
+      sum_partitions(sum_dy, sum_dy_xmu, count, C, ld, ps, psx);
     };
   };
   if (layout == Layout::Rows) {
