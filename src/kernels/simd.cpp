@@ -277,8 +277,10 @@ template <class T>
 const T* elementwise_params_t(int64_t C, const double* mean,
                               std::initializer_list<const double*> columns) {
   thread_local std::vector<T> params;
-  params.resize(static_cast<std::size_t>(C) * (2 + columns.size()));
-  T* P = params.data();
+  constexpr std::size_t kLine = 64 / sizeof(T);
+  params.resize(static_cast<std::size_t>(C) * (2 + columns.size()) + kLine);
+  const auto at = reinterpret_cast<std::uintptr_t>(params.data());
+  T* P = params.data() + (64 - at % 64) % 64 / sizeof(T);  // on a cache line
   for (int64_t c = 0; c < C; ++c) {
     P[c] = static_cast<T>(mean[c]);
     P[C + c] = static_cast<T>(mean[c] - static_cast<double>(P[c]));
