@@ -13,6 +13,7 @@
 // clang-format on
 #include "hwy/highway.h"
 #include "kernels/blocking.hpp"
+#include "kernels/reference.hpp"
 #include "kernels/simd-inl.h"
 #include "kernels/simd_cols-inl.h"
 #include "kernels/simd_rows-inl.h"
@@ -129,10 +130,7 @@ void InvStd(double* out, const double* v, double divisor, double eps, int64_t C)
     const VD var = hn::Add(hn::Div(hn::LoadU(d, v + c), div), e);
     hn::StoreU(hn::IfThenZeroElse(hn::Eq(var, zero), hn::Div(one, hn::Sqrt(var))), d, out + c);
   }
-  for (; c < C; ++c) {
-    const double var = v[c] / divisor + eps;
-    out[c] = var == 0.0 ? 0.0 : 1.0 / std::sqrt(var);
-  }
+  reference::invstd(out + c, v + c, divisor, eps, C - c);  // the tail, as the oracle does it
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE
@@ -269,6 +267,17 @@ struct RowsPartitions {
 // of a channel per block; longer rows are walked in memory order by partitions.
 constexpr int64_t kMinPartitionRow = 256;
 
+// n values of storage (grown when needed, kept between calls) starting on a cache line (64
+// bytes): vector loads and stores of them never split a line, and no line is shared with data
+// another thread writes.
+template <class T>
+T* on_cache_line(std::vector<T>& storage, std::size_t n) {
+  constexpr std::size_t kLine = 64 / sizeof(T);
+  if (storage.size() < n + kLine) storage.resize(n + kLine);
+  const auto at = reinterpret_cast<std::uintptr_t>(storage.data());
+  return storage.data() + (64 - at % 64) % 64 / sizeof(T);
+}
+
 // Per-channel parameters of an elementwise kernel in the input's dtype T, laid out as
 // [mean_hi | mean_lo | columns...] (C values each): mean_hi = T(mean), mean_lo = T(mean − mean_hi),
 // so that the kernels compute x − mean in T without losing the float64 mean's precision. The
@@ -277,10 +286,7 @@ template <class T>
 const T* elementwise_params_t(int64_t C, const double* mean,
                               std::initializer_list<const double*> columns) {
   thread_local std::vector<T> params;
-  constexpr std::size_t kLine = 64 / sizeof(T);
-  params.resize(static_cast<std::size_t>(C) * (2 + columns.size()) + kLine);
-  const auto at = reinterpret_cast<std::uintptr_t>(params.data());
-  T* P = params.data() + (64 - at % 64) % 64 / sizeof(T);  // on a cache line
+  T* P = on_cache_line(params, static_cast<std::size_t>(C) * (2 + columns.size()));
   for (int64_t c = 0; c < C; ++c) {
     P[c] = static_cast<T>(mean[c]);
     P[C + c] = static_cast<T>(mean[c] - static_cast<double>(P[c]));
@@ -313,15 +319,12 @@ const void* elementwise_params(const View3& x, const double* mean,
 // Values per cache line (64 bytes) of float64.
 constexpr int64_t kLineValues = 64 / sizeof(double);
 
-// `rows` rows of `ld` float64 values (ld a multiple of kLineValues), starting on a cache line:
-// per-partition outputs of the reductions, so that their vector accesses do not split lines and
-// partitions written by different threads share none. Per calling thread, kept between calls.
+// `rows` rows of `ld` float64 values (ld a multiple of kLineValues), on a cache line: the
+// per-partition outputs of the reductions, so that partitions written by different threads
+// share no line. Per calling thread, kept between calls.
 double* partition_scratch(int64_t rows, int64_t ld) {
   thread_local std::vector<double> scratch;
-  const auto n = static_cast<std::size_t>(rows * ld + kLineValues);
-  if (scratch.size() < n) scratch.resize(n);
-  const auto at = reinterpret_cast<std::uintptr_t>(scratch.data());
-  return scratch.data() + (64 - at % 64) % 64 / sizeof(double);
+  return on_cache_line(scratch, static_cast<std::size_t>(rows * ld));
 }
 
 // Units of elementwise_cols: rows (n, l) when the output's channels are contiguous, else blocks
