@@ -30,7 +30,10 @@ struct KernelCase {
 
 // Shapes that reach every code path: vector bodies and scalar tails, several statistics blocks
 // and row pieces (L ≥ 4096), several partitions (of several pieces, some spanning two rows, with
-// a short last piece: (2, 3, 40000)), a single channel.
+// a short last piece: (2, 3, 40000)), a single channel; cols partitions that split the channels
+// too (few rows, C ≥ 1024): one block in two channel parts (64, 1100), two equal blocks of 50 rows
+// in three channel parts each (100, 2100), channels-last blocks of 33 and 32 rows, one spanning
+// two n (5, 1030, 13).
 const KernelCase kCases[] = {
     {{3, 4, 37}, Layout::Contiguous, simd::Layout::Rows},
     {{2, 3, 5000}, Layout::Contiguous, simd::Layout::Rows},
@@ -43,6 +46,9 @@ const KernelCase kCases[] = {
     {{64, 1}, Layout::Contiguous, simd::Layout::Cols},
     {{3, 21, 35}, Layout::ChannelsLast, simd::Layout::Cols},
     {{40, 9, 70}, Layout::ChannelsLast, simd::Layout::Cols},
+    {{64, 1100}, Layout::Contiguous, simd::Layout::Cols},
+    {{100, 2100}, Layout::Contiguous, simd::Layout::Cols},
+    {{5, 1030, 13}, Layout::ChannelsLast, simd::Layout::Cols},
 };
 
 // Reductions (float64 statistics and sums) must equal the oracle's to within a few float64
@@ -163,11 +169,13 @@ TEST(Kernels, EveryTargetMatchesTheReferenceOracle) {
 
 // Outputs of 16 MiB or more are written with non-temporal stores (best target, float64); in
 // the cols layout only rows that start vector-aligned are (C = 16), the others not (C = 15), and
-// the backward sums of such inputs walk rows in memory order instead of chunks of channels.
+// the backward sums of such inputs walk rows in memory order instead of chunks of channels;
+// (64, 32769) does both in 16 channel parts, the last one ragged.
 TEST(Kernels, StreamingStoresMatchTheReferenceOracle) {
   check_case({{1, 3, 700001}, Layout::Contiguous, simd::Layout::Rows}, DType::Float64);
   check_case({{140001, 15}, Layout::Contiguous, simd::Layout::Cols}, DType::Float64);
   check_case({{131075, 16}, Layout::Contiguous, simd::Layout::Cols}, DType::Float64);
+  check_case({{64, 32769}, Layout::Contiguous, simd::Layout::Cols}, DType::Float64);
 }
 
 // invstd = 1 / sqrt(v / divisor + eps), 0 where that sum is 0, gives the oracle's bits on every
@@ -210,37 +218,41 @@ TEST(Kernels, UnknownTargetIsAnError) {
       throws_error([] { simd::force_target("NOT_A_TARGET"); }, "SIMD target \"NOT_A_TARGET\""));
 }
 
-// Outputs, running statistics and gradients for 1, 2, 3 and 8 threads, bitwise.
+// Outputs, running statistics and gradients for 1, 2, 3 and 8 threads, bitwise, in float32 and in
+// float64 (whose outputs keep the float64 statistics' last bits, which float32 rounding can hide).
 TEST(Kernels, ResultsAreBitwiseIdenticalForAnyThreadCount) {
   struct Big {
     Shape shape;
     Layout layout;
   };
-  const Big cases[] = {{{64, 32, 512}, Layout::Contiguous},
-                       {{2, 3, 40000}, Layout::Contiguous},
-                       {{16384, 64}, Layout::Contiguous},
-                       {{64, 32, 512}, Layout::ChannelsLast},
-                       {{50, 11, 301}, Layout::Sliced}};
+  // (64, 4096), (100, 3000) and (4, 2100, 16): cols partitions split along channels too.
+  const Big cases[] = {{{64, 32, 512}, Layout::Contiguous}, {{2, 3, 40000}, Layout::Contiguous},
+                       {{16384, 64}, Layout::Contiguous},   {{64, 32, 512}, Layout::ChannelsLast},
+                       {{50, 11, 301}, Layout::Sliced},     {{64, 4096}, Layout::Contiguous},
+                       {{100, 3000}, Layout::Contiguous},   {{4, 2100, 16}, Layout::ChannelsLast}};
   const int saved = omp_get_max_threads();
   for (const Big& big : cases) {
-    SCOPED_TRACE(format_shape(big.shape) + " " + layout_name(big.layout));
-    std::shared_ptr<std::vector<char>> kx, kg;
-    const Tensor x = make_strided(values(randn(big.shape, DType::Float64, 3)), big.shape,
-                                  DType::Float32, big.layout, kx);
-    const Tensor g = make_strided(values(randn(big.shape, DType::Float64, 4)), big.shape,
-                                  DType::Float32, big.layout, kg);
-    std::vector<std::vector<double>> first;
-    for (int threads : {1, 2, 3, 8}) {
-      omp_set_num_threads(threads);
-      BatchNorm1d m(big.shape[1]);
-      const Tensor y = m(x);
-      const BatchNorm1d::Gradients grads = m.backward(g);
-      const std::vector<std::vector<double>> got = {
-          values(y),           values(m.running_mean()), values(m.running_var()),
-          values(grads.input), values(grads.weight),     values(grads.bias)};
-      if (first.empty()) first = got;
-      for (std::size_t i = 0; i < got.size(); ++i)
-        EXPECT_EQ(got[i], first[i]) << "threads " << threads << " result " << i;
+    for (DType dtype : {DType::Float32, DType::Float64}) {
+      SCOPED_TRACE(format_shape(big.shape) + " " + layout_name(big.layout) + " " +
+                   dtype_name(dtype));
+      std::shared_ptr<std::vector<char>> kx, kg;
+      const Tensor x = make_strided(values(randn(big.shape, DType::Float64, 3)), big.shape, dtype,
+                                    big.layout, kx);
+      const Tensor g = make_strided(values(randn(big.shape, DType::Float64, 4)), big.shape, dtype,
+                                    big.layout, kg);
+      std::vector<std::vector<double>> first;
+      for (int threads : {1, 2, 3, 8}) {
+        omp_set_num_threads(threads);
+        BatchNorm1d m(BatchNorm1dOptions(big.shape[1]).dtype(dtype));
+        const Tensor y = m(x);
+        const BatchNorm1d::Gradients grads = m.backward(g);
+        const std::vector<std::vector<double>> got = {
+            values(y),           values(m.running_mean()), values(m.running_var()),
+            values(grads.input), values(grads.weight),     values(grads.bias)};
+        if (first.empty()) first = got;
+        for (std::size_t i = 0; i < got.size(); ++i)
+          EXPECT_EQ(got[i], first[i]) << "threads " << threads << " result " << i;
+      }
     }
   }
   omp_set_num_threads(saved);

@@ -25,10 +25,14 @@ namespace hn = hwy::HWY_NAMESPACE;
 // ---- Cols layout: the C channels of every (n, l) are contiguous ------------------------------
 // Row r = n·L + l of a cols view holds the C values x[n, :, l].
 
-template <class T>
-const T* cols_row(const View3& v, int64_t r) {
-  return row_ptr<T>(v, r / v.L, 0, r % v.L);
-}
+// (n, l) of row r = n·L + l of a cols view, then of each next row, without a division per row.
+struct RowIndex {
+  int64_t L, n, l;
+  RowIndex(int64_t r, int64_t L_) : L(L_), n(r / L_), l(r % L_) {}
+  void next() {
+    if (++l == L) l = 0, ++n;
+  }
+};
 
 // Vectors of float64 lanes per channel chunk of the cols reductions: a chunk's accumulators
 // stay in registers while the chunk walks down the rows of a block.
@@ -57,9 +61,10 @@ HWY_INLINE void prefetch_l2(const T* row, int64_t c, int64_t count) {
 template <class T>
 HWY_INLINE void cols_rows(const View3& v, int64_t b0, int64_t b1, int64_t ahead, int64_t r_end,
                           const T** rows, const T** rows_ahead) {
-  for (int64_t r = b0; r < b1; ++r) {
-    rows[r - b0] = cols_row<T>(v, r);
-    rows_ahead[r - b0] = r + ahead < r_end ? cols_row<T>(v, r + ahead) : nullptr;
+  RowIndex at(b0, v.L), at_ahead(b0 + ahead, v.L);
+  for (int64_t r = b0; r < b1; ++r, at.next(), at_ahead.next()) {
+    rows[r - b0] = row_ptr<T>(v, at.n, 0, at.l);
+    rows_ahead[r - b0] = r + ahead < r_end ? row_ptr<T>(v, at_ahead.n, 0, at_ahead.l) : nullptr;
   }
 }
 
@@ -109,8 +114,8 @@ HWY_INLINE void stats_cols_chunk(const T* const* rows, const T* const* ahead, in
   }
 }
 
-// Statistics of rows r0 … r1 − 1 for all channels, merged in order into mean[C], m2[C]: blocks of
-// kMaxRowsPerBlock rows, each reduced in one pass per chunk of channels
+// Statistics of rows r0 … r1 − 1 for channels c0 … c1 − 1, merged in order into mean[c], m2[c]:
+// blocks of `block` rows (at most kMaxRowsPerBlock), each reduced in one pass per chunk of channels
 // (stats_cols_chunk; leftover channels one by one, with the same arithmetic), and merged into the
 // running result with Chan's formula (r0 < r1: every partition holds a block, see
 // ColsPartitions). The first block is stored as it is (what a merge into zeros gives, bit for
@@ -118,21 +123,21 @@ HWY_INLINE void stats_cols_chunk(const T* const* rows, const T* const* ahead, in
 // (256, 1024) float32 15% slower at two threads (the outputs are per-partition scratch that the
 // merging thread read last).
 template <class T>
-void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, double* mean, double* m2) {
+void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t block, int64_t c0,
+                          int64_t c1, double* mean, double* m2) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
-  const int64_t C = x.C;
   const T* rows[kMaxRowsPerBlock];
   const T* ahead[kMaxRowsPerBlock];
-  const int64_t distance = rows_ahead<T>(C);
+  const int64_t distance = rows_ahead<T>(c1 - c0);
   double count = 0.0;
-  for (int64_t b0 = r0; b0 < r1; b0 += kMaxRowsPerBlock) {
-    const int64_t b1 = std::min(r1, b0 + kMaxRowsPerBlock), nb = b1 - b0;
+  for (int64_t b0 = r0; b0 < r1; b0 += block) {
+    const int64_t b1 = std::min(r1, b0 + block), nb = b1 - b0;
     cols_rows<T>(x, b0, b1, distance, r1, rows, ahead);
-    int64_t c = 0;
-    for (; c + kChunk * N <= C; c += kChunk * N)
+    int64_t c = c0;
+    for (; c + kChunk * N <= c1; c += kChunk * N)
       stats_cols_chunk<kChunk>(rows, ahead, nb, c, count, mean, m2);
-    for (; c + N <= C; c += N) stats_cols_chunk<1>(rows, ahead, nb, c, count, mean, m2);
-    for (; c < C; ++c) {  // the same arithmetic, one channel
+    for (; c + N <= c1; c += N) stats_cols_chunk<1>(rows, ahead, nb, c, count, mean, m2);
+    for (; c < c1; ++c) {  // the same arithmetic, one channel
       const double first = static_cast<double>(rows[0][c]);
       double sum = 0.0, q = 0.0;
       for (int64_t r = 1; r < nb; ++r) {
@@ -182,29 +187,31 @@ HWY_INLINE void backward_sums_cols_chunk(const T* const* dy_rows, const T* const
   }
 }
 
-// Σ dy and Σ dy · (x − mean) over rows r0 … r1 − 1 for data streamed from DRAM: the rows are
-// walked in memory order, which the hardware prefetchers follow better than any software
-// prefetch of the chunked walk when two tensors stream at once, accumulating into
-// sum_dy[C], sum_dy_xmu[C] (L1-resident). Per channel, the operations and their order are those
+// Σ dy and Σ dy · (x − mean) over rows r0 … r1 − 1, channels c0 … c1 − 1, for data streamed from
+// DRAM: the rows are walked in memory order, which the hardware prefetchers follow better than any
+// software prefetch of the chunked walk when two tensors stream at once, accumulating into
+// sum_dy[c], sum_dy_xmu[c] (L1-resident). Per channel, the operations and their order are those
 // of the chunked walk, so both give the same bits.
 template <class T>
 void backward_sums_cols_sequential(const View3& dy, const View3& x, const double* mean, int64_t r0,
-                                   int64_t r1, double* sum_dy, double* sum_dy_xmu) {
+                                   int64_t r1, int64_t c0, int64_t c1, double* sum_dy,
+                                   double* sum_dy_xmu) {
   const DD d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
-  const int64_t C = x.C, vecC = C - C % N;
-  std::fill_n(sum_dy, C, 0.0);
-  std::fill_n(sum_dy_xmu, C, 0.0);
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* g = cols_row<T>(dy, r);
-    const T* p = cols_row<T>(x, r);
-    for (int64_t c = 0; c < vecC; c += N) {
+  const int64_t vec_end = c1 - (c1 - c0) % N;
+  std::fill(sum_dy + c0, sum_dy + c1, 0.0);
+  std::fill(sum_dy_xmu + c0, sum_dy_xmu + c1, 0.0);
+  RowIndex at(r0, x.L);
+  for (int64_t r = r0; r < r1; ++r, at.next()) {
+    const T* g = row_ptr<T>(dy, at.n, 0, at.l);
+    const T* p = row_ptr<T>(x, at.n, 0, at.l);
+    for (int64_t c = c0; c < vec_end; c += N) {
       const VD gv = LoadD(g + c);
       hn::StoreU(hn::Add(hn::LoadU(d, sum_dy + c), gv), d, sum_dy + c);
       const VD xm = hn::Sub(LoadD(p + c), hn::LoadU(d, mean + c));
       hn::StoreU(hn::MulAdd(gv, xm, hn::LoadU(d, sum_dy_xmu + c)), d, sum_dy_xmu + c);
     }
-    for (int64_t c = vecC; c < C; ++c) {
+    for (int64_t c = vec_end; c < c1; ++c) {
       const double gv = static_cast<double>(g[c]);
       sum_dy[c] += gv;
       sum_dy_xmu[c] += gv * (static_cast<double>(p[c]) - mean[c]);
@@ -212,35 +219,36 @@ void backward_sums_cols_sequential(const View3& dy, const View3& x, const double
   }
 }
 
-// Σ dy and Σ dy · (x − mean) over rows r0 … r1 − 1 into sum_dy[C], sum_dy_xmu[C], accumulated
-// per channel in row order: blocks of kMaxRowsPerBlock rows, walked per chunk of channels. The
+// Σ dy and Σ dy · (x − mean) over rows r0 … r1 − 1, channels c0 … c1 − 1, into sum_dy[c],
+// sum_dy_xmu[c], accumulated per channel in row order: blocks of kMaxRowsPerBlock rows, walked per
+// chunk of channels. The
 // first block starts from zero in registers (the outputs are not zero-filled first, as in
 // stats_cols_partition).
 template <class T>
 void backward_sums_cols_partition(const View3& dy, const View3& x, const double* mean, int64_t r0,
-                                  int64_t r1, double* sum_dy, double* sum_dy_xmu) {
+                                  int64_t r1, int64_t c0, int64_t c1, double* sum_dy,
+                                  double* sum_dy_xmu) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
-  const int64_t C = x.C;
   const T* dy_rows[kMaxRowsPerBlock];
   const T* x_rows[kMaxRowsPerBlock];
   const T* dy_ahead[kMaxRowsPerBlock];
   const T* x_ahead[kMaxRowsPerBlock];
-  const int64_t distance = rows_ahead<T>(2 * C);  // two tensors in flight
+  const int64_t distance = rows_ahead<T>(2 * (c1 - c0));  // two tensors in flight
   for (int64_t b0 = r0; b0 < r1; b0 += kMaxRowsPerBlock) {
     const int64_t b1 = std::min(r1, b0 + kMaxRowsPerBlock), nb = b1 - b0;
     cols_rows<T>(dy, b0, b1, distance, r1, dy_rows, dy_ahead);
     cols_rows<T>(x, b0, b1, distance, r1, x_rows, x_ahead);
     const bool first = b0 == r0;  // the sums start here, at zero
-    int64_t c = 0;
-    for (; c + kChunk * N <= C; c += kChunk * N) {
+    int64_t c = c0;
+    for (; c + kChunk * N <= c1; c += kChunk * N) {
       backward_sums_cols_chunk<kChunk>(dy_rows, x_rows, dy_ahead, x_ahead, nb, c, mean, first,
                                        sum_dy, sum_dy_xmu);
     }
-    for (; c + N <= C; c += N) {
+    for (; c + N <= c1; c += N) {
       backward_sums_cols_chunk<1>(dy_rows, x_rows, dy_ahead, x_ahead, nb, c, mean, first, sum_dy,
                                   sum_dy_xmu);
     }
-    for (; c < C; ++c) {
+    for (; c < c1; ++c) {
       if (first) sum_dy[c] = 0.0, sum_dy_xmu[c] = 0.0;
       for (int64_t r = 0; r < nb; ++r) {
         const double gv = static_cast<double>(dy_rows[r][c]);
@@ -251,79 +259,85 @@ void backward_sums_cols_partition(const View3& dy, const View3& x, const double*
   }
 }
 
-// Rows of a cols view transformed together by elementwise_cols when the output stays in cache:
+// Rows of a cols view transformed together by elementwise_cols_rows when the output stays in cache:
 // each vector of per-channel parameters is loaded once for the group (for in-cache data the
 // parameter loads, not the data, bound a one-row loop; streamed outputs are bound by memory and
 // go one row at a time, as interleaved non-temporal row streams are slower).
 constexpr int64_t kRowGroup = 4;
 
-// f applied to rows r … r + R − 1 of x (and dy), written to the same rows of out (out.sC == 1).
+// f applied to channels c0 … c1 − 1 of rows r … r + R − 1 of x (and dy), written to the same
+// places of out (out.sC == 1).
+// `at` indexes row r on entry and row r + R on return.
 template <int R, class T, class D, class F>
 HWY_INLINE void elementwise_rows_group(D d, const Out3& out, const View3& x, const View3* dy,
-                                       int64_t r, const F& f) {
+                                       RowIndex& at, int64_t c0, int64_t c1, const F& f) {
   using V = hn::Vec<D>;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
-  const int64_t C = x.C, L = x.L;
   const T* p[R];
   const T* g[R];
   T* o[R];
-  for (int i = 0; i < R; ++i) {
-    const int64_t n = (r + i) / L, l = (r + i) % L;
-    p[i] = row_ptr<T>(x, n, 0, l);
-    g[i] = dy ? row_ptr<T>(*dy, n, 0, l) : p[i];
-    o[i] = static_cast<T*>(out.data) + n * out.sN + l * out.sL;
+  for (int i = 0; i < R; ++i, at.next()) {
+    p[i] = row_ptr<T>(x, at.n, 0, at.l);
+    g[i] = dy ? row_ptr<T>(*dy, at.n, 0, at.l) : p[i];
+    o[i] = static_cast<T*>(out.data) + at.n * out.sN + at.l * out.sL;
   }
-  int64_t c = 0;
-  for (; c + N <= C; c += N) {
+  int64_t c = c0;
+  for (; c + N <= c1; c += N) {
     V v[R];
     for (int i = 0; i < R; ++i) v[i] = f.vec(d, c, hn::LoadU(d, p[i] + c), hn::LoadU(d, g[i] + c));
     for (int i = 0; i < R; ++i) hn::StoreU(v[i], d, o[i] + c);
   }
-  for (; c < C; ++c) {
+  for (; c < c1; ++c) {
     for (int i = 0; i < R; ++i) o[i][c] = f.scalar(c, p[i][c], g[i][c]);
   }
 }
 
-// Elementwise op over units u0 … u1 − 1 of a cols view, in T's own lanes: f.vec(d, c, x, dy)
-// gives the results for channels c … c + lanes − 1, f.scalar(c, x, dy) for one channel.
-// - Output with contiguous channels too (out.sC == 1, e.g. (N, C) or channels-last): a unit is a
-//   row r = n·L + l, read and written along C; kRowGroup rows at a time unless streamed.
-// - Output (N, C, L) with unit stride along L: a unit is a block of kChannelBlock channels of one
-//   n; values are read along C and transposed through a small tile, so that each channel's
-//   output is written as a sequential stream along L.
+// Elementwise op over rows r0 … r1 − 1, channels c0 … c1 − 1, of a cols view whose output has
+// contiguous channels too (out.sC == 1, e.g. (N, C) or channels-last), in T's own lanes:
+// f.vec(d, c, x, dy) gives the results for channels c … c + lanes − 1, f.scalar(c, x, dy) for one
+// channel. Rows are read and written along C, kRowGroup rows at a time unless streamed.
 template <class T, class F>
-void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t u0, int64_t u1, F f,
-                      bool stream) {
+void elementwise_cols_rows(const Out3& out, const View3& x, const View3* dy, int64_t r0, int64_t r1,
+                           int64_t c0, int64_t c1, F f, bool stream) {
   const hn::ScalableTag<T> d;
-  const auto N = static_cast<int64_t>(hn::Lanes(d));
-  const int64_t C = x.C, L = x.L;
-  T* const base = static_cast<T*>(out.data);
-  if (out.sC == 1 && stream) {
-    const int64_t ahead = rows_ahead<T>(dy ? 2 * C : C);
-    for (int64_t r = u0; r < u1; ++r) {
-      const int64_t n = r / L, l = r % L;
-      const T* p = row_ptr<T>(x, n, 0, l);
-      const T* g = dy ? row_ptr<T>(*dy, n, 0, l) : p;
-      if (r + ahead < u1) {
-        prefetch_l2(cols_row<T>(x, r + ahead), 0, C);
-        if (dy) prefetch_l2(cols_row<T>(*dy, r + ahead), 0, C);
+  const int64_t width = c1 - c0;
+  RowIndex at(r0, x.L);
+  if (stream) {
+    const int64_t ahead = rows_ahead<T>(dy ? 2 * width : width);
+    RowIndex at_ahead(r0 + ahead, x.L);
+    for (int64_t r = r0; r < r1; ++r, at.next(), at_ahead.next()) {
+      const T* p = row_ptr<T>(x, at.n, c0, at.l);
+      const T* g = dy ? row_ptr<T>(*dy, at.n, c0, at.l) : p;
+      if (r + ahead < r1) {
+        prefetch_l2(row_ptr<T>(x, at_ahead.n, 0, at_ahead.l), c0, width);
+        if (dy) prefetch_l2(row_ptr<T>(*dy, at_ahead.n, 0, at_ahead.l), c0, width);
       }
-      T* o = base + n * out.sN + l * out.sL;
+      T* o = static_cast<T*>(out.data) + at.n * out.sN + at.l * out.sL + c0;
       write_run(
-          d, o, C, stream,
-          [&](int64_t c) { return f.vec(d, c, hn::LoadU(d, p + c), hn::LoadU(d, g + c)); },
-          [&](int64_t c) { return f.scalar(c, p[c], g[c]); });
+          d, o, width, /*stream=*/true,
+          [&](int64_t i) { return f.vec(d, c0 + i, hn::LoadU(d, p + i), hn::LoadU(d, g + i)); },
+          [&](int64_t i) { return f.scalar(c0 + i, p[i], g[i]); });
     }
     hwy::FlushStream();
     return;
   }
-  if (out.sC == 1) {
-    int64_t r = u0;
-    for (; r + kRowGroup <= u1; r += kRowGroup)
-      elementwise_rows_group<kRowGroup, T>(d, out, x, dy, r, f);
-    for (; r < u1; ++r) elementwise_rows_group<1, T>(d, out, x, dy, r, f);
-    return;
-  }
+  int64_t r = r0;
+  for (; r + kRowGroup <= r1; r += kRowGroup)
+    elementwise_rows_group<kRowGroup, T>(d, out, x, dy, at, c0, c1, f);
+  for (; r < r1; ++r) elementwise_rows_group<1, T>(d, out, x, dy, at, c0, c1, f);
+}
+
+// Elementwise op (as above) over units u0 … u1 − 1 of a cols view whose output is (N, C, L) with
+// unit stride along L: a unit is a block of kChannelBlock channels of one n; values are read along
+// C and transposed through a small tile, so that each channel's output is written as a sequential
+// stream along L.
+template <class T, class F>
+void elementwise_cols_tiled(const Out3& out, const View3& x, const View3* dy, int64_t u0,
+                            int64_t u1, F f) {
+  const hn::ScalableTag<T> d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t C = x.C, L = x.L;
+  T* const base = static_cast<T*>(out.data);
   const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
   T lanes[HWY_LANES(T)];
   T tile[kChannelBlock][kTileL];  // [channel - c_begin][l - l0]
@@ -381,16 +395,22 @@ struct BackwardInputOp {
   }
 };
 
+// Units u0 … u1 − 1 and channels c0 … c1 − 1: rows and a channel range when y.sC == 1 (see
+// elementwise_cols_rows), else channel blocks of elementwise_cols_tiled (c0, c1 = 0, C).
 template <class T>
-void normalize_cols(const Out3& y, const View3& x, const T* P, int64_t u0, int64_t u1,
-                    bool stream) {
-  elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<T>{P, x.C}, stream);
+void normalize_cols(const Out3& y, const View3& x, const T* P, int64_t u0, int64_t u1, int64_t c0,
+                    int64_t c1, bool stream) {
+  const NormalizeOp<T> op{P, x.C};
+  if (y.sC == 1) return elementwise_cols_rows<T>(y, x, nullptr, u0, u1, c0, c1, op, stream);
+  elementwise_cols_tiled<T>(y, x, nullptr, u0, u1, op);
 }
 
 template <class T>
 void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const T* P, int64_t u0,
-                         int64_t u1, bool stream) {
-  elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<T>{P, x.C}, stream);
+                         int64_t u1, int64_t c0, int64_t c1, bool stream) {
+  const BackwardInputOp<T> op{P, x.C};
+  if (dx.sC == 1) return elementwise_cols_rows<T>(dx, x, &dy, u0, u1, c0, c1, op, stream);
+  elementwise_cols_tiled<T>(dx, x, &dy, u0, u1, op);
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE
