@@ -178,6 +178,34 @@ TEST(Kernels, StreamingStoresMatchTheReferenceOracle) {
   check_case({{64, 32769}, Layout::Contiguous, simd::Layout::Cols}, DType::Float64);
 }
 
+// The kernels keep their per-channel parameters (in the input's dtype) between calls and rewrite
+// only the values whose bits changed: a scale of +0, then −0, must flip the sign of the outputs
+// (x − mean) · scale + shift with x > mean and shift = −0 (+0 + −0 = +0, −0 + −0 = −0).
+TEST(Kernels, ParametersThatChangeOnlyTheSignOfZeroAreRewritten) {
+  const struct {
+    Shape shape;
+    simd::Layout layout;
+  } cases[] = {{{4, 21}, simd::Layout::Cols}, {{2, 3, 20}, simd::Layout::Rows}};
+  for (const auto& k : cases) {
+    for (DType dtype : {DType::Float32, DType::Float64}) {
+      SCOPED_TRACE(format_shape(k.shape) + " " + dtype_name(dtype));
+      const Tensor x = Tensor::full(k.shape, 2.0, dtype);
+      const auto C = static_cast<std::size_t>(k.shape[1]);
+      const std::vector<double> mean(C, 0.0), shift(C, -0.0);
+      for (const double zero : {0.0, -0.0, 0.0}) {
+        const std::vector<double> scale(C, zero);
+        Tensor y = Tensor::full(k.shape, 1.0, dtype);
+        simd::normalize(k.layout, detail::output_view(y), view_of(x), mean.data(), scale.data(),
+                        shift.data());
+        for (double v : values(y)) {
+          ASSERT_EQ(v, 0.0);
+          ASSERT_EQ(std::signbit(v), std::signbit(zero)) << "scale " << zero;
+        }
+      }
+    }
+  }
+}
+
 // invstd = 1 / sqrt(v / divisor + eps), 0 where that sum is 0, gives the oracle's bits on every
 // target, in vector bodies and the tail, in place too: zero, denormal, huge, infinite and NaN
 // values, with eps = 0 (0 → 0, not inf) and a divisor that underflows v / divisor.

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 // clang-format on
 #include "hwy/highway.h"
 #include "kernels/blocking.hpp"
@@ -115,6 +117,65 @@ bool all_finite(const T* p, int64_t count) {
     if (!std::isfinite(p[i])) return false;
   return true;
 }
+// Float64 lanes as T lanes (rounded once for float).
+template <class T>
+HWY_INLINE hn::Vec<DT<T>> ToT(VD v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return v;
+  } else {
+    return hn::DemoteTo(DT<float>(), v);
+  }
+}
+
+// T lanes as float64 lanes (exact).
+HWY_INLINE VD ToD(VD v) { return v; }
+HWY_INLINE VD ToD(hn::Vec<DT<float>> v) { return hn::PromoteTo(DD(), v); }
+
+// Stores v at p unless p already holds the same bits: a line that another thread has read keeps
+// its shared copy when nothing in it changes.
+template <class T>
+HWY_INLINE void store_if_changed(hn::Vec<DT<T>> v, T* p) {
+  const DT<T> dt;
+  const hn::RebindToUnsigned<DT<T>> du;
+  if (!hn::AllTrue(du, hn::Eq(hn::BitCast(du, v), hn::BitCast(du, hn::LoadU(dt, p)))))
+    hn::StoreU(v, dt, p);
+}
+template <class T>
+HWY_INLINE void store_if_changed(T v, T* p) {
+  if (std::memcmp(&v, p, sizeof(T)) != 0) *p = v;
+}
+
+// P = [mean_hi | mean_lo | columns[0] | …] in T, C values each (see elementwise_params_t),
+// writing only the values that changed since the last call.
+template <class T>
+void update_params(T* P, int64_t C, const double* mean, const double* const* columns,
+                   int64_t count) {
+  const DD d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  int64_t c = 0;
+  for (; c + N <= C; c += N) {
+    const VD m = hn::LoadU(d, mean + c);
+    const auto hi = ToT<T>(m);
+    store_if_changed<T>(hi, P + c);
+    store_if_changed<T>(ToT<T>(hn::Sub(m, ToD(hi))), P + C + c);
+    for (int64_t k = 0; k < count; ++k)
+      store_if_changed<T>(ToT<T>(hn::LoadU(d, columns[k] + c)), P + (2 + k) * C + c);
+  }
+  for (; c < C; ++c) {
+    const auto hi = static_cast<T>(mean[c]);
+    store_if_changed<T>(hi, P + c);
+    store_if_changed<T>(static_cast<T>(mean[c] - static_cast<double>(hi)), P + C + c);
+    for (int64_t k = 0; k < count; ++k)
+      store_if_changed<T>(static_cast<T>(columns[k][c]), P + (2 + k) * C + c);
+  }
+}
+void UpdateParams(void* P, DType dtype, int64_t C, const double* mean, const double* const* columns,
+                  int64_t count) {
+  if (dtype == DType::Float32)
+    return update_params(static_cast<float*>(P), C, mean, columns, count);
+  update_params(static_cast<double*>(P), C, mean, columns, count);
+}
+
 // Whether the count values at p (of dtype) are all finite.
 bool AllFinite(const void* p, DType dtype, int64_t count) {
   if (dtype == DType::Float32) return all_finite(static_cast<const float*>(p), count);
@@ -166,6 +227,7 @@ HWY_EXPORT(BackwardInputRows);
 HWY_EXPORT(BackwardInputCols);
 HWY_EXPORT(InvStd);
 HWY_EXPORT(AllFinite);
+HWY_EXPORT(UpdateParams);
 
 namespace {
 
@@ -320,21 +382,18 @@ T* on_cache_line(std::vector<T>& storage, std::size_t n) {
 // Per-channel parameters of an elementwise kernel in the input's dtype T, laid out as
 // [mean_hi | mean_lo | columns...] (C values each): mean_hi = T(mean), mean_lo = T(mean − mean_hi),
 // so that the kernels compute x − mean in T without losing the float64 mean's precision. The
-// storage is per calling thread and kept between calls.
+// storage is per calling thread and kept between calls, and only values whose bits change are
+// written (UpdateParams): the other threads read these lines, and a line rewritten with the
+// same values would still be taken from their caches (in eval mode nothing changes; (64, 2048)
+// float32 eval at two threads: 18 -> 15 µs).
 template <class T>
 const T* elementwise_params_t(int64_t C, const double* mean,
                               std::initializer_list<const double*> columns) {
   thread_local std::vector<T> params;
   T* P = on_cache_line(params, static_cast<std::size_t>(C) * (2 + columns.size()));
-  for (int64_t c = 0; c < C; ++c) {
-    P[c] = static_cast<T>(mean[c]);
-    P[C + c] = static_cast<T>(mean[c] - static_cast<double>(P[c]));
-  }
-  int64_t k = 2;
-  for (const double* column : columns) {
-    for (int64_t c = 0; c < C; ++c) P[k * C + c] = static_cast<T>(column[c]);
-    ++k;
-  }
+  constexpr DType dtype = std::is_same_v<T, float> ? DType::Float32 : DType::Float64;
+  HWY_DYNAMIC_DISPATCH(UpdateParams)
+  (P, dtype, C, mean, columns.begin(), static_cast<int64_t>(columns.size()));
   return P;
 }
 
