@@ -170,7 +170,7 @@ TEST(Kernels, EveryTargetMatchesTheReferenceOracle) {
 // Outputs of 16 MiB or more are written with non-temporal stores (best target, float64); in
 // the cols layout only rows that start vector-aligned are (C = 16), the others not (C = 15), and
 // the backward sums of such inputs walk rows in memory order instead of chunks of channels;
-// (64, 32769) does both in 16 channel parts, the last one ragged.
+// (64, 32769) walks them in 16 channel parts, the last one ragged.
 TEST(Kernels, StreamingStoresMatchTheReferenceOracle) {
   check_case({{1, 3, 700001}, Layout::Contiguous, simd::Layout::Rows}, DType::Float64);
   check_case({{140001, 15}, Layout::Contiguous, simd::Layout::Cols}, DType::Float64);

@@ -25,6 +25,11 @@ namespace hn = hwy::HWY_NAMESPACE;
 // ---- Cols layout: the C channels of every (n, l) are contiguous ------------------------------
 // Row r = n·L + l of a cols view holds the C values x[n, :, l].
 
+template <class T>
+const T* cols_row(const View3& v, int64_t r) {
+  return row_ptr<T>(v, r / v.L, 0, r % v.L);
+}
+
 // (n, l) of row r = n·L + l of a cols view, then of each next row, without a division per row.
 struct RowIndex {
   int64_t L, n, l;
@@ -259,85 +264,79 @@ void backward_sums_cols_partition(const View3& dy, const View3& x, const double*
   }
 }
 
-// Rows of a cols view transformed together by elementwise_cols_rows when the output stays in cache:
+// Rows of a cols view transformed together by elementwise_cols when the output stays in cache:
 // each vector of per-channel parameters is loaded once for the group (for in-cache data the
 // parameter loads, not the data, bound a one-row loop; streamed outputs are bound by memory and
 // go one row at a time, as interleaved non-temporal row streams are slower).
 constexpr int64_t kRowGroup = 4;
 
-// f applied to channels c0 … c1 − 1 of rows r … r + R − 1 of x (and dy), written to the same
-// places of out (out.sC == 1).
-// `at` indexes row r on entry and row r + R on return.
+// f applied to rows r … r + R − 1 of x (and dy), written to the same rows of out (out.sC == 1).
 template <int R, class T, class D, class F>
 HWY_INLINE void elementwise_rows_group(D d, const Out3& out, const View3& x, const View3* dy,
-                                       RowIndex& at, int64_t c0, int64_t c1, const F& f) {
+                                       int64_t r, const F& f) {
   using V = hn::Vec<D>;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t C = x.C, L = x.L;
   const T* p[R];
   const T* g[R];
   T* o[R];
-  for (int i = 0; i < R; ++i, at.next()) {
-    p[i] = row_ptr<T>(x, at.n, 0, at.l);
-    g[i] = dy ? row_ptr<T>(*dy, at.n, 0, at.l) : p[i];
-    o[i] = static_cast<T*>(out.data) + at.n * out.sN + at.l * out.sL;
+  for (int i = 0; i < R; ++i) {
+    const int64_t n = (r + i) / L, l = (r + i) % L;
+    p[i] = row_ptr<T>(x, n, 0, l);
+    g[i] = dy ? row_ptr<T>(*dy, n, 0, l) : p[i];
+    o[i] = static_cast<T*>(out.data) + n * out.sN + l * out.sL;
   }
-  int64_t c = c0;
-  for (; c + N <= c1; c += N) {
+  int64_t c = 0;
+  for (; c + N <= C; c += N) {
     V v[R];
     for (int i = 0; i < R; ++i) v[i] = f.vec(d, c, hn::LoadU(d, p[i] + c), hn::LoadU(d, g[i] + c));
     for (int i = 0; i < R; ++i) hn::StoreU(v[i], d, o[i] + c);
   }
-  for (; c < c1; ++c) {
+  for (; c < C; ++c) {
     for (int i = 0; i < R; ++i) o[i][c] = f.scalar(c, p[i][c], g[i][c]);
   }
 }
 
-// Elementwise op over rows r0 … r1 − 1, channels c0 … c1 − 1, of a cols view whose output has
-// contiguous channels too (out.sC == 1, e.g. (N, C) or channels-last), in T's own lanes:
-// f.vec(d, c, x, dy) gives the results for channels c … c + lanes − 1, f.scalar(c, x, dy) for one
-// channel. Rows are read and written along C, kRowGroup rows at a time unless streamed.
+// Elementwise op over units u0 … u1 − 1 of a cols view, in T's own lanes: f.vec(d, c, x, dy)
+// gives the results for channels c … c + lanes − 1, f.scalar(c, x, dy) for one channel.
+// - Output with contiguous channels too (out.sC == 1, e.g. (N, C) or channels-last): a unit is a
+//   row r = n·L + l, read and written along C; kRowGroup rows at a time unless streamed.
+// - Output (N, C, L) with unit stride along L: a unit is a block of kChannelBlock channels of one
+//   n; values are read along C and transposed through a small tile, so that each channel's
+//   output is written as a sequential stream along L.
 template <class T, class F>
-void elementwise_cols_rows(const Out3& out, const View3& x, const View3* dy, int64_t r0, int64_t r1,
-                           int64_t c0, int64_t c1, F f, bool stream) {
-  const hn::ScalableTag<T> d;
-  const int64_t width = c1 - c0;
-  RowIndex at(r0, x.L);
-  if (stream) {
-    const int64_t ahead = rows_ahead<T>(dy ? 2 * width : width);
-    RowIndex at_ahead(r0 + ahead, x.L);
-    for (int64_t r = r0; r < r1; ++r, at.next(), at_ahead.next()) {
-      const T* p = row_ptr<T>(x, at.n, c0, at.l);
-      const T* g = dy ? row_ptr<T>(*dy, at.n, c0, at.l) : p;
-      if (r + ahead < r1) {
-        prefetch_l2(row_ptr<T>(x, at_ahead.n, 0, at_ahead.l), c0, width);
-        if (dy) prefetch_l2(row_ptr<T>(*dy, at_ahead.n, 0, at_ahead.l), c0, width);
-      }
-      T* o = static_cast<T*>(out.data) + at.n * out.sN + at.l * out.sL + c0;
-      write_run(
-          d, o, width, /*stream=*/true,
-          [&](int64_t i) { return f.vec(d, c0 + i, hn::LoadU(d, p + i), hn::LoadU(d, g + i)); },
-          [&](int64_t i) { return f.scalar(c0 + i, p[i], g[i]); });
-    }
-    hwy::FlushStream();
-    return;
-  }
-  int64_t r = r0;
-  for (; r + kRowGroup <= r1; r += kRowGroup)
-    elementwise_rows_group<kRowGroup, T>(d, out, x, dy, at, c0, c1, f);
-  for (; r < r1; ++r) elementwise_rows_group<1, T>(d, out, x, dy, at, c0, c1, f);
-}
-
-// Elementwise op (as above) over units u0 … u1 − 1 of a cols view whose output is (N, C, L) with
-// unit stride along L: a unit is a block of kChannelBlock channels of one n; values are read along
-// C and transposed through a small tile, so that each channel's output is written as a sequential
-// stream along L.
-template <class T, class F>
-void elementwise_cols_tiled(const Out3& out, const View3& x, const View3* dy, int64_t u0,
-                            int64_t u1, F f) {
+void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t u0, int64_t u1, F f,
+                      bool stream) {
   const hn::ScalableTag<T> d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t C = x.C, L = x.L;
   T* const base = static_cast<T*>(out.data);
+  if (out.sC == 1 && stream) {
+    const int64_t ahead = rows_ahead<T>(dy ? 2 * C : C);
+    for (int64_t r = u0; r < u1; ++r) {
+      const int64_t n = r / L, l = r % L;
+      const T* p = row_ptr<T>(x, n, 0, l);
+      const T* g = dy ? row_ptr<T>(*dy, n, 0, l) : p;
+      if (r + ahead < u1) {
+        prefetch_l2(cols_row<T>(x, r + ahead), 0, C);
+        if (dy) prefetch_l2(cols_row<T>(*dy, r + ahead), 0, C);
+      }
+      T* o = base + n * out.sN + l * out.sL;
+      write_run(
+          d, o, C, stream,
+          [&](int64_t c) { return f.vec(d, c, hn::LoadU(d, p + c), hn::LoadU(d, g + c)); },
+          [&](int64_t c) { return f.scalar(c, p[c], g[c]); });
+    }
+    hwy::FlushStream();
+    return;
+  }
+  if (out.sC == 1) {
+    int64_t r = u0;
+    for (; r + kRowGroup <= u1; r += kRowGroup)
+      elementwise_rows_group<kRowGroup, T>(d, out, x, dy, r, f);
+    for (; r < u1; ++r) elementwise_rows_group<1, T>(d, out, x, dy, r, f);
+    return;
+  }
   const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
   T lanes[HWY_LANES(T)];
   T tile[kChannelBlock][kTileL];  // [channel - c_begin][l - l0]
@@ -395,22 +394,16 @@ struct BackwardInputOp {
   }
 };
 
-// Units u0 … u1 − 1 and channels c0 … c1 − 1: rows and a channel range when y.sC == 1 (see
-// elementwise_cols_rows), else channel blocks of elementwise_cols_tiled (c0, c1 = 0, C).
 template <class T>
-void normalize_cols(const Out3& y, const View3& x, const T* P, int64_t u0, int64_t u1, int64_t c0,
-                    int64_t c1, bool stream) {
-  const NormalizeOp<T> op{P, x.C};
-  if (y.sC == 1) return elementwise_cols_rows<T>(y, x, nullptr, u0, u1, c0, c1, op, stream);
-  elementwise_cols_tiled<T>(y, x, nullptr, u0, u1, op);
+void normalize_cols(const Out3& y, const View3& x, const T* P, int64_t u0, int64_t u1,
+                    bool stream) {
+  elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<T>{P, x.C}, stream);
 }
 
 template <class T>
 void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const T* P, int64_t u0,
-                         int64_t u1, int64_t c0, int64_t c1, bool stream) {
-  const BackwardInputOp<T> op{P, x.C};
-  if (dx.sC == 1) return elementwise_cols_rows<T>(dx, x, &dy, u0, u1, c0, c1, op, stream);
-  elementwise_cols_tiled<T>(dx, x, &dy, u0, u1, op);
+                         int64_t u1, bool stream) {
+  elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<T>{P, x.C}, stream);
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE
