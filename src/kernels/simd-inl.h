@@ -27,24 +27,29 @@ using VD = hn::Vec<DD>;
 /// T lanes matching the float64 lanes (half-width vectors for float).
 template <class T>
 using DT = hn::Rebind<T, DD>;
+/// Float64 lanes as T lanes (rounded once for float).
+template <class T>
+HWY_INLINE hn::Vec<DT<T>> ToT(VD v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return v;
+  } else {
+    return hn::DemoteTo(DT<float>(), v);
+  }
+}
+/// T lanes as float64 lanes (exact).
+HWY_INLINE VD ToD(VD v) { return v; }
+HWY_INLINE VD ToD(hn::Vec<DT<float>> v) { return hn::PromoteTo(DD(), v); }
+
 /// Lanes(DD()) values of T at p, as float64.
 template <class T>
 HWY_INLINE VD LoadD(const T* HWY_RESTRICT p) {
-  if constexpr (std::is_same_v<T, double>) {
-    return hn::LoadU(DD(), p);
-  } else {
-    return hn::PromoteTo(DD(), hn::LoadU(DT<float>(), p));
-  }
+  return ToD(hn::LoadU(DT<T>(), p));
 }
 
 /// Stores float64 lanes to p as T (rounding once).
 template <class T>
 HWY_INLINE void StoreD(VD v, T* HWY_RESTRICT p) {
-  if constexpr (std::is_same_v<T, double>) {
-    hn::StoreU(v, DD(), p);
-  } else {
-    hn::StoreU(hn::DemoteTo(DT<float>(), v), DT<float>(), p);
-  }
+  hn::StoreU(ToT<T>(v), DT<T>(), p);
 }
 
 HWY_INLINE double ReduceSum(VD v) { return hn::GetLane(hn::SumOfLanes(DD(), v)); }

@@ -117,19 +117,11 @@ bool all_finite(const T* p, int64_t count) {
     if (!std::isfinite(p[i])) return false;
   return true;
 }
-// Float64 lanes as T lanes (rounded once for float).
-template <class T>
-HWY_INLINE hn::Vec<DT<T>> ToT(VD v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return v;
-  } else {
-    return hn::DemoteTo(DT<float>(), v);
-  }
+// Whether the count values at p (of dtype) are all finite.
+bool AllFinite(const void* p, DType dtype, int64_t count) {
+  if (dtype == DType::Float32) return all_finite(static_cast<const float*>(p), count);
+  return all_finite(static_cast<const double*>(p), count);
 }
-
-// T lanes as float64 lanes (exact).
-HWY_INLINE VD ToD(VD v) { return v; }
-HWY_INLINE VD ToD(hn::Vec<DT<float>> v) { return hn::PromoteTo(DD(), v); }
 
 // Stores v at p unless p already holds the same bits: a line that another thread has read keeps
 // its shared copy when nothing in it changes.
@@ -176,12 +168,6 @@ void UpdateParams(void* P, DType dtype, int64_t C, const double* mean, const dou
   update_params(static_cast<double*>(P), C, mean, columns, count);
 }
 
-// Whether the count values at p (of dtype) are all finite.
-bool AllFinite(const void* p, DType dtype, int64_t count) {
-  if (dtype == DType::Float32) return all_finite(static_cast<const float*>(p), count);
-  return all_finite(static_cast<const double*>(p), count);
-}
-
 // out[c] = 1 / sqrt(v[c] / divisor + eps), 0 where that sum is 0 (see simd.hpp); out may be v.
 void InvStd(double* out, const double* v, double divisor, double eps, int64_t C) {
   const DD d;
@@ -209,6 +195,7 @@ HWY_AFTER_NAMESPACE();
 #include <vector>
 
 #include "bn1d/error.hpp"
+#include "kernels/partitions.hpp"
 #include "kernels/reference.hpp"
 #include "kernels/simd.hpp"
 
@@ -230,12 +217,6 @@ HWY_EXPORT(AllFinite);
 HWY_EXPORT(UpdateParams);
 
 namespace {
-
-// At least this many elements per thread: below it, forking costs more than it saves.
-constexpr int64_t kGrain = 1 << 16;
-// Cols-layout reductions are split into at most this many row partitions, reduced separately
-// and merged in order: the split depends on the shape only, never on the thread count.
-constexpr int64_t kPartitions = 16;
 
 // Outputs are written with non-temporal stores when the call's inputs total this much: inputs
 // and output would not stay in cache anyway, and streaming saves reading every line before
@@ -290,80 +271,6 @@ void parallel_ranges(int64_t units, int threads, F body) {
   parallel_for(parts, threads,
                [&](int64_t p) { body(p * units / parts, (p + 1) * units / parts); });
 }
-
-// Reductions are split into at most kPartitions partitions; each is reduced on its own into a
-// slot (a row of per-channel results) and the slots are merged in order. The split depends on the
-// shape only. slots is the number of slots, slot(p) partition p's, values(s) the number of values
-// per channel in slot s.
-
-// Cols layout channel parts start at multiples of this many channels: a multiple of the float64
-// lanes of every target (8 on x86, 32 with 2048-bit SVE), so that each channel is reduced by the
-// same vector or scalar code whichever part holds it (splitting changes no bit), and of a cache
-// line of float64 (partitions written by different threads share no line of a slot).
-constexpr int64_t kChannelAlign = 64;
-// Channel parts hold at least this many channels (but one part may hold fewer): a part of a
-// full block then holds at least kGrain values, what threads_for gives one thread, so that
-// there are never fewer parts than threads. (Narrower parts cost more than they balance: at one
-// thread, 128-channel parts made the backward sums of (64, 2048) float32 15% slower.)
-constexpr int64_t kMinPartChannels = kGrain / kMaxRowsPerBlock;
-
-// Cols layout: a partition is a row part times a channel part. The rows r = n·L + l come in
-// `blocks` blocks of `block` rows (the fewest blocks of at most kMaxRowsPerBlock rows, all of about
-// the same size: 100 rows are two blocks of 50), grouped into at most kPartitions row parts of
-// consecutive blocks. Batches of fewer than kPartitions blocks (e.g. (64, 2048): one block) also
-// split their channels, into at most kPartitions / row_parts parts, so that they still spread
-// over the threads. Partitions are numbered row part first (p = rp · channel_parts + cp), so that a
-// static schedule gives each thread consecutive rows. (The elementwise passes split rows, not
-// these partitions: for (64, 2048) float32 at two threads, walking the same channel parts took
-// 15–22 µs per normalize depending on the output's address relative to the input's, 4 KiB
-// apart or not, and splitting rows 15 µs at every address.) No partition is empty (row_parts ≤
-// blocks, channel_parts ≤ channel groups, and views without values reach no kernel): the cols
-// partition kernels write their outputs from their first block. A slot is a row part.
-struct ColsPartitions {
-  int64_t rows, C, blocks, block, row_parts, groups, channel_parts, count, slots;
-  explicit ColsPartitions(const View3& x)
-      : rows(x.N * x.L),
-        C(x.C),
-        blocks((rows + kMaxRowsPerBlock - 1) / kMaxRowsPerBlock),
-        block((rows + blocks - 1) / blocks),
-        row_parts(std::min(blocks, kPartitions)),
-        groups((C + kChannelAlign - 1) / kChannelAlign),
-        channel_parts(
-            std::min(kPartitions / row_parts, (C + kMinPartChannels - 1) / kMinPartChannels)),
-        count(row_parts * channel_parts),
-        slots(row_parts) {}
-  int64_t slot(int64_t p) const { return p / channel_parts; }
-  int64_t slot_first(int64_t s) const { return std::min(rows, s * blocks / row_parts * block); }
-  int64_t first(int64_t p) const { return slot_first(slot(p)); }
-  int64_t last(int64_t p) const { return slot_first(slot(p) + 1); }
-  int64_t channel_first(int64_t p) const {
-    return std::min(C, p % channel_parts * groups / channel_parts * kChannelAlign);
-  }
-  int64_t channel_last(int64_t p) const {
-    return std::min(C, (p % channel_parts + 1) * groups / channel_parts * kChannelAlign);
-  }
-  double values(int64_t s) const { return static_cast<double>(slot_first(s + 1) - slot_first(s)); }
-};
-
-// Rows layout with long rows: units u = n · pieces + piece, a piece being kBlock values of l;
-// each partition is its own slot.
-struct RowsPartitions {
-  int64_t L, pieces, units, count, slots;
-  explicit RowsPartitions(const View3& x)
-      : L(x.L),
-        pieces((x.L + kBlock - 1) / kBlock),
-        units(x.N * pieces),
-        count(std::min(units, kPartitions)),
-        slots(count) {}
-  int64_t slot(int64_t p) const { return p; }
-  int64_t first(int64_t p) const { return p * units / count; }
-  int64_t last(int64_t p) const { return (p + 1) * units / count; }
-  double values(int64_t p) const {
-    int64_t v = 0;
-    for (int64_t u = first(p); u < last(p); ++u) v += std::min(kBlock, L - (u % pieces) * kBlock);
-    return static_cast<double>(v);
-  }
-};
 
 // Rows shorter than this are reduced channel by channel (StatsRowsChannel), grouping many rows
 // of a channel per block; longer rows are walked in memory order by partitions.
