@@ -11,7 +11,6 @@
 
 namespace bn1d {
 
-using detail::ChannelValues;
 using detail::f64;
 using detail::f64_mut;
 
@@ -105,24 +104,16 @@ void normalization_from_running(Normalization& norm, const Tensor& running_mean,
   const int64_t C = running_mean.numel();
   detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
   detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
-  const ChannelValues rmean(running_mean, 0.0), rvar(running_var, 1.0);
-  for (int64_t c = 0; c < C; ++c) {  // all checks before the first write
-    const double var = rvar[c];
-    if (var + eps < 0) {
-      throw Error("running_var: expected non-negative variances, got running_var[" +
-                  std::to_string(c) + "] = " + python_float_repr(var) + " with eps " +
-                  python_float_repr(eps));
-    }
+  const double* var = detail::channel_f64(running_var, 0);
+  if (const int64_t c = route::first_negative_sum(var, eps, C); c < C) {  // before any write
+    throw Error("running_var: expected non-negative variances, got running_var[" +
+                std::to_string(c) + "] = " + python_float_repr(var[c]) + " with eps " +
+                python_float_repr(eps));
   }
-  detail::reuse_or_allocate(norm.mean, C, DType::Float64);
-  detail::reuse_or_allocate(norm.invstd, C, DType::Float64);
-  double* out_mean = f64_mut(norm.mean);
-  double* out_invstd = f64_mut(norm.invstd);
-  for (int64_t c = 0; c < C; ++c) {
-    out_mean[c] = rmean[c];
-    out_invstd[c] = rvar[c];
-  }
-  route::invstd(out_invstd, out_invstd, 1.0, eps, C);  // in place: the variances, then invstd
+  detail::reuse_or_allocate(norm.mean, C, DType::Float64, {&running_mean, &running_var});
+  detail::reuse_or_allocate(norm.invstd, C, DType::Float64, {&running_mean, &running_var});
+  detail::load_channels(f64_mut(norm.mean), running_mean);
+  route::invstd(f64_mut(norm.invstd), var, 1.0, eps, C);
 }
 
 Normalization normalization_from_running(const Tensor& running_mean, const Tensor& running_var,
@@ -149,13 +140,13 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
   detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
   detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
   const double unbias = 1.0 / static_cast<double>(stats.count - 1);
-  const ChannelValues rmean(running_mean, 0.0), rvar(running_var, 1.0);
-  const double* mean = f64(stats.mean);
-  const double* m2 = f64(stats.m2);
-  for (int64_t c = 0; c < C; ++c) {
-    rmean.set(c, (1.0 - momentum) * rmean[c] + momentum * mean[c]);
-    rvar.set(c, (1.0 - momentum) * rvar[c] + momentum * (m2[c] * unbias));
-  }
+  double* rmean = detail::scratch(0, static_cast<std::size_t>(C));
+  double* rvar = detail::scratch(1, static_cast<std::size_t>(C));
+  detail::load_channels(rmean, running_mean);
+  detail::load_channels(rvar, running_var);
+  route::running_update(rmean, rvar, f64(stats.mean), f64(stats.m2), momentum, unbias, C);
+  detail::store_channels(running_mean, rmean);
+  detail::store_channels(running_var, rvar);
 }
 
 void batch_norm_apply(Tensor& output, const Tensor& input, const Normalization& norm,
@@ -166,14 +157,20 @@ void batch_norm_apply(Tensor& output, const Tensor& input, const Normalization& 
   detail::check_optional_param(bias, "bias", x.C, input.dtype());
   detail::reuse_or_allocate_like(output, input, {&input});
   if (output.numel() == 0) return;
-  // y = (x − mean) · scale + shift, scale = invstd · weight, shift = bias.
-  double* scale = detail::scratch(0, static_cast<std::size_t>(x.C));
-  double* shift = detail::scratch(1, static_cast<std::size_t>(x.C));
-  const ChannelValues w(weight, 1.0), b(bias, 0.0);
-  const double* invstd = f64(norm.invstd);
-  for (int64_t c = 0; c < x.C; ++c) {
-    scale[c] = w[c] * invstd[c];
-    shift[c] = b[c];
+  // y = (x − mean) · scale + shift, scale = weight · invstd (invstd without weight), shift = bias
+  // (0 without bias).
+  const auto C = static_cast<std::size_t>(x.C);
+  const double* scale = f64(norm.invstd);
+  if (const double* w = detail::channel_f64(weight, 2)) {
+    double* weighted = detail::scratch(0, C);
+    route::multiply(weighted, w, scale, x.C);
+    scale = weighted;
+  }
+  const double* shift = detail::channel_f64(bias, 1);
+  if (shift == nullptr) {
+    double* zeros = detail::scratch(1, C);
+    std::fill_n(zeros, C, 0.0);
+    shift = zeros;
   }
   route::normalize(detail::output_view(output), x, f64(norm.mean), scale, shift);
 }

@@ -89,20 +89,10 @@ void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, co
   double* a = detail::scratch(0, C);
   double* b = detail::scratch(1, C);
   double* k = detail::scratch(2, C);
-  const detail::ChannelValues w(weight, 1.0);
-  const double* invstds = f64(norm.invstd);
-  const double* sum_dy = batch_statistics ? f64(global.sum_dy) : nullptr;
-  const double* sum_dy_xmu = batch_statistics ? f64(global.sum_dy_xmu) : nullptr;
-  for (int64_t c = 0; c < x.C; ++c) {
-    const double invstd = invstds[c];
-    a[c] = w[c] * invstd;
-    b[c] = k[c] = 0.0;
-    if (batch_statistics) {
-      const double n = static_cast<double>(global.count);
-      k[c] = -a[c] * sum_dy[c] / n;
-      b[c] = -a[c] * invstd * invstd * sum_dy_xmu[c] / n;
-    }
-  }
+  route::backward_coefficients(a, b, k, detail::channel_f64(weight, 3), f64(norm.invstd),
+                               batch_statistics ? f64(global.sum_dy) : nullptr,
+                               batch_statistics ? f64(global.sum_dy_xmu) : nullptr,
+                               static_cast<double>(global.count), x.C);
   route::backward_input(detail::output_view(grad_input), dy, x, f64(norm.mean), a, b, k);
 }
 
@@ -125,14 +115,10 @@ void batch_norm_backward_params(BatchNormGradients& grads, const GradStats& stat
   detail::reuse_or_allocate(grads.weight, C, dtype);
   detail::reuse_or_allocate(grads.bias, C, dtype);
   // grad_weight = Σ dy · x̂ = Σ dy (x − mean) · invstd;  grad_bias = Σ dy.
-  const detail::ChannelValues gw(grads.weight, 0.0), gb(grads.bias, 0.0);
-  const double* sum_dy_xmu = f64(stats.sum_dy_xmu);
-  const double* sum_dy = f64(stats.sum_dy);
-  const double* invstd = f64(norm.invstd);
-  for (int64_t c = 0; c < C; ++c) {
-    gw.set(c, sum_dy_xmu[c] * invstd[c]);
-    gb.set(c, sum_dy[c]);
-  }
+  double* grad_weight = detail::scratch(0, static_cast<std::size_t>(C));
+  route::multiply(grad_weight, f64(stats.sum_dy_xmu), f64(norm.invstd), C);
+  detail::store_channels(grads.weight, grad_weight);
+  detail::store_channels(grads.bias, f64(stats.sum_dy));
 }
 
 BatchNormGradients batch_norm_backward_params(const GradStats& stats, const Normalization& norm,

@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "route.hpp"
+
 namespace bn1d::detail {
 namespace {
 
@@ -30,6 +32,28 @@ bool overlaps(const Tensor& a, const Tensor& b) {
 }
 
 }  // namespace
+
+void load_channels(double* out, const Tensor& t) {
+  const int64_t C = t.numel();
+  if (t.is_contiguous()) return route::to_f64(out, t.raw_data(), t.dtype(), C);
+  const ChannelValues v(t, 0.0);
+  for (int64_t c = 0; c < C; ++c) out[c] = v[c];
+}
+
+const double* channel_f64(const Tensor& t, int slot) {
+  if (!t.defined()) return nullptr;
+  if (t.dtype() == DType::Float64 && t.is_contiguous()) return t.data<double>();
+  double* out = scratch(slot, static_cast<std::size_t>(t.numel()));
+  load_channels(out, t);
+  return out;
+}
+
+void store_channels(const Tensor& t, const double* v) {
+  const int64_t C = t.numel();
+  if (t.is_contiguous()) return route::from_f64(t.raw_data(), t.dtype(), v, C);
+  const ChannelValues out(t, 0.0);
+  for (int64_t c = 0; c < C; ++c) out.set(c, v[c]);
+}
 
 void check_optional_param(const Tensor& t, const char* name, int64_t C, DType dtype) {
   if (t.defined()) check_channel_tensor(t, name, C, dtype);

@@ -44,6 +44,14 @@ class ChannelValues {
   double fallback_;
 };
 
+/// out[c] = t[c] as float64 for a defined {C} float32/float64 tensor @p t (any stride).
+void load_channels(double* out, const Tensor& t);
+/// The values of a {C} float32/float64 tensor as float64: its own data when it is contiguous
+/// float64, else converted into scratch(@p slot); nullptr when @p t is undefined.
+const double* channel_f64(const Tensor& t, int slot);
+/// t[c] = v[c] for a {C} float32/float64 tensor @p t (any stride), rounding once to its dtype.
+void store_channels(const Tensor& t, const double* v);
+
 /// Checks an optional affine parameter: undefined, or {C} of @p dtype.
 void check_optional_param(const Tensor& t, const char* name, int64_t C, DType dtype);
 

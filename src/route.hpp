@@ -27,4 +27,20 @@ void backward_input(const kernels::Out3& dx, const kernels::View3& dy, const ker
 /// channel with eps = 0: PyTorch's convention). In place if invstd == v.
 void invstd(double* invstd, const double* v, double divisor, double eps, int64_t C);
 
+// ---- Per-channel {C} arrays (kernels/reference.hpp has each one's arithmetic) ----------------
+/// out[c] = in[c] (contiguous float32 or float64) as float64.
+void to_f64(double* out, const void* in, DType dtype, int64_t C);
+/// out[c] (contiguous float32 or float64) = v[c], rounded once.
+void from_f64(void* out, DType dtype, const double* v, int64_t C);
+/// out[c] = a[c] · b[c].
+void multiply(double* out, const double* a, const double* b, int64_t C);
+/// The running statistics' momentum update, in place (reference::running_update).
+void running_update(double* rmean, double* rvar, const double* mean, const double* m2,
+                    double momentum, double unbias, int64_t C);
+/// The coefficients a, b, k of backward_input (reference::backward_coefficients).
+void backward_coefficients(double* a, double* b, double* k, const double* w, const double* invstd,
+                           const double* sum_dy, const double* sum_dy_xmu, double n, int64_t C);
+/// The first c with v[c] + eps < 0, or C when there is none.
+int64_t first_negative_sum(const double* v, double eps, int64_t C);
+
 }  // namespace bn1d::route

@@ -132,4 +132,44 @@ void invstd(double* invstd, const double* v, double divisor, double eps, int64_t
   }
 }
 
+void running_update(double* rmean, double* rvar, const double* mean, const double* m2,
+                    double momentum, double unbias, int64_t C) {
+  const double keep = 1.0 - momentum;
+  for (int64_t c = 0; c < C; ++c) {
+    rmean[c] = keep * rmean[c] + momentum * mean[c];
+    rvar[c] = keep * rvar[c] + momentum * (m2[c] * unbias);
+  }
+}
+
+void backward_coefficients(double* a, double* b, double* k, const double* w, const double* invstd,
+                           const double* sum_dy, const double* sum_dy_xmu, double n, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    const double g = w != nullptr ? w[c] * invstd[c] : invstd[c];
+    a[c] = g;
+    b[c] = k[c] = 0.0;
+    if (sum_dy != nullptr) {
+      k[c] = -g * sum_dy[c] / n;
+      b[c] = -g * invstd[c] * invstd[c] * sum_dy_xmu[c] / n;
+    }
+  }
+}
+
+void merge_slot(double* mean, double* m2, const double* part_mean, const double* part_m2, double wb,
+                double wab, bool first, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    const double old_mean = first ? 0.0 : mean[c], old_m2 = first ? 0.0 : m2[c];
+    const double delta = part_mean[c] - old_mean;
+    mean[c] = old_mean + delta * wb;
+    m2[c] = old_m2 + (part_m2[c] + delta * delta * wab);
+  }
+}
+
+void add_slot(double* a, double* b, const double* part_a, const double* part_b, bool first,
+              int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    a[c] = (first ? 0.0 : a[c]) + part_a[c];
+    b[c] = (first ? 0.0 : b[c]) + part_b[c];
+  }
+}
+
 }  // namespace bn1d::kernels::reference

@@ -27,13 +27,22 @@ using VD = hn::Vec<DD>;
 /// T lanes matching the float64 lanes (half-width vectors for float).
 template <class T>
 using DT = hn::Rebind<T, DD>;
-/// Float64 lanes as T lanes (rounded once for float).
+/// Float64 lanes as T lanes (rounded once for float; beyond float's range to ±inf, as a cast).
 template <class T>
 HWY_INLINE hn::Vec<DT<T>> ToT(VD v) {
   if constexpr (std::is_same_v<T, double>) {
     return v;
   } else {
+#if HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
+    // The emulated DemoteTo saturates to ±FLT_MAX: cast lane by lane instead.
+    HWY_ALIGN double in[HWY_MAX_BYTES / sizeof(double)];
+    HWY_ALIGN float out[HWY_MAX_BYTES / sizeof(double)];
+    hn::Store(v, DD(), in);
+    for (size_t i = 0; i < hn::Lanes(DD()); ++i) out[i] = static_cast<float>(in[i]);
+    return hn::Load(DT<float>(), out);
+#else
     return hn::DemoteTo(DT<float>(), v);
+#endif
   }
 }
 /// T lanes as float64 lanes (exact).

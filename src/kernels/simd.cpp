@@ -17,6 +17,7 @@
 #include "kernels/blocking.hpp"
 #include "kernels/reference.hpp"
 #include "kernels/simd-inl.h"
+#include "kernels/simd_channels-inl.h"
 #include "kernels/simd_cols-inl.h"
 #include "kernels/simd_rows-inl.h"
 #include "kernels/view.hpp"
@@ -106,23 +107,6 @@ void BackwardInputCols(const Out3& dx, const View3& dy, const View3& x, const vo
 
 // ---- Per-channel helpers of the dispatcher ----------------------------------------------------
 
-template <class T>
-bool all_finite(const T* p, int64_t count) {
-  const hn::ScalableTag<T> d;
-  const auto N = static_cast<int64_t>(hn::Lanes(d));
-  int64_t i = 0;
-  for (; i + N <= count; i += N)
-    if (!hn::AllTrue(d, hn::IsFinite(hn::LoadU(d, p + i)))) return false;
-  for (; i < count; ++i)
-    if (!std::isfinite(p[i])) return false;
-  return true;
-}
-// Whether the count values at p (of dtype) are all finite.
-bool AllFinite(const void* p, DType dtype, int64_t count) {
-  if (dtype == DType::Float32) return all_finite(static_cast<const float*>(p), count);
-  return all_finite(static_cast<const double*>(p), count);
-}
-
 // Stores v at p unless p already holds the same bits: a line that another thread has read keeps
 // its shared copy when nothing in it changes.
 template <class T>
@@ -138,34 +122,46 @@ HWY_INLINE void store_if_changed(T v, T* p) {
 }
 
 // P = [mean_hi | mean_lo | columns[0] | …] in T, C values each (see elementwise_params_t),
-// writing only the values that changed since the last call.
+// writing only the values that changed since the last call. Returns whether all are finite.
 template <class T>
-void update_params(T* P, int64_t C, const double* mean, const double* const* columns,
+bool update_params(T* P, int64_t C, const double* mean, const double* const* columns,
                    int64_t count) {
   const DD d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
+  // v − v is 0 for a finite v and NaN otherwise: the sum of them is 0 when all are finite.
+  auto sum = hn::Zero(DT<T>());
+  const auto store = [&](auto v, T* p) {
+    sum = hn::Add(sum, hn::Sub(v, v));
+    store_if_changed<T>(v, p);
+  };
   int64_t c = 0;
   for (; c + N <= C; c += N) {
     const VD m = hn::LoadU(d, mean + c);
     const auto hi = ToT<T>(m);
-    store_if_changed<T>(hi, P + c);
-    store_if_changed<T>(ToT<T>(hn::Sub(m, ToD(hi))), P + C + c);
+    store(hi, P + c);
+    store(ToT<T>(hn::Sub(m, ToD(hi))), P + C + c);
     for (int64_t k = 0; k < count; ++k)
-      store_if_changed<T>(ToT<T>(hn::LoadU(d, columns[k] + c)), P + (2 + k) * C + c);
+      store(ToT<T>(hn::LoadU(d, columns[k] + c)), P + (2 + k) * C + c);
   }
+  bool finite = hn::AllTrue(DT<T>(), hn::Eq(sum, hn::Zero(DT<T>())));
+  const auto store_scalar = [&](T v, T* p) {
+    finite &= std::isfinite(v);
+    store_if_changed<T>(v, p);
+  };
   for (; c < C; ++c) {
     const auto hi = static_cast<T>(mean[c]);
-    store_if_changed<T>(hi, P + c);
-    store_if_changed<T>(static_cast<T>(mean[c] - static_cast<double>(hi)), P + C + c);
+    store_scalar(hi, P + c);
+    store_scalar(static_cast<T>(mean[c] - static_cast<double>(hi)), P + C + c);
     for (int64_t k = 0; k < count; ++k)
-      store_if_changed<T>(static_cast<T>(columns[k][c]), P + (2 + k) * C + c);
+      store_scalar(static_cast<T>(columns[k][c]), P + (2 + k) * C + c);
   }
+  return finite;
 }
-void UpdateParams(void* P, DType dtype, int64_t C, const double* mean, const double* const* columns,
+bool UpdateParams(void* P, DType dtype, int64_t C, const double* mean, const double* const* columns,
                   int64_t count) {
   if (dtype == DType::Float32)
     return update_params(static_cast<float*>(P), C, mean, columns, count);
-  update_params(static_cast<double*>(P), C, mean, columns, count);
+  return update_params(static_cast<double*>(P), C, mean, columns, count);
 }
 
 // out[c] = 1 / sqrt(v[c] / divisor + eps), 0 where that sum is 0 (see simd.hpp); out may be v.
@@ -176,7 +172,8 @@ void InvStd(double* out, const double* v, double divisor, double eps, int64_t C)
   const VD zero = hn::Zero(d);
   int64_t c = 0;
   for (; c + N <= C; c += N) {
-    const VD var = hn::Add(hn::Div(hn::LoadU(d, v + c), div), e);
+    const VD q = hn::LoadU(d, v + c);  // ÷ 1 (running variances) changes no bit: skipped
+    const VD var = hn::Add(divisor == 1.0 ? q : hn::Div(q, div), e);
     hn::StoreU(hn::IfThenZeroElse(hn::Eq(var, zero), hn::Div(one, hn::Sqrt(var))), d, out + c);
   }
   reference::invstd(out + c, v + c, divisor, eps, C - c);  // the tail, as the oracle does it
@@ -213,8 +210,15 @@ HWY_EXPORT(BackwardSumsColsPartition);
 HWY_EXPORT(BackwardInputRows);
 HWY_EXPORT(BackwardInputCols);
 HWY_EXPORT(InvStd);
-HWY_EXPORT(AllFinite);
 HWY_EXPORT(UpdateParams);
+HWY_EXPORT(ToF64);
+HWY_EXPORT(FromF64);
+HWY_EXPORT(Multiply);
+HWY_EXPORT(RunningUpdate);
+HWY_EXPORT(BackwardCoefficients);
+HWY_EXPORT(MergeSlot);
+HWY_EXPORT(AddSlot);
+HWY_EXPORT(FirstNegativeSum);
 
 namespace {
 
@@ -293,33 +297,24 @@ T* on_cache_line(std::vector<T>& storage, std::size_t n) {
 // storage is per calling thread and kept between calls, and only values whose bits change are
 // written (UpdateParams): the other threads read these lines, and a line rewritten with the
 // same values would still be taken from their caches (in eval mode nothing changes; (64, 2048)
-// float32 eval at two threads: 18 -> 15 µs).
+// float32 eval at two threads: 18 -> 15 µs). Returns nullptr when a parameter is not finite in T
+// (e.g. invstd of a denormal-variance channel overflows float32, or a channel's mean is NaN):
+// such calls take the float64 reference kernel, which keeps every channel's result to itself.
 template <class T>
-const T* elementwise_params_t(int64_t C, const double* mean,
-                              std::initializer_list<const double*> columns) {
+const void* elementwise_params_t(int64_t C, const double* mean,
+                                 std::initializer_list<const double*> columns) {
   thread_local std::vector<T> params;
   T* P = on_cache_line(params, static_cast<std::size_t>(C) * (2 + columns.size()));
   constexpr DType dtype = std::is_same_v<T, float> ? DType::Float32 : DType::Float64;
-  HWY_DYNAMIC_DISPATCH(UpdateParams)
-  (P, dtype, C, mean, columns.begin(), static_cast<int64_t>(columns.size()));
-  return P;
-}
-
-// The parameters, or nullptr when one is not finite in T (e.g. invstd of a denormal-variance
-// channel overflows float32, or a channel's mean is NaN): such calls take the float64 reference
-// kernel, which keeps every channel's result to itself.
-template <class T>
-const void* finite_or_null(const T* P, std::size_t count) {
-  constexpr DType dtype = std::is_same_v<T, float> ? DType::Float32 : DType::Float64;
-  return HWY_DYNAMIC_DISPATCH(AllFinite)(P, dtype, static_cast<int64_t>(count)) ? P : nullptr;
+  const bool finite = HWY_DYNAMIC_DISPATCH(UpdateParams)(P, dtype, C, mean, columns.begin(),
+                                                         static_cast<int64_t>(columns.size()));
+  return finite ? P : nullptr;
 }
 
 const void* elementwise_params(const View3& x, const double* mean,
                                std::initializer_list<const double*> columns) {
-  const auto count = static_cast<std::size_t>(x.C) * (2 + columns.size());
-  if (x.dtype == DType::Float32)
-    return finite_or_null(elementwise_params_t<float>(x.C, mean, columns), count);
-  return finite_or_null(elementwise_params_t<double>(x.C, mean, columns), count);
+  if (x.dtype == DType::Float32) return elementwise_params_t<float>(x.C, mean, columns);
+  return elementwise_params_t<double>(x.C, mean, columns);
 }
 
 // Values per cache line (64 bytes) of float64.
@@ -348,40 +343,28 @@ bool cols_layout(const View3& v) { return v.sC == 1; }
 bool cols_layout(const Out3& o) { return o.sC == 1 || o.sL == 1; }
 
 // Chan merge, in order, of per-slot statistics (part_mean/part_m2: parts.slots rows of C values,
-// ld apart). The merge weights depend on the slot only, so they are computed once, outside the
-// channel loop.
+// ld apart), skipping empty slots. The merge weights depend on the slot only.
 template <class Parts>
 void merge_partitions(double* mean, double* m2, const Parts& parts, int64_t C, int64_t ld,
                       const double* part_mean, const double* part_m2) {
-  std::fill_n(mean, C, 0.0);
-  std::fill_n(m2, C, 0.0);
   double count = 0.0;
   for (int64_t p = 0; p < parts.slots; ++p) {
     const double nb = parts.values(p);
     if (nb == 0.0) continue;
-    const double n = count + nb, wb = nb / n, wab = count * nb / n;
-    const double* pm = part_mean + p * ld;
-    const double* pq = part_m2 + p * ld;
-    for (int64_t c = 0; c < C; ++c) {
-      const double delta = pm[c] - mean[c];
-      mean[c] += delta * wb;
-      m2[c] += pq[c] + delta * delta * wab;
-    }
+    const double n = count + nb;
+    HWY_DYNAMIC_DISPATCH(MergeSlot)
+    (mean, m2, part_mean + p * ld, part_m2 + p * ld, nb / n, count * nb / n, count == 0.0, C);
     count = n;
   }
+  if (count == 0.0) std::fill_n(mean, C, 0.0), std::fill_n(m2, C, 0.0);
 }
 
 // Per-slot sums (part_a/part_b: `parts` rows of C values, ld apart) added up in order.
 void sum_partitions(double* a, double* b, int64_t parts, int64_t C, int64_t ld,
                     const double* part_a, const double* part_b) {
-  std::fill_n(a, C, 0.0);
-  std::fill_n(b, C, 0.0);
-  for (int64_t p = 0; p < parts; ++p) {
-    for (int64_t c = 0; c < C; ++c) {
-      a[c] += part_a[p * ld + c];
-      b[c] += part_b[p * ld + c];
-    }
-  }
+  for (int64_t p = 0; p < parts; ++p)
+    HWY_DYNAMIC_DISPATCH(AddSlot)(a, b, part_a + p * ld, part_b + p * ld, p == 0, C);
+  if (parts == 0) std::fill_n(a, C, 0.0), std::fill_n(b, C, 0.0);
 }
 
 // Runs kernel(p, a_s, b_s) for every partition p on `threads` threads, each writing its results
@@ -513,6 +496,40 @@ void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3&
 void invstd(double* invstd, const double* v, double divisor, double eps, int64_t C) {
   apply_environment_once();
   HWY_DYNAMIC_DISPATCH(InvStd)(invstd, v, divisor, eps, C);
+}
+void to_f64(double* out, const void* in, DType dtype, int64_t C) {
+  apply_environment_once();
+  HWY_DYNAMIC_DISPATCH(ToF64)(out, in, dtype, C);
+}
+void from_f64(void* out, DType dtype, const double* v, int64_t C) {
+  apply_environment_once();
+  HWY_DYNAMIC_DISPATCH(FromF64)(out, dtype, v, C);
+}
+void multiply(double* out, const double* a, const double* b, int64_t C) {
+  apply_environment_once();
+  HWY_DYNAMIC_DISPATCH(Multiply)(out, a, b, C);
+}
+void running_update(double* rmean, double* rvar, const double* mean, const double* m2,
+                    double momentum, double unbias, int64_t C) {
+  apply_environment_once();
+  HWY_DYNAMIC_DISPATCH(RunningUpdate)(rmean, rvar, mean, m2, momentum, unbias, C);
+}
+void backward_coefficients(double* a, double* b, double* k, const double* w, const double* invstd,
+                           const double* sum_dy, const double* sum_dy_xmu, double n, int64_t C) {
+  apply_environment_once();
+  HWY_DYNAMIC_DISPATCH(BackwardCoefficients)(a, b, k, w, invstd, sum_dy, sum_dy_xmu, n, C);
+}
+void merge_slot(double* mean, double* m2, const double* part_mean, const double* part_m2, double wb,
+                double wab, bool first, int64_t C) {
+  HWY_DYNAMIC_DISPATCH(MergeSlot)(mean, m2, part_mean, part_m2, wb, wab, first, C);
+}
+void add_slot(double* a, double* b, const double* part_a, const double* part_b, bool first,
+              int64_t C) {
+  HWY_DYNAMIC_DISPATCH(AddSlot)(a, b, part_a, part_b, first, C);
+}
+int64_t first_negative_sum(const double* v, double eps, int64_t C) {
+  apply_environment_once();
+  return HWY_DYNAMIC_DISPATCH(FirstNegativeSum)(v, eps, C);
 }
 
 std::vector<std::string> targets() {

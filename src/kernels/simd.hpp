@@ -41,6 +41,24 @@ void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3&
 /// reference::invstd (IEEE division and square root are correctly rounded in every lane).
 void invstd(double* invstd, const double* v, double divisor, double eps, int64_t C);
 
+/// Per-channel kernels on {C} float64 arrays, with the reference's bits (reference.hpp):
+/// out[c] = in[c] (contiguous float32 or float64) as float64.
+void to_f64(double* out, const void* in, DType dtype, int64_t C);
+/// out[c] (contiguous float32 or float64) = v[c], rounded once.
+void from_f64(void* out, DType dtype, const double* v, int64_t C);
+/// out[c] = a[c] · b[c].
+void multiply(double* out, const double* a, const double* b, int64_t C);
+void running_update(double* rmean, double* rvar, const double* mean, const double* m2,
+                    double momentum, double unbias, int64_t C);
+void backward_coefficients(double* a, double* b, double* k, const double* w, const double* invstd,
+                           const double* sum_dy, const double* sum_dy_xmu, double n, int64_t C);
+void merge_slot(double* mean, double* m2, const double* part_mean, const double* part_m2, double wb,
+                double wab, bool first, int64_t C);
+void add_slot(double* a, double* b, const double* part_a, const double* part_b, bool first,
+              int64_t C);
+/// The first c with v[c] + eps < 0, or C when there is none.
+int64_t first_negative_sum(const double* v, double eps, int64_t C);
+
 /// Names of the compiled targets this CPU supports, best first (e.g. "AVX3", "AVX2", "SSE4").
 std::vector<std::string> targets();
 /// The target the kernels dispatch to now.
