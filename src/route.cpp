@@ -1,18 +1,21 @@
 // SPDX-License-Identifier: MIT
 // Routing by layout, decided once per call: the SIMD kernels take views whose rows (unit stride
 // along L) or columns (unit stride along C) are contiguous; everything else (e.g. a column-major
-// R matrix, negative or odd strides) goes to the scalar reference kernels.
+// R matrix, negative or odd strides) goes to the scalar reference kernels. Short rows and narrow
+// channels of suitable memory layouts are walked as a wide cols view first (virtual_cols.hpp).
 #include "route.hpp"
 
 #include <algorithm>
 
 #include "kernels/reference.hpp"
 #include "kernels/simd.hpp"
+#include "kernels/virtual_cols.hpp"
 
 namespace bn1d::route {
 namespace {
 
 using kernels::simd::Layout;
+namespace virtual_cols = kernels::virtual_cols;
 
 // The SIMD layout that applies to every view (and output) given, if any.
 template <class... Views>
@@ -39,17 +42,23 @@ void channel_stats(double* mean, double* m2, const kernels::View3& x) {
   if (no_values(x)) {
     std::fill_n(mean, x.C, 0.0);
     std::fill_n(m2, x.C, 0.0);
-  } else if (simd_layout(layout, x))
+  } else if (const auto plan = virtual_cols::plan(x, virtual_cols::Op::Reduction)) {
+    virtual_cols::channel_stats(plan, mean, m2, x);
+  } else if (simd_layout(layout, x)) {
     kernels::simd::channel_stats(layout, mean, m2, x);
-  else
+  } else {
     kernels::reference::channel_stats(mean, m2, x);
+  }
 }
 
 void normalize(const kernels::Out3& y, const kernels::View3& x, const double* mean,
                const double* scale, const double* shift) {
   Layout layout;
   if (no_values(x)) return;
-  if (simd_layout(layout, x, y))
+  if (const auto plan = virtual_cols::plan(x, virtual_cols::Op::Elementwise);
+      plan && virtual_cols::fits(plan, y))
+    virtual_cols::normalize(plan, y, x, mean, scale, shift);
+  else if (simd_layout(layout, x, y))
     kernels::simd::normalize(layout, y, x, mean, scale, shift);
   else
     kernels::reference::normalize(y, x, mean, scale, shift);
@@ -61,17 +70,24 @@ void backward_sums(double* sum_dy, double* sum_dy_xmu, const kernels::View3& dy,
   if (no_values(x)) {
     std::fill_n(sum_dy, x.C, 0.0);
     std::fill_n(sum_dy_xmu, x.C, 0.0);
-  } else if (simd_layout(layout, dy, x))
+  } else if (const auto plan = virtual_cols::plan(x, virtual_cols::Op::Reduction);
+             plan && virtual_cols::fits(plan, dy)) {
+    virtual_cols::backward_sums(plan, sum_dy, sum_dy_xmu, dy, x, mean);
+  } else if (simd_layout(layout, dy, x)) {
     kernels::simd::backward_sums(layout, sum_dy, sum_dy_xmu, dy, x, mean);
-  else
+  } else {
     kernels::reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean);
+  }
 }
 
 void backward_input(const kernels::Out3& dx, const kernels::View3& dy, const kernels::View3& x,
                     const double* mean, const double* a, const double* b, const double* k) {
   Layout layout;
   if (no_values(x)) return;
-  if (simd_layout(layout, dy, x, dx))
+  if (const auto plan = virtual_cols::plan(x, virtual_cols::Op::Elementwise);
+      plan && virtual_cols::fits(plan, dy) && virtual_cols::fits(plan, dx))
+    virtual_cols::backward_input(plan, dx, dy, x, mean, a, b, k);
+  else if (simd_layout(layout, dy, x, dx))
     kernels::simd::backward_input(layout, dx, dy, x, mean, a, b, k);
   else
     kernels::reference::backward_input(dx, dy, x, mean, a, b, k);

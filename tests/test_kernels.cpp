@@ -3,14 +3,18 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <bit>
 #include <bn1d/bn1d.hpp>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <string>
 
 #include "kernels/reference.hpp"
 #include "kernels/simd.hpp"
+#include "kernels/virtual_cols.hpp"
+#include "route.hpp"
 #include "test_util.hpp"
 #include "validate.hpp"
 
@@ -19,13 +23,17 @@ namespace {
 
 namespace simd = kernels::simd;
 namespace reference = kernels::reference;
+namespace virtual_cols = kernels::virtual_cols;
 
 kernels::View3 view_of(const Tensor& t) { return detail::input_view(t); }
 
+// A case runs the SIMD kernels of simd_layout directly, or (via_route) the routing that users
+// get, which walks short rows and narrow channels as a wide view of virtual channels.
 struct KernelCase {
   Shape shape;
   Layout layout;
   simd::Layout simd_layout;
+  bool via_route = false;
 };
 
 // Shapes that reach every code path: vector bodies and scalar tails, several statistics blocks
@@ -49,6 +57,23 @@ const KernelCase kCases[] = {
     {{64, 1100}, Layout::Contiguous, simd::Layout::Cols},
     {{100, 2100}, Layout::Contiguous, simd::Layout::Cols},
     {{5, 1030, 13}, Layout::ChannelsLast, simd::Layout::Cols},
+};
+
+// Shapes the routing walks as virtual channels (kernels/virtual_cols.hpp): short rows as Runs,
+// L = 3 (which no SIMD layout took before), 5, 20, and 37 (Runs for the reductions only); narrow
+// or odd channel counts as Cycles, with rows left over ((1000, 13): 31 groups of 32 rows and 8
+// more; (2000, 1); channels-last (300, 7, 9): 42 groups of 64 rows (n, l) and 12 more) or none
+// ((4096, 13) in several partitions, (200, 100) in groups of 8 rows).
+const KernelCase kVirtualCases[] = {
+    {{6, 5, 3}, Layout::Contiguous, simd::Layout::Rows, true},
+    {{64, 100, 5}, Layout::Contiguous, simd::Layout::Rows, true},
+    {{33, 9, 20}, Layout::Contiguous, simd::Layout::Rows, true},
+    {{70, 9, 37}, Layout::Contiguous, simd::Layout::Rows, true},
+    {{1000, 13}, Layout::Contiguous, simd::Layout::Cols, true},
+    {{4096, 13}, Layout::Contiguous, simd::Layout::Cols, true},
+    {{200, 100}, Layout::Contiguous, simd::Layout::Cols, true},
+    {{2000, 1}, Layout::Contiguous, simd::Layout::Cols, true},
+    {{300, 7, 9}, Layout::ChannelsLast, simd::Layout::Cols, true},
 };
 
 // Reductions (float64 statistics and sums) must equal the oracle's to within a few float64
@@ -81,21 +106,45 @@ const KernelCase kCases[] = {
   return ::testing::AssertionSuccess();
 }
 
-void check_case(const KernelCase& k, DType dtype) {
-  SCOPED_TRACE(format_shape(k.shape) + " " + layout_name(k.layout) + " " + dtype_name(dtype));
+// A (N, C, L) view of every other n of a contiguous (2N, C, L) buffer: rows of (c, l) values
+// that are contiguous within each n but further apart than C·L.
+Tensor every_other_n(const Tensor& t, std::shared_ptr<std::vector<char>>& keep) {
+  const Shape& s = t.sizes();
+  const int64_t inner = s[1] * s[2];
+  const std::size_t esize = element_size(t.dtype());
+  keep = std::make_shared<std::vector<char>>(static_cast<std::size_t>(2 * s[0] * inner) * esize);
+  for (int64_t n = 0; n < s[0]; ++n) {
+    std::copy_n(static_cast<const char*>(t.raw_data()) + n * inner * static_cast<int64_t>(esize),
+                inner * static_cast<int64_t>(esize),
+                keep->data() + 2 * n * inner * static_cast<int64_t>(esize));
+  }
+  return Tensor::from_blob(keep->data(), s, {2 * inner, s[2], 1}, t.dtype());
+}
+
+void check_case(const KernelCase& k, DType dtype, bool sliced_n = false) {
+  SCOPED_TRACE(format_shape(k.shape) + " " + layout_name(k.layout) + " " + dtype_name(dtype) +
+               (sliced_n ? " (every other n)" : ""));
   std::shared_ptr<std::vector<char>> kx, kg;
   std::vector<double> xv = values(randn(k.shape, DType::Float64, 1));
   for (std::size_t i = 0; i < xv.size(); ++i) xv[i] = 3.0 + 2.0 * xv[i];  // offset data
-  const Tensor xt = make_strided(xv, k.shape, dtype, k.layout, kx);
-  const Tensor gt =
-      make_strided(values(randn(k.shape, DType::Float64, 2)), k.shape, dtype, k.layout, kg);
+  Tensor xt = make_strided(xv, k.shape, dtype, k.layout, kx);
+  Tensor gt = make_strided(values(randn(k.shape, DType::Float64, 2)), k.shape, dtype, k.layout, kg);
+  std::shared_ptr<std::vector<char>> kxs, kgs;
+  if (sliced_n) xt = every_other_n(xt, kxs), gt = every_other_n(gt, kgs);
   const kernels::View3 x = view_of(xt), dy = view_of(gt);
-  ASSERT_TRUE(k.simd_layout == simd::Layout::Rows ? simd::rows_layout(x) : simd::cols_layout(x));
+  if (k.via_route) {  // the case must reach the virtual views, at least for the reductions
+    ASSERT_TRUE(virtual_cols::plan(x, virtual_cols::Op::Reduction));
+  } else {
+    ASSERT_TRUE(k.simd_layout == simd::Layout::Rows ? simd::rows_layout(x) : simd::cols_layout(x));
+  }
   const auto C = static_cast<std::size_t>(x.C);
   const auto numel = static_cast<std::size_t>(xt.numel());
 
   std::vector<double> mean(C), m2(C), rmean(C), rm2(C);
-  simd::channel_stats(k.simd_layout, mean.data(), m2.data(), x);
+  if (k.via_route)
+    route::channel_stats(mean.data(), m2.data(), x);
+  else
+    simd::channel_stats(k.simd_layout, mean.data(), m2.data(), x);
   reference::channel_stats(rmean.data(), rm2.data(), x);
   EXPECT_TRUE(near(mean, rmean));
   EXPECT_TRUE(near(m2, rm2));
@@ -125,15 +174,22 @@ void check_case(const KernelCase& k, DType dtype) {
   Tensor ry = Tensor::empty(k.shape, dtype);
   reference::normalize(detail::output_view(ry), x, rmean.data(), scale.data(), shift.data());
   for (const Tensor& y : outputs) {
-    ASSERT_TRUE(k.simd_layout == simd::Layout::Rows ? simd::rows_layout(detail::output_view(y))
-                                                    : simd::cols_layout(detail::output_view(y)));
-    simd::normalize(k.simd_layout, detail::output_view(y), x, rmean.data(), scale.data(),
-                    shift.data());
+    if (k.via_route) {
+      route::normalize(detail::output_view(y), x, rmean.data(), scale.data(), shift.data());
+    } else {
+      ASSERT_TRUE(k.simd_layout == simd::Layout::Rows ? simd::rows_layout(detail::output_view(y))
+                                                      : simd::cols_layout(detail::output_view(y)));
+      simd::normalize(k.simd_layout, detail::output_view(y), x, rmean.data(), scale.data(),
+                      shift.data());
+    }
     EXPECT_TRUE(near_terms(values(y), values(ry), y_terms, dtype));
   }
 
   std::vector<double> s(C), sx(C), rs(C), rsx(C);
-  simd::backward_sums(k.simd_layout, s.data(), sx.data(), dy, x, rmean.data());
+  if (k.via_route)
+    route::backward_sums(s.data(), sx.data(), dy, x, rmean.data());
+  else
+    simd::backward_sums(k.simd_layout, s.data(), sx.data(), dy, x, rmean.data());
   reference::backward_sums(rs.data(), rsx.data(), dy, x, rmean.data());
   EXPECT_TRUE(near(s, rs));
   EXPECT_TRUE(near(sx, rsx));
@@ -144,8 +200,12 @@ void check_case(const KernelCase& k, DType dtype) {
   const Tensor grad_outputs[] = {Tensor::empty(k.shape, dtype),
                                  make_strided(zeros, k.shape, dtype, k.layout, kdx)};
   for (const Tensor& dx : grad_outputs) {
-    simd::backward_input(k.simd_layout, detail::output_view(dx), dy, x, rmean.data(), scale.data(),
-                         b.data(), kk.data());
+    if (k.via_route)
+      route::backward_input(detail::output_view(dx), dy, x, rmean.data(), scale.data(), b.data(),
+                            kk.data());
+    else
+      simd::backward_input(k.simd_layout, detail::output_view(dx), dy, x, rmean.data(),
+                           scale.data(), b.data(), kk.data());
     EXPECT_TRUE(near_terms(values(dx), values(rdx), dx_terms, dtype));
   }
 }
@@ -165,6 +225,21 @@ TEST(Kernels, EveryTargetMatchesTheReferenceOracle) {
   std::cout << "[ targets  ] tested:";
   for (const std::string& t : targets) std::cout << " " << t;
   std::cout << "\n";
+}
+
+TEST(Kernels, VirtualChannelsMatchTheReferenceOracleOnEveryTarget) {
+  for (const std::string& target : simd::targets()) {
+    simd::force_target(target);
+    SCOPED_TRACE("target " + target);
+    for (const KernelCase& k : kVirtualCases) {
+      for (DType dtype : {DType::Float32, DType::Float64}) {
+        check_case(k, dtype);
+        // Runs keep each n's row stride: rows further apart than C·L too.
+        if (k.layout == Layout::Contiguous && k.shape.size() == 3) check_case(k, dtype, true);
+      }
+    }
+  }
+  simd::force_target("");
 }
 
 // Outputs of 16 MiB or more are written with non-temporal stores (best target, float64); in
@@ -254,10 +329,19 @@ TEST(Kernels, ResultsAreBitwiseIdenticalForAnyThreadCount) {
     Layout layout;
   };
   // (64, 4096), (100, 3000) and (4, 2100, 16): cols partitions split along channels too.
-  const Big cases[] = {{{64, 32, 512}, Layout::Contiguous}, {{2, 3, 40000}, Layout::Contiguous},
-                       {{16384, 64}, Layout::Contiguous},   {{64, 32, 512}, Layout::ChannelsLast},
-                       {{50, 11, 301}, Layout::Sliced},     {{64, 4096}, Layout::Contiguous},
-                       {{100, 3000}, Layout::Contiguous},   {{4, 2100, 16}, Layout::ChannelsLast}};
+  const Big cases[] = {{{64, 32, 512}, Layout::Contiguous},
+                       {{2, 3, 40000}, Layout::Contiguous},
+                       {{16384, 64}, Layout::Contiguous},
+                       {{64, 32, 512}, Layout::ChannelsLast},
+                       {{50, 11, 301}, Layout::Sliced},
+                       {{64, 4096}, Layout::Contiguous},
+                       {{100, 3000}, Layout::Contiguous},
+                       {{4, 2100, 16}, Layout::ChannelsLast},
+                       // virtual channels: Cycles with rows left over, Runs of both kinds
+                       {{20000, 13}, Layout::Contiguous},
+                       {{5000, 100}, Layout::Contiguous},
+                       {{512, 64, 7}, Layout::Contiguous},
+                       {{300, 64, 40}, Layout::Contiguous}};
   const int saved = omp_get_max_threads();
   for (const Big& big : cases) {
     for (DType dtype : {DType::Float32, DType::Float64}) {

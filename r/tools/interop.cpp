@@ -11,6 +11,9 @@
 //       builds a module from <data>'s metadata, loads <state> (written by R), normalizes <data>'s
 //       "input" in eval mode and compares with its "output" (R's result): exit status 0 when
 //       every element is identical.
+// Both sides compute on the column-major memory R arrays have, so that the same kernels run and
+// the comparison can be bitwise: kernels chosen for other memory layouts may round the last bit
+// differently (e.g. row-major (4, 5, 3) takes the SIMD kernels, column-major the reference ones).
 #include <bn1d/bn1d.hpp>
 
 #include <cstdio>
@@ -40,6 +43,18 @@ long long differences(const bn1d::Tensor& a, const bn1d::Tensor& b) {
   return n;
 }
 
+// A column-major copy of @p t (strides {1, N, N·C}), the memory layout of an R array, viewing
+// @p storage (which must outlive it).
+bn1d::Tensor column_major(const bn1d::Tensor& t, bn1d::Tensor& storage) {
+  const bn1d::Shape& s = t.sizes();
+  bn1d::Shape strides{1, s[0]};
+  if (s.size() == 3) strides.push_back(s[0] * s[1]);
+  storage = bn1d::Tensor::empty({t.numel()}, t.dtype());
+  bn1d::Tensor view = bn1d::Tensor::from_blob(storage.raw_data(), s, strides, t.dtype());
+  view.copy_from(t);
+  return view;
+}
+
 int write(const std::string& state_path, const std::string& data_path, const std::string& dtype) {
   const bn1d::DType dt = dtype == "float32" ? bn1d::DType::Float32 : bn1d::DType::Float64;
   bn1d::BatchNorm1d m(bn1d::BatchNorm1dOptions(6).eps(1e-3).momentum(0.25).dtype(dt));
@@ -52,7 +67,8 @@ int write(const std::string& state_path, const std::string& data_path, const std
   bn1d::Tensor x = bn1d::randn({3, 6, 4}, dt, 20);
   bn1d::StateDict data;
   data.insert("input", x);
-  data.insert("output", m.forward(x));
+  bn1d::Tensor storage;
+  data.insert("output", m.forward(column_major(x, storage)).contiguous());
   bn1d::save_safetensors(data_path, data,
                          {{"num_features", "6"},
                           {"eps", "0.001"},
@@ -70,7 +86,8 @@ int check(const std::string& state_path, const std::string& data_path) {
   bn1d::BatchNorm1d m(options_from(meta));
   m.load(state_path);
   m.eval();
-  const bn1d::Tensor y = m.forward(data.at("input"));
+  bn1d::Tensor storage;
+  const bn1d::Tensor y = m.forward(column_major(data.at("input"), storage)).contiguous();
   const bn1d::Tensor& expected = data.at("output");
   if (y.sizes() != expected.sizes() || y.dtype() != expected.dtype()) {
     std::printf("C++ check %s: shape or dtype differs\n", data_path.c_str());

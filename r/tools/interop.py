@@ -6,6 +6,9 @@ package: excluded by .Rbuildignore).
 
 <data> (written by tools/interop.R) holds an eval-mode "input", R's "output" and the module's
 options as metadata. Exit status 0 when the Python module's eval output is identical to R's.
+The input is given in the column-major memory layout R arrays have, so that the same kernels run
+and the comparison can be bitwise (kernels chosen for other layouts may round the last bit
+differently).
 """
 import json
 import struct
@@ -41,7 +44,7 @@ def main(state_path, data_path):
                          dtype=meta["dtype"])
     m.load(state_path)
     m.eval()
-    y = m(np.ascontiguousarray(data["input"]))
+    y = m(np.asfortranarray(data["input"]))
     n = int(np.sum(y != data["output"]))
     print(f"Python loaded R's state {state_path}: eval output "
           f"{'identical to' if n == 0 else 'DIFFERS from'} R's ({n} of {y.size} elements differ)")
