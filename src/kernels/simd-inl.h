@@ -63,23 +63,39 @@ HWY_INLINE void StoreD(VD v, T* HWY_RESTRICT p) {
 
 HWY_INLINE double ReduceSum(VD v) { return hn::GetLane(hn::SumOfLanes(DD(), v)); }
 
-/// out[i] = vec(i) (lanes i … i + lanes − 1) or scalar(i) for i in [0, len). With @p stream the
-/// vectors go out as non-temporal stores (whole cache lines, no read-for-ownership), after a
-/// scalar prologue up to the first aligned address; the caller ends with hwy::FlushStream().
+/// Whether masked loads and stores touch no memory outside their active lanes on this target
+/// (AVX-512, SVE, RVV; not AVX2 and older, where Highway may emulate them with full-vector
+/// accesses): the tails of rows then run as one masked vector instead of a scalar loop.
+constexpr bool kMaskedTails = !HWY_MEM_OPS_MIGHT_FAULT;
+
+/// out[i] = vec(i, load) (lanes i … i + lanes − 1) or scalar(i) for i in [0, len): vec reads its
+/// operands with load(p), a full vector at p, or (the tail, with kMaskedTails) only the lanes
+/// before len, the others 0, and the tail is stored with a mask. With @p stream the vectors go
+/// out as non-temporal stores (whole cache lines, no read-for-ownership), after a scalar
+/// prologue up to the first aligned address; the caller ends with hwy::FlushStream().
 template <class D, class T, class VecF, class ScalarF>
 HWY_INLINE void write_run(D d, T* HWY_RESTRICT out, int64_t len, bool stream, VecF vec,
                           ScalarF scalar) {
   const auto N = static_cast<int64_t>(hn::Lanes(d));
+  const auto full = [d](const T* p) { return hn::LoadU(d, p); };
   int64_t i = 0;
   if (stream) {
     const auto vector_bytes = static_cast<uintptr_t>(N) * sizeof(T);
     for (; i < len && reinterpret_cast<uintptr_t>(out + i) % vector_bytes != 0; ++i)
       out[i] = scalar(i);
-    for (; i + N <= len; i += N) hn::Stream(vec(i), d, out + i);
+    for (; i + N <= len; i += N) hn::Stream(vec(i, full), d, out + i);
   } else {
-    for (; i + N <= len; i += N) hn::StoreU(vec(i), d, out + i);
+    for (; i + N <= len; i += N) hn::StoreU(vec(i, full), d, out + i);
   }
-  for (; i < len; ++i) out[i] = scalar(i);
+  if constexpr (kMaskedTails) {
+    if (i < len) {
+      const auto m = hn::FirstN(d, static_cast<size_t>(len - i));
+      const auto masked = [d, m](const T* p) { return hn::MaskedLoad(m, d, p); };
+      hn::BlendedStore(vec(i, masked), m, d, out + i);
+    }
+  } else {
+    for (; i < len; ++i) out[i] = scalar(i);
+  }
 }
 
 template <class T>

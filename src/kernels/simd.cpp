@@ -300,11 +300,14 @@ T* on_cache_line(std::vector<T>& storage, std::size_t n) {
 // float32 eval at two threads: 18 -> 15 µs). Returns nullptr when a parameter is not finite in T
 // (e.g. invstd of a denormal-variance channel overflows float32, or a channel's mean is NaN):
 // such calls take the float64 reference kernel, which keeps every channel's result to itself.
+// The storage extends a vector (of the widest target) past the last column: the masked row tails
+// of the cols kernels load whole vectors of parameters and use only their first lanes.
 template <class T>
 const void* elementwise_params_t(int64_t C, const double* mean,
                                  std::initializer_list<const double*> columns) {
+  constexpr std::size_t kPadding = 256 / sizeof(T);
   thread_local std::vector<T> params;
-  T* P = on_cache_line(params, static_cast<std::size_t>(C) * (2 + columns.size()));
+  T* P = on_cache_line(params, static_cast<std::size_t>(C) * (2 + columns.size()) + kPadding);
   constexpr DType dtype = std::is_same_v<T, float> ? DType::Float32 : DType::Float64;
   const bool finite = HWY_DYNAMIC_DISPATCH(UpdateParams)(P, dtype, C, mean, columns.begin(),
                                                          static_cast<int64_t>(columns.size()));

@@ -292,8 +292,18 @@ HWY_INLINE void elementwise_rows_group(D d, const Out3& out, const View3& x, con
     for (int i = 0; i < R; ++i) v[i] = f.vec(d, c, hn::LoadU(d, p[i] + c), hn::LoadU(d, g[i] + c));
     for (int i = 0; i < R; ++i) hn::StoreU(v[i], d, o[i] + c);
   }
-  for (; c < C; ++c) {
-    for (int i = 0; i < R; ++i) o[i][c] = f.scalar(c, p[i][c], g[i][c]);
+  if constexpr (kMaskedTails) {  // f.vec's parameter loads may read past C: P is padded
+    if (c < C) {
+      const auto m = hn::FirstN(d, static_cast<size_t>(C - c));
+      V v[R];
+      for (int i = 0; i < R; ++i)
+        v[i] = f.vec(d, c, hn::MaskedLoad(m, d, p[i] + c), hn::MaskedLoad(m, d, g[i] + c));
+      for (int i = 0; i < R; ++i) hn::BlendedStore(v[i], m, d, o[i] + c);
+    }
+  } else {
+    for (; c < C; ++c) {
+      for (int i = 0; i < R; ++i) o[i][c] = f.scalar(c, p[i][c], g[i][c]);
+    }
   }
 }
 
@@ -324,7 +334,7 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
       T* o = base + n * out.sN + l * out.sL;
       write_run(
           d, o, C, stream,
-          [&](int64_t c) { return f.vec(d, c, hn::LoadU(d, p + c), hn::LoadU(d, g + c)); },
+          [&](int64_t c, auto load) { return f.vec(d, c, load(p + c), load(g + c)); },
           [&](int64_t c) { return f.scalar(c, p[c], g[c]); });
     }
     hwy::FlushStream();

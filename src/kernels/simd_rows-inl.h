@@ -254,8 +254,8 @@ void normalize_rows(const Out3& y, const View3& x, const T* P, int64_t i0, int64
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), vs = hn::Set(d, sc), vb = hn::Set(d, sh);
     write_run(
         d, out, L, stream,
-        [&](int64_t l) {
-          return hn::MulAdd(hn::Sub(hn::Sub(hn::LoadU(d, p + l), vmh), vml), vs, vb);
+        [&](int64_t l, auto load) {
+          return hn::MulAdd(hn::Sub(hn::Sub(load(p + l), vmh), vml), vs, vb);
         },
         [&](int64_t l) { return std::fma((p[l] - mh) - ml, sc, sh); });
   }
@@ -305,9 +305,9 @@ void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const 
                vk = hn::Set(d, k);
     write_run(
         d, out, L, stream,
-        [&](int64_t l) {
-          const auto xm = hn::Sub(hn::Sub(hn::LoadU(d, p + l), vmh), vml);
-          return hn::MulAdd(va, hn::LoadU(d, g + l), hn::MulAdd(vb, xm, vk));
+        [&](int64_t l, auto load) {
+          const auto xm = hn::Sub(hn::Sub(load(p + l), vmh), vml);
+          return hn::MulAdd(va, load(g + l), hn::MulAdd(vb, xm, vk));
         },
         [&](int64_t l) { return std::fma(a, g[l], std::fma(b, (p[l] - mh) - ml, k)); });
   }
