@@ -227,6 +227,18 @@ TEST(Kernels, EveryTargetMatchesTheReferenceOracle) {
   std::cout << "\n";
 }
 
+// Plans only look at shapes and strides: a view claiming 2^61 + 1 channels (no memory is read)
+// is too wide for virtual channels, without overflowing on the way (UBSan checks it).
+TEST(Kernels, VirtualChannelPlansOfHugeViewsAreNone) {
+  const int64_t C = (int64_t{1} << 61) + 1;
+  kernels::View3 v;
+  v.N = 4, v.C = C, v.L = 1, v.sN = C, v.sC = 1, v.sL = 1;
+  for (auto op : {virtual_cols::Op::Reduction, virtual_cols::Op::Elementwise})
+    EXPECT_FALSE(virtual_cols::plan(v, op));
+  v.N = 4, v.C = C, v.L = 3, v.sN = 3 * C, v.sC = 3, v.sL = 1;
+  EXPECT_FALSE(virtual_cols::plan(v, virtual_cols::Op::Reduction));
+}
+
 TEST(Kernels, VirtualChannelsMatchTheReferenceOracleOnEveryTarget) {
   for (const std::string& target : simd::targets()) {
     simd::force_target(target);

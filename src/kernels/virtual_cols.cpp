@@ -160,14 +160,16 @@ Plan plan(const View3& x, Op op) {
   if (x.N <= 0 || x.C <= 0 || x.L <= 0) return p;
   const int by_op = op == Op::Reduction ? 0 : 1;
   const int64_t max_l = kMaxRunsL[by_op];
-  if (x.sL == 1 && x.sC == x.L && x.L > 1 && x.L <= max_l && x.C * x.L <= kMaxRunsWidth &&
+  if (x.sL == 1 && x.sC == x.L && x.L > 1 && x.L <= max_l && x.C <= kMaxRunsWidth / x.L &&
       x.N >= kMinRows) {
     p.kind = Kind::Runs;
     p.group = x.L;
     p.rows = x.N;
     return p;
   }
-  if (dense_cols(x) && x.C % kVectorChannels != 0) {
+  // (C no wider than the view bounds its least common multiple with kVectorChannels, which
+  // then cannot overflow.)
+  if (dense_cols(x) && x.C % kVectorChannels != 0 && x.C <= kMaxCyclesWidth[by_op]) {
     int64_t width = std::lcm(x.C, kVectorChannels);
     while (width < kMinCyclesWidth) width *= 2;
     const int64_t g = width / x.C, rows = x.N * x.L;
