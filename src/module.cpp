@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <ostream>
 
 #include "channel_values.hpp"
@@ -28,6 +29,14 @@ void check_options(const BatchNorm1dOptions& o) {
 
 std::string module_name(const BatchNorm1dOptions& o) {
   return "BatchNorm1d(" + std::to_string(o.num_features()) + ")";
+}
+
+// Whether contiguous @p t holds exactly the bytes of @p copy (a tensor of its sizes and dtype).
+bool same_bytes(const Tensor& t, const Tensor& copy) {
+  return t.is_contiguous() && copy.defined() && copy.sizes() == t.sizes() &&
+         copy.dtype() == t.dtype() &&
+         std::memcmp(t.raw_data(), copy.raw_data(),
+                     static_cast<std::size_t>(t.numel()) * element_size(t.dtype())) == 0;
 }
 
 }  // namespace
@@ -64,6 +73,11 @@ BatchNorm1d& BatchNorm1d::operator=(const BatchNorm1d& other) {
   return *this;
 }
 
+bool BatchNorm1d::eval_norm_is_current() const {
+  return norm_from_running_ && same_bytes(running_mean_, norm_running_mean_) &&
+         same_bytes(running_var_, norm_running_var_);
+}
+
 void BatchNorm1d::validate_state(int64_t channels) const {
   const int64_t C = options_.num_features();
   if (channels != C) {
@@ -97,9 +111,17 @@ void BatchNorm1d::forward(const Tensor& input, Tensor& output) {
   const bool tracking = options_.track_running_stats();
   const bool batch_statistics = training_ || !tracking;
   if (batch_statistics) detail::check_batch_size(input);
-  // Eval mode validates the running variance before anything is written.
-  if (!batch_statistics && x.count() > 0) {
+  // Eval mode validates the running variance before anything is written; running statistics
+  // with the bytes of the last eval call's (checked then) keep that call's normalization, whose
+  // invstd (a division and a square root per channel) is most of a small batch's call: (2, 2048)
+  // float32 eval 9.6 -> 5.1 us at one thread, (32, 64) 0.82 -> 0.42 us.
+  if (!batch_statistics && x.count() > 0 && !eval_norm_is_current()) {
     normalization_from_running(saved_norm_, running_mean_, running_var_, options_.eps());
+    norm_from_running_ = running_mean_.is_contiguous() && running_var_.is_contiguous();
+    if (norm_from_running_) {
+      detail::assign_channel_tensor(norm_running_mean_, running_mean_);
+      detail::assign_channel_tensor(norm_running_var_, running_var_);
+    }
   }
 
   if (x.count() == 0) {
@@ -109,9 +131,11 @@ void BatchNorm1d::forward(const Tensor& input, Tensor& output) {
     detail::reuse_or_allocate(saved_norm_.invstd, x.C, DType::Float64);
     std::fill_n(saved_norm_.mean.data<double>(), x.C, 0.0);
     std::fill_n(saved_norm_.invstd.data<double>(), x.C, 0.0);
+    norm_from_running_ = false;
   } else if (batch_statistics) {
     batch_stats(stats_, input);
     normalization_from_batch(saved_norm_, stats_, options_.eps());
+    norm_from_running_ = false;
     batch_norm_apply(output, input, saved_norm_, weight_, bias_);
     if (training_ && tracking) {  // commit: nothing below can throw
       ++num_batches_tracked_;

@@ -142,6 +142,71 @@ TEST(Module, EvalUsesRunningStatistics) {
   EXPECT_TRUE(all_close(m.running_mean(), {1, -1}));
 }
 
+// Eval forwards keep the last eval call's normalization while the running statistics keep
+// their bytes: every change is seen, in place through the accessors or their data, by a
+// training step or load_state_dict, by a replaced (strided) tensor, and an empty batch in
+// between keeps nothing; a running variance made negative is still an error; results always
+// equal a fresh module's.
+TEST(Module, EvalSeesEveryChangeOfTheRunningStatistics) {
+  const Tensor x = randn({16, 5}, DType::Float32, 1);
+  BatchNorm1d m(5);
+  m.eval();
+  auto fresh_eval = [&] {
+    BatchNorm1d f(5);
+    f.load_state_dict(m.state_dict());
+    f.eval();
+    return values(f(x));
+  };
+  Tensor y;
+  m.forward(x, y);
+  EXPECT_EQ(values(y), fresh_eval());
+  m.running_var().data<float>()[3] = 9.0f;  // in place, through the data pointer
+  m.forward(x, y);
+  EXPECT_EQ(values(y), fresh_eval());
+  EXPECT_FLOAT_EQ(static_cast<float>(values(y)[3]), values(x)[3] / std::sqrt(9.0f + 1e-5f));
+  m.running_mean().copy_from(randn({5}, DType::Float32, 2));
+  m.forward(x, y);
+  EXPECT_EQ(values(y), fresh_eval());
+  m.train();
+  m(x);  // a training step updates the running statistics
+  m.eval();
+  m.forward(x, y);
+  EXPECT_EQ(values(y), fresh_eval());
+  BatchNorm1d other(5);
+  other.running_var().copy_from(Tensor::full({5}, 4.0));
+  m.load_state_dict(other.state_dict());
+  m.forward(x, y);
+  EXPECT_EQ(values(y), fresh_eval());
+  std::vector<float> strided(10, 0.25f);  // every other element of a buffer: not contiguous
+  m.running_var() = Tensor::from_blob(strided.data(), {5}, {2}, DType::Float32);
+  m.forward(x, y);
+  EXPECT_EQ(values(y), fresh_eval());
+  strided[4] = 16.0f;  // running_var[2]
+  m.forward(x, y);
+  EXPECT_EQ(values(y), fresh_eval());
+  m.running_var() = Tensor::ones({5});
+  m.forward(x, y);
+  Tensor empty_out;
+  m.forward(Tensor::empty({0, 5}), empty_out);  // an empty batch normalizes nothing
+  m.forward(x, y);
+  EXPECT_EQ(values(y), fresh_eval());
+  m.running_var().data<float>()[1] = -1.0f;
+  EXPECT_TRUE(throws_error([&] { m.forward(x, y); }, "running_var[1] = -1.0"));
+}
+
+// With momentum 0 a training step leaves the running statistics' bytes as they were, but its
+// forward normalized with batch statistics: the next eval forward must not reuse that.
+TEST(Module, EvalAfterATrainingStepThatKeptTheRunningStatistics) {
+  const Tensor x = randn({16, 5}, DType::Float32, 1);
+  BatchNorm1d m(BatchNorm1dOptions(5).momentum(0.0));
+  m.eval();
+  const std::vector<double> before = values(m(x));
+  m.train();
+  m(x);
+  m.eval();
+  EXPECT_EQ(values(m(x)), before);
+}
+
 TEST(Module, WithoutTrackingBatchStatisticsInBothModes) {
   BatchNorm1d m(BatchNorm1dOptions(1).track_running_stats(false).dtype(DType::Float64));
   const Tensor x = make_tensor({1, 2, 3, 4}, {4, 1}, DType::Float64);

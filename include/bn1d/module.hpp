@@ -187,6 +187,12 @@ class BatchNorm1d {
   Tensor saved_input_;
   Normalization saved_norm_;
   bool saved_batch_statistics_ = false;
+  // Eval mode: copies of the running statistics that saved_norm_ was computed from, while it
+  // still holds that normalization; an eval forward whose running statistics have the same bytes
+  // reuses it instead of recomputing invstd.
+  Tensor norm_running_mean_, norm_running_var_;
+  bool norm_from_running_ = false;
+  bool eval_norm_is_current() const;
 };
 
 /// Prints `BatchNorm1d(100, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)`
