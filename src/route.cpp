@@ -93,34 +93,4 @@ void backward_input(const kernels::Out3& dx, const kernels::View3& dy, const ker
     kernels::reference::backward_input(dx, dy, x, mean, a, b, k);
 }
 
-void invstd(double* invstd, const double* v, double divisor, double eps, int64_t C) {
-  kernels::simd::invstd(invstd, v, divisor, eps, C);
-}
-
-void to_f64(double* out, const void* in, DType dtype, int64_t C) {
-  kernels::simd::to_f64(out, in, dtype, C);
-}
-
-void from_f64(void* out, DType dtype, const double* v, int64_t C) {
-  kernels::simd::from_f64(out, dtype, v, C);
-}
-
-void multiply(double* out, const double* a, const double* b, int64_t C) {
-  kernels::simd::multiply(out, a, b, C);
-}
-
-void running_update(double* rmean, double* rvar, const double* mean, const double* m2,
-                    double momentum, double unbias, int64_t C) {
-  kernels::simd::running_update(rmean, rvar, mean, m2, momentum, unbias, C);
-}
-
-void backward_coefficients(double* a, double* b, double* k, const double* w, const double* invstd,
-                           const double* sum_dy, const double* sum_dy_xmu, double n, int64_t C) {
-  kernels::simd::backward_coefficients(a, b, k, w, invstd, sum_dy, sum_dy_xmu, n, C);
-}
-
-int64_t first_negative_sum(const double* v, double eps, int64_t C) {
-  return kernels::simd::first_negative_sum(v, eps, C);
-}
-
 }  // namespace bn1d::route

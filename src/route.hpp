@@ -3,6 +3,7 @@
 // these; they have the signatures of the kernels (outputs first, pointers and sizes).
 #pragma once
 
+#include "kernels/simd.hpp"
 #include "kernels/view.hpp"
 
 namespace bn1d::route {
@@ -23,24 +24,14 @@ void backward_sums(double* sum_dy, double* sum_dy_xmu, const kernels::View3& dy,
 void backward_input(const kernels::Out3& dx, const kernels::View3& dy, const kernels::View3& x,
                     const double* mean, const double* a, const double* b, const double* k);
 
-/// invstd[c] = 1 / sqrt(v[c] / divisor + eps), or 0 where v[c] / divisor + eps == 0 (a constant
-/// channel with eps = 0: PyTorch's convention). In place if invstd == v.
-void invstd(double* invstd, const double* v, double divisor, double eps, int64_t C);
-
-// ---- Per-channel {C} arrays (kernels/reference.hpp has each one's arithmetic) ----------------
-/// out[c] = in[c] (contiguous float32 or float64) as float64.
-void to_f64(double* out, const void* in, DType dtype, int64_t C);
-/// out[c] (contiguous float32 or float64) = v[c], rounded once.
-void from_f64(void* out, DType dtype, const double* v, int64_t C);
-/// out[c] = a[c] · b[c].
-void multiply(double* out, const double* a, const double* b, int64_t C);
-/// The running statistics' momentum update, in place (reference::running_update).
-void running_update(double* rmean, double* rvar, const double* mean, const double* m2,
-                    double momentum, double unbias, int64_t C);
-/// The coefficients a, b, k of backward_input (reference::backward_coefficients).
-void backward_coefficients(double* a, double* b, double* k, const double* w, const double* invstd,
-                           const double* sum_dy, const double* sum_dy_xmu, double n, int64_t C);
-/// The first c with v[c] + eps < 0, or C when there is none.
-int64_t first_negative_sum(const double* v, double eps, int64_t C);
+// Per-channel {C} arrays have no layout to choose: their SIMD kernels serve every call
+// (kernels/simd.hpp; each one's arithmetic is in kernels/reference.hpp).
+using kernels::simd::backward_coefficients;
+using kernels::simd::first_negative_sum;
+using kernels::simd::from_f64;
+using kernels::simd::invstd;
+using kernels::simd::multiply;
+using kernels::simd::running_update;
+using kernels::simd::to_f64;
 
 }  // namespace bn1d::route

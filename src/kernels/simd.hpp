@@ -48,12 +48,16 @@ void to_f64(double* out, const void* in, DType dtype, int64_t C);
 void from_f64(void* out, DType dtype, const double* v, int64_t C);
 /// out[c] = a[c] · b[c].
 void multiply(double* out, const double* a, const double* b, int64_t C);
+/// The running statistics' momentum update, in place: reference::running_update.
 void running_update(double* rmean, double* rvar, const double* mean, const double* m2,
                     double momentum, double unbias, int64_t C);
+/// The coefficients a, b, k of backward_input: reference::backward_coefficients.
 void backward_coefficients(double* a, double* b, double* k, const double* w, const double* invstd,
                            const double* sum_dy, const double* sum_dy_xmu, double n, int64_t C);
+/// Chan's merge of one partition's statistics: reference::merge_slot.
 void merge_slot(double* mean, double* m2, const double* part_mean, const double* part_m2, double wb,
                 double wab, bool first, int64_t C);
+/// Sums of one partition added: reference::add_slot.
 void add_slot(double* a, double* b, const double* part_a, const double* part_b, bool first,
               int64_t C);
 /// The first c with v[c] + eps < 0, or C when there is none.
