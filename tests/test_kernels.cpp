@@ -41,7 +41,7 @@ struct KernelCase {
 // a short last piece: (2, 3, 40000)), a single channel; cols partitions that split the channels
 // too (few rows, C ≥ 1024): one block in two channel parts (64, 1100), two equal blocks of 50 rows
 // in three channel parts each (100, 2100), channels-last blocks of 33 and 32 rows, one spanning
-// two n (5, 1030, 13).
+// two n (5, 1030, 13); backward sums over channel tiles, the last one short (1024, 2100).
 const KernelCase kCases[] = {
     {{3, 4, 37}, Layout::Contiguous, simd::Layout::Rows},
     {{2, 3, 5000}, Layout::Contiguous, simd::Layout::Rows},
@@ -57,6 +57,7 @@ const KernelCase kCases[] = {
     {{64, 1100}, Layout::Contiguous, simd::Layout::Cols},
     {{100, 2100}, Layout::Contiguous, simd::Layout::Cols},
     {{5, 1030, 13}, Layout::ChannelsLast, simd::Layout::Cols},
+    {{1024, 2100}, Layout::Contiguous, simd::Layout::Cols},
 };
 
 // Shapes the routing walks as virtual channels (kernels/virtual_cols.hpp): short rows as Runs,
@@ -256,7 +257,7 @@ TEST(Kernels, VirtualChannelsMatchTheReferenceOracleOnEveryTarget) {
 
 // Outputs of 16 MiB or more are written with non-temporal stores (best target, float64); in
 // the cols layout only rows that start vector-aligned are (C = 16), the others not (C = 15), and
-// the backward sums of such inputs walk rows in memory order instead of chunks of channels;
+// the backward sums of such inputs walk one row at a time across the partition's channels;
 // (64, 32769) walks them in 16 channel parts, the last one ragged.
 TEST(Kernels, StreamingStoresMatchTheReferenceOracle) {
   check_case({{1, 3, 700001}, Layout::Contiguous, simd::Layout::Rows}, DType::Float64);
@@ -341,6 +342,8 @@ TEST(Kernels, ResultsAreBitwiseIdenticalForAnyThreadCount) {
     Layout layout;
   };
   // (64, 4096), (100, 3000) and (4, 2100, 16): cols partitions split along channels too.
+  // (8192, 320): the cols backward sums walk one row at a time at one thread and two rows at a
+  // time at two or more (float32; float64 from three threads on).
   const Big cases[] = {{{64, 32, 512}, Layout::Contiguous},
                        {{2, 3, 40000}, Layout::Contiguous},
                        {{16384, 64}, Layout::Contiguous},
@@ -349,6 +352,7 @@ TEST(Kernels, ResultsAreBitwiseIdenticalForAnyThreadCount) {
                        {{64, 4096}, Layout::Contiguous},
                        {{100, 3000}, Layout::Contiguous},
                        {{4, 2100, 16}, Layout::ChannelsLast},
+                       {{8192, 320}, Layout::Contiguous},
                        // virtual channels: Cycles with rows left over, Runs of both kinds
                        {{20000, 13}, Layout::Contiguous},
                        {{5000, 100}, Layout::Contiguous},
