@@ -3,10 +3,9 @@
 /// @brief Median timing and the read/copy/combine bandwidth kernels.
 #include "measure.hpp"
 
+#include "bound_kernels.hpp"
+
 #include <omp.h>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 #include <algorithm>
 #include <chrono>
@@ -56,41 +55,6 @@ std::pair<std::size_t, std::size_t> chunk(std::size_t count, int t, int threads)
   return {std::min(begin, count), std::min(end, count)};
 }
 
-/// memcpy with non-temporal (cache-bypassing) stores where the target has them.
-void stream_copy(char* dst, const char* src, std::size_t n) {
-#if defined(__SSE2__)
-  std::size_t i = std::min(n, (16 - reinterpret_cast<std::uintptr_t>(dst) % 16) % 16);
-  std::memcpy(dst, src, i);
-  for (; i + 64 <= n; i += 64)
-    for (std::size_t k = 0; k < 64; k += 16)
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + k),
-                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + k)));
-  std::memcpy(dst + i, src + i, n - i);
-  _mm_sfence();
-#else
-  std::memcpy(dst, src, n);
-#endif
-}
-
-/// dst[i] = a[i] + b[i] for @p n words, with non-temporal stores where the target has them.
-void combine_words(std::uint64_t* dst, const std::uint64_t* a, const std::uint64_t* b,
-                   std::size_t n, bool streaming) {
-  std::size_t i = 0;
-#if defined(__SSE2__)
-  if (streaming) {
-    for (; i < n && reinterpret_cast<std::uintptr_t>(dst + i) % 16 != 0; ++i) dst[i] = a[i] + b[i];
-    for (; i + 2 <= n; i += 2)
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i),
-                       _mm_add_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)),
-                                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i))));
-    _mm_sfence();
-  }
-#else
-  (void)streaming;
-#endif
-  for (; i < n; ++i) dst[i] = a[i] + b[i];
-}
-
 /// Keeps the read kernels' sums alive so the compiler cannot drop the loads.
 volatile std::uint64_t g_sink = 0;
 
@@ -126,9 +90,7 @@ void read_kernel(const void* src, std::size_t bytes) {
 #pragma omp parallel reduction(+ : total)
   {
     const auto [begin, end] = chunk(count, omp_get_thread_num(), omp_get_num_threads());
-    std::uint64_t sum = 0;
-    for (std::size_t i = begin; i < end; ++i) sum += words[i];
-    total += sum;
+    total += sum_words(words + begin, nullptr, end - begin);
   }
   g_sink = total;
 }
@@ -139,10 +101,14 @@ void copy_kernel(void* dst, const void* src, std::size_t bytes, bool streaming) 
     const auto [begin, end] = chunk(bytes, omp_get_thread_num(), omp_get_num_threads());
     char* d = static_cast<char*>(dst) + begin;
     const char* s = static_cast<const char*>(src) + begin;
-    if (streaming)
-      stream_copy(d, s, end - begin);
-    else
+    if (streaming) {  // whole words streamed, a tail of fewer than 8 bytes copied
+      const std::size_t words = (end - begin) / sizeof(std::uint64_t);
+      combine_words(reinterpret_cast<std::uint64_t*>(d), reinterpret_cast<const std::uint64_t*>(s),
+                    nullptr, words, true);
+      std::memcpy(d + words * 8, s + words * 8, end - begin - words * 8);
+    } else {
       std::memcpy(d, s, end - begin);
+    }
   }
 }
 
@@ -154,9 +120,7 @@ void read2_kernel(const void* a, const void* b, std::size_t bytes) {
 #pragma omp parallel reduction(+ : total)
   {
     const auto [begin, end] = chunk(count, omp_get_thread_num(), omp_get_num_threads());
-    std::uint64_t sum = 0;
-    for (std::size_t i = begin; i < end; ++i) sum += wa[i] + wb[i];
-    total += sum;
+    total += sum_words(wa + begin, wb + begin, end - begin);
   }
   g_sink = total;
 }

@@ -41,7 +41,7 @@ std::vector<Timing> time_interleaved(const std::vector<std::function<void()>>& f
 void read_kernel(const void* src, std::size_t bytes);
 
 /// "Copy" kernel: copies @p bytes from @p src to @p dst, one contiguous chunk per OpenMP thread,
-/// with memcpy or, when @p streaming, with non-temporal stores (x86 SSE2; memcpy elsewhere).
+/// with memcpy or, when @p streaming, with non-temporal stores (bound_kernels.cpp).
 void copy_kernel(void* dst, const void* src, std::size_t bytes, bool streaming);
 
 /// "Read two" kernel: sums @p bytes of @p a and of @p b as 64-bit words in one loop (two
@@ -49,8 +49,9 @@ void copy_kernel(void* dst, const void* src, std::size_t bytes, bool streaming);
 void read2_kernel(const void* a, const void* b, std::size_t bytes);
 
 /// "Combine" kernel: dst = a + b as 64-bit words over @p bytes (two streams in, one out), one
-/// contiguous chunk per OpenMP thread, with plain or, when @p streaming, non-temporal stores
-/// (x86 SSE2; plain stores elsewhere).
+/// contiguous chunk per OpenMP thread, with plain or, when @p streaming, non-temporal stores.
+/// The loops of all four are Highway kernels, full vectors of the best target of the CPU
+/// (bound_kernels.cpp).
 void combine_kernel(void* dst, const void* a, const void* b, std::size_t bytes, bool streaming);
 
 }  // namespace bench
