@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
@@ -22,6 +23,22 @@ namespace bn1d::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // ---- Rows layout: (n, c) rows of L contiguous values ---------------------------------------
+
+// The statistics passes prefetch the values this many bytes ahead of the ones they read: on AMD
+// Zen 5 the hardware prefetchers alone fed a float32 statistics pass from L3 or DRAM at a third
+// to two thirds of a plain read's speed ((32, 512, 512) float32 at one thread: 1.6 ms, prefetched
+// 0.65 ms; (64, 64, 4096) 0.65–0.9x at one and two threads; 4, 8 and 16 KiB ahead within a few
+// percent of each other). The passes over x and dy (backward sums, input gradient) and normalize
+// were 1.05–1.15x slower with it: they do not prefetch.
+constexpr std::uintptr_t kPrefetchBytes = 8192;
+
+// Prefetches (into every cache level) the lines of [p, p + bytes) moved kPrefetchBytes ahead;
+// addresses past the data are harmless (a prefetch never faults).
+HWY_INLINE void prefetch_ahead(const void* p, std::size_t bytes) {
+  const auto at = reinterpret_cast<std::uintptr_t>(p) + kPrefetchBytes;
+  for (std::size_t b = 0; b < bytes; b += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(at + b), 0, 3);
+}
 
 // Four independent accumulators hide the latency of float64 adds.
 struct Acc4 {
@@ -38,6 +55,7 @@ HWY_INLINE double add_row(Acc4& acc, const T* p, int64_t len, double shift) {
   const VD k = hn::Set(DD(), shift);
   int64_t i = 0;
   for (; i + 4 * N <= len; i += 4 * N) {
+    prefetch_ahead(p + i, 4 * N * sizeof(T));
     acc.a0 = hn::Add(acc.a0, hn::Sub(LoadD(p + i), k));
     acc.a1 = hn::Add(acc.a1, hn::Sub(LoadD(p + i + N), k));
     acc.a2 = hn::Add(acc.a2, hn::Sub(LoadD(p + i + 2 * N), k));
@@ -88,6 +106,7 @@ HWY_INLINE void add_row_shifted(Acc4& s, Acc4& q, const T* p, int64_t len, doubl
   };
   int64_t i = 0;
   for (; i + 4 * N <= len; i += 4 * N) {
+    prefetch_ahead(p + i, 4 * N * sizeof(T));
     step(s.a0, q.a0, i);
     step(s.a1, q.a1, i + N);
     step(s.a2, q.a2, i + 2 * N);
