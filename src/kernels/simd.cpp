@@ -48,11 +48,11 @@ void BackwardSumsRowsPartition(const View3& dy, const View3& x, const double* me
     backward_sums_rows_partition<double>(dy, x, mean, u0, u1, sum_dy, sum_dy_xmu);
 }
 void StatsColsPartition(const View3& x, int64_t r0, int64_t r1, int64_t block, int64_t c0,
-                        int64_t c1, double* mean, double* m2) {
+                        int64_t c1, bool prefetch, double* mean, double* m2) {
   if (x.dtype == DType::Float32)
-    stats_cols_partition<float>(x, r0, r1, block, c0, c1, mean, m2);
+    stats_cols_partition<float>(x, r0, r1, block, c0, c1, prefetch, mean, m2);
   else
-    stats_cols_partition<double>(x, r0, r1, block, c0, c1, mean, m2);
+    stats_cols_partition<double>(x, r0, r1, block, c0, c1, prefetch, mean, m2);
 }
 // Elementwise entry points: P holds the per-channel parameters in the input's dtype (see
 // elementwise_params in the dispatcher).
@@ -431,12 +431,13 @@ void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
         merge(parts));
   } else {
     const ColsPartitions parts(x);
+    const bool prefetch = streams(x);  // from DRAM
     over_partitions(
         parts, threads, C,
         [&](int64_t p, double* pm, double* pq) {
           HWY_DYNAMIC_DISPATCH(StatsColsPartition)
           (x, parts.first(p), parts.last(p), parts.block, parts.channel_first(p),
-           parts.channel_last(p), pm, pq);
+           parts.channel_last(p), prefetch, pm, pq);
         },
         merge(parts));
   }

@@ -59,14 +59,15 @@ HWY_INLINE void prefetch_l2(const T* row, int64_t c, int64_t count) {
 }
 
 // Pointers to rows b0 … b1 − 1 (at most kMaxRowsPerBlock) of a cols view, and to the rows
-// `ahead` further on (nullptr past r_end).
+// `ahead` further on (nullptr past r_end, or everywhere when ahead is 0: no prefetch).
 template <class T>
 HWY_INLINE void cols_rows(const View3& v, int64_t b0, int64_t b1, int64_t ahead, int64_t r_end,
                           const T** rows, const T** rows_ahead) {
   RowIndex at(b0, v.L), at_ahead(b0 + ahead, v.L);
   for (int64_t r = b0; r < b1; ++r, at.next(), at_ahead.next()) {
     rows[r - b0] = row_ptr<T>(v, at.n, 0, at.l);
-    rows_ahead[r - b0] = r + ahead < r_end ? row_ptr<T>(v, at_ahead.n, 0, at_ahead.l) : nullptr;
+    rows_ahead[r - b0] =
+        ahead > 0 && r + ahead < r_end ? row_ptr<T>(v, at_ahead.n, 0, at_ahead.l) : nullptr;
   }
 }
 
@@ -123,14 +124,16 @@ HWY_INLINE void stats_cols_chunk(const T* const* rows, const T* const* ahead, in
 // ColsPartitions). The first block is stored as it is (what a merge into zeros gives, bit for
 // bit) rather than merged into zero-filled outputs: filling first made the statistics of
 // (256, 1024) float32 15% slower at two threads (the outputs are per-partition scratch that the
-// merging thread read last).
+// merging thread read last). Data streamed from DRAM (`prefetch`) is prefetched rows ahead (see
+// kAheadBytes); data in cache is not: the prefetches then only cost (AMD Zen 5, up to 8 MiB:
+// 5–14% faster without them; from 16 MiB on 1.2–2.3x slower without them).
 template <class T>
 void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t block, int64_t c0,
-                          int64_t c1, double* mean, double* m2) {
+                          int64_t c1, bool prefetch, double* mean, double* m2) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   const T* rows[kMaxRowsPerBlock];
   const T* ahead[kMaxRowsPerBlock];
-  const int64_t distance = rows_ahead<T>(c1 - c0);
+  const int64_t distance = prefetch ? rows_ahead<T>(c1 - c0) : 0;
   double count = 0.0;
   for (int64_t b0 = r0; b0 < r1; b0 += block) {
     const int64_t b1 = std::min(r1, b0 + block), nb = b1 - b0;
