@@ -240,10 +240,14 @@ int64_t stream_min_bytes() {
 #endif
 }
 
+// Bytes of the values of a view.
+int64_t bytes_of(const View3& x) {
+  return x.N * x.C * x.L * static_cast<int64_t>(element_size(x.dtype));
+}
+
 // Whether an op reading `inputs` tensors shaped like x streams its output.
 bool streams(const View3& x, int64_t inputs = 1) {
-  return inputs * x.N * x.C * x.L * static_cast<int64_t>(element_size(x.dtype)) >=
-         stream_min_bytes();
+  return inputs * bytes_of(x) >= stream_min_bytes();
 }
 
 int threads_for(int64_t elements) {
@@ -492,8 +496,7 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
     // it): data from DRAM row by row across the partition's channels; data in cache two rows at a
     // time, in channel tiles, while x and dy come to at most kPairedBytes per thread.
     const bool from_memory = streams(x);
-    const int64_t bytes = 2 * x.N * x.C * x.L * static_cast<int64_t>(element_size(x.dtype));
-    const int step = !from_memory && bytes <= threads * kPairedBytes ? 2 : 1;
+    const int step = !from_memory && 2 * bytes_of(x) <= threads * kPairedBytes ? 2 : 1;
     const int64_t tile = from_memory ? C : kSumsTile;
     over_partitions(
         parts, threads, C,
