@@ -342,7 +342,7 @@ TEST(Kernels, ResultsAreBitwiseIdenticalForAnyThreadCount) {
     Layout layout;
   };
   // (64, 4096), (100, 3000) and (4, 2100, 16): cols partitions split along channels too.
-  // (8192, 320): the cols backward sums walk one row at a time at one thread and two rows at a
+  // (8192, 320): the cols backward sums walk one row at a time at one thread and four rows at a
   // time at two or more (float32; float64 from three threads on).
   const Big cases[] = {{{64, 32, 512}, Layout::Contiguous},
                        {{2, 3, 40000}, Layout::Contiguous},
