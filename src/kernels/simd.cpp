@@ -118,17 +118,13 @@ HWY_INLINE void store_if_changed(T v, T* p) {
   if (std::memcmp(&v, p, sizeof(T)) != 0) *p = v;
 }
 
-// P = [mean_hi | columns[0] | … | folded last column] in T, C values each (see
-// elementwise_params_t), writing only the values that changed since the last call. The last
-// column gets −mean_lo · columns[multiplier] added, in float64, before its one rounding to T
-// (not when mean_lo is 0, e.g. always for float64: −0 · s + (−0) would turn a −0 into +0, and
-// the kernels keep the reference's signed zeros). Returns whether all are finite.
+// P = [mean_hi | mean_lo | columns[0] | …] in T, C values each (see elementwise_params_t),
+// writing only the values that changed since the last call. Returns whether all are finite.
 template <class T>
-bool update_params(T* P, int64_t C, const double* mean, const double* const* columns, int64_t count,
-                   int64_t multiplier) {
+bool update_params(T* P, int64_t C, const double* mean, const double* const* columns,
+                   int64_t count) {
   const DD d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
-  const int64_t last = count - 1;
   // v − v is 0 for a finite v and NaN otherwise: the sum of them is 0 when all are finite.
   auto sum = hn::Zero(DT<T>());
   const auto store = [&](auto v, T* p) {
@@ -139,13 +135,10 @@ bool update_params(T* P, int64_t C, const double* mean, const double* const* col
   for (; c + N <= C; c += N) {
     const VD m = hn::LoadU(d, mean + c);
     const auto hi = ToT<T>(m);
-    const VD lo = hn::Sub(m, ToD(hi));  // exact
     store(hi, P + c);
-    for (int64_t k = 0; k < last; ++k)
-      store(ToT<T>(hn::LoadU(d, columns[k] + c)), P + (1 + k) * C + c);
-    const VD end = hn::LoadU(d, columns[last] + c);
-    const VD folded = hn::NegMulAdd(lo, hn::LoadU(d, columns[multiplier] + c), end);
-    store(ToT<T>(hn::IfThenElse(hn::Eq(lo, hn::Zero(d)), end, folded)), P + (1 + last) * C + c);
+    store(ToT<T>(hn::Sub(m, ToD(hi))), P + C + c);
+    for (int64_t k = 0; k < count; ++k)
+      store(ToT<T>(hn::LoadU(d, columns[k] + c)), P + (2 + k) * C + c);
   }
   bool finite = hn::AllTrue(DT<T>(), hn::Eq(sum, hn::Zero(DT<T>())));
   const auto store_scalar = [&](T v, T* p) {
@@ -154,21 +147,18 @@ bool update_params(T* P, int64_t C, const double* mean, const double* const* col
   };
   for (; c < C; ++c) {
     const auto hi = static_cast<T>(mean[c]);
-    const double lo = mean[c] - static_cast<double>(hi);
     store_scalar(hi, P + c);
-    for (int64_t k = 0; k < last; ++k)
-      store_scalar(static_cast<T>(columns[k][c]), P + (1 + k) * C + c);
-    const double end = columns[last][c];
-    store_scalar(static_cast<T>(lo == 0.0 ? end : std::fma(-lo, columns[multiplier][c], end)),
-                 P + (1 + last) * C + c);
+    store_scalar(static_cast<T>(mean[c] - static_cast<double>(hi)), P + C + c);
+    for (int64_t k = 0; k < count; ++k)
+      store_scalar(static_cast<T>(columns[k][c]), P + (2 + k) * C + c);
   }
   return finite;
 }
 bool UpdateParams(void* P, DType dtype, int64_t C, const double* mean, const double* const* columns,
-                  int64_t count, int64_t multiplier) {
+                  int64_t count) {
   if (dtype == DType::Float32)
-    return update_params(static_cast<float*>(P), C, mean, columns, count, multiplier);
-  return update_params(static_cast<double*>(P), C, mean, columns, count, multiplier);
+    return update_params(static_cast<float*>(P), C, mean, columns, count);
+  return update_params(static_cast<double*>(P), C, mean, columns, count);
 }
 
 // out[c] = 1 / sqrt(v[c] / divisor + eps), 0 where that sum is 0 (see simd.hpp); out may be v.
@@ -332,36 +322,32 @@ T* on_cache_line(std::vector<T>& storage, std::size_t n) {
 }
 
 // Per-channel parameters of an elementwise kernel in the input's dtype T, laid out as
-// [mean_hi | columns...] (C values each), for kernels of the form
-// … + column[multiplier] · (x − mean) + column[last]: mean_hi = T(mean), and the last column
-// carries the rest of the mean, column[last] − mean_lo · column[multiplier] with
-// mean_lo = mean − mean_hi (docs/math.md), so that the kernels compute x − mean_hi in T without
-// losing the float64 mean's precision. (Keeping mean_lo as a column of its own cost a load and a
-// subtraction per vector: the cols kernels in cache ran 0.82–0.97x the time without them, AMD
-// Zen 5.) The storage is per calling thread and kept between calls, and only values whose bits
-// change are written (UpdateParams): the other threads read these lines, and a line rewritten
-// with the same values would still be taken from their caches (in eval mode nothing changes;
-// (64, 2048) float32 eval at two threads: 18 -> 15 µs). Returns nullptr when a parameter is not
-// finite in T (e.g. invstd of a denormal-variance channel overflows float32, or a channel's mean
-// is NaN): such calls take the float64 reference kernel, which keeps every channel's result to
-// itself. The storage extends a vector (of the widest target) past the last column: the masked
-// row tails of the cols kernels load whole vectors of parameters and use only their first lanes.
+// [mean_hi | mean_lo | columns...] (C values each): mean_hi = T(mean), mean_lo = T(mean − mean_hi),
+// so that the kernels compute x − mean in T without losing the float64 mean's precision. The
+// storage is per calling thread and kept between calls, and only values whose bits change are
+// written (UpdateParams): the other threads read these lines, and a line rewritten with the
+// same values would still be taken from their caches (in eval mode nothing changes; (64, 2048)
+// float32 eval at two threads: 18 -> 15 µs). Returns nullptr when a parameter is not finite in T
+// (e.g. invstd of a denormal-variance channel overflows float32, or a channel's mean is NaN):
+// such calls take the float64 reference kernel, which keeps every channel's result to itself.
+// The storage extends a vector (of the widest target) past the last column: the masked row tails
+// of the cols kernels load whole vectors of parameters and use only their first lanes.
 template <class T>
 const void* elementwise_params_t(int64_t C, const double* mean,
-                                 std::initializer_list<const double*> columns, int64_t multiplier) {
+                                 std::initializer_list<const double*> columns) {
   constexpr std::size_t kPadding = 256 / sizeof(T);
   thread_local std::vector<T> params;
-  T* P = on_cache_line(params, static_cast<std::size_t>(C) * (1 + columns.size()) + kPadding);
+  T* P = on_cache_line(params, static_cast<std::size_t>(C) * (2 + columns.size()) + kPadding);
   constexpr DType dtype = std::is_same_v<T, float> ? DType::Float32 : DType::Float64;
-  const bool finite = HWY_DYNAMIC_DISPATCH(UpdateParams)(
-      P, dtype, C, mean, columns.begin(), static_cast<int64_t>(columns.size()), multiplier);
+  const bool finite = HWY_DYNAMIC_DISPATCH(UpdateParams)(P, dtype, C, mean, columns.begin(),
+                                                         static_cast<int64_t>(columns.size()));
   return finite ? P : nullptr;
 }
 
 const void* elementwise_params(const View3& x, const double* mean,
-                               std::initializer_list<const double*> columns, int64_t multiplier) {
-  if (x.dtype == DType::Float32) return elementwise_params_t<float>(x.C, mean, columns, multiplier);
-  return elementwise_params_t<double>(x.C, mean, columns, multiplier);
+                               std::initializer_list<const double*> columns) {
+  if (x.dtype == DType::Float32) return elementwise_params_t<float>(x.C, mean, columns);
+  return elementwise_params_t<double>(x.C, mean, columns);
 }
 
 // Values per cache line (64 bytes) of float64.
@@ -470,7 +456,7 @@ void normalize(Layout layout, const Out3& y, const View3& x, const double* mean,
                const double* scale, const double* shift) {
   apply_environment_once();
   const int threads = threads_for(x.N * x.C * x.L);
-  const void* P = elementwise_params(x, mean, {scale, shift}, 0);  // [m_hi | s | b']
+  const void* P = elementwise_params(x, mean, {scale, shift});
   if (P == nullptr) return reference::normalize(y, x, mean, scale, shift);
   const bool stream = streams(x);
   if (layout == Layout::Rows) {
@@ -532,7 +518,7 @@ void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3&
                     const double* mean, const double* a, const double* b, const double* k) {
   apply_environment_once();
   const int threads = threads_for(2 * x.N * x.C * x.L);
-  const void* P = elementwise_params(x, mean, {a, b, k}, 1);  // [m_hi | a | b | k']
+  const void* P = elementwise_params(x, mean, {a, b, k});
   if (P == nullptr) return reference::backward_input(dx, dy, x, mean, a, b, k);
   const bool stream = streams(x, 2);  // x and dy
   if (layout == Layout::Rows) {

@@ -349,34 +349,34 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
   }
 }
 
-// y = (x − m_hi) · s + b'; P = [m_hi | s | b'], each C values of T (see normalize_rows).
+// y = ((x − m_hi) − m_lo) · s + b; P = [m_hi | m_lo | s | b], each C values of T.
 template <class T>
 struct NormalizeOp {
   const T* P;
   int64_t C;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V) const {
-    const V xm = hn::Sub(x, hn::LoadU(d, P + c));
-    return hn::MulAdd(xm, hn::LoadU(d, P + C + c), hn::LoadU(d, P + 2 * C + c));
+    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, P + c)), hn::LoadU(d, P + C + c));
+    return hn::MulAdd(xm, hn::LoadU(d, P + 2 * C + c), hn::LoadU(d, P + 3 * C + c));
   }
   HWY_INLINE T scalar(int64_t c, T x, T) const {
-    return std::fma(x - P[c], P[C + c], P[2 * C + c]);
+    return std::fma((x - P[c]) - P[C + c], P[2 * C + c], P[3 * C + c]);
   }
 };
 
-// dx = a · dy + b · (x − m_hi) + k'; P = [m_hi | a | b | k'] (see backward_input_rows).
+// dx = a · dy + b · ((x − m_hi) − m_lo) + k; P = [m_hi | m_lo | a | b | k].
 template <class T>
 struct BackwardInputOp {
   const T* P;
   int64_t C;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V g) const {
-    const V xm = hn::Sub(x, hn::LoadU(d, P + c));
-    return hn::MulAdd(hn::LoadU(d, P + C + c), g,
-                      hn::MulAdd(hn::LoadU(d, P + 2 * C + c), xm, hn::LoadU(d, P + 3 * C + c)));
+    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, P + c)), hn::LoadU(d, P + C + c));
+    return hn::MulAdd(hn::LoadU(d, P + 2 * C + c), g,
+                      hn::MulAdd(hn::LoadU(d, P + 3 * C + c), xm, hn::LoadU(d, P + 4 * C + c)));
   }
   HWY_INLINE T scalar(int64_t c, T x, T g) const {
-    return std::fma(P[C + c], g, std::fma(P[2 * C + c], x - P[c], P[3 * C + c]));
+    return std::fma(P[2 * C + c], g, std::fma(P[3 * C + c], (x - P[c]) - P[C + c], P[4 * C + c]));
   }
 };
 

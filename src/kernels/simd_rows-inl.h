@@ -257,9 +257,9 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
 }
 
 // Output rows i0 … i1 − 1 (i = n·C + c; unit stride along L), in T's own lanes:
-//   y = (x − m_hi) · s + b',   P = [m_hi | s | b'], each C values of T,
-// m_hi = T(mean), b' = b − (mean − m_hi) · s: x − m_hi is exact for x near the mean, so large
-// offsets cost no precision (docs/math.md).
+//   y = ((x − m_hi) − m_lo) · s + b,   P = [m_hi | m_lo | s | b], each C values of T.
+// m_hi + m_lo is the float64 mean split into two T values: x − m_hi is exact for x near the mean,
+// so large offsets cost no precision.
 template <class T>
 void normalize_rows(const Out3& y, const View3& x, const T* P, int64_t i0, int64_t i1,
                     bool stream) {
@@ -269,12 +269,14 @@ void normalize_rows(const Out3& y, const View3& x, const T* P, int64_t i0, int64
     const int64_t n = i / C, c = i % C;
     const T* p = row_ptr<T>(x, n, c, 0);
     T* out = static_cast<T*>(y.data) + n * y.sN + c * y.sC;
-    const T mh = P[c], sc = P[C + c], sh = P[2 * C + c];
-    const auto vmh = hn::Set(d, mh), vs = hn::Set(d, sc), vb = hn::Set(d, sh);
+    const T mh = P[c], ml = P[C + c], sc = P[2 * C + c], sh = P[3 * C + c];
+    const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), vs = hn::Set(d, sc), vb = hn::Set(d, sh);
     write_run(
         d, out, L, stream,
-        [&](int64_t l, auto load) { return hn::MulAdd(hn::Sub(load(p + l), vmh), vs, vb); },
-        [&](int64_t l) { return std::fma(p[l] - mh, sc, sh); });
+        [&](int64_t l, auto load) {
+          return hn::MulAdd(hn::Sub(hn::Sub(load(p + l), vmh), vml), vs, vb);
+        },
+        [&](int64_t l) { return std::fma((p[l] - mh) - ml, sc, sh); });
   }
   if (stream) hwy::FlushStream();
 }
@@ -306,8 +308,7 @@ void backward_sums_rows_channel(const View3& dy, const View3& x, const double* m
 }
 
 // dx rows i0 … i1 − 1 (unit stride along L), in T's own lanes:
-//   dx = a · dy + b · (x − m_hi) + k',   P = [m_hi | a | b | k'], each C values,
-// k' = k − (mean − m_hi) · b (as in normalize_rows).
+//   dx = a · dy + b · ((x − m_hi) − m_lo) + k,   P = [m_hi | m_lo | a | b | k], each C values.
 template <class T>
 void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const T* P, int64_t i0,
                          int64_t i1, bool stream) {
@@ -318,14 +319,16 @@ void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const 
     const T* g = row_ptr<T>(dy, n, c, 0);
     const T* p = row_ptr<T>(x, n, c, 0);
     T* out = static_cast<T*>(dx.data) + n * dx.sN + c * dx.sC;
-    const T mh = P[c], a = P[C + c], b = P[2 * C + c], k = P[3 * C + c];
-    const auto vmh = hn::Set(d, mh), va = hn::Set(d, a), vb = hn::Set(d, b), vk = hn::Set(d, k);
+    const T mh = P[c], ml = P[C + c], a = P[2 * C + c], b = P[3 * C + c], k = P[4 * C + c];
+    const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), va = hn::Set(d, a), vb = hn::Set(d, b),
+               vk = hn::Set(d, k);
     write_run(
         d, out, L, stream,
         [&](int64_t l, auto load) {
-          return hn::MulAdd(va, load(g + l), hn::MulAdd(vb, hn::Sub(load(p + l), vmh), vk));
+          const auto xm = hn::Sub(hn::Sub(load(p + l), vmh), vml);
+          return hn::MulAdd(va, load(g + l), hn::MulAdd(vb, xm, vk));
         },
-        [&](int64_t l) { return std::fma(a, g[l], std::fma(b, p[l] - mh, k)); });
+        [&](int64_t l) { return std::fma(a, g[l], std::fma(b, (p[l] - mh) - ml, k)); });
   }
   if (stream) hwy::FlushStream();
 }
