@@ -323,15 +323,20 @@ T* on_cache_line(std::vector<T>& storage, std::size_t n) {
 
 // Per-channel parameters of an elementwise kernel in the input's dtype T, laid out as
 // [mean_hi | mean_lo | columns...] (C values each): mean_hi = T(mean), mean_lo = T(mean − mean_hi),
-// so that the kernels compute x − mean in T without losing the float64 mean's precision. The
-// storage is per calling thread and kept between calls, and only values whose bits change are
-// written (UpdateParams): the other threads read these lines, and a line rewritten with the
-// same values would still be taken from their caches (in eval mode nothing changes; (64, 2048)
-// float32 eval at two threads: 18 -> 15 µs). Returns nullptr when a parameter is not finite in T
-// (e.g. invstd of a denormal-variance channel overflows float32, or a channel's mean is NaN):
-// such calls take the float64 reference kernel, which keeps every channel's result to itself.
-// The storage extends a vector (of the widest target) past the last column: the masked row tails
-// of the cols kernels load whole vectors of parameters and use only their first lanes.
+// so that the kernels compute x − mean in T without losing the float64 mean's precision.
+// (Folding mean_lo into the constant column instead, y = (x − mean_hi) · s + (b − mean_lo · s),
+// saves a load and a subtraction per vector: in one binary, in-process, the cols kernels in
+// cache ran 0.82–0.99x the time, but built so, the streamed channels-last normalize of
+// (64, 256, 1024) float32 at one thread ran 10–30% slower than before in benchmark after
+// benchmark, for no reason found (AMD Zen 5): not taken.) The storage is per calling thread and
+// kept between calls, and only values whose bits change are written (UpdateParams): the other
+// threads read these lines, and a line rewritten with the same values would still be taken from
+// their caches (in eval mode nothing changes; (64, 2048) float32 eval at two threads: 18 -> 15 µs).
+// Returns nullptr when a parameter is not finite in T (e.g. invstd of a denormal-variance channel
+// overflows float32, or a channel's mean is NaN): such calls take the float64 reference kernel,
+// which keeps every channel's result to itself. The storage extends a vector (of the widest target)
+// past the last column: the masked row tails of the cols kernels load whole vectors of parameters
+// and use only their first lanes.
 template <class T>
 const void* elementwise_params_t(int64_t C, const double* mean,
                                  std::initializer_list<const double*> columns) {
