@@ -301,7 +301,7 @@ void parallel_ranges(int64_t units, int threads, F body) {
 // (2048, 1024) float32 at one thread, 16 MiB, were 1.0–1.16x slower two rows at a time, 8 MiB
 // 0.9x faster; four rows at a time are faster than two up to this size, and as fast at 16 MiB),
 // in tiles of this many channels.
-constexpr int64_t kPairedBytes = int64_t{8} << 20;
+constexpr int64_t kGroupedRowsBytes = int64_t{8} << 20;
 constexpr int64_t kSumsTile = 1024;
 static_assert(kSumsTile % kChannelAlign == 0,
               "tiles keep each channel on its vector or scalar path");
@@ -504,9 +504,9 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
     const ColsPartitions parts(x);
     // How each partition walks its rows (backward_sums_cols_partition; the bits do not depend on
     // it): data from DRAM row by row across the partition's channels; data in cache four rows at
-    // a time, in channel tiles, while x and dy come to at most kPairedBytes per thread.
+    // a time, in channel tiles, while x and dy come to at most kGroupedRowsBytes per thread.
     const bool from_memory = streams(x);
-    const int step = !from_memory && 2 * bytes_of(x) <= threads * kPairedBytes ? 4 : 1;
+    const int step = !from_memory && 2 * bytes_of(x) <= threads * kGroupedRowsBytes ? 4 : 1;
     const int64_t tile = from_memory ? C : kSumsTile;
     over_partitions(
         parts, threads, C,
