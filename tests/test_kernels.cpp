@@ -258,8 +258,12 @@ TEST(Kernels, VirtualChannelsMatchTheReferenceOracleOnEveryTarget) {
 // Outputs of 16 MiB or more are written with non-temporal stores (best target, float64); in
 // the cols layout only rows that start vector-aligned are (C = 16), the others not (C = 15), and
 // the backward sums of such inputs walk one row at a time across the partition's channels;
-// (64, 32769) walks them in 16 channel parts, the last one ragged.
+// (64, 32769) walks them in 16 channel parts, the last one ragged. Streamed cols outputs take the
+// parameters with the mean's low part as a column of its own, where outputs in cache fold it
+// into the constant column (simd.cpp, elementwise_params_t): (4096, 1024) float32 streams both
+// normalize and the input gradient.
 TEST(Kernels, StreamingStoresMatchTheReferenceOracle) {
+  check_case({{4096, 1024}, Layout::Contiguous, simd::Layout::Cols}, DType::Float32);
   check_case({{1, 3, 700001}, Layout::Contiguous, simd::Layout::Rows}, DType::Float64);
   check_case({{140001, 15}, Layout::Contiguous, simd::Layout::Cols}, DType::Float64);
   check_case({{131075, 16}, Layout::Contiguous, simd::Layout::Cols}, DType::Float64);

@@ -118,13 +118,18 @@ HWY_INLINE void store_if_changed(T v, T* p) {
   if (std::memcmp(&v, p, sizeof(T)) != 0) *p = v;
 }
 
-// P = [mean_hi | mean_lo | columns[0] | …] in T, C values each (see elementwise_params_t),
-// writing only the values that changed since the last call. Returns whether all are finite.
+// The per-channel parameters in T, C values each (see elementwise_params_t), writing only the
+// values that changed since the last call: P = [mean_hi | mean_lo | columns[0] | …], or with
+// fold ≥ 0 P = [mean_hi | columns[0] | … | folded last column], the last column plus
+// −mean_lo · columns[fold] in float64 before its one rounding to T (not where mean_lo is 0, e.g.
+// always for float64: −0 · s + (−0) would turn a −0 into +0, and the kernels keep the
+// reference's signed zeros). Returns whether all are finite.
 template <class T>
-bool update_params(T* P, int64_t C, const double* mean, const double* const* columns,
-                   int64_t count) {
+bool update_params(T* P, int64_t C, const double* mean, const double* const* columns, int64_t count,
+                   int64_t fold) {
   const DD d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t last = count - 1, first_column = fold < 0 ? 2 : 1;
   // v − v is 0 for a finite v and NaN otherwise: the sum of them is 0 when all are finite.
   auto sum = hn::Zero(DT<T>());
   const auto store = [&](auto v, T* p) {
@@ -135,10 +140,17 @@ bool update_params(T* P, int64_t C, const double* mean, const double* const* col
   for (; c + N <= C; c += N) {
     const VD m = hn::LoadU(d, mean + c);
     const auto hi = ToT<T>(m);
+    const VD lo = hn::Sub(m, ToD(hi));  // exact
     store(hi, P + c);
-    store(ToT<T>(hn::Sub(m, ToD(hi))), P + C + c);
-    for (int64_t k = 0; k < count; ++k)
-      store(ToT<T>(hn::LoadU(d, columns[k] + c)), P + (2 + k) * C + c);
+    if (fold < 0) store(ToT<T>(lo), P + C + c);
+    for (int64_t k = 0; k < count; ++k) {
+      VD v = hn::LoadU(d, columns[k] + c);
+      if (fold >= 0 && k == last) {
+        const VD folded = hn::NegMulAdd(lo, hn::LoadU(d, columns[fold] + c), v);
+        v = hn::IfThenElse(hn::Eq(lo, hn::Zero(d)), v, folded);
+      }
+      store(ToT<T>(v), P + (first_column + k) * C + c);
+    }
   }
   bool finite = hn::AllTrue(DT<T>(), hn::Eq(sum, hn::Zero(DT<T>())));
   const auto store_scalar = [&](T v, T* p) {
@@ -147,18 +159,22 @@ bool update_params(T* P, int64_t C, const double* mean, const double* const* col
   };
   for (; c < C; ++c) {
     const auto hi = static_cast<T>(mean[c]);
+    const double lo = mean[c] - static_cast<double>(hi);
     store_scalar(hi, P + c);
-    store_scalar(static_cast<T>(mean[c] - static_cast<double>(hi)), P + C + c);
-    for (int64_t k = 0; k < count; ++k)
-      store_scalar(static_cast<T>(columns[k][c]), P + (2 + k) * C + c);
+    if (fold < 0) store_scalar(static_cast<T>(lo), P + C + c);
+    for (int64_t k = 0; k < count; ++k) {
+      double v = columns[k][c];
+      if (fold >= 0 && k == last && lo != 0.0) v = std::fma(-lo, columns[fold][c], v);
+      store_scalar(static_cast<T>(v), P + (first_column + k) * C + c);
+    }
   }
   return finite;
 }
 bool UpdateParams(void* P, DType dtype, int64_t C, const double* mean, const double* const* columns,
-                  int64_t count) {
+                  int64_t count, int64_t fold) {
   if (dtype == DType::Float32)
-    return update_params(static_cast<float*>(P), C, mean, columns, count);
-  return update_params(static_cast<double*>(P), C, mean, columns, count);
+    return update_params(static_cast<float*>(P), C, mean, columns, count, fold);
+  return update_params(static_cast<double*>(P), C, mean, columns, count, fold);
 }
 
 // out[c] = 1 / sqrt(v[c] / divisor + eps), 0 where that sum is 0 (see simd.hpp); out may be v.
@@ -323,15 +339,17 @@ T* on_cache_line(std::vector<T>& storage, std::size_t n) {
 
 // Per-channel parameters of an elementwise kernel in the input's dtype T, laid out as
 // [mean_hi | mean_lo | columns...] (C values each): mean_hi = T(mean), mean_lo = T(mean − mean_hi),
-// so that the kernels compute x − mean in T without losing the float64 mean's precision.
-// (Folding mean_lo into the constant column instead, y = (x − mean_hi) · s + (b − mean_lo · s),
-// saves a load and a subtraction per vector: in one binary, in-process, the cols kernels in
-// cache ran 0.82–0.99x the time, but built so, the streamed channels-last normalize of
-// (64, 256, 1024) float32 at one thread ran 10–30% slower than before in benchmark after
-// benchmark, for no reason found (AMD Zen 5): not taken.) The storage is per calling thread and
-// kept between calls, and only values whose bits change are written (UpdateParams): the other
-// threads read these lines, and a line rewritten with the same values would still be taken from
-// their caches (in eval mode nothing changes; (64, 2048) float32 eval at two threads: 18 -> 15 µs).
+// so that the kernels compute x − mean in T without losing the float64 mean's precision. With
+// fold ≥ 0 (the cols kernels of outputs that stay in cache, whose kernels have the form
+// … + column[fold] · (x − mean) + column[last]), mean_lo is folded into the last column instead:
+// [mean_hi | columns... | column[last] − mean_lo · column[fold]] (docs/math.md), a load and a
+// subtraction less per vector; in one binary, in-process, those kernels ran in 0.82–0.99x the
+// time (AMD Zen 5). Streamed outputs keep mean_lo: built with the folded form for them too, the
+// streamed channels-last normalize of (64, 256, 1024) float32 at one thread ran 10–30% slower in
+// benchmark after benchmark, for no reason found. The storage is per calling thread and kept
+// between calls, and only values whose bits change are written (UpdateParams): the other threads
+// read these lines, and a line rewritten with the same values would still be taken from their
+// caches (in eval mode nothing changes; (64, 2048) float32 eval at two threads: 18 -> 15 µs).
 // Returns nullptr when a parameter is not finite in T (e.g. invstd of a denormal-variance channel
 // overflows float32, or a channel's mean is NaN): such calls take the float64 reference kernel,
 // which keeps every channel's result to itself. The storage extends a vector (of the widest target)
@@ -339,20 +357,20 @@ T* on_cache_line(std::vector<T>& storage, std::size_t n) {
 // and use only their first lanes.
 template <class T>
 const void* elementwise_params_t(int64_t C, const double* mean,
-                                 std::initializer_list<const double*> columns) {
+                                 std::initializer_list<const double*> columns, int64_t fold) {
   constexpr std::size_t kPadding = 256 / sizeof(T);
   thread_local std::vector<T> params;
   T* P = on_cache_line(params, static_cast<std::size_t>(C) * (2 + columns.size()) + kPadding);
   constexpr DType dtype = std::is_same_v<T, float> ? DType::Float32 : DType::Float64;
-  const bool finite = HWY_DYNAMIC_DISPATCH(UpdateParams)(P, dtype, C, mean, columns.begin(),
-                                                         static_cast<int64_t>(columns.size()));
+  const bool finite = HWY_DYNAMIC_DISPATCH(UpdateParams)(
+      P, dtype, C, mean, columns.begin(), static_cast<int64_t>(columns.size()), fold);
   return finite ? P : nullptr;
 }
 
 const void* elementwise_params(const View3& x, const double* mean,
-                               std::initializer_list<const double*> columns) {
-  if (x.dtype == DType::Float32) return elementwise_params_t<float>(x.C, mean, columns);
-  return elementwise_params_t<double>(x.C, mean, columns);
+                               std::initializer_list<const double*> columns, int64_t fold) {
+  if (x.dtype == DType::Float32) return elementwise_params_t<float>(x.C, mean, columns, fold);
+  return elementwise_params_t<double>(x.C, mean, columns, fold);
 }
 
 // Values per cache line (64 bytes) of float64.
@@ -461,9 +479,11 @@ void normalize(Layout layout, const Out3& y, const View3& x, const double* mean,
                const double* scale, const double* shift) {
   apply_environment_once();
   const int threads = threads_for(x.N * x.C * x.L);
-  const void* P = elementwise_params(x, mean, {scale, shift});
-  if (P == nullptr) return reference::normalize(y, x, mean, scale, shift);
   const bool stream = streams(x);
+  // y = s · (x − mean) + b: outputs of the cols kernels that stay in cache fold mean_lo into b.
+  const bool fold = layout == Layout::Cols && !stream;
+  const void* P = elementwise_params(x, mean, {scale, shift}, fold ? 0 : -1);
+  if (P == nullptr) return reference::normalize(y, x, mean, scale, shift);
   if (layout == Layout::Rows) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
       HWY_DYNAMIC_DISPATCH(NormalizeRows)(y, x, P, i0, i1, stream);
@@ -523,9 +543,11 @@ void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3&
                     const double* mean, const double* a, const double* b, const double* k) {
   apply_environment_once();
   const int threads = threads_for(2 * x.N * x.C * x.L);
-  const void* P = elementwise_params(x, mean, {a, b, k});
-  if (P == nullptr) return reference::backward_input(dx, dy, x, mean, a, b, k);
   const bool stream = streams(x, 2);  // x and dy
+  // dx = a · dy + b · (x − mean) + k: as in normalize, with mean_lo folded into k.
+  const bool fold = layout == Layout::Cols && !stream;
+  const void* P = elementwise_params(x, mean, {a, b, k}, fold ? 1 : -1);
+  if (P == nullptr) return reference::backward_input(dx, dy, x, mean, a, b, k);
   if (layout == Layout::Rows) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
       HWY_DYNAMIC_DISPATCH(BackwardInputRows)(dx, dy, x, P, i0, i1, stream);

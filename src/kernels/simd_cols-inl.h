@@ -384,16 +384,55 @@ struct BackwardInputOp {
   }
 };
 
+// y = (x − m_hi) · s + b'; P = [m_hi | s | b'], b' = b − m_lo · s (see elementwise_params_t).
+template <class T>
+struct NormalizeFoldedOp {
+  const T* P;
+  int64_t C;
+  template <class D, class V>
+  HWY_INLINE V vec(D d, int64_t c, V x, V) const {
+    const V xm = hn::Sub(x, hn::LoadU(d, P + c));
+    return hn::MulAdd(xm, hn::LoadU(d, P + C + c), hn::LoadU(d, P + 2 * C + c));
+  }
+  HWY_INLINE T scalar(int64_t c, T x, T) const {
+    return std::fma(x - P[c], P[C + c], P[2 * C + c]);
+  }
+};
+
+// dx = a · dy + b · (x − m_hi) + k'; P = [m_hi | a | b | k'], k' = k − m_lo · b.
+template <class T>
+struct BackwardInputFoldedOp {
+  const T* P;
+  int64_t C;
+  template <class D, class V>
+  HWY_INLINE V vec(D d, int64_t c, V x, V g) const {
+    const V xm = hn::Sub(x, hn::LoadU(d, P + c));
+    return hn::MulAdd(hn::LoadU(d, P + C + c), g,
+                      hn::MulAdd(hn::LoadU(d, P + 2 * C + c), xm, hn::LoadU(d, P + 3 * C + c)));
+  }
+  HWY_INLINE T scalar(int64_t c, T x, T g) const {
+    return std::fma(P[C + c], g, std::fma(P[2 * C + c], x - P[c], P[3 * C + c]));
+  }
+};
+
+// Streamed outputs take P with m_lo (NormalizeOp), outputs in cache the folded P (see
+// elementwise_params_t, which the dispatcher calls with the same choice).
 template <class T>
 void normalize_cols(const Out3& y, const View3& x, const T* P, int64_t u0, int64_t u1,
                     bool stream) {
-  elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<T>{P, x.C}, stream);
+  if (stream)
+    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<T>{P, x.C}, stream);
+  else
+    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeFoldedOp<T>{P, x.C}, stream);
 }
 
 template <class T>
 void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const T* P, int64_t u0,
                          int64_t u1, bool stream) {
-  elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<T>{P, x.C}, stream);
+  if (stream)
+    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<T>{P, x.C}, stream);
+  else
+    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputFoldedOp<T>{P, x.C}, stream);
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE
