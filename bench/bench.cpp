@@ -44,16 +44,21 @@ struct Case {
   std::string label;
 };
 
-/// The three ops and their traffic: reads and writes of the whole tensor (for the GB/s column).
-/// Their bound is made of their passes over memory (see bound_kernels and Bound).
-enum class Kind { Train, Eval, Backward };
+/// The ops and their traffic: reads and writes of the whole tensor (for the GB/s column). Their
+/// bound is made of their passes over memory (see bound_kernels and Bound). EvalRead is an eval
+/// followed by a read of its output, as the next layer of a network reads it: it prices the
+/// choice of stores (an output streamed past the caches makes the eval faster and that read
+/// slower).
+enum class Kind { Train, Eval, EvalRead, Backward };
 struct Op {
   Kind kind;
   const char* name;
   int reads, writes;
 };
-constexpr Op kOps[] = {
-    {Kind::Train, "train", 2, 1}, {Kind::Eval, "eval", 1, 1}, {Kind::Backward, "backward", 4, 1}};
+constexpr Op kOps[] = {{Kind::Train, "train", 2, 1},
+                       {Kind::Eval, "eval", 1, 1},
+                       {Kind::EvalRead, "eval+rd", 2, 1},
+                       {Kind::Backward, "backward", 4, 1}};
 
 /// A library under test: its name and its runner for the current case (null when unsupported).
 struct Lib {
@@ -191,10 +196,13 @@ void print_header(const Options& o) {
       "bound: each pass of the op timed as a bandwidth kernel over the same streams, no math "
       "(full\n"
       "       vectors of the CPU's best SIMD target):\n"
-      "       train = read(x) + copy(x -> out), eval = copy(x -> out), backward = read(x, dy) + "
-      "combine(x, dy -> out);\n       copy and combine = the faster of plain and non-temporal "
-      "stores; each kernel's fastest median over the case's rows\n"
-      "       (traffic: train 2 reads + 1 write of the tensor, eval 1 + 1, backward 4 + 1)\n"
+      "       train = read(x) + copy(x -> out), eval = copy(x -> out), eval+rd = copy(x -> out) "
+      "then read(out),\n       backward = read(x, dy) + combine(x, dy -> out); copy and "
+      "combine = the faster of plain and non-temporal stores;\n       each kernel's fastest "
+      "median over the case's rows (traffic: train 2 reads + 1 write of the tensor,\n       eval "
+      "1 + 1, eval+rd 2 + 1, backward 4 + 1)\n"
+      "eval+rd: an eval followed by a read of its output, as the next layer reads it (outputs "
+      "streamed past the caches\n       make the eval faster and that read slower)\n"
       "GB/s = (reads+writes)*bytes / bn1d time; /bound = bn1d time / t_bound; x torch, x dnnl = "
       "peer time / bn1d time (>1: bn1d faster)\n\n",
       kMinRuns, kWarmupCalls, kWarmupSeconds * 1e3, kMaxRuns, kFloorRuns, kMinRuns - 1, kMinRuns,
@@ -211,10 +219,11 @@ bn1d::Tensor random_buffer(const Problem& p, uint64_t seed) {
 
 /// The bound's ingredients: the fastest time of each pass kernel over a case's rows.
 struct Bound {
-  double read = 1e30;     // read x
-  double copy = 1e30;     // x -> out (the faster store kind)
-  double read2 = 1e30;    // read x and dy together
-  double combine = 1e30;  // x, dy -> out (the faster store kind)
+  double read = 1e30;       // read x
+  double copy = 1e30;       // x -> out (the faster store kind)
+  double copy_read = 1e30;  // x -> out, then read out (the faster store kind)
+  double read2 = 1e30;      // read x and dy together
+  double combine = 1e30;    // x, dy -> out (the faster store kind)
 
   /// The op's bound: its passes, each at the speed of its bandwidth kernel. Each pass is
   /// measured over the streams it really has: a lone buffer somewhat larger than the L3 reads
@@ -226,6 +235,8 @@ struct Bound {
         return read + copy;  // statistics pass, then normalize pass
       case Kind::Eval:
         return copy;
+      case Kind::EvalRead:
+        return copy_read;
       case Kind::Backward:
         return read2 + combine;  // gradient sums pass, then input-gradient pass
     }
@@ -234,8 +245,9 @@ struct Bound {
 };
 
 /// The three bandwidth kernels of an op's row, as the op's passes: for train and eval the read
-/// of x, then the two copies x -> @p dst; for backward the read of x and dy together, then the
-/// two combines x, dy -> @p dst. Of each pair the faster counts (plain stores win in cache,
+/// of x, then the two copies x -> @p dst; for eval+rd the read of x, then the two copies each
+/// followed by a read of @p dst; for backward the read of x and dy together, then the two
+/// combines x, dy -> @p dst. Of each pair the faster counts (plain stores win in cache,
 /// non-temporal stores in memory).
 constexpr std::size_t kBoundKernels = 3;
 std::vector<std::function<void()>> bound_kernels(Kind kind, const Problem& p, void* dst) {
@@ -243,6 +255,16 @@ std::vector<std::function<void()>> bound_kernels(Kind kind, const Problem& p, vo
     return {[&p] { read2_kernel(p.x, p.dy, p.bytes()); },
             [&p, dst] { combine_kernel(dst, p.x, p.dy, p.bytes(), false); },
             [&p, dst] { combine_kernel(dst, p.x, p.dy, p.bytes(), true); }};
+  if (kind == Kind::EvalRead)
+    return {[&p] { read_kernel(p.x, p.bytes()); },
+            [&p, dst] {
+              copy_kernel(dst, p.x, p.bytes(), false);
+              read_kernel(dst, p.bytes());
+            },
+            [&p, dst] {
+              copy_kernel(dst, p.x, p.bytes(), true);
+              read_kernel(dst, p.bytes());
+            }};
   return {[&p] { read_kernel(p.x, p.bytes()); },
           [&p, dst] { copy_kernel(dst, p.x, p.bytes(), false); },
           [&p, dst] { copy_kernel(dst, p.x, p.bytes(), true); }};
@@ -314,6 +336,12 @@ std::vector<std::string> run_case(Case& k) {
         case Kind::Eval:
           calls.emplace_back([r] { r->forward_eval(); });
           break;
+        case Kind::EvalRead:  // every output is dense: its bytes start at its first element
+          calls.emplace_back([r, &p] {
+            r->forward_eval();
+            read_kernel(r->output().data, p.bytes());
+          });
+          break;
         case Kind::Backward:
           r->forward_train();  // backward differentiates the last training forward
           calls.emplace_back([r] { r->backward(); });
@@ -323,7 +351,9 @@ std::vector<std::string> run_case(Case& k) {
     const std::vector<Timing> t = time_interleaved(calls);
     const bool two = kOps[o].kind == Kind::Backward;
     double& read = two ? best.read2 : best.read;
-    double& write = two ? best.combine : best.copy;
+    double& write = two                              ? best.combine
+                    : kOps[o].kind == Kind::EvalRead ? best.copy_read
+                                                     : best.copy;
     read = std::min(read, t[0].seconds);
     write = std::min({write, t[1].seconds, t[2].seconds});
     runs[o] = std::min({t[0].runs, t[1].runs, t[2].runs});
