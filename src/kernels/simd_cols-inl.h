@@ -37,11 +37,12 @@ struct RowIndex {
 // Vectors of float64 lanes per channel chunk of the cols statistics: a chunk's accumulators
 // stay in registers while the chunk walks down the rows of a block. (Walking each block's rows in
 // memory order instead, with the sums in L1 as the backward sums do, was 1.1–1.7x slower on AMD
-// Zen 5 for data in cache and from DRAM alike, also two rows at a time.) A chunk holds 3·kChunk
-// vectors (first row, Σ d, Σ d²): 8 on targets with 32 vector registers (AVX-512), where they
-// made (8192, 256) and (256, 1024) float32 0.77–0.85x the time of 4 chunks at one and two
-// threads, (8192, 1024) from DRAM 0.72–0.75x (AMD Zen 5); 4 elsewhere (with AVX2's 16 registers
-// 8 spill, and were 1.05–1.12x slower on some shapes).
+// Zen 5 for data in cache and from DRAM alike, also two rows at a time; eight rows at a time,
+// channels-last (64, 256, 1024) float32 from DRAM, 1.3–1.4x slower with the rows prefetched and
+// 1.7–2.4x without.) A chunk holds 3·kChunk vectors (first row, Σ d, Σ d²): 8 on targets with 32
+// vector registers (AVX-512), where they made (8192, 256) and (256, 1024) float32 0.77–0.85x the
+// time of 4 chunks at one and two threads, (8192, 1024) from DRAM 0.72–0.75x (AMD Zen 5); 4
+// elsewhere (with AVX2's 16 registers 8 spill, and were 1.05–1.12x slower on some shapes).
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
 constexpr int kChunk = 8;
 #else
@@ -49,7 +50,13 @@ constexpr int kChunk = 4;
 #endif
 // The statistics walk a block chunk by chunk, which the hardware prefetchers do not follow:
 // each row's chunk is prefetched (into L2) about kAheadBytes of rows ahead. Without it, data
-// streamed from DRAM arrives at half the bandwidth.
+// streamed from DRAM arrives at half the bandwidth. Still, a pass from DRAM runs at 0.5–0.65x a
+// read's speed (channels-last (64, 256, 1024) and (16384, 1024) float32, AMD Zen 5), though on
+// data in L2 the same pass outruns a read from DRAM (one thread: 61 against 46 GB/s), and a bare
+// read in this chunked order was 1.5–2.5x slower than in memory order. Not better, in
+// in-process A/B on those two shapes: the same prefetches into L1 (0.97–1.12x and 1.15x the
+// time), or the next block's lines prefetched in memory order, spread over the current block's
+// chunk walks (1.06–1.24x).
 constexpr int64_t kAheadBytes = 48 * 1024;
 
 // Rows ahead of the one being reduced to prefetch, for rows of C values of T.
