@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: MIT
-// Functional batch norm, forward: validate the arguments, derive per-channel coefficients, route
-// to the kernels. No per-element math lives here.
+// Functional batch norm, forward: the public steps validate their arguments, then run the
+// unchecked steps of steps.hpp.
 #include "bn1d/batch_norm.hpp"
 
 #include <algorithm>
 
 #include "channel_values.hpp"
-#include "route.hpp"
+#include "steps.hpp"
 #include "validate.hpp"
 
 namespace bn1d {
@@ -28,11 +28,7 @@ void check_stats(const BatchStats& stats, std::string_view name, int64_t C) {
 }  // namespace
 
 void batch_stats(BatchStats& stats, const Tensor& input) {
-  const kernels::View3 x = detail::input_view(input);
-  detail::reuse_or_allocate(stats.mean, x.C, DType::Float64);
-  detail::reuse_or_allocate(stats.m2, x.C, DType::Float64);
-  stats.count = x.count();
-  route::channel_stats(f64_mut(stats.mean), f64_mut(stats.m2), x);
+  step::batch_stats(stats, detail::input_view(input));
 }
 
 BatchStats batch_stats(const Tensor& input) {
@@ -68,22 +64,13 @@ BatchStats combine_stats(std::span<const BatchStats> parts) {
 
 void normalization_from_batch(Normalization& norm, const BatchStats& stats, double eps) {
   detail::check_eps(eps);
-  const int64_t C = channels_of(stats.mean);
-  check_stats(stats, "stats", C);
+  check_stats(stats, "stats", channels_of(stats.mean));
   if (stats.count == 0) {
     throw Error(
         "normalization_from_batch: expected statistics of at least one value per channel, got "
         "count 0");
   }
-  detail::reuse_or_allocate(norm.mean, C, DType::Float64, {&stats.mean, &stats.m2});
-  detail::reuse_or_allocate(norm.invstd, C, DType::Float64, {&stats.mean, &stats.m2});
-  const double n = static_cast<double>(stats.count);
-  const double* mean = f64(stats.mean);
-  const double* m2 = f64(stats.m2);
-  double* out_mean = f64_mut(norm.mean);
-  double* out_invstd = f64_mut(norm.invstd);
-  std::copy_n(mean, C, out_mean);
-  route::invstd(out_invstd, m2, n, eps, C);  // variance m2 / n
+  step::normalization_from_batch(norm, stats, eps);
 }
 
 Normalization normalization_from_batch(const BatchStats& stats, double eps) {
@@ -104,16 +91,7 @@ void normalization_from_running(Normalization& norm, const Tensor& running_mean,
   const int64_t C = running_mean.numel();
   detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
   detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
-  const double* var = detail::channel_f64(running_var, 0);
-  if (const int64_t c = route::first_negative_sum(var, eps, C); c < C) {  // before any write
-    throw Error("running_var: expected non-negative variances, got running_var[" +
-                std::to_string(c) + "] = " + python_float_repr(var[c]) + " with eps " +
-                python_float_repr(eps));
-  }
-  detail::reuse_or_allocate(norm.mean, C, DType::Float64, {&running_mean, &running_var});
-  detail::reuse_or_allocate(norm.invstd, C, DType::Float64, {&running_mean, &running_var});
-  detail::load_channels(f64_mut(norm.mean), running_mean);
-  route::invstd(f64_mut(norm.invstd), var, 1.0, eps, C);
+  step::normalization_from_running(norm, running_mean, running_var, eps);
 }
 
 Normalization normalization_from_running(const Tensor& running_mean, const Tensor& running_var,
@@ -139,14 +117,7 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
   }
   detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
   detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
-  const double unbias = 1.0 / static_cast<double>(stats.count - 1);
-  double* rmean = detail::scratch(0, static_cast<std::size_t>(C));
-  double* rvar = detail::scratch(1, static_cast<std::size_t>(C));
-  detail::load_channels(rmean, running_mean);
-  detail::load_channels(rvar, running_var);
-  route::running_update(rmean, rvar, f64(stats.mean), f64(stats.m2), momentum, unbias, C);
-  detail::store_channels(running_mean, rmean);
-  detail::store_channels(running_var, rvar);
+  step::update_running_stats(running_mean, running_var, stats, momentum);
 }
 
 void batch_norm_apply(Tensor& output, const Tensor& input, const Normalization& norm,
@@ -155,24 +126,7 @@ void batch_norm_apply(Tensor& output, const Tensor& input, const Normalization& 
   detail::check_normalization(norm, x.C);
   detail::check_optional_param(weight, "weight", x.C, input.dtype());
   detail::check_optional_param(bias, "bias", x.C, input.dtype());
-  detail::reuse_or_allocate_like(output, input, {&input});
-  if (output.numel() == 0) return;
-  // y = (x − mean) · scale + shift, scale = weight · invstd (invstd without weight), shift = bias
-  // (0 without bias).
-  const auto C = static_cast<std::size_t>(x.C);
-  const double* scale = f64(norm.invstd);
-  if (const double* w = detail::channel_f64(weight, 2)) {
-    double* weighted = detail::scratch(0, C);
-    route::multiply(weighted, w, scale, x.C);
-    scale = weighted;
-  }
-  const double* shift = detail::channel_f64(bias, 1);
-  if (shift == nullptr) {
-    double* zeros = detail::scratch(1, C);
-    std::fill_n(zeros, C, 0.0);
-    shift = zeros;
-  }
-  route::normalize(detail::output_view(output), x, f64(norm.mean), scale, shift);
+  step::apply(output, input, x, norm, weight, bias);
 }
 
 Tensor batch_norm_apply(const Tensor& input, const Normalization& norm, const Tensor& weight,
@@ -198,16 +152,22 @@ Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor&
     detail::check_channel_tensor(running_mean, "running_mean", x.C, input.dtype());
     detail::check_channel_tensor(running_var, "running_var", x.C, input.dtype());
   }
+  Normalization norm;
+  Tensor output;
   if (!training) {
-    return batch_norm_apply(input, normalization_from_running(running_mean, running_var, eps),
-                            weight, bias);
+    if (!tracking) throw Error("running_mean and running_var must be defined in evaluation mode");
+    step::normalization_from_running(norm, running_mean, running_var, eps);
+    step::apply(output, input, x, norm, weight, bias);
+    return output;
   }
-  detail::check_batch_size(input);
+  detail::check_batch_size(x, input.sizes());
   if (x.count() == 0) return Tensor::empty(input.sizes(), input.dtype());
-  const BatchStats stats = batch_stats(input);
-  Tensor out = batch_norm_apply(input, normalization_from_batch(stats, eps), weight, bias);
-  if (tracking) update_running_stats(running_mean, running_var, stats, momentum);
-  return out;
+  BatchStats stats;
+  step::batch_stats(stats, x);
+  step::normalization_from_batch(norm, stats, eps);
+  step::apply(output, input, x, norm, weight, bias);
+  if (tracking) step::update_running_stats(running_mean, running_var, stats, momentum);
+  return output;
 }
 
 }  // namespace bn1d

@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
-// Functional batch-norm backward: validate, derive per-channel coefficients, route to kernels.
-// The derivation of each term is in docs/math.md.
+// Functional batch-norm backward: the public steps validate their arguments, then run the
+// unchecked steps of steps.hpp (docs/math.md derives each term).
 
 #include "bn1d/batch_norm.hpp"
 #include "channel_values.hpp"
-#include "route.hpp"
+#include "steps.hpp"
 #include "validate.hpp"
+#include "workspace.hpp"
 
 namespace bn1d {
 
@@ -29,10 +30,7 @@ void backward_stats(GradStats& stats, const Tensor& grad_output, const Tensor& i
   detail::check_same_shape(grad_output, "grad_output", input);
   const kernels::View3 dy = detail::input_view(grad_output, "grad_output");
   detail::check_normalization(norm, x.C);
-  detail::reuse_or_allocate(stats.sum_dy, x.C, DType::Float64, {&norm.mean, &norm.invstd});
-  detail::reuse_or_allocate(stats.sum_dy_xmu, x.C, DType::Float64, {&norm.mean, &norm.invstd});
-  stats.count = x.count();
-  route::backward_sums(f64_mut(stats.sum_dy), f64_mut(stats.sum_dy_xmu), dy, x, f64(norm.mean));
+  step::backward_sums(stats, dy, x, norm);
 }
 
 GradStats backward_stats(const Tensor& grad_output, const Tensor& input,
@@ -78,22 +76,8 @@ void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, co
           "channel, got count 0");
     }
   }
-  detail::reuse_or_allocate_like(grad_input, input, {&input, &grad_output});
-  if (grad_input.numel() == 0) return;
-  // dx = a · dy + b · (x − mean) + k per channel, with g = weight · invstd:
-  //   a = g                                   (direct path through x̂)
-  //   k = −g · Σdy / n                        (through the batch mean)
-  //   b = −g · invstd² · Σdy(x − mean) / n    (through the batch variance)
-  // With running statistics the mean and variance are constants: b = k = 0.
-  const auto C = static_cast<std::size_t>(x.C);
-  double* a = detail::scratch(0, C);
-  double* b = detail::scratch(1, C);
-  double* k = detail::scratch(2, C);
-  route::backward_coefficients(a, b, k, detail::channel_f64(weight, 3), f64(norm.invstd),
-                               batch_statistics ? f64(global.sum_dy) : nullptr,
-                               batch_statistics ? f64(global.sum_dy_xmu) : nullptr,
-                               static_cast<double>(global.count), x.C);
-  route::backward_input(detail::output_view(grad_input), dy, x, f64(norm.mean), a, b, k);
+  step::backward_input(grad_input, grad_output, input, dy, x, norm, weight, global,
+                       batch_statistics);
 }
 
 Tensor batch_norm_backward_input(const Tensor& grad_output, const Tensor& input,
@@ -112,13 +96,7 @@ void batch_norm_backward_params(BatchNormGradients& grads, const GradStats& stat
   if (dtype != DType::Float32 && dtype != DType::Float64) {
     throw Error(std::string("dtype: expected float32 or float64, got ") + dtype_name(dtype));
   }
-  detail::reuse_or_allocate(grads.weight, C, dtype);
-  detail::reuse_or_allocate(grads.bias, C, dtype);
-  // grad_weight = Σ dy · x̂ = Σ dy (x − mean) · invstd;  grad_bias = Σ dy.
-  double* grad_weight = detail::scratch(0, static_cast<std::size_t>(C));
-  route::multiply(grad_weight, f64(stats.sum_dy_xmu), f64(norm.invstd), C);
-  detail::store_channels(grads.weight, grad_weight);
-  detail::store_channels(grads.bias, f64(stats.sum_dy));
+  step::backward_params(grads, stats, norm, dtype);
 }
 
 BatchNormGradients batch_norm_backward_params(const GradStats& stats, const Normalization& norm,
@@ -131,15 +109,21 @@ BatchNormGradients batch_norm_backward_params(const GradStats& stats, const Norm
 void batch_norm_backward(BatchNormGradients& grads, const Tensor& grad_output, const Tensor& input,
                          const Normalization& norm, const Tensor& weight, bool batch_statistics,
                          bool affine) {
-  thread_local GradStats stats;  // reused: steady-state calls allocate nothing
-  backward_stats(stats, grad_output, input, norm);
+  const kernels::View3 x = detail::input_view(input);
+  detail::check_same_shape(grad_output, "grad_output", input);
+  const kernels::View3 dy = detail::input_view(grad_output, "grad_output");
+  detail::check_normalization(norm, x.C);
+  detail::check_optional_param(weight, "weight", x.C, input.dtype());
+  GradStats& sums = detail::thread_workspace().grad_sums;  // steady-state calls allocate nothing
+  step::backward_sums(sums, dy, x, norm);
   if (affine) {
-    batch_norm_backward_params(grads, stats, norm, input.dtype());
+    step::backward_params(grads, sums, norm, input.dtype());
   } else {
     grads.weight = Tensor();
     grads.bias = Tensor();
   }
-  batch_norm_backward_input(grads.input, grad_output, input, norm, weight, stats, batch_statistics);
+  step::backward_input(grads.input, grad_output, input, dy, x, norm, weight, sums,
+                       batch_statistics);
 }
 
 BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& input,

@@ -40,10 +40,12 @@ void load_channels(double* out, const Tensor& t) {
   for (int64_t c = 0; c < C; ++c) out[c] = v[c];
 }
 
-const double* channel_f64(const Tensor& t, int slot) {
+const double* channel_f64(const Tensor& t, std::vector<double>& storage) {
   if (!t.defined()) return nullptr;
   if (t.dtype() == DType::Float64 && t.is_contiguous()) return t.data<double>();
-  double* out = scratch(slot, static_cast<std::size_t>(t.numel()));
+  if (storage.size() < static_cast<std::size_t>(t.numel()))
+    storage.resize(static_cast<std::size_t>(t.numel()));
+  double* out = storage.data();
   load_channels(out, t);
   return out;
 }
@@ -103,13 +105,6 @@ void reuse_or_allocate_like(Tensor& out, const Tensor& input,
             (out.is_contiguous() || same_strides);
   for (const Tensor* other : avoid) ok = ok && !overlaps(out, *other);
   if (!ok) out = Tensor::empty(input.sizes(), input.dtype());
-}
-
-double* scratch(int slot, std::size_t n) {
-  thread_local std::array<std::vector<double>, 4> buffers;
-  std::vector<double>& b = buffers[static_cast<std::size_t>(slot)];
-  if (b.size() < n) b.resize(n);
-  return b.data();
 }
 
 }  // namespace bn1d::detail

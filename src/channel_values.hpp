@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <initializer_list>
+#include <vector>
 
 #include "bn1d/tensor.hpp"
 #include "validate.hpp"
@@ -47,8 +48,8 @@ class ChannelValues {
 /// out[c] = t[c] as float64 for a defined {C} float32/float64 tensor @p t (any stride).
 void load_channels(double* out, const Tensor& t);
 /// The values of a {C} float32/float64 tensor as float64: its own data when it is contiguous
-/// float64, else converted into scratch(@p slot); nullptr when @p t is undefined.
-const double* channel_f64(const Tensor& t, int slot);
+/// float64, else converted into @p storage (grown as needed); nullptr when @p t is undefined.
+const double* channel_f64(const Tensor& t, std::vector<double>& storage);
 /// t[c] = v[c] for a {C} float32/float64 tensor @p t (any stride), rounding once to its dtype.
 void store_channels(const Tensor& t, const double* v);
 
@@ -69,9 +70,5 @@ void reuse_or_allocate(Tensor& t, int64_t C, DType dtype,
 /// replaced by a new contiguous tensor.
 void reuse_or_allocate_like(Tensor& out, const Tensor& input,
                             std::initializer_list<const Tensor*> avoid);
-
-/// Per-thread scratch of float64 values: @p slot (0 … 3) holds at least @p n values. The storage
-/// grows and is kept, so steady-state calls allocate nothing.
-double* scratch(int slot, std::size_t n);
 
 }  // namespace bn1d::detail

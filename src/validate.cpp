@@ -77,11 +77,10 @@ void check_momentum(double momentum) {
   }
 }
 
-void check_batch_size(const Tensor& input) {
-  const kernels::View3 v = input_view(input);
-  if (v.N * v.L == 1) {
+void check_batch_size(const kernels::View3& x, const Shape& sizes) {
+  if (x.count() == 1) {
     throw Error("Expected more than 1 value per channel when training, got input size " +
-                format_shape(input.sizes()));
+                format_shape(sizes));
   }
 }
 

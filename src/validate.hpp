@@ -38,8 +38,8 @@ void check_eps(double eps);
 void check_momentum(double momentum);
 
 /// PyTorch's "Expected more than 1 value per channel when training, got input size [1, 100]"
-/// when N·L == 1 and batch statistics are needed.
-void check_batch_size(const Tensor& input);
+/// when N·L == 1 (@p x: the view of an input of @p sizes) and batch statistics are needed.
+void check_batch_size(const kernels::View3& x, const Shape& sizes);
 
 /// A float64 {C} tensor of zeros, the type of every per-channel statistic.
 Tensor stat_tensor(int64_t C);

@@ -15,9 +15,11 @@
 ///   in float64 for float32 and float64 inputs alike.
 ///
 /// Distributed training inserts a reduction between the steps:
-///   forward:  batch_stats → combine_stats (across ranks) → normalization_from_batch →
-///   batch_norm_apply backward: backward_stats → combine_grad_stats (across ranks) →
-///   batch_norm_backward_apply
+/// - forward: batch_stats → combine_stats (across ranks) → normalization_from_batch →
+///   batch_norm_apply;
+/// - backward: backward_stats → combine_grad_stats (across ranks) → batch_norm_backward_input
+///   (with the combined sums) and batch_norm_backward_params (with the local ones).
+/// BatchNorm1d::forward and backward take a StatsCombiner (combine.hpp) that does exactly this.
 #pragma once
 
 #include <cstdint>

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "bn1d/batch_norm.hpp"
+#include "bn1d/combine.hpp"
 #include "bn1d/error.hpp"
 #include "bn1d/module.hpp"
 #include "bn1d/state.hpp"

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "bn1d/batch_norm.hpp"
+#include "bn1d/combine.hpp"
 #include "bn1d/state.hpp"
 #include "bn1d/tensor.hpp"
 
@@ -112,6 +113,10 @@ class BatchNorm1d {
   /// channels-last input, the fastest way to normalize such data. Otherwise it is replaced by a
   /// new contiguous tensor.
   void forward(const Tensor& input, Tensor& output);
+  /// forward() whose batch statistics are combined by @p combiner (e.g. across the ranks of a
+  /// distributed batch, as SyncBatchNorm1d does) before normalizing: every participant must make
+  /// the same calls. With running statistics (eval mode) nothing is combined.
+  void forward(const Tensor& input, Tensor& output, StatsCombiner& combiner);
 
   /// Inference without side effects: normalizes @p input with the running statistics (with
   /// batch statistics when the module does not track them), whatever the training flag, and
@@ -128,6 +133,10 @@ class BatchNorm1d {
   /// the right sizes and dtype (grads.input: under the same rule as forward()'s output, with
   /// respect to the saved input), otherwise replaced.
   void backward(const Tensor& grad_output, Gradients& grads);
+  /// backward() whose gradient sums are combined by @p combiner when the forward used batch
+  /// statistics. grads.input is the gradient for the combined batch; grads.weight and grads.bias
+  /// are this participant's own contributions (a data-parallel optimizer sums them).
+  void backward(const Tensor& grad_output, Gradients& grads, StatsCombiner& combiner);
 
   /// Sets training (true) or evaluation (false) mode; returns *this.
   BatchNorm1d& train(bool on = true) noexcept {
@@ -175,24 +184,25 @@ class BatchNorm1d {
   void load(const std::string& path, const std::string& prefix = "");
 
  private:
-  void validate_state(int64_t channels) const;
+  struct Step;  // the training step (training_step.cpp)
 
   BatchNorm1dOptions options_;
   bool training_ = true;
   Tensor weight_, bias_, running_mean_, running_var_;
   int64_t num_batches_tracked_ = 0;
 
-  // Saved by forward() for backward(), and reused statistics buffers.
-  BatchStats stats_;
+  // Saved by forward() for backward(), and reused buffers.
+  BatchStats stats_;     // this participant's batch statistics
+  GradStats grad_sums_;  // this participant's gradient sums
   Tensor saved_input_;
   Normalization saved_norm_;
+  Normalization next_norm_;  // a forward computes here and swaps it in when it commits
   bool saved_batch_statistics_ = false;
-  // Eval mode: copies of the running statistics that saved_norm_ was computed from, while it
-  // still holds that normalization; an eval forward whose running statistics have the same bytes
-  // reuses it instead of recomputing invstd.
+  // Eval mode: the running statistics' bytes saved_norm_ was computed from, while it holds that
+  // normalization. An eval forward whose running statistics still have those bytes (they may be
+  // changed in place through a view) reuses it instead of recomputing invstd.
   Tensor norm_running_mean_, norm_running_var_;
   bool norm_from_running_ = false;
-  bool eval_norm_is_current() const;
 };
 
 /// Prints `BatchNorm1d(100, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)`

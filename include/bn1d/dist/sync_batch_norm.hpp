@@ -12,9 +12,9 @@
 #include <cstdint>
 #include <iosfwd>
 #include <string>
-#include <vector>
 
 #include "bn1d/batch_norm.hpp"
+#include "bn1d/dist/mpi_combiner.hpp"
 #include "bn1d/module.hpp"
 #include "bn1d/state.hpp"
 #include "bn1d/tensor.hpp"
@@ -26,20 +26,18 @@ namespace bn1d {
 /// statistics and input gradients equal those of a single-process BatchNorm1d on the global
 /// batch (up to rounding: float64 within 1e-12, float32 within 8 half-ulps).
 ///
-/// Implementation: the parameters, buffers and options live in an ordinary BatchNorm1d
-/// (module()); the synchronized passes run the functional steps of batch_norm.hpp with one
-/// collective each:
-/// - forward (batch statistics): every rank computes its local (count, mean, M2) with
-///   batch_stats(); one MPI_Allgather of a fixed-size record per rank
-///   [status, count, C, dtype, mode, momentum, eps, mean[C], M2[C]] (float64); every rank merges
-///   the records with combine_stats() in rank order (deterministic), normalizes with the global
-///   statistics and applies the identical running-statistics update (unbiased variance with the
-///   global count), so the running statistics stay bitwise identical on all ranks.
-/// - backward (after a synchronized forward): one MPI_Allgather of
-///   [status, count, C, Σdy[C], Σdy·(x − mean)[C]] summed in rank order with
-///   combine_grad_stats(); the input gradient uses the global sums. The weight and bias gradients
-///   are those of the **local** batch: the data-parallel optimizer sums them across ranks (as
-///   DistributedDataParallel's all-reduce does), which gives the gradient of the global batch.
+/// Implementation: a BatchNorm1d (module()) whose training step combines its statistics with an
+/// MpiStatsCombiner (mpi_combiner.hpp):
+/// - forward (batch statistics): every rank computes its local (count, mean, M2); one
+///   MPI_Allgather of a fixed-size record per rank; every rank merges the records in rank order
+///   (deterministic), normalizes with the global statistics and applies the identical
+///   running-statistics update (unbiased variance with the global count), so the running
+///   statistics stay bitwise identical on all ranks.
+/// - backward (after a forward with batch statistics): one MPI_Allgather of the local Σdy and
+///   Σdy·(x − mean), summed in rank order; the input gradient uses the global sums. The weight
+///   and bias gradients are those of the **local** batch: the data-parallel optimizer sums them
+///   across ranks (as DistributedDataParallel's all-reduce does), which gives the gradient of the
+///   global batch.
 /// - Eval mode with running statistics makes no collective (it is BatchNorm1d's eval forward);
 ///   without track_running_stats, eval mode normalizes with synchronized batch statistics.
 ///   A world of size 1 makes no collective either.
@@ -73,10 +71,12 @@ class SyncBatchNorm1d {
   explicit SyncBatchNorm1d(const BatchNorm1dOptions& options, MPI_Comm comm = MPI_COMM_WORLD);
   SyncBatchNorm1d(const SyncBatchNorm1d&) = delete;
   SyncBatchNorm1d& operator=(const SyncBatchNorm1d&) = delete;
-  SyncBatchNorm1d(SyncBatchNorm1d&& other) noexcept;
-  SyncBatchNorm1d& operator=(SyncBatchNorm1d&& other) noexcept;
+  /// Takes over @p other's module and communicator.
+  SyncBatchNorm1d(SyncBatchNorm1d&& other) noexcept = default;
+  /// Frees this module's communicator, then takes over @p other's module and communicator.
+  SyncBatchNorm1d& operator=(SyncBatchNorm1d&& other) noexcept = default;
   /// Frees the communicator duplicate (skipped when MPI is already finalized).
-  ~SyncBatchNorm1d();
+  ~SyncBatchNorm1d() = default;
 
   /// Normalizes @p input ((N, C) or (N, C, L), the module's dtype, any strides; N may be 0 on
   /// some ranks) with the global batch statistics (training mode, or no running statistics) or
@@ -106,9 +106,9 @@ class SyncBatchNorm1d {
   bool is_training() const noexcept { return module_.is_training(); }
 
   /// Running statistics to mean 0, variance 1, num_batches_tracked 0; weight 1 and bias 0.
-  void reset_parameters();
+  void reset_parameters() { module_.reset_parameters(); }
   /// Running statistics to mean 0, variance 1, num_batches_tracked 0.
-  void reset_running_stats();
+  void reset_running_stats() { module_.reset_running_stats(); }
 
   /// γ, shape {C}; undefined without affine.
   Tensor& weight() noexcept { return module_.weight(); }
@@ -123,64 +123,45 @@ class SyncBatchNorm1d {
   Tensor& running_var() noexcept { return module_.running_var(); }
   const Tensor& running_var() const noexcept { return module_.running_var(); }
   /// Number of training forwards seen while tracking (the same on every rank).
-  int64_t num_batches_tracked() const noexcept { return num_batches_tracked_; }
+  int64_t num_batches_tracked() const noexcept { return module_.num_batches_tracked(); }
   /// The options the module was built with.
   const BatchNorm1dOptions& options() const noexcept { return module_.options(); }
-  /// The underlying local module holding parameters and buffers (e.g. for infer(), which uses
-  /// running statistics and makes no collective). Its num_batches_tracked is not maintained:
-  /// use this class's.
+  /// The underlying module holding parameters, buffers and num_batches_tracked (e.g. for infer(),
+  /// which uses running statistics and makes no collective).
   const BatchNorm1d& module() const noexcept { return module_; }
 
   /// The module's own duplicate of the communicator.
-  MPI_Comm comm() const noexcept { return comm_; }
+  MPI_Comm comm() const noexcept { return combiner_.comm(); }
   /// This process's rank in comm().
-  int rank() const noexcept { return rank_; }
+  int rank() const noexcept { return combiner_.rank(); }
   /// Number of ranks of comm().
-  int world_size() const noexcept { return size_; }
+  int world_size() const noexcept { return combiner_.world_size(); }
 
   /// Bytes this rank contributes to the MPI_Allgather of a synchronized forward with
   /// @p num_features channels: a float64 record [7-value header, mean[C], M2[C]]; every rank
   /// receives world_size() such records.
-  static std::size_t forward_record_bytes(int64_t num_features) noexcept;
+  static std::size_t forward_record_bytes(int64_t num_features) noexcept {
+    return MpiStatsCombiner::stats_record_bytes(num_features);
+  }
   /// As forward_record_bytes for backward: [3-value header, Σdy[C], Σdy·(x − mean)[C]].
-  static std::size_t backward_record_bytes(int64_t num_features) noexcept;
+  static std::size_t backward_record_bytes(int64_t num_features) noexcept {
+    return MpiStatsCombiner::grads_record_bytes(num_features);
+  }
 
-  /// BatchNorm1d's state dict (PyTorch's keys), with this module's num_batches_tracked.
-  StateDict state_dict() const;
+  /// BatchNorm1d's state dict (PyTorch's keys).
+  StateDict state_dict() const { return module_.state_dict(); }
   /// As BatchNorm1d::load_state_dict (local: load the same state on every rank).
-  void load_state_dict(const StateDict& state, bool strict = true);
+  void load_state_dict(const StateDict& state, bool strict = true) {
+    module_.load_state_dict(state, strict);
+  }
   /// Saves state_dict() to @p path as safetensors (e.g. on rank 0 only).
-  void save(const std::string& path) const;
+  void save(const std::string& path) const { module_.save(path); }
   /// As BatchNorm1d::load.
-  void load(const std::string& path, const std::string& prefix = "");
+  void load(const std::string& path, const std::string& prefix = "") { module_.load(path, prefix); }
 
  private:
-  void sync_forward(const Tensor& input, Tensor& output);
-  void sync_backward(const Tensor& grad_output, Gradients& grads);
-  // Allgathers @p local (@p n doubles per rank) into gathered_; no collective for one rank.
-  void allgather(const std::vector<double>& local, std::size_t n);
-  void release() noexcept;
-
-  BatchNorm1d module_;  // options, parameters, buffers; eval forward/backward with running stats
-  MPI_Comm comm_ = MPI_COMM_NULL;
-  int rank_ = 0;
-  int size_ = 1;
-  int64_t num_batches_tracked_ = 0;
-
-  // Saved by a synchronized forward for backward().
-  bool saved_ = false;       // a forward succeeded
-  bool saved_sync_ = false;  // ... and was synchronized (else module_ holds the saved state)
-  int64_t saved_global_count_ = 0;
-  Tensor saved_input_;
-  Normalization saved_norm_;
-
-  // Reused buffers.
-  BatchStats local_stats_;
-  GradStats local_grad_;
-  std::vector<BatchStats> parts_;
-  std::vector<GradStats> grad_parts_;
-  std::vector<double> record_;
-  std::vector<double> gathered_;
+  BatchNorm1d module_;         // options, parameters, buffers, the training step
+  MpiStatsCombiner combiner_;  // the communicator and its collectives
 };
 
 /// Prints `SyncBatchNorm1d(100, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)`.

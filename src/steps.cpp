@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: MIT
+// The steps of batch norm on validated arguments: per-channel coefficients in float64, then the
+// kernel chosen by route.cpp. No per-element math lives here; docs/math.md derives each term.
+#include "steps.hpp"
+
+#include <algorithm>
+
+#include "channel_values.hpp"
+#include "route.hpp"
+#include "workspace.hpp"
+
+namespace bn1d::detail {
+
+StepWorkspace& thread_workspace() {
+  thread_local StepWorkspace workspace;
+  return workspace;
+}
+
+}  // namespace bn1d::detail
+
+namespace bn1d::step {
+
+using detail::f64;
+using detail::f64_mut;
+
+void batch_stats(BatchStats& stats, const kernels::View3& x) {
+  detail::reuse_or_allocate(stats.mean, x.C, DType::Float64);
+  detail::reuse_or_allocate(stats.m2, x.C, DType::Float64);
+  stats.count = x.count();
+  route::channel_stats(f64_mut(stats.mean), f64_mut(stats.m2), x);
+}
+
+void normalization_from_batch(Normalization& norm, const BatchStats& stats, double eps) {
+  const int64_t C = stats.mean.numel();
+  detail::reuse_or_allocate(norm.mean, C, DType::Float64, {&stats.mean, &stats.m2});
+  detail::reuse_or_allocate(norm.invstd, C, DType::Float64, {&stats.mean, &stats.m2});
+  std::copy_n(f64(stats.mean), C, f64_mut(norm.mean));
+  route::invstd(f64_mut(norm.invstd), f64(stats.m2), static_cast<double>(stats.count), eps, C);
+}
+
+void normalization_from_running(Normalization& norm, const Tensor& running_mean,
+                                const Tensor& running_var, double eps) {
+  const int64_t C = running_mean.numel();
+  const double* var = detail::channel_f64(running_var, detail::thread_workspace().running_var);
+  if (const int64_t c = route::first_negative_sum(var, eps, C); c < C) {  // before any write
+    throw Error("running_var: expected non-negative variances, got running_var[" +
+                std::to_string(c) + "] = " + python_float_repr(var[c]) + " with eps " +
+                python_float_repr(eps));
+  }
+  detail::reuse_or_allocate(norm.mean, C, DType::Float64, {&running_mean, &running_var});
+  detail::reuse_or_allocate(norm.invstd, C, DType::Float64, {&running_mean, &running_var});
+  detail::load_channels(f64_mut(norm.mean), running_mean);
+  route::invstd(f64_mut(norm.invstd), var, 1.0, eps, C);
+}
+
+void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
+                          const BatchStats& stats, double momentum) {
+  const int64_t C = stats.mean.numel();
+  const auto n = static_cast<std::size_t>(C);
+  detail::StepWorkspace& ws = detail::thread_workspace();
+  double* rmean = detail::sized(ws.running_mean, n);
+  double* rvar = detail::sized(ws.running_var, n);
+  detail::load_channels(rmean, running_mean);
+  detail::load_channels(rvar, running_var);
+  const double unbias = 1.0 / static_cast<double>(stats.count - 1);
+  route::running_update(rmean, rvar, f64(stats.mean), f64(stats.m2), momentum, unbias, C);
+  detail::store_channels(running_mean, rmean);
+  detail::store_channels(running_var, rvar);
+}
+
+void apply(Tensor& output, const Tensor& input, const kernels::View3& x, const Normalization& norm,
+           const Tensor& weight, const Tensor& bias) {
+  detail::reuse_or_allocate_like(output, input, {&input});
+  if (output.numel() == 0) return;
+  // y = (x − mean) · scale + shift, scale = weight · invstd (invstd without weight), shift = bias
+  // (0 without bias).
+  const auto n = static_cast<std::size_t>(x.C);
+  detail::StepWorkspace& ws = detail::thread_workspace();
+  const double* scale = f64(norm.invstd);
+  if (const double* w = detail::channel_f64(weight, ws.weight)) {
+    double* weighted = detail::sized(ws.scale, n);
+    route::multiply(weighted, w, scale, x.C);
+    scale = weighted;
+  }
+  const double* shift = detail::channel_f64(bias, ws.bias);
+  if (shift == nullptr) {
+    double* zeros = detail::sized(ws.bias, n);
+    std::fill_n(zeros, n, 0.0);
+    shift = zeros;
+  }
+  route::normalize(detail::output_view(output), x, f64(norm.mean), scale, shift);
+}
+
+void backward_sums(GradStats& sums, const kernels::View3& dy, const kernels::View3& x,
+                   const Normalization& norm) {
+  detail::reuse_or_allocate(sums.sum_dy, x.C, DType::Float64, {&norm.mean, &norm.invstd});
+  detail::reuse_or_allocate(sums.sum_dy_xmu, x.C, DType::Float64, {&norm.mean, &norm.invstd});
+  sums.count = x.count();
+  route::backward_sums(f64_mut(sums.sum_dy), f64_mut(sums.sum_dy_xmu), dy, x, f64(norm.mean));
+}
+
+void backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
+                    const kernels::View3& dy, const kernels::View3& x, const Normalization& norm,
+                    const Tensor& weight, const GradStats& global, bool batch_statistics) {
+  detail::reuse_or_allocate_like(grad_input, input, {&input, &grad_output});
+  if (grad_input.numel() == 0) return;
+  // dx = a · dy + b · (x − mean) + k per channel, with g = weight · invstd:
+  //   a = g                                   (direct path through x̂)
+  //   k = −g · Σdy / n                        (through the batch mean)
+  //   b = −g · invstd² · Σdy(x − mean) / n    (through the batch variance)
+  // With running statistics the mean and variance are constants: b = k = 0.
+  const auto n = static_cast<std::size_t>(x.C);
+  detail::StepWorkspace& ws = detail::thread_workspace();
+  double* a = detail::sized(ws.coef_a, n);
+  double* b = detail::sized(ws.coef_b, n);
+  double* k = detail::sized(ws.coef_k, n);
+  route::backward_coefficients(a, b, k, detail::channel_f64(weight, ws.weight), f64(norm.invstd),
+                               batch_statistics ? f64(global.sum_dy) : nullptr,
+                               batch_statistics ? f64(global.sum_dy_xmu) : nullptr,
+                               static_cast<double>(global.count), x.C);
+  route::backward_input(detail::output_view(grad_input), dy, x, f64(norm.mean), a, b, k);
+}
+
+void backward_params(BatchNormGradients& grads, const GradStats& sums, const Normalization& norm,
+                     DType dtype) {
+  const int64_t C = norm.mean.numel();
+  detail::reuse_or_allocate(grads.weight, C, dtype);
+  detail::reuse_or_allocate(grads.bias, C, dtype);
+  // grad_weight = Σ dy · x̂ = Σ dy (x − mean) · invstd;  grad_bias = Σ dy.
+  double* grad_weight = detail::sized(detail::thread_workspace().grad_weight,
+                                      static_cast<std::size_t>(C));
+  route::multiply(grad_weight, f64(sums.sum_dy_xmu), f64(norm.invstd), C);
+  detail::store_channels(grads.weight, grad_weight);
+  detail::store_channels(grads.bias, f64(sums.sum_dy));
+}
+
+}  // namespace bn1d::step

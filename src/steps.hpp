@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: MIT
+// The steps of batch norm on validated arguments: the public functional API (batch_norm.cpp,
+// batch_norm_backward.cpp) and the modules validate once at their boundary, then call these.
+// Callers guarantee: x (and dy) are views of 2-D/3-D float32/float64 tensors with C channels;
+// weight and bias are undefined or {C} tensors of the input's dtype; statistics and
+// normalizations hold float64 {C} tensors; counts are as each step states.
+#pragma once
+
+#include "bn1d/batch_norm.hpp"
+#include "kernels/view.hpp"
+
+namespace bn1d::step {
+
+/// Count, mean and M2 of each channel of @p x into @p stats.
+void batch_stats(BatchStats& stats, const kernels::View3& x);
+
+/// Mean and invstd of the biased variance M2 / count (count > 0) into @p norm.
+void normalization_from_batch(Normalization& norm, const BatchStats& stats, double eps);
+
+/// Mean and invstd of running statistics ({C}, float32/float64, same dtype) into @p norm.
+/// Throws Error naming the channel when running_var + eps < 0, before writing anything.
+void normalization_from_running(Normalization& norm, const Tensor& running_mean,
+                                const Tensor& running_var, double eps);
+
+/// The momentum update of running statistics ({C}, float32/float64) with the unbiased variance
+/// of @p stats (count > 1). Cannot throw.
+void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
+                          const BatchStats& stats, double momentum);
+
+/// y = (x − mean) · invstd · weight + bias into @p output (reused under the rule of
+/// batch_norm.hpp's allocation-free forms).
+void apply(Tensor& output, const Tensor& input, const kernels::View3& x, const Normalization& norm,
+           const Tensor& weight, const Tensor& bias);
+
+/// Σ dy and Σ dy · (x − mean) of each channel into @p sums (dy of x's shape and dtype).
+void backward_sums(GradStats& sums, const kernels::View3& dy, const kernels::View3& x,
+                   const Normalization& norm);
+
+/// The input gradient into @p grad_input (see batch_norm_backward_input); with
+/// @p batch_statistics, @p global holds the sums of the batch the forward normalized over.
+void backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
+                    const kernels::View3& dy, const kernels::View3& x, const Normalization& norm,
+                    const Tensor& weight, const GradStats& global, bool batch_statistics);
+
+/// grad_weight = Σ dy · (x − mean) · invstd and grad_bias = Σ dy, in @p dtype (float32/float64).
+void backward_params(BatchNormGradients& grads, const GradStats& sums, const Normalization& norm,
+                     DType dtype);
+
+}  // namespace bn1d::step

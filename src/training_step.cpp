@@ -1,0 +1,301 @@
+// SPDX-License-Identifier: MIT
+// BatchNorm1d's step, shared by every module: validate once, local statistics → combine →
+// normalize; backward: local sums → combine → apply. The combiner decides what "global" is (the
+// local batch, or every rank's). Results are computed into buffers that are swapped in at the
+// end, so a call that throws leaves the module unchanged.
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <utility>
+
+#include "bn1d/module.hpp"
+#include "channel_values.hpp"
+#include "steps.hpp"
+#include "validate.hpp"
+#include "workspace.hpp"
+
+namespace bn1d {
+namespace {
+
+// The combiner of a module on its own: the local batch is the batch.
+class LocalCombiner final : public StatsCombiner {
+ public:
+  const BatchStats& combine_stats(const StepConfig&, const BatchStats& local,
+                                  const LocalOutcome& outcome) override {
+    if (outcome.error) std::rethrow_exception(outcome.error);
+    return local;
+  }
+  const GradStats& combine_grads(const StepConfig&, const GradStats& local,
+                                 const LocalOutcome& outcome) override {
+    if (outcome.error) std::rethrow_exception(outcome.error);
+    return local;
+  }
+  bool local_only() const noexcept override { return true; }
+};
+
+LocalCombiner local_combiner;  // stateless: shared by every thread
+
+std::string module_name(const StatsCombiner& combiner, const BatchNorm1dOptions& o) {
+  return std::string(combiner.module_name()) + "(" + std::to_string(o.num_features()) + ")";
+}
+
+// Whether contiguous @p t holds exactly the bytes of @p copy (a tensor of its sizes and dtype).
+bool same_bytes(const Tensor& t, const Tensor& copy) {
+  return t.is_contiguous() && copy.defined() && copy.sizes() == t.sizes() &&
+         copy.dtype() == t.dtype() &&
+         std::memcmp(t.raw_data(), copy.raw_data(),
+                     static_cast<std::size_t>(t.numel()) * element_size(t.dtype())) == 0;
+}
+
+// Per-channel {C} float64 zeros in @p norm: the normalization of an empty batch.
+void zero_normalization(Normalization& norm, int64_t C) {
+  detail::reuse_or_allocate(norm.mean, C, DType::Float64);
+  detail::reuse_or_allocate(norm.invstd, C, DType::Float64);
+  std::fill_n(norm.mean.data<double>(), C, 0.0);
+  std::fill_n(norm.invstd.data<double>(), C, 0.0);
+}
+
+}  // namespace
+
+// The step's access to the module's members.
+struct BatchNorm1d::Step {
+  // Checks the module's parameters and buffers (the accessors hand out mutable references, so
+  // the user may have replaced one).
+  static void check_state(const BatchNorm1d& m) {
+    const int64_t C = m.options_.num_features();
+    const DType dtype = m.options_.dtype();
+    if (m.options_.affine()) {
+      detail::check_channel_tensor(m.weight_, "weight", C, dtype);
+      detail::check_channel_tensor(m.bias_, "bias", C, dtype);
+    }
+    if (m.options_.track_running_stats()) {
+      detail::check_channel_tensor(m.running_mean_, "running_mean", C, dtype);
+      detail::check_channel_tensor(m.running_var_, "running_var", C, dtype);
+    }
+  }
+
+  // The view of a valid input for the module; @p stage names the check that is running.
+  static kernels::View3 check_input(const BatchNorm1d& m, const StatsCombiner& combiner,
+                                    const Tensor& input, StepFailure& stage) {
+    const BatchNorm1dOptions& o = m.options_;
+    stage = StepFailure::InvalidInput;
+    const kernels::View3 x = detail::input_view(input);
+    stage = StepFailure::WrongDtype;
+    if (input.dtype() != o.dtype()) {
+      throw Error(module_name(combiner, o) + ": expected a " + dtype_name(o.dtype()) +
+                  " input (the module's dtype), got " + dtype_name(input.dtype()));
+    }
+    stage = StepFailure::WrongChannels;
+    if (x.C != o.num_features()) {
+      throw Error(module_name(combiner, o) + ": expected input with " +
+                  std::to_string(o.num_features()) + " channels (num_features), got " +
+                  std::to_string(x.C) + " channels");
+    }
+    stage = StepFailure::InvalidState;
+    check_state(m);
+    stage = StepFailure::Internal;
+    return x;
+  }
+
+  static StepConfig config(const BatchNorm1d& m) {
+    const BatchNorm1dOptions& o = m.options_;
+    return {o.num_features(), o.dtype(),    m.training_, o.track_running_stats(),
+            o.affine(),       o.momentum(), o.eps()};
+  }
+
+  // Training, or no running statistics: normalize with the combined batch statistics.
+  static void forward_batch(BatchNorm1d& m, const Tensor& input, Tensor& output,
+                            StatsCombiner& combiner) {
+    LocalOutcome outcome;
+    kernels::View3 x;
+    try {
+      x = check_input(m, combiner, input, outcome.failure);
+      step::batch_stats(m.stats_, x);
+      outcome.failure = StepFailure::None;
+    } catch (...) {
+      outcome.error = std::current_exception();
+    }
+    const BatchStats& global = combiner.combine_stats(config(m), m.stats_, outcome);
+    if (global.count == 1) {
+      throw Error(combiner.local_only()
+                      ? "Expected more than 1 value per channel when training, got input size " +
+                            format_shape(input.sizes())
+                      : "Expected more than 1 value per channel when training, got 1 value per "
+                        "channel over all ranks (input size " +
+                            format_shape(input.sizes()) + " on this rank)");
+    }
+    const int64_t C = x.C;
+    if (global.count == 0) {  // empty batch: empty output, no state change (torch would count it)
+      detail::reuse_or_allocate(output, input.sizes(), input.dtype());
+      zero_normalization(m.next_norm_, C);
+    } else {
+      step::normalization_from_batch(m.next_norm_, global, m.options_.eps());
+      step::apply(output, input, x, m.next_norm_, m.weight_, m.bias_);
+      if (m.training_ && m.options_.track_running_stats()) {  // commit: nothing below throws
+        ++m.num_batches_tracked_;
+        const double factor =
+            m.options_.momentum().value_or(1.0 / static_cast<double>(m.num_batches_tracked_));
+        step::update_running_stats(m.running_mean_, m.running_var_, global, factor);
+      }
+    }
+    commit_forward(m, input, /*batch_statistics=*/true);
+  }
+
+  // Eval mode with running statistics: local, nothing to combine.
+  static void forward_running(BatchNorm1d& m, const Tensor& input, Tensor& output,
+                              const StatsCombiner& combiner) {
+    StepFailure stage;
+    const kernels::View3 x = check_input(m, combiner, input, stage);
+    if (x.count() == 0) {
+      detail::reuse_or_allocate(output, input.sizes(), input.dtype());
+      zero_normalization(m.next_norm_, x.C);
+      m.norm_from_running_ = false;
+      return commit_forward(m, input, /*batch_statistics=*/false);
+    }
+    if (m.norm_from_running_ && same_bytes(m.running_mean_, m.norm_running_mean_) &&
+        same_bytes(m.running_var_, m.norm_running_var_)) {  // saved_norm_ is current
+      step::apply(output, input, x, m.saved_norm_, m.weight_, m.bias_);
+      m.saved_input_ = input;
+      m.saved_batch_statistics_ = false;
+      return;
+    }
+    step::normalization_from_running(m.next_norm_, m.running_mean_, m.running_var_,
+                                     m.options_.eps());
+    step::apply(output, input, x, m.next_norm_, m.weight_, m.bias_);
+    // invstd is most of a small batch's eval call: keep the running statistics' bytes to see
+    // whether the next call may reuse it (docs/tuning.md#eval-normalization-cache).
+    m.norm_from_running_ = false;
+    if (m.running_mean_.is_contiguous() && m.running_var_.is_contiguous()) {
+      detail::assign_channel_tensor(m.norm_running_mean_, m.running_mean_);
+      detail::assign_channel_tensor(m.norm_running_var_, m.running_var_);
+      m.norm_from_running_ = true;
+    }
+    commit_forward(m, input, /*batch_statistics=*/false);
+  }
+
+  static void commit_forward(BatchNorm1d& m, const Tensor& input, bool batch_statistics) noexcept {
+    std::swap(m.saved_norm_, m.next_norm_);
+    if (batch_statistics) m.norm_from_running_ = false;
+    m.saved_input_ = input;
+    m.saved_batch_statistics_ = batch_statistics;
+  }
+
+  // After a forward with running statistics: constant mean and variance, nothing to combine.
+  static void backward_running(BatchNorm1d& m, const Tensor& grad_output, Gradients& grads,
+                               const StatsCombiner& combiner) {
+    if (!m.saved_input_.defined())
+      throw Error(module_name(combiner, m.options_) + ": backward called before forward");
+    detail::check_same_shape(grad_output, "grad_output", m.saved_input_);
+    check_state(m);
+    backward_apply(m, grad_output, grads, m.grad_sums_, /*batch_statistics=*/false);
+  }
+
+  // After a forward with batch statistics: combine the gradient sums.
+  static void backward_batch(BatchNorm1d& m, const Tensor& grad_output, Gradients& grads,
+                             StatsCombiner& combiner) {
+    LocalOutcome outcome;
+    try {
+      outcome.failure = StepFailure::NoForward;
+      if (!m.saved_input_.defined())
+        throw Error(module_name(combiner, m.options_) + ": backward called before forward");
+      outcome.failure = StepFailure::WrongGradShape;
+      detail::check_same_shape(grad_output, "grad_output", m.saved_input_);
+      outcome.failure = StepFailure::InvalidState;
+      check_state(m);
+      outcome.failure = StepFailure::Internal;
+      local_sums(m, grad_output);
+      outcome.failure = StepFailure::None;
+    } catch (...) {
+      outcome.error = std::current_exception();
+    }
+    const GradStats& global = combiner.combine_grads(config(m), m.grad_sums_, outcome);
+    backward_apply(m, grad_output, grads, global, /*batch_statistics=*/true);
+  }
+
+  static void local_sums(BatchNorm1d& m, const Tensor& grad_output) {
+    step::backward_sums(m.grad_sums_, detail::input_view(grad_output, "grad_output"),
+                        detail::input_view(m.saved_input_), m.saved_norm_);
+  }
+
+  // grad_input from the @p global sums; weight and bias gradients from the local ones.
+  static void backward_apply(BatchNorm1d& m, const Tensor& grad_output, Gradients& grads,
+                             const GradStats& global, bool batch_statistics) {
+    const kernels::View3 x = detail::input_view(m.saved_input_);
+    const kernels::View3 dy = detail::input_view(grad_output, "grad_output");
+    if (m.options_.affine()) {
+      if (!batch_statistics) local_sums(m, grad_output);
+      step::backward_params(grads, m.grad_sums_, m.saved_norm_, m.options_.dtype());
+    } else {
+      grads.weight = Tensor();
+      grads.bias = Tensor();
+    }
+    step::backward_input(grads.input, grad_output, m.saved_input_, dy, x, m.saved_norm_,
+                         m.weight_, global, batch_statistics);
+  }
+};
+
+void BatchNorm1d::forward(const Tensor& input, Tensor& output) {
+  forward(input, output, local_combiner);
+}
+
+void BatchNorm1d::forward(const Tensor& input, Tensor& output, StatsCombiner& combiner) {
+  if (training_ || !options_.track_running_stats())
+    Step::forward_batch(*this, input, output, combiner);
+  else
+    Step::forward_running(*this, input, output, combiner);
+}
+
+Tensor BatchNorm1d::forward(const Tensor& input) {
+  Tensor output;
+  forward(input, output);
+  return output;
+}
+
+void BatchNorm1d::backward(const Tensor& grad_output, Gradients& grads) {
+  backward(grad_output, grads, local_combiner);
+}
+
+void BatchNorm1d::backward(const Tensor& grad_output, Gradients& grads, StatsCombiner& combiner) {
+  // Before any forward, the current mode says whether the other participants combine.
+  const bool batch_statistics = saved_input_.defined()
+                                    ? saved_batch_statistics_
+                                    : training_ || !options_.track_running_stats();
+  if (batch_statistics)
+    Step::backward_batch(*this, grad_output, grads, combiner);
+  else
+    Step::backward_running(*this, grad_output, grads, combiner);
+}
+
+BatchNorm1d::Gradients BatchNorm1d::backward(const Tensor& grad_output) {
+  Gradients grads;
+  backward(grad_output, grads);
+  return grads;
+}
+
+void BatchNorm1d::infer(const Tensor& input, Tensor& output) const {
+  StepFailure stage;
+  const kernels::View3 x = Step::check_input(*this, local_combiner, input, stage);
+  const bool batch_statistics = !options_.track_running_stats();
+  if (batch_statistics) detail::check_batch_size(x, input.sizes());
+  if (x.count() == 0) {
+    detail::reuse_or_allocate(output, input.sizes(), input.dtype());
+    return;
+  }
+  // Per-thread statistics: concurrent calls share nothing but the module's read-only tensors.
+  detail::StepWorkspace& ws = detail::thread_workspace();
+  if (batch_statistics) {
+    step::batch_stats(ws.infer_stats, x);
+    step::normalization_from_batch(ws.infer_norm, ws.infer_stats, options_.eps());
+  } else {
+    step::normalization_from_running(ws.infer_norm, running_mean_, running_var_, options_.eps());
+  }
+  step::apply(output, input, x, ws.infer_norm, weight_, bias_);
+}
+
+Tensor BatchNorm1d::infer(const Tensor& input) const {
+  Tensor output;
+  infer(input, output);
+  return output;
+}
+
+}  // namespace bn1d
