@@ -446,6 +446,7 @@ TEST(SyncBatchNorm1d, StateDictCarriesTheSynchronizedCount) {
   for (int i = 0; i < 3; ++i) (void)sync.forward(bn1d::randn({4, 3}, DType::Float32, 100));
   const bn1d::StateDict state = sync.state_dict();
   EXPECT_EQ(*state.at("num_batches_tracked").data<int64_t>(), 3);
+  EXPECT_EQ(sync.module().num_batches_tracked(), 3);  // one count, kept by the shared step
   SyncBatchNorm1d other(3);
   other.load_state_dict(state);
   EXPECT_EQ(other.num_batches_tracked(), 3);
