@@ -11,16 +11,6 @@
 namespace bn1d::test {
 namespace {
 
-// Rows [begin, end) of a contiguous tensor, as a view.
-Tensor rows(const Tensor& t, int64_t begin, int64_t end) {
-  Shape sizes = t.sizes();
-  sizes[0] = end - begin;
-  return Tensor::from_blob(
-      static_cast<char*>(t.raw_data()) +
-          begin * t.strides()[0] * static_cast<int64_t>(element_size(t.dtype())),
-      sizes, t.strides(), t.dtype());
-}
-
 // Two participants in one process: the other participant's partial results are given, and the
 // outcomes this participant reported are recorded.
 class PairCombiner final : public StatsCombiner {

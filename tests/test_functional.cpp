@@ -9,16 +9,6 @@
 namespace bn1d::test {
 namespace {
 
-// Rows [begin, end) of a contiguous (N, C, L) tensor, as a view.
-Tensor rows(const Tensor& t, int64_t begin, int64_t end) {
-  Shape sizes = t.sizes();
-  sizes[0] = end - begin;
-  return Tensor::from_blob(
-      static_cast<char*>(t.raw_data()) +
-          begin * t.strides()[0] * static_cast<int64_t>(element_size(t.dtype())),
-      sizes, t.strides(), t.dtype());
-}
-
 TEST(Functional, BatchNormMatchesModule) {
   for (DType dtype : {DType::Float32, DType::Float64}) {
     const Tensor x = randn({6, 4, 5}, dtype, 1);

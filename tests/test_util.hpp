@@ -110,6 +110,16 @@ inline Tensor make_tensor(const std::vector<double>& logical, const Shape& sizes
   return t;
 }
 
+/// Rows [begin, end) of a contiguous tensor, as a view of its memory.
+inline Tensor rows(const Tensor& t, int64_t begin, int64_t end) {
+  Shape sizes = t.sizes();
+  sizes[0] = end - begin;
+  return Tensor::from_blob(
+      static_cast<char*>(t.raw_data()) +
+          begin * t.strides()[0] * static_cast<int64_t>(element_size(t.dtype())),
+      sizes, t.strides(), t.dtype());
+}
+
 /// Round each value to float32 and back (the exact inputs a float32 kernel sees).
 inline std::vector<double> round_to(std::vector<double> v, DType dtype) {
   if (dtype == DType::Float32)
