@@ -13,6 +13,11 @@
 
 namespace demo {
 
+// The defaults are a setting where BatchNorm1d matters as it does in practice: 3 hidden layers
+// with PyTorch's default init shrink the signal layer by layer, and plain SGD at lr 0.1 needs
+// many epochs to get going. Measured over 5 seeds, 15 epochs: with BatchNorm1d 97.7-98.1 % mean
+// test accuracy at every lr from 0.02 to 1; without, 48 % at 0.02, 94.5 % at 0.1, 96.1 % at
+// 0.2-0.3 (its best), and divergence on some seeds from 0.5.
 struct Config {
   int seeds = 5;       // independent trials
   int epochs = 15;     // passes over the training rows
