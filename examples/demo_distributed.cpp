@@ -83,7 +83,9 @@ double running_stats_difference(MLP<bn1d::SyncBatchNorm1d>& dp, MLP<bn1d::BatchN
   return worst;
 }
 
-void print_setup(const Config& cfg, int K) {
+void print_setup(const Config& cfg, int K, const Trial& t) {
+  std::printf("UCI handwritten digits, seed 1's stratified split: %d train / %d test rows\n",
+              t.n_train(), t.n_test());
   std::printf(
       "data-parallel training over %d processes: SyncBatchNorm1d in each of %d hidden layers of "
       "%d, gradients summed with MPI_Allreduce\n",
@@ -109,7 +111,7 @@ int train_data_parallel(const Config& cfg, MPI_Comm comm) {
   auto sum_gradients = [comm](std::vector<float>& g) {
     MPI_Allreduce(MPI_IN_PLACE, g.data(), static_cast<int>(g.size()), MPI_FLOAT, MPI_SUM, comm);
   };
-  if (root) print_setup(cfg, K);
+  if (root) print_setup(cfg, K, t);
 
   std::vector<float> x_batch, x_local, batch_losses, single_losses;
   std::vector<int> y_batch, y_local;
@@ -150,7 +152,7 @@ int train_data_parallel(const Config& cfg, MPI_Comm comm) {
     std::printf("\nlargest per-epoch loss difference: %.2e (tolerance %.0e)\n", worst,
                 kLossTolerance);
     std::printf("running statistics vs 1 process: largest relative difference %.2e\n", stats_diff);
-    std::printf("test accuracy: %.1f%% (%d processes), %.1f%% (1 process)\n", 100.0f * acc_dp, K,
+    std::printf("test accuracy: %.1f%% (data-parallel), %.1f%% (1 process)\n", 100.0f * acc_dp,
                 100.0f * acc_single);
     std::printf("parameters and running statistics identical on all %d ranks: %s\n", K,
                 identical ? "yes" : "NO");
