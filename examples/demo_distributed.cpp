@@ -120,7 +120,7 @@ int train_data_parallel(const Config& cfg, MPI_Comm comm) {
     t.rng.shuffle(t.train_idx);  // same order on every rank
     batch_losses.clear(), single_losses.clear();
     const int N = cfg.batch;
-    for (int start = 0; start + N <= n_train; start += N) {
+    for (int b = 0, start = 0; b < batches_per_epoch(n_train, N); b++, start += N) {
       const int lo = part(N, rank, K), hi = part(N, rank + 1, K);
       gather(ds, t.train_idx.data() + start + lo, hi - lo, x_local, y_local);
       batch_losses.push_back(
