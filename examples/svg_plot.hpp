@@ -115,13 +115,17 @@ inline void write_svg(const std::string& path, const std::string& title,
   s += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
   s += svg::text(width / 2, 26, title, 17, "middle", " font-weight=\"bold\"");
   s += svg::text(width / 2, 48, subtitle, 12, "middle", " fill=\"#444\"");
-  double x = width / 2 - 250;
+  // Legend entries side by side, centred; text widths estimated at 0.6 em per character.
+  const std::string note = "shaded: min–max over seeds";
+  auto entry_w = [](const Series& c) { return 34 + 0.6 * 13 * c.label.size() + 36; };
+  double x = width / 2 - 0.6 * 12 * note.size() / 2;
+  for (const Series& c : panels.front().series) x -= entry_w(c) / 2;
   for (const Series& c : panels.front().series) {
     s += svg::line(x, 70, x + 28, 70, "stroke=\"" + c.color + "\" stroke-width=\"2.5\"");
     s += svg::text(x + 34, 74, c.label, 13, "start");
-    x += 190;
+    x += entry_w(c);
   }
-  s += svg::text(x, 74, "shaded: min–max over seeds", 12, "start", " fill=\"#666\"");
+  s += svg::text(x, 74, note, 12, "start", " fill=\"#666\"");
   for (size_t i = 0; i < panels.size(); i++)
     s += svg::panel(panels[i], left + i * (panel_w + gap), top, panel_w, panel_h);
   s += "</svg>\n";
