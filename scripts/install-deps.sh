@@ -4,10 +4,11 @@
 set -euo pipefail
 
 # build and tests; clang + libclang-rt (libFuzzer, sanitizer runtimes) and clang-format for the
-# hardening stages of scripts/test.sh; OpenMPI for bn1d::dist (SyncBatchNorm1d) and its tests
+# hardening stages of scripts/test.sh; OpenMPI for bn1d::dist (SyncBatchNorm1d) and its tests;
+# zlib for the demo (it reads data/digits.csv.gz)
 packages=(cmake ninja-build g++ pkg-config git libgtest-dev libgmock-dev nlohmann-json3-dev libhwy-dev
           clang libclang-rt-14-dev clang-format
-          openmpi-bin libopenmpi-dev "$@")
+          openmpi-bin libopenmpi-dev zlib1g-dev "$@")
 
 missing=()
 for p in "${packages[@]}"; do
