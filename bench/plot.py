@@ -42,6 +42,10 @@ def number(row, column):
     return float(value) if value else None
 
 
+def ratio_text(x):
+    return f"{x:.0f}×" if x >= 10 else f"{x:.1f}×" if x >= 1 else f"{x:.2f}×"
+
+
 def threads_of(cases):
     values = {rows[op]["threads"] for _, rows in cases for op in rows}
     return ", ".join(sorted(values, key=int))
@@ -88,7 +92,7 @@ def chart(cases, out, title):
                     xs.append(r)
             ax.barh(ys, xs, height=height, color=colors[k], label=f"vs {peer}")
             for y, x in zip(ys, xs):
-                ax.text(x * 1.05, y, f"{x:.0f}×" if x >= 10 else f"{x:.2g}×", va="center", fontsize=7, clip_on=True)
+                ax.text(x * 1.05, y, ratio_text(x), va="center", fontsize=7, clip_on=True)
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_xlim(low, high)
@@ -100,7 +104,8 @@ def chart(cases, out, title):
     axes[0].set_yticklabels(names, fontsize=8)
     axes[0].invert_yaxis()
     heading = "bn1d BatchNorm1d: speed-up over libtorch and oneDNN"
-    heading += f" ({threads_of(cases)} threads" + (f", {title})" if title else ")")
+    threads = threads_of(cases)
+    heading += f" ({threads} thread{'' if threads == '1' else 's'}" + (f", {title})" if title else ")")
     fig.suptitle(heading)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=9, frameon=False)
