@@ -4,7 +4,7 @@
 /// shapes of bench/shapes.txt against a bandwidth bound and, when built with them, libtorch and
 /// oneDNN. See bench/README.md for the model and the columns.
 ///
-///   bn1d_bench [--threads T] [--filter SUBSTR] [--shapes FILE]
+///   bn1d_bench [--threads T] [--filter SUBSTR] [--shapes FILE] [--csv FILE]
 #include <malloc.h>
 #include <omp.h>
 #include <sys/resource.h>
@@ -36,12 +36,14 @@ struct Options {
   int threads = omp_get_num_procs();
   std::string filter;
   std::string shapes = BN1D_BENCH_SHAPES;  // bench/shapes.txt of the source tree
+  std::string csv;                         // also write the table as CSV to this file
 };
 
 /// One line of the shapes file.
 struct Case {
   Problem problem;  // buffers not yet attached
   std::string label;
+  std::string sizes, dtype, layout;  // the label's parts: "64x256x1024", "f32", "NLC"
 };
 
 /// The ops and their traffic: reads and writes of the whole tensor (for the GB/s column). Their
@@ -76,7 +78,8 @@ Options parse_args(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
-      std::printf("usage: bn1d_bench [--threads T] [--filter SUBSTR] [--shapes FILE]\n");
+      std::printf(
+          "usage: bn1d_bench [--threads T] [--filter SUBSTR] [--shapes FILE] [--csv FILE]\n");
       std::exit(0);
     }
     if (i + 1 >= argc) fail("missing value after " + arg);
@@ -88,6 +91,8 @@ Options parse_args(int argc, char** argv) {
       o.filter = value;
     } else if (arg == "--shapes") {
       o.shapes = value;
+    } else if (arg == "--csv") {
+      o.csv = value;
     } else {
       fail("unknown option " + arg + " (try --help)");
     }
@@ -126,10 +131,14 @@ std::vector<Case> read_shapes(const std::string& path) {
     if (layout != "contiguous" && layout != "channels_last") fail(where + "bad layout " + layout);
     p.channels_last = layout == "channels_last";
     if (p.channels_last && !p.three_d) fail(where + "channels_last needs (N, C, L)");
+    k.sizes = std::to_string(p.n) + "x" + std::to_string(p.c);
+    if (p.three_d) k.sizes += "x" + std::to_string(p.l);
+    k.dtype = dtype;
+    k.layout = !p.three_d ? "NC" : p.channels_last ? "NLC" : "NCL";
     std::ostringstream label;
     label << "(" << p.n << "," << p.c;
     if (p.three_d) label << "," << p.l;
-    label << ") " << dtype << " " << (!p.three_d ? "NC" : p.channels_last ? "NLC" : "NCL");
+    label << ") " << dtype << " " << k.layout;
     k.label = label.str();
     cases.push_back(k);
   }
@@ -270,10 +279,17 @@ std::vector<std::function<void()>> bound_kernels(Kind kind, const Problem& p, vo
           [&p, dst] { copy_kernel(dst, p.x, p.bytes(), true); }};
 }
 
+/// The columns of --csv: one row per case and op, times in milliseconds, ratios as in the table
+/// (empty where a library was not built in or does not support the case).
+constexpr const char* kCsvHeader =
+    "shape,dtype,layout,op,threads,runs,bound_ms,bn1d_ms,torch_ms,dnnl_ms,gb_per_s,bn1d_per_bound,"
+    "torch_per_bn1d,dnnl_per_bn1d\n";
+
 /// Runs one case: sanity check, then for each op its bound kernels and every library, timed
 /// interleaved; prints the case's rows, each pass kernel at its fastest median over the rows
-/// that time it (one consistent bound per case). Returns the notes printed under the table.
-std::vector<std::string> run_case(Case& k) {
+/// that time it (one consistent bound per case), and writes them to @p csv when it is not null.
+/// Returns the notes printed under the table.
+std::vector<std::string> run_case(Case& k, int threads, std::FILE* csv) {
   Problem& p = k.problem;
   const bn1d::Tensor x = random_buffer(p, 1), dy = random_buffer(p, 2);
   p.x = x.raw_data();
@@ -377,8 +393,26 @@ std::vector<std::string> run_case(Case& k) {
         std::printf(" %9s %7s", "-", "-");
     }
     std::printf("\n");
+    if (!csv) continue;
+    std::fprintf(csv, "%s,%s,%s,%s,%d,%d,%.6g,%.6g", k.sizes.c_str(), k.dtype.c_str(),
+                 k.layout.c_str(), op.name, threads, runs[o], bound * 1e3, t * 1e3);
+    for (std::size_t i = 1; i < kLibs; ++i) {
+      if (libs[i].runner)
+        std::fprintf(csv, ",%.6g", times[o][i].seconds * 1e3);
+      else
+        std::fprintf(csv, ",");
+    }
+    std::fprintf(csv, ",%.4g,%.4g", (op.reads + op.writes) * p.bytes() / t / 1e9, t / bound);
+    for (std::size_t i = 1; i < kLibs; ++i) {
+      if (libs[i].runner)
+        std::fprintf(csv, ",%.4g", times[o][i].seconds / t);
+      else
+        std::fprintf(csv, ",");
+    }
+    std::fprintf(csv, "\n");
   }
   std::fflush(stdout);
+  if (csv) std::fflush(csv);
   return notes;
 }
 
@@ -399,13 +433,20 @@ int main(int argc, char** argv) {
   set_torch_threads(o.threads);
 #endif
   std::vector<Case> cases = read_shapes(o.shapes);
+  std::FILE* csv = nullptr;
+  if (!o.csv.empty()) {
+    csv = std::fopen(o.csv.c_str(), "w");
+    if (!csv) fail("cannot write " + o.csv);
+    std::fputs(kCsvHeader, csv);
+  }
   print_header(o);
 
   std::vector<std::string> notes;
   for (Case& k : cases) {
     if (k.label.find(o.filter) == std::string::npos) continue;
-    for (std::string& note : run_case(k)) notes.push_back(std::move(note));
+    for (std::string& note : run_case(k, o.threads, csv)) notes.push_back(std::move(note));
   }
+  if (csv && std::fclose(csv) != 0) fail("cannot write " + o.csv);
 
   if (!notes.empty()) std::printf("\n");
   for (const std::string& note : notes) std::printf("%s\n", note.c_str());

@@ -46,6 +46,12 @@ echo "bn1d $(pkg-config --modversion bn1d) from $prefix"
 
 # ---- R CMD build + R CMD check ------------------------------------------------------------
 cd "$build"
+# R CMD check looks the package's dependencies up in the configured CRAN mirror, which prints a
+# warning without network access; an empty local repository answers instead.
+mkdir -p no-repos/src/contrib
+: >no-repos/src/contrib/PACKAGES
+printf 'options(repos = c(local = "file://%s/no-repos"))\n' "$build" >Rprofile
+export R_PROFILE_USER="$build/Rprofile"
 rm -rf bn1d.Rcheck bn1d_*.tar.gz
 R CMD build "$repo/r"
 tarball="$(ls bn1d_*.tar.gz)"
