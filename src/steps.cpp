@@ -7,7 +7,7 @@
 
 #include "channel_values.hpp"
 #include "route.hpp"
-#include "workspace.hpp"
+#include "step_workspace.hpp"
 
 namespace bn1d::detail {
 

@@ -12,7 +12,7 @@
 #include "channel_values.hpp"
 #include "steps.hpp"
 #include "validate.hpp"
-#include "workspace.hpp"
+#include "step_workspace.hpp"
 
 namespace bn1d {
 namespace {
