@@ -392,11 +392,12 @@ int64_t cols_units(const View3& x, const Out3& out) {
 
 }  // namespace
 
-bool rows_layout(const View3& v) { return v.sL == 1 && v.L >= 8; }
-bool rows_layout(const Out3& o) { return o.sL == 1; }
-
-bool cols_layout(const View3& v) { return v.sC == 1; }
-bool cols_layout(const Out3& o) { return o.sC == 1 || o.sL == 1; }
+bool layout_applies(Layout layout, const View3& v) {
+  return layout == Layout::UnitStrideL ? v.sL == 1 && v.L >= 8 : v.sC == 1;
+}
+bool layout_applies(Layout layout, const Out3& o) {
+  return layout == Layout::UnitStrideL ? o.sL == 1 : o.sC == 1 || o.sL == 1;
+}
 
 // Chan merge, in order, of per-slot statistics (part_mean/part_m2: parts.slots rows of C values,
 // ld apart), skipping empty slots. The merge weights depend on the slot only.
@@ -442,7 +443,7 @@ void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
   apply_environment_once();
   const int threads = threads_for(x.N * x.C * x.L);
   const int64_t C = x.C;
-  if (layout == Layout::Rows && x.L < kMinPartitionRow) {
+  if (layout == Layout::UnitStrideL && x.L < kMinPartitionRow) {
     parallel_for(C, threads, [&](int64_t c) {
       HWY_DYNAMIC_DISPATCH(StatsRowsChannel)(x, c, mean + c, m2 + c);
     });
@@ -453,7 +454,7 @@ void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
       merge_partitions(mean, m2, parts, C, ld, pm, pq);
     };
   };
-  if (layout == Layout::Rows) {
+  if (layout == Layout::UnitStrideL) {
     const RowsPartitions parts(x);
     over_partitions(
         parts, threads, C,
@@ -481,10 +482,10 @@ void normalize(Layout layout, const Out3& y, const View3& x, const double* mean,
   const int threads = threads_for(x.N * x.C * x.L);
   const bool stream = streams(x);
   // y = s · (x − mean) + b: outputs of the cols kernels that stay in cache fold mean_lo into b.
-  const bool fold = layout == Layout::Cols && !stream;
+  const bool fold = layout == Layout::UnitStrideC && !stream;
   const void* P = elementwise_params(x, mean, {scale, shift}, fold ? 0 : -1);
   if (P == nullptr) return reference::normalize(y, x, mean, scale, shift);
-  if (layout == Layout::Rows) {
+  if (layout == Layout::UnitStrideL) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
       HWY_DYNAMIC_DISPATCH(NormalizeRows)(y, x, P, i0, i1, stream);
     });
@@ -500,7 +501,7 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
   apply_environment_once();
   const int threads = threads_for(2 * x.N * x.C * x.L);
   const int64_t C = x.C;
-  if (layout == Layout::Rows && x.L < kMinPartitionRow) {
+  if (layout == Layout::UnitStrideL && x.L < kMinPartitionRow) {
     parallel_for(C, threads, [&](int64_t c) {
       HWY_DYNAMIC_DISPATCH(BackwardSumsRowsChannel)(dy, x, mean, c, sum_dy + c, sum_dy_xmu + c);
     });
@@ -511,7 +512,7 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
       sum_partitions(sum_dy, sum_dy_xmu, count, C, ld, ps, psx);
     };
   };
-  if (layout == Layout::Rows) {
+  if (layout == Layout::UnitStrideL) {
     const RowsPartitions parts(x);
     over_partitions(
         parts, threads, C,
@@ -545,10 +546,10 @@ void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3&
   const int threads = threads_for(2 * x.N * x.C * x.L);
   const bool stream = streams(x, 2);  // x and dy
   // dx = a · dy + b · (x − mean) + k: as in normalize, with mean_lo folded into k.
-  const bool fold = layout == Layout::Cols && !stream;
+  const bool fold = layout == Layout::UnitStrideC && !stream;
   const void* P = elementwise_params(x, mean, {a, b, k}, fold ? 1 : -1);
   if (P == nullptr) return reference::backward_input(dx, dy, x, mean, a, b, k);
-  if (layout == Layout::Rows) {
+  if (layout == Layout::UnitStrideL) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
       HWY_DYNAMIC_DISPATCH(BackwardInputRows)(dx, dy, x, P, i0, i1, stream);
     });

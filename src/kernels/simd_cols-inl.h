@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// SIMD kernels for the cols layout: the C channels of every (n, l) are contiguous.
+// SIMD kernels of Layout::UnitStrideC, the "cols" kernels: the C channels of every (n, l) are
+// contiguous (sC == 1); they vectorize along C. Row r = n·L + l of such a view holds x[n, :, l].
 // Included once per Highway target by simd.cpp (hence the toggle guard, as in Highway's -inl.h).
 #if defined(BN1D_KERNELS_SIMD_COLS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef BN1D_KERNELS_SIMD_COLS_INL_H_
@@ -21,9 +22,6 @@
 HWY_BEFORE_NAMESPACE();
 namespace bn1d::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
-
-// ---- Cols layout: the C channels of every (n, l) are contiguous ------------------------------
-// Row r = n·L + l of a cols view holds the C values x[n, :, l].
 
 // (n, l) of row r = n·L + l of a cols view, then of each next row, without a division per row.
 struct RowIndex {

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// SIMD kernels for the rows layout: every (n, c) row of L values is contiguous.
+// SIMD kernels of Layout::UnitStrideL, the "rows" kernels: every (n, c) row of L values is
+// contiguous (sL == 1); they vectorize along L.
 // Included once per Highway target by simd.cpp (hence the toggle guard, as in Highway's -inl.h).
 #if defined(BN1D_KERNELS_SIMD_ROWS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef BN1D_KERNELS_SIMD_ROWS_INL_H_
@@ -21,8 +22,6 @@
 HWY_BEFORE_NAMESPACE();
 namespace bn1d::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
-
-// ---- Rows layout: (n, c) rows of L contiguous values ---------------------------------------
 
 // The statistics passes prefetch the values this many bytes ahead of the ones they read: on AMD
 // Zen 5 the hardware prefetchers alone fed a float32 statistics pass from L3 or DRAM at a third

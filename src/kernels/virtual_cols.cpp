@@ -197,13 +197,13 @@ bool fits(const Plan& p, const Out3& o) {
 void channel_stats(const Plan& p, double* mean, double* m2, const View3& x) {
   double* mean_v = buffer(0, p.width());
   double* m2_v = buffer(1, p.width());
-  simd::channel_stats(simd::Layout::Cols, mean_v, m2_v, wide_view(p, x));
+  simd::channel_stats(simd::Layout::UnitStrideC, mean_v, m2_v, wide_view(p, x));
   fold_stats(p, mean, m2, mean_v, m2_v, static_cast<double>(p.rows));
   if (p.kind != Kind::Cycles || p.rest == 0) return;
   // The rows left over, merged last (Chan's formula, as partitions are merged).
   double* rest_mean = buffer(2, p.C);
   double* rest_m2 = buffer(3, p.C);
-  simd::channel_stats(simd::Layout::Cols, rest_mean, rest_m2, rest_view(p, x));
+  simd::channel_stats(simd::Layout::UnitStrideC, rest_mean, rest_m2, rest_view(p, x));
   const auto na = static_cast<double>(p.rows * p.group), nb = static_cast<double>(p.rest);
   const double n = na + nb;
   simd::merge_slot(mean, m2, rest_mean, rest_m2, nb / n, na * nb / n, false, p.C);
@@ -211,34 +211,35 @@ void channel_stats(const Plan& p, double* mean, double* m2, const View3& x) {
 
 void normalize(const Plan& p, const Out3& y, const View3& x, const double* mean,
                const double* scale, const double* shift) {
-  simd::normalize(simd::Layout::Cols, wide_out(p, y), wide_view(p, x), expanded(p, mean, 0),
+  simd::normalize(simd::Layout::UnitStrideC, wide_out(p, y), wide_view(p, x), expanded(p, mean, 0),
                   expanded(p, scale, 1), expanded(p, shift, 2));
   if (p.kind == Kind::Cycles && p.rest > 0)
-    simd::normalize(simd::Layout::Cols, rest_out(p, y, x.dtype), rest_view(p, x), mean, scale,
-                    shift);
+    simd::normalize(simd::Layout::UnitStrideC, rest_out(p, y, x.dtype), rest_view(p, x), mean,
+                    scale, shift);
 }
 
 void backward_sums(const Plan& p, double* sum_dy, double* sum_dy_xmu, const View3& dy,
                    const View3& x, const double* mean) {
   double* sum_v = buffer(0, p.width());
   double* sum2_v = buffer(1, p.width());
-  simd::backward_sums(simd::Layout::Cols, sum_v, sum2_v, wide_view(p, dy), wide_view(p, x),
+  simd::backward_sums(simd::Layout::UnitStrideC, sum_v, sum2_v, wide_view(p, dy), wide_view(p, x),
                       expanded(p, mean, 2));
   fold_sums(p, sum_dy, sum_dy_xmu, sum_v, sum2_v);
   if (p.kind != Kind::Cycles || p.rest == 0) return;
   double* rest_s = buffer(3, p.C);
   double* rest_sx = buffer(4, p.C);
-  simd::backward_sums(simd::Layout::Cols, rest_s, rest_sx, rest_view(p, dy), rest_view(p, x), mean);
+  simd::backward_sums(simd::Layout::UnitStrideC, rest_s, rest_sx, rest_view(p, dy), rest_view(p, x),
+                      mean);
   simd::add_slot(sum_dy, sum_dy_xmu, rest_s, rest_sx, false, p.C);
 }
 
 void backward_input(const Plan& p, const Out3& dx, const View3& dy, const View3& x,
                     const double* mean, const double* a, const double* b, const double* k) {
-  simd::backward_input(simd::Layout::Cols, wide_out(p, dx), wide_view(p, dy), wide_view(p, x),
-                       expanded(p, mean, 0), expanded(p, a, 1), expanded(p, b, 2),
+  simd::backward_input(simd::Layout::UnitStrideC, wide_out(p, dx), wide_view(p, dy),
+                       wide_view(p, x), expanded(p, mean, 0), expanded(p, a, 1), expanded(p, b, 2),
                        expanded(p, k, 3));
   if (p.kind == Kind::Cycles && p.rest > 0)
-    simd::backward_input(simd::Layout::Cols, rest_out(p, dx, x.dtype), rest_view(p, dy),
+    simd::backward_input(simd::Layout::UnitStrideC, rest_out(p, dx, x.dtype), rest_view(p, dy),
                          rest_view(p, x), mean, a, b, k);
 }
 
