@@ -208,6 +208,7 @@ HWY_AFTER_NAMESPACE();
 #include "kernels/partitions.hpp"
 #include "kernels/reference.hpp"
 #include "kernels/simd.hpp"
+#include "kernels/workspace.hpp"
 
 namespace bn1d::kernels::simd {
 
@@ -326,17 +327,6 @@ static_assert(kSumsTile % kChannelAlign == 0,
 // of a channel per block; longer rows are walked in memory order by partitions.
 constexpr int64_t kMinPartitionRow = 256;
 
-// n values of storage (grown when needed, kept between calls) starting on a cache line (64
-// bytes): vector loads and stores of them never split a line, and no line is shared with data
-// another thread writes.
-template <class T>
-T* on_cache_line(std::vector<T>& storage, std::size_t n) {
-  constexpr std::size_t kLine = 64 / sizeof(T);
-  if (storage.size() < n + kLine) storage.resize(n + kLine);
-  const auto at = reinterpret_cast<std::uintptr_t>(storage.data());
-  return storage.data() + (64 - at % 64) % 64 / sizeof(T);
-}
-
 // Per-channel parameters of an elementwise kernel in the input's dtype T, laid out as
 // [mean_hi | mean_lo | columns...] (C values each): mean_hi = T(mean), mean_lo = T(mean − mean_hi),
 // so that the kernels compute x − mean in T without losing the float64 mean's precision. With
@@ -359,8 +349,14 @@ template <class T>
 const void* elementwise_params_t(int64_t C, const double* mean,
                                  std::initializer_list<const double*> columns, int64_t fold) {
   constexpr std::size_t kPadding = 256 / sizeof(T);
-  thread_local std::vector<T> params;
-  T* P = on_cache_line(params, static_cast<std::size_t>(C) * (2 + columns.size()) + kPadding);
+  KernelWorkspace& w = thread_workspace();
+  AlignedBuffer<T>& params = [&w]() -> AlignedBuffer<T>& {
+    if constexpr (std::is_same_v<T, float>)
+      return w.params_f32;
+    else
+      return w.params_f64;
+  }();
+  T* P = params.get(static_cast<std::size_t>(C) * (2 + columns.size()) + kPadding);
   constexpr DType dtype = std::is_same_v<T, float> ? DType::Float32 : DType::Float64;
   const bool finite = HWY_DYNAMIC_DISPATCH(UpdateParams)(
       P, dtype, C, mean, columns.begin(), static_cast<int64_t>(columns.size()), fold);
@@ -378,10 +374,9 @@ constexpr int64_t kLineValues = 64 / sizeof(double);
 
 // `rows` rows of `ld` float64 values (ld a multiple of kLineValues), on a cache line: the
 // per-partition outputs of the reductions, so that partitions written by different threads
-// share no line. Per calling thread, kept between calls.
+// share no line.
 double* partition_scratch(int64_t rows, int64_t ld) {
-  thread_local std::vector<double> scratch;
-  return on_cache_line(scratch, static_cast<std::size_t>(rows * ld));
+  return thread_workspace().partition_results.get(rows * ld);
 }
 
 // Units of elementwise_cols: rows (n, l) when the output's channels are contiguous, else blocks
