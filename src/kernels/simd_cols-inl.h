@@ -16,6 +16,7 @@
 
 #include "hwy/highway.h"
 #include "kernels/blocking.hpp"
+#include "kernels/elementwise_params.hpp"
 #include "kernels/simd-inl.h"
 #include "kernels/view.hpp"
 
@@ -358,90 +359,88 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
   }
 }
 
-// y = ((x − m_hi) − m_lo) · s + b; P = [m_hi | m_lo | s | b], each C values of T.
+// The elementwise ops of the cols kernels, on a parameter block (elementwise_params.hpp). Each op
+// has an unfolded and a folded struct, on the same parameter type:
+// docs/tuning.md#folded-ops-separate says why they stay separate.
+
+// y = ((x − mean_hi) − mean_lo) · scale + shift.
 template <class T>
 struct NormalizeOp {
-  const T* P;
-  int64_t C;
+  NormalizeParams<T> p;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V) const {
-    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, P + c)), hn::LoadU(d, P + C + c));
-    return hn::MulAdd(xm, hn::LoadU(d, P + 2 * C + c), hn::LoadU(d, P + 3 * C + c));
+    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, p.mean_hi + c)), hn::LoadU(d, p.mean_lo + c));
+    return hn::MulAdd(xm, hn::LoadU(d, p.scale + c), hn::LoadU(d, p.shift + c));
   }
   HWY_INLINE T scalar(int64_t c, T x, T) const {
-    return std::fma((x - P[c]) - P[C + c], P[2 * C + c], P[3 * C + c]);
+    return std::fma((x - p.mean_hi[c]) - p.mean_lo[c], p.scale[c], p.shift[c]);
   }
 };
 
-// dx = a · dy + b · ((x − m_hi) − m_lo) + k; P = [m_hi | m_lo | a | b | k].
-template <class T>
-struct BackwardInputOp {
-  const T* P;
-  int64_t C;
-  template <class D, class V>
-  HWY_INLINE V vec(D d, int64_t c, V x, V g) const {
-    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, P + c)), hn::LoadU(d, P + C + c));
-    return hn::MulAdd(hn::LoadU(d, P + 2 * C + c), g,
-                      hn::MulAdd(hn::LoadU(d, P + 3 * C + c), xm, hn::LoadU(d, P + 4 * C + c)));
-  }
-  HWY_INLINE T scalar(int64_t c, T x, T g) const {
-    return std::fma(P[2 * C + c], g, std::fma(P[3 * C + c], (x - P[c]) - P[C + c], P[4 * C + c]));
-  }
-};
-
-// The folded ops below repeat NormalizeOp and BackwardInputOp without the m_lo column on purpose:
-// one template over both layouts (a kFolded parameter, columns at P + (first + k) · C) compiled the
-// streamed loop differently, and made the streamed channels-last normalize of (64, 256, 1024)
-// float32 at one thread 1.05–1.14x slower, in six of six alternating runs (AMD Zen 5).
-// y = (x − m_hi) · s + b'; P = [m_hi | s | b'], b' = b − m_lo · s (see elementwise_params_t).
+// y = (x − mean_hi) · scale + shift, shift with mean_lo folded in.
 template <class T>
 struct NormalizeFoldedOp {
-  const T* P;
-  int64_t C;
+  NormalizeParams<T> p;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V) const {
-    const V xm = hn::Sub(x, hn::LoadU(d, P + c));
-    return hn::MulAdd(xm, hn::LoadU(d, P + C + c), hn::LoadU(d, P + 2 * C + c));
+    const V xm = hn::Sub(x, hn::LoadU(d, p.mean_hi + c));
+    return hn::MulAdd(xm, hn::LoadU(d, p.scale + c), hn::LoadU(d, p.shift + c));
   }
   HWY_INLINE T scalar(int64_t c, T x, T) const {
-    return std::fma(x - P[c], P[C + c], P[2 * C + c]);
+    return std::fma(x - p.mean_hi[c], p.scale[c], p.shift[c]);
   }
 };
 
-// dx = a · dy + b · (x − m_hi) + k'; P = [m_hi | a | b | k'], k' = k − m_lo · b.
+// dx = a · dy + b · ((x − mean_hi) − mean_lo) + k.
 template <class T>
-struct BackwardInputFoldedOp {
-  const T* P;
-  int64_t C;
+struct BackwardInputOp {
+  BackwardInputParams<T> p;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V g) const {
-    const V xm = hn::Sub(x, hn::LoadU(d, P + c));
-    return hn::MulAdd(hn::LoadU(d, P + C + c), g,
-                      hn::MulAdd(hn::LoadU(d, P + 2 * C + c), xm, hn::LoadU(d, P + 3 * C + c)));
+    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, p.mean_hi + c)), hn::LoadU(d, p.mean_lo + c));
+    return hn::MulAdd(hn::LoadU(d, p.a + c), g,
+                      hn::MulAdd(hn::LoadU(d, p.b + c), xm, hn::LoadU(d, p.k + c)));
   }
   HWY_INLINE T scalar(int64_t c, T x, T g) const {
-    return std::fma(P[C + c], g, std::fma(P[2 * C + c], x - P[c], P[3 * C + c]));
+    return std::fma(p.a[c], g, std::fma(p.b[c], (x - p.mean_hi[c]) - p.mean_lo[c], p.k[c]));
   }
 };
 
-// Streamed outputs take P with m_lo (NormalizeOp), outputs in cache the folded P (see
-// elementwise_params_t, which the dispatcher calls with the same choice).
+// dx = a · dy + b · (x − mean_hi) + k, k with mean_lo folded in.
 template <class T>
-void normalize_cols(const Out3& y, const View3& x, const T* P, int64_t u0, int64_t u1,
-                    bool stream) {
-  if (stream)
-    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<T>{P, x.C}, stream);
+struct BackwardInputFoldedOp {
+  BackwardInputParams<T> p;
+  template <class D, class V>
+  HWY_INLINE V vec(D d, int64_t c, V x, V g) const {
+    const V xm = hn::Sub(x, hn::LoadU(d, p.mean_hi + c));
+    return hn::MulAdd(hn::LoadU(d, p.a + c), g,
+                      hn::MulAdd(hn::LoadU(d, p.b + c), xm, hn::LoadU(d, p.k + c)));
+  }
+  HWY_INLINE T scalar(int64_t c, T x, T g) const {
+    return std::fma(p.a[c], g, std::fma(p.b[c], x - p.mean_hi[c], p.k[c]));
+  }
+};
+
+// y over units u0 … u1 − 1 (see elementwise_cols), the parameters at P laid out as `block` says.
+template <class T>
+void normalize_cols(const Out3& y, const View3& x, const T* P, const ParamBlock& block, int64_t u0,
+                    int64_t u1, bool stream) {
+  const auto params = NormalizeParams<T>::at(P, block);
+  if (block.folded())
+    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeFoldedOp<T>{params}, stream);
   else
-    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeFoldedOp<T>{P, x.C}, stream);
+    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<T>{params}, stream);
 }
 
+// dx over units u0 … u1 − 1, as normalize_cols.
 template <class T>
-void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const T* P, int64_t u0,
-                         int64_t u1, bool stream) {
-  if (stream)
-    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<T>{P, x.C}, stream);
+void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const T* P,
+                         const ParamBlock& block, int64_t u0, int64_t u1, bool stream) {
+  const auto params = BackwardInputParams<T>::at(P, block);
+  if (block.folded())
+    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputFoldedOp<T>{params}, stream);
   else
-    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputFoldedOp<T>{P, x.C}, stream);
+    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<T>{params}, stream);
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE

@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "hwy/highway.h"
+#include "kernels/elementwise_params.hpp"
 #include "kernels/simd-inl.h"
 #include "kernels/view.hpp"
 
@@ -256,19 +257,21 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
 }
 
 // Output rows i0 … i1 − 1 (i = n·C + c; unit stride along L), in T's own lanes:
-//   y = ((x − m_hi) − m_lo) · s + b,   P = [m_hi | m_lo | s | b], each C values of T.
-// m_hi + m_lo is the float64 mean split into two T values: x − m_hi is exact for x near the mean,
-// so large offsets cost no precision.
+//   y = ((x − mean_hi) − mean_lo) · scale + shift, the parameters at P laid out as `block` says
+// (unfolded: folds_mean_lo). mean_hi + mean_lo is the float64 mean split into two T values:
+// x − mean_hi is exact for x near the mean, so large offsets cost no precision.
 template <class T>
-void normalize_rows(const Out3& y, const View3& x, const T* P, int64_t i0, int64_t i1,
-                    bool stream) {
+void normalize_rows(const Out3& y, const View3& x, const T* P, const ParamBlock& block, int64_t i0,
+                    int64_t i1, bool stream) {
   const hn::ScalableTag<T> d;
   const int64_t L = x.L, C = x.C;
+  const auto params = NormalizeParams<T>::at(P, block);
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / C, c = i % C;
     const T* p = row_ptr<T>(x, n, c, 0);
     T* out = static_cast<T*>(y.data) + n * y.sN + c * y.sC;
-    const T mh = P[c], ml = P[C + c], sc = P[2 * C + c], sh = P[3 * C + c];
+    const T mh = params.mean_hi[c], ml = params.mean_lo[c], sc = params.scale[c],
+            sh = params.shift[c];
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), vs = hn::Set(d, sc), vb = hn::Set(d, sh);
     write_run(
         d, out, L, stream,
@@ -306,19 +309,21 @@ void backward_sums_rows_channel(const View3& dy, const View3& x, const double* m
   *sum_dy_xmu = ReduceSum(sx) + sx_tail;
 }
 
-// dx rows i0 … i1 − 1 (unit stride along L), in T's own lanes:
-//   dx = a · dy + b · ((x − m_hi) − m_lo) + k,   P = [m_hi | m_lo | a | b | k], each C values.
+// dx rows i0 … i1 − 1 (unit stride along L), in T's own lanes, as normalize_rows:
+//   dx = a · dy + b · ((x − mean_hi) − mean_lo) + k.
 template <class T>
-void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const T* P, int64_t i0,
-                         int64_t i1, bool stream) {
+void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const T* P,
+                         const ParamBlock& block, int64_t i0, int64_t i1, bool stream) {
   const hn::ScalableTag<T> d;
   const int64_t L = x.L, C = x.C;
+  const auto params = BackwardInputParams<T>::at(P, block);
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / C, c = i % C;
     const T* g = row_ptr<T>(dy, n, c, 0);
     const T* p = row_ptr<T>(x, n, c, 0);
     T* out = static_cast<T*>(dx.data) + n * dx.sN + c * dx.sC;
-    const T mh = P[c], ml = P[C + c], a = P[2 * C + c], b = P[3 * C + c], k = P[4 * C + c];
+    const T mh = params.mean_hi[c], ml = params.mean_lo[c], a = params.a[c], b = params.b[c],
+            k = params.k[c];
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), va = hn::Set(d, a), vb = hn::Set(d, b),
                vk = hn::Set(d, k);
     write_run(
