@@ -259,8 +259,8 @@ TEST(Kernels, VirtualChannelsMatchTheReferenceOracleOnEveryTarget) {
 // and the backward sums of such inputs walk one row at a time across the partition's channels; (64,
 // 32769) walks them in 16 channel parts, the last one ragged. Streamed cols outputs take the
 // parameters with the mean's low part as a column of its own, where outputs in cache fold it
-// into the constant column (simd.cpp, elementwise_params_t): (4096, 1024) float32 streams both
-// normalize and the input gradient.
+// into the constant column (elementwise_params.hpp, folds_mean_lo): (4096, 1024) float32 streams
+// both normalize and the input gradient.
 TEST(Kernels, StreamingStoresMatchTheReferenceOracle) {
   check_case({{4096, 1024}, Layout::Contiguous, simd::Layout::UnitStrideC}, DType::Float32);
   check_case({{1, 3, 700001}, Layout::Contiguous, simd::Layout::UnitStrideL}, DType::Float64);

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Block and tile sizes shared by the SIMD kernels and their dispatcher. They depend on nothing
+// Block and tile sizes shared by the SIMD kernels and their scheduler
+// (simd_schedule.cpp). They depend on nothing
 // but these constants and the shape, so results never depend on the thread count.
 #pragma once
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// How the SIMD dispatcher splits work: the grain of a thread, and the partitions of the
+// How simd_schedule.cpp splits work: the grain of a thread, and the partitions of the
 // reductions. Partitions depend on the shape only, never on the thread count, so that results
 // do not either.
 #pragma once
@@ -30,8 +30,8 @@ constexpr int64_t kPartitions = 16;
 constexpr int64_t kChannelAlign = 64;
 // Channel parts hold at least this many channels (but one part may hold fewer): a part of a
 // full block then holds at least kGrain values, what threads_for gives one thread, so that
-// there are never fewer parts than threads. (Narrower parts cost more than they balance: at one
-// thread, 128-channel parts made the backward sums of (64, 2048) float32 15% slower.)
+// there are never fewer parts than threads. Narrower parts cost more than they balance:
+// docs/tuning.md#min-part-channels.
 constexpr int64_t kMinPartChannels = kGrain / kMaxRowsPerBlock;
 
 // Cols kernels (Layout::UnitStrideC): a partition is a row part times a channel part. The rows r =
@@ -41,9 +41,7 @@ constexpr int64_t kMinPartChannels = kGrain / kMaxRowsPerBlock;
 // 2048): one block) also split their channels, into at most kPartitions / row_parts parts, so that
 // they still spread over the threads. Partitions are numbered row part first (p = rp ·
 // channel_parts + cp), so that a static schedule gives each thread consecutive rows. (The
-// elementwise passes split rows, not these partitions: for (64, 2048) float32 at two threads,
-// walking the same channel parts took 15–22 µs per normalize depending on the output's address
-// relative to the input's modulo 4 KiB, and splitting rows 15 µs at almost every such offset.) No
+// elementwise passes split rows, not these partitions: docs/tuning.md#elementwise-split-rows.) No
 // partition is empty (row_parts ≤ blocks, channel_parts ≤ channel groups, and views without values
 // reach no kernel): the cols partition kernels write their outputs from their first block. A slot
 // is a row part.

@@ -33,29 +33,17 @@ struct RowIndex {
   }
 };
 
-// Vectors of float64 lanes per channel chunk of the cols statistics: a chunk's accumulators
-// stay in registers while the chunk walks down the rows of a block. (Walking each block's rows in
-// memory order instead, with the sums in L1 as the backward sums do, was 1.1–1.7x slower on AMD
-// Zen 5 for data in cache and from DRAM alike, also two rows at a time; eight rows at a time,
-// channels-last (64, 256, 1024) float32 from DRAM, 1.3–1.4x slower with the rows prefetched and
-// 1.7–2.4x without.) A chunk holds 3·kChunk vectors (first row, Σ d, Σ d²): 8 on targets with 32
-// vector registers (AVX-512), where they made (8192, 256) and (256, 1024) float32 0.77–0.85x the
-// time of 4 chunks at one and two threads, (8192, 1024) from DRAM 0.72–0.75x (AMD Zen 5); 4
-// elsewhere (with AVX2's 16 registers 8 spill, and were 1.05–1.12x slower on some shapes).
+// Vectors of float64 lanes per channel chunk of the cols statistics: a chunk's 3·kChunk
+// accumulators (first row, Σ d, Σ d²) stay in registers while it walks down the rows of a block,
+// so 8 with 32 vector registers (AVX-512), else 4: docs/tuning.md#stats-chunk.
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
 constexpr int kChunk = 8;
 #else
 constexpr int kChunk = 4;
 #endif
-// The statistics walk a block chunk by chunk, which the hardware prefetchers do not follow:
-// each row's chunk is prefetched (into L2) about kAheadBytes of rows ahead. Without it, data
-// streamed from DRAM arrives at half the bandwidth. Still, a pass from DRAM runs at 0.5–0.65x a
-// read's speed (channels-last (64, 256, 1024) and (16384, 1024) float32, AMD Zen 5), though on
-// data in L2 the same pass outruns a read from DRAM (one thread: 61 against 46 GB/s), and a bare
-// read in this chunked order was 1.5–2.5x slower than in memory order. Not better, in
-// in-process A/B on those two shapes: the same prefetches into L1 (0.97–1.12x and 1.15x the
-// time), or the next block's lines prefetched in memory order, spread over the current block's
-// chunk walks (1.06–1.24x).
+// The statistics walk a block chunk by chunk, which the hardware prefetchers do not follow: from
+// DRAM each row's chunk is prefetched (into L2) about kAheadBytes of rows ahead:
+// docs/tuning.md#stats-prefetch.
 constexpr int64_t kAheadBytes = 48 * 1024;
 
 // Rows ahead of the one being reduced to prefetch, for rows of C values of T.
@@ -135,12 +123,9 @@ HWY_INLINE void stats_cols_chunk(const T* const* rows, const T* const* ahead, in
 // blocks of `block` rows (at most kMaxRowsPerBlock), each reduced in one pass per chunk of channels
 // (stats_cols_chunk; leftover channels one by one, with the same arithmetic), and merged into the
 // running result with Chan's formula (r0 < r1: every partition holds a block, see
-// ColsPartitions). The first block is stored as it is (what a merge into zeros gives, bit for
-// bit) rather than merged into zero-filled outputs: filling first made the statistics of
-// (256, 1024) float32 15% slower at two threads (the outputs are per-partition scratch that the
-// merging thread read last). Data streamed from DRAM (`prefetch`) is prefetched rows ahead (see
-// kAheadBytes); data in cache is not: the prefetches then only cost (AMD Zen 5, up to 8 MiB:
-// 5–14% faster without them; from 16 MiB on 1.2–2.3x slower without them).
+// ColsPartitions). The first block is stored as it is, what a merge into zeros gives, bit for bit
+// (docs/tuning.md#stats-first-block). With `prefetch` (data from DRAM) rows are prefetched ahead
+// (kAheadBytes).
 template <class T>
 void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t block, int64_t c0,
                           int64_t c1, bool prefetch, double* mean, double* m2) {
@@ -209,18 +194,10 @@ HWY_INLINE void backward_sums_cols_rows(const T* const* g, const T* const* p, co
 
 // Σ dy and Σ dy · (x − mean) over rows r0 … r1 − 1, channels c0 … c1 − 1, into sum_dy[c] and
 // sum_dy_xmu[c] (zeroed first), accumulated per channel in row order. The rows are walked in
-// memory order, `step` (1 or 4) at a time, in channel tiles of at most `tile` channels (c0 and
-// tile multiples of the lane count), with the sums in L1; how they are walked changes no bit.
-// - step 4 loads and stores the sums once per four rows: in cache, 10–30% faster than one row
-//   at a time and 0–23% faster than two (AMD Zen 5: (4096, 256) float64 at two threads 0.77x,
-//   (8192, 256) and (64, 2048) float32 0.85x); for data streamed from L3 or DRAM, interleaved
-//   streams are up to 2x slower (AMD Zen 5).
-// - Tiles keep the sums (two rows of float64) and the mean in L1: (256, 8192) float32 in cache
-//   1.2–1.6x faster with 1024-channel tiles; a 43 MiB (2048, 5300) from DRAM 1.3x slower, its
-//   rows then read in 4 KiB runs.
-// (A walk of 64-row blocks chunk by chunk, with the sums in registers, was 1.2–2.3x slower for
-// data beyond L1 on AMD Zen 5: its strided accesses, rows 4 KiB apart and more, defeat the L1 and
-// the hardware prefetchers.)
+// memory order with the sums in L1 (docs/tuning.md#cols-sums-walk), `step` (1 or 4) at a time, in
+// channel tiles of at most `tile` channels (c0 and tile multiples of the lane count); how they are
+// walked changes no bit. Step 4 loads and stores the sums once per four rows; tiles keep the sums
+// and the mean in L1 (simd_schedule.cpp chooses: docs/tuning.md#grouped-rows, #sums-tiles).
 template <class T>
 void backward_sums_cols_partition(const View3& dy, const View3& x, const double* mean, int64_t r0,
                                   int64_t r1, int64_t c0, int64_t c1, int step, int64_t tile,
@@ -294,14 +271,9 @@ HWY_INLINE void elementwise_rows_group(D d, const Out3& out, const View3& x, con
 // Elementwise op over units u0 … u1 − 1 of a cols view, in T's own lanes: f.vec(d, c, x, dy)
 // gives the results for channels c … c + lanes − 1, f.scalar(c, x, dy) for one channel.
 // - Output with contiguous channels too (out.sC == 1, e.g. (N, C) or channels-last): a unit is a
-//   row r = n·L + l, read and written along C; kRowGroup rows at a time unless streamed.
-//   Streamed rows go one at a time in memory order, which the hardware prefetchers follow: a
-//   software prefetch of the rows 48 KiB ahead made them 1.05–1.25x slower on AMD Zen 5
-//   ((8192, 1024) float32 eval, (8192, 256) float64 backward; no gain on an Intel Xeon either).
-//   Their pace matters more than their instruction count: without the division per row (an
-//   incremental RowIndex), or with a load and a subtraction less per vector, the streamed
-//   normalize of 1 KiB rows (channels-last (64, 256, 1024), (65536, 256)) ran 1.2–1.3x slower on
-//   AMD Zen 5, and a pause per row was faster or slower by shape.
+//   row r = n·L + l, read and written along C; kRowGroup rows at a time unless streamed. Streamed
+//   rows go one at a time in memory order, which the hardware prefetchers follow
+//   (docs/tuning.md#streamed-rows).
 // - Output (N, C, L) with unit stride along L: a unit is a block of kChannelBlock channels of one
 //   n; values are read along C and transposed through a small tile, so that each channel's
 //   output is written as a sequential stream along L.

@@ -24,12 +24,9 @@ HWY_BEFORE_NAMESPACE();
 namespace bn1d::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// The statistics passes prefetch the values this many bytes ahead of the ones they read: on AMD
-// Zen 5 the hardware prefetchers alone fed a float32 statistics pass from L3 or DRAM at a third
-// to two thirds of a plain read's speed ((32, 512, 512) float32 at one thread: 1.6 ms, prefetched
-// 0.65 ms; (64, 64, 4096) 0.65–0.9x at one and two threads; 4, 8 and 16 KiB ahead within a few
-// percent of each other). The passes over x and dy (backward sums, input gradient) and normalize
-// were 1.05–1.15x slower with it: they do not prefetch.
+// The statistics passes prefetch the values this many bytes ahead of the ones they read, which the
+// hardware prefetchers alone do not keep up with; the other passes do not prefetch:
+// docs/tuning.md#rows-prefetch.
 constexpr std::uintptr_t kPrefetchBytes = 8192;
 
 // Prefetches (into every cache level) the lines of [p, p + bytes) moved kPrefetchBytes ahead;
@@ -179,7 +176,7 @@ void stats_rows_channel(const View3& x, int64_t c, double* mean_out, double* m2_
 // covers the values k · kBlock … + kBlock − 1 of row n of every channel), with the range [k0, k1)
 // of its pieces in the units and before = the values per channel of the units before row n's.
 // A partition thus walks each channel's pieces of row n in turn: in memory order for (N, C, L)
-// memory, instead of jumping between the channels after every piece (which ran 30% slower).
+// memory (docs/tuning.md#rows-walk-order).
 template <class F>
 HWY_INLINE void for_rows_of_units(int64_t L, int64_t u0, int64_t u1, const F& f) {
   const int64_t pieces = (L + kBlock - 1) / kBlock;

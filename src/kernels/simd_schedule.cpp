@@ -47,6 +47,7 @@ bool streams(const View3& x, int64_t inputs = 1) {
   return inputs * bytes_of(x) >= stream_min_bytes();
 }
 
+// Threads for a call over `elements` values: one per kGrain of them, at most OpenMP's maximum.
 int threads_for(int64_t elements) {
   const int64_t t = std::min<int64_t>(elements / kGrain, omp_get_max_threads());
   return static_cast<int>(std::max<int64_t>(t, 1));
@@ -80,8 +81,8 @@ constexpr int64_t kSumsTile = 1024;
 static_assert(kSumsTile % kChannelAlign == 0,
               "tiles keep each channel on its vector or scalar path");
 
-// Rows shorter than this are reduced channel by channel (StatsRowsChannel), grouping many rows
-// of a channel per block; longer rows are walked in memory order by partitions.
+// Rows shorter than this are reduced channel by channel (units::stats_rows_channel), grouping many
+// rows of a channel per block; longer rows are walked in memory order by partitions.
 constexpr int64_t kMinPartitionRow = 256;
 
 // The parameter block (elementwise_params.hpp) of an elementwise kernel, in the input's dtype T,

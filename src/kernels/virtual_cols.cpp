@@ -16,22 +16,18 @@ namespace {
 using Kind = Plan::Kind;
 
 // Widths of Cycles views are multiples of this many channels: the float64 lanes of the widest
-// target times the cols reductions' chunk of vectors (AVX-512: 8 · 4), so that every virtual
-// channel is reduced in full vector chunks.
+// target times the cols statistics' smaller chunk of vectors (AVX-512: 8 lanes · 4 vectors), so
+// that every virtual channel is reduced in full vector chunks.
 constexpr int64_t kVectorChannels = 32;
-// Cycles apply to channel counts that are not a multiple of kVectorChannels (multiples gain
-// nothing: measured on (8192, C) float32, C = 32 … 224). Their views are at least
-// kMinCyclesWidth wide (rows of fewer channels cost more per value than they carry; 128 and 512
-// measured no better) and at most kMaxCyclesWidth (their scratch and parameters grow with it;
-// (4000, 1000) float32 as 1000 rows of 4000 virtual channels: elementwise passes 1.4× faster, the
-// reductions no faster, backward sums 7% slower).
+// Cycles apply to channel counts that are not a multiple of kVectorChannels, in views at least
+// kMinCyclesWidth wide (narrower rows cost more per value than they carry) and at most
+// kMaxCyclesWidth (their scratch and parameters grow with it): docs/tuning.md#cycles-widths.
 constexpr int64_t kMinCyclesWidth = 256;
 constexpr int64_t kMaxCyclesWidth[] = {2560, 4096};  // by Op: Reduction, Elementwise
 // Runs views are at most this wide (their per-virtual-channel scratch and parameters grow with
-// it), and rows of at most these lengths are walked as Runs: the rows kernels catch up with the
-// cols kernels at different lengths for the reductions and the elementwise passes (measured on
-// (256, C, L) float32, C·L = 2048: Runs reductions 10–20% faster up to L = 128; Runs
-// elementwise passes 1.2–1.7× faster up to L = 24, as fast at 32, slower from 40).
+// it), and rows of at most kMaxRunsL values are walked as Runs: the rows kernels catch up with the
+// cols kernels at different lengths for the reductions and the elementwise passes
+// (docs/tuning.md#runs-lengths).
 constexpr int64_t kMaxRunsWidth = 4096;
 constexpr int64_t kMaxRunsL[] = {128, 32};  // by Op: Reduction, Elementwise
 // Fewer virtual rows than this are not worth the folds and the expanded coefficients.
