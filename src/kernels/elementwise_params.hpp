@@ -24,7 +24,8 @@ struct ParamBlock {
   int64_t fold = -1;  ///< folded: the coefficient that multiplies (x − mean); −1: unfolded
 
   bool folded() const { return fold >= 0; }
-  int64_t columns() const { return first_coefficient() + coefficients; }
+  /// Values of the unfolded form: storage of this size holds either form.
+  int64_t capacity() const { return (2 + coefficients) * C; }
   template <class T>
   T* mean_hi(T* P) const {
     return P;

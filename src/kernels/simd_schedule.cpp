@@ -87,8 +87,8 @@ constexpr int64_t kMinPartitionRow = 256;
 
 // The parameter block (elementwise_params.hpp) of an elementwise kernel, in the input's dtype T,
 // from the float64 mean and coefficient columns, in this thread's workspace. Only values whose
-// bits change are written: docs/tuning.md#params-written-if-changed. Sized for the unfolded
-// block (either form then fits without growing) plus a vector of the widest target: the masked
+// bits change are written: docs/tuning.md#params-written-if-changed. Sized for either form (so
+// that switching forms does not grow it) plus a vector of the widest target: the masked
 // row tails of the cols kernels load whole vectors of parameters and use only their first lanes.
 // Returns nullptr when a parameter is not finite in T (e.g. invstd of a denormal-variance channel
 // overflows float32, or a channel's mean is NaN): such calls take the float64 reference kernel,
@@ -104,7 +104,7 @@ const void* elementwise_params_t(const ParamBlock& block, const double* mean,
     else
       return w.params_f64;
   }();
-  T* P = params.get(static_cast<std::size_t>(block.C * (2 + block.coefficients)) + kPadding);
+  T* P = params.get(static_cast<std::size_t>(block.capacity()) + kPadding);
   constexpr DType dtype = std::is_same_v<T, float> ? DType::Float32 : DType::Float64;
   const bool finite = units::update_params(P, dtype, block, mean, columns);
   return finite ? P : nullptr;
