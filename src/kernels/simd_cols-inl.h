@@ -332,87 +332,86 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
 }
 
 // The elementwise ops of the cols kernels, on a parameter block (elementwise_params.hpp). Each op
-// has an unfolded and a folded struct, on the same parameter type:
-// docs/tuning.md#folded-ops-separate says why they stay separate.
+// has an unfolded and a folded struct on the same column type, separate on purpose:
+// docs/tuning.md#folded-ops-separate.
 
 // y = ((x − mean_hi) − mean_lo) · scale + shift.
 template <class T>
 struct NormalizeOp {
-  NormalizeParams<T> p;
+  NormalizeColumns<T, false> p;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V) const {
-    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, p.mean_hi + c)), hn::LoadU(d, p.mean_lo + c));
-    return hn::MulAdd(xm, hn::LoadU(d, p.scale + c), hn::LoadU(d, p.shift + c));
+    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, p.mean_hi(c))), hn::LoadU(d, p.mean_lo(c)));
+    return hn::MulAdd(xm, hn::LoadU(d, p.scale(c)), hn::LoadU(d, p.shift(c)));
   }
   HWY_INLINE T scalar(int64_t c, T x, T) const {
-    return std::fma((x - p.mean_hi[c]) - p.mean_lo[c], p.scale[c], p.shift[c]);
+    return std::fma((x - p.mean_hi_at(c)) - p.mean_lo_at(c), p.scale_at(c), p.shift_at(c));
   }
 };
 
 // y = (x − mean_hi) · scale + shift, shift with mean_lo folded in.
 template <class T>
 struct NormalizeFoldedOp {
-  NormalizeParams<T> p;
+  NormalizeColumns<T, true> p;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V) const {
-    const V xm = hn::Sub(x, hn::LoadU(d, p.mean_hi + c));
-    return hn::MulAdd(xm, hn::LoadU(d, p.scale + c), hn::LoadU(d, p.shift + c));
+    const V xm = hn::Sub(x, hn::LoadU(d, p.mean_hi(c)));
+    return hn::MulAdd(xm, hn::LoadU(d, p.scale(c)), hn::LoadU(d, p.shift(c)));
   }
   HWY_INLINE T scalar(int64_t c, T x, T) const {
-    return std::fma(x - p.mean_hi[c], p.scale[c], p.shift[c]);
+    return std::fma(x - p.mean_hi_at(c), p.scale_at(c), p.shift_at(c));
   }
 };
 
 // dx = a · dy + b · ((x − mean_hi) − mean_lo) + k.
 template <class T>
 struct BackwardInputOp {
-  BackwardInputParams<T> p;
+  BackwardInputColumns<T, false> p;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V g) const {
-    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, p.mean_hi + c)), hn::LoadU(d, p.mean_lo + c));
-    return hn::MulAdd(hn::LoadU(d, p.a + c), g,
-                      hn::MulAdd(hn::LoadU(d, p.b + c), xm, hn::LoadU(d, p.k + c)));
+    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, p.mean_hi(c))), hn::LoadU(d, p.mean_lo(c)));
+    return hn::MulAdd(hn::LoadU(d, p.a(c)), g,
+                      hn::MulAdd(hn::LoadU(d, p.b(c)), xm, hn::LoadU(d, p.k(c))));
   }
   HWY_INLINE T scalar(int64_t c, T x, T g) const {
-    return std::fma(p.a[c], g, std::fma(p.b[c], (x - p.mean_hi[c]) - p.mean_lo[c], p.k[c]));
+    return std::fma(p.a_at(c), g,
+                    std::fma(p.b_at(c), (x - p.mean_hi_at(c)) - p.mean_lo_at(c), p.k_at(c)));
   }
 };
 
 // dx = a · dy + b · (x − mean_hi) + k, k with mean_lo folded in.
 template <class T>
 struct BackwardInputFoldedOp {
-  BackwardInputParams<T> p;
+  BackwardInputColumns<T, true> p;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V g) const {
-    const V xm = hn::Sub(x, hn::LoadU(d, p.mean_hi + c));
-    return hn::MulAdd(hn::LoadU(d, p.a + c), g,
-                      hn::MulAdd(hn::LoadU(d, p.b + c), xm, hn::LoadU(d, p.k + c)));
+    const V xm = hn::Sub(x, hn::LoadU(d, p.mean_hi(c)));
+    return hn::MulAdd(hn::LoadU(d, p.a(c)), g,
+                      hn::MulAdd(hn::LoadU(d, p.b(c)), xm, hn::LoadU(d, p.k(c))));
   }
   HWY_INLINE T scalar(int64_t c, T x, T g) const {
-    return std::fma(p.a[c], g, std::fma(p.b[c], x - p.mean_hi[c], p.k[c]));
+    return std::fma(p.a_at(c), g, std::fma(p.b_at(c), x - p.mean_hi_at(c), p.k_at(c)));
   }
 };
 
-// y over units u0 … u1 − 1 (see elementwise_cols), the parameters at P laid out as `block` says.
+// y over units u0 … u1 − 1 (see elementwise_cols), the parameters at P in the form `block` says.
 template <class T>
 void normalize_cols(const Out3& y, const View3& x, const T* P, const ParamBlock& block, int64_t u0,
                     int64_t u1, bool stream) {
-  const auto params = NormalizeParams<T>::at(P, block);
   if (block.folded())
-    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeFoldedOp<T>{params}, stream);
+    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeFoldedOp<T>{{{P, x.C}}}, stream);
   else
-    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<T>{params}, stream);
+    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<T>{{{P, x.C}}}, stream);
 }
 
 // dx over units u0 … u1 − 1, as normalize_cols.
 template <class T>
 void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const T* P,
                          const ParamBlock& block, int64_t u0, int64_t u1, bool stream) {
-  const auto params = BackwardInputParams<T>::at(P, block);
   if (block.folded())
-    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputFoldedOp<T>{params}, stream);
+    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputFoldedOp<T>{{{P, x.C}}}, stream);
   else
-    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<T>{params}, stream);
+    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<T>{{{P, x.C}}}, stream);
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE

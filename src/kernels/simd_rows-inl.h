@@ -255,20 +255,20 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
 
 // Output rows i0 … i1 − 1 (i = n·C + c; unit stride along L), in T's own lanes:
 //   y = ((x − mean_hi) − mean_lo) · scale + shift, the parameters at P laid out as `block` says
-// (unfolded: folds_mean_lo). mean_hi + mean_lo is the float64 mean split into two T values:
+// (always unfolded: folds_mean_lo). mean_hi + mean_lo is the float64 mean split into two T values:
 // x − mean_hi is exact for x near the mean, so large offsets cost no precision.
 template <class T>
 void normalize_rows(const Out3& y, const View3& x, const T* P, const ParamBlock& block, int64_t i0,
                     int64_t i1, bool stream) {
   const hn::ScalableTag<T> d;
   const int64_t L = x.L, C = x.C;
-  const auto params = NormalizeParams<T>::at(P, block);
+  const NormalizeColumns<T, false> params{{P, block.C}};
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / C, c = i % C;
     const T* p = row_ptr<T>(x, n, c, 0);
     T* out = static_cast<T*>(y.data) + n * y.sN + c * y.sC;
-    const T mh = params.mean_hi[c], ml = params.mean_lo[c], sc = params.scale[c],
-            sh = params.shift[c];
+    const T mh = params.mean_hi_at(c), ml = params.mean_lo_at(c), sc = params.scale_at(c),
+            sh = params.shift_at(c);
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), vs = hn::Set(d, sc), vb = hn::Set(d, sh);
     write_run(
         d, out, L, stream,
@@ -313,14 +313,14 @@ void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const 
                          const ParamBlock& block, int64_t i0, int64_t i1, bool stream) {
   const hn::ScalableTag<T> d;
   const int64_t L = x.L, C = x.C;
-  const auto params = BackwardInputParams<T>::at(P, block);
+  const BackwardInputColumns<T, false> params{{P, block.C}};
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / C, c = i % C;
     const T* g = row_ptr<T>(dy, n, c, 0);
     const T* p = row_ptr<T>(x, n, c, 0);
     T* out = static_cast<T*>(dx.data) + n * dx.sN + c * dx.sC;
-    const T mh = params.mean_hi[c], ml = params.mean_lo[c], a = params.a[c], b = params.b[c],
-            k = params.k[c];
+    const T mh = params.mean_hi_at(c), ml = params.mean_lo_at(c), a = params.a_at(c),
+            b = params.b_at(c), k = params.k_at(c);
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), va = hn::Set(d, a), vb = hn::Set(d, b),
                vk = hn::Set(d, k);
     write_run(
