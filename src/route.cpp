@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
-// Routing by layout, decided once per call: the SIMD kernels take views whose rows (unit stride
-// along L) or columns (unit stride along C) are contiguous; everything else (e.g. a column-major
+// Routing by layout, decided once per call: the SIMD kernels take views with unit stride along L
+// (Layout::UnitStrideL) or along C (Layout::UnitStrideC); everything else (e.g. a column-major
 // R matrix, negative or odd strides) goes to the scalar reference kernels. Short rows and narrow
 // channels of suitable memory layouts are walked as a wide cols view first (virtual_cols.hpp).
 #include "route.hpp"
 
 #include <algorithm>
+#include <initializer_list>
 
 #include "kernels/reference.hpp"
 #include "kernels/simd.hpp"
@@ -20,13 +21,11 @@ namespace virtual_cols = kernels::virtual_cols;
 // The SIMD layout that applies to every view (and output) given, if any.
 template <class... Views>
 bool simd_layout(Layout& layout, const Views&... views) {
-  if ((kernels::simd::rows_layout(views) && ...)) {
-    layout = Layout::Rows;
-    return true;
-  }
-  if ((kernels::simd::cols_layout(views) && ...)) {
-    layout = Layout::Cols;
-    return true;
+  for (const Layout candidate : {Layout::UnitStrideL, Layout::UnitStrideC}) {
+    if ((kernels::simd::layout_applies(candidate, views) && ...)) {
+      layout = candidate;
+      return true;
+    }
   }
   return false;
 }

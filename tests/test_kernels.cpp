@@ -43,21 +43,21 @@ struct KernelCase {
 // in three channel parts each (100, 2100), channels-last blocks of 33 and 32 rows, one spanning
 // two n (5, 1030, 13); backward sums over channel tiles, the last one short (1024, 2100).
 const KernelCase kCases[] = {
-    {{3, 4, 37}, Layout::Contiguous, simd::Layout::Rows},
-    {{2, 3, 5000}, Layout::Contiguous, simd::Layout::Rows},
-    {{2, 3, 40000}, Layout::Contiguous, simd::Layout::Rows},
-    {{300, 2, 8}, Layout::Contiguous, simd::Layout::Rows},
-    {{40, 3, 300}, Layout::Contiguous, simd::Layout::Rows},
-    {{9, 7}, Layout::Contiguous, simd::Layout::Cols},
-    {{5000, 3}, Layout::Contiguous, simd::Layout::Cols},
-    {{700, 37}, Layout::Contiguous, simd::Layout::Cols},
-    {{64, 1}, Layout::Contiguous, simd::Layout::Cols},
-    {{3, 21, 35}, Layout::ChannelsLast, simd::Layout::Cols},
-    {{40, 9, 70}, Layout::ChannelsLast, simd::Layout::Cols},
-    {{64, 1100}, Layout::Contiguous, simd::Layout::Cols},
-    {{100, 2100}, Layout::Contiguous, simd::Layout::Cols},
-    {{5, 1030, 13}, Layout::ChannelsLast, simd::Layout::Cols},
-    {{1024, 2100}, Layout::Contiguous, simd::Layout::Cols},
+    {{3, 4, 37}, Layout::Contiguous, simd::Layout::UnitStrideL},
+    {{2, 3, 5000}, Layout::Contiguous, simd::Layout::UnitStrideL},
+    {{2, 3, 40000}, Layout::Contiguous, simd::Layout::UnitStrideL},
+    {{300, 2, 8}, Layout::Contiguous, simd::Layout::UnitStrideL},
+    {{40, 3, 300}, Layout::Contiguous, simd::Layout::UnitStrideL},
+    {{9, 7}, Layout::Contiguous, simd::Layout::UnitStrideC},
+    {{5000, 3}, Layout::Contiguous, simd::Layout::UnitStrideC},
+    {{700, 37}, Layout::Contiguous, simd::Layout::UnitStrideC},
+    {{64, 1}, Layout::Contiguous, simd::Layout::UnitStrideC},
+    {{3, 21, 35}, Layout::ChannelsLast, simd::Layout::UnitStrideC},
+    {{40, 9, 70}, Layout::ChannelsLast, simd::Layout::UnitStrideC},
+    {{64, 1100}, Layout::Contiguous, simd::Layout::UnitStrideC},
+    {{100, 2100}, Layout::Contiguous, simd::Layout::UnitStrideC},
+    {{5, 1030, 13}, Layout::ChannelsLast, simd::Layout::UnitStrideC},
+    {{1024, 2100}, Layout::Contiguous, simd::Layout::UnitStrideC},
 };
 
 // Shapes the routing walks as virtual channels (kernels/virtual_cols.hpp): short rows as Runs,
@@ -66,15 +66,15 @@ const KernelCase kCases[] = {
 // more; (2000, 1); channels-last (300, 7, 9): 42 groups of 64 rows (n, l) and 12 more) or none
 // ((4096, 13) in several partitions, (200, 100) in groups of 8 rows).
 const KernelCase kVirtualCases[] = {
-    {{6, 5, 3}, Layout::Contiguous, simd::Layout::Rows, true},
-    {{64, 100, 5}, Layout::Contiguous, simd::Layout::Rows, true},
-    {{33, 9, 20}, Layout::Contiguous, simd::Layout::Rows, true},
-    {{70, 9, 37}, Layout::Contiguous, simd::Layout::Rows, true},
-    {{1000, 13}, Layout::Contiguous, simd::Layout::Cols, true},
-    {{4096, 13}, Layout::Contiguous, simd::Layout::Cols, true},
-    {{200, 100}, Layout::Contiguous, simd::Layout::Cols, true},
-    {{2000, 1}, Layout::Contiguous, simd::Layout::Cols, true},
-    {{300, 7, 9}, Layout::ChannelsLast, simd::Layout::Cols, true},
+    {{6, 5, 3}, Layout::Contiguous, simd::Layout::UnitStrideL, true},
+    {{64, 100, 5}, Layout::Contiguous, simd::Layout::UnitStrideL, true},
+    {{33, 9, 20}, Layout::Contiguous, simd::Layout::UnitStrideL, true},
+    {{70, 9, 37}, Layout::Contiguous, simd::Layout::UnitStrideL, true},
+    {{1000, 13}, Layout::Contiguous, simd::Layout::UnitStrideC, true},
+    {{4096, 13}, Layout::Contiguous, simd::Layout::UnitStrideC, true},
+    {{200, 100}, Layout::Contiguous, simd::Layout::UnitStrideC, true},
+    {{2000, 1}, Layout::Contiguous, simd::Layout::UnitStrideC, true},
+    {{300, 7, 9}, Layout::ChannelsLast, simd::Layout::UnitStrideC, true},
 };
 
 // Reductions (float64 statistics and sums) must equal the oracle's to within a few float64
@@ -136,7 +136,7 @@ void check_case(const KernelCase& k, DType dtype, bool sliced_n = false) {
   if (k.via_route) {  // the case must reach the virtual views, at least for the reductions
     ASSERT_TRUE(virtual_cols::plan(x, virtual_cols::Op::Reduction));
   } else {
-    ASSERT_TRUE(k.simd_layout == simd::Layout::Rows ? simd::rows_layout(x) : simd::cols_layout(x));
+    ASSERT_TRUE(simd::layout_applies(k.simd_layout, x));
   }
   const auto C = static_cast<std::size_t>(x.C);
   const auto numel = static_cast<std::size_t>(xt.numel());
@@ -178,8 +178,7 @@ void check_case(const KernelCase& k, DType dtype, bool sliced_n = false) {
     if (k.via_route) {
       route::normalize(detail::output_view(y), x, rmean.data(), scale.data(), shift.data());
     } else {
-      ASSERT_TRUE(k.simd_layout == simd::Layout::Rows ? simd::rows_layout(detail::output_view(y))
-                                                      : simd::cols_layout(detail::output_view(y)));
+      ASSERT_TRUE(simd::layout_applies(k.simd_layout, detail::output_view(y)));
       simd::normalize(k.simd_layout, detail::output_view(y), x, rmean.data(), scale.data(),
                       shift.data());
     }
@@ -256,18 +255,18 @@ TEST(Kernels, VirtualChannelsMatchTheReferenceOracleOnEveryTarget) {
 }
 
 // Outputs of 16 MiB or more are written with non-temporal stores (best target, float64); in
-// the cols layout only rows that start vector-aligned are (C = 16), the others not (C = 15), and
-// the backward sums of such inputs walk one row at a time across the partition's channels;
-// (64, 32769) walks them in 16 channel parts, the last one ragged. Streamed cols outputs take the
+// Layout::UnitStrideC only rows that start vector-aligned are (C = 16), the others not (C = 15),
+// and the backward sums of such inputs walk one row at a time across the partition's channels; (64,
+// 32769) walks them in 16 channel parts, the last one ragged. Streamed cols outputs take the
 // parameters with the mean's low part as a column of its own, where outputs in cache fold it
-// into the constant column (simd.cpp, elementwise_params_t): (4096, 1024) float32 streams both
-// normalize and the input gradient.
+// into the constant column (elementwise_params.hpp, folds_mean_lo): (4096, 1024) float32 streams
+// both normalize and the input gradient.
 TEST(Kernels, StreamingStoresMatchTheReferenceOracle) {
-  check_case({{4096, 1024}, Layout::Contiguous, simd::Layout::Cols}, DType::Float32);
-  check_case({{1, 3, 700001}, Layout::Contiguous, simd::Layout::Rows}, DType::Float64);
-  check_case({{140001, 15}, Layout::Contiguous, simd::Layout::Cols}, DType::Float64);
-  check_case({{131075, 16}, Layout::Contiguous, simd::Layout::Cols}, DType::Float64);
-  check_case({{64, 32769}, Layout::Contiguous, simd::Layout::Cols}, DType::Float64);
+  check_case({{4096, 1024}, Layout::Contiguous, simd::Layout::UnitStrideC}, DType::Float32);
+  check_case({{1, 3, 700001}, Layout::Contiguous, simd::Layout::UnitStrideL}, DType::Float64);
+  check_case({{140001, 15}, Layout::Contiguous, simd::Layout::UnitStrideC}, DType::Float64);
+  check_case({{131075, 16}, Layout::Contiguous, simd::Layout::UnitStrideC}, DType::Float64);
+  check_case({{64, 32769}, Layout::Contiguous, simd::Layout::UnitStrideC}, DType::Float64);
 }
 
 // The kernels keep their per-channel parameters (in the input's dtype) between calls and rewrite
@@ -277,7 +276,7 @@ TEST(Kernels, ParametersThatChangeOnlyTheSignOfZeroAreRewritten) {
   const struct {
     Shape shape;
     simd::Layout layout;
-  } cases[] = {{{4, 21}, simd::Layout::Cols}, {{2, 3, 20}, simd::Layout::Rows}};
+  } cases[] = {{{4, 21}, simd::Layout::UnitStrideC}, {{2, 3, 20}, simd::Layout::UnitStrideL}};
   for (const auto& k : cases) {
     for (DType dtype : {DType::Float32, DType::Float64}) {
       SCOPED_TRACE(format_shape(k.shape) + " " + dtype_name(dtype));

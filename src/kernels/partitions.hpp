@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// How the SIMD dispatcher splits work: the grain of a thread, and the partitions of the
+// How simd_schedule.cpp splits work: the grain of a thread, and the partitions of the
 // reductions. Partitions depend on the shape only, never on the thread count, so that results
 // do not either.
 #pragma once
@@ -22,29 +22,29 @@ constexpr int64_t kPartitions = 16;
 // are merged in order. count is the number of partitions, slots the number of slots, slot(p)
 // partition p's, values(s) the number of values per channel in slot s.
 
-// Cols layout channel parts start at multiples of this many channels: a multiple of the float64
-// lanes of every target (8 on x86, 32 with 2048-bit SVE), so that each channel is reduced by the
-// same vector or scalar code whichever part holds it (splitting changes no bit), and of a cache
-// line of float64 (partitions written by different threads share no line of a slot).
+// Channel parts of the cols kernels (Layout::UnitStrideC) start at multiples of this many channels:
+// a multiple of the float64 lanes of every target (8 on x86, 32 with 2048-bit SVE), so that each
+// channel is reduced by the same vector or scalar code whichever part holds it (splitting changes
+// no bit), and of a cache line of float64 (partitions written by different threads share no line of
+// a slot).
 constexpr int64_t kChannelAlign = 64;
 // Channel parts hold at least this many channels (but one part may hold fewer): a part of a
 // full block then holds at least kGrain values, what threads_for gives one thread, so that
-// there are never fewer parts than threads. (Narrower parts cost more than they balance: at one
-// thread, 128-channel parts made the backward sums of (64, 2048) float32 15% slower.)
+// there are never fewer parts than threads. Narrower parts cost more than they balance:
+// docs/tuning.md#min-part-channels.
 constexpr int64_t kMinPartChannels = kGrain / kMaxRowsPerBlock;
 
-// Cols layout: a partition is a row part times a channel part. The rows r = n·L + l come in
-// `blocks` blocks of `block` rows (the fewest blocks of at most kMaxRowsPerBlock rows, all of about
-// the same size: 100 rows are two blocks of 50), grouped into at most kPartitions row parts of
-// consecutive blocks. Batches of fewer than kPartitions blocks (e.g. (64, 2048): one block) also
-// split their channels, into at most kPartitions / row_parts parts, so that they still spread
-// over the threads. Partitions are numbered row part first (p = rp · channel_parts + cp), so that a
-// static schedule gives each thread consecutive rows. (The elementwise passes split rows, not
-// these partitions: for (64, 2048) float32 at two threads, walking the same channel parts took
-// 15–22 µs per normalize depending on the output's address relative to the input's modulo 4 KiB,
-// and splitting rows 15 µs at almost every such offset.) No partition is empty (row_parts ≤
-// blocks, channel_parts ≤ channel groups, and views without values reach no kernel): the cols
-// partition kernels write their outputs from their first block. A slot is a row part.
+// Cols kernels (Layout::UnitStrideC): a partition is a row part times a channel part. The rows r =
+// n·L + l come in `blocks` blocks of `block` rows (the fewest blocks of at most kMaxRowsPerBlock
+// rows, all of about the same size: 100 rows are two blocks of 50), grouped into at most
+// kPartitions row parts of consecutive blocks. Batches of fewer than kPartitions blocks (e.g. (64,
+// 2048): one block) also split their channels, into at most kPartitions / row_parts parts, so that
+// they still spread over the threads. Partitions are numbered row part first (p = rp ·
+// channel_parts + cp), so that a static schedule gives each thread consecutive rows. (The
+// elementwise passes split rows, not these partitions: docs/tuning.md#elementwise-split-rows.) No
+// partition is empty (row_parts ≤ blocks, channel_parts ≤ channel groups, and views without values
+// reach no kernel): the cols partition kernels write their outputs from their first block. A slot
+// is a row part.
 struct ColsPartitions {
   int64_t rows, C, blocks, block, row_parts, groups, channel_parts, count, slots;
   explicit ColsPartitions(const View3& x)
@@ -71,8 +71,8 @@ struct ColsPartitions {
   double values(int64_t s) const { return static_cast<double>(slot_first(s + 1) - slot_first(s)); }
 };
 
-// Rows layout with long rows: units u = n · pieces + piece, a piece being kBlock values of l;
-// each partition is its own slot.
+// Rows kernels (Layout::UnitStrideL) with long rows: units u = n · pieces + piece, a piece being
+// kBlock values of l; each partition is its own slot.
 struct RowsPartitions {
   int64_t L, pieces, units, count, slots;
   explicit RowsPartitions(const View3& x)

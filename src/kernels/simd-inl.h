@@ -65,7 +65,7 @@ HWY_INLINE double ReduceSum(VD v) { return hn::GetLane(hn::SumOfLanes(DD(), v));
 
 /// x − y, bit for bit, computed as fma(x, 1, −y) where the target has FMA: in the float64
 /// reductions of float32 values the adders also carry the conversions and the sums, and the FMA
-/// units have room (AMD Zen 5: cols statistics 1–8% faster).
+/// units have room (docs/tuning.md#sub-on-fma).
 HWY_INLINE VD SubOnFma(VD x, VD y) {
 #if HWY_NATIVE_FMA
   return hn::MulSub(x, hn::Set(DD(), 1.0), y);

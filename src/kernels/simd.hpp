@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: MIT
-// SIMD kernels (Highway, runtime dispatch). Each op has two layouts:
-//   Rows: every (n, c) row of L values is contiguous (sL == 1), e.g. a contiguous (N, C, L)
-//         tensor: vectorized along L.
-//   Cols: the C channels of every (n, l) are contiguous (sC == 1), e.g. a contiguous (N, C)
-//         tensor or a channels-last (N, L, C) buffer viewed as (N, C, L): vectorized along C.
+// SIMD kernels (Highway, runtime dispatch). Each op has two layouts, named by the axis with unit
+// stride, the one the kernels vectorize along:
+//   Layout::UnitStrideL: every (n, c) row of L values is contiguous (sL == 1), e.g. a contiguous
+//         (N, C, L) tensor. Its kernels are the "rows" kernels (simd_rows-inl.h).
+//   Layout::UnitStrideC: the C channels of every (n, l) are contiguous (sC == 1), e.g. a
+//         contiguous (N, C) tensor or a channels-last (N, L, C) buffer viewed as (N, C, L). Its
+//         kernels are the "cols" kernels (simd_cols-inl.h): row r = n·L + l holds x[n, :, l].
 // Statistics are accumulated in float64 over fixed blocks (two passes while a block is in
 // cache, or one pass of values shifted by the block's first one: docs/math.md) merged with Chan's
-// formula in a fixed order, so results do not depend on the thread
-// count. Outputs may have any strides the chosen layout allows (see rows_layout/cols_layout).
+// formula in a fixed order, so results do not depend on the thread count. Outputs may have any
+// strides the chosen layout allows (see layout_applies).
 #pragma once
 
 #include <string>
@@ -17,16 +19,15 @@
 
 namespace bn1d::kernels::simd {
 
-enum class Layout { Rows, Cols };
+/// The axis with unit stride, along which the kernels vectorize.
+enum class Layout { UnitStrideL, UnitStrideC };
 
-/// Rows layout applies: unit stride along L and rows long enough to vectorize; for an output,
-/// unit stride along L.
-bool rows_layout(const View3& v);
-bool rows_layout(const Out3& o);
-/// Cols layout applies: unit stride along C; for an output, unit stride along C (written row by
-/// row) or along L (written through a transposition tile).
-bool cols_layout(const View3& v);
-bool cols_layout(const Out3& o);
+/// Whether @p layout applies to an input. UnitStrideL: unit stride along L and rows long enough
+/// to vectorize. UnitStrideC: unit stride along C.
+bool layout_applies(Layout layout, const View3& v);
+/// Whether @p layout applies to an output. UnitStrideL: unit stride along L. UnitStrideC: unit
+/// stride along C (written row by row) or along L (written through a transposition tile).
+bool layout_applies(Layout layout, const Out3& o);
 
 /// See reference.hpp for the meaning of each op; @p layout must apply to every view.
 void channel_stats(Layout layout, double* mean, double* m2, const View3& x);

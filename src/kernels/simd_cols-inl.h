@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// SIMD kernels for the cols layout: the C channels of every (n, l) are contiguous.
+// SIMD kernels of Layout::UnitStrideC, the "cols" kernels: the C channels of every (n, l) are
+// contiguous (sC == 1); they vectorize along C. Row r = n·L + l of such a view holds x[n, :, l].
 // Included once per Highway target by simd.cpp (hence the toggle guard, as in Highway's -inl.h).
 #if defined(BN1D_KERNELS_SIMD_COLS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef BN1D_KERNELS_SIMD_COLS_INL_H_
@@ -15,15 +16,13 @@
 
 #include "hwy/highway.h"
 #include "kernels/blocking.hpp"
+#include "kernels/elementwise_params.hpp"
 #include "kernels/simd-inl.h"
 #include "kernels/view.hpp"
 
 HWY_BEFORE_NAMESPACE();
 namespace bn1d::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
-
-// ---- Cols layout: the C channels of every (n, l) are contiguous ------------------------------
-// Row r = n·L + l of a cols view holds the C values x[n, :, l].
 
 // (n, l) of row r = n·L + l of a cols view, then of each next row, without a division per row.
 struct RowIndex {
@@ -34,29 +33,17 @@ struct RowIndex {
   }
 };
 
-// Vectors of float64 lanes per channel chunk of the cols statistics: a chunk's accumulators
-// stay in registers while the chunk walks down the rows of a block. (Walking each block's rows in
-// memory order instead, with the sums in L1 as the backward sums do, was 1.1–1.7x slower on AMD
-// Zen 5 for data in cache and from DRAM alike, also two rows at a time; eight rows at a time,
-// channels-last (64, 256, 1024) float32 from DRAM, 1.3–1.4x slower with the rows prefetched and
-// 1.7–2.4x without.) A chunk holds 3·kChunk vectors (first row, Σ d, Σ d²): 8 on targets with 32
-// vector registers (AVX-512), where they made (8192, 256) and (256, 1024) float32 0.77–0.85x the
-// time of 4 chunks at one and two threads, (8192, 1024) from DRAM 0.72–0.75x (AMD Zen 5); 4
-// elsewhere (with AVX2's 16 registers 8 spill, and were 1.05–1.12x slower on some shapes).
+// Vectors of float64 lanes per channel chunk of the cols statistics: a chunk's 3·kChunk
+// accumulators (first row, Σ d, Σ d²) stay in registers while it walks down the rows of a block,
+// so 8 with 32 vector registers (AVX-512), else 4: docs/tuning.md#stats-chunk.
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
 constexpr int kChunk = 8;
 #else
 constexpr int kChunk = 4;
 #endif
-// The statistics walk a block chunk by chunk, which the hardware prefetchers do not follow:
-// each row's chunk is prefetched (into L2) about kAheadBytes of rows ahead. Without it, data
-// streamed from DRAM arrives at half the bandwidth. Still, a pass from DRAM runs at 0.5–0.65x a
-// read's speed (channels-last (64, 256, 1024) and (16384, 1024) float32, AMD Zen 5), though on
-// data in L2 the same pass outruns a read from DRAM (one thread: 61 against 46 GB/s), and a bare
-// read in this chunked order was 1.5–2.5x slower than in memory order. Not better, in
-// in-process A/B on those two shapes: the same prefetches into L1 (0.97–1.12x and 1.15x the
-// time), or the next block's lines prefetched in memory order, spread over the current block's
-// chunk walks (1.06–1.24x).
+// The statistics walk a block chunk by chunk, which the hardware prefetchers do not follow: from
+// DRAM each row's chunk is prefetched (into L2) about kAheadBytes of rows ahead:
+// docs/tuning.md#stats-prefetch.
 constexpr int64_t kAheadBytes = 48 * 1024;
 
 // Rows ahead of the one being reduced to prefetch, for rows of C values of T.
@@ -136,12 +123,9 @@ HWY_INLINE void stats_cols_chunk(const T* const* rows, const T* const* ahead, in
 // blocks of `block` rows (at most kMaxRowsPerBlock), each reduced in one pass per chunk of channels
 // (stats_cols_chunk; leftover channels one by one, with the same arithmetic), and merged into the
 // running result with Chan's formula (r0 < r1: every partition holds a block, see
-// ColsPartitions). The first block is stored as it is (what a merge into zeros gives, bit for
-// bit) rather than merged into zero-filled outputs: filling first made the statistics of
-// (256, 1024) float32 15% slower at two threads (the outputs are per-partition scratch that the
-// merging thread read last). Data streamed from DRAM (`prefetch`) is prefetched rows ahead (see
-// kAheadBytes); data in cache is not: the prefetches then only cost (AMD Zen 5, up to 8 MiB:
-// 5–14% faster without them; from 16 MiB on 1.2–2.3x slower without them).
+// ColsPartitions). The first block is stored as it is, what a merge into zeros gives, bit for bit
+// (docs/tuning.md#stats-first-block). With `prefetch` (data from DRAM) rows are prefetched ahead
+// (kAheadBytes).
 template <class T>
 void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t block, int64_t c0,
                           int64_t c1, bool prefetch, double* mean, double* m2) {
@@ -210,18 +194,10 @@ HWY_INLINE void backward_sums_cols_rows(const T* const* g, const T* const* p, co
 
 // Σ dy and Σ dy · (x − mean) over rows r0 … r1 − 1, channels c0 … c1 − 1, into sum_dy[c] and
 // sum_dy_xmu[c] (zeroed first), accumulated per channel in row order. The rows are walked in
-// memory order, `step` (1 or 4) at a time, in channel tiles of at most `tile` channels (c0 and
-// tile multiples of the lane count), with the sums in L1; how they are walked changes no bit.
-// - step 4 loads and stores the sums once per four rows: in cache, 10–30% faster than one row
-//   at a time and 0–23% faster than two (AMD Zen 5: (4096, 256) float64 at two threads 0.77x,
-//   (8192, 256) and (64, 2048) float32 0.85x); for data streamed from L3 or DRAM, interleaved
-//   streams are up to 2x slower (AMD Zen 5).
-// - Tiles keep the sums (two rows of float64) and the mean in L1: (256, 8192) float32 in cache
-//   1.2–1.6x faster with 1024-channel tiles; a 43 MiB (2048, 5300) from DRAM 1.3x slower, its
-//   rows then read in 4 KiB runs.
-// (A walk of 64-row blocks chunk by chunk, with the sums in registers, was 1.2–2.3x slower for
-// data beyond L1 on AMD Zen 5: its strided accesses, rows 4 KiB apart and more, defeat the L1 and
-// the hardware prefetchers.)
+// memory order with the sums in L1 (docs/tuning.md#cols-sums-walk), `step` (1 or 4) at a time, in
+// channel tiles of at most `tile` channels (c0 and tile multiples of the lane count); how they are
+// walked changes no bit. Step 4 loads and stores the sums once per four rows; tiles keep the sums
+// and the mean in L1 (simd_schedule.cpp chooses: docs/tuning.md#grouped-rows, #sums-tiles).
 template <class T>
 void backward_sums_cols_partition(const View3& dy, const View3& x, const double* mean, int64_t r0,
                                   int64_t r1, int64_t c0, int64_t c1, int step, int64_t tile,
@@ -295,14 +271,9 @@ HWY_INLINE void elementwise_rows_group(D d, const Out3& out, const View3& x, con
 // Elementwise op over units u0 … u1 − 1 of a cols view, in T's own lanes: f.vec(d, c, x, dy)
 // gives the results for channels c … c + lanes − 1, f.scalar(c, x, dy) for one channel.
 // - Output with contiguous channels too (out.sC == 1, e.g. (N, C) or channels-last): a unit is a
-//   row r = n·L + l, read and written along C; kRowGroup rows at a time unless streamed.
-//   Streamed rows go one at a time in memory order, which the hardware prefetchers follow: a
-//   software prefetch of the rows 48 KiB ahead made them 1.05–1.25x slower on AMD Zen 5
-//   ((8192, 1024) float32 eval, (8192, 256) float64 backward; no gain on an Intel Xeon either).
-//   Their pace matters more than their instruction count: without the division per row (an
-//   incremental RowIndex), or with a load and a subtraction less per vector, the streamed
-//   normalize of 1 KiB rows (channels-last (64, 256, 1024), (65536, 256)) ran 1.2–1.3x slower on
-//   AMD Zen 5, and a pause per row was faster or slower by shape.
+//   row r = n·L + l, read and written along C; kRowGroup rows at a time unless streamed. Streamed
+//   rows go one at a time in memory order, which the hardware prefetchers follow
+//   (docs/tuning.md#streamed-rows).
 // - Output (N, C, L) with unit stride along L: a unit is a block of kChannelBlock channels of one
 //   n; values are read along C and transposed through a small tile, so that each channel's
 //   output is written as a sequential stream along L.
@@ -360,90 +331,87 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
   }
 }
 
-// y = ((x − m_hi) − m_lo) · s + b; P = [m_hi | m_lo | s | b], each C values of T.
+// The elementwise ops of the cols kernels, on a parameter block (elementwise_params.hpp). Each op
+// has an unfolded and a folded struct on the same column type, separate on purpose:
+// docs/tuning.md#folded-ops-separate.
+
+// y = ((x − mean_hi) − mean_lo) · scale + shift.
 template <class T>
 struct NormalizeOp {
-  const T* P;
-  int64_t C;
+  NormalizeColumns<T, false> p;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V) const {
-    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, P + c)), hn::LoadU(d, P + C + c));
-    return hn::MulAdd(xm, hn::LoadU(d, P + 2 * C + c), hn::LoadU(d, P + 3 * C + c));
+    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, p.mean_hi(c))), hn::LoadU(d, p.mean_lo(c)));
+    return hn::MulAdd(xm, hn::LoadU(d, p.scale(c)), hn::LoadU(d, p.shift(c)));
   }
   HWY_INLINE T scalar(int64_t c, T x, T) const {
-    return std::fma((x - P[c]) - P[C + c], P[2 * C + c], P[3 * C + c]);
+    return std::fma((x - p.mean_hi_at(c)) - p.mean_lo_at(c), p.scale_at(c), p.shift_at(c));
   }
 };
 
-// dx = a · dy + b · ((x − m_hi) − m_lo) + k; P = [m_hi | m_lo | a | b | k].
-template <class T>
-struct BackwardInputOp {
-  const T* P;
-  int64_t C;
-  template <class D, class V>
-  HWY_INLINE V vec(D d, int64_t c, V x, V g) const {
-    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, P + c)), hn::LoadU(d, P + C + c));
-    return hn::MulAdd(hn::LoadU(d, P + 2 * C + c), g,
-                      hn::MulAdd(hn::LoadU(d, P + 3 * C + c), xm, hn::LoadU(d, P + 4 * C + c)));
-  }
-  HWY_INLINE T scalar(int64_t c, T x, T g) const {
-    return std::fma(P[2 * C + c], g, std::fma(P[3 * C + c], (x - P[c]) - P[C + c], P[4 * C + c]));
-  }
-};
-
-// The folded ops below repeat NormalizeOp and BackwardInputOp without the m_lo column on purpose:
-// one template over both layouts (a kFolded parameter, columns at P + (first + k) · C) compiled the
-// streamed loop differently, and made the streamed channels-last normalize of (64, 256, 1024)
-// float32 at one thread 1.05–1.14x slower, in six of six alternating runs (AMD Zen 5).
-// y = (x − m_hi) · s + b'; P = [m_hi | s | b'], b' = b − m_lo · s (see elementwise_params_t).
+// y = (x − mean_hi) · scale + shift, shift with mean_lo folded in.
 template <class T>
 struct NormalizeFoldedOp {
-  const T* P;
-  int64_t C;
+  NormalizeColumns<T, true> p;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V) const {
-    const V xm = hn::Sub(x, hn::LoadU(d, P + c));
-    return hn::MulAdd(xm, hn::LoadU(d, P + C + c), hn::LoadU(d, P + 2 * C + c));
+    const V xm = hn::Sub(x, hn::LoadU(d, p.mean_hi(c)));
+    return hn::MulAdd(xm, hn::LoadU(d, p.scale(c)), hn::LoadU(d, p.shift(c)));
   }
   HWY_INLINE T scalar(int64_t c, T x, T) const {
-    return std::fma(x - P[c], P[C + c], P[2 * C + c]);
+    return std::fma(x - p.mean_hi_at(c), p.scale_at(c), p.shift_at(c));
   }
 };
 
-// dx = a · dy + b · (x − m_hi) + k'; P = [m_hi | a | b | k'], k' = k − m_lo · b.
+// dx = a · dy + b · ((x − mean_hi) − mean_lo) + k.
 template <class T>
-struct BackwardInputFoldedOp {
-  const T* P;
-  int64_t C;
+struct BackwardInputOp {
+  BackwardInputColumns<T, false> p;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V g) const {
-    const V xm = hn::Sub(x, hn::LoadU(d, P + c));
-    return hn::MulAdd(hn::LoadU(d, P + C + c), g,
-                      hn::MulAdd(hn::LoadU(d, P + 2 * C + c), xm, hn::LoadU(d, P + 3 * C + c)));
+    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, p.mean_hi(c))), hn::LoadU(d, p.mean_lo(c)));
+    return hn::MulAdd(hn::LoadU(d, p.a(c)), g,
+                      hn::MulAdd(hn::LoadU(d, p.b(c)), xm, hn::LoadU(d, p.k(c))));
   }
   HWY_INLINE T scalar(int64_t c, T x, T g) const {
-    return std::fma(P[C + c], g, std::fma(P[2 * C + c], x - P[c], P[3 * C + c]));
+    return std::fma(p.a_at(c), g,
+                    std::fma(p.b_at(c), (x - p.mean_hi_at(c)) - p.mean_lo_at(c), p.k_at(c)));
   }
 };
 
-// Streamed outputs take P with m_lo (NormalizeOp), outputs in cache the folded P (see
-// elementwise_params_t, which the dispatcher calls with the same choice).
+// dx = a · dy + b · (x − mean_hi) + k, k with mean_lo folded in.
 template <class T>
-void normalize_cols(const Out3& y, const View3& x, const T* P, int64_t u0, int64_t u1,
-                    bool stream) {
-  if (stream)
-    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<T>{P, x.C}, stream);
+struct BackwardInputFoldedOp {
+  BackwardInputColumns<T, true> p;
+  template <class D, class V>
+  HWY_INLINE V vec(D d, int64_t c, V x, V g) const {
+    const V xm = hn::Sub(x, hn::LoadU(d, p.mean_hi(c)));
+    return hn::MulAdd(hn::LoadU(d, p.a(c)), g,
+                      hn::MulAdd(hn::LoadU(d, p.b(c)), xm, hn::LoadU(d, p.k(c))));
+  }
+  HWY_INLINE T scalar(int64_t c, T x, T g) const {
+    return std::fma(p.a_at(c), g, std::fma(p.b_at(c), x - p.mean_hi_at(c), p.k_at(c)));
+  }
+};
+
+// y over units u0 … u1 − 1 (see elementwise_cols), the parameters at P in the form `block` says.
+template <class T>
+void normalize_cols(const Out3& y, const View3& x, const T* P, const ParamBlock& block, int64_t u0,
+                    int64_t u1, bool stream) {
+  if (block.folded())
+    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeFoldedOp<T>{{{P, x.C}}}, stream);
   else
-    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeFoldedOp<T>{P, x.C}, stream);
+    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<T>{{{P, x.C}}}, stream);
 }
 
+// dx over units u0 … u1 − 1, as normalize_cols.
 template <class T>
-void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const T* P, int64_t u0,
-                         int64_t u1, bool stream) {
-  if (stream)
-    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<T>{P, x.C}, stream);
+void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const T* P,
+                         const ParamBlock& block, int64_t u0, int64_t u1, bool stream) {
+  if (block.folded())
+    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputFoldedOp<T>{{{P, x.C}}}, stream);
   else
-    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputFoldedOp<T>{P, x.C}, stream);
+    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<T>{{{P, x.C}}}, stream);
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// SIMD kernels for the rows layout: every (n, c) row of L values is contiguous.
+// SIMD kernels of Layout::UnitStrideL, the "rows" kernels: every (n, c) row of L values is
+// contiguous (sL == 1); they vectorize along L.
 // Included once per Highway target by simd.cpp (hence the toggle guard, as in Highway's -inl.h).
 #if defined(BN1D_KERNELS_SIMD_ROWS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef BN1D_KERNELS_SIMD_ROWS_INL_H_
@@ -15,6 +16,7 @@
 #include <type_traits>
 
 #include "hwy/highway.h"
+#include "kernels/elementwise_params.hpp"
 #include "kernels/simd-inl.h"
 #include "kernels/view.hpp"
 
@@ -22,14 +24,9 @@ HWY_BEFORE_NAMESPACE();
 namespace bn1d::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// ---- Rows layout: (n, c) rows of L contiguous values ---------------------------------------
-
-// The statistics passes prefetch the values this many bytes ahead of the ones they read: on AMD
-// Zen 5 the hardware prefetchers alone fed a float32 statistics pass from L3 or DRAM at a third
-// to two thirds of a plain read's speed ((32, 512, 512) float32 at one thread: 1.6 ms, prefetched
-// 0.65 ms; (64, 64, 4096) 0.65–0.9x at one and two threads; 4, 8 and 16 KiB ahead within a few
-// percent of each other). The passes over x and dy (backward sums, input gradient) and normalize
-// were 1.05–1.15x slower with it: they do not prefetch.
+// The statistics passes prefetch the values this many bytes ahead of the ones they read, which the
+// hardware prefetchers alone do not keep up with; the other passes do not prefetch:
+// docs/tuning.md#rows-prefetch.
 constexpr std::uintptr_t kPrefetchBytes = 8192;
 
 // Prefetches (into every cache level) the lines of [p, p + bytes) moved kPrefetchBytes ahead;
@@ -179,7 +176,7 @@ void stats_rows_channel(const View3& x, int64_t c, double* mean_out, double* m2_
 // covers the values k · kBlock … + kBlock − 1 of row n of every channel), with the range [k0, k1)
 // of its pieces in the units and before = the values per channel of the units before row n's.
 // A partition thus walks each channel's pieces of row n in turn: in memory order for (N, C, L)
-// memory, instead of jumping between the channels after every piece (which ran 30% slower).
+// memory (docs/tuning.md#rows-walk-order).
 template <class F>
 HWY_INLINE void for_rows_of_units(int64_t L, int64_t u0, int64_t u1, const F& f) {
   const int64_t pieces = (L + kBlock - 1) / kBlock;
@@ -257,19 +254,21 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
 }
 
 // Output rows i0 … i1 − 1 (i = n·C + c; unit stride along L), in T's own lanes:
-//   y = ((x − m_hi) − m_lo) · s + b,   P = [m_hi | m_lo | s | b], each C values of T.
-// m_hi + m_lo is the float64 mean split into two T values: x − m_hi is exact for x near the mean,
-// so large offsets cost no precision.
+//   y = ((x − mean_hi) − mean_lo) · scale + shift, the parameters at P laid out as `block` says
+// (always unfolded: folds_mean_lo). mean_hi + mean_lo is the float64 mean split into two T values:
+// x − mean_hi is exact for x near the mean, so large offsets cost no precision.
 template <class T>
-void normalize_rows(const Out3& y, const View3& x, const T* P, int64_t i0, int64_t i1,
-                    bool stream) {
+void normalize_rows(const Out3& y, const View3& x, const T* P, const ParamBlock& block, int64_t i0,
+                    int64_t i1, bool stream) {
   const hn::ScalableTag<T> d;
   const int64_t L = x.L, C = x.C;
+  const NormalizeColumns<T, false> params{{P, block.C}};
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / C, c = i % C;
     const T* p = row_ptr<T>(x, n, c, 0);
     T* out = static_cast<T*>(y.data) + n * y.sN + c * y.sC;
-    const T mh = P[c], ml = P[C + c], sc = P[2 * C + c], sh = P[3 * C + c];
+    const T mh = params.mean_hi_at(c), ml = params.mean_lo_at(c), sc = params.scale_at(c),
+            sh = params.shift_at(c);
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), vs = hn::Set(d, sc), vb = hn::Set(d, sh);
     write_run(
         d, out, L, stream,
@@ -307,19 +306,21 @@ void backward_sums_rows_channel(const View3& dy, const View3& x, const double* m
   *sum_dy_xmu = ReduceSum(sx) + sx_tail;
 }
 
-// dx rows i0 … i1 − 1 (unit stride along L), in T's own lanes:
-//   dx = a · dy + b · ((x − m_hi) − m_lo) + k,   P = [m_hi | m_lo | a | b | k], each C values.
+// dx rows i0 … i1 − 1 (unit stride along L), in T's own lanes, as normalize_rows:
+//   dx = a · dy + b · ((x − mean_hi) − mean_lo) + k.
 template <class T>
-void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const T* P, int64_t i0,
-                         int64_t i1, bool stream) {
+void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const T* P,
+                         const ParamBlock& block, int64_t i0, int64_t i1, bool stream) {
   const hn::ScalableTag<T> d;
   const int64_t L = x.L, C = x.C;
+  const BackwardInputColumns<T, false> params{{P, block.C}};
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / C, c = i % C;
     const T* g = row_ptr<T>(dy, n, c, 0);
     const T* p = row_ptr<T>(x, n, c, 0);
     T* out = static_cast<T*>(dx.data) + n * dx.sN + c * dx.sC;
-    const T mh = P[c], ml = P[C + c], a = P[2 * C + c], b = P[3 * C + c], k = P[4 * C + c];
+    const T mh = params.mean_hi_at(c), ml = params.mean_lo_at(c), a = params.a_at(c),
+            b = params.b_at(c), k = params.k_at(c);
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), va = hn::Set(d, a), vb = hn::Set(d, b),
                vk = hn::Set(d, k);
     write_run(

@@ -4,12 +4,11 @@
 #include "kernels/virtual_cols.hpp"
 
 #include <algorithm>
-#include <array>
 #include <cstddef>
 #include <numeric>
-#include <vector>
 
 #include "kernels/simd.hpp"
+#include "kernels/workspace.hpp"
 
 namespace bn1d::kernels::virtual_cols {
 namespace {
@@ -17,22 +16,18 @@ namespace {
 using Kind = Plan::Kind;
 
 // Widths of Cycles views are multiples of this many channels: the float64 lanes of the widest
-// target times the cols reductions' chunk of vectors (AVX-512: 8 · 4), so that every virtual
-// channel is reduced in full vector chunks.
+// target times the cols statistics' smaller chunk of vectors (AVX-512: 8 lanes · 4 vectors), so
+// that every virtual channel is reduced in full vector chunks.
 constexpr int64_t kVectorChannels = 32;
-// Cycles apply to channel counts that are not a multiple of kVectorChannels (multiples gain
-// nothing: measured on (8192, C) float32, C = 32 … 224). Their views are at least
-// kMinCyclesWidth wide (rows of fewer channels cost more per value than they carry; 128 and 512
-// measured no better) and at most kMaxCyclesWidth (their scratch and parameters grow with it;
-// (4000, 1000) float32 as 1000 rows of 4000 virtual channels: elementwise passes 1.4× faster, the
-// reductions no faster, backward sums 7% slower).
+// Cycles apply to channel counts that are not a multiple of kVectorChannels, in views at least
+// kMinCyclesWidth wide (narrower rows cost more per value than they carry) and at most
+// kMaxCyclesWidth (their scratch and parameters grow with it): docs/tuning.md#cycles-widths.
 constexpr int64_t kMinCyclesWidth = 256;
 constexpr int64_t kMaxCyclesWidth[] = {2560, 4096};  // by Op: Reduction, Elementwise
 // Runs views are at most this wide (their per-virtual-channel scratch and parameters grow with
-// it), and rows of at most these lengths are walked as Runs: the rows kernels catch up with the
-// cols kernels at different lengths for the reductions and the elementwise passes (measured on
-// (256, C, L) float32, C·L = 2048: Runs reductions 10–20% faster up to L = 128; Runs
-// elementwise passes 1.2–1.7× faster up to L = 24, as fast at 32, slower from 40).
+// it), and rows of at most kMaxRunsL values are walked as Runs: the rows kernels catch up with the
+// cols kernels at different lengths for the reductions and the elementwise passes
+// (docs/tuning.md#runs-lengths).
 constexpr int64_t kMaxRunsWidth = 4096;
 constexpr int64_t kMaxRunsL[] = {128, 32};  // by Op: Reduction, Elementwise
 // Fewer virtual rows than this are not worth the folds and the expanded coefficients.
@@ -92,17 +87,12 @@ Out3 rest_out(const Plan& p, const Out3& o, DType dtype) {
   return w;
 }
 
-// Per calling thread scratch of float64 values, kept between calls: slot 0 … 5.
-double* buffer(int slot, int64_t n) {
-  thread_local std::array<std::vector<double>, 6> storage;
-  auto& b = storage[static_cast<std::size_t>(slot)];
-  if (b.size() < static_cast<std::size_t>(n)) b.resize(static_cast<std::size_t>(n));
-  return b.data();
-}
+VirtualColsScratch& scratch() { return thread_workspace().virtual_cols; }
 
-// out[virtual_channel(c, i)] = v[c] for every i: per-channel coefficients over the view.
-const double* expanded(const Plan& p, const double* v, int slot) {
-  double* out = buffer(slot, p.width());
+// out[virtual_channel(c, i)] = v[c] for every i: per-channel coefficients over the view, in
+// `storage`.
+const double* expanded(const Plan& p, const double* v, AlignedBuffer<double>& storage) {
+  double* out = storage.get(p.width());
   if (p.kind == Kind::Runs) {
     for (int64_t c = 0; c < p.C; ++c) std::fill_n(out + c * p.L, p.L, v[c]);
   } else {
@@ -195,15 +185,16 @@ bool fits(const Plan& p, const Out3& o) {
 }
 
 void channel_stats(const Plan& p, double* mean, double* m2, const View3& x) {
-  double* mean_v = buffer(0, p.width());
-  double* m2_v = buffer(1, p.width());
-  simd::channel_stats(simd::Layout::Cols, mean_v, m2_v, wide_view(p, x));
+  VirtualColsScratch& s = scratch();
+  double* mean_v = s.virtual_first.get(p.width());
+  double* m2_v = s.virtual_second.get(p.width());
+  simd::channel_stats(simd::Layout::UnitStrideC, mean_v, m2_v, wide_view(p, x));
   fold_stats(p, mean, m2, mean_v, m2_v, static_cast<double>(p.rows));
   if (p.kind != Kind::Cycles || p.rest == 0) return;
   // The rows left over, merged last (Chan's formula, as partitions are merged).
-  double* rest_mean = buffer(2, p.C);
-  double* rest_m2 = buffer(3, p.C);
-  simd::channel_stats(simd::Layout::Cols, rest_mean, rest_m2, rest_view(p, x));
+  double* rest_mean = s.rest_first.get(p.C);
+  double* rest_m2 = s.rest_second.get(p.C);
+  simd::channel_stats(simd::Layout::UnitStrideC, rest_mean, rest_m2, rest_view(p, x));
   const auto na = static_cast<double>(p.rows * p.group), nb = static_cast<double>(p.rest);
   const double n = na + nb;
   simd::merge_slot(mean, m2, rest_mean, rest_m2, nb / n, na * nb / n, false, p.C);
@@ -211,34 +202,41 @@ void channel_stats(const Plan& p, double* mean, double* m2, const View3& x) {
 
 void normalize(const Plan& p, const Out3& y, const View3& x, const double* mean,
                const double* scale, const double* shift) {
-  simd::normalize(simd::Layout::Cols, wide_out(p, y), wide_view(p, x), expanded(p, mean, 0),
-                  expanded(p, scale, 1), expanded(p, shift, 2));
+  VirtualColsScratch& s = scratch();
+  simd::normalize(simd::Layout::UnitStrideC, wide_out(p, y), wide_view(p, x),
+                  expanded(p, mean, s.expanded_mean),
+                  expanded(p, scale, s.expanded_coefficients[0]),
+                  expanded(p, shift, s.expanded_coefficients[1]));
   if (p.kind == Kind::Cycles && p.rest > 0)
-    simd::normalize(simd::Layout::Cols, rest_out(p, y, x.dtype), rest_view(p, x), mean, scale,
-                    shift);
+    simd::normalize(simd::Layout::UnitStrideC, rest_out(p, y, x.dtype), rest_view(p, x), mean,
+                    scale, shift);
 }
 
 void backward_sums(const Plan& p, double* sum_dy, double* sum_dy_xmu, const View3& dy,
                    const View3& x, const double* mean) {
-  double* sum_v = buffer(0, p.width());
-  double* sum2_v = buffer(1, p.width());
-  simd::backward_sums(simd::Layout::Cols, sum_v, sum2_v, wide_view(p, dy), wide_view(p, x),
-                      expanded(p, mean, 2));
+  VirtualColsScratch& s = scratch();
+  double* sum_v = s.virtual_first.get(p.width());
+  double* sum2_v = s.virtual_second.get(p.width());
+  simd::backward_sums(simd::Layout::UnitStrideC, sum_v, sum2_v, wide_view(p, dy), wide_view(p, x),
+                      expanded(p, mean, s.expanded_mean));
   fold_sums(p, sum_dy, sum_dy_xmu, sum_v, sum2_v);
   if (p.kind != Kind::Cycles || p.rest == 0) return;
-  double* rest_s = buffer(3, p.C);
-  double* rest_sx = buffer(4, p.C);
-  simd::backward_sums(simd::Layout::Cols, rest_s, rest_sx, rest_view(p, dy), rest_view(p, x), mean);
+  double* rest_s = s.rest_first.get(p.C);
+  double* rest_sx = s.rest_second.get(p.C);
+  simd::backward_sums(simd::Layout::UnitStrideC, rest_s, rest_sx, rest_view(p, dy), rest_view(p, x),
+                      mean);
   simd::add_slot(sum_dy, sum_dy_xmu, rest_s, rest_sx, false, p.C);
 }
 
 void backward_input(const Plan& p, const Out3& dx, const View3& dy, const View3& x,
                     const double* mean, const double* a, const double* b, const double* k) {
-  simd::backward_input(simd::Layout::Cols, wide_out(p, dx), wide_view(p, dy), wide_view(p, x),
-                       expanded(p, mean, 0), expanded(p, a, 1), expanded(p, b, 2),
-                       expanded(p, k, 3));
+  VirtualColsScratch& s = scratch();
+  simd::backward_input(
+      simd::Layout::UnitStrideC, wide_out(p, dx), wide_view(p, dy), wide_view(p, x),
+      expanded(p, mean, s.expanded_mean), expanded(p, a, s.expanded_coefficients[0]),
+      expanded(p, b, s.expanded_coefficients[1]), expanded(p, k, s.expanded_coefficients[2]));
   if (p.kind == Kind::Cycles && p.rest > 0)
-    simd::backward_input(simd::Layout::Cols, rest_out(p, dx, x.dtype), rest_view(p, dy),
+    simd::backward_input(simd::Layout::UnitStrideC, rest_out(p, dx, x.dtype), rest_view(p, dy),
                          rest_view(p, x), mean, a, b, k);
 }
 
