@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "channel_values.hpp"
+#include "format.hpp"
 #include "route.hpp"
 #include "validate.hpp"
 

@@ -9,6 +9,7 @@
 #include <ostream>
 
 #include "channel_values.hpp"
+#include "format.hpp"
 #include "options_repr.hpp"
 #include "validate.hpp"
 

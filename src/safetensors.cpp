@@ -26,6 +26,7 @@
 #include "bn1d/error.hpp"
 #include "bn1d/state.hpp"
 #include "bn1d/tensor.hpp"
+#include "format.hpp"
 
 static_assert(std::endian::native == std::endian::little,
               "safetensors data is little-endian; big-endian hosts would need byte swapping");

@@ -15,6 +15,8 @@
 #include <sys/mman.h>
 #endif
 
+#include "format.hpp"
+
 namespace bn1d {
 namespace {
 
@@ -91,15 +93,6 @@ const char* dtype_name(DType dtype) noexcept {
       return "int64";
   }
   return "unknown";
-}
-
-std::string format_shape(const Shape& shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
 }
 
 Tensor Tensor::empty(Shape sizes, DType dtype) {

@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "format.hpp"
+
 namespace bn1d::detail {
 
 kernels::View3 input_view(const Tensor& input, const char* name) {

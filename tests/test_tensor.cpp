@@ -7,6 +7,7 @@
 #include <bn1d/bn1d.hpp>
 #include <cmath>
 
+#include "format.hpp"
 #include "test_util.hpp"
 
 namespace bn1d::test {

@@ -26,13 +26,6 @@ std::size_t element_size(DType dtype) noexcept;
 /// Lower-case name of @p dtype: "float32", "float64", "int64".
 const char* dtype_name(DType dtype) noexcept;
 
-/// Formats a shape as PyTorch prints a size list: `[20, 100]`.
-std::string format_shape(const Shape& shape);
-
-/// Formats @p value as Python's repr(float) does: shortest round-trip digits, scientific
-/// notation below 1e-4 or from 1e16 (`1e-05`, `0.1`, `1.0`).
-std::string python_float_repr(double value);
-
 /// The DType of C++ type T (float, double, int64_t).
 template <class T>
 constexpr DType dtype_of();

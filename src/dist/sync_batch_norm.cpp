@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "channel_values.hpp"
+#include "format.hpp"
 #include "options_repr.hpp"
 #include "validate.hpp"
 
