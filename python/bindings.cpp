@@ -51,31 +51,48 @@ std::string numpy_dtype_name(const py::dtype& dt) {
   return py::str(py::object(dt)).cast<std::string>();
 }
 
-// A zero-copy bn1d view of @p a (any strides). The array must stay alive while bn1d uses it.
-bn1d::Tensor wrap(const py::array& a, const char* name) {
+// The dtype, sizes and strides (in elements) of @p a as bn1d sees them; Error when bn1d cannot.
+struct Layout {
+  bn1d::DType dtype;
+  bn1d::Shape sizes, strides;
+};
+
+Layout layout_of(const py::array& a, const char* name) {
   const std::optional<bn1d::DType> dtype = bn1d_dtype(a.dtype());
   if (!dtype) {
     throw bn1d::Error(std::string(name) + ": expected dtype float32 or float64, got " +
                       numpy_dtype_name(a.dtype()));
   }
   const auto itemsize = static_cast<py::ssize_t>(a.itemsize());
-  bn1d::Shape sizes, strides;
+  Layout layout{*dtype, {}, {}};
   for (py::ssize_t d = 0; d < a.ndim(); ++d) {
-    sizes.push_back(static_cast<int64_t>(a.shape(d)));
+    layout.sizes.push_back(static_cast<int64_t>(a.shape(d)));
     if (a.strides(d) % itemsize != 0) {
       throw bn1d::Error(std::string(name) + ": stride " + std::to_string(a.strides(d)) +
                         " bytes of dimension " + std::to_string(d) +
                         " is not a multiple of the item size (" + std::to_string(itemsize) +
                         " bytes)");
     }
-    strides.push_back(static_cast<int64_t>(a.strides(d) / itemsize));
+    layout.strides.push_back(static_cast<int64_t>(a.strides(d) / itemsize));
   }
   if (!(py::detail::array_proxy(a.ptr())->flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
     throw bn1d::Error(std::string(name) + ": expected an array aligned to its item size");
   }
-  // bn1d never writes through an input view, so a read-only array is fine.
-  return bn1d::Tensor::from_blob(const_cast<void*>(a.data()), std::move(sizes), std::move(strides),
-                                 *dtype);
+  return layout;
+}
+
+// A zero-copy, read-only bn1d view of @p a (any strides; a read-only array is fine). The array
+// must stay alive while bn1d uses it.
+bn1d::Tensor wrap(const py::array& a, const char* name) {
+  Layout l = layout_of(a, name);
+  return bn1d::Tensor::from_blob(a.data(), std::move(l.sizes), std::move(l.strides), l.dtype);
+}
+
+// A zero-copy bn1d view of @p a that bn1d may write into (a result buffer).
+bn1d::Tensor wrap_writable(py::array& a, const char* name) {
+  Layout l = layout_of(a, name);
+  return bn1d::Tensor::from_blob(a.mutable_data(), std::move(l.sizes), std::move(l.strides),
+                                 l.dtype);
 }
 
 // A numpy array over the memory of @p t, kept alive by @p base.
@@ -147,7 +164,7 @@ bn1d::DType parse_module_dtype(const std::string& name) {
 py::object forward(Module& self, const py::array& x) {
   const bn1d::Tensor input = wrap(x, "input");
   py::array out = empty_like(x);
-  bn1d::Tensor output = wrap(out, "output");
+  bn1d::Tensor output = wrap_writable(out, "output");
   const uint64_t seq = self.exclusive([&] {
     self.m.forward(input, output);
     return ++self.forwards;
@@ -162,7 +179,7 @@ py::object forward(Module& self, const py::array& x) {
 py::object infer(Module& self, const py::array& x) {
   const bn1d::Tensor input = wrap(x, "input");
   py::array out = empty_like(x);
-  bn1d::Tensor output = wrap(out, "output");
+  bn1d::Tensor output = wrap_writable(out, "output");
   self.shared([&] { self.m.infer(input, output); });
   return result(out, output);
 }
@@ -171,7 +188,7 @@ py::tuple backward(Module& self, const py::array& grad_output) {
   const bn1d::Tensor dy = wrap(grad_output, "grad_output");
   bn1d::BatchNorm1d::Gradients grads;
   py::array grad_input = empty_like(grad_output);
-  grads.input = wrap(grad_input, "grad_input");
+  grads.input = wrap_writable(grad_input, "grad_input");
   self.exclusive([&] { self.m.backward(dy, grads); });
   return py::make_tuple(result(grad_input, grads.input), to_numpy(grads.weight),
                         to_numpy(grads.bias));

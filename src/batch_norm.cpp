@@ -9,6 +9,7 @@
 #include "format.hpp"
 #include "route.hpp"
 #include "validate.hpp"
+#include "writable.hpp"
 
 namespace bn1d {
 
@@ -140,6 +141,8 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
   }
   detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
   detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
+  detail::check_writable(running_mean, "running_mean");
+  detail::check_writable(running_var, "running_var");
   const double unbias = 1.0 / static_cast<double>(stats.count - 1);
   double* rmean = detail::scratch(0, static_cast<std::size_t>(C));
   double* rvar = detail::scratch(1, static_cast<std::size_t>(C));

@@ -12,6 +12,7 @@
 #include "format.hpp"
 #include "options_repr.hpp"
 #include "validate.hpp"
+#include "writable.hpp"
 
 namespace bn1d {
 namespace {
@@ -112,6 +113,10 @@ void BatchNorm1d::forward(const Tensor& input, Tensor& output) {
   const bool tracking = options_.track_running_stats();
   const bool batch_statistics = training_ || !tracking;
   if (batch_statistics) detail::check_batch_size(input);
+  if (training_ && tracking) {  // updated in place below, after the output is written
+    detail::check_writable(running_mean_, "running_mean");
+    detail::check_writable(running_var_, "running_var");
+  }
   // Eval mode validates the running variance before anything is written; running statistics
   // with the bytes of the last eval call's (checked then) keep that call's normalization, whose
   // invstd (a division and a square root per channel) is most of a small batch's call: (2, 2048)

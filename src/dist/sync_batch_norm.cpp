@@ -17,6 +17,7 @@
 #include "format.hpp"
 #include "options_repr.hpp"
 #include "validate.hpp"
+#include "writable.hpp"
 
 namespace bn1d {
 namespace {
@@ -255,6 +256,10 @@ void SyncBatchNorm1d::sync_forward(const Tensor& input, Tensor& output) {
     if (o.track_running_stats()) {
       detail::check_channel_tensor(running_mean(), "running_mean", C, o.dtype());
       detail::check_channel_tensor(running_var(), "running_var", C, o.dtype());
+      if (is_training()) {  // updated in place at the commit
+        detail::check_writable(running_mean(), "running_mean");
+        detail::check_writable(running_var(), "running_var");
+      }
     }
     stage = kInternal;
     batch_stats(local_stats_, input);

@@ -605,3 +605,35 @@ def test_broadcast_input():
     x3 = np.broadcast_to(np.arange(4.0)[:, None, None], (4, 2, 5))
     expected = torch.nn.BatchNorm1d(2).double()(torch.from_numpy(x3.copy())).detach().numpy()
     np.testing.assert_allclose(bn1d.BatchNorm1d(2, dtype="float64")(x3), expected, rtol=1e-12)
+
+
+
+def test_read_only_arrays():
+    """Read-only arrays (inputs, gradients, state values) are used without a copy and never
+    written: bn1d wraps them as read-only tensors."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(6, 3, 2))
+    dy = rng.normal(size=x.shape)
+    x_before, dy_before = x.copy(), dy.copy()
+    x.flags.writeable = False
+    dy.flags.writeable = False
+    m = bn1d.BatchNorm1d(3, dtype="float64")
+    t = torch_module(3, np.float64)
+    xt = to_torch(x_before, requires_grad=True)
+    yt = t(xt)
+    y = m(x)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    assert y.flags.writeable
+    grad_input = m.backward(dy)[0]
+    expected = torch.autograd.grad(yt, xt, to_torch(dy_before))[0].numpy()
+    np.testing.assert_allclose(grad_input, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(dy, dy_before)
+    state = m.state_dict()
+    for value in state.values():
+        value.flags.writeable = False
+    n = bn1d.BatchNorm1d(3, dtype="float64")
+    n.load_state_dict(state)
+    np.testing.assert_array_equal(n.running_mean, m.running_mean)
+    n.running_mean[:] = 5  # the module's own copy
+    assert not np.array_equal(state["running_mean"], n.running_mean)
