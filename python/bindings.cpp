@@ -3,7 +3,8 @@
 //
 // A thin layer: numpy arrays are wrapped zero-copy as bn1d::Tensor views (any strides), outputs
 // are numpy arrays bn1d writes into directly, parameters and buffers are numpy views of the
-// module's own storage, and every bn1d::Error becomes a ValueError with the same message.
+// module's own storage, and every bn1d::Error becomes a ValueError with the same message (an
+// IoError, a file that cannot be opened, read or written, an OSError).
 // No math happens here.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -235,6 +236,8 @@ PYBIND11_MODULE(_bn1d, mod) {
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
+    } catch (const bn1d::IoError& e) {
+      PyErr_SetString(PyExc_OSError, e.what());
     } catch (const bn1d::Error& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
     }

@@ -538,8 +538,10 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(p.running_var, m.running_var)
     with pytest.raises(ValueError):
         p.load(tmp_path / "model.safetensors", prefix="layers.0.")
-    with pytest.raises(ValueError):
+    with pytest.raises(OSError, match="missing.safetensors"):
         p.load(tmp_path / "missing.safetensors")
+    with pytest.raises(OSError, match="for writing"):
+        m.save(tmp_path / "no-such-dir" / "bn.safetensors")
 
 
 def test_threads():
