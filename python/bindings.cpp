@@ -228,11 +228,10 @@ void load_state_dict(Module& self, const std::vector<std::pair<std::string, py::
   self.exclusive([&] { self.m.load_state_dict(state, strict); });
 }
 
-}  // namespace
+// ---- the Python class -------------------------------------------------------------------
 
-PYBIND11_MODULE(_bn1d, mod) {
-  mod.doc() = "bn1d: exact BatchNorm1d (C++ core). Use the `bn1d` package, not this module.";
-
+// bn1d::IoError becomes an OSError, every other bn1d::Error a ValueError, with what() as message.
+void translate_errors() {
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -242,54 +241,31 @@ PYBIND11_MODULE(_bn1d, mod) {
       PyErr_SetString(PyExc_ValueError, e.what());
     }
   });
+}
 
-  py::class_<Module>(mod, "BatchNorm1d")
-      .def(py::init([](int64_t num_features, double eps, std::optional<double> momentum,
-                       bool affine, bool track_running_stats, const std::string& dtype) {
-             return new Module(bn1d::BatchNorm1dOptions(num_features)
-                                   .eps(eps)
-                                   .momentum(momentum)
-                                   .affine(affine)
-                                   .track_running_stats(track_running_stats)
-                                   .dtype(parse_module_dtype(dtype)));
-           }),
-           py::arg("num_features"), py::arg("eps") = 1e-5, py::arg("momentum") = 0.1,
-           py::arg("affine") = true, py::arg("track_running_stats") = true,
-           py::arg("dtype") = "float32")
-      .def_property(
-          "training",
-          [](Module& self) { return self.shared([&] { return self.m.is_training(); }); },
-          [](Module& self, bool on) { self.exclusive([&] { self.m.train(on); }); })
-      .def("forward", &forward, py::arg("input"))
-      .def("infer", &infer, py::arg("input"))
-      .def("backward", &backward, py::arg("grad_output"))
-      .def_property_readonly("weight",
-                             [](py::object self) -> py::object {
-                               Module& m = self.cast<Module&>();
-                               if (!m.m.weight().defined()) return py::none();
-                               return view_of(m.m.weight(), self);
-                             })
-      .def_property_readonly("bias",
-                             [](py::object self) -> py::object {
-                               Module& m = self.cast<Module&>();
-                               if (!m.m.bias().defined()) return py::none();
-                               return view_of(m.m.bias(), self);
-                             })
-      .def_property_readonly("running_mean",
-                             [](py::object self) -> py::object {
-                               Module& m = self.cast<Module&>();
-                               if (!m.m.running_mean().defined()) return py::none();
-                               return view_of(m.m.running_mean(), self);
-                             })
-      .def_property_readonly("running_var",
-                             [](py::object self) -> py::object {
-                               Module& m = self.cast<Module&>();
-                               if (!m.m.running_var().defined()) return py::none();
-                               return view_of(m.m.running_var(), self);
-                             })
-      .def_property_readonly(
-          "num_batches_tracked",
-          [](Module& self) { return self.shared([&] { return self.m.num_batches_tracked(); }); })
+// Read-only property @p name: a numpy view of the module's tensor @p get(module) (None when it is
+// undefined), which keeps the Python object alive.
+template <class Get>
+void def_tensor_view(py::class_<Module>& cls, const char* name, Get get) {
+  cls.def_property_readonly(name, [get](py::object self) -> py::object {
+    Module& m = self.cast<Module&>();
+    const bn1d::Tensor& t = get(m.m);
+    if (!t.defined()) return py::none();
+    return view_of(t, self);
+  });
+}
+
+// weight, bias, running_mean, running_var (views), num_batches_tracked and the options.
+void def_state_properties(py::class_<Module>& cls) {
+  using BN = bn1d::BatchNorm1d;
+  def_tensor_view(cls, "weight", [](BN& m) -> const bn1d::Tensor& { return m.weight(); });
+  def_tensor_view(cls, "bias", [](BN& m) -> const bn1d::Tensor& { return m.bias(); });
+  def_tensor_view(cls, "running_mean",
+                  [](BN& m) -> const bn1d::Tensor& { return m.running_mean(); });
+  def_tensor_view(cls, "running_var", [](BN& m) -> const bn1d::Tensor& { return m.running_var(); });
+  cls.def_property_readonly(
+         "num_batches_tracked",
+         [](Module& self) { return self.shared([&] { return self.m.num_batches_tracked(); }); })
       .def_property_readonly("num_features",
                              [](Module& self) { return self.m.options().num_features(); })
       .def_property_readonly("eps", [](Module& self) { return self.m.options().eps(); })
@@ -297,10 +273,14 @@ PYBIND11_MODULE(_bn1d, mod) {
       .def_property_readonly("affine", [](Module& self) { return self.m.options().affine(); })
       .def_property_readonly("track_running_stats",
                              [](Module& self) { return self.m.options().track_running_stats(); })
-      .def_property_readonly(
-          "dtype",
-          [](Module& self) { return std::string(bn1d::dtype_name(self.m.options().dtype())); })
-      .def("state_dict", &state_dict)
+      .def_property_readonly("dtype", [](Module& self) {
+        return std::string(bn1d::dtype_name(self.m.options().dtype()));
+      });
+}
+
+// state_dict, load_state_dict, save, load and the resets.
+void def_state_methods(py::class_<Module>& cls) {
+  cls.def("state_dict", &state_dict)
       .def("load_state_dict", &load_state_dict, py::arg("items"), py::arg("strict") = true)
       .def(
           "save",
@@ -315,10 +295,40 @@ PYBIND11_MODULE(_bn1d, mod) {
       .def("reset_parameters",
            [](Module& self) { self.exclusive([&] { self.m.reset_parameters(); }); })
       .def("reset_running_stats",
-           [](Module& self) { self.exclusive([&] { self.m.reset_running_stats(); }); })
+           [](Module& self) { self.exclusive([&] { self.m.reset_running_stats(); }); });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_bn1d, mod) {
+  mod.doc() = "bn1d: exact BatchNorm1d (C++ core). Use the `bn1d` package, not this module.";
+  translate_errors();
+
+  py::class_<Module> cls(mod, "BatchNorm1d");
+  cls.def(py::init([](int64_t num_features, double eps, std::optional<double> momentum, bool affine,
+                      bool track_running_stats, const std::string& dtype) {
+            return new Module(bn1d::BatchNorm1dOptions(num_features)
+                                  .eps(eps)
+                                  .momentum(momentum)
+                                  .affine(affine)
+                                  .track_running_stats(track_running_stats)
+                                  .dtype(parse_module_dtype(dtype)));
+          }),
+          py::arg("num_features"), py::arg("eps") = 1e-5, py::arg("momentum") = 0.1,
+          py::arg("affine") = true, py::arg("track_running_stats") = true,
+          py::arg("dtype") = "float32")
+      .def_property(
+          "training",
+          [](Module& self) { return self.shared([&] { return self.m.is_training(); }); },
+          [](Module& self, bool on) { self.exclusive([&] { self.m.train(on); }); })
+      .def("forward", &forward, py::arg("input"))
+      .def("infer", &infer, py::arg("input"))
+      .def("backward", &backward, py::arg("grad_output"))
       .def("__repr__", [](const Module& self) {
         std::ostringstream s;
         s << self.m;
         return s.str();
       });
+  def_state_properties(cls);
+  def_state_methods(cls);
 }
