@@ -14,7 +14,7 @@ int main() {
   bn1d::Tensor output_plain = m_plain(input);
 
   std::cout << m << "\n" << m_plain << "\n";
-  std::cout << "output " << bn1d::format_shape(output.sizes()) << ", first value "
+  std::cout << "output [" << output.size(0) << ", " << output.size(1) << "], first value "
             << output.data<float>()[0] << " (without affine: " << output_plain.data<float>()[0]
             << ")\nrunning_mean[0] = " << m.running_mean().data<float>()[0]
             << ", num_batches_tracked = " << m.num_batches_tracked() << "\n";

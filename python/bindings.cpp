@@ -3,7 +3,8 @@
 //
 // A thin layer: numpy arrays are wrapped zero-copy as bn1d::Tensor views (any strides), outputs
 // are numpy arrays bn1d writes into directly, parameters and buffers are numpy views of the
-// module's own storage, and every bn1d::Error becomes a ValueError with the same message.
+// module's own storage, and every bn1d::Error becomes a ValueError with the same message (an
+// IoError, a file that cannot be opened, read or written, an OSError).
 // No math happens here.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -51,31 +52,48 @@ std::string numpy_dtype_name(const py::dtype& dt) {
   return py::str(py::object(dt)).cast<std::string>();
 }
 
-// A zero-copy bn1d view of @p a (any strides). The array must stay alive while bn1d uses it.
-bn1d::Tensor wrap(const py::array& a, const char* name) {
+// The dtype, sizes and strides (in elements) of @p a as bn1d sees them; Error when bn1d cannot.
+struct Layout {
+  bn1d::DType dtype;
+  bn1d::Shape sizes, strides;
+};
+
+Layout layout_of(const py::array& a, const char* name) {
   const std::optional<bn1d::DType> dtype = bn1d_dtype(a.dtype());
   if (!dtype) {
     throw bn1d::Error(std::string(name) + ": expected dtype float32 or float64, got " +
                       numpy_dtype_name(a.dtype()));
   }
   const auto itemsize = static_cast<py::ssize_t>(a.itemsize());
-  bn1d::Shape sizes, strides;
+  Layout layout{*dtype, {}, {}};
   for (py::ssize_t d = 0; d < a.ndim(); ++d) {
-    sizes.push_back(static_cast<int64_t>(a.shape(d)));
+    layout.sizes.push_back(static_cast<int64_t>(a.shape(d)));
     if (a.strides(d) % itemsize != 0) {
       throw bn1d::Error(std::string(name) + ": stride " + std::to_string(a.strides(d)) +
                         " bytes of dimension " + std::to_string(d) +
                         " is not a multiple of the item size (" + std::to_string(itemsize) +
                         " bytes)");
     }
-    strides.push_back(static_cast<int64_t>(a.strides(d) / itemsize));
+    layout.strides.push_back(static_cast<int64_t>(a.strides(d) / itemsize));
   }
   if (!(py::detail::array_proxy(a.ptr())->flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
     throw bn1d::Error(std::string(name) + ": expected an array aligned to its item size");
   }
-  // bn1d never writes through an input view, so a read-only array is fine.
-  return bn1d::Tensor::from_blob(const_cast<void*>(a.data()), std::move(sizes), std::move(strides),
-                                 *dtype);
+  return layout;
+}
+
+// A zero-copy, read-only bn1d view of @p a (any strides; a read-only array is fine). The array
+// must stay alive while bn1d uses it.
+bn1d::Tensor wrap(const py::array& a, const char* name) {
+  Layout l = layout_of(a, name);
+  return bn1d::Tensor::from_blob(a.data(), std::move(l.sizes), std::move(l.strides), l.dtype);
+}
+
+// A zero-copy bn1d view of @p a that bn1d may write into (a result buffer).
+bn1d::Tensor wrap_writable(py::array& a, const char* name) {
+  Layout l = layout_of(a, name);
+  return bn1d::Tensor::from_blob(a.mutable_data(), std::move(l.sizes), std::move(l.strides),
+                                 l.dtype);
 }
 
 // A numpy array over the memory of @p t, kept alive by @p base.
@@ -147,7 +165,7 @@ bn1d::DType parse_module_dtype(const std::string& name) {
 py::object forward(Module& self, const py::array& x) {
   const bn1d::Tensor input = wrap(x, "input");
   py::array out = empty_like(x);
-  bn1d::Tensor output = wrap(out, "output");
+  bn1d::Tensor output = wrap_writable(out, "output");
   const uint64_t seq = self.exclusive([&] {
     self.m.forward(input, output);
     return ++self.forwards;
@@ -162,7 +180,7 @@ py::object forward(Module& self, const py::array& x) {
 py::object infer(Module& self, const py::array& x) {
   const bn1d::Tensor input = wrap(x, "input");
   py::array out = empty_like(x);
-  bn1d::Tensor output = wrap(out, "output");
+  bn1d::Tensor output = wrap_writable(out, "output");
   self.shared([&] { self.m.infer(input, output); });
   return result(out, output);
 }
@@ -171,7 +189,7 @@ py::tuple backward(Module& self, const py::array& grad_output) {
   const bn1d::Tensor dy = wrap(grad_output, "grad_output");
   bn1d::BatchNorm1d::Gradients grads;
   py::array grad_input = empty_like(grad_output);
-  grads.input = wrap(grad_input, "grad_input");
+  grads.input = wrap_writable(grad_input, "grad_input");
   self.exclusive([&] { self.m.backward(dy, grads); });
   return py::make_tuple(result(grad_input, grads.input), to_numpy(grads.weight),
                         to_numpy(grads.bias));
@@ -210,66 +228,44 @@ void load_state_dict(Module& self, const std::vector<std::pair<std::string, py::
   self.exclusive([&] { self.m.load_state_dict(state, strict); });
 }
 
-}  // namespace
+// ---- the Python class -------------------------------------------------------------------
 
-PYBIND11_MODULE(_bn1d, mod) {
-  mod.doc() = "bn1d: exact BatchNorm1d (C++ core). Use the `bn1d` package, not this module.";
-
+// bn1d::IoError becomes an OSError, every other bn1d::Error a ValueError, with what() as message.
+void translate_errors() {
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
+    } catch (const bn1d::IoError& e) {
+      PyErr_SetString(PyExc_OSError, e.what());
     } catch (const bn1d::Error& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
     }
   });
+}
 
-  py::class_<Module>(mod, "BatchNorm1d")
-      .def(py::init([](int64_t num_features, double eps, std::optional<double> momentum,
-                       bool affine, bool track_running_stats, const std::string& dtype) {
-             return new Module(bn1d::BatchNorm1dOptions(num_features)
-                                   .eps(eps)
-                                   .momentum(momentum)
-                                   .affine(affine)
-                                   .track_running_stats(track_running_stats)
-                                   .dtype(parse_module_dtype(dtype)));
-           }),
-           py::arg("num_features"), py::arg("eps") = 1e-5, py::arg("momentum") = 0.1,
-           py::arg("affine") = true, py::arg("track_running_stats") = true,
-           py::arg("dtype") = "float32")
-      .def_property(
-          "training",
-          [](Module& self) { return self.shared([&] { return self.m.is_training(); }); },
-          [](Module& self, bool on) { self.exclusive([&] { self.m.train(on); }); })
-      .def("forward", &forward, py::arg("input"))
-      .def("infer", &infer, py::arg("input"))
-      .def("backward", &backward, py::arg("grad_output"))
-      .def_property_readonly("weight",
-                             [](py::object self) -> py::object {
-                               Module& m = self.cast<Module&>();
-                               if (!m.m.weight().defined()) return py::none();
-                               return view_of(m.m.weight(), self);
-                             })
-      .def_property_readonly("bias",
-                             [](py::object self) -> py::object {
-                               Module& m = self.cast<Module&>();
-                               if (!m.m.bias().defined()) return py::none();
-                               return view_of(m.m.bias(), self);
-                             })
-      .def_property_readonly("running_mean",
-                             [](py::object self) -> py::object {
-                               Module& m = self.cast<Module&>();
-                               if (!m.m.running_mean().defined()) return py::none();
-                               return view_of(m.m.running_mean(), self);
-                             })
-      .def_property_readonly("running_var",
-                             [](py::object self) -> py::object {
-                               Module& m = self.cast<Module&>();
-                               if (!m.m.running_var().defined()) return py::none();
-                               return view_of(m.m.running_var(), self);
-                             })
-      .def_property_readonly(
-          "num_batches_tracked",
-          [](Module& self) { return self.shared([&] { return self.m.num_batches_tracked(); }); })
+// Read-only property @p name: a numpy view of the module's tensor @p get(module) (None when it is
+// undefined), which keeps the Python object alive.
+template <class Get>
+void def_tensor_view(py::class_<Module>& cls, const char* name, Get get) {
+  cls.def_property_readonly(name, [get](py::object self) -> py::object {
+    Module& m = self.cast<Module&>();
+    const bn1d::Tensor& t = get(m.m);
+    if (!t.defined()) return py::none();
+    return view_of(t, self);
+  });
+}
+
+// weight, bias, running_mean, running_var (views), num_batches_tracked and the options.
+void def_state_properties(py::class_<Module>& cls) {
+  using BN = bn1d::BatchNorm1d;
+  def_tensor_view(cls, "weight", [](BN& m) -> const bn1d::Tensor& { return m.weight(); });
+  def_tensor_view(cls, "bias", [](BN& m) -> const bn1d::Tensor& { return m.bias(); });
+  def_tensor_view(cls, "running_mean",
+                  [](BN& m) -> const bn1d::Tensor& { return m.running_mean(); });
+  def_tensor_view(cls, "running_var", [](BN& m) -> const bn1d::Tensor& { return m.running_var(); });
+  cls.def_property_readonly(
+         "num_batches_tracked",
+         [](Module& self) { return self.shared([&] { return self.m.num_batches_tracked(); }); })
       .def_property_readonly("num_features",
                              [](Module& self) { return self.m.options().num_features(); })
       .def_property_readonly("eps", [](Module& self) { return self.m.options().eps(); })
@@ -277,10 +273,14 @@ PYBIND11_MODULE(_bn1d, mod) {
       .def_property_readonly("affine", [](Module& self) { return self.m.options().affine(); })
       .def_property_readonly("track_running_stats",
                              [](Module& self) { return self.m.options().track_running_stats(); })
-      .def_property_readonly(
-          "dtype",
-          [](Module& self) { return std::string(bn1d::dtype_name(self.m.options().dtype())); })
-      .def("state_dict", &state_dict)
+      .def_property_readonly("dtype", [](Module& self) {
+        return std::string(bn1d::dtype_name(self.m.options().dtype()));
+      });
+}
+
+// state_dict, load_state_dict, save, load and the resets.
+void def_state_methods(py::class_<Module>& cls) {
+  cls.def("state_dict", &state_dict)
       .def("load_state_dict", &load_state_dict, py::arg("items"), py::arg("strict") = true)
       .def(
           "save",
@@ -295,10 +295,40 @@ PYBIND11_MODULE(_bn1d, mod) {
       .def("reset_parameters",
            [](Module& self) { self.exclusive([&] { self.m.reset_parameters(); }); })
       .def("reset_running_stats",
-           [](Module& self) { self.exclusive([&] { self.m.reset_running_stats(); }); })
+           [](Module& self) { self.exclusive([&] { self.m.reset_running_stats(); }); });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_bn1d, mod) {
+  mod.doc() = "bn1d: exact BatchNorm1d (C++ core). Use the `bn1d` package, not this module.";
+  translate_errors();
+
+  py::class_<Module> cls(mod, "BatchNorm1d");
+  cls.def(py::init([](int64_t num_features, double eps, std::optional<double> momentum, bool affine,
+                      bool track_running_stats, const std::string& dtype) {
+            return new Module(bn1d::BatchNorm1dOptions(num_features)
+                                  .eps(eps)
+                                  .momentum(momentum)
+                                  .affine(affine)
+                                  .track_running_stats(track_running_stats)
+                                  .dtype(parse_module_dtype(dtype)));
+          }),
+          py::arg("num_features"), py::arg("eps") = 1e-5, py::arg("momentum") = 0.1,
+          py::arg("affine") = true, py::arg("track_running_stats") = true,
+          py::arg("dtype") = "float32")
+      .def_property(
+          "training",
+          [](Module& self) { return self.shared([&] { return self.m.is_training(); }); },
+          [](Module& self, bool on) { self.exclusive([&] { self.m.train(on); }); })
+      .def("forward", &forward, py::arg("input"))
+      .def("infer", &infer, py::arg("input"))
+      .def("backward", &backward, py::arg("grad_output"))
       .def("__repr__", [](const Module& self) {
         std::ostringstream s;
         s << self.m;
         return s.str();
       });
+  def_state_properties(cls);
+  def_state_methods(cls);
 }

@@ -98,7 +98,7 @@ cmake --build build/default/find-package >/dev/null
 ./build/default/find-package/consumer
 OMPI_MCA_btl=self,tcp mpirun --oversubscribe --allow-run-as-root -np 3 \
   ./build/default/find-package/consumer_dist
-g++ -o build/default/find-package/consumer_pkgconfig tests/find-package/main.cpp \
+g++ -std=c++20 -o build/default/find-package/consumer_pkgconfig tests/find-package/main.cpp \
   $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags --libs --static bn1d)
 ./build/default/find-package/consumer_pkgconfig
 

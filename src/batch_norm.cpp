@@ -6,8 +6,10 @@
 #include <algorithm>
 
 #include "channel_values.hpp"
+#include "format.hpp"
 #include "steps.hpp"
 #include "validate.hpp"
+#include "writable.hpp"
 
 namespace bn1d {
 
@@ -117,6 +119,8 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
   }
   detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
   detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
+  detail::check_writable(running_mean, "running_mean");
+  detail::check_writable(running_var, "running_var");
   step::update_running_stats(running_mean, running_var, stats, momentum);
 }
 

@@ -4,9 +4,9 @@
 
 #include "bn1d/batch_norm.hpp"
 #include "channel_values.hpp"
+#include "step_workspace.hpp"
 #include "steps.hpp"
 #include "validate.hpp"
-#include "step_workspace.hpp"
 
 namespace bn1d {
 

@@ -63,7 +63,7 @@ void check_optional_param(const Tensor& t, const char* name, int64_t C, DType dt
 
 static bool reusable(const Tensor& t, std::span<const int64_t> sizes, DType dtype,
                      std::initializer_list<const Tensor*> avoid) {
-  bool ok = t.defined() &&
+  bool ok = t.defined() && !t.is_read_only() &&
             std::equal(sizes.begin(), sizes.end(), t.sizes().begin(), t.sizes().end()) &&
             t.dtype() == dtype && t.is_contiguous();
   for (const Tensor* other : avoid) ok = ok && !overlaps(t, *other);
@@ -101,8 +101,8 @@ static bool dense(const Tensor& t) {
 void reuse_or_allocate_like(Tensor& out, const Tensor& input,
                             std::initializer_list<const Tensor*> avoid) {
   const bool same_strides = out.defined() && out.strides() == input.strides() && dense(input);
-  bool ok = out.defined() && out.sizes() == input.sizes() && out.dtype() == input.dtype() &&
-            (out.is_contiguous() || same_strides);
+  bool ok = out.defined() && !out.is_read_only() && out.sizes() == input.sizes() &&
+            out.dtype() == input.dtype() && (out.is_contiguous() || same_strides);
   for (const Tensor* other : avoid) ok = ok && !overlaps(out, *other);
   if (!ok) out = Tensor::empty(input.sizes(), input.dtype());
 }

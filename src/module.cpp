@@ -5,6 +5,7 @@
 
 #include <ostream>
 
+#include "format.hpp"
 #include "options_repr.hpp"
 #include "validate.hpp"
 

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "bn1d/module.hpp"
+#include "format.hpp"
 #include "validate.hpp"
 
 namespace bn1d {

@@ -26,6 +26,7 @@
 #include "bn1d/error.hpp"
 #include "bn1d/state.hpp"
 #include "bn1d/tensor.hpp"
+#include "format.hpp"
 
 static_assert(std::endian::native == std::endian::little,
               "safetensors data is little-endian; big-endian hosts would need byte swapping");
@@ -47,6 +48,9 @@ constexpr std::array<std::string_view, 3> kFields{"dtype", "shape", "data_offset
 
 /// Throws Error with @p message.
 [[noreturn]] void fail(const std::string& message) { throw Error(message); }
+
+/// Throws IoError with @p message: a file that cannot be opened, read or written.
+[[noreturn]] void fail_io(const std::string& message) { throw IoError(message); }
 
 /// @p text as a JSON string literal, for messages (invalid UTF-8 shown as U+FFFD).
 std::string quote(const std::string& text) {
@@ -391,6 +395,8 @@ template <class Check>
 auto checking_file(const std::string& path, Check&& check) {
   try {
     return check();
+  } catch (const IoError&) {
+    throw;
   } catch (const Error& error) {
     fail("invalid safetensors file " + quote(path) + ": " + error.what());
   }
@@ -487,32 +493,32 @@ void save_safetensors(const std::string& path, const StateDict& state, const Met
   const std::string temp = path + ".tmp-bn1d";
   {
     std::ofstream out(temp, std::ios::binary | std::ios::trunc);
-    if (!out) fail("cannot open " + quote(path) + " for writing");
+    if (!out) fail_io("cannot open " + quote(path) + " for writing");
     out.write(reinterpret_cast<const char*>(bytes.data()),
               static_cast<std::streamsize>(bytes.size()));
     out.close();
     if (!out) {
       std::remove(temp.c_str());
-      fail("cannot write " + quote(path));
+      fail_io("cannot write " + quote(path));
     }
   }
   if (std::rename(temp.c_str(), path.c_str()) != 0) {
     std::remove(temp.c_str());
-    fail("cannot write " + quote(path) + " (rename of the temporary file failed)");
+    fail_io("cannot write " + quote(path) + " (rename of the temporary file failed)");
   }
 }
 
 StateDict load_safetensors(const std::string& path, const std::string& prefix, Metadata* metadata) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open " + quote(path) + " for reading");
+  if (!in) fail_io("cannot open " + quote(path) + " for reading");
   const auto read = [&](char* into, std::uint64_t offset, std::uint64_t count) {
     in.seekg(static_cast<std::streamoff>(offset));
     in.read(into, static_cast<std::streamsize>(count));
-    if (!in) fail("cannot read " + quote(path));
+    if (!in) fail_io("cannot read " + quote(path));
   };
   in.seekg(0, std::ios::end);
   const std::streamoff end = in.tellg();
-  if (!in || end < 0) fail("cannot read " + quote(path));
+  if (!in || end < 0) fail_io("cannot read " + quote(path));
   const auto total = static_cast<std::uint64_t>(end);
 
   std::array<char, 8> head{};

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "channel_values.hpp"
+#include "format.hpp"
 #include "route.hpp"
 #include "step_workspace.hpp"
 
@@ -127,8 +128,8 @@ void backward_params(BatchNormGradients& grads, const GradStats& sums, const Nor
   detail::reuse_or_allocate(grads.weight, C, dtype);
   detail::reuse_or_allocate(grads.bias, C, dtype);
   // grad_weight = Σ dy · x̂ = Σ dy (x − mean) · invstd;  grad_bias = Σ dy.
-  double* grad_weight = detail::sized(detail::thread_workspace().grad_weight,
-                                      static_cast<std::size_t>(C));
+  double* grad_weight =
+      detail::sized(detail::thread_workspace().grad_weight, static_cast<std::size_t>(C));
   route::multiply(grad_weight, f64(sums.sum_dy_xmu), f64(norm.invstd), C);
   detail::store_channels(grads.weight, grad_weight);
   detail::store_channels(grads.bias, f64(sums.sum_dy));

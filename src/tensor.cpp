@@ -15,6 +15,8 @@
 #include <sys/mman.h>
 #endif
 
+#include "format.hpp"
+
 namespace bn1d {
 namespace {
 
@@ -91,15 +93,6 @@ const char* dtype_name(DType dtype) noexcept {
       return "int64";
   }
   return "unknown";
-}
-
-std::string format_shape(const Shape& shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
 }
 
 Tensor Tensor::empty(Shape sizes, DType dtype) {
@@ -184,6 +177,20 @@ Tensor Tensor::from_blob(void* ptr, Shape sizes, DType dtype) {
   return from_blob(ptr, std::move(sizes), std::move(strides), dtype);
 }
 
+Tensor Tensor::from_blob(const void* ptr, Shape sizes, Shape strides, DType dtype) {
+  // The memory is never written through this tensor: read_only_ makes bn1d replace it as a result
+  // and refuse it as a destination.
+  Tensor t = from_blob(const_cast<void*>(ptr), std::move(sizes), std::move(strides), dtype);
+  t.read_only_ = true;
+  return t;
+}
+
+Tensor Tensor::from_blob(const void* ptr, Shape sizes, DType dtype) {
+  Tensor t = from_blob(const_cast<void*>(ptr), std::move(sizes), dtype);
+  t.read_only_ = true;
+  return t;
+}
+
 int64_t Tensor::size(int64_t d) const {
   const int64_t n = dim();
   const int64_t i = d < 0 ? d + n : d;
@@ -226,6 +233,11 @@ Tensor Tensor::clone() const {
 
 void Tensor::copy_from(const Tensor& src) const {
   if (!defined_ || !src.defined_) throw Error("copy_from: both tensors must be defined");
+  if (read_only_) {
+    throw Error(
+        "copy_from: the destination is read-only (from_blob of const memory); bn1d does not "
+        "write into it");
+  }
   if (src.sizes_ != sizes_ || src.dtype_ != dtype_) {
     throw Error(std::string("copy_from: expected a ") + dtype_name(dtype_) + " tensor of sizes " +
                 format_shape(sizes_) + ", got a " + dtype_name(src.dtype_) + " tensor of sizes " +

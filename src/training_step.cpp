@@ -10,9 +10,11 @@
 
 #include "bn1d/module.hpp"
 #include "channel_values.hpp"
+#include "format.hpp"
+#include "step_workspace.hpp"
 #include "steps.hpp"
 #include "validate.hpp"
-#include "step_workspace.hpp"
+#include "writable.hpp"
 
 namespace bn1d {
 namespace {
@@ -110,6 +112,12 @@ struct BatchNorm1d::Step {
     kernels::View3 x;
     try {
       x = check_input(m, combiner, input, outcome.failure);
+      if (m.training_ && m.options_.track_running_stats()) {  // updated in place at the commit
+        outcome.failure = StepFailure::InvalidState;
+        detail::check_writable(m.running_mean_, "running_mean");
+        detail::check_writable(m.running_var_, "running_var");
+        outcome.failure = StepFailure::Internal;
+      }
       step::batch_stats(m.stats_, x);
       outcome.failure = StepFailure::None;
     } catch (...) {
@@ -229,8 +237,8 @@ struct BatchNorm1d::Step {
       grads.weight = Tensor();
       grads.bias = Tensor();
     }
-    step::backward_input(grads.input, grad_output, m.saved_input_, dy, x, m.saved_norm_,
-                         m.weight_, global, batch_statistics);
+    step::backward_input(grads.input, grad_output, m.saved_input_, dy, x, m.saved_norm_, m.weight_,
+                         global, batch_statistics);
   }
 };
 

@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "format.hpp"
+
 namespace bn1d::detail {
 
 kernels::View3 input_view(const Tensor& input, const char* name) {
@@ -87,7 +89,8 @@ void check_batch_size(const kernels::View3& x, const Shape& sizes) {
 Tensor stat_tensor(int64_t C) { return Tensor::zeros({C}, DType::Float64); }
 
 void assign_channel_tensor(Tensor& dst, const Tensor& value) {
-  if (dst.defined() && dst.sizes() == value.sizes() && dst.dtype() == value.dtype()) {
+  if (dst.defined() && !dst.is_read_only() && dst.sizes() == value.sizes() &&
+      dst.dtype() == value.dtype()) {
     dst.copy_from(value);
   } else {
     dst = value.clone();

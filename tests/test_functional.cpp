@@ -4,6 +4,7 @@
 
 #include <bn1d/bn1d.hpp>
 
+#include "format.hpp"
 #include "test_util.hpp"
 
 namespace bn1d::test {

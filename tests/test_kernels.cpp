@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "format.hpp"
 #include "kernels/reference.hpp"
 #include "kernels/simd.hpp"
 #include "kernels/virtual_cols.hpp"

@@ -8,6 +8,7 @@
 #include <limits>
 #include <random>
 
+#include "format.hpp"
 #include "kernels/blocking.hpp"
 #include "reference_model.hpp"
 #include "test_util.hpp"

@@ -5,6 +5,7 @@
 #include <bn1d/bn1d.hpp>
 #include <random>
 
+#include "format.hpp"
 #include "reference_model.hpp"
 #include "test_util.hpp"
 

@@ -267,6 +267,30 @@ TEST(Safetensors, FileErrorsNameThePath) {
   EXPECT_TRUE(throws_error([&] { bn1d::load_safetensors(dir.string()); }, dir.string()));
 }
 
+// A file that cannot be opened, read or written is an IoError (a subclass of Error); a file that
+// is read but malformed is an Error only.
+TEST(Safetensors, FileAccessErrorsAreIoErrors) {
+  const auto dir = temp_dir();
+  const auto missing = (dir / "missing.safetensors").string();
+  EXPECT_THROW(bn1d::load_safetensors(missing), bn1d::IoError);
+  EXPECT_THROW(bn1d::BatchNorm1d(2).load(missing), bn1d::IoError);
+  const auto unwritable = (dir / "no-such-dir" / "x.safetensors").string();
+  EXPECT_THROW(bn1d::save_safetensors(unwritable, sample_state()), bn1d::IoError);
+  EXPECT_THROW(bn1d::BatchNorm1d(2).save(unwritable), bn1d::IoError);
+  EXPECT_THROW(bn1d::load_safetensors(dir.string()), bn1d::IoError);  // a directory
+  const auto path = (dir / "short.safetensors").string();
+  bn1d::save_safetensors(path, sample_state());
+  std::filesystem::resize_file(path, 5);
+  try {
+    bn1d::load_safetensors(path);
+    FAIL() << "no error for a truncated file";
+  } catch (const bn1d::IoError& e) {
+    FAIL() << "a malformed file is not an IoError: " << e.what();
+  } catch (const bn1d::Error& e) {
+    EXPECT_NE(std::string_view(e.what()).find("at least 8 bytes"), std::string_view::npos);
+  }
+}
+
 TEST(Safetensors, TruncatedFileIsRejected) {
   const auto path = temp_dir() / "state.safetensors";
   bn1d::save_safetensors(path.string(), sample_state());

@@ -11,6 +11,7 @@
 #include <new>
 #include <thread>
 
+#include "format.hpp"
 #include "kernels/virtual_cols.hpp"
 #include "test_util.hpp"
 #include "validate.hpp"

@@ -7,6 +7,7 @@
 #include <bn1d/bn1d.hpp>
 #include <cmath>
 
+#include "format.hpp"
 #include "test_util.hpp"
 
 namespace bn1d::test {
@@ -137,6 +138,125 @@ TEST(Tensor, CloneAndCopyFrom) {
   EXPECT_THROW(dst.copy_from(Tensor::zeros({2, 2}, DType::Float32)), Error);
   EXPECT_THROW(dst.copy_from(Tensor::zeros({4}, DType::Float64)), Error);
   EXPECT_THROW(dst.copy_from(Tensor()), Error);
+}
+
+// from_blob of const memory: a read-only view, read like any other, never written by bn1d.
+TEST(Tensor, ReadOnlyViews) {
+  const double buf[4] = {1, 2, 3, 4};
+  const Tensor view = Tensor::from_blob(buf, {2, 2}, {1, 2}, DType::Float64);
+  EXPECT_TRUE(view.is_read_only());
+  EXPECT_TRUE(Tensor(view).is_read_only());  // copies share the storage and the flag
+  EXPECT_TRUE(Tensor::from_blob(buf, {4}, DType::Float64).is_read_only());
+  EXPECT_EQ(values(view), (std::vector<double>{1, 3, 2, 4}));
+  EXPECT_FALSE(view.clone().is_read_only());
+  EXPECT_FALSE(view.contiguous().is_read_only());  // a strided view: a new contiguous copy
+  double writable[4] = {};
+  EXPECT_FALSE(Tensor::from_blob(writable, {4}, DType::Float64).is_read_only());
+  EXPECT_FALSE(Tensor::zeros({4}).is_read_only());
+  EXPECT_FALSE(Tensor().is_read_only());
+  // The same argument checks as for writable memory.
+  EXPECT_TRUE(throws_error(
+      [&] { Tensor::from_blob(static_cast<const void*>(nullptr), {2}, {1}, DType::Float64); },
+      "null pointer"));
+}
+
+TEST(Tensor, CopyFromIntoReadOnlyThrows) {
+  const double buf[2] = {1, 2};
+  const Tensor view = Tensor::from_blob(buf, {2}, DType::Float64);
+  EXPECT_TRUE(throws_error([&] { view.copy_from(Tensor::zeros({2}, DType::Float64)); },
+                           "copy_from: the destination is read-only"));
+  EXPECT_EQ(buf[0], 1.0);
+  EXPECT_EQ(buf[1], 2.0);
+  const Tensor dst = Tensor::zeros({2}, DType::Float64);
+  dst.copy_from(view);  // reading from it is fine
+  EXPECT_EQ(values(dst), (std::vector<double>{1, 2}));
+}
+
+// A read-only input works as any input; its module results are those of a writable copy.
+TEST(Tensor, ReadOnlyInputs) {
+  const std::vector<float> x = {1, -2, 3, 5, -7, 11, 0.5f, 4};
+  const Tensor input = Tensor::from_blob(x.data(), {4, 2}, DType::Float32);
+  BatchNorm1d m(2), reference(2);
+  const Tensor y = m.forward(input);
+  EXPECT_EQ(values(y), values(reference.forward(input.clone())));
+  const std::vector<float> dy = {1, 2, 3, 4, 5, 6, 7, 8};
+  const auto grads = m.backward(Tensor::from_blob(dy.data(), {4, 2}, DType::Float32));
+  const auto expected = reference.backward(Tensor::from_blob(dy.data(), {4, 2}, DType::Float32));
+  EXPECT_EQ(values(grads.input), values(expected.input));
+  EXPECT_EQ(values(grads.weight), values(expected.weight));
+  // Evaluation with read-only running statistics only reads them.
+  const std::vector<float> mean = {0.5f, -1}, var = {2, 3};
+  m.eval();
+  m.running_mean() = Tensor::from_blob(mean.data(), {2}, DType::Float32);
+  m.running_var() = Tensor::from_blob(var.data(), {2}, DType::Float32);
+  EXPECT_NO_THROW(m.forward(input));
+  EXPECT_NO_THROW(m.infer(input));
+}
+
+// A read-only result buffer is replaced by a new tensor, as one of the wrong shape is.
+TEST(Tensor, ReadOnlyResultBuffersAreReplaced) {
+  const Tensor input = randn({4, 3}, DType::Float32, 1);
+  const std::vector<float> zeros(12, 0.0f);
+  BatchNorm1d m(3);
+  Tensor output = Tensor::from_blob(zeros.data(), {4, 3}, DType::Float32);
+  m.forward(input, output);
+  EXPECT_NE(output.raw_data(), zeros.data());
+  EXPECT_FALSE(output.is_read_only());
+  EXPECT_EQ(values(output), values(BatchNorm1d(3).forward(input)));
+  BatchNorm1d::Gradients grads;
+  grads.input = Tensor::from_blob(zeros.data(), {4, 3}, DType::Float32);
+  grads.weight = Tensor::from_blob(zeros.data(), {3}, DType::Float32);
+  m.backward(Tensor::ones({4, 3}), grads);
+  EXPECT_NE(grads.input.raw_data(), zeros.data());
+  EXPECT_NE(grads.weight.raw_data(), zeros.data());
+  const std::vector<double> stat(3, 0.0);
+  BatchStats stats;
+  stats.mean = Tensor::from_blob(stat.data(), {3}, DType::Float64);
+  batch_stats(stats, input);
+  EXPECT_NE(stats.mean.raw_data(), stat.data());
+  EXPECT_EQ(zeros, std::vector<float>(12, 0.0f));
+  EXPECT_EQ(stat, std::vector<double>(3, 0.0));
+}
+
+// The module's tensors are copied into in place; a read-only one is replaced instead.
+TEST(Tensor, ReadOnlyModuleTensorsAreReplaced) {
+  const std::vector<float> w = {2, 3};
+  BatchNorm1d m(2);
+  m.weight() = Tensor::from_blob(w.data(), {2}, DType::Float32);
+  m.reset_parameters();
+  EXPECT_NE(m.weight().raw_data(), w.data());
+  EXPECT_EQ(values(m.weight()), (std::vector<double>{1, 1}));
+  m.weight() = Tensor::from_blob(w.data(), {2}, DType::Float32);
+  StateDict state = BatchNorm1d(2).state_dict();
+  m.load_state_dict(state);
+  EXPECT_NE(m.weight().raw_data(), w.data());
+  EXPECT_EQ(w, (std::vector<float>{2, 3}));
+}
+
+// Running statistics a training forward would update in place: Error naming them, nothing
+// written (not the caller's memory, not the output buffer, not the module's count).
+TEST(Tensor, ReadOnlyRunningStatsAreNotUpdated) {
+  const Tensor input = randn({4, 2}, DType::Float32, 2);
+  const std::vector<float> mean = {0, 0}, var = {1, 1};
+  const Tensor ro_mean = Tensor::from_blob(mean.data(), {2}, DType::Float32);
+  const Tensor ro_var = Tensor::from_blob(var.data(), {2}, DType::Float32);
+  BatchNorm1d m(2);
+  m.running_var() = ro_var;
+  Tensor output = Tensor::full({4, 2}, 7.0);
+  EXPECT_TRUE(throws_error([&] { m.forward(input, output); }, "running_var: expected a writable"));
+  EXPECT_EQ(values(output), std::vector<double>(8, 7.0));
+  EXPECT_EQ(m.num_batches_tracked(), 0);
+  EXPECT_TRUE(throws_error([&] { batch_norm(input, ro_mean, Tensor::ones({2}), {}, {}, true); },
+                           "running_mean: expected a writable"));
+  EXPECT_TRUE(throws_error(
+      [&] { update_running_stats(Tensor::zeros({2}), ro_var, batch_stats(input), 0.1); },
+      "running_var"));
+  EXPECT_EQ(mean, (std::vector<float>{0, 0}));
+  EXPECT_EQ(var, (std::vector<float>{1, 1}));
+  // Without training, or without tracking, they are only read.
+  EXPECT_NO_THROW(batch_norm(input, ro_mean, ro_var, {}, {}, false));
+  m.eval();
+  EXPECT_NO_THROW(m.forward(input));
 }
 
 TEST(Tensor, RandnIsSeededAndStandardNormal) {

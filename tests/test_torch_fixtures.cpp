@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "bn1d/bn1d.hpp"
+#include "format.hpp"
 
 namespace {
 

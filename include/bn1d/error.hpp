@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /// @file error.hpp
-/// @brief The one exception type bn1d throws for bad arguments, bad state and bad files.
+/// @brief The exception types bn1d throws: Error for bad arguments, bad state and bad files, and
+/// its subclass IoError for files that cannot be opened, read or written.
 #pragma once
 
 #include <stdexcept>
@@ -16,6 +17,15 @@ class Error : public std::invalid_argument {
  public:
   /// Creates an error carrying @p message as what().
   explicit Error(const std::string& message) : std::invalid_argument(message) {}
+};
+
+/// Thrown when a file cannot be opened, read or written (a missing file, a directory without
+/// write permission, a read that ends early). A file that is read but malformed is an Error, not
+/// an IoError. what() names the file. A subclass of Error: `catch (const Error&)` catches it too.
+class IoError : public Error {
+ public:
+  /// Creates an I/O error carrying @p message as what().
+  explicit IoError(const std::string& message) : Error(message) {}
 };
 
 }  // namespace bn1d

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bn1d/error.hpp"
@@ -25,13 +26,6 @@ std::size_t element_size(DType dtype) noexcept;
 
 /// Lower-case name of @p dtype: "float32", "float64", "int64".
 const char* dtype_name(DType dtype) noexcept;
-
-/// Formats a shape as PyTorch prints a size list: `[20, 100]`.
-std::string format_shape(const Shape& shape);
-
-/// Formats @p value as Python's repr(float) does: shortest round-trip digits, scientific
-/// notation below 1e-4 or from 1e16 (`1e-05`, `0.1`, `1.0`).
-std::string python_float_repr(double value);
 
 /// The DType of C++ type T (float, double, int64_t).
 template <class T>
@@ -55,6 +49,13 @@ constexpr DType dtype_of<int64_t>() {
 /// A Tensor made by from_blob() is a view of caller memory and does not own it: that memory must
 /// outlive every Tensor (and every module call) that refers to it.
 /// A default-constructed Tensor is *undefined* and plays the role of torch's None.
+///
+/// A view made by from_blob() of a `const` pointer is *read-only* (is_read_only()), and so are
+/// its copies: bn1d reads it but never writes into it. Given as a result buffer (an output, a
+/// gradient, statistics) it is replaced by a new tensor, as a buffer of the wrong shape is;
+/// copy_from() into it, and a call that would update it in place (the running statistics of a
+/// training forward), throw Error naming it. data() still returns a non-const pointer (constness
+/// is shallow): the caller must not write through it.
 class Tensor {
  public:
   /// An undefined tensor (torch's None).
@@ -76,6 +77,20 @@ class Tensor {
   static Tensor from_blob(void* ptr, Shape sizes, Shape strides, DType dtype);
   /// Wraps contiguous (row-major) caller memory without copying.
   static Tensor from_blob(void* ptr, Shape sizes, DType dtype);
+  /// Wraps read-only caller memory without copying: as from_blob(void*, Shape, Shape, DType),
+  /// and the tensor is read-only (is_read_only()): bn1d never writes into it.
+  static Tensor from_blob(const void* ptr, Shape sizes, Shape strides, DType dtype);
+  /// Wraps contiguous (row-major) read-only caller memory without copying (is_read_only()).
+  static Tensor from_blob(const void* ptr, Shape sizes, DType dtype);
+  /// A null @p ptr (valid for a tensor without elements) wraps as a writable tensor; this
+  /// overload resolves from_blob(nullptr, ...) between the two above.
+  static Tensor from_blob(std::nullptr_t ptr, Shape sizes, Shape strides, DType dtype) {
+    return from_blob(static_cast<void*>(ptr), std::move(sizes), std::move(strides), dtype);
+  }
+  /// from_blob(nullptr, sizes, strides, dtype) with row-major strides.
+  static Tensor from_blob(std::nullptr_t ptr, Shape sizes, DType dtype) {
+    return from_blob(static_cast<void*>(ptr), std::move(sizes), dtype);
+  }
 
   /// False for a default-constructed tensor.
   bool defined() const noexcept { return defined_; }
@@ -94,9 +109,13 @@ class Tensor {
   /// True when the strides are those of a row-major array of these sizes (dimensions of size 1
   /// may have any stride).
   bool is_contiguous() const noexcept;
+  /// True for a view of read-only memory (from_blob() of a `const` pointer) and its copies: bn1d
+  /// never writes into it. False for tensors bn1d allocates and for undefined ones.
+  bool is_read_only() const noexcept { return read_only_; }
 
   /// Typed pointer to the element with all indices 0. Throws Error if undefined or if T does
   /// not match dtype(). Constness is shallow, as in torch: the data of a const Tensor may change.
+  /// The data of a read-only tensor (is_read_only()) must only be read through it.
   template <class T>
   T* data() const {
     check_access(dtype_of<T>());
@@ -110,7 +129,7 @@ class Tensor {
   /// A contiguous copy with its own storage.
   Tensor clone() const;
   /// Copies the values of @p src into this tensor (same sizes and dtype, any strides on either
-  /// side). Throws Error on a mismatch, before writing anything.
+  /// side). Throws Error on a mismatch or when this tensor is read-only, before writing anything.
   void copy_from(const Tensor& src) const;
 
  private:
@@ -123,6 +142,7 @@ class Tensor {
   Shape strides_;
   int64_t numel_ = 0;
   bool defined_ = false;
+  bool read_only_ = false;
 };
 
 /// A new contiguous tensor of standard-normal samples, reproducible from @p seed

@@ -9,7 +9,8 @@
 Inputs are numpy arrays (float32 or float64, the module's dtype, any strides: used without a
 copy) or objects with ``__dlpack__`` such as CPU torch tensors (also without a copy). Outputs are
 numpy arrays. ``weight``, ``bias``, ``running_mean`` and ``running_var`` are writable numpy views
-of the module's own storage. Errors are ``ValueError`` with the C++ library's message.
+of the module's own storage. Errors are ``ValueError`` with the C++ library's message; a file
+that cannot be opened, read or written (``save``, ``load``) is an ``OSError``.
 """
 
 import os
@@ -144,11 +145,12 @@ class BatchNorm1d:
         self._m.load_state_dict(items, bool(strict))
 
     def save(self, path):
-        """Saves state_dict() as a safetensors file."""
+        """Saves state_dict() as a safetensors file (OSError when it cannot be written)."""
         self._m.save(os.fspath(path))
 
     def load(self, path, prefix=""):
-        """Loads the entries ``prefix + key`` of a safetensors file, strictly."""
+        """Loads the entries ``prefix + key`` of a safetensors file, strictly (OSError when it
+        cannot be read, ValueError when it is malformed or does not fit the module)."""
         self._m.load(os.fspath(path), prefix)
 
     def reset_parameters(self):

@@ -88,8 +88,17 @@ bn1d::Shape column_major_strides(const bn1d::Shape& sizes) {
   return strides;
 }
 
-// A zero-copy float64 view of the R double vector @p x, with its dims.
+// A zero-copy, read-only float64 view of the R double vector @p x, with its dims: R values are
+// shared, bn1d only reads them.
 bn1d::Tensor view_of(SEXP x) {
+  const bn1d::Shape sizes = r_sizes(x);
+  return bn1d::Tensor::from_blob(REAL_RO(x), sizes, column_major_strides(sizes),
+                                 bn1d::DType::Float64);
+}
+
+// A zero-copy float64 view of @p x that bn1d writes into: only for an R array this code has just
+// allocated (a result).
+bn1d::Tensor writable_view_of(SEXP x) {
   const bn1d::Shape sizes = r_sizes(x);
   return bn1d::Tensor::from_blob(REAL(x), sizes, column_major_strides(sizes), bn1d::DType::Float64);
 }
@@ -254,7 +263,7 @@ SEXP cpp_forward(SEXP xp, SEXP input) {
   if (m.module.options().dtype() == bn1d::DType::Float64) {
     out = new_r_array(r_sizes(input));
     const bn1d::Tensor x = view_of(input);
-    const bn1d::Tensor target = view_of(out);
+    const bn1d::Tensor target = writable_view_of(out);
     bn1d::Tensor y = target;  // reused by bn1d: same sizes and strides as the dense input
     m.module.forward(x, y);
     if (y.raw_data() != target.raw_data()) target.copy_from(y);
@@ -288,7 +297,7 @@ SEXP cpp_backward(SEXP xp, SEXP grad_output) {
   bn1d::BatchNorm1d::Gradients grads;
   if (m.module.options().dtype() == bn1d::DType::Float64) {
     gx = new_r_array(r_sizes(grad_output));
-    const bn1d::Tensor target = view_of(gx);
+    const bn1d::Tensor target = writable_view_of(gx);
     grads.input = target;
     m.module.backward(view_of(grad_output), grads);
     if (grads.input.raw_data() != target.raw_data()) target.copy_from(grads.input);

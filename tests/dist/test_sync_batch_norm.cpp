@@ -390,6 +390,27 @@ TEST(SyncBatchNorm1d, WrongDtypeOnOneRankFailsEverywhere) {
       bad, "expected a float32 input (the module's dtype), got float64");
 }
 
+// Running statistics a training forward would update in place may not be read-only: an Error
+// on every rank before anything is written; in eval mode they are only read.
+TEST(SyncBatchNorm1d, ReadOnlyRunningStatsOnOneRankFailEverywhere) {
+  const int bad = 0;
+  SyncBatchNorm1d sync(3);
+  const std::vector<float> mean(3, 0.0f);
+  if (world_rank() == bad) {
+    sync.running_mean() = Tensor::from_blob(mean.data(), {3}, DType::Float32);
+  }
+  Tensor output = Tensor::full({4, 3}, 7.0);
+  expect_error_everywhere(
+      [&] {
+        sync.forward(bn1d::randn({4, 3}), output);
+      },
+      bad, "running_mean: expected a writable tensor");
+  EXPECT_EQ(sync.num_batches_tracked(), 0);
+  EXPECT_EQ(values(output), std::vector<double>(12, 7.0));
+  sync.eval();
+  EXPECT_NO_THROW((void)sync.forward(bn1d::randn({4, 3})));
+}
+
 TEST(SyncBatchNorm1d, WrongGradShapeOnOneRankFailsEverywhere) {
   const int bad = world_size() - 1;
   SyncBatchNorm1d sync(3);

@@ -1,13 +1,23 @@
 // SPDX-License-Identifier: MIT
-// python_float_repr: numbers in messages and printouts look as they do in PyTorch.
+// format_shape and python_float_repr: shapes and numbers in messages and printouts look as they
+// do in PyTorch.
+#include "format.hpp"
+
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <string>
 
-#include "bn1d/tensor.hpp"
-
 namespace bn1d {
+
+std::string format_shape(const Shape& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
 
 std::string python_float_repr(double value) {
   if (std::isnan(value)) return "nan";
