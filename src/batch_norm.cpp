@@ -165,6 +165,10 @@ Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor&
     return output;
   }
   detail::check_batch_size(x, input.sizes());
+  if (tracking) {  // updated in place after the output is written
+    detail::check_writable(running_mean, "running_mean");
+    detail::check_writable(running_var, "running_var");
+  }
   if (x.count() == 0) return Tensor::empty(input.sizes(), input.dtype());
   BatchStats stats;
   step::batch_stats(stats, x);
