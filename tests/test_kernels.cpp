@@ -123,6 +123,71 @@ Tensor every_other_n(const Tensor& t, std::shared_ptr<std::vector<char>>& keep) 
   return Tensor::from_blob(keep->data(), s, {2 * inner, s[2], 1}, t.dtype());
 }
 
+// Per-channel coefficients of the elementwise kernels: y = (x − m)·scale + shift and
+// dx = scale·dy + b·(x − m) + k.
+struct Coefficients {
+  std::vector<double> scale, shift, b, k;
+  explicit Coefficients(std::size_t C) : scale(C), shift(C), b(C), k(C) {
+    for (std::size_t c = 0; c < C; ++c) {
+      scale[c] = 0.5 + static_cast<double>(c % 5);
+      shift[c] = -1.0 + static_cast<double>(c % 3);
+      b[c] = 0.25 * static_cast<double>(c % 4) - 0.3;
+      k[c] = 0.1 * static_cast<double>(c % 7);
+    }
+  }
+};
+
+// Checks normalize and backward_input of case @p k (into contiguous outputs and outputs in the
+// input's own layout) against the oracle, with the oracle's channel means @p mean.
+void check_elementwise(const KernelCase& k, DType dtype, const Tensor& xt, const Tensor& gt,
+                       const std::vector<double>& mean) {
+  const kernels::View3 x = view_of(xt), dy = view_of(gt);
+  const auto C = static_cast<std::size_t>(x.C);
+  const auto numel = static_cast<std::size_t>(xt.numel());
+  const Coefficients co(C);
+  // Term magnitudes of each element: |x − m|·|s| + |shift| and |a·dy| + |b·(x − m)| + |k|.
+  const std::vector<double> xs = values(xt), gs = values(gt);
+  std::vector<double> y_terms(numel), dx_terms(numel);
+  for (std::size_t i = 0; i < numel; ++i) {
+    const std::size_t c = (i / static_cast<std::size_t>(x.L)) % C;
+    const double xm = std::fabs(xs[i] - mean[c]);
+    y_terms[i] = xm * std::fabs(co.scale[c]) + std::fabs(co.shift[c]);
+    dx_terms[i] = std::fabs(co.scale[c] * gs[i]) + std::fabs(co.b[c]) * xm + std::fabs(co.k[c]);
+  }
+  std::shared_ptr<std::vector<char>> ky, kdx;
+  const std::vector<double> zeros(numel, 0.0);
+  const Tensor outputs[] = {Tensor::empty(k.shape, dtype),
+                            make_strided(zeros, k.shape, dtype, k.layout, ky)};
+  Tensor ry = Tensor::empty(k.shape, dtype);
+  reference::normalize(detail::output_view(ry), x, mean.data(), co.scale.data(), co.shift.data());
+  for (const Tensor& y : outputs) {
+    if (k.via_route) {
+      route::normalize(detail::output_view(y), x, mean.data(), co.scale.data(), co.shift.data());
+    } else {
+      ASSERT_TRUE(simd::layout_applies(k.simd_layout, detail::output_view(y)));
+      simd::normalize(k.simd_layout, detail::output_view(y), x, mean.data(), co.scale.data(),
+                      co.shift.data());
+    }
+    EXPECT_TRUE(near_terms(values(y), values(ry), y_terms, dtype));
+  }
+  Tensor rdx = Tensor::empty(k.shape, dtype);
+  reference::backward_input(detail::output_view(rdx), dy, x, mean.data(), co.scale.data(),
+                            co.b.data(), co.k.data());
+  const Tensor grad_outputs[] = {Tensor::empty(k.shape, dtype),
+                                 make_strided(zeros, k.shape, dtype, k.layout, kdx)};
+  for (const Tensor& dx : grad_outputs) {
+    if (k.via_route)
+      route::backward_input(detail::output_view(dx), dy, x, mean.data(), co.scale.data(),
+                            co.b.data(), co.k.data());
+    else
+      simd::backward_input(k.simd_layout, detail::output_view(dx), dy, x, mean.data(),
+                           co.scale.data(), co.b.data(), co.k.data());
+    EXPECT_TRUE(near_terms(values(dx), values(rdx), dx_terms, dtype));
+  }
+}
+
+// Checks every op of case @p k (through route.cpp for virtual-channel cases, else the SIMD
+// layout) against the oracle, on offset data.
 void check_case(const KernelCase& k, DType dtype, bool sliced_n = false) {
   SCOPED_TRACE(format_shape(k.shape) + " " + layout_name(k.layout) + " " + dtype_name(dtype) +
                (sliced_n ? " (every other n)" : ""));
@@ -140,7 +205,6 @@ void check_case(const KernelCase& k, DType dtype, bool sliced_n = false) {
     ASSERT_TRUE(simd::layout_applies(k.simd_layout, x));
   }
   const auto C = static_cast<std::size_t>(x.C);
-  const auto numel = static_cast<std::size_t>(xt.numel());
 
   std::vector<double> mean(C), m2(C), rmean(C), rm2(C);
   if (k.via_route)
@@ -151,41 +215,6 @@ void check_case(const KernelCase& k, DType dtype, bool sliced_n = false) {
   EXPECT_TRUE(near(mean, rmean));
   EXPECT_TRUE(near(m2, rm2));
 
-  std::vector<double> scale(C), shift(C), b(C), kk(C);
-  for (std::size_t c = 0; c < C; ++c) {
-    scale[c] = 0.5 + static_cast<double>(c % 5);
-    shift[c] = -1.0 + static_cast<double>(c % 3);
-    b[c] = 0.25 * static_cast<double>(c % 4) - 0.3;
-    kk[c] = 0.1 * static_cast<double>(c % 7);
-  }
-  // Term magnitudes of each element: |x − m|·|s| + |shift| and |a·dy| + |b·(x − m)| + |k|.
-  const std::vector<double> xs = values(xt), gs = values(gt);
-  const int64_t L = x.L;
-  std::vector<double> y_terms(numel), dx_terms(numel);
-  for (std::size_t i = 0; i < numel; ++i) {
-    const std::size_t c = (i / static_cast<std::size_t>(L)) % C;
-    const double xm = std::fabs(xs[i] - rmean[c]);
-    y_terms[i] = xm * std::fabs(scale[c]) + std::fabs(shift[c]);
-    dx_terms[i] = std::fabs(scale[c] * gs[i]) + std::fabs(b[c]) * xm + std::fabs(kk[c]);
-  }
-  // Outputs: contiguous (N, C, L), and in the input's own layout.
-  std::shared_ptr<std::vector<char>> ky, kdx;
-  const std::vector<double> zeros(numel, 0.0);
-  const Tensor outputs[] = {Tensor::empty(k.shape, dtype),
-                            make_strided(zeros, k.shape, dtype, k.layout, ky)};
-  Tensor ry = Tensor::empty(k.shape, dtype);
-  reference::normalize(detail::output_view(ry), x, rmean.data(), scale.data(), shift.data());
-  for (const Tensor& y : outputs) {
-    if (k.via_route) {
-      route::normalize(detail::output_view(y), x, rmean.data(), scale.data(), shift.data());
-    } else {
-      ASSERT_TRUE(simd::layout_applies(k.simd_layout, detail::output_view(y)));
-      simd::normalize(k.simd_layout, detail::output_view(y), x, rmean.data(), scale.data(),
-                      shift.data());
-    }
-    EXPECT_TRUE(near_terms(values(y), values(ry), y_terms, dtype));
-  }
-
   std::vector<double> s(C), sx(C), rs(C), rsx(C);
   if (k.via_route)
     route::backward_sums(s.data(), sx.data(), dy, x, rmean.data());
@@ -195,20 +224,7 @@ void check_case(const KernelCase& k, DType dtype, bool sliced_n = false) {
   EXPECT_TRUE(near(s, rs));
   EXPECT_TRUE(near(sx, rsx));
 
-  Tensor rdx = Tensor::empty(k.shape, dtype);
-  reference::backward_input(detail::output_view(rdx), dy, x, rmean.data(), scale.data(), b.data(),
-                            kk.data());
-  const Tensor grad_outputs[] = {Tensor::empty(k.shape, dtype),
-                                 make_strided(zeros, k.shape, dtype, k.layout, kdx)};
-  for (const Tensor& dx : grad_outputs) {
-    if (k.via_route)
-      route::backward_input(detail::output_view(dx), dy, x, rmean.data(), scale.data(), b.data(),
-                            kk.data());
-    else
-      simd::backward_input(k.simd_layout, detail::output_view(dx), dy, x, rmean.data(),
-                           scale.data(), b.data(), kk.data());
-    EXPECT_TRUE(near_terms(values(dx), values(rdx), dx_terms, dtype));
-  }
+  check_elementwise(k, dtype, xt, gt, rmean);
 }
 
 TEST(Kernels, EveryTargetMatchesTheReferenceOracle) {

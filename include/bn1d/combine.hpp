@@ -20,13 +20,13 @@ namespace bn1d {
 
 /// The configuration of one step, which every participant of a combined step must share.
 struct StepConfig {
-  int64_t num_features = 0;          ///< C
-  DType dtype = DType::Float32;      ///< the module's dtype
-  bool training = true;              ///< training mode
-  bool track_running_stats = true;   ///< the module keeps running statistics
-  bool affine = true;                ///< the module has weight and bias
-  std::optional<double> momentum;    ///< std::nullopt: cumulative average
-  double eps = 0.0;                  ///< added to the variance
+  int64_t num_features = 0;         ///< C
+  DType dtype = DType::Float32;     ///< the module's dtype
+  bool training = true;             ///< training mode
+  bool track_running_stats = true;  ///< the module keeps running statistics
+  bool affine = true;               ///< the module has weight and bias
+  std::optional<double> momentum;   ///< std::nullopt: cumulative average
+  double eps = 0.0;                 ///< added to the variance
 };
 
 /// Why a participant's step failed before its partial results could be combined.

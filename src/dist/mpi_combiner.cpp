@@ -153,8 +153,7 @@ void MpiStatsCombiner::allgather(std::size_t n) {
             "MPI_Allgather");
 }
 
-const BatchStats& MpiStatsCombiner::combine_stats(const StepConfig& config,
-                                                  const BatchStats& local,
+const BatchStats& MpiStatsCombiner::combine_stats(const StepConfig& config, const BatchStats& local,
                                                   const LocalOutcome& outcome) {
   const int64_t C = config.num_features;
   const std::size_t n = record_size(kStatsHeader, C);
