@@ -9,8 +9,14 @@
 Inputs are numpy arrays (float32 or float64, the module's dtype, any strides: used without a
 copy) or objects with ``__dlpack__`` such as CPU torch tensors (also without a copy). Outputs are
 numpy arrays. ``weight``, ``bias``, ``running_mean`` and ``running_var`` are writable numpy views
-of the module's own storage. Errors are ``ValueError`` with the C++ library's message; a file
-that cannot be opened, read or written (``save``, ``load``) is an ``OSError``.
+of the module's own storage. Errors are ``ValueError`` for bad values (dtype, layout, device,
+shape, range: the C++ library's message, or one naming the argument) and ``TypeError`` for
+arguments of the wrong Python type; a file that cannot be opened, read or written (``save``,
+``load``) is an ``OSError``; a path with an embedded NUL is a ValueError, as for open().
+Setters check, never convert: ``training`` takes a bool, ``eps`` a real number, ``momentum`` a
+real number or None (both rebuild the C++ module's options, keeping parameters, buffers, views,
+count and mode; what the last forward saved for backward is dropped); ``num_features``,
+``affine``, ``track_running_stats`` and ``dtype`` are fixed at construction.
 """
 
 import numbers
@@ -102,13 +108,19 @@ def _state_value(v, name):
 
 
 def _dtype_name(dtype):
-    name = str(dtype)
-    if name.startswith("torch."):
-        name = name[len("torch."):]
+    """The numpy name of @p dtype (a name, a numpy dtype or scalar type, a torch dtype); TypeError
+    for what is not a dtype."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(dtype, torch.dtype):
+        return str(dtype)[len("torch."):]
+    if not isinstance(dtype, (str, np.dtype, type)):
+        raise TypeError(f"dtype: expected a dtype, got {_type_name(dtype)}")
     try:
-        return np.dtype(name).name
-    except TypeError:
-        return name
+        return np.dtype(dtype).name
+    except Exception:  # noqa: BLE001 -- numpy raises several types for bad names
+        if isinstance(dtype, str):
+            return dtype  # bn1d names what it expects
+        raise TypeError(f"dtype: expected a dtype, got {dtype!r}") from None
 
 
 def _check_flag(name, value):
@@ -124,7 +136,10 @@ def _check_real(name, value, none_ok=False):
     if value is None and none_ok:
         return None
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"{name}: expected a finite value, got {value}") from None
     expected = "a real number or None" if none_ok else "a real number"
     raise TypeError(f"{name}: expected {expected}, got {_type_name(value)}")
 
@@ -194,6 +209,8 @@ class BatchNorm1d:
     def _check_int(name, value):  # noqa: N805
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{name}: expected an int, got {_type_name(value)}")
+        if not -2**63 <= int(value) < 2**63:
+            raise ValueError(f"{name}: expected a 64-bit integer, got {value}")
 
     num_features = num_features.setter(_fixed("num_features", _check_int))
     affine = affine.setter(_fixed("affine", _check_flag))
@@ -245,6 +262,19 @@ class BatchNorm1d:
     def dtype(self):
         return np.dtype(self._m.dtype)
 
+    @dtype.setter
+    def dtype(self, value):
+        """Fixed at construction: the module's dtype is accepted (nothing changes), another
+        dtype is a ValueError, what is not a dtype a TypeError."""
+        name = _dtype_name(value)
+        try:
+            dtype = np.dtype(name)
+        except TypeError:
+            raise ValueError(f"dtype: expected float32 or float64, got {name}") from None
+        if dtype != self.dtype:
+            raise ValueError(f"dtype: fixed at construction (is {self.dtype}, got {dtype}); "
+                             "build a new BatchNorm1d")
+
     # ---- compute -------------------------------------------------------------------------
     def forward(self, input):
         """Normalizes @p input; keeps it (no copy) for backward()."""
@@ -292,6 +322,17 @@ class BatchNorm1d:
     @property
     def num_batches_tracked(self):
         return self._m.num_batches_tracked if self.track_running_stats else None
+
+    @num_batches_tracked.setter
+    def num_batches_tracked(self, value):
+        """An int >= 0 (TypeError, ValueError otherwise; a module without running statistics
+        has no count)."""
+        if not self.track_running_stats:
+            raise ValueError("num_batches_tracked: the module has no num_batches_tracked")
+        if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "iu":
+            value = value[()]
+        self._check_int("num_batches_tracked", value)
+        self._m.load_state_dict([(b"num_batches_tracked", np.asarray(value, np.int64))], False)
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self):

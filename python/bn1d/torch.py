@@ -39,6 +39,13 @@ other than float32 and float64 (float16, bfloat16) run ``torch.nn.BatchNorm1d.fo
 unchanged. Gradients are first-order only (no double backward). A float64 input to a float32
 module (or the converse) is a ValueError from bn1d where torch raises a RuntimeError.
 
+Errors: bad values are ValueErrors, wrong types TypeErrors, raised before anything changes (a
+failed forward leaves ``num_batches_tracked`` as it was, which torch does not). Where torch
+raises a RuntimeError for a bad value (a channel count that is not the module's:
+``running_mean should contain 4 elements not 1``), bn1d.torch raises ``bn1d.torch.Error``, a
+subclass of both ValueError and RuntimeError, with torch's text; ``eps``/``momentum`` that torch's
+batch_norm refuses are torch's TypeError (``argument 'momentum' must be float, not str``).
+
 ``convert(model)`` / ``revert(model)`` replace, in place and recursively, every submodule whose
 type is exactly ``torch.nn.BatchNorm1d`` (resp. ``bn1d.torch.BatchNorm1d``) by a module of the
 other class with the same options and training flag that *shares* the original's parameter and
@@ -55,7 +62,8 @@ import torch
 
 from . import BatchNorm1d as _Bn1dModule
 
-__all__ = ["BatchNorm1d", "convert", "revert", "Error"]
+__all__ = ["BatchNorm1d", "convert", "revert", "Error", "NotImplementedValueError",
+           "AssertionValueError"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -71,15 +79,22 @@ class NotImplementedValueError(ValueError, NotImplementedError):
     tensor) that is also a ValueError."""
 
 
+class AssertionValueError(ValueError, AssertionError):
+    """torch's AssertionError for a device it was not built for ("Torch not compiled with CUDA
+    enabled"), also a ValueError."""
+
+
 def _torch_errors(f):
     """@p f with torch's RuntimeErrors raised as Error (NotImplementedError as
-    NotImplementedValueError), same message."""
+    NotImplementedValueError, AssertionError as AssertionValueError), same message."""
     @functools.wraps(f)
     def wrapped(*args, **kwargs):
         try:
             return f(*args, **kwargs)
         except (ValueError, TypeError):
             raise
+        except AssertionError as e:
+            raise AssertionValueError(*e.args) from e
         except NotImplementedError as e:
             raise NotImplementedValueError(*e.args) from e
         except RuntimeError as e:
@@ -195,7 +210,15 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
         _check_features(input, running_mean=running_mean, running_var=running_var,
                         weight=self.weight, bias=self.bias)
         if input.device.type != "cpu" or input.dtype not in _SUPPORTED_DTYPES:
-            return super().forward(input)  # what bn1d cannot take: torch's own forward
+            # What bn1d cannot take: torch's own forward, its count restored if it fails.
+            count = self.num_batches_tracked
+            before = None if count is None or count.is_meta else count.clone()
+            try:
+                return super().forward(input)
+            except BaseException:
+                if before is not None:
+                    count.copy_(before)
+                raise
         eps = _real("eps", self.eps)
         _real("momentum", self.momentum, none_ok=True)
 
