@@ -191,6 +191,10 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
 
+    # torch's own, its RuntimeErrors also ValueErrors (torch fails to name a meta tensor it
+    # refuses as a parameter with "Unimplemented backend Meta").
+    __setattr__ = _torch_errors(torch.nn.BatchNorm1d.__setattr__)
+
     @_torch_errors
     def load_state_dict(self, state_dict, strict=True):
         return super().load_state_dict(state_dict, strict)
@@ -209,8 +213,14 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
         running_var = self.running_var if use_buffers else None
         _check_features(input, running_mean=running_mean, running_var=running_var,
                         weight=self.weight, bias=self.bias)
-        if input.device.type != "cpu" or input.dtype not in _SUPPORTED_DTYPES:
-            # What bn1d cannot take: torch's own forward, its count restored if it fails.
+        if (input.device.type != "cpu" or input.dtype not in _SUPPORTED_DTYPES
+                or (self.weight is None) != (self.bias is None)
+                or (self.running_mean is None) != (self.running_var is None)
+                or any(t is not None and (t.device != input.device or t.layout != torch.strided)
+                       for t in (self.weight, self.bias, self.running_mean, self.running_var))):
+            # What bn1d cannot take (another device or dtype; a weight without a bias or a
+            # running mean without a running variance, or parameters on another device or
+            # sparse, set by hand): torch's own forward, its count restored if it fails.
             count = self.num_batches_tracked
             before = None if count is None or count.is_meta else count.clone()
             try:

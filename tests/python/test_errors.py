@@ -203,13 +203,20 @@ def _torch_targets():
                                                                   "weight": v}),
         "convert": lambda m, v: bt.convert(v),
         "revert": lambda m, v: bt.revert(v),
+        "train": lambda m, v: m.train(v),
+        **{f"{name}-forward{'' if training else '-eval'}": forward_with(name, training)
+           for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+           for training in (True, False)},
     }
 
 
 TORCH_TARGETS = ["ctor-num_features", "ctor-eps", "ctor-momentum", "ctor-dtype", "ctor-device",
                  "forward-train", "forward-eval", "eps-forward", "momentum-forward",
                  "momentum-forward-eval", "load_state_dict", "load_state_dict-weight",
-                 "convert", "revert"]
+                 "convert", "revert", "train"] + [
+                     f"{name}-forward{suffix}" for name in ("weight", "bias", "running_mean",
+                                                            "running_var", "num_batches_tracked")
+                     for suffix in ("", "-eval")]
 
 
 @pytest.mark.parametrize("value_id", list(VALUES))
@@ -225,8 +232,8 @@ def test_sweep_torch_adapter(target, value_id):
         pytest.fail(f"{target}({value_id}) raised {type(e).__name__}: {e}")
 
 
-def test_sweep_lists_agree():
-    assert sorted(BN1D_TARGETS) == sorted(_bn1d_targets(__import__("pathlib").Path(".")))
+def test_sweep_lists_agree(tmp_path):
+    assert sorted(BN1D_TARGETS) == sorted(_bn1d_targets(tmp_path))
     assert sorted(TORCH_TARGETS) == sorted(_torch_targets())
 
 
@@ -439,3 +446,31 @@ def test_non_utf8_messages_arrive_intact(tmp_path):
     with pytest.raises(OSError) as e:  # a file name that is not UTF-8
         m.load(os.fsencode(str(tmp_path)) + b"/nothing\xff/x")
     assert "nothing" in str(e.value)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("none", [(), ("weight",), ("bias",), ("weight", "bias"),
+                                  ("running_mean",), ("running_var",),
+                                  ("running_mean", "running_var"), ("num_batches_tracked",)])
+def test_torch_adapter_parameters_set_to_none(training, none):
+    """Parameters and buffers set to None by hand: torch's result or torch's error, never
+    another computation (a bias without a weight is not dropped)."""
+    x = torch.randn(5, 3)
+    ref = torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        ref.weight.uniform_()
+        ref.bias.uniform_()
+    ours = bt.BatchNorm1d(3)
+    ours.load_state_dict(ref.state_dict())
+    for m in (ref, ours):
+        for name in none:
+            setattr(m, name, None)
+        m.train(training)
+    try:
+        expected = ref(x)
+    except Exception as e:  # noqa: BLE001
+        with pytest.raises(type(e)) as got:
+            ours(x)
+        assert str(got.value) == str(e) and isinstance(got.value, (ValueError, TypeError))
+        return
+    torch.testing.assert_close(ours(x), expected)
