@@ -13,6 +13,7 @@
 #include <bn1d/bn1d.hpp>
 
 #include <cstdint>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
@@ -228,7 +229,42 @@ void load_state_dict(Module& self, const std::vector<std::pair<std::string, py::
   self.exclusive([&] { self.m.load_state_dict(state, strict); });
 }
 
+// Rebuilds the module with eps @p eps and momentum @p momentum (the options are fixed in a
+// bn1d::BatchNorm1d), keeping its training flag, num_batches_tracked and parameter and buffer
+// tensors (the same storage: numpy views stay valid). What the last forward saved for backward
+// is dropped. Error (the module unchanged) for values the constructor rejects.
+void set_options(Module& self, double eps, std::optional<double> momentum) {
+  self.exclusive([&] {
+    bn1d::BatchNorm1dOptions options = self.m.options();
+    options.eps(eps).momentum(momentum);
+    bn1d::BatchNorm1d rebuilt(options);
+    bn1d::StateDict count;
+    if (options.track_running_stats()) {
+      bn1d::Tensor n = bn1d::Tensor::empty({}, bn1d::DType::Int64);
+      *static_cast<int64_t*>(n.raw_data()) = self.m.num_batches_tracked();
+      count.insert("num_batches_tracked", n);
+      rebuilt.load_state_dict(count, false);
+    }
+    rebuilt.weight() = self.m.weight();
+    rebuilt.bias() = self.m.bias();
+    rebuilt.running_mean() = self.m.running_mean();
+    rebuilt.running_var() = self.m.running_var();
+    rebuilt.train(self.m.is_training());
+    self.m = std::move(rebuilt);
+  });
+}
+
 // ---- the Python class -------------------------------------------------------------------
+
+// Raises @p type with @p what decoded as UTF-8, bytes that are not UTF-8 (a file name, a key from
+// a file) as \xNN escapes: the message always arrives, whole.
+void set_error(PyObject* type, const char* what) {
+  PyObject* message =
+      PyUnicode_DecodeUTF8(what, static_cast<Py_ssize_t>(std::strlen(what)), "backslashreplace");
+  if (message == nullptr) return;  // MemoryError is set
+  PyErr_SetObject(type, message);
+  Py_DECREF(message);
+}
 
 // bn1d::IoError becomes an OSError, every other bn1d::Error a ValueError, with what() as message.
 void translate_errors() {
@@ -236,9 +272,9 @@ void translate_errors() {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const bn1d::IoError& e) {
-      PyErr_SetString(PyExc_OSError, e.what());
+      set_error(PyExc_OSError, e.what());
     } catch (const bn1d::Error& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
+      set_error(PyExc_ValueError, e.what());
     }
   });
 }
@@ -321,6 +357,7 @@ PYBIND11_MODULE(_bn1d, mod) {
           "training",
           [](Module& self) { return self.shared([&] { return self.m.is_training(); }); },
           [](Module& self, bool on) { self.exclusive([&] { self.m.train(on); }); })
+      .def("set_options", &set_options, py::arg("eps"), py::arg("momentum"))
       .def("forward", &forward, py::arg("input"))
       .def("infer", &infer, py::arg("input"))
       .def("backward", &backward, py::arg("grad_output"))

@@ -39,6 +39,13 @@ other than float32 and float64 (float16, bfloat16) run ``torch.nn.BatchNorm1d.fo
 unchanged. Gradients are first-order only (no double backward). A float64 input to a float32
 module (or the converse) is a ValueError from bn1d where torch raises a RuntimeError.
 
+Errors: bad values are ValueErrors, wrong types TypeErrors, raised before anything changes (a
+failed forward leaves ``num_batches_tracked`` as it was, which torch does not). Where torch
+raises a RuntimeError for a bad value (a channel count that is not the module's:
+``running_mean should contain 4 elements not 1``), bn1d.torch raises ``bn1d.torch.Error``, a
+subclass of both ValueError and RuntimeError, with torch's text; ``eps``/``momentum`` that torch's
+batch_norm refuses are torch's TypeError (``argument 'momentum' must be float, not str``).
+
 ``convert(model)`` / ``revert(model)`` replace, in place and recursively, every submodule whose
 type is exactly ``torch.nn.BatchNorm1d`` (resp. ``bn1d.torch.BatchNorm1d``) by a module of the
 other class with the same options and training flag that *shares* the original's parameter and
@@ -47,14 +54,79 @@ keeps updating them; nothing is copied, dtype and device are kept). Hooks regist
 replaced modules are not carried over; subclasses of ``torch.nn.BatchNorm1d`` are left alone.
 """
 
+import functools
+import numbers
+
 import numpy as np
 import torch
 
 from . import BatchNorm1d as _Bn1dModule
 
-__all__ = ["BatchNorm1d", "convert", "revert"]
+__all__ = ["BatchNorm1d", "convert", "revert", "Error", "NotImplementedValueError",
+           "AssertionValueError"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+class Error(ValueError, RuntimeError):
+    """What bn1d.torch raises where torch.nn.BatchNorm1d raises a RuntimeError for a bad value
+    (a channel count that is not the module's, ...): torch's message, and both a ValueError
+    (bn1d's convention for bad values) and a RuntimeError (torch's type)."""
+
+
+class NotImplementedValueError(ValueError, NotImplementedError):
+    """A NotImplementedError from torch (an input torch cannot normalize, e.g. a sparse
+    tensor) that is also a ValueError."""
+
+
+class AssertionValueError(ValueError, AssertionError):
+    """torch's AssertionError for a device it was not built for ("Torch not compiled with CUDA
+    enabled"), also a ValueError."""
+
+
+def _torch_errors(f):
+    """@p f with torch's RuntimeErrors raised as Error (NotImplementedError as
+    NotImplementedValueError, AssertionError as AssertionValueError), same message."""
+    @functools.wraps(f)
+    def wrapped(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except (ValueError, TypeError):
+            raise
+        except AssertionError as e:
+            raise AssertionValueError(*e.args) from e
+        except NotImplementedError as e:
+            raise NotImplementedValueError(*e.args) from e
+        except RuntimeError as e:
+            raise Error(*e.args) from e
+    return wrapped
+
+
+def _type_name(v):
+    return "None" if v is None else type(v).__name__
+
+
+def _real(name, value, none_ok=False):
+    """@p value as a float where torch's batch_norm takes it (real numbers, bools, 0-d real
+    tensors; None for momentum), TypeError naming @p name where torch raises one (torch's
+    wording: ``batch_norm(): argument 'eps' must be float, not str``)."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if (isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex()
+            and value.device.type != "meta"):
+        return float(value)
+    raise TypeError(f"batch_norm(): argument '{name}' must be float, not {_type_name(value)}")
+
+
+def _check_features(input, **tensors):
+    """Error (torch's text) when one of @p tensors (torch's order: running_mean, running_var,
+    weight, bias; None where absent) does not have one value per channel of @p input."""
+    channels = input.shape[1]
+    for name, t in tensors.items():
+        if t is not None and t.numel() != channels:
+            raise Error(f"{name} should contain {channels} elements not {t.numel()}")
 
 
 def _view(t):
@@ -73,6 +145,8 @@ class _BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, running_mean, running_var, use_batch_stats, factor,
                 eps):
+        _check_features(input, running_mean=running_mean, running_var=running_var,
+                        weight=weight, bias=bias)
         affine = weight is not None
         track = running_mean is not None
         if affine:
@@ -113,19 +187,61 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
     """torch.nn.BatchNorm1d computed by bn1d (see the module docstring). Same constructor,
     parameters, buffers and state dict as torch.nn.BatchNorm1d."""
 
+    @_torch_errors
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+
+    # torch's own, its RuntimeErrors also ValueErrors (torch fails to name a meta tensor it
+    # refuses as a parameter with "Unimplemented backend Meta").
+    __setattr__ = _torch_errors(torch.nn.BatchNorm1d.__setattr__)
+
+    @_torch_errors
+    def load_state_dict(self, state_dict, strict=True):
+        return super().load_state_dict(state_dict, strict)
+
+    @_torch_errors
     def forward(self, input):
-        if input.device.type != "cpu" or input.dtype not in _SUPPORTED_DTYPES:
-            return super().forward(input)  # what bn1d cannot take: torch's own forward
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input: expected a torch.Tensor, got {_type_name(input)}")
+        if input.layout != torch.strided:
+            raise ValueError(f"input: expected a dense (strided) tensor, got layout "
+                             f"{input.layout}")
         self._check_input_dim(input)
+        # What torch raises after num_batches_tracked += 1: before any state changes here.
+        use_buffers = not self.training or self.track_running_stats
+        running_mean = self.running_mean if use_buffers else None
+        running_var = self.running_var if use_buffers else None
+        _check_features(input, running_mean=running_mean, running_var=running_var,
+                        weight=self.weight, bias=self.bias)
+        if (input.device.type != "cpu" or input.dtype not in _SUPPORTED_DTYPES
+                or (self.weight is None) != (self.bias is None)
+                or (self.running_mean is None) != (self.running_var is None)
+                or any(t is not None and (t.device != input.device or t.layout != torch.strided)
+                       for t in (self.weight, self.bias, self.running_mean, self.running_var))):
+            # What bn1d cannot take (another device or dtype; a weight without a bias or a
+            # running mean without a running variance, or parameters on another device or
+            # sparse, set by hand): torch's own forward, its count restored if it fails.
+            count = self.num_batches_tracked
+            before = None if count is None or count.is_meta else count.clone()
+            try:
+                return super().forward(input)
+            except BaseException:
+                if before is not None:
+                    count.copy_(before)
+                raise
+        eps = _real("eps", self.eps)
+        _real("momentum", self.momentum, none_ok=True)
 
         # torch.nn.BatchNorm1d.forward (torch 1.13), step by step.
         if self.momentum is None:
             exponential_average_factor = 0.0
         else:
             exponential_average_factor = self.momentum
+        counted = False
         if self.training and self.track_running_stats:
             if self.num_batches_tracked is not None:
                 self.num_batches_tracked.add_(1)
+                counted = True
                 if self.momentum is None:  # cumulative moving average
                     exponential_average_factor = 1.0 / float(self.num_batches_tracked)
                 else:  # exponential moving average
@@ -134,12 +250,14 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
             bn_training = True
         else:
             bn_training = self.running_mean is None and self.running_var is None
-        use_buffers = not self.training or self.track_running_stats
-        running_mean = self.running_mean if use_buffers else None
-        running_var = self.running_var if use_buffers else None
-        return _BatchNormFunction.apply(input, self.weight, self.bias, running_mean,
-                                        running_var, bn_training, exponential_average_factor,
-                                        self.eps)
+        try:
+            return _BatchNormFunction.apply(input, self.weight, self.bias, running_mean,
+                                            running_var, bn_training,
+                                            _real("momentum", exponential_average_factor), eps)
+        except BaseException:
+            if counted:  # a failed forward changes nothing: the count is restored
+                self.num_batches_tracked.sub_(1)
+            raise
 
 
 def _swap(module, source, target):
@@ -186,14 +304,21 @@ def _replace(model, source, target):
     return model
 
 
+def _check_model(model):
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {_type_name(model)}")
+
+
 def convert(model):
     """Replaces, in place and recursively, every torch.nn.BatchNorm1d of @p model by a
     bn1d.torch.BatchNorm1d sharing its parameters and buffers; returns @p model (the new module
     when @p model itself is a torch.nn.BatchNorm1d)."""
+    _check_model(model)
     return _replace(model, torch.nn.BatchNorm1d, BatchNorm1d)
 
 
 def revert(model):
     """The inverse of convert(): every bn1d.torch.BatchNorm1d becomes a torch.nn.BatchNorm1d
     sharing its parameters and buffers; returns @p model (or the new module)."""
+    _check_model(model)
     return _replace(model, BatchNorm1d, torch.nn.BatchNorm1d)

@@ -119,29 +119,50 @@ Rcpp::NumericVector new_r_array(const bn1d::Shape& sizes) {
   return out;
 }
 
+// The values of @p t (any strides) as doubles into @p dst, column-major (element [i, j, ...] of
+// the tensor at the R array's [i, j, ...]): straight into the R vector, no intermediate tensor.
+template <class T>
+void widen_column_major(const bn1d::Tensor& t, double* dst) {
+  const T* src = static_cast<const T*>(t.raw_data());
+  const bn1d::Shape& sizes = t.sizes();
+  const bn1d::Shape& strides = t.strides();
+  const bn1d::Shape to = column_major_strides(sizes);
+  std::vector<int64_t> index(sizes.size(), 0);
+  int64_t from_offset = 0, to_offset = 0;
+  for (int64_t i = 0, n = t.numel(); i < n; ++i) {
+    dst[to_offset] = static_cast<double>(src[from_offset]);
+    for (std::size_t d = sizes.size(); d-- > 0;) {  // next index, last dimension fastest
+      if (++index[d] < sizes[d]) {
+        from_offset += strides[d];
+        to_offset += to[d];
+        break;
+      }
+      from_offset -= strides[d] * (sizes[d] - 1);
+      to_offset -= to[d] * (sizes[d] - 1);
+      index[d] = 0;
+    }
+  }
+}
+
 // Any bn1d tensor (float32, float64 or int64, any strides) as an R double array of its sizes,
 // element [i, j, ...] equal to the tensor's; 0-d and 1-d tensors become plain vectors; NULL for
-// an undefined tensor. (An RObject, so that the result stays protected while others allocate.)
+// an undefined tensor. Written straight into the R vector (float32 and int64 widened exactly,
+// int64 up to 2^53). (An RObject, so that the result stays protected while others allocate.)
 Rcpp::RObject to_r(const bn1d::Tensor& t) {
   if (!t.defined()) return Rcpp::RObject(R_NilValue);
   Rcpp::NumericVector out = new_r_array(t.sizes());
   if (t.numel() == 0) return out;
-  bn1d::Tensor f64 = t;
-  if (t.dtype() != bn1d::DType::Float64) {  // widen (exactly, up to 2^53 for int64)
-    const bn1d::Tensor src = t.contiguous();
-    f64 = bn1d::Tensor::empty(t.sizes(), bn1d::DType::Float64);
-    double* dst = f64.data<double>();
-    if (t.dtype() == bn1d::DType::Float32) {
-      const float* p = src.data<float>();
-      for (int64_t i = 0; i < src.numel(); ++i) dst[i] = p[i];
-    } else {
-      const int64_t* p = src.data<int64_t>();
-      for (int64_t i = 0; i < src.numel(); ++i) dst[i] = static_cast<double>(p[i]);
-    }
+  switch (t.dtype()) {
+    case bn1d::DType::Float64:
+      widen_column_major<double>(t, REAL(out));
+      break;
+    case bn1d::DType::Float32:
+      widen_column_major<float>(t, REAL(out));
+      break;
+    case bn1d::DType::Int64:
+      widen_column_major<int64_t>(t, REAL(out));
+      break;
   }
-  bn1d::Tensor::from_blob(REAL(out), t.sizes(), column_major_strides(t.sizes()),
-                          bn1d::DType::Float64)
-      .copy_from(f64);
   return out;
 }
 
@@ -161,6 +182,10 @@ bn1d::Tensor to_f32(SEXP x, bn1d::Tensor& view) {
 
 // An R value of a state dict as a contiguous tensor of @p dtype (its dims, or 1-d).
 bn1d::Tensor state_value(SEXP x, const std::string& key, bn1d::DType dtype) {
+  if (Rf_isFactor(x)) {  // integer codes, not values
+    throw bn1d::Error(key + ": expected a numeric vector, got a factor (use as.numeric(" +
+                      "as.character(x)) for its labels' values)");
+  }
   if (TYPEOF(x) != REALSXP && TYPEOF(x) != INTSXP && TYPEOF(x) != LGLSXP) {
     throw bn1d::Error(key + ": expected a numeric vector, got an R " +
                       std::string(Rf_type2char(TYPEOF(x))));
@@ -187,8 +212,11 @@ bn1d::Tensor state_value(SEXP x, const std::string& key, bn1d::DType dtype) {
 }
 
 // A named R list as a StateDict: "num_batches_tracked" entries (the key itself, or a key
-// ending in ".num_batches_tracked") become int64 scalars, every other entry @p dtype.
-bn1d::StateDict to_state_dict(const Rcpp::List& x, bn1d::DType dtype) {
+// ending in ".num_batches_tracked") become int64 scalars, every other entry @p dtype. With
+// @p module, the keys that module does not have are unexpected: their values are never read
+// (an empty placeholder stands for them; load_state_dict only reports or ignores them).
+bn1d::StateDict to_state_dict(const Rcpp::List& x, bn1d::DType dtype,
+                              const bn1d::BatchNorm1dOptions* module = nullptr) {
   bn1d::StateDict state;
   if (x.size() == 0) return state;
   SEXP names = Rf_getAttrib(x, R_NamesSymbol);
@@ -197,6 +225,16 @@ bn1d::StateDict to_state_dict(const Rcpp::List& x, bn1d::DType dtype) {
   for (R_xlen_t i = 0; i < x.size(); ++i) {
     const std::string key = CHAR(STRING_ELT(names, i));
     if (key.empty()) throw bn1d::Error("state_dict: every element must be named");
+    if (module != nullptr) {
+      const bool known =
+          ((key == "weight" || key == "bias") && module->affine()) ||
+          ((key == "running_mean" || key == "running_var" || key == "num_batches_tracked") &&
+           module->track_running_stats());
+      if (!known) {
+        state.insert(key, bn1d::Tensor::empty({0}, bn1d::DType::Int64));
+        continue;
+      }
+    }
     const bool count = key == "num_batches_tracked" ||
                        (key.size() > suffix.size() &&
                         key.compare(key.size() - suffix.size(), suffix.size(), suffix) == 0);
@@ -393,7 +431,8 @@ Rcpp::List cpp_state_dict(SEXP xp) {
 void cpp_load_state_dict(SEXP xp, Rcpp::List state, bool strict) {
   BN1D_TRY
   Module& m = get(xp);
-  m.module.load_state_dict(to_state_dict(state, m.module.options().dtype()), strict);
+  const bn1d::BatchNorm1dOptions& options = m.module.options();
+  m.module.load_state_dict(to_state_dict(state, options.dtype(), &options), strict);
   BN1D_CATCH
 }
 
@@ -419,7 +458,21 @@ void cpp_load(SEXP xp, std::string path, std::string prefix) {
 Rcpp::List cpp_read_safetensors(std::string path, std::string prefix) {
   BN1D_TRY
   bn1d::Metadata metadata;
-  Rcpp::List out = from_state_dict(bn1d::load_safetensors(path, prefix, &metadata));
+  // The tensors, each released as soon as it is in R: the peak is the R result plus the
+  // largest tensor as stored in the file.
+  std::vector<bn1d::StateDict::Item> items;
+  {
+    const bn1d::StateDict state = bn1d::load_safetensors(path, prefix, &metadata);
+    items.assign(state.begin(), state.end());
+  }
+  Rcpp::List out(items.size());
+  Rcpp::CharacterVector names(items.size());
+  for (std::size_t k = 0; k < items.size(); ++k) {
+    out[static_cast<R_xlen_t>(k)] = to_r(items[k].second);
+    names[static_cast<R_xlen_t>(k)] = items[k].first;
+    items[k].second = bn1d::Tensor();
+  }
+  out.attr("names") = names;
   Rcpp::CharacterVector meta(metadata.size());
   Rcpp::CharacterVector meta_names(metadata.size());
   R_xlen_t i = 0;
