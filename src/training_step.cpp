@@ -150,7 +150,7 @@ struct BatchNorm1d::Step {
   }
 
   // Eval mode with running statistics: nothing to combine, but the participants still agree
-  // (a no-op for a module on its own).
+  // (skipped for a module on its own: no cost on the local path).
   static void forward_running(BatchNorm1d& m, const Tensor& input, Tensor& output,
                               StatsCombiner& combiner) {
     LocalOutcome outcome;
@@ -161,7 +161,7 @@ struct BatchNorm1d::Step {
     } catch (...) {
       outcome.error = std::current_exception();
     }
-    combiner.agree(config(m), CallKind::Forward, outcome);
+    if (&combiner != &local_combiner) combiner.agree(config(m), CallKind::Forward, outcome);
     if (outcome.error) std::rethrow_exception(outcome.error);
     if (x.count() == 0) {
       detail::reuse_or_allocate(output, input.sizes(), input.dtype());
@@ -198,7 +198,7 @@ struct BatchNorm1d::Step {
   }
 
   // After a forward with running statistics: constant mean and variance, nothing to combine,
-  // but the participants still agree (a no-op for a module on its own).
+  // but the participants still agree (skipped for a module on its own).
   static void backward_running(BatchNorm1d& m, const Tensor& grad_output, Gradients& grads,
                                StatsCombiner& combiner) {
     LocalOutcome outcome;
@@ -214,7 +214,7 @@ struct BatchNorm1d::Step {
     } catch (...) {
       outcome.error = std::current_exception();
     }
-    combiner.agree(config(m), CallKind::Backward, outcome);
+    if (&combiner != &local_combiner) combiner.agree(config(m), CallKind::Backward, outcome);
     if (outcome.error) std::rethrow_exception(outcome.error);
     backward_apply(m, grad_output, grads, m.grad_sums_, /*batch_statistics=*/false);
   }
