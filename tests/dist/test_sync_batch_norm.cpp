@@ -778,6 +778,28 @@ TEST(SyncBatchNorm1d, SelfCommunicatorIsALocalBatchNorm) {
   expect_close(values(sync.running_var()), values(ref.running_var()), DType::Float64, "self var");
 }
 
+TEST(SyncBatchNorm1dDisagreement, MovedFromModuleOnEveryRank) {
+  // Any number of ranks, MPI_COMM_SELF included: a moved-from module throws, nothing waits.
+  for (MPI_Comm comm : {MPI_COMM_WORLD, MPI_COMM_SELF}) {
+    SyncBatchNorm1d sync(3, comm);
+    SyncBatchNorm1d moved(std::move(sync));
+    expect_same_error_everywhere(
+        [&] {
+          (void)sync.forward(bn1d::randn({4, 3}));
+        },
+        "SyncBatchNorm1d: use of a moved-from module");
+    expect_same_error_everywhere(
+        [&] {
+          (void)sync.backward(Tensor::ones({4, 3}));
+        },
+        "SyncBatchNorm1d: use of a moved-from module");
+    EXPECT_EQ(sync.comm(), MPI_COMM_NULL);
+    EXPECT_NE(moved.comm(), MPI_COMM_NULL);
+    EXPECT_NO_THROW((void)moved.forward(bn1d::randn({4, 3})));
+    EXPECT_EQ(moved.num_batches_tracked(), 1);
+  }
+}
+
 /// Prints the failures of a rank other than 0 (whose progress output is silenced).
 class FailurePrinter : public ::testing::EmptyTestEventListener {
   void OnTestPartResult(const ::testing::TestPartResult& result) override {
