@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 // bn1d_sync_bench: the cost of synchronizing batch statistics. Times one training step of
-// SyncBatchNorm1d (forward + backward, one MPI_Allgather each) against the same step of an
-// unsynchronized BatchNorm1d on the local batch, per rank count, for C ∈ {64, 1024, 16384}, and
-// prints the bytes each collective moves.
+// SyncBatchNorm1d (forward + backward, each two MPI_Allgathers: a fixed-size header, then the
+// per-channel records) against the same step of an unsynchronized BatchNorm1d on the local batch,
+// per rank count, for C ∈ {64, 1024, 16384}, and prints the bytes each call sends (header plus
+// records).
 //
 //   mpirun -np 2 bn1d_sync_bench [--rows N] [--steps S]
 //   mpirun -np 4 bn1d_sync_bench

@@ -144,10 +144,12 @@ int train_data_parallel(const Config& cfg, MPI_Comm comm) {
   }
 
   const bool identical = replicas_identical(replica, comm);
+  // Every rank evaluates: an eval forward of SyncBatchNorm1d is collective too (it checks that
+  // the ranks agree); rank 0 alone could use each layer's module().infer().
+  const float acc_dp = replica.accuracy(t.x_test.data(), t.y_test.data(), t.n_test());
   int ok = 1;
   if (root) {
     const double stats_diff = running_stats_difference(replica, single);
-    const float acc_dp = replica.accuracy(t.x_test.data(), t.y_test.data(), t.n_test());
     const float acc_single = single.accuracy(t.x_test.data(), t.y_test.data(), t.n_test());
     std::printf("\nlargest per-epoch loss difference: %.2e (tolerance %.0e)\n", worst,
                 kLossTolerance);

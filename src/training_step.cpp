@@ -149,11 +149,20 @@ struct BatchNorm1d::Step {
     commit_forward(m, input, /*batch_statistics=*/true);
   }
 
-  // Eval mode with running statistics: local, nothing to combine.
+  // Eval mode with running statistics: nothing to combine, but the participants still agree
+  // (skipped for a module on its own: no cost on the local path).
   static void forward_running(BatchNorm1d& m, const Tensor& input, Tensor& output,
-                              const StatsCombiner& combiner) {
-    StepFailure stage;
-    const kernels::View3 x = check_input(m, combiner, input, stage);
+                              StatsCombiner& combiner) {
+    LocalOutcome outcome;
+    kernels::View3 x;
+    try {
+      x = check_input(m, combiner, input, outcome.failure);
+      outcome.failure = StepFailure::None;
+    } catch (...) {
+      outcome.error = std::current_exception();
+    }
+    if (&combiner != &local_combiner) combiner.agree(config(m), CallKind::Forward, outcome);
+    if (outcome.error) std::rethrow_exception(outcome.error);
     if (x.count() == 0) {
       detail::reuse_or_allocate(output, input.sizes(), input.dtype());
       zero_normalization(m.next_norm_, x.C);
@@ -188,13 +197,25 @@ struct BatchNorm1d::Step {
     m.saved_batch_statistics_ = batch_statistics;
   }
 
-  // After a forward with running statistics: constant mean and variance, nothing to combine.
+  // After a forward with running statistics: constant mean and variance, nothing to combine,
+  // but the participants still agree (skipped for a module on its own).
   static void backward_running(BatchNorm1d& m, const Tensor& grad_output, Gradients& grads,
-                               const StatsCombiner& combiner) {
-    if (!m.saved_input_.defined())
-      throw Error(module_name(combiner, m.options_) + ": backward called before forward");
-    detail::check_same_shape(grad_output, "grad_output", m.saved_input_);
-    check_state(m);
+                               StatsCombiner& combiner) {
+    LocalOutcome outcome;
+    try {
+      outcome.failure = StepFailure::NoForward;
+      if (!m.saved_input_.defined())
+        throw Error(module_name(combiner, m.options_) + ": backward called before forward");
+      outcome.failure = StepFailure::WrongGradShape;
+      detail::check_same_shape(grad_output, "grad_output", m.saved_input_);
+      outcome.failure = StepFailure::InvalidState;
+      check_state(m);
+      outcome.failure = StepFailure::None;
+    } catch (...) {
+      outcome.error = std::current_exception();
+    }
+    if (&combiner != &local_combiner) combiner.agree(config(m), CallKind::Backward, outcome);
+    if (outcome.error) std::rethrow_exception(outcome.error);
     backward_apply(m, grad_output, grads, m.grad_sums_, /*batch_statistics=*/false);
   }
 

@@ -45,6 +45,12 @@ enum class StepFailure : int {
 /// with the wrong channel count".
 const char* describe(StepFailure failure) noexcept;
 
+/// Which call of the training step a combiner call belongs to.
+enum class CallKind : int {
+  Forward = 0,   ///< forward()
+  Backward = 1,  ///< backward()
+};
+
 /// This participant's outcome before combining: its failure (None when it has partial results)
 /// and, where it failed, the exception it raised (rethrown on this participant).
 struct LocalOutcome {
@@ -52,10 +58,13 @@ struct LocalOutcome {
   std::exception_ptr error;                 ///< the exception that failure raised
 };
 
-/// Combines the per-channel partial results of a step's participants. Each call is made on every
-/// participant, in the same order, with its partial results or its failure — never skipped on
-/// error — so that an implementation over a collective leaves no participant waiting. A call that
-/// throws must throw on every participant (the failing one with its own error).
+/// Combines the per-channel partial results of a step's participants. Every forward() and
+/// backward() of a module makes exactly one call, on every participant, in the same order, with
+/// its partial results or its failure — never skipped on error — so that an implementation over a
+/// collective leaves no participant waiting: combine_stats() for a forward with batch statistics,
+/// combine_grads() for the backward of such a forward, agree() for the calls that combine nothing
+/// (a forward with running statistics, the backward of such a forward). A call that throws must
+/// throw on every participant (the failing one with its own error).
 class StatsCombiner {
  public:
   virtual ~StatsCombiner() = default;
@@ -69,6 +78,15 @@ class StatsCombiner {
   /// The gradient sums of the global batch from this participant's @p local ones, as above.
   virtual const GradStats& combine_grads(const StepConfig& config, const GradStats& local,
                                          const LocalOutcome& outcome) = 0;
+
+  /// A call that combines nothing: a forward with running statistics (eval mode with
+  /// track_running_stats), or the backward of such a forward (or a backward before any forward in
+  /// that mode). It lets the participants check that they all make the same call with the same
+  /// configuration and that none failed; it throws on every participant otherwise. The step
+  /// rethrows @p outcome's error itself when agree() returns. The default does nothing (a module
+  /// on its own: no cost, no allocation).
+  virtual void agree(const StepConfig& /*config*/, CallKind /*call*/,
+                     const LocalOutcome& /*outcome*/) {}
 
   /// True when the combined batch is the local batch alone (error messages then speak of the
   /// input, as torch's do).

@@ -115,7 +115,8 @@ class BatchNorm1d {
   void forward(const Tensor& input, Tensor& output);
   /// forward() whose batch statistics are combined by @p combiner (e.g. across the ranks of a
   /// distributed batch, as SyncBatchNorm1d does) before normalizing: every participant must make
-  /// the same calls. With running statistics (eval mode) nothing is combined.
+  /// the same calls. With running statistics (eval mode) nothing is combined: the step calls
+  /// combiner.agree() instead, so that every participant still makes one call.
   void forward(const Tensor& input, Tensor& output, StatsCombiner& combiner);
 
   /// Inference without side effects: normalizes @p input with the running statistics (with
@@ -134,8 +135,9 @@ class BatchNorm1d {
   /// respect to the saved input), otherwise replaced.
   void backward(const Tensor& grad_output, Gradients& grads);
   /// backward() whose gradient sums are combined by @p combiner when the forward used batch
-  /// statistics. grads.input is the gradient for the combined batch; grads.weight and grads.bias
-  /// are this participant's own contributions (a data-parallel optimizer sums them).
+  /// statistics (otherwise the step calls combiner.agree()). grads.input is the gradient for the
+  /// combined batch; grads.weight and grads.bias are this participant's own contributions (a
+  /// data-parallel optimizer sums them).
   void backward(const Tensor& grad_output, Gradients& grads, StatsCombiner& combiner);
 
   /// Sets training (true) or evaluation (false) mode; returns *this.

@@ -4,15 +4,19 @@
 // batch as the reference. Run with any number of ranks (ctest: 1 to 4).
 #include <gtest/gtest.h>
 #include <mpi.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bn1d/bn1d.hpp>
 #include <bn1d/dist/sync_batch_norm.hpp>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -447,19 +451,303 @@ TEST(SyncBatchNorm1d, ModeDisagreementFailsEverywhere) {
   }
 }
 
-TEST(SyncBatchNorm1d, EvalWithRunningStatsMakesNoCollective) {
+TEST(SyncBatchNorm1d, EvalWithRunningStatsMakesOnlyTheHeaderCollective) {
+  // Every rank calls: eval forward/backward with running statistics exchange the header (so a
+  // disagreement or an error is seen everywhere) and compute locally, as BatchNorm1d does.
   SyncBatchNorm1d sync(3);
   sync.eval();
-  // Only rank 0 calls: this would hang if eval forward/backward were collective.
+  BatchNorm1d ref(3);
+  ref.eval();
+  const Tensor x = bn1d::randn({4, 3}, DType::Float32, 9 + static_cast<uint64_t>(world_rank()));
+  EXPECT_EQ(values(sync.forward(x)), values(ref.forward(x)));
+  EXPECT_EQ(values(sync.backward(Tensor::ones({4, 3})).input),
+            values(ref.backward(Tensor::ones({4, 3})).input));
+  // module().infer() is the collective-free way: only rank 0 calls, nothing waits for the others.
   if (world_rank() == 0) {
-    const Tensor x = bn1d::randn({4, 3}, DType::Float32, 9);
-    BatchNorm1d ref(3);
-    ref.eval();
-    EXPECT_EQ(values(sync.forward(x)), values(ref.forward(x)));
-    EXPECT_EQ(values(sync.backward(Tensor::ones({4, 3})).input),
-              values(ref.backward(Tensor::ones({4, 3})).input));
+    EXPECT_EQ(values(sync.module().infer(x)), values(ref.infer(x)));
   }
   MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// ---- Every promise under disagreement: every rank throws, no rank waits ---------------------
+
+/// The rank that differs in the disagreement tests.
+constexpr int kOdd = 1;
+
+/// Calls @p call, expecting bn1d::Error on every rank with a message containing @p expected.
+template <class F>
+void expect_same_error_everywhere(F call, const std::string& expected) {
+  try {
+    call();
+    ADD_FAILURE() << "no error on rank " << world_rank() << " (expected: " << expected << ")";
+  } catch (const bn1d::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos)
+        << "rank " << world_rank() << ": " << e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "rank " << world_rank() << ": not a bn1d::Error: " << e.what();
+  }
+}
+
+/// The running statistics and count of a module, to check that a failed call changed nothing.
+struct Snapshot {
+  std::vector<double> mean, var;
+  int64_t tracked = 0;
+  explicit Snapshot(const SyncBatchNorm1d& m)
+      : mean(m.running_mean().defined() ? values(m.running_mean()) : std::vector<double>{}),
+        var(m.running_var().defined() ? values(m.running_var()) : std::vector<double>{}),
+        tracked(m.num_batches_tracked()) {}
+  bool operator==(const Snapshot&) const = default;
+};
+
+/// A valid training step (forward + backward) on every rank, checked against a single-process
+/// BatchNorm1d on the global batch: the communicator is still in step after an error.
+void expect_valid_step(SyncBatchNorm1d& sync) {
+  const int64_t C = sync.options().num_features();
+  const DType dtype = sync.options().dtype();
+  sync.train();
+  BatchNorm1d ref(sync.options());
+  ref.load_state_dict(sync.state_dict());
+  const Split s = uneven_split();
+  const Tensor x = global_batch(s.global, C, 0, dtype, 777);
+  const Tensor gy = bn1d::randn(x.sizes(), dtype, 778);
+  const Tensor y_ref = ref.forward(x);
+  const Tensor gx_ref = ref.backward(gy).input;
+  ASSERT_NO_THROW({
+    const Tensor y = sync.forward(local_rows(x, s));
+    expect_close(values(y), local_values(y_ref, s), dtype, "valid step: output",
+                 max_abs(values(y_ref)));
+    const Tensor gx = sync.backward(local_rows(gy, s)).input;
+    expect_close(values(gx), local_values(gx_ref, s), dtype, "valid step: grad_input",
+                 max_abs(values(gx_ref)));
+  });
+  EXPECT_EQ(sync.num_batches_tracked(), ref.num_batches_tracked());
+}
+
+/// Rank kOdd builds its module with @p odd options, the others with @p common: the first
+/// forward throws "ranks disagree on <expected>" everywhere, changes nothing, and a second try
+/// throws again (the collectives stay in step); a module of common options then works.
+void expect_option_disagreement(const BatchNorm1dOptions& common, const BatchNorm1dOptions& odd,
+                                const std::string& expected) {
+  if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
+  const BatchNorm1dOptions& mine = world_rank() == kOdd ? odd : common;
+  SyncBatchNorm1d sync(mine);
+  const Snapshot before(sync);
+  const Tensor x = bn1d::randn({4, mine.num_features()}, mine.dtype(), 5);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    expect_same_error_everywhere([&] { (void)sync.forward(x); },
+                                 "SyncBatchNorm1d: ranks disagree on " + expected);
+    EXPECT_TRUE(Snapshot(sync) == before);
+    sync.eval();  // eval mode with running statistics disagrees as well
+  }
+  EXPECT_NO_THROW((void)sync.module().infer(x));  // the module itself is intact
+  SyncBatchNorm1d agreed(common);
+  expect_valid_step(agreed);
+}
+
+TEST(SyncBatchNorm1dDisagreement, NumFeatures) {
+  expect_option_disagreement(BatchNorm1dOptions(3), BatchNorm1dOptions(5),
+                             "num_features (rank 0: 3, rank 1: 5)");
+}
+
+TEST(SyncBatchNorm1dDisagreement, NumFeaturesLarge) {
+  // The per-channel records would differ by far more than the header: nothing is exchanged.
+  expect_option_disagreement(BatchNorm1dOptions(2), BatchNorm1dOptions(4096),
+                             "num_features (rank 0: 2, rank 1: 4096)");
+}
+
+TEST(SyncBatchNorm1dDisagreement, Dtype) {
+  expect_option_disagreement(BatchNorm1dOptions(3), BatchNorm1dOptions(3).dtype(DType::Float64),
+                             "the dtype (rank 0: float32, rank 1: float64)");
+}
+
+TEST(SyncBatchNorm1dDisagreement, Eps) {
+  expect_option_disagreement(BatchNorm1dOptions(3), BatchNorm1dOptions(3).eps(1e-3),
+                             "eps (rank 0: 1e-05, rank 1: 0.001)");
+}
+
+TEST(SyncBatchNorm1dDisagreement, Momentum) {
+  expect_option_disagreement(BatchNorm1dOptions(3), BatchNorm1dOptions(3).momentum(std::nullopt),
+                             "momentum (rank 0: 0.1, rank 1: None)");
+  expect_option_disagreement(BatchNorm1dOptions(3), BatchNorm1dOptions(3).momentum(0.2),
+                             "momentum (rank 0: 0.1, rank 1: 0.2)");
+}
+
+TEST(SyncBatchNorm1dDisagreement, Affine) {
+  expect_option_disagreement(BatchNorm1dOptions(3), BatchNorm1dOptions(3).affine(false),
+                             "affine (rank 0: true, rank 1: false)");
+}
+
+TEST(SyncBatchNorm1dDisagreement, TrackRunningStats) {
+  expect_option_disagreement(BatchNorm1dOptions(3),
+                             BatchNorm1dOptions(3).track_running_stats(false),
+                             "track_running_stats (rank 0: true, rank 1: false)");
+}
+
+TEST(SyncBatchNorm1dDisagreement, TrainingVsEvalWithRunningStats) {
+  if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
+  SyncBatchNorm1d sync(3);
+  const Snapshot before(sync);
+  const Tensor x = bn1d::randn({4, 3}, DType::Float32, 6);
+  sync.train(world_rank() != kOdd);  // rank 1 evaluates, the others train
+  expect_same_error_everywhere(
+      [&] { (void)sync.forward(x); },
+      "SyncBatchNorm1d: ranks disagree on the mode (rank 0: training, rank 1: eval with running "
+      "statistics)");
+  EXPECT_TRUE(Snapshot(sync) == before);
+  sync.train(world_rank() == kOdd);  // and the other way round
+  expect_same_error_everywhere(
+      [&] { (void)sync.forward(x); },
+      "SyncBatchNorm1d: ranks disagree on the mode (rank 0: eval with running statistics, rank 1: "
+      "training)");
+  EXPECT_TRUE(Snapshot(sync) == before);
+  expect_valid_step(sync);
+}
+
+TEST(SyncBatchNorm1dDisagreement, ForwardVsBackward) {
+  if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
+  SyncBatchNorm1d sync(3);
+  const Tensor x = bn1d::randn({4, 3}, DType::Float32, 7 + static_cast<uint64_t>(world_rank()));
+  (void)sync.forward(x);
+  const Snapshot before(sync);
+  // Rank 1 goes on to backward (a synchronized one), the others make another forward.
+  expect_same_error_everywhere(
+      [&] {
+        if (world_rank() == kOdd) {
+          (void)sync.backward(Tensor::ones({4, 3}));
+        } else {
+          (void)sync.forward(x);
+        }
+      },
+      "SyncBatchNorm1d: ranks disagree on the call (rank 0: forward, rank 1: backward)");
+  EXPECT_TRUE(Snapshot(sync) == before);
+  EXPECT_NO_THROW((void)sync.backward(Tensor::ones({4, 3})));  // the first forward's backward
+  expect_valid_step(sync);
+}
+
+TEST(SyncBatchNorm1dDisagreement, ExtraEvalForwardOnOneRank) {
+  // Rank 1 makes an extra eval forward (with running statistics) before its backward; the
+  // others go straight to backward.
+  if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
+  SyncBatchNorm1d sync(3);
+  const Tensor x = bn1d::randn({4, 3}, DType::Float32, 8 + static_cast<uint64_t>(world_rank()));
+  (void)sync.forward(x);
+  const Snapshot before(sync);
+  expect_same_error_everywhere(
+      [&] {
+        if (world_rank() == kOdd) {
+          sync.eval();
+          (void)sync.forward(x);
+        } else {
+          (void)sync.backward(Tensor::ones({4, 3}));
+        }
+      },
+      "SyncBatchNorm1d: ranks disagree on the call (rank 0: backward, rank 1: forward)");
+  EXPECT_TRUE(Snapshot(sync) == before);
+  sync.train();
+  EXPECT_NO_THROW((void)sync.backward(Tensor::ones({4, 3})));  // still the training forward's
+  expect_valid_step(sync);
+}
+
+TEST(SyncBatchNorm1dDisagreement, LocalVsSynchronizedBackward) {
+  // Before any forward the mode decides: rank 1 (eval with running statistics) would run a local
+  // backward, the others a synchronized one.
+  if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
+  SyncBatchNorm1d sync(3);
+  sync.train(world_rank() != kOdd);
+  expect_same_error_everywhere(
+      [&] {
+        (void)sync.backward(Tensor::ones({4, 3}));
+      },
+      "SyncBatchNorm1d: ranks disagree on the backward (rank 0: synchronized, after a forward "
+      "with batch statistics, rank 1: local, after a forward with running statistics)");
+  expect_valid_step(sync);
+}
+
+TEST(SyncBatchNorm1dDisagreement, BackwardBeforeForwardOnOneRank) {
+  if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
+  for (const bool training : {true, false}) {
+    SyncBatchNorm1d sync(3);
+    sync.train(training);
+    const Snapshot before(sync);
+    const Tensor x = bn1d::randn({4, 3}, DType::Float32, 9);
+    expect_same_error_everywhere(
+        [&] {
+          if (world_rank() == kOdd) {
+            (void)sync.backward(Tensor::ones({4, 3}));
+          } else {
+            (void)sync.forward(x);
+          }
+        },
+        "SyncBatchNorm1d: ranks disagree on the call (rank 0: forward, rank 1: backward)");
+    EXPECT_TRUE(Snapshot(sync) == before);
+    expect_valid_step(sync);
+  }
+}
+
+TEST(SyncBatchNorm1dDisagreement, InvalidInputOnOneRankInEval) {
+  // Eval with running statistics computes locally, but an error on one rank is still raised on
+  // every rank (it used to leave the others' next collective waiting).
+  const int bad = world_size() - 1;
+  SyncBatchNorm1d sync(3);
+  sync.eval();
+  const Snapshot before(sync);
+  const Tensor good = bn1d::randn({4, 3});
+  const Tensor wrong = bn1d::randn({2, 3, 2, 2});
+  expect_error_everywhere([&] { (void)sync.forward(world_rank() == bad ? wrong : good); }, bad,
+                          "expected 2D or 3D input (got 4D input)");
+  EXPECT_TRUE(Snapshot(sync) == before);
+  EXPECT_NO_THROW((void)sync.forward(good));
+  // The local backward too: a wrong grad_output shape on one rank.
+  expect_error_everywhere(
+      [&] {
+        (void)sync.backward(Tensor::ones({world_rank() == bad ? 5 : 4, 3}));
+      },
+      bad, "grad_output");
+  EXPECT_NO_THROW((void)sync.backward(Tensor::ones({4, 3})));
+  expect_valid_step(sync);
+}
+
+TEST(SyncBatchNorm1dDisagreement, InvalidInputOnOneRankInTraining) {
+  const int bad = world_size() - 1;
+  SyncBatchNorm1d sync(3);
+  const Snapshot before(sync);
+  expect_error_everywhere(
+      [&] {
+        (void)sync.forward(bn1d::randn({4, world_rank() == bad ? 4 : 3}));
+      },
+      bad, "expected input with 3 channels (num_features), got 4 channels");
+  EXPECT_TRUE(Snapshot(sync) == before);
+  expect_valid_step(sync);
+}
+
+TEST(SyncBatchNorm1dDisagreement, MovedFromModuleOnOneRank) {
+  // Rank 1 (by mistake) calls the moved-from module while the others call theirs: every rank
+  // throws instead of the others waiting. The moved-to module then works on every rank.
+  if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
+  for (const bool training : {true, false}) {
+    SyncBatchNorm1d sync(3);
+    sync.train(training);
+    std::optional<SyncBatchNorm1d> moved;
+    if (world_rank() == kOdd) moved.emplace(std::move(sync));
+    SyncBatchNorm1d& live = world_rank() == kOdd ? *moved : sync;
+    const Tensor x = bn1d::randn({4, 3}, DType::Float32, 10);
+    try {
+      (void)sync.forward(x);  // the moved-from one on rank 1
+      ADD_FAILURE() << "no error on rank " << world_rank();
+    } catch (const bn1d::Error& e) {
+      const std::string what = e.what();
+      const std::string expected = world_rank() == kOdd
+                                       ? "SyncBatchNorm1d: use of a moved-from module"
+                                       : "SyncBatchNorm1d: rank 1 failed: it called a moved-from "
+                                         "module";
+      EXPECT_NE(what.find(expected), std::string::npos) << "rank " << world_rank() << ": " << what;
+    }
+    if (world_rank() == kOdd) {
+      EXPECT_EQ(sync.comm(), MPI_COMM_NULL);
+    }
+    EXPECT_EQ(live.num_batches_tracked(), 0);
+    expect_valid_step(live);
+  }
 }
 
 TEST(SyncBatchNorm1d, StateDictCarriesTheSynchronizedCount) {
@@ -490,6 +778,28 @@ TEST(SyncBatchNorm1d, SelfCommunicatorIsALocalBatchNorm) {
   expect_close(values(sync.running_var()), values(ref.running_var()), DType::Float64, "self var");
 }
 
+TEST(SyncBatchNorm1dDisagreement, MovedFromModuleOnEveryRank) {
+  // Any number of ranks, MPI_COMM_SELF included: a moved-from module throws, nothing waits.
+  for (MPI_Comm comm : {MPI_COMM_WORLD, MPI_COMM_SELF}) {
+    SyncBatchNorm1d sync(3, comm);
+    SyncBatchNorm1d moved(std::move(sync));
+    expect_same_error_everywhere(
+        [&] {
+          (void)sync.forward(bn1d::randn({4, 3}));
+        },
+        "SyncBatchNorm1d: use of a moved-from module");
+    expect_same_error_everywhere(
+        [&] {
+          (void)sync.backward(Tensor::ones({4, 3}));
+        },
+        "SyncBatchNorm1d: use of a moved-from module");
+    EXPECT_EQ(sync.comm(), MPI_COMM_NULL);
+    EXPECT_NE(moved.comm(), MPI_COMM_NULL);
+    EXPECT_NO_THROW((void)moved.forward(bn1d::randn({4, 3})));
+    EXPECT_EQ(moved.num_batches_tracked(), 1);
+  }
+}
+
 /// Prints the failures of a rank other than 0 (whose progress output is silenced).
 class FailurePrinter : public ::testing::EmptyTestEventListener {
   void OnTestPartResult(const ::testing::TestPartResult& result) override {
@@ -499,6 +809,34 @@ class FailurePrinter : public ::testing::EmptyTestEventListener {
                    result.summary());
     }
   }
+};
+
+/// Turns a hang into a failure: a test running longer than BN1D_DIST_TEST_SECONDS (default 60)
+/// ends this process with status 124, naming the test; mpirun then ends the other ranks.
+class HangWatchdog : public ::testing::EmptyTestEventListener {
+ public:
+  HangWatchdog() {
+    const char* env = std::getenv("BN1D_DIST_TEST_SECONDS");
+    seconds_ = env ? static_cast<unsigned>(std::strtoul(env, nullptr, 10)) : 60u;
+    std::signal(SIGALRM, &HangWatchdog::on_alarm);
+  }
+
+ private:
+  static void on_alarm(int) {
+    // Async-signal-safe: write(2) and _exit(2) only.
+    ssize_t ignored = write(2, message_, std::strlen(message_));
+    (void)ignored;
+    _exit(124);
+  }
+  void OnTestStart(const ::testing::TestInfo& info) override {
+    std::snprintf(message_, sizeof message_, "[rank %d] hang: %s.%s ran past its time limit\n",
+                  world_rank(), info.test_suite_name(), info.name());
+    alarm(seconds_);
+  }
+  void OnTestEnd(const ::testing::TestInfo&) override { alarm(0); }
+
+  unsigned seconds_ = 60;
+  static inline char message_[512] = {};
 };
 
 }  // namespace
@@ -512,6 +850,7 @@ int main(int argc, char** argv) {
     delete listeners.Release(listeners.default_result_printer());
     listeners.Append(new FailurePrinter);
   }
+  ::testing::UnitTest::GetInstance()->listeners().Append(new HangWatchdog);
   int result = RUN_ALL_TESTS();
   int any = 0;
   MPI_Allreduce(&result, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);

@@ -27,37 +27,60 @@ namespace bn1d {
 /// batch (up to rounding: float64 within 1e-12, float32 within 8 half-ulps).
 ///
 /// Implementation: a BatchNorm1d (module()) whose training step combines its statistics with an
-/// MpiStatsCombiner (mpi_combiner.hpp):
-/// - forward (batch statistics): every rank computes its local (count, mean, M2); one
-///   MPI_Allgather of a fixed-size record per rank; every rank merges the records in rank order
-///   (deterministic), normalizes with the global statistics and applies the identical
-///   running-statistics update (unbiased variance with the global count), so the running
-///   statistics stay bitwise identical on all ranks.
-/// - backward (after a forward with batch statistics): one MPI_Allgather of the local Σdy and
-///   Σdy·(x − mean), summed in rank order; the input gradient uses the global sums. The weight
-///   and bias gradients are those of the **local** batch: the data-parallel optimizer sums them
-///   across ranks (as DistributedDataParallel's all-reduce does), which gives the gradient of the
+/// MpiStatsCombiner (mpi_combiner.hpp). Every forward() and backward() on a communicator of more
+/// than one rank first makes one MPI_Allgather of a **fixed-size header** (the call, forward or
+/// backward; num_features, dtype, mode, affine, track_running_stats, momentum, eps; this rank's
+/// status and count), which every rank checks identically, then, where statistics are
+/// synchronized, one MPI_Allgather of the per-channel records:
+/// - forward (batch statistics): every rank computes its local (count, mean, M2); the records
+///   [mean[C], M2[C]] are merged in rank order (deterministic) with the headers' counts; every
+///   rank normalizes with the global statistics and applies the identical running-statistics
+///   update (unbiased variance with the global count), so the running statistics stay bitwise
+///   identical on all ranks.
+/// - backward (after a forward with batch statistics): the records [Σdy[C], Σdy·(x − mean)[C]]
+///   are summed in rank order; the input gradient uses the global sums. The weight and bias
+///   gradients are those of the **local** batch: the data-parallel optimizer sums them across
+///   ranks (as DistributedDataParallel's all-reduce does), which gives the gradient of the
 ///   global batch.
-/// - Eval mode with running statistics makes no collective (it is BatchNorm1d's eval forward);
-///   without track_running_stats, eval mode normalizes with synchronized batch statistics.
-///   A world of size 1 makes no collective either.
+/// - Eval mode with running statistics, and the backward of such a forward, compute locally but
+///   still make the header collective (no per-channel exchange), so that a rank in eval mode
+///   while another trains, or any error on one rank, is raised on every rank instead of leaving
+///   the others waiting. To run inference on one rank alone, use module().infer(), which makes
+///   no collective. Without track_running_stats, eval mode normalizes with synchronized batch
+///   statistics. A world of size 1 makes no collective.
 ///
-/// Collective calls: construction (MPI_Comm_dup), destruction (MPI_Comm_free), and every
-/// forward()/backward() that uses batch statistics must be called by all ranks of the
-/// communicator, in the same order, with modules of the same num_features (the record length
-/// depends on it). All ranks must also agree on the mode (training/eval), dtype, eps, momentum,
-/// affine and track_running_stats; a disagreement detected in a record makes every rank throw.
+/// Errors never hang, as long as every rank makes the call: every rank validates its arguments
+/// locally, puts the outcome in its header and takes part in the header collective anyway. Every
+/// rank then throws bn1d::Error, in this order of precedence, when
+/// - some rank used a moved-from module: "SyncBatchNorm1d: use of a moved-from module ..." on
+///   that rank, "SyncBatchNorm1d: rank R failed: it called a moved-from module" on the others;
+/// - the ranks disagree: "SyncBatchNorm1d: ranks disagree on <what> (rank 0: <value>, rank R:
+///   <value>)", <what> being the call (forward or backward), num_features, the dtype, affine,
+///   track_running_stats, momentum, eps, the mode (training, eval with running statistics, eval
+///   with batch statistics) or the backward (synchronized or local, after a forward with batch or
+///   running statistics);
+/// - some rank failed: the failing rank with its own message (the same text as BatchNorm1d), the
+///   others with "SyncBatchNorm1d: rank R failed: <reason>".
+/// The training-size check uses the global count: a rank may hold a single value (or no value)
+/// per channel as long as the global batch has more than one. A call that throws changes
+/// nothing, on any rank (only an out-of-memory error after the exchange is local). MPI failures
+/// (MPI_ERRORS_RETURN is set on the module's communicator) become bn1d::Error.
 ///
-/// Errors never hang: every rank validates its arguments locally, puts the outcome in its record
-/// and takes part in the collective anyway. If any rank failed, **every** rank throws
-/// bn1d::Error — the failing rank with its own message (the same text as BatchNorm1d), the
-/// others with "SyncBatchNorm1d: rank R failed: <reason>". The training-size check uses the
-/// global count: a rank may hold a single value (or no value) per channel as long as the global
-/// batch has more than one. A call that throws changes nothing. MPI failures (MPI_ERRORS_RETURN
-/// is set on the module's communicator) become bn1d::Error.
+/// Preconditions MPI cannot detect (breaking them hangs or crashes, as with any MPI program):
+/// - Collective calls: construction (MPI_Comm_dup), destruction (MPI_Comm_free, when the last
+///   holder of the duplicate goes), and every forward()/backward() must be made by **all** ranks
+///   of the communicator, on corresponding modules (the ones constructed in the same order), in
+///   the same order relative to each other and to the program's other collectives on the same
+///   communicators. A rank that never makes the call, or makes it on another module, leaves the
+///   others waiting: no timeout is applied.
+/// - A moved-from module must not be used. If it is, its call still joins the header collective
+///   of the module it was moved to, so every rank throws as long as the other ranks call that
+///   module; if they call another one, they wait.
+/// - MPI must be initialized with a thread level fit for your use, and one module's calls must
+///   not run concurrently (as BatchNorm1d).
 ///
 /// The class is move-only (it owns a duplicate of the communicator). Thread safety as
-/// BatchNorm1d; in addition, MPI must be initialized with the thread level your use needs.
+/// BatchNorm1d.
 class SyncBatchNorm1d {
  public:
   using Gradients = BatchNormGradients;
@@ -81,7 +104,8 @@ class SyncBatchNorm1d {
   /// Normalizes @p input ((N, C) or (N, C, L), the module's dtype, any strides; N may be 0 on
   /// some ranks) with the global batch statistics (training mode, or no running statistics) or
   /// the running statistics (eval mode). Returns a new contiguous tensor of the input's shape and
-  /// saves a reference to the input for backward().
+  /// saves a reference to the input for backward(). Collective in every mode (the header at
+  /// least: see the class comment); module().infer() is not.
   Tensor forward(const Tensor& input);
   /// Same as forward().
   Tensor operator()(const Tensor& input) { return forward(input); }
@@ -90,7 +114,8 @@ class SyncBatchNorm1d {
 
   /// Gradients of the most recent forward(): the input gradient of the global loss with respect
   /// to this rank's input; weight and bias gradients of this rank's part (sum them across ranks).
-  /// Collective when the forward was. Throws Error before any forward().
+  /// Collective (the header, plus the per-channel sums when the forward used batch statistics).
+  /// Throws Error before any forward().
   Gradients backward(const Tensor& grad_output);
   /// backward() into caller-owned buffers.
   void backward(const Tensor& grad_output, Gradients& grads);
@@ -126,24 +151,26 @@ class SyncBatchNorm1d {
   int64_t num_batches_tracked() const noexcept { return module_.num_batches_tracked(); }
   /// The options the module was built with.
   const BatchNorm1dOptions& options() const noexcept { return module_.options(); }
-  /// The underlying module holding parameters, buffers and num_batches_tracked (e.g. for infer(),
-  /// which uses running statistics and makes no collective).
+  /// The underlying module holding parameters, buffers and num_batches_tracked; e.g.
+  /// module().infer(x), which uses the running statistics and makes no collective (inference on
+  /// one rank alone).
   const BatchNorm1d& module() const noexcept { return module_; }
 
-  /// The module's own duplicate of the communicator.
+  /// The module's own duplicate of the communicator (MPI_COMM_NULL once moved from).
   MPI_Comm comm() const noexcept { return combiner_.comm(); }
   /// This process's rank in comm().
   int rank() const noexcept { return combiner_.rank(); }
   /// Number of ranks of comm().
   int world_size() const noexcept { return combiner_.world_size(); }
 
-  /// Bytes this rank contributes to the MPI_Allgather of a synchronized forward with
-  /// @p num_features channels: a float64 record [7-value header, mean[C], M2[C]]; every rank
-  /// receives world_size() such records.
+  /// Bytes this rank contributes to the two MPI_Allgathers of a synchronized forward with
+  /// @p num_features channels: the header (MpiStatsCombiner::header_bytes(), 96) plus the
+  /// float64 record [mean[C], M2[C]]; every rank receives world_size() of each. An eval forward
+  /// with running statistics sends the header only.
   static std::size_t forward_record_bytes(int64_t num_features) noexcept {
     return MpiStatsCombiner::stats_record_bytes(num_features);
   }
-  /// As forward_record_bytes for backward: [3-value header, Σdy[C], Σdy·(x − mean)[C]].
+  /// As forward_record_bytes for backward: the header plus [Σdy[C], Σdy·(x − mean)[C]].
   static std::size_t backward_record_bytes(int64_t num_features) noexcept {
     return MpiStatsCombiner::grads_record_bytes(num_features);
   }
