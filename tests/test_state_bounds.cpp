@@ -190,6 +190,7 @@ TEST(SafetensorsBounds, HeaderOverTheSizeLimitIsRejectedBeforeItIsRead) {
     EXPECT_LT(message.size(), 512U);
   }
   EXPECT_LT(peak_rss() - before, 64 * kMiB);  // the header is never read
+  fs::remove(path);
   // In memory the limit is the same: 16 MiB of header loads, one byte more does not.
   std::string largest = "{}";
   largest.resize(std::size_t{16} << 20, ' ');
@@ -232,6 +233,7 @@ TEST(SafetensorsBounds, LargestHeaderHasBoundedCostAndMessage) {
 #else
   (void)module_peak;  // sanitizers' shadow memory and quarantine distort the resident set
 #endif
+  fs::remove(path);
 }
 
 // --- 3. Strict JSON: no NUL or control bytes; only whitespace after the object. ---------------
