@@ -1,7 +1,9 @@
-// libFuzzer target: the safetensors reader, in memory and from a file. Malformed input must give
-// bn1d::Error and nothing else; whatever parses must serialize and parse back identically.
+// libFuzzer target: the safetensors reader, in memory, from a file and into a module. Malformed
+// input must give bn1d::Error and nothing else; whatever parses must serialize and parse back
+// identically.
 #include <unistd.h>
 
+#include <bn1d/module.hpp>
 #include <bn1d/state.hpp>
 #include <cstdint>
 #include <cstdio>
@@ -40,6 +42,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (!parsed) __builtin_trap();  // the file loader accepted what the parser rejected
   } catch (const bn1d::Error&) {
     if (parsed) __builtin_trap();  // and the other way round
+  }
+  // A module checks the header against its own shapes before reading any tensor.
+  try {
+    bn1d::BatchNorm1d module(2);
+    module.load(path, prefix);
+  } catch (const bn1d::Error&) {
   }
   return 0;
 }

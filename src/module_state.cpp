@@ -1,19 +1,87 @@
 // SPDX-License-Identifier: MIT
 // BatchNorm1d state: state_dict / load_state_dict and their safetensors files.
+#include <algorithm>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "bn1d/module.hpp"
 #include "format.hpp"
+#include "safetensors_format.hpp"
 #include "validate.hpp"
 
 namespace bn1d {
 namespace {
 
-std::string join_quoted(const std::vector<std::string>& keys) {
-  std::string s;
-  for (const std::string& k : keys) s += (s.empty() ? "\"" : ", \"") + k + "\"";
-  return s;
+/// A tensor offered to a module, described by what the module checks before reading any data.
+struct Offered {
+  std::string_view key;
+  DType dtype;
+  const Shape* sizes;
+};
+
+/// True for the dtype and shape of num_batches_tracked: an int64 scalar, 0-dim or of shape [1].
+bool is_count(DType dtype, const Shape& sizes) {
+  return dtype == DType::Int64 && (sizes.empty() || (sizes.size() == 1 && sizes[0] == 1));
+}
+
+/// The module's checks on the keys, dtypes and shapes of @p offered: missing and (with @p strict)
+/// unexpected keys, wrong shapes and dtypes. Returns the error text ("" when all is well) in
+/// PyTorch's words, naming at most detail::kMaxListedKeys keys per list; appends the entries the
+/// module takes to @p taken (its tensors' keys and num_batches_tracked).
+std::string check_offered(const BatchNorm1dOptions& options, const std::vector<Offered>& offered,
+                          bool strict, std::vector<const Offered*>* taken) {
+  const int64_t C = options.num_features();
+  const DType dtype = options.dtype();
+  std::vector<std::string_view> expected;
+  if (options.affine()) expected = {"weight", "bias"};
+  if (options.track_running_stats()) {
+    expected.emplace_back("running_mean");
+    expected.emplace_back("running_var");
+  }
+  const bool counts = options.track_running_stats();
+  std::vector<std::string_view> missing, unexpected;
+  std::vector<std::string> problems;
+  for (const std::string_view key : expected) {
+    const auto found = std::find_if(offered.begin(), offered.end(),
+                                    [&](const Offered& o) { return o.key == key; });
+    if (found == offered.end()) {
+      missing.push_back(key);
+    } else if (found->sizes->size() != 1 || (*found->sizes)[0] != C || found->dtype != dtype) {
+      problems.push_back("size or dtype mismatch for " + std::string(key) + ": copying a " +
+                         dtype_name(found->dtype) + " tensor of shape " +
+                         format_shape(*found->sizes) +
+                         " from the state dict, the module expects a " + dtype_name(dtype) +
+                         " tensor of shape [" + std::to_string(C) + "]");
+    }
+  }
+  for (const Offered& o : offered) {
+    const bool known = (counts && o.key == "num_batches_tracked") ||
+                       std::find(expected.begin(), expected.end(), o.key) != expected.end();
+    if (!known) {
+      unexpected.push_back(o.key);
+      continue;
+    }
+    if (taken != nullptr) taken->push_back(&o);
+    if (o.key != "num_batches_tracked") continue;
+    if (!is_count(o.dtype, *o.sizes)) {
+      problems.push_back(
+          std::string(
+              "size or dtype mismatch for num_batches_tracked: expected an int64 scalar, got a ") +
+          dtype_name(o.dtype) + " tensor of shape " + format_shape(*o.sizes));
+    }
+  }
+  std::string message;
+  if (strict && !missing.empty())
+    message += " Missing key(s) in state_dict: " + detail::quote_list(missing) + ".";
+  if (strict && !unexpected.empty())
+    message += " Unexpected key(s) in state_dict: " + detail::quote_list(unexpected) + ".";
+  for (const std::string& p : problems) message += " " + p + ".";
+  return message;
+}
+
+[[noreturn]] void fail_loading(const std::string& message) {
+  throw Error("Error(s) in loading state_dict for BatchNorm1d:" + message);
 }
 
 }  // namespace
@@ -35,56 +103,27 @@ StateDict BatchNorm1d::state_dict() const {
 }
 
 void BatchNorm1d::load_state_dict(const StateDict& state, bool strict) {
-  const int64_t C = options_.num_features();
-  const DType dtype = options_.dtype();
+  // 1. Validate everything.
+  std::vector<Offered> offered;
+  offered.reserve(state.size());
+  for (const auto& [key, value] : state) offered.push_back({key, value.dtype(), &value.sizes()});
+  std::string message = check_offered(options_, offered, strict, nullptr);
+  // Any count in [0, INT64_MAX] is accepted; the training step refuses to count past INT64_MAX.
+  int64_t count = 0;
+  const Tensor* nbt = options_.track_running_stats() ? state.find("num_batches_tracked") : nullptr;
+  if (nbt != nullptr && is_count(nbt->dtype(), nbt->sizes()) &&
+      (count = *nbt->data<int64_t>()) < 0) {
+    message += " num_batches_tracked: expected a count >= 0, got " + std::to_string(count) + ".";
+  }
+  if (!message.empty()) fail_loading(message);
+
+  // 2. Commit: copy in place so that views of the module's tensors stay valid.
   std::vector<std::pair<std::string, Tensor*>> tensors;
   if (options_.affine()) tensors = {{"weight", &weight_}, {"bias", &bias_}};
   if (options_.track_running_stats()) {
     tensors.emplace_back("running_mean", &running_mean_);
     tensors.emplace_back("running_var", &running_var_);
   }
-
-  // 1. Validate everything.
-  std::vector<std::string> missing, unexpected, problems;
-  for (const auto& [key, dst] : tensors) {
-    const Tensor* src = state.find(key);
-    if (src == nullptr) {
-      missing.push_back(key);
-    } else if (src->dim() != 1 || src->sizes()[0] != C || src->dtype() != dtype) {
-      problems.push_back("size or dtype mismatch for " + key + ": copying a " +
-                         dtype_name(src->dtype()) + " tensor of shape " +
-                         format_shape(src->sizes()) +
-                         " from the state dict, the module expects a " + dtype_name(dtype) +
-                         " tensor of shape [" + std::to_string(C) + "]");
-    }
-  }
-  int64_t count = 0;
-  const Tensor* nbt = options_.track_running_stats() ? state.find("num_batches_tracked") : nullptr;
-  if (nbt != nullptr) {
-    if (nbt->dtype() != DType::Int64 || nbt->numel() != 1 || nbt->dim() > 1) {
-      problems.push_back(
-          std::string(
-              "size or dtype mismatch for num_batches_tracked: expected an int64 scalar, got a ") +
-          dtype_name(nbt->dtype()) + " tensor of shape " + format_shape(nbt->sizes()));
-    } else if ((count = *nbt->data<int64_t>()) < 0) {
-      problems.push_back("num_batches_tracked: expected a count >= 0, got " +
-                         std::to_string(count));
-    }
-  }
-  for (const auto& [key, value] : state) {
-    bool known = key == "num_batches_tracked" && options_.track_running_stats();
-    for (const auto& t : tensors) known = known || t.first == key;
-    if (!known) unexpected.push_back(key);
-  }
-  std::string message;
-  if (strict && !missing.empty())
-    message += " Missing key(s) in state_dict: " + join_quoted(missing) + ".";
-  if (strict && !unexpected.empty())
-    message += " Unexpected key(s) in state_dict: " + join_quoted(unexpected) + ".";
-  for (const std::string& p : problems) message += " " + p + ".";
-  if (!message.empty()) throw Error("Error(s) in loading state_dict for BatchNorm1d:" + message);
-
-  // 2. Commit: copy in place so that views of the module's tensors stay valid.
   for (const auto& [key, dst] : tensors) {
     if (const Tensor* src = state.find(key)) detail::assign_channel_tensor(*dst, *src);
   }
@@ -94,9 +133,26 @@ void BatchNorm1d::load_state_dict(const StateDict& state, bool strict) {
 void BatchNorm1d::save(const std::string& path) const { save_safetensors(path, state_dict()); }
 
 void BatchNorm1d::load(const std::string& path, const std::string& prefix) {
+  // The header first: the module's checks on keys, dtypes and shapes run before any tensor is
+  // read, so a file claiming huge or unexpected tensors costs no more than its header.
+  detail::SafetensorsFile file(path);
+  const std::vector<detail::TensorEntry>& entries = file.header().entries;
+  std::vector<Offered> offered;
+  std::vector<const detail::TensorEntry*> sources;
+  for (const detail::TensorEntry& entry : entries) {
+    if (!entry.key.starts_with(prefix)) continue;
+    offered.push_back(
+        {std::string_view(entry.key).substr(prefix.size()), entry.dtype, &entry.shape});
+    sources.push_back(&entry);
+  }
+  std::vector<const Offered*> taken;
+  const std::string message = check_offered(options_, offered, /*strict=*/true, &taken);
+  if (!message.empty()) fail_loading(message);
+  // Then only the tensors the module takes (at most 5 of C elements each).
   StateDict stripped;
-  for (const auto& [key, value] : load_safetensors(path, prefix)) {
-    stripped.insert(key.substr(prefix.size()), value);
+  for (const Offered* o : taken) {
+    stripped.insert(std::string(o->key),
+                    file.read(*sources[static_cast<std::size_t>(o - offered.data())]));
   }
   load_state_dict(stripped, /*strict=*/true);
 }

@@ -8,6 +8,7 @@
 
 #include "bn1d/error.hpp"
 #include "bn1d/state.hpp"
+#include "safetensors_format.hpp"
 
 namespace bn1d {
 
@@ -32,7 +33,7 @@ const Tensor* StateDict::find(const std::string& key) const noexcept {
 
 const Tensor& StateDict::at(const std::string& key) const {
   if (const Tensor* tensor = find(key)) return *tensor;
-  throw Error("state dict has no key \"" + key + "\"");
+  throw Error("state dict has no key " + detail::quote(key));
 }
 
 std::vector<std::string> StateDict::keys() const {
