@@ -19,6 +19,7 @@ std::string join_quoted(const std::vector<std::string>& keys) {
 }  // namespace
 
 StateDict BatchNorm1d::state_dict() const {
+  check_not_moved_from();
   StateDict state;
   if (options_.affine()) {
     state.insert("weight", weight_.clone());
@@ -35,6 +36,7 @@ StateDict BatchNorm1d::state_dict() const {
 }
 
 void BatchNorm1d::load_state_dict(const StateDict& state, bool strict) {
+  check_not_moved_from();
   const int64_t C = options_.num_features();
   const DType dtype = options_.dtype();
   std::vector<std::pair<std::string, Tensor*>> tensors;
@@ -94,6 +96,7 @@ void BatchNorm1d::load_state_dict(const StateDict& state, bool strict) {
 void BatchNorm1d::save(const std::string& path) const { save_safetensors(path, state_dict()); }
 
 void BatchNorm1d::load(const std::string& path, const std::string& prefix) {
+  check_not_moved_from();
   StateDict stripped;
   for (const auto& [key, value] : load_safetensors(path, prefix)) {
     stripped.insert(key.substr(prefix.size()), value);
