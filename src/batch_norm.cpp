@@ -30,7 +30,7 @@ void check_stats(const BatchStats& stats, std::string_view name, int64_t C) {
 }  // namespace
 
 void batch_stats(BatchStats& stats, const Tensor& input) {
-  step::batch_stats(stats, detail::input_view(input));
+  step::batch_stats(stats, detail::input_view(input), {&input});
 }
 
 BatchStats batch_stats(const Tensor& input) {
@@ -42,8 +42,15 @@ BatchStats batch_stats(const Tensor& input) {
 BatchStats combine_stats(std::span<const BatchStats> parts) {
   if (parts.empty()) throw Error("combine_stats: expected at least one part, got none");
   const int64_t C = channels_of(parts[0].mean);
-  for (std::size_t i = 0; i < parts.size(); ++i)
+  int64_t total = 0;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
     check_stats(parts[i], "combine_stats: part " + std::to_string(i), C);
+    if (__builtin_add_overflow(total, parts[i].count, &total)) {
+      throw Error("combine_stats: the counts of parts 0 to " + std::to_string(i) +
+                  " sum past the int64 range (part " + std::to_string(i) + " has count " +
+                  std::to_string(parts[i].count) + ")");
+    }
+  }
   BatchStats out{0, detail::stat_tensor(C), detail::stat_tensor(C)};
   double* mean = f64_mut(out.mean);
   double* m2 = f64_mut(out.m2);
@@ -71,6 +78,13 @@ void normalization_from_batch(Normalization& norm, const BatchStats& stats, doub
     throw Error(
         "normalization_from_batch: expected statistics of at least one value per channel, got "
         "count 0");
+  }
+  const double* m2 = f64(stats.m2);
+  for (int64_t c = 0; c < stats.m2.numel(); ++c) {
+    if (!(m2[c] >= 0)) {  // negative or NaN: no variance
+      throw Error("stats: expected non-negative m2 (a sum of squared deviations), got stats.m2[" +
+                  std::to_string(c) + "] = " + python_float_repr(m2[c]));
+    }
   }
   step::normalization_from_batch(norm, stats, eps);
 }

@@ -30,7 +30,7 @@ void backward_stats(GradStats& stats, const Tensor& grad_output, const Tensor& i
   detail::check_same_shape(grad_output, "grad_output", input);
   const kernels::View3 dy = detail::input_view(grad_output, "grad_output");
   detail::check_normalization(norm, x.C);
-  step::backward_sums(stats, dy, x, norm);
+  step::backward_sums(stats, dy, x, norm, {&grad_output, &input});
 }
 
 GradStats backward_stats(const Tensor& grad_output, const Tensor& input,
@@ -43,8 +43,15 @@ GradStats backward_stats(const Tensor& grad_output, const Tensor& input,
 GradStats combine_grad_stats(std::span<const GradStats> parts) {
   if (parts.empty()) throw Error("combine_grad_stats: expected at least one part, got none");
   const int64_t C = parts[0].sum_dy.defined() ? parts[0].sum_dy.numel() : 0;
-  for (std::size_t i = 0; i < parts.size(); ++i)
+  int64_t total = 0;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
     check_grad_stats(parts[i], "combine_grad_stats: part " + std::to_string(i), C);
+    if (__builtin_add_overflow(total, parts[i].count, &total)) {
+      throw Error("combine_grad_stats: the counts of parts 0 to " + std::to_string(i) +
+                  " sum past the int64 range (part " + std::to_string(i) + " has count " +
+                  std::to_string(parts[i].count) + ")");
+    }
+  }
   GradStats out{0, detail::stat_tensor(C), detail::stat_tensor(C)};
   double* sum_dy = f64_mut(out.sum_dy);
   double* sum_dy_xmu = f64_mut(out.sum_dy_xmu);
@@ -116,14 +123,24 @@ void batch_norm_backward(BatchNormGradients& grads, const Tensor& grad_output, c
   detail::check_optional_param(weight, "weight", x.C, input.dtype());
   GradStats& sums = detail::thread_workspace().grad_sums;  // steady-state calls allocate nothing
   step::backward_sums(sums, dy, x, norm);
+  // Every result is chosen (overlapping no input and no other result) before any is written.
+  step::reserve_workspace(x.C);
+  detail::reuse_or_allocate_like(grads.input, input,
+                                 {&input, &grad_output, &norm.mean, &norm.invstd, &weight},
+                                 {&grads.weight, &grads.bias});
   if (affine) {
-    step::backward_params(grads, sums, norm, input.dtype());
+    step::backward_params_results(grads, sums, norm, input.dtype(),
+                                  {&input, &grad_output, &weight, &grads.input});
+  }
+  step::backward_input(grads.input, grad_output, input, dy, x, norm, weight, sums, batch_statistics,
+                       {&grads.weight, &grads.bias});
+  if (affine) {
+    step::backward_params(grads, sums, norm, input.dtype(),
+                          {&input, &grad_output, &weight, &grads.input});
   } else {
     grads.weight = Tensor();
     grads.bias = Tensor();
   }
-  step::backward_input(grads.input, grad_output, input, dy, x, norm, weight, sums,
-                       batch_statistics);
 }
 
 BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& input,

@@ -24,14 +24,14 @@ std::pair<const char*, const char*> byte_range(const Tensor& t) {
   return {base + lo * esize, base + (hi + 1) * esize};
 }
 
-bool overlaps(const Tensor& a, const Tensor& b) {
+}  // namespace
+
+bool overlaps(const Tensor& a, const Tensor& b) noexcept {
   if (!a.defined() || !b.defined() || a.numel() == 0 || b.numel() == 0) return false;
   const auto [a0, a1] = byte_range(a);
   const auto [b0, b1] = byte_range(b);
   return a0 < b1 && b0 < a1;
 }
-
-}  // namespace
 
 void load_channels(double* out, const Tensor& t) {
   const int64_t C = t.numel();
@@ -61,23 +61,29 @@ void check_optional_param(const Tensor& t, const char* name, int64_t C, DType dt
   if (t.defined()) check_channel_tensor(t, name, C, dtype);
 }
 
-static bool reusable(const Tensor& t, std::span<const int64_t> sizes, DType dtype,
-                     std::initializer_list<const Tensor*> avoid) {
+static bool overlaps_any(const Tensor& t, Avoid avoid, Avoid also) noexcept {
+  for (const Tensor* other : avoid)
+    if (overlaps(t, *other)) return true;
+  for (const Tensor* other : also)
+    if (overlaps(t, *other)) return true;
+  return false;
+}
+
+static bool reusable(const Tensor& t, std::span<const int64_t> sizes, DType dtype, Avoid avoid,
+                     Avoid also) {
   bool ok = t.defined() && !t.is_read_only() &&
             std::equal(sizes.begin(), sizes.end(), t.sizes().begin(), t.sizes().end()) &&
             t.dtype() == dtype && t.is_contiguous();
-  for (const Tensor* other : avoid) ok = ok && !overlaps(t, *other);
-  return ok;
+  return ok && !overlaps_any(t, avoid, also);
 }
 
-void reuse_or_allocate(Tensor& t, const Shape& sizes, DType dtype,
-                       std::initializer_list<const Tensor*> avoid) {
-  if (!reusable(t, sizes, dtype, avoid)) t = Tensor::empty(sizes, dtype);
+void reuse_or_allocate(Tensor& t, const Shape& sizes, DType dtype, Avoid avoid, Avoid also) {
+  if (!reusable(t, sizes, dtype, avoid, also)) t = Tensor::empty(sizes, dtype);
 }
 
-void reuse_or_allocate(Tensor& t, int64_t C, DType dtype,
-                       std::initializer_list<const Tensor*> avoid) {
-  if (!reusable(t, std::span<const int64_t>(&C, 1), dtype, avoid)) t = Tensor::empty({C}, dtype);
+void reuse_or_allocate(Tensor& t, int64_t C, DType dtype, Avoid avoid, Avoid also) {
+  if (!reusable(t, std::span<const int64_t>(&C, 1), dtype, avoid, also))
+    t = Tensor::empty({C}, dtype);
 }
 
 // True when the elements of a 2-D or 3-D @p t cover a block of memory exactly once, in any order
@@ -98,13 +104,11 @@ static bool dense(const Tensor& t) {
   return true;
 }
 
-void reuse_or_allocate_like(Tensor& out, const Tensor& input,
-                            std::initializer_list<const Tensor*> avoid) {
+void reuse_or_allocate_like(Tensor& out, const Tensor& input, Avoid avoid, Avoid also) {
   const bool same_strides = out.defined() && out.strides() == input.strides() && dense(input);
   bool ok = out.defined() && !out.is_read_only() && out.sizes() == input.sizes() &&
             out.dtype() == input.dtype() && (out.is_contiguous() || same_strides);
-  for (const Tensor* other : avoid) ok = ok && !overlaps(out, *other);
-  if (!ok) out = Tensor::empty(input.sizes(), input.dtype());
+  if (!ok || overlaps_any(out, avoid, also)) out = Tensor::empty(input.sizes(), input.dtype());
 }
 
 }  // namespace bn1d::detail

@@ -56,19 +56,23 @@ void store_channels(const Tensor& t, const double* v);
 /// Checks an optional affine parameter: undefined, or {C} of @p dtype.
 void check_optional_param(const Tensor& t, const char* name, int64_t C, DType dtype);
 
+/// Tensors a result must not overlap (inputs of the call, results chosen before it).
+using Avoid = std::initializer_list<const Tensor*>;
+
+/// Whether @p a and @p b are defined, non-empty and their byte ranges intersect.
+bool overlaps(const Tensor& a, const Tensor& b) noexcept;
+
 /// Makes @p t a contiguous tensor of @p sizes and @p dtype, keeping its storage when it already
-/// is one and overlaps none of @p avoid (inputs the result must not alias).
-void reuse_or_allocate(Tensor& t, const Shape& sizes, DType dtype,
-                       std::initializer_list<const Tensor*> avoid = {});
+/// is one and overlaps none of @p avoid and @p also (inputs the result must not alias).
+void reuse_or_allocate(Tensor& t, const Shape& sizes, DType dtype, Avoid avoid = {},
+                       Avoid also = {});
 /// reuse_or_allocate() for a {C} tensor, without building a Shape when the tensor is reused.
-void reuse_or_allocate(Tensor& t, int64_t C, DType dtype,
-                       std::initializer_list<const Tensor*> avoid = {});
+void reuse_or_allocate(Tensor& t, int64_t C, DType dtype, Avoid avoid = {}, Avoid also = {});
 
 /// Makes @p out a result for @p input ((N, C) or (N, C, L)): kept when it has the input's sizes
-/// and dtype, overlaps none of @p avoid, and is contiguous or has exactly the input's strides
-/// with the input dense (e.g. a channels-last output for a channels-last input); otherwise
-/// replaced by a new contiguous tensor.
-void reuse_or_allocate_like(Tensor& out, const Tensor& input,
-                            std::initializer_list<const Tensor*> avoid);
+/// and dtype, overlaps none of @p avoid and @p also, and is contiguous or has exactly the input's
+/// strides with the input dense (e.g. a channels-last output for a channels-last input);
+/// otherwise replaced by a new contiguous tensor.
+void reuse_or_allocate_like(Tensor& out, const Tensor& input, Avoid avoid, Avoid also = {});
 
 }  // namespace bn1d::detail

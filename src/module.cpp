@@ -48,8 +48,12 @@ BatchNorm1d::BatchNorm1d(const BatchNorm1dOptions& options) : options_(options) 
   next_norm_ = normalization_buffer(C);
 }
 
+void BatchNorm1d::check_not_moved_from() const {
+  if (moved_from_.value) throw Error("BatchNorm1d: use of a moved-from module");
+}
+
 BatchNorm1d::BatchNorm1d(const BatchNorm1d& other)
-    : options_(other.options_),
+    : options_((other.check_not_moved_from(), other.options_)),
       training_(other.training_),
       weight_(other.weight_.clone()),
       bias_(other.bias_.clone()),
@@ -66,21 +70,54 @@ BatchNorm1d& BatchNorm1d::operator=(const BatchNorm1d& other) {
   return *this;
 }
 
+// Makes @p dst hold the values of @p fresh (a new tensor of the module's {C} shape and dtype):
+// in place when @p dst can take them (views of the module's tensors stay valid), else by taking
+// @p fresh. Allocates nothing, so that a reset can prepare every value before changing any.
+static void commit_channel_values(Tensor& dst, Tensor& fresh) noexcept {
+  if (dst.defined() && !dst.is_read_only() && dst.sizes() == fresh.sizes() &&
+      dst.dtype() == fresh.dtype()) {
+    try {
+      dst.copy_from(fresh);  // fresh overlaps nothing: a plain copy, which cannot throw
+      return;
+    } catch (...) {
+    }
+  }
+  dst = std::move(fresh);
+}
+
 void BatchNorm1d::reset_running_stats() {
-  if (options_.track_running_stats()) {
-    const int64_t C = options_.num_features();
-    detail::assign_channel_tensor(running_mean_, Tensor::zeros({C}, options_.dtype()));
-    detail::assign_channel_tensor(running_var_, Tensor::ones({C}, options_.dtype()));
+  check_not_moved_from();
+  const int64_t C = options_.num_features();
+  Tensor mean, var;
+  if (options_.track_running_stats()) {  // every allocation before the first change
+    mean = Tensor::zeros({C}, options_.dtype());
+    var = Tensor::ones({C}, options_.dtype());
+    commit_channel_values(running_mean_, mean);
+    commit_channel_values(running_var_, var);
   }
   num_batches_tracked_ = 0;
 }
 
 void BatchNorm1d::reset_parameters() {
-  reset_running_stats();
+  check_not_moved_from();
+  const int64_t C = options_.num_features();
+  Tensor mean, var, weight, bias;
+  if (options_.track_running_stats()) {  // every allocation before the first change
+    mean = Tensor::zeros({C}, options_.dtype());
+    var = Tensor::ones({C}, options_.dtype());
+  }
   if (options_.affine()) {
-    const int64_t C = options_.num_features();
-    detail::assign_channel_tensor(weight_, Tensor::ones({C}, options_.dtype()));
-    detail::assign_channel_tensor(bias_, Tensor::zeros({C}, options_.dtype()));
+    weight = Tensor::ones({C}, options_.dtype());
+    bias = Tensor::zeros({C}, options_.dtype());
+  }
+  if (options_.track_running_stats()) {
+    commit_channel_values(running_mean_, mean);
+    commit_channel_values(running_var_, var);
+  }
+  num_batches_tracked_ = 0;
+  if (options_.affine()) {
+    commit_channel_values(weight_, weight);
+    commit_channel_values(bias_, bias);
   }
 }
 

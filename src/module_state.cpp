@@ -87,6 +87,7 @@ std::string check_offered(const BatchNorm1dOptions& options, const std::vector<O
 }  // namespace
 
 StateDict BatchNorm1d::state_dict() const {
+  check_not_moved_from();
   StateDict state;
   if (options_.affine()) {
     state.insert("weight", weight_.clone());
@@ -103,6 +104,7 @@ StateDict BatchNorm1d::state_dict() const {
 }
 
 void BatchNorm1d::load_state_dict(const StateDict& state, bool strict) {
+  check_not_moved_from();
   // 1. Validate everything.
   std::vector<Offered> offered;
   offered.reserve(state.size());
@@ -133,6 +135,7 @@ void BatchNorm1d::load_state_dict(const StateDict& state, bool strict) {
 void BatchNorm1d::save(const std::string& path) const { save_safetensors(path, state_dict()); }
 
 void BatchNorm1d::load(const std::string& path, const std::string& prefix) {
+  check_not_moved_from();
   // The header first: the module's checks on keys, dtypes and shapes run before any tensor is
   // read, so a file claiming huge or unexpected tensors costs no more than its header.
   detail::SafetensorsFile file(path);

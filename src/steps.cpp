@@ -4,6 +4,7 @@
 #include "steps.hpp"
 
 #include <algorithm>
+#include <vector>
 
 #include "channel_values.hpp"
 #include "format.hpp"
@@ -24,9 +25,17 @@ namespace bn1d::step {
 using detail::f64;
 using detail::f64_mut;
 
-void batch_stats(BatchStats& stats, const kernels::View3& x) {
-  detail::reuse_or_allocate(stats.mean, x.C, DType::Float64);
-  detail::reuse_or_allocate(stats.m2, x.C, DType::Float64);
+void reserve_workspace(int64_t C) {
+  const auto n = static_cast<std::size_t>(C);
+  detail::StepWorkspace& ws = detail::thread_workspace();
+  for (std::vector<double>* b : {&ws.weight, &ws.bias, &ws.scale, &ws.running_mean, &ws.running_var,
+                                 &ws.coef_a, &ws.coef_b, &ws.coef_k, &ws.grad_weight})
+    detail::sized(*b, n);
+}
+
+void batch_stats(BatchStats& stats, const kernels::View3& x, Also also) {
+  detail::reuse_or_allocate(stats.mean, x.C, DType::Float64, also);
+  detail::reuse_or_allocate(stats.m2, x.C, DType::Float64, also, {&stats.mean});
   stats.count = x.count();
   route::channel_stats(f64_mut(stats.mean), f64_mut(stats.m2), x);
 }
@@ -34,7 +43,7 @@ void batch_stats(BatchStats& stats, const kernels::View3& x) {
 void normalization_from_batch(Normalization& norm, const BatchStats& stats, double eps) {
   const int64_t C = stats.mean.numel();
   detail::reuse_or_allocate(norm.mean, C, DType::Float64, {&stats.mean, &stats.m2});
-  detail::reuse_or_allocate(norm.invstd, C, DType::Float64, {&stats.mean, &stats.m2});
+  detail::reuse_or_allocate(norm.invstd, C, DType::Float64, {&stats.mean, &stats.m2, &norm.mean});
   std::copy_n(f64(stats.mean), C, f64_mut(norm.mean));
   route::invstd(f64_mut(norm.invstd), f64(stats.m2), static_cast<double>(stats.count), eps, C);
 }
@@ -49,7 +58,8 @@ void normalization_from_running(Normalization& norm, const Tensor& running_mean,
                 python_float_repr(eps));
   }
   detail::reuse_or_allocate(norm.mean, C, DType::Float64, {&running_mean, &running_var});
-  detail::reuse_or_allocate(norm.invstd, C, DType::Float64, {&running_mean, &running_var});
+  detail::reuse_or_allocate(norm.invstd, C, DType::Float64,
+                            {&running_mean, &running_var, &norm.mean});
   detail::load_channels(f64_mut(norm.mean), running_mean);
   route::invstd(f64_mut(norm.invstd), var, 1.0, eps, C);
 }
@@ -70,8 +80,9 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
 }
 
 void apply(Tensor& output, const Tensor& input, const kernels::View3& x, const Normalization& norm,
-           const Tensor& weight, const Tensor& bias) {
-  detail::reuse_or_allocate_like(output, input, {&input});
+           const Tensor& weight, const Tensor& bias, Also also) {
+  detail::reuse_or_allocate_like(output, input, {&input, &norm.mean, &norm.invstd, &weight, &bias},
+                                 also);
   if (output.numel() == 0) return;
   // y = (x − mean) · scale + shift, scale = weight · invstd (invstd without weight), shift = bias
   // (0 without bias).
@@ -93,17 +104,22 @@ void apply(Tensor& output, const Tensor& input, const kernels::View3& x, const N
 }
 
 void backward_sums(GradStats& sums, const kernels::View3& dy, const kernels::View3& x,
-                   const Normalization& norm) {
-  detail::reuse_or_allocate(sums.sum_dy, x.C, DType::Float64, {&norm.mean, &norm.invstd});
-  detail::reuse_or_allocate(sums.sum_dy_xmu, x.C, DType::Float64, {&norm.mean, &norm.invstd});
+                   const Normalization& norm, Also also) {
+  detail::reuse_or_allocate(sums.sum_dy, x.C, DType::Float64, {&norm.mean, &norm.invstd}, also);
+  detail::reuse_or_allocate(sums.sum_dy_xmu, x.C, DType::Float64,
+                            {&norm.mean, &norm.invstd, &sums.sum_dy}, also);
   sums.count = x.count();
   route::backward_sums(f64_mut(sums.sum_dy), f64_mut(sums.sum_dy_xmu), dy, x, f64(norm.mean));
 }
 
 void backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
                     const kernels::View3& dy, const kernels::View3& x, const Normalization& norm,
-                    const Tensor& weight, const GradStats& global, bool batch_statistics) {
-  detail::reuse_or_allocate_like(grad_input, input, {&input, &grad_output});
+                    const Tensor& weight, const GradStats& global, bool batch_statistics,
+                    Also also) {
+  detail::reuse_or_allocate_like(
+      grad_input, input,
+      {&input, &grad_output, &norm.mean, &norm.invstd, &weight, &global.sum_dy, &global.sum_dy_xmu},
+      also);
   if (grad_input.numel() == 0) return;
   // dx = a · dy + b · (x − mean) + k per channel, with g = weight · invstd:
   //   a = g                                   (direct path through x̂)
@@ -122,11 +138,20 @@ void backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor&
   route::backward_input(detail::output_view(grad_input), dy, x, f64(norm.mean), a, b, k);
 }
 
-void backward_params(BatchNormGradients& grads, const GradStats& sums, const Normalization& norm,
-                     DType dtype) {
+void backward_params_results(BatchNormGradients& grads, const GradStats& sums,
+                             const Normalization& norm, DType dtype, Also also) {
   const int64_t C = norm.mean.numel();
-  detail::reuse_or_allocate(grads.weight, C, dtype);
-  detail::reuse_or_allocate(grads.bias, C, dtype);
+  detail::reuse_or_allocate(grads.weight, C, dtype,
+                            {&sums.sum_dy, &sums.sum_dy_xmu, &norm.mean, &norm.invstd}, also);
+  detail::reuse_or_allocate(
+      grads.bias, C, dtype,
+      {&sums.sum_dy, &sums.sum_dy_xmu, &norm.mean, &norm.invstd, &grads.weight}, also);
+}
+
+void backward_params(BatchNormGradients& grads, const GradStats& sums, const Normalization& norm,
+                     DType dtype, Also also) {
+  const int64_t C = norm.mean.numel();
+  backward_params_results(grads, sums, norm, dtype, also);
   // grad_weight = Σ dy · x̂ = Σ dy (x − mean) · invstd;  grad_bias = Σ dy.
   double* grad_weight =
       detail::sized(detail::thread_workspace().grad_weight, static_cast<std::size_t>(C));

@@ -6,19 +6,31 @@
 // normalizations hold float64 {C} tensors; counts are as each step states.
 #pragma once
 
+#include <initializer_list>
+
 #include "bn1d/batch_norm.hpp"
 #include "kernels/view.hpp"
 
 namespace bn1d::step {
 
-/// Count, mean and M2 of each channel of @p x into @p stats.
-void batch_stats(BatchStats& stats, const kernels::View3& x);
+// Every result is reused only when it overlaps none of the call's inputs (and of the tensors in
+// @p also, e.g. a module's parameters and buffers, and the results chosen before it); otherwise
+// it is replaced before anything is written.
+using Also = std::initializer_list<const Tensor*>;
+
+/// Sizes the calling thread's per-channel scratch for @p C channels, so that the steps below
+/// allocate nothing in it once their results are chosen (a call that runs out of memory then
+/// throws before it writes a result).
+void reserve_workspace(int64_t C);
+
+/// Count, mean and M2 of each channel of @p x (the view of @p input) into @p stats.
+void batch_stats(BatchStats& stats, const kernels::View3& x, Also also = {});
 
 /// Mean and invstd of the biased variance M2 / count (count > 0) into @p norm.
 void normalization_from_batch(Normalization& norm, const BatchStats& stats, double eps);
 
 /// Mean and invstd of running statistics ({C}, float32/float64, same dtype) into @p norm.
-/// Throws Error naming the channel when running_var + eps < 0, before writing anything.
+/// Throws Error naming the channel when running_var + eps < 0 or NaN, before writing anything.
 void normalization_from_running(Normalization& norm, const Tensor& running_mean,
                                 const Tensor& running_var, double eps);
 
@@ -30,20 +42,24 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
 /// y = (x − mean) · invstd · weight + bias into @p output (reused under the rule of
 /// batch_norm.hpp's allocation-free forms).
 void apply(Tensor& output, const Tensor& input, const kernels::View3& x, const Normalization& norm,
-           const Tensor& weight, const Tensor& bias);
+           const Tensor& weight, const Tensor& bias, Also also = {});
 
 /// Σ dy and Σ dy · (x − mean) of each channel into @p sums (dy of x's shape and dtype).
 void backward_sums(GradStats& sums, const kernels::View3& dy, const kernels::View3& x,
-                   const Normalization& norm);
+                   const Normalization& norm, Also also = {});
 
 /// The input gradient into @p grad_input (see batch_norm_backward_input); with
 /// @p batch_statistics, @p global holds the sums of the batch the forward normalized over.
 void backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
                     const kernels::View3& dy, const kernels::View3& x, const Normalization& norm,
-                    const Tensor& weight, const GradStats& global, bool batch_statistics);
+                    const Tensor& weight, const GradStats& global, bool batch_statistics,
+                    Also also = {});
 
 /// grad_weight = Σ dy · (x − mean) · invstd and grad_bias = Σ dy, in @p dtype (float32/float64).
 void backward_params(BatchNormGradients& grads, const GradStats& sums, const Normalization& norm,
-                     DType dtype);
+                     DType dtype, Also also = {});
+/// The results of backward_params(), chosen (reused or replaced) without writing them.
+void backward_params_results(BatchNormGradients& grads, const GradStats& sums,
+                             const Normalization& norm, DType dtype, Also also = {});
 
 }  // namespace bn1d::step

@@ -10,6 +10,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <utility>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -60,6 +61,26 @@ int64_t offset_of(int64_t flat, const Shape& sizes, const Shape& strides) {
   return off;
 }
 
+// Whether the byte ranges [lowest, highest element] of two defined, non-empty tensors intersect.
+bool byte_ranges_overlap(const Tensor& a, const Tensor& b) {
+  auto range = [](const Tensor& t) {
+    const auto base = reinterpret_cast<std::uintptr_t>(t.raw_data());
+    const auto esize = static_cast<int64_t>(element_size(t.dtype()));
+    int64_t lo = 0, hi = 0;
+    for (int64_t d = 0; d < t.dim(); ++d) {
+      const int64_t span = (t.sizes()[static_cast<std::size_t>(d)] - 1) *
+                           t.strides()[static_cast<std::size_t>(d)] * esize;
+      (span < 0 ? lo : hi) += span;
+    }
+    return std::pair<std::uintptr_t, std::uintptr_t>{
+        base + static_cast<std::uintptr_t>(lo),
+        base + static_cast<std::uintptr_t>(hi) + static_cast<std::uintptr_t>(esize)};
+  };
+  const auto [a0, a1] = range(a);
+  const auto [b0, b1] = range(b);
+  return a0 < b1 && b0 < a1;
+}
+
 // Storage of a tensor: 64-byte aligned (a cache line, an AVX-512 vector), so that the kernels can
 // stream whole lines. Tensors of kHugeMinBytes or more are aligned to 2 MiB and marked for
 // transparent huge pages (Linux, THP "madvise" or "always"): streaming them then takes ~500×
@@ -93,6 +114,53 @@ const char* dtype_name(DType dtype) noexcept {
       return "int64";
   }
   return "unknown";
+}
+
+Tensor::Tensor(Tensor&& other) noexcept
+    : storage_(std::move(other.storage_)),
+      data_(std::exchange(other.data_, nullptr)),
+      dtype_(std::exchange(other.dtype_, DType::Float32)),
+      sizes_(std::move(other.sizes_)),
+      strides_(std::move(other.strides_)),
+      numel_(std::exchange(other.numel_, 0)),
+      defined_(std::exchange(other.defined_, false)),
+      read_only_(std::exchange(other.read_only_, false)) {
+  other.sizes_.clear();
+  other.strides_.clear();
+}
+
+Tensor& Tensor::operator=(const Tensor& other) {
+  if (this == &other) return *this;
+  if (sizes_.capacity() < other.sizes_.size() || strides_.capacity() < other.strides_.size()) {
+    Tensor copy(other);  // may throw: this tensor is unchanged
+    return *this = std::move(copy);
+  }
+  sizes_ = other.sizes_;  // within capacity: no allocation, cannot throw
+  strides_ = other.strides_;
+  storage_ = other.storage_;
+  data_ = other.data_;
+  dtype_ = other.dtype_;
+  numel_ = other.numel_;
+  defined_ = other.defined_;
+  read_only_ = other.read_only_;
+  return *this;
+}
+
+Tensor& Tensor::operator=(Tensor&& other) noexcept {
+  if (this != &other) {
+    storage_ = std::move(other.storage_);
+    data_ = std::exchange(other.data_, nullptr);
+    dtype_ = std::exchange(other.dtype_, DType::Float32);
+    sizes_ = std::move(other.sizes_);
+    strides_ = std::move(other.strides_);
+    numel_ = std::exchange(other.numel_, 0);
+    defined_ = std::exchange(other.defined_, false);
+    read_only_ = std::exchange(other.read_only_, false);
+    other.storage_.reset();
+    other.sizes_.clear();
+    other.strides_.clear();
+  }
+  return *this;
 }
 
 Tensor Tensor::empty(Shape sizes, DType dtype) {
@@ -244,8 +312,16 @@ void Tensor::copy_from(const Tensor& src) const {
                 format_shape(src.sizes_));
   }
   const std::size_t esize = element_size(dtype_);
+  if (numel_ == 0) return;
+  if (!(is_contiguous() && src.is_contiguous()) && byte_ranges_overlap(*this, src)) {
+    // Element-wise copying between overlapping strided views would read values it has already
+    // overwritten: copy through a temporary (contiguous, so the copy below is a memmove).
+    const Tensor tmp = src.clone();
+    copy_from(tmp);
+    return;
+  }
   if (is_contiguous() && src.is_contiguous()) {
-    if (numel_ > 0) std::memmove(data_, src.data_, static_cast<std::size_t>(numel_) * esize);
+    std::memmove(data_, src.data_, static_cast<std::size_t>(numel_) * esize);
     return;
   }
   auto* dst_bytes = static_cast<char*>(data_);

@@ -59,6 +59,11 @@ void zero_normalization(Normalization& norm, int64_t C) {
 
 }  // namespace
 
+// The module's parameters and buffers, which no result may overlap (a list for a local
+// step::Also: an initializer list lives as long as the variable it initializes).
+#define STATE_TENSORS(m) \
+  { &(m).weight_, &(m).bias_, &(m).running_mean_, &(m).running_var_ }
+
 // The step's access to the module's members.
 struct BatchNorm1d::Step {
   // Checks the module's parameters and buffers (the accessors hand out mutable references, so
@@ -119,6 +124,7 @@ struct BatchNorm1d::Step {
         outcome.failure = StepFailure::Internal;
       }
       step::batch_stats(m.stats_, x);
+      step::reserve_workspace(x.C);
       outcome.failure = StepFailure::None;
     } catch (...) {
       outcome.error = std::current_exception();
@@ -133,20 +139,33 @@ struct BatchNorm1d::Step {
                             format_shape(input.sizes()) + " on this rank)");
     }
     const int64_t C = x.C;
+    const step::Also state = STATE_TENSORS(m);
+    const bool update = m.training_ && m.options_.track_running_stats() && global.count > 0;
+    if (update && m.num_batches_tracked_ == INT64_MAX) {
+      throw Error(module_name(combiner, m.options_) +
+                  ": num_batches_tracked: expected a count below the int64 maximum to count "
+                  "another batch, got " +
+                  std::to_string(m.num_batches_tracked_));
+    }
     if (global.count == 0) {  // empty batch: empty output, no state change (torch would count it)
-      detail::reuse_or_allocate(output, input.sizes(), input.dtype());
+      detail::reuse_or_allocate_like(output, input, {&input}, state);
       zero_normalization(m.next_norm_, C);
+      m.saved_input_ = input;  // last step that may throw (only when its sizes grow)
     } else {
       step::normalization_from_batch(m.next_norm_, global, m.options_.eps());
-      step::apply(output, input, x, m.next_norm_, m.weight_, m.bias_);
-      if (m.training_ && m.options_.track_running_stats()) {  // commit: nothing below throws
+      // The output never overlaps an input, parameter or buffer, and is chosen before the saved
+      // input (the last step that may throw) is replaced: nothing after it throws.
+      detail::reuse_or_allocate_like(output, input, {&input}, state);
+      m.saved_input_ = input;
+      step::apply(output, input, x, m.next_norm_, m.weight_, m.bias_, state);
+      if (update) {
         ++m.num_batches_tracked_;
         const double factor =
             m.options_.momentum().value_or(1.0 / static_cast<double>(m.num_batches_tracked_));
         step::update_running_stats(m.running_mean_, m.running_var_, global, factor);
       }
     }
-    commit_forward(m, input, /*batch_statistics=*/true);
+    commit_forward(m, /*batch_statistics=*/true);
   }
 
   // Eval mode with running statistics: nothing to combine, but the participants still agree
@@ -157,43 +176,72 @@ struct BatchNorm1d::Step {
     kernels::View3 x;
     try {
       x = check_input(m, combiner, input, outcome.failure);
+      step::reserve_workspace(x.C);
       outcome.failure = StepFailure::None;
     } catch (...) {
       outcome.error = std::current_exception();
     }
     if (&combiner != &local_combiner) combiner.agree(config(m), CallKind::Forward, outcome);
     if (outcome.error) std::rethrow_exception(outcome.error);
+    const step::Also state = STATE_TENSORS(m);
     if (x.count() == 0) {
-      detail::reuse_or_allocate(output, input.sizes(), input.dtype());
+      detail::reuse_or_allocate_like(output, input, {&input}, state);
       zero_normalization(m.next_norm_, x.C);
+      m.saved_input_ = input;
       m.norm_from_running_ = false;
-      return commit_forward(m, input, /*batch_statistics=*/false);
+      return commit_forward(m, /*batch_statistics=*/false);
     }
     if (m.norm_from_running_ && same_bytes(m.running_mean_, m.norm_running_mean_) &&
         same_bytes(m.running_var_, m.norm_running_var_)) {  // saved_norm_ is current
-      step::apply(output, input, x, m.saved_norm_, m.weight_, m.bias_);
+      // The output never overlaps an input, parameter or buffer; the saved input is replaced
+      // last of the steps that may throw (see forward_batch).
+      detail::reuse_or_allocate_like(output, input, {&input}, state);
       m.saved_input_ = input;
+      step::apply(output, input, x, m.saved_norm_, m.weight_, m.bias_, state);
       m.saved_batch_statistics_ = false;
       return;
     }
     step::normalization_from_running(m.next_norm_, m.running_mean_, m.running_var_,
                                      m.options_.eps());
-    step::apply(output, input, x, m.next_norm_, m.weight_, m.bias_);
     // invstd is most of a small batch's eval call: keep the running statistics' bytes to see
-    // whether the next call may reuse it (docs/tuning.md#eval-normalization-cache).
+    // whether the next call may reuse it (docs/tuning.md#eval-normalization-cache). Their
+    // buffers are allocated before anything is written.
     m.norm_from_running_ = false;
-    if (m.running_mean_.is_contiguous() && m.running_var_.is_contiguous()) {
-      detail::assign_channel_tensor(m.norm_running_mean_, m.running_mean_);
-      detail::assign_channel_tensor(m.norm_running_var_, m.running_var_);
+    const bool cache = m.running_mean_.is_contiguous() && m.running_var_.is_contiguous();
+    if (cache) {
+      detail::reuse_or_allocate(m.norm_running_mean_, x.C, m.options_.dtype());
+      detail::reuse_or_allocate(m.norm_running_var_, x.C, m.options_.dtype());
+    }
+    detail::reuse_or_allocate_like(output, input, {&input}, state);
+    m.saved_input_ = input;
+    step::apply(output, input, x, m.next_norm_, m.weight_, m.bias_, state);
+    if (cache) {
+      m.norm_running_mean_.copy_from(m.running_mean_);  // contiguous, no overlap: a memmove
+      m.norm_running_var_.copy_from(m.running_var_);
       m.norm_from_running_ = true;
     }
-    commit_forward(m, input, /*batch_statistics=*/false);
+    commit_forward(m, /*batch_statistics=*/false);
   }
 
-  static void commit_forward(BatchNorm1d& m, const Tensor& input, bool batch_statistics) noexcept {
+  // A moved-from module refuses every call; the other participants still hear of it, in the
+  // collective they are waiting in.
+  static void refuse_if_moved_from(const BatchNorm1d& m, StatsCombiner& combiner, CallKind call) {
+    if (!m.moved_from_.value) return;
+    LocalOutcome outcome;
+    outcome.failure = StepFailure::InvalidState;
+    try {
+      m.check_not_moved_from();
+    } catch (...) {
+      outcome.error = std::current_exception();
+    }
+    if (&combiner != &local_combiner) combiner.agree(config(m), call, outcome);
+    std::rethrow_exception(outcome.error);
+  }
+
+  // Installs the forward's normalization (the saved input is already replaced).
+  static void commit_forward(BatchNorm1d& m, bool batch_statistics) noexcept {
     std::swap(m.saved_norm_, m.next_norm_);
     if (batch_statistics) m.norm_from_running_ = false;
-    m.saved_input_ = input;
     m.saved_batch_statistics_ = batch_statistics;
   }
 
@@ -246,20 +294,36 @@ struct BatchNorm1d::Step {
                         detail::input_view(m.saved_input_), m.saved_norm_);
   }
 
-  // grad_input from the @p global sums; weight and bias gradients from the local ones.
+  // grad_input from the @p global sums; weight and bias gradients from the local ones. Every
+  // result is chosen first — overlapping no input (grad_output, the saved input), no parameter or
+  // buffer of the module and no other result — so that nothing is written before the last step
+  // that may throw, and no result is written before an input it overlaps is read.
   static void backward_apply(BatchNorm1d& m, const Tensor& grad_output, Gradients& grads,
                              const GradStats& global, bool batch_statistics) {
     const kernels::View3 x = detail::input_view(m.saved_input_);
     const kernels::View3 dy = detail::input_view(grad_output, "grad_output");
-    if (m.options_.affine()) {
-      if (!batch_statistics) local_sums(m, grad_output);
-      step::backward_params(grads, m.grad_sums_, m.saved_norm_, m.options_.dtype());
+    const step::Also state = STATE_TENSORS(m);
+    const bool affine = m.options_.affine();
+    step::reserve_workspace(x.C);
+    if (affine && !batch_statistics) local_sums(m, grad_output);
+    detail::reuse_or_allocate_like(grads.input, m.saved_input_,
+                                   {&m.saved_input_, &grad_output, &grads.weight, &grads.bias},
+                                   state);
+    if (affine) {
+      step::backward_params_results(grads, m.grad_sums_, m.saved_norm_, m.options_.dtype(),
+                                    {&m.saved_input_, &grad_output, &grads.input, &m.weight_,
+                                     &m.bias_, &m.running_mean_, &m.running_var_});
+    }
+    step::backward_input(grads.input, grad_output, m.saved_input_, dy, x, m.saved_norm_, m.weight_,
+                         global, batch_statistics, {&grads.weight, &grads.bias});
+    if (affine) {
+      step::backward_params(grads, m.grad_sums_, m.saved_norm_, m.options_.dtype(),
+                            {&m.saved_input_, &grad_output, &grads.input, &m.weight_, &m.bias_,
+                             &m.running_mean_, &m.running_var_});
     } else {
       grads.weight = Tensor();
       grads.bias = Tensor();
     }
-    step::backward_input(grads.input, grad_output, m.saved_input_, dy, x, m.saved_norm_, m.weight_,
-                         global, batch_statistics);
   }
 };
 
@@ -268,6 +332,7 @@ void BatchNorm1d::forward(const Tensor& input, Tensor& output) {
 }
 
 void BatchNorm1d::forward(const Tensor& input, Tensor& output, StatsCombiner& combiner) {
+  Step::refuse_if_moved_from(*this, combiner, CallKind::Forward);
   if (training_ || !options_.track_running_stats())
     Step::forward_batch(*this, input, output, combiner);
   else
@@ -285,6 +350,7 @@ void BatchNorm1d::backward(const Tensor& grad_output, Gradients& grads) {
 }
 
 void BatchNorm1d::backward(const Tensor& grad_output, Gradients& grads, StatsCombiner& combiner) {
+  Step::refuse_if_moved_from(*this, combiner, CallKind::Backward);
   // Before any forward, the current mode says whether the other participants combine.
   const bool batch_statistics = saved_input_.defined()
                                     ? saved_batch_statistics_
@@ -302,14 +368,13 @@ BatchNorm1d::Gradients BatchNorm1d::backward(const Tensor& grad_output) {
 }
 
 void BatchNorm1d::infer(const Tensor& input, Tensor& output) const {
+  check_not_moved_from();
   StepFailure stage;
   const kernels::View3 x = Step::check_input(*this, local_combiner, input, stage);
   const bool batch_statistics = !options_.track_running_stats();
   if (batch_statistics) detail::check_batch_size(x, input.sizes());
-  if (x.count() == 0) {
-    detail::reuse_or_allocate(output, input.sizes(), input.dtype());
-    return;
-  }
+  const step::Also state = STATE_TENSORS(*this);
+  if (x.count() == 0) return detail::reuse_or_allocate_like(output, input, {&input}, state);
   // Per-thread statistics: concurrent calls share nothing but the module's read-only tensors.
   detail::StepWorkspace& ws = detail::thread_workspace();
   if (batch_statistics) {
@@ -318,7 +383,7 @@ void BatchNorm1d::infer(const Tensor& input, Tensor& output) const {
   } else {
     step::normalization_from_running(ws.infer_norm, running_mean_, running_var_, options_.eps());
   }
-  step::apply(output, input, x, ws.infer_norm, weight_, bias_);
+  step::apply(output, input, x, ws.infer_norm, weight_, bias_, state);
 }
 
 Tensor BatchNorm1d::infer(const Tensor& input) const {

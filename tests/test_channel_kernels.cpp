@@ -115,10 +115,18 @@ TEST(ChannelKernels, FirstNegativeSumOnEveryTarget) {
     simd::force_target(target);
     SCOPED_TRACE("target " + target);
     std::vector<double> v(37, 1.0);
-    v[5] = std::numeric_limits<double>::quiet_NaN();  // NaN is not negative: not reported
     v[11] = -1e-6;                                    // made non-negative by eps = 1e-5
+    v[20] = std::numeric_limits<double>::infinity();  // a valid (infinite) variance
     EXPECT_EQ(simd::first_negative_sum(v.data(), 1e-5, 37), 37);
     EXPECT_EQ(simd::first_negative_sum(v.data(), 0.0, 37), 11);
+    // NaN is no variance: reported like a negative one, in a vector body and in the tail.
+    for (int64_t at : {0, 5, 13, 34, 36}) {
+      std::vector<double> w(37, 0.5);
+      w[static_cast<std::size_t>(at)] = std::numeric_limits<double>::quiet_NaN();
+      EXPECT_EQ(simd::first_negative_sum(w.data(), 1e-5, 37), at);
+      w[36] = -std::numeric_limits<double>::infinity();
+      EXPECT_EQ(simd::first_negative_sum(w.data(), 1e-5, 37), at);
+    }
     for (int64_t at : {0, 13, 34, 36}) {  // in a vector body and in the tail
       std::vector<double> w(37, 0.5);
       w[static_cast<std::size_t>(at)] = -2.0;

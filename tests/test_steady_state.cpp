@@ -10,6 +10,7 @@
 #include <functional>
 #include <new>
 #include <thread>
+#include <vector>
 
 #include "format.hpp"
 #include "kernels/virtual_cols.hpp"
@@ -17,6 +18,8 @@
 #include "validate.hpp"
 
 namespace {
+// Fault injection: on the thread that armed it, the fail_after-th allocation from now throws.
+thread_local long fail_after = 0;
 std::atomic<bool> counting{false};
 std::atomic<long> allocations{0};
 std::atomic<long> allocated_bytes{0};
@@ -32,6 +35,7 @@ std::atomic<long> allocated_bytes{0};
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 
 void* operator new(std::size_t n) {
+  if (fail_after > 0 && --fail_after == 0) throw std::bad_alloc();
   if (counting.load(std::memory_order_relaxed)) {
     allocations.fetch_add(1, std::memory_order_relaxed);
     allocated_bytes.fetch_add(static_cast<long>(n), std::memory_order_relaxed);
@@ -152,6 +156,102 @@ TEST(SteadyState, AnOutputInTheInputsLayoutIsKept) {
     // The same values as a contiguous output.
     EXPECT_EQ(values(y), values(plain(x)));
     EXPECT_EQ(values(grads.input), values(plain.backward(g).input));
+  }
+}
+
+// The strong guarantee under out-of-memory: the k-th allocation of a call fails, for every k
+// until the call needs fewer; the module is then unchanged (running statistics, count, and what
+// the next backward computes from the saved forward), and so are the caller's result buffers.
+std::vector<uint8_t> bytes(const Tensor& t) {
+  if (!t.defined()) return {};
+  const Tensor c = t.contiguous();
+  const auto* p = static_cast<const uint8_t*>(c.raw_data());
+  return {p, p + c.numel() * static_cast<int64_t>(element_size(c.dtype()))};
+}
+
+struct Observed {
+  std::vector<uint8_t> mean, var, weight, bias, grad_input, grad_weight;
+  int64_t count = 0;
+  bool operator==(const Observed&) const = default;
+};
+
+Observed observe(const BatchNorm1d& m, const Tensor& dy) {
+  BatchNorm1d copy(m);  // a copy keeps the saved forward: its backward shows it
+  Observed o{
+      bytes(m.running_mean()), bytes(m.running_var()), bytes(m.weight()), bytes(m.bias()), {}, {},
+      m.num_batches_tracked()};
+  const BatchNorm1d::Gradients g = copy.backward(dy);
+  o.grad_input = bytes(g.input);
+  o.grad_weight = bytes(g.weight);
+  return o;
+}
+
+// Runs @p call with its k-th allocation failing, k = 1, 2, …, until it succeeds; @p check runs
+// after every failure. Returns how many failures were injected.
+long inject_failures(const std::function<void()>& call, const std::function<void()>& check) {
+  for (long k = 1; k < 10000; ++k) {
+    fail_after = k;
+    bool failed = false;
+    try {
+      call();
+    } catch (const std::bad_alloc&) {
+      failed = true;
+    }
+    fail_after = 0;
+    if (!failed) return k - 1;
+    check();
+  }
+  ADD_FAILURE() << "no call succeeded";
+  return 0;
+}
+
+TEST(SteadyState, OutOfMemoryChangesNothing) {
+  if (!BN1D_COUNTS_ALLOCATIONS) GTEST_SKIP() << "fault injection is off under sanitizers";
+  const Shape shape{8, 4, 3};
+  const Tensor x = randn(shape, DType::Float32, 1), dy = randn(shape, DType::Float32, 2);
+  const Tensor x2 = randn({6, 4, 3}, DType::Float32, 3), dy2 = randn({6, 4, 3}, DType::Float32, 4);
+  for (const bool training : {true, false}) {
+    for (const bool track : {true, false}) {
+      SCOPED_TRACE(std::string("training ") + (training ? "1" : "0") + " track " +
+                   (track ? "1" : "0"));
+      BatchNorm1d base(BatchNorm1dOptions(4).track_running_stats(track).momentum(std::nullopt));
+      base.train(training);
+      base.forward(x);  // warm: the thread's scratch is sized
+      base.backward(dy);
+      const Observed before = observe(base, dy);
+      // forward into a fresh output, and into a caller buffer that must stay unwritten.
+      BatchNorm1d m(base);
+      long failures =
+          inject_failures([&] { m.forward(x2); }, [&] { ASSERT_EQ(observe(m, dy), before); });
+      EXPECT_GT(failures, 0);
+      BatchNorm1d m2(base);
+      Tensor out = Tensor::full({6, 4, 3}, 7.0);
+      const std::vector<uint8_t> out_bytes = bytes(out);
+      inject_failures([&] { m2.forward(x2, out); },
+                      [&] {
+                        ASSERT_EQ(observe(m2, dy), before);
+                        ASSERT_EQ(bytes(out), out_bytes);
+                      });
+      // backward into fresh gradients, and into buffers of which one must be replaced (it
+      // overlaps grad_output): the others stay unwritten until nothing can fail.
+      BatchNorm1d m3(base);
+      inject_failures([&] { (void)m3.backward(dy); }, [&] { ASSERT_EQ(observe(m3, dy), before); });
+      BatchNorm1d m4(base);
+      BatchNorm1d::Gradients g;
+      g.input = Tensor::full(shape, 5.0);
+      g.bias = Tensor::full({4}, 6.0);
+      g.weight = Tensor::from_blob(dy.raw_data(), {4}, DType::Float32);
+      const std::vector<uint8_t> gi = bytes(g.input), gb = bytes(g.bias);
+      inject_failures([&] { m4.backward(dy, g); },
+                      [&] {
+                        ASSERT_EQ(observe(m4, dy), before);
+                        ASSERT_EQ(bytes(g.input), gi);
+                        ASSERT_EQ(bytes(g.bias), gb);
+                      });
+      // Resets.
+      BatchNorm1d m5(base);
+      inject_failures([&] { m5.reset_parameters(); }, [&] { ASSERT_EQ(observe(m5, dy), before); });
+    }
   }
 }
 

@@ -63,15 +63,15 @@ BatchStats batch_stats(const Tensor& input);
 
 /// Step 2: merges partial statistics of disjoint batches with Chan's parallel formula, in the
 /// order given (deterministic). Parts with count 0 contribute nothing. All parts must have the
-/// same channel count.
+/// same channel count, and their counts must sum within the int64 range.
 BatchStats combine_stats(std::span<const BatchStats> parts);
 
 /// Normalization with the biased variance of @p stats: invstd = 1 / sqrt(M2 / count + eps).
-/// Throws Error if count is 0.
+/// Throws Error if count is 0 or an M2 is negative or NaN (naming the channel).
 Normalization normalization_from_batch(const BatchStats& stats, double eps);
 
 /// Normalization with running statistics (evaluation mode): invstd = 1 / sqrt(running_var + eps).
-/// Throws Error if running_var + eps is negative in any channel.
+/// Throws Error if running_var + eps is negative or NaN in any channel (naming the first).
 Normalization normalization_from_running(const Tensor& running_mean, const Tensor& running_var,
                                          double eps);
 
@@ -98,7 +98,8 @@ Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor&
 /// @p grad_output must have the input's shape and dtype (any strides).
 GradStats backward_stats(const Tensor& grad_output, const Tensor& input, const Normalization& norm);
 
-/// Step 2: sums partial gradient statistics of disjoint batches, in the order given.
+/// Step 2: sums partial gradient statistics of disjoint batches, in the order given. Their
+/// counts must sum within the int64 range.
 GradStats combine_grad_stats(std::span<const GradStats> parts);
 
 /// Step 3, input gradient. With @p batch_statistics (the forward normalized with statistics of
@@ -125,10 +126,12 @@ BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& 
 
 // ---- Allocation-free forms --------------------------------------------------------------------
 // The same steps writing into caller-owned results (outputs first). A result tensor is reused
-// when it has the right sizes and dtype, does not overlap an input, and is contiguous (an
-// output or grad_input may instead have exactly the input's strides when the input is dense,
-// e.g. channels-last); otherwise it is replaced by a new contiguous one. With reused results a
-// call allocates nothing.
+// when it has the right sizes and dtype, overlaps no input of the call (input, grad_output,
+// weight, bias, running statistics, norm, stats — any tensor the call reads) and no other result
+// of the call, and is contiguous (an output or grad_input may instead have exactly the input's
+// strides when the input is dense, e.g. channels-last); otherwise it is replaced by a new
+// contiguous one before anything is written, so aliasing a result with an input gives the same
+// values and leaves the input unchanged. With reused results a call allocates nothing.
 
 /// batch_stats() into @p stats.
 void batch_stats(BatchStats& stats, const Tensor& input);

@@ -7,6 +7,7 @@
 #include <iosfwd>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "bn1d/batch_norm.hpp"
 #include "bn1d/combine.hpp"
@@ -97,6 +98,11 @@ class BatchNorm1d {
   BatchNorm1d(const BatchNorm1d& other);
   /// Deep copy assignment.
   BatchNorm1d& operator=(const BatchNorm1d& other);
+  /// Moves the module. The moved-from module is empty: every call that computes or reads its
+  /// state — forward(), infer(), backward(), state_dict(), save(), load(), load_state_dict(),
+  /// reset_parameters(), reset_running_stats(), and copying it — throws Error "BatchNorm1d: use
+  /// of a moved-from module"; its accessors return undefined tensors and num_batches_tracked() 0,
+  /// options() and the training flag stay readable. Assigning a module to it makes it usable again.
   BatchNorm1d(BatchNorm1d&&) noexcept = default;
   BatchNorm1d& operator=(BatchNorm1d&&) noexcept = default;
   ~BatchNorm1d() = default;
@@ -108,10 +114,11 @@ class BatchNorm1d {
   /// Same as forward().
   Tensor operator()(const Tensor& input) { return forward(input); }
   /// forward() into a caller-owned buffer: @p output is reused (no allocation in steady state)
-  /// when it has the input's sizes and dtype, does not overlap the input, and is contiguous or has
-  /// exactly the input's strides with the input dense — e.g. a channels-last output for a
-  /// channels-last input, the fastest way to normalize such data. Otherwise it is replaced by a
-  /// new contiguous tensor.
+  /// when it has the input's sizes and dtype, overlaps neither the input nor the module's weight,
+  /// bias and running statistics (an overlapping one is replaced, never written), and is
+  /// contiguous or has exactly the input's strides with the input dense — e.g. a channels-last
+  /// output for a channels-last input, the fastest way to normalize such data. Otherwise it is
+  /// replaced by a new contiguous tensor. A call that throws writes no output.
   void forward(const Tensor& input, Tensor& output);
   /// forward() whose batch statistics are combined by @p combiner (e.g. across the ranks of a
   /// distributed batch, as SyncBatchNorm1d does) before normalizing: every participant must make
@@ -131,8 +138,10 @@ class BatchNorm1d {
   /// @p grad_output of the output's shape and dtype. Throws Error before any forward().
   Gradients backward(const Tensor& grad_output);
   /// backward() into caller-owned buffers: each tensor of @p grads is reused when it already has
-  /// the right sizes and dtype (grads.input: under the same rule as forward()'s output, with
-  /// respect to the saved input), otherwise replaced.
+  /// the right sizes and dtype and overlaps neither grad_output, the saved input, the module's
+  /// parameters and buffers nor another gradient (grads.input: also under the layout rule of
+  /// forward()'s output), otherwise replaced before anything is written. A call that throws
+  /// writes none of them.
   void backward(const Tensor& grad_output, Gradients& grads);
   /// backward() whose gradient sums are combined by @p combiner when the forward used batch
   /// statistics (otherwise the step calls combiner.agree()). grads.input is the gradient for the
@@ -168,7 +177,9 @@ class BatchNorm1d {
   Tensor& running_var() noexcept { return running_var_; }
   const Tensor& running_var() const noexcept { return running_var_; }
   /// Number of training forwards seen while tracking (0 without track_running_stats).
-  int64_t num_batches_tracked() const noexcept { return num_batches_tracked_; }
+  int64_t num_batches_tracked() const noexcept {
+    return moved_from_.value ? 0 : num_batches_tracked_;
+  }
   /// The options the module was built with.
   const BatchNorm1dOptions& options() const noexcept { return options_; }
 
@@ -188,6 +199,22 @@ class BatchNorm1d {
  private:
   struct Step;  // the training step (training_step.cpp)
 
+  // True in a moved-from module: moving a module sets its source's flag.
+  struct MovedFrom {
+    bool value = false;
+    MovedFrom() = default;
+    MovedFrom(const MovedFrom&) = default;
+    MovedFrom& operator=(const MovedFrom&) = default;
+    MovedFrom(MovedFrom&& other) noexcept : value(std::exchange(other.value, true)) {}
+    MovedFrom& operator=(MovedFrom&& other) noexcept {
+      if (this != &other) value = std::exchange(other.value, true);
+      return *this;
+    }
+    ~MovedFrom() = default;
+  };
+  // Throws Error when this module was moved from.
+  void check_not_moved_from() const;
+
   BatchNorm1dOptions options_;
   bool training_ = true;
   Tensor weight_, bias_, running_mean_, running_var_;
@@ -205,6 +232,7 @@ class BatchNorm1d {
   // changed in place through a view) reuses it instead of recomputing invstd.
   Tensor norm_running_mean_, norm_running_var_;
   bool norm_from_running_ = false;
+  MovedFrom moved_from_;
 };
 
 /// Prints `BatchNorm1d(100, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)`

@@ -60,6 +60,16 @@ class Tensor {
  public:
   /// An undefined tensor (torch's None).
   Tensor() = default;
+  /// Copies share the storage.
+  Tensor(const Tensor&) = default;
+  /// Copy assignment, all or nothing: when it throws (out of memory for the sizes) this tensor is
+  /// unchanged. It allocates nothing when this tensor had at least as many dimensions.
+  Tensor& operator=(const Tensor& other);
+  /// Moves the storage; the moved-from tensor is undefined, as a default-constructed one.
+  Tensor(Tensor&& other) noexcept;
+  /// Move assignment; @p other is left undefined (unless it is this tensor).
+  Tensor& operator=(Tensor&& other) noexcept;
+  ~Tensor() = default;
 
   /// A new contiguous tensor with uninitialized contents. Throws Error for negative or
   /// overflowing sizes and when the memory cannot be allocated.
@@ -130,6 +140,8 @@ class Tensor {
   Tensor clone() const;
   /// Copies the values of @p src into this tensor (same sizes and dtype, any strides on either
   /// side). Throws Error on a mismatch or when this tensor is read-only, before writing anything.
+  /// The two may overlap (views of one memory): the result is then as if @p src were first copied
+  /// to a temporary.
   void copy_from(const Tensor& src) const;
 
  private:

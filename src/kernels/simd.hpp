@@ -61,7 +61,7 @@ void merge_slot(double* mean, double* m2, const double* part_mean, const double*
 /// Sums of one partition added: reference::add_slot.
 void add_slot(double* a, double* b, const double* part_a, const double* part_b, bool first,
               int64_t C);
-/// The first c with v[c] + eps < 0, or C when there is none.
+/// The first c with v[c] + eps < 0 or NaN, or C when there is none.
 int64_t first_negative_sum(const double* v, double eps, int64_t C);
 
 /// Names of the compiled targets this CPU supports, best first (e.g. "AVX3", "AVX2", "SSE4").

@@ -135,19 +135,20 @@ void AddSlot(double* a, double* b, const double* part_a, const double* part_b, b
   reference::add_slot(a + c, b + c, part_a + c, part_b + c, first, C - c);
 }
 
-// The first c with v[c] + eps < 0, or C when there is none.
+// The first c with v[c] + eps < 0 or NaN (no variance), or C when there is none.
 int64_t FirstNegativeSum(const double* v, double eps, int64_t C) {
   const DD d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const VD e = hn::Set(d, eps), zero = hn::Zero(d);
   int64_t c = 0;
   for (; c + N <= C; c += N) {
-    const auto negative = hn::Lt(hn::Add(hn::LoadU(d, v + c), e), zero);
-    if (!hn::AllFalse(d, negative))
-      return c + static_cast<int64_t>(hn::FindKnownFirstTrue(d, negative));
+    // Not (sum >= 0): true for a negative sum and for NaN, as the scalar tail below.
+    const auto invalid = hn::Not(hn::Ge(hn::Add(hn::LoadU(d, v + c), e), zero));
+    if (!hn::AllFalse(d, invalid))
+      return c + static_cast<int64_t>(hn::FindKnownFirstTrue(d, invalid));
   }
   for (; c < C; ++c) {
-    if (v[c] + eps < 0) return c;
+    if (!(v[c] + eps >= 0)) return c;
   }
   return C;
 }
