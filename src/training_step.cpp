@@ -245,19 +245,25 @@ struct BatchNorm1d::Step {
     m.saved_batch_statistics_ = batch_statistics;
   }
 
+  // Checks a backward's arguments against the saved forward; @p stage names the check running.
+  static void check_backward(const BatchNorm1d& m, const StatsCombiner& combiner,
+                             const Tensor& grad_output, StepFailure& stage) {
+    stage = StepFailure::NoForward;
+    if (!m.saved_input_.defined())
+      throw Error(module_name(combiner, m.options_) + ": backward called before forward");
+    stage = StepFailure::WrongGradShape;
+    detail::check_same_shape(grad_output, "grad_output", m.saved_input_);
+    stage = StepFailure::InvalidState;
+    check_state(m);
+  }
+
   // After a forward with running statistics: constant mean and variance, nothing to combine,
   // but the participants still agree (skipped for a module on its own).
   static void backward_running(BatchNorm1d& m, const Tensor& grad_output, Gradients& grads,
                                StatsCombiner& combiner) {
     LocalOutcome outcome;
     try {
-      outcome.failure = StepFailure::NoForward;
-      if (!m.saved_input_.defined())
-        throw Error(module_name(combiner, m.options_) + ": backward called before forward");
-      outcome.failure = StepFailure::WrongGradShape;
-      detail::check_same_shape(grad_output, "grad_output", m.saved_input_);
-      outcome.failure = StepFailure::InvalidState;
-      check_state(m);
+      check_backward(m, combiner, grad_output, outcome.failure);
       outcome.failure = StepFailure::None;
     } catch (...) {
       outcome.error = std::current_exception();
@@ -272,13 +278,7 @@ struct BatchNorm1d::Step {
                              StatsCombiner& combiner) {
     LocalOutcome outcome;
     try {
-      outcome.failure = StepFailure::NoForward;
-      if (!m.saved_input_.defined())
-        throw Error(module_name(combiner, m.options_) + ": backward called before forward");
-      outcome.failure = StepFailure::WrongGradShape;
-      detail::check_same_shape(grad_output, "grad_output", m.saved_input_);
-      outcome.failure = StepFailure::InvalidState;
-      check_state(m);
+      check_backward(m, combiner, grad_output, outcome.failure);
       outcome.failure = StepFailure::Internal;
       local_sums(m, grad_output);
       outcome.failure = StepFailure::None;
