@@ -57,6 +57,20 @@ void zero_normalization(Normalization& norm, int64_t C) {
   std::fill_n(norm.invstd.data<double>(), C, 0.0);
 }
 
+// Runs this participant's part of a call. A failure is recorded — the stage @p body had reached
+// and the exception — instead of thrown, so that the combiner can tell every participant.
+template <class Body>
+LocalOutcome local_part(Body body) {
+  LocalOutcome outcome;
+  try {
+    body(outcome.failure);
+    outcome.failure = StepFailure::None;
+  } catch (...) {
+    outcome.error = std::current_exception();
+  }
+  return outcome;
+}
+
 }  // namespace
 
 // The module's parameters and buffers, which no result may overlap (a list for a local
@@ -113,22 +127,18 @@ struct BatchNorm1d::Step {
   // Training, or no running statistics: normalize with the combined batch statistics.
   static void forward_batch(BatchNorm1d& m, const Tensor& input, Tensor& output,
                             StatsCombiner& combiner) {
-    LocalOutcome outcome;
     kernels::View3 x;
-    try {
-      x = check_input(m, combiner, input, outcome.failure);
+    const LocalOutcome outcome = local_part([&](StepFailure& stage) {
+      x = check_input(m, combiner, input, stage);
       if (m.training_ && m.options_.track_running_stats()) {  // updated in place at the commit
-        outcome.failure = StepFailure::InvalidState;
+        stage = StepFailure::InvalidState;
         detail::check_writable(m.running_mean_, "running_mean");
         detail::check_writable(m.running_var_, "running_var");
-        outcome.failure = StepFailure::Internal;
+        stage = StepFailure::Internal;
       }
       step::batch_stats(m.stats_, x);
       step::reserve_workspace(x.C);
-      outcome.failure = StepFailure::None;
-    } catch (...) {
-      outcome.error = std::current_exception();
-    }
+    });
     const BatchStats& global = combiner.combine_stats(config(m), m.stats_, outcome);
     if (global.count == 1) {
       throw Error(combiner.local_only()
@@ -172,17 +182,11 @@ struct BatchNorm1d::Step {
   // (skipped for a module on its own: no cost on the local path).
   static void forward_running(BatchNorm1d& m, const Tensor& input, Tensor& output,
                               StatsCombiner& combiner) {
-    LocalOutcome outcome;
     kernels::View3 x;
-    try {
-      x = check_input(m, combiner, input, outcome.failure);
-      step::reserve_workspace(x.C);
-      outcome.failure = StepFailure::None;
-    } catch (...) {
-      outcome.error = std::current_exception();
-    }
-    if (&combiner != &local_combiner) combiner.agree(config(m), CallKind::Forward, outcome);
-    if (outcome.error) std::rethrow_exception(outcome.error);
+    agree(m, combiner, CallKind::Forward, local_part([&](StepFailure& stage) {
+            x = check_input(m, combiner, input, stage);
+            step::reserve_workspace(x.C);
+          }));
     const step::Also state = STATE_TENSORS(m);
     if (x.count() == 0) {
       detail::reuse_or_allocate_like(output, input, {&input}, state);
@@ -227,15 +231,18 @@ struct BatchNorm1d::Step {
   // collective they are waiting in.
   static void refuse_if_moved_from(const BatchNorm1d& m, StatsCombiner& combiner, CallKind call) {
     if (!m.moved_from_.value) return;
-    LocalOutcome outcome;
-    outcome.failure = StepFailure::InvalidState;
-    try {
-      m.check_not_moved_from();
-    } catch (...) {
-      outcome.error = std::current_exception();
-    }
+    agree(m, combiner, call, local_part([&](StepFailure& stage) {
+            stage = StepFailure::InvalidState;
+            m.check_not_moved_from();
+          }));
+  }
+
+  // For the calls that combine nothing: the other participants still learn of this call and
+  // its outcome; then a local failure is raised.
+  static void agree(const BatchNorm1d& m, StatsCombiner& combiner, CallKind call,
+                    const LocalOutcome& outcome) {
     if (&combiner != &local_combiner) combiner.agree(config(m), call, outcome);
-    std::rethrow_exception(outcome.error);
+    if (outcome.error) std::rethrow_exception(outcome.error);
   }
 
   // Installs the forward's normalization (the saved input is already replaced).
@@ -261,30 +268,19 @@ struct BatchNorm1d::Step {
   // but the participants still agree (skipped for a module on its own).
   static void backward_running(BatchNorm1d& m, const Tensor& grad_output, Gradients& grads,
                                StatsCombiner& combiner) {
-    LocalOutcome outcome;
-    try {
-      check_backward(m, combiner, grad_output, outcome.failure);
-      outcome.failure = StepFailure::None;
-    } catch (...) {
-      outcome.error = std::current_exception();
-    }
-    if (&combiner != &local_combiner) combiner.agree(config(m), CallKind::Backward, outcome);
-    if (outcome.error) std::rethrow_exception(outcome.error);
+    agree(m, combiner, CallKind::Backward,
+          local_part([&](StepFailure& stage) { check_backward(m, combiner, grad_output, stage); }));
     backward_apply(m, grad_output, grads, m.grad_sums_, /*batch_statistics=*/false);
   }
 
   // After a forward with batch statistics: combine the gradient sums.
   static void backward_batch(BatchNorm1d& m, const Tensor& grad_output, Gradients& grads,
                              StatsCombiner& combiner) {
-    LocalOutcome outcome;
-    try {
-      check_backward(m, combiner, grad_output, outcome.failure);
-      outcome.failure = StepFailure::Internal;
+    const LocalOutcome outcome = local_part([&](StepFailure& stage) {
+      check_backward(m, combiner, grad_output, stage);
+      stage = StepFailure::Internal;
       local_sums(m, grad_output);
-      outcome.failure = StepFailure::None;
-    } catch (...) {
-      outcome.error = std::current_exception();
-    }
+    });
     const GradStats& global = combiner.combine_grads(config(m), m.grad_sums_, outcome);
     backward_apply(m, grad_output, grads, global, /*batch_statistics=*/true);
   }
