@@ -80,6 +80,22 @@ void store_channels(double* dst, const Tensor& src, int64_t C) {
   std::memcpy(dst, src.data<double>(), static_cast<std::size_t>(C) * sizeof(double));
 }
 
+// Every rank's partial results, in rank order, from the gathered records (two {C} columns each:
+// the members @p first and @p second) and the counts of the headers.
+template <class Part>
+void unpack_parts(std::vector<Part>& parts, Tensor Part::*first, Tensor Part::*second,
+                  const std::vector<double>& gathered, const std::vector<int64_t>& headers,
+                  int size, int64_t C) {
+  const auto uC = static_cast<std::size_t>(C);
+  parts.resize(static_cast<std::size_t>(size));
+  for (std::size_t r = 0; r < parts.size(); ++r) {
+    const double* rec = gathered.data() + r * 2 * uC;
+    parts[r].count = headers[r * kHeaderSize + hCount];
+    copy_channels(parts[r].*first, rec, C);
+    copy_channels(parts[r].*second, rec + uC, C);
+  }
+}
+
 const char* flag(int64_t v) { return v ? "true" : "false"; }
 
 // What field @p f of header @p h says, for the messages.
@@ -302,14 +318,7 @@ const BatchStats& MpiStatsCombiner::combine_stats(const StepConfig& config, cons
   store_channels(record_.data() + uC, local.m2, C);
   allgather_records(n);
 
-  stats_parts_.resize(static_cast<std::size_t>(size_));
-  for (int r = 0; r < size_; ++r) {
-    const double* rec = gathered_.data() + static_cast<std::size_t>(r) * n;
-    BatchStats& p = stats_parts_[static_cast<std::size_t>(r)];
-    p.count = headers_[static_cast<std::size_t>(r) * kHeaderSize + hCount];
-    copy_channels(p.mean, rec, C);
-    copy_channels(p.m2, rec + uC, C);
-  }
+  unpack_parts(stats_parts_, &BatchStats::mean, &BatchStats::m2, gathered_, headers_, size_, C);
   global_stats_ = bn1d::combine_stats(stats_parts_);
   return global_stats_;
 }
@@ -326,14 +335,8 @@ const GradStats& MpiStatsCombiner::combine_grads(const StepConfig& config, const
   store_channels(record_.data() + uC, local.sum_dy_xmu, C);
   allgather_records(n);
 
-  grads_parts_.resize(static_cast<std::size_t>(size_));
-  for (int r = 0; r < size_; ++r) {
-    const double* rec = gathered_.data() + static_cast<std::size_t>(r) * n;
-    GradStats& p = grads_parts_[static_cast<std::size_t>(r)];
-    p.count = headers_[static_cast<std::size_t>(r) * kHeaderSize + hCount];
-    copy_channels(p.sum_dy, rec, C);
-    copy_channels(p.sum_dy_xmu, rec + uC, C);
-  }
+  unpack_parts(grads_parts_, &GradStats::sum_dy, &GradStats::sum_dy_xmu, gathered_, headers_, size_,
+               C);
   global_grads_ = combine_grad_stats(grads_parts_);
   return global_grads_;
 }
