@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "channel_values.hpp"
 #include "format.hpp"
 
 namespace bn1d {
@@ -59,26 +60,6 @@ int64_t offset_of(int64_t flat, const Shape& sizes, const Shape& strides) {
     flat /= sizes[d];
   }
   return off;
-}
-
-// Whether the byte ranges [lowest, highest element] of two defined, non-empty tensors intersect.
-bool byte_ranges_overlap(const Tensor& a, const Tensor& b) {
-  auto range = [](const Tensor& t) {
-    const auto base = reinterpret_cast<std::uintptr_t>(t.raw_data());
-    const auto esize = static_cast<int64_t>(element_size(t.dtype()));
-    int64_t lo = 0, hi = 0;
-    for (int64_t d = 0; d < t.dim(); ++d) {
-      const int64_t span = (t.sizes()[static_cast<std::size_t>(d)] - 1) *
-                           t.strides()[static_cast<std::size_t>(d)] * esize;
-      (span < 0 ? lo : hi) += span;
-    }
-    return std::pair<std::uintptr_t, std::uintptr_t>{
-        base + static_cast<std::uintptr_t>(lo),
-        base + static_cast<std::uintptr_t>(hi) + static_cast<std::uintptr_t>(esize)};
-  };
-  const auto [a0, a1] = range(a);
-  const auto [b0, b1] = range(b);
-  return a0 < b1 && b0 < a1;
 }
 
 // Storage of a tensor: 64-byte aligned (a cache line, an AVX-512 vector), so that the kernels can
@@ -313,7 +294,7 @@ void Tensor::copy_from(const Tensor& src) const {
   }
   const std::size_t esize = element_size(dtype_);
   if (numel_ == 0) return;
-  if (!(is_contiguous() && src.is_contiguous()) && byte_ranges_overlap(*this, src)) {
+  if (!(is_contiguous() && src.is_contiguous()) && detail::overlaps(*this, src)) {
     // Element-wise copying between overlapping strided views would read values it has already
     // overwritten: copy through a temporary (contiguous, so the copy below is a memmove).
     const Tensor tmp = src.clone();
