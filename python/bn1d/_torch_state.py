@@ -87,8 +87,13 @@ def from_torch(module, dtype=None):
     new = Bn1dModule(module.num_features, eps=module.eps, momentum=module.momentum,
                      affine=module.affine, track_running_stats=module.track_running_stats,
                      dtype=_state_dtype(module, dtype))
-    state = {name: getattr(module, name).detach()
-             for name in _PARAMETERS + _BUFFERS + ("num_batches_tracked",)
-             if getattr(module, name) is not None}
-    new.load_state_dict(state)  # copies (from any device); shapes checked by bn1d
+    state = {}
+    for name in _PARAMETERS + _BUFFERS + ("num_batches_tracked",):
+        tensor = getattr(module, name)
+        if tensor is None:
+            continue
+        if tensor.is_meta:
+            raise ValueError(f"module.{name}: expected a tensor with data, got a meta tensor")
+        state[name] = tensor.detach().cpu()  # no copy for CPU tensors
+    new.load_state_dict(state)  # copies; shapes and dtypes checked by bn1d
     return new.train(module.training)
