@@ -29,7 +29,7 @@ def to_torch(module, torch_class):
     new = torch_class(module.num_features, eps=module.eps, momentum=module.momentum,
                       affine=module.affine, track_running_stats=module.track_running_stats,
                       dtype=_DTYPES[module.dtype.name])
-    # state_dict() returns copies; torch.from_numpy shares them with nobody else.
+    # torch copies the values into the new module's own parameters and buffers.
     new.load_state_dict({k: torch.from_numpy(v) for k, v in module.state_dict().items()})
     return new.train(module.training)
 
