@@ -1,69 +1,109 @@
 # SPDX-License-Identifier: MIT
-"""bn1d.torch: bn1d's kernels behind a torch.nn.Module, a drop-in for torch.nn.BatchNorm1d.
+"""bn1d's kernels behind a torch.nn.Module: a drop-in for torch.nn.BatchNorm1d.
 
     import bn1d.torch
     bn = bn1d.torch.BatchNorm1d(32)          # same constructor as torch.nn.BatchNorm1d
     model = bn1d.torch.convert(model)        # every torch.nn.BatchNorm1d -> bn1d.torch.BatchNorm1d
     model = bn1d.torch.revert(model)         # and back
+    t = bn1d.torch.to_torch(m)               # a bn1d.BatchNorm1d (numpy) -> a torch module
+    m = bn1d.torch.from_torch(t)             # and back
 
-Only ``import bn1d.torch`` imports torch; ``import bn1d`` does not.
+Only "import bn1d.torch" imports torch; "import bn1d" does not.
 
-``bn1d.torch.BatchNorm1d`` is a subclass of ``torch.nn.BatchNorm1d`` that overrides only
-``forward()``. Its parameters (``weight``, ``bias``: ``nn.Parameter``), buffers
-(``running_mean``, ``running_var``, ``num_batches_tracked``; None where torch has None),
-constructor, ``state_dict``/``load_state_dict``, ``train()``/``eval()``, ``.double()``,
-``repr`` and ``isinstance(m, torch.nn.BatchNorm1d)`` are torch's own. ``forward()`` follows
-``torch.nn.BatchNorm1d.forward`` step by step (input-dim check, ``num_batches_tracked += 1`` in
-training with tracked statistics, the exponential-average factor: ``momentum``, or
-``1 / num_batches_tracked`` when ``momentum`` is None; batch statistics in training or when
-there are no running statistics) and then runs bn1d's forward and backward kernels through a
-``torch.autograd.Function``, so gradients reach the input and ``weight``/``bias`` as usual.
+The module
+----------
+bn1d.torch.BatchNorm1d is a subclass of torch.nn.BatchNorm1d that overrides only forward().
+Its parameters (weight, bias: nn.Parameter), buffers (running_mean, running_var,
+num_batches_tracked; None where torch has None), constructor, state_dict/load_state_dict,
+train()/eval(), .double(), repr and isinstance(m, torch.nn.BatchNorm1d) are torch's own.
+forward() follows torch.nn.BatchNorm1d.forward step by step (input-dim check,
+num_batches_tracked += 1 in training with tracked statistics, the exponential-average factor:
+momentum, or 1 / num_batches_tracked when momentum is None; batch statistics in training or
+when there are no running statistics) and then runs bn1d's forward and backward kernels through
+a torch.autograd.Function, so gradients reach the input and weight/bias as usual.
+
+Autograd
+--------
+* First order only, like a function marked once_differentiable. backward() may run several
+  times through a graph kept with retain_graph=True (y.backward(g, retain_graph=True) then
+  y.backward(g) accumulates the same gradients twice; torch.autograd.grad likewise), and
+  torch.autograd.gradcheck passes in float64. Without retain_graph a second backward is torch's
+  RuntimeError ("Trying to backward through the graph a second time").
+* A second derivative is a NotImplementedError (a RuntimeError) when it is taken, never a wrong
+  value: with create_graph=True the gradients are connected to the input, weight, bias and
+  grad_output, and differentiating them again raises.
+* What backward needs (a transient bn1d.BatchNorm1d: the batch statistics, the parameters and a
+  view of the input) is held by the graph's saved tensors: torch frees it when it frees them
+  (after a backward without retain_graph, or when the graph is dropped). Saved-tensor hooks
+  (torch.autograd.graph.saved_tensors_hooks) work when they keep the saved tensors' memory:
+  save_on_cpu and non-reentrant checkpointing do. Hooks that replace the saved tensors by
+  copies are not supported: backward then raises a RuntimeError saying so.
+* The input, weight and bias must not be modified in place between forward and backward;
+  torch's version counter reports it if they are (they are saved for backward, as torch does).
 
 What one forward/backward copies, and what it does not:
 
-* Not copied: the input and ``grad_output``. They are passed to bn1d as numpy views of the torch
-  tensors' memory (``Tensor.numpy()`` on the detached tensor, any strides: transposed, sliced,
-  expanded tensors are used as they are). The input must not be modified in place before
-  backward; torch's version counter reports it if it is (the input is saved for backward).
-* Not copied: the output, ``grad_input``, ``grad_weight`` and ``grad_bias``. bn1d writes them
-  into numpy arrays it allocates, which are handed to torch with ``torch.from_numpy``.
-* Copied (C values each, per forward): ``weight`` and ``bias`` into a transient
-  ``bn1d.BatchNorm1d`` created for that call (it also holds what backward needs, so a module may
-  be applied several times before backward); ``running_mean`` and ``running_var`` into it, and,
-  when they were updated (training with tracked statistics), back into the torch buffers with
-  ``buffer.copy_()`` (the same tensor objects, updated in place as torch does).
-* ``num_batches_tracked`` is never copied: it is updated in torch, exactly as torch does.
+* Not copied: the input and grad_output. They are passed to bn1d as numpy views of the torch
+  tensors' memory (Tensor.numpy() on the detached tensor, any strides: transposed, sliced,
+  expanded tensors are used as they are).
+* Not copied: the output, grad_input, grad_weight and grad_bias. bn1d writes them into numpy
+  arrays it allocates, which are handed to torch with torch.from_numpy.
+* Copied (C values each, per forward): weight and bias into the transient bn1d.BatchNorm1d
+  created for that call (a module may be applied several times before backward); running_mean
+  and running_var into it, and, when they were updated (training with tracked statistics),
+  back into the torch buffers with buffer.copy_() (the same tensor objects, updated in place as
+  torch does).
+* num_batches_tracked is never copied: it is updated in torch, exactly as torch does.
 
 Inputs that bn1d cannot take are handled by torch: tensors that are not on the CPU, and dtypes
-other than float32 and float64 (float16, bfloat16) run ``torch.nn.BatchNorm1d.forward``
-unchanged. Gradients are first-order only (no double backward). A float64 input to a float32
-module (or the converse) is a ValueError from bn1d where torch raises a RuntimeError.
+other than float32 and float64 (float16, bfloat16) run torch.nn.BatchNorm1d.forward unchanged.
+A float64 input to a float32 module (or the converse) is a ValueError from bn1d where torch
+raises a RuntimeError.
 
-Errors: bad values are ValueErrors, wrong types TypeErrors, raised before anything changes (a
-failed forward leaves ``num_batches_tracked`` as it was, which torch does not). Where torch
-raises a RuntimeError for a bad value (a channel count that is not the module's:
-``running_mean should contain 4 elements not 1``), bn1d.torch raises ``bn1d.torch.Error``, a
-subclass of both ValueError and RuntimeError, with torch's text; ``eps``/``momentum`` that torch's
-batch_norm refuses are torch's TypeError (``argument 'momentum' must be float, not str``).
+Errors
+------
+Bad values are ValueErrors, wrong types TypeErrors, raised before anything changes (a failed
+forward leaves num_batches_tracked as it was, which torch does not). Where torch raises a
+RuntimeError for a bad value (a channel count that is not the module's: "running_mean should
+contain 4 elements not 1"), bn1d.torch raises bn1d.torch.Error, a subclass of both ValueError
+and RuntimeError, with torch's text; eps/momentum that torch's batch_norm refuses are torch's
+TypeError ("argument 'momentum' must be float, not str").
 
-``convert(model)`` / ``revert(model)`` replace, in place and recursively, every submodule whose
-type is exactly ``torch.nn.BatchNorm1d`` (resp. ``bn1d.torch.BatchNorm1d``) by a module of the
-other class with the same options and training flag that *shares* the original's parameter and
-buffer tensors (the same ``nn.Parameter`` objects: an optimizer built before the conversion
-keeps updating them; nothing is copied, dtype and device are kept). Hooks registered on the
-replaced modules are not carried over; subclasses of ``torch.nn.BatchNorm1d`` are left alone.
+Converting models
+-----------------
+convert(model) / revert(model) replace, in place and recursively, every submodule whose type is
+exactly torch.nn.BatchNorm1d (resp. bn1d.torch.BatchNorm1d) by a module of the other class with
+the same options and training flag that shares the original's parameter and buffer tensors
+(the same nn.Parameter objects: an optimizer built before the conversion keeps updating them;
+nothing is copied, dtype and device are kept). Hooks registered on the replaced modules are not
+carried over; subclasses of torch.nn.BatchNorm1d are left alone.
+
+Moving state between bn1d.BatchNorm1d and torch
+-----------------------------------------------
+to_torch(m) builds a bn1d.torch.BatchNorm1d (a torch.nn.BatchNorm1d: revert() it for torch's
+own class) from a bn1d.BatchNorm1d, the numpy module: the same num_features, eps, momentum
+(None included), affine, track_running_stats, dtype and training flag, and copies of its
+weight, bias, running_mean, running_var and num_batches_tracked. from_torch(module) is the
+inverse, for a torch.nn.BatchNorm1d (bn1d.torch.BatchNorm1d and other subclasses included) with
+float32 or float64 parameters and buffers on any device. Both copy: the modules are independent
+afterwards.
 """
 
 import functools
 import numbers
+import weakref
+from collections.abc import Mapping
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from . import BatchNorm1d as _Bn1dModule
+import bn1d
 
-__all__ = ["BatchNorm1d", "convert", "revert", "Error", "NotImplementedValueError",
-           "AssertionValueError"]
+from . import _torch_state
+
+__all__ = ["BatchNorm1d", "convert", "revert", "to_torch", "from_torch", "Error",
+           "NotImplementedValueError", "AssertionValueError"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -85,7 +125,7 @@ class AssertionValueError(ValueError, AssertionError):
 
 
 def _torch_errors(f):
-    """@p f with torch's RuntimeErrors raised as Error (NotImplementedError as
+    """f with torch's RuntimeErrors raised as Error (NotImplementedError as
     NotImplementedValueError, AssertionError as AssertionValueError), same message."""
     @functools.wraps(f)
     def wrapped(*args, **kwargs):
@@ -107,9 +147,9 @@ def _type_name(v):
 
 
 def _real(name, value, none_ok=False):
-    """@p value as a float where torch's batch_norm takes it (real numbers, bools, 0-d real
-    tensors; None for momentum), TypeError naming @p name where torch raises one (torch's
-    wording: ``batch_norm(): argument 'eps' must be float, not str``)."""
+    """value as a float where torch's batch_norm takes it (real numbers, bools, 0-d real
+    tensors; None for momentum), TypeError naming the argument name where torch raises one
+    (torch's wording: "batch_norm(): argument 'eps' must be float, not str")."""
     if value is None and none_ok:
         return None
     if isinstance(value, numbers.Real):
@@ -121,8 +161,8 @@ def _real(name, value, none_ok=False):
 
 
 def _check_features(input, **tensors):
-    """Error (torch's text) when one of @p tensors (torch's order: running_mean, running_var,
-    weight, bias; None where absent) does not have one value per channel of @p input."""
+    """Error (torch's text) when one of tensors (torch's order: running_mean, running_var,
+    weight, bias; None where absent) does not have one value per channel of input."""
     channels = input.shape[1]
     for name, t in tensors.items():
         if t is not None and t.numel() != channels:
@@ -130,16 +170,58 @@ def _check_features(input, **tensors):
 
 
 def _view(t):
-    """A numpy view of the CPU tensor @p t (no copy; any strides)."""
+    """A numpy view of the CPU tensor t (no copy; any strides)."""
     return t.detach().resolve_neg().resolve_conj().numpy()
+
+
+class _Saved:
+    """What backward needs: the transient bn1d module of one forward."""
+    __slots__ = ("module", "__weakref__")
+
+    def __init__(self, module):
+        self.module = module
+
+
+class _KeepAlive(np.ndarray):
+    """A numpy array whose attribute keep holds a _Saved."""
+
+
+# The _Saved of each live holder, by the address of the holder's memory.
+_SAVED = weakref.WeakValueDictionary()
+
+
+def _holder(module):
+    """A one-byte tensor that owns module, for save_for_backward: its storage is a numpy array
+    that holds module, shared by the detached copies and recomputed tensors that saved-tensor
+    hooks (save_on_cpu, non-reentrant checkpointing) hand back. The module lives as long as
+    torch keeps the storage."""
+    array = np.zeros(1, np.uint8).view(_KeepAlive)
+    array.keep = _Saved(module)
+    _SAVED[array.ctypes.data] = array.keep
+    return torch.from_numpy(array)
+
+
+def _saved_module(holder):
+    """The module a _holder() tensor (or a tensor sharing its memory) owns."""
+    saved = _SAVED.get(holder.data_ptr())
+    if saved is None:
+        raise RuntimeError(
+            "bn1d.torch.BatchNorm1d: the state saved for backward is gone: a saved-tensor hook "
+            "(torch.autograd.graph.saved_tensors_hooks) replaced the saved tensors by copies; "
+            "run bn1d.torch outside such hooks or use torch.nn.BatchNorm1d")
+    return saved.module
 
 
 class _BatchNormFunction(torch.autograd.Function):
     """bn1d's forward and backward as an autograd function.
 
     forward(input, weight, bias, running_mean, running_var, use_batch_stats, factor, eps):
-    ``running_mean``/``running_var`` are None when no running statistics are used; when given
-    with ``use_batch_stats`` they are updated in place with @p factor.
+    running_mean/running_var are None when no running statistics are used; when given with
+    use_batch_stats they are updated in place with factor.
+
+    The transient bn1d module that backward needs is owned by a "holder" tensor saved with
+    save_for_backward (see _holder): torch frees it exactly when it frees the graph's saved
+    tensors (after a backward without retain_graph, or with the graph).
     """
 
     @staticmethod
@@ -155,8 +237,8 @@ class _BatchNormFunction(torch.autograd.Function):
             dtype = running_mean.dtype
         else:
             dtype = input.dtype
-        bn = _Bn1dModule(input.shape[1], eps=eps, momentum=float(factor), affine=affine,
-                         track_running_stats=track, dtype=str(dtype).replace("torch.", ""))
+        bn = bn1d.BatchNorm1d(input.shape[1], eps=eps, momentum=float(factor), affine=affine,
+                              track_running_stats=track, dtype=str(dtype).replace("torch.", ""))
         if affine:
             bn.weight[...] = _view(weight)
             bn.bias[...] = _view(bias)
@@ -168,19 +250,48 @@ class _BatchNormFunction(torch.autograd.Function):
         if track and use_batch_stats:
             running_mean.copy_(torch.from_numpy(bn.running_mean))
             running_var.copy_(torch.from_numpy(bn.running_var))
-        ctx.bn = bn
-        ctx.save_for_backward(input)  # the version check: bn keeps a view of its memory
+        # The input, weight and bias for torch's version check (bn keeps a view of the input,
+        # torch's batch norm saves all three) and, for double backward, what the gradients
+        # depend on.
+        ctx.save_for_backward(input, weight, bias, _holder(bn))
         return output
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        ctx.saved_tensors  # noqa: B018 -- raises if the input was modified in place
-        grad_input, grad_weight, grad_bias = ctx.bn.backward(_view(grad_output))
-        del ctx.bn
-        as_tensor = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
-        return (as_tensor(grad_input), as_tensor(grad_weight), as_tensor(grad_bias),
-                None, None, None, None, None)
+        # torch's errors: a graph already freed, a saved tensor modified in place.
+        input, weight, bias, holder = ctx.saved_tensors
+        grads = tuple(None if a is None else torch.from_numpy(a)
+                      for a in _saved_module(holder).backward(_view(grad_output)))
+        if torch.is_grad_enabled():  # create_graph=True: gradients that refuse a second order
+            grads = _first_order_only(grads, (input, weight, bias, grad_output))
+        return grads + (None,) * 5
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """The identity on gradients computed by _BatchNormFunction.backward under create_graph:
+    they stay connected to what they depend on (the extra inputs) and differentiating them
+    raises, where otherwise they would be constants and a second derivative silently wrong."""
+
+    @staticmethod
+    def forward(ctx, count, *tensors):
+        return tensors[:count]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            "bn1d.torch.BatchNorm1d has no second derivative (double backward); "
+            "bn1d.torch.revert(model) gives torch.nn.BatchNorm1d, which has one")
+
+
+def _first_order_only(grads, depends_on):
+    """grads (None where absent) connected through _FirstOrderOnly to the tensors of depends_on
+    that require grad; grads unchanged when none does."""
+    sources = [t for t in depends_on if t is not None and t.requires_grad]
+    if not sources:
+        return grads
+    present = [g for g in grads if g is not None]
+    wrapped = iter(_FirstOrderOnly.apply(len(present), *present, *sources))
+    return tuple(None if g is None else next(wrapped) for g in grads)
 
 
 class BatchNorm1d(torch.nn.BatchNorm1d):
@@ -188,7 +299,9 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
     parameters, buffers and state dict as torch.nn.BatchNorm1d."""
 
     @_torch_errors
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """torch.nn.BatchNorm1d's arguments: num_features, eps=1e-05, momentum=0.1,
+        affine=True, track_running_stats=True, device=None, dtype=None."""
         super().__init__(*args, **kwargs)
 
     # torch's own, its RuntimeErrors also ValueErrors (torch fails to name a meta tensor it
@@ -196,11 +309,17 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
     __setattr__ = _torch_errors(torch.nn.BatchNorm1d.__setattr__)
 
     @_torch_errors
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict: Mapping[str, Any],
+                        strict: bool = True) -> Tuple[List[str], List[str]]:
+        """torch.nn.Module.load_state_dict: returns torch's (missing_keys, unexpected_keys)
+        named tuple; its RuntimeErrors are raised as bn1d.torch.Error."""
         return super().load_state_dict(state_dict, strict)
 
     @_torch_errors
-    def forward(self, input):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Normalizes input, (N, C) or (N, C, L), as torch.nn.BatchNorm1d.forward does: with
+        bn1d's kernels for float32 and float64 CPU tensors, torch's otherwise (see the module
+        docstring). Call the module, m(input), rather than forward, so that hooks run."""
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input: expected a torch.Tensor, got {_type_name(input)}")
         if input.layout != torch.strided:
@@ -261,8 +380,8 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
 
 
 def _swap(module, source, target):
-    """A @p target module with the options, training flag, parameters and buffers (the same
-    tensor objects) of @p module, an instance of @p source."""
+    """A target module with the options, training flag, parameters and buffers (the same
+    tensor objects) of module, an instance of source."""
     ref = module.weight if module.weight is not None else module.running_mean
     kw = {} if ref is None else dict(device=ref.device, dtype=ref.dtype)
     new = target(module.num_features, eps=module.eps, momentum=module.momentum,
@@ -309,16 +428,44 @@ def _check_model(model):
         raise TypeError(f"model: expected a torch.nn.Module, got {_type_name(model)}")
 
 
-def convert(model):
-    """Replaces, in place and recursively, every torch.nn.BatchNorm1d of @p model by a
-    bn1d.torch.BatchNorm1d sharing its parameters and buffers; returns @p model (the new module
-    when @p model itself is a torch.nn.BatchNorm1d)."""
+def convert(model: torch.nn.Module) -> torch.nn.Module:
+    """Replaces, in place and recursively, every torch.nn.BatchNorm1d of model by a
+    bn1d.torch.BatchNorm1d sharing its parameters and buffers; returns model (the new module
+    when model itself is a torch.nn.BatchNorm1d). TypeError when model is not a
+    torch.nn.Module."""
     _check_model(model)
     return _replace(model, torch.nn.BatchNorm1d, BatchNorm1d)
 
 
-def revert(model):
+def revert(model: torch.nn.Module) -> torch.nn.Module:
     """The inverse of convert(): every bn1d.torch.BatchNorm1d becomes a torch.nn.BatchNorm1d
-    sharing its parameters and buffers; returns @p model (or the new module)."""
+    sharing its parameters and buffers; returns model (or the new module)."""
     _check_model(model)
     return _replace(model, BatchNorm1d, torch.nn.BatchNorm1d)
+
+
+def to_torch(module: bn1d.BatchNorm1d) -> BatchNorm1d:
+    """A new bn1d.torch.BatchNorm1d with the state of module, a bn1d.BatchNorm1d (numpy).
+
+    Same num_features, eps, momentum (None included), affine, track_running_stats, dtype
+    (float32 or float64) and training flag; copies of weight, bias (as nn.Parameter),
+    running_mean, running_var and num_batches_tracked (buffers, those that exist). The result
+    is a torch.nn.BatchNorm1d too; bn1d.torch.revert(result) gives torch's own class. TypeError
+    when module is not a bn1d.BatchNorm1d.
+    """
+    return _torch_state.to_torch(module, BatchNorm1d)
+
+
+def from_torch(module: torch.nn.BatchNorm1d,
+               dtype: Optional[Union[str, torch.dtype]] = None) -> bn1d.BatchNorm1d:
+    """A new bn1d.BatchNorm1d (numpy) with the state of module, a torch.nn.BatchNorm1d
+    (bn1d.torch.BatchNorm1d and other subclasses included), the inverse of to_torch().
+
+    Same options and training flag; copies of the parameters and buffers (from any device).
+    dtype ("float32", "float64" or the torch dtype) defaults to that of the module's parameters
+    and buffers, float32 for a module that has none; it is never converted. TypeError for other
+    modules; ValueError for dtypes other than float32 and float64, parameters or buffers of
+    different dtypes or not matching the options (set to None by hand), or a dtype argument
+    that is not theirs.
+    """
+    return _torch_state.from_torch(module, dtype)

@@ -6,7 +6,9 @@ test_module.py's docstring; num_batches_tracked exact.
 """
 
 import copy
+import inspect
 import os
+import pydoc
 import subprocess
 import sys
 
@@ -151,6 +153,26 @@ def test_same_module_as_torch(kw):
     d = bt.BatchNorm1d(7, dtype=torch.float64, **kw)
     assert all(p.dtype == torch.float64 for p in d.parameters())
     assert bt.BatchNorm1d(7, **kw).double().state_dict().keys() == t.state_dict().keys()
+
+
+def test_docstrings_plain_and_public_functions_typed():
+    """help(bn1d.torch) reads as plain text: bn1d.torch's own docstrings have no Doxygen or
+    reST markup; the public functions and methods carry type hints."""
+    own = [bt, bt.BatchNorm1d.__init__, bt.BatchNorm1d.forward, bt.BatchNorm1d.load_state_dict]
+    own += [getattr(bt, name) for name in bt.__all__]
+    for obj in own:
+        doc = inspect.getdoc(obj)
+        assert doc, obj
+        for markup in ("@p ", "@brief", "``", ":class:", ":attr:", ":meth:"):
+            assert markup not in doc, (obj, markup)
+    for f in (bt.convert, bt.revert, bt.to_torch, bt.from_torch, bt.BatchNorm1d.forward,
+              bt.BatchNorm1d.load_state_dict):
+        sig = inspect.signature(f)
+        assert sig.return_annotation is not inspect.Signature.empty, f
+        for p in sig.parameters.values():
+            assert p.name == "self" or p.annotation is not inspect.Parameter.empty, (f, p)
+    text = pydoc.plain(pydoc.render_doc(bt))
+    assert "to_torch(module: bn1d.BatchNorm1d) -> bn1d.torch.BatchNorm1d" in text
 
 
 def test_input_dim_error():
