@@ -18,7 +18,7 @@ converted, and a bad value (TypeError, ValueError) changes nothing. ``num_featur
 them is an AttributeError. ``dtype`` may be given as "float32"/"float64", a numpy dtype or scalar
 type (np.float32, np.dtype("float64")) or a torch dtype (torch.float32).
 
-Modules pickle (protocol 2 and later) and copy: ``pickle``, ``copy.deepcopy`` and ``copy.copy``
+Modules pickle (any protocol) and copy: ``pickle``, ``copy.deepcopy`` and ``copy.copy``
 give an independent module with the same options (the same repr), dtype, parameters, buffers,
 count and training flag; ``copy.copy`` is a deep copy too (a module owns its storage). What
 forward saved for backward is not copied: call forward again before backward.

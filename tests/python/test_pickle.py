@@ -13,7 +13,7 @@ import torch
 import bn1d
 
 C = 4
-PROTOCOLS = list(range(2, pickle.HIGHEST_PROTOCOL + 1))
+PROTOCOLS = list(range(pickle.HIGHEST_PROTOCOL + 1))
 COPIERS = {**{f"pickle-{p}": (lambda p: lambda m: pickle.loads(pickle.dumps(m, protocol=p)))(p)
               for p in PROTOCOLS},
            "deepcopy": copy.deepcopy, "copy": copy.copy}
