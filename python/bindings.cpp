@@ -4,7 +4,7 @@
 // A thin layer: numpy arrays are wrapped zero-copy as bn1d::Tensor views (any strides), outputs
 // are numpy arrays bn1d writes into directly, parameters and buffers are numpy views of the
 // module's own storage, and every bn1d::Error becomes a ValueError with the same message (an
-// IoError, a file that cannot be opened, read or written, an OSError).
+// IoError, a file that cannot be opened, read or written, an OSError of its errno's class).
 // No math happens here.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -77,7 +77,7 @@ Layout layout_of(const py::array& a, const char* name) {
     }
     layout.strides.push_back(static_cast<int64_t>(a.strides(d) / itemsize));
   }
-  if (!(py::detail::array_proxy(a.ptr())->flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
+  if (!a.attr("flags").attr("aligned").cast<bool>()) {
     throw bn1d::Error(std::string(name) + ": expected an array aligned to its item size");
   }
   return layout;
@@ -266,81 +266,152 @@ void set_error(PyObject* type, const char* what) {
   Py_DECREF(message);
 }
 
-// bn1d::IoError becomes an OSError, every other bn1d::Error a ValueError, with what() as message.
+// Raises OSError(@p error_code, @p what): Python picks the subclass of the errno
+// (FileNotFoundError for ENOENT, PermissionError, IsADirectoryError, ...).
+void set_os_error(int error_code, const char* what) {
+  PyObject* message =
+      PyUnicode_DecodeUTF8(what, static_cast<Py_ssize_t>(std::strlen(what)), "backslashreplace");
+  if (message == nullptr) return;                               // MemoryError is set
+  PyObject* args = Py_BuildValue("(iN)", error_code, message);  // steals message
+  if (args == nullptr) return;
+  PyErr_SetObject(PyExc_OSError, args);
+  Py_DECREF(args);
+}
+
+// bn1d::IoError becomes an OSError (with its errno when it has one), every other bn1d::Error a
+// ValueError, with what() as message.
 void translate_errors() {
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const bn1d::IoError& e) {
-      set_error(PyExc_OSError, e.what());
+      if (e.error_code() != 0) {
+        set_os_error(e.error_code(), e.what());
+      } else {
+        set_error(PyExc_OSError, e.what());
+      }
     } catch (const bn1d::Error& e) {
       set_error(PyExc_ValueError, e.what());
     }
   });
 }
 
+// ---- state files -----------------------------------------------------------------------------
+
+// Writes the (key, array) pairs @p items, in their order, as the safetensors file @p path with
+// @p metadata. The arrays are F32, F64 or I64 (the Python layer checks and names the key).
+void save_file(const std::vector<std::pair<std::string, py::array>>& items, const std::string& path,
+               const bn1d::Metadata& metadata) {
+  bn1d::StateDict state;
+  for (const auto& [key, value] : items) state.insert(key, wrap(value, key.c_str()));
+  py::gil_scoped_release nogil;  // `items` keeps the arrays alive until the write is done
+  bn1d::save_safetensors(path, state, metadata);
+}
+
+// The tensors of the safetensors file @p path as a dict of new numpy arrays, in file order.
+py::dict load_file(const std::string& path) {
+  bn1d::StateDict state;
+  {
+    py::gil_scoped_release nogil;
+    state = bn1d::load_safetensors(path);
+  }
+  py::dict tensors;
+  for (const auto& [key, value] : state) tensors[py::str(key)] = to_numpy(value);
+  return tensors;
+}
+
+// ---- the Python class -------------------------------------------------------------------
+
 // Read-only property @p name: a numpy view of the module's tensor @p get(module) (None when it is
 // undefined), which keeps the Python object alive.
 template <class Get>
-void def_tensor_view(py::class_<Module>& cls, const char* name, Get get) {
-  cls.def_property_readonly(name, [get](py::object self) -> py::object {
-    Module& m = self.cast<Module&>();
-    const bn1d::Tensor& t = get(m.m);
-    if (!t.defined()) return py::none();
-    return view_of(t, self);
-  });
+void def_tensor_view(py::class_<Module>& cls, const char* name, Get get, const char* doc) {
+  cls.def_property_readonly(
+      name,
+      [get](py::object self) -> py::object {
+        Module& m = self.cast<Module&>();
+        const bn1d::Tensor& t = get(m.m);
+        if (!t.defined()) return py::none();
+        return view_of(t, self);
+      },
+      doc);
 }
 
 // weight, bias, running_mean, running_var (views), num_batches_tracked and the options.
 void def_state_properties(py::class_<Module>& cls) {
   using BN = bn1d::BatchNorm1d;
-  def_tensor_view(cls, "weight", [](BN& m) -> const bn1d::Tensor& { return m.weight(); });
-  def_tensor_view(cls, "bias", [](BN& m) -> const bn1d::Tensor& { return m.bias(); });
-  def_tensor_view(cls, "running_mean",
-                  [](BN& m) -> const bn1d::Tensor& { return m.running_mean(); });
-  def_tensor_view(cls, "running_var", [](BN& m) -> const bn1d::Tensor& { return m.running_var(); });
+  def_tensor_view(
+      cls, "weight", [](BN& m) -> const bn1d::Tensor& { return m.weight(); },
+      "The weight (gamma): a writable numpy view of the module's storage, None without affine.");
+  def_tensor_view(
+      cls, "bias", [](BN& m) -> const bn1d::Tensor& { return m.bias(); },
+      "The bias (beta): a writable numpy view of the module's storage, None without affine.");
+  def_tensor_view(
+      cls, "running_mean", [](BN& m) -> const bn1d::Tensor& { return m.running_mean(); },
+      "The running mean: a writable numpy view, None without track_running_stats.");
+  def_tensor_view(
+      cls, "running_var", [](BN& m) -> const bn1d::Tensor& { return m.running_var(); },
+      "The running variance: a writable numpy view, None without track_running_stats.");
   cls.def_property_readonly(
          "num_batches_tracked",
-         [](Module& self) { return self.shared([&] { return self.m.num_batches_tracked(); }); })
-      .def_property_readonly("num_features",
-                             [](Module& self) { return self.m.options().num_features(); })
-      .def_property_readonly("eps", [](Module& self) { return self.m.options().eps(); })
-      .def_property_readonly("momentum", [](Module& self) { return self.m.options().momentum(); })
-      .def_property_readonly("affine", [](Module& self) { return self.m.options().affine(); })
-      .def_property_readonly("track_running_stats",
-                             [](Module& self) { return self.m.options().track_running_stats(); })
-      .def_property_readonly("dtype", [](Module& self) {
-        return std::string(bn1d::dtype_name(self.m.options().dtype()));
-      });
+         [](Module& self) { return self.shared([&] { return self.m.num_batches_tracked(); }); },
+         "Training batches seen since construction or the last reset (0 without running "
+         "statistics).")
+      .def_property_readonly(
+          "num_features", [](Module& self) { return self.m.options().num_features(); },
+          "The number of channels C.")
+      .def_property_readonly(
+          "eps", [](Module& self) { return self.m.options().eps(); },
+          "The value added to the variance for numerical stability (change it with set_options).")
+      .def_property_readonly(
+          "momentum", [](Module& self) { return self.m.options().momentum(); },
+          "The running statistics' momentum, None for a cumulative average (see set_options).")
+      .def_property_readonly(
+          "affine", [](Module& self) { return self.m.options().affine(); },
+          "Whether the module has a weight and a bias.")
+      .def_property_readonly(
+          "track_running_stats",
+          [](Module& self) { return self.m.options().track_running_stats(); },
+          "Whether the module keeps running statistics.")
+      .def_property_readonly(
+          "dtype",
+          [](Module& self) { return std::string(bn1d::dtype_name(self.m.options().dtype())); },
+          "The dtype of the parameters, buffers and inputs: 'float32' or 'float64'.");
 }
 
 // state_dict, load_state_dict, save, load and the resets.
 void def_state_methods(py::class_<Module>& cls) {
-  cls.def("state_dict", &state_dict)
-      .def("load_state_dict", &load_state_dict, py::arg("items"), py::arg("strict") = true)
+  cls.def("state_dict", &state_dict,
+          "A dict of copies of weight, bias, running_mean, running_var and num_batches_tracked (a "
+          "0-d int64 array), those the module has, in torch's order.")
+      .def("load_state_dict", &load_state_dict, py::arg("items"), py::arg("strict") = true,
+           "Copies the (key, array) pairs items into the module. Wrong shapes or dtypes are "
+           "errors, and with strict missing and unexpected keys too; on error nothing changes. "
+           "Without strict, missing entries keep their values, except num_batches_tracked, "
+           "which becomes 0 (as torch loads a dict without version metadata).")
       .def(
           "save",
           [](Module& self, const std::string& path) { self.shared([&] { self.m.save(path); }); },
-          py::arg("path"))
+          py::arg("path"), "Writes state_dict() to path as a safetensors file.")
       .def(
           "load",
           [](Module& self, const std::string& path, const std::string& prefix) {
             self.exclusive([&] { self.m.load(path, prefix); });
           },
-          py::arg("path"), py::arg("prefix") = "")
-      .def("reset_parameters",
-           [](Module& self) { self.exclusive([&] { self.m.reset_parameters(); }); })
-      .def("reset_running_stats",
-           [](Module& self) { self.exclusive([&] { self.m.reset_running_stats(); }); });
+          py::arg("path"), py::arg("prefix") = "",
+          "Loads the entries prefix + key of the safetensors file path, strictly.")
+      .def(
+          "reset_parameters",
+          [](Module& self) { self.exclusive([&] { self.m.reset_parameters(); }); },
+          "Resets the running statistics, the weight to 1 and the bias to 0.")
+      .def(
+          "reset_running_stats",
+          [](Module& self) { self.exclusive([&] { self.m.reset_running_stats(); }); },
+          "Resets running_mean to 0, running_var to 1 and num_batches_tracked to 0.");
 }
 
-}  // namespace
-
-PYBIND11_MODULE(_bn1d, mod) {
-  mod.doc() = "bn1d: exact BatchNorm1d (C++ core). Use the `bn1d` package, not this module.";
-  translate_errors();
-
-  py::class_<Module> cls(mod, "BatchNorm1d");
+// The constructor, the mode, the options and the computations.
+void def_compute(py::class_<Module>& cls) {
   cls.def(py::init([](int64_t num_features, double eps, std::optional<double> momentum, bool affine,
                       bool track_running_stats, const std::string& dtype) {
             return new Module(bn1d::BatchNorm1dOptions(num_features)
@@ -352,20 +423,56 @@ PYBIND11_MODULE(_bn1d, mod) {
           }),
           py::arg("num_features"), py::arg("eps") = 1e-5, py::arg("momentum") = 0.1,
           py::arg("affine") = true, py::arg("track_running_stats") = true,
-          py::arg("dtype") = "float32")
+          py::arg("dtype") = "float32",
+          "A module of num_features channels; dtype is 'float32' or 'float64'.")
       .def_property(
           "training",
           [](Module& self) { return self.shared([&] { return self.m.is_training(); }); },
-          [](Module& self, bool on) { self.exclusive([&] { self.m.train(on); }); })
-      .def("set_options", &set_options, py::arg("eps"), py::arg("momentum"))
-      .def("forward", &forward, py::arg("input"))
-      .def("infer", &infer, py::arg("input"))
-      .def("backward", &backward, py::arg("grad_output"))
-      .def("__repr__", [](const Module& self) {
-        std::ostringstream s;
-        s << self.m;
-        return s.str();
-      });
+          [](Module& self, bool on) { self.exclusive([&] { self.m.train(on); }); },
+          "True in training mode (batch statistics), False in evaluation mode.")
+      .def("set_options", &set_options, py::arg("eps"), py::arg("momentum"),
+           "Rebuilds the module with eps and momentum (None: a cumulative average), keeping the "
+           "parameters, buffers, count and mode; drops what forward saved for backward. On error "
+           "nothing changes.")
+      .def("forward", &forward, py::arg("input"),
+           "Normalizes input of shape (N, C) or (N, C, L); keeps it (no copy) for backward.")
+      .def("infer", &infer, py::arg("input"),
+           "Normalizes input with the running statistics whatever the mode, changing nothing.")
+      .def("backward", &backward, py::arg("grad_output"),
+           "(grad_input, grad_weight, grad_bias) of the last forward; the last two are None "
+           "without affine.")
+      .def(
+          "__repr__",
+          [](const Module& self) {
+            std::ostringstream s;
+            s << self.m;
+            return s.str();
+          },
+          "BatchNorm1d(C, eps=..., momentum=..., affine=..., track_running_stats=...).");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_bn1d, mod) {
+  mod.doc() =
+      "bn1d's C++ core: BatchNorm1d and safetensors files. Use the bn1d package, which checks "
+      "arguments and converts tensors, not this module.";
+#ifdef BN1D_VERSION_STRING
+  mod.attr("__version__") = BN1D_VERSION_STRING;  // set by the build from the project's version
+#else
+  mod.attr("__version__") = "unknown";
+#endif
+  translate_errors();
+
+  py::class_<Module> cls(mod, "BatchNorm1d",
+                         "Batch normalization over (N, C) or (N, C, L) numpy arrays; the "
+                         "computation behind bn1d.BatchNorm1d.");
+  def_compute(cls);
   def_state_properties(cls);
   def_state_methods(cls);
+  mod.def("save_file", &save_file, py::arg("items"), py::arg("path"), py::arg("metadata"),
+          "Writes the (key, array) pairs items (float32, float64 or int64 arrays), in order, as "
+          "the safetensors file path with the str to str metadata.");
+  mod.def("load_file", &load_file, py::arg("path"),
+          "The tensors of the safetensors file path as a dict of numpy arrays, in file order.");
 }

@@ -40,9 +40,10 @@ using detail::quote;
 /// Throws Error with @p message.
 [[noreturn]] void fail(const std::string& message) { throw Error(message); }
 
-/// Throws IoError with @p message and, if @p error is not 0, strerror(@p error).
+/// Throws IoError with @p message and, if @p error is not 0, strerror(@p error); the IoError
+/// carries @p error as its error_code().
 [[noreturn]] void fail_io(const std::string& message, int error = 0) {
-  throw IoError(error == 0 ? message : message + ": " + std::strerror(error));
+  throw IoError(error == 0 ? message : message + ": " + std::strerror(error), error);
 }
 
 /// What a file of mode @p mode is, for messages ("a FIFO").
@@ -54,6 +55,13 @@ std::string file_kind(mode_t mode) {
   if (S_ISSOCK(mode)) return "a socket";
   if (S_ISLNK(mode)) return "a symbolic link";
   return "not a regular file";
+}
+
+/// Throws IoError "@p what: it is a FIFO, not a regular file" for a file of mode @p mode, with
+/// error_code() EISDIR for a directory (as open() reports for writing), 0 for the others.
+[[noreturn]] void fail_not_regular(const std::string& what, mode_t mode) {
+  throw IoError(what + ": it is " + file_kind(mode) + ", not a regular file",
+                S_ISDIR(mode) ? EISDIR : 0);
 }
 
 /// Runs @p check, prefixing any Error it throws with the file @p path.
@@ -100,9 +108,10 @@ std::string write_target(const std::string& path, struct stat& existing, bool& e
   }
   exists = true;
   if (!S_ISREG(existing.st_mode)) {
-    fail_io("cannot write " + quote(path, 4096) +
-            (target.string() == path ? "" : " (a link to " + quote(target.string(), 4096) + ")") +
-            ": it is " + file_kind(existing.st_mode) + ", not a regular file");
+    fail_not_regular(
+        "cannot write " + quote(path, 4096) +
+            (target.string() == path ? "" : " (a link to " + quote(target.string(), 4096) + ")"),
+        existing.st_mode);
   }
   return target.string();
 }
@@ -247,11 +256,10 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     struct stat status {};
     if (::fstat(fd_, &status) != 0) fail_io("cannot read " + quote(path, 4096), errno);
     if (!S_ISREG(status.st_mode)) {
-      fail_io("cannot read " + quote(path, 4096) + ": it is " + file_kind(status.st_mode) +
-              ", not a regular file");
+      fail_not_regular("cannot read " + quote(path, 4096), status.st_mode);
     }
     const auto total = static_cast<std::uint64_t>(status.st_size);
-    std::array<char, 8> head{};
+    std::array<char, 9> head{};  // the header length and the header's first byte
     read_at(head.data(), 0, std::min<std::uint64_t>(total, head.size()));
     // Every size below is checked against the file's real size before anything is allocated.
     const std::uint64_t length =

@@ -56,7 +56,10 @@ struct Header {
 };
 
 /// Validates the 8-byte header length of a file of @p total bytes that starts with @p head (its
-/// first min(total, 8) bytes) and returns it: at most kMaxHeaderBytes and within the file.
+/// first min(total, 9) bytes: the length and the header's first byte) and returns it: at most
+/// kMaxHeaderBytes and within the file. A file that is too short, has an absurd length and no
+/// '{' after it, or starts like a zip archive or a pickle (what torch.save writes) is an Error
+/// saying "not a safetensors file", naming the format recognised.
 std::uint64_t header_length(const char* head, std::uint64_t total);
 
 /// Parses and validates the JSON @p text of a header followed by @p data_size bytes of data:

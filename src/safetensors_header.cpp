@@ -105,6 +105,28 @@ std::string json_error_message(const std::string& what) {
 /// Throws Error with @p message.
 [[noreturn]] void fail(const std::string& message) { throw Error(message); }
 
+/// What the first min(@p total, 9) bytes @p head of a file say it is when it is a format users
+/// mistake for safetensors, or "": torch.save writes a zip archive (a pickle inside) since
+/// PyTorch 1.6, a bare pickle before, as pickle.dump does (protocol 2 and later start 0x80 N).
+/// Neither can be a valid safetensors file: their length fields exceed the 16 MiB limit.
+std::string foreign_format(const char* head, std::uint64_t total) {
+  if (total >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) {
+    return "a zip archive (\"PK\\x03\\x04\"), as torch.save writes: read it with torch.load "
+           "and save the state dict as safetensors";
+  }
+  const auto protocol = total >= 2 ? static_cast<unsigned char>(head[1]) : 0;
+  if (total >= 8 && static_cast<unsigned char>(head[0]) == 0x80 && protocol >= 2 && protocol <= 5) {
+    std::uint64_t length = 0;
+    std::memcpy(&length, head, sizeof length);
+    if (length > kMaxHeaderBytes) {
+      return "a pickle (protocol " + std::to_string(protocol) +
+             "), as pickle.dump and the legacy torch.save write: read it with torch.load or "
+             "pickle.load and save the state dict as safetensors";
+    }
+  }
+  return "";
+}
+
 /// `[begin, end]`, for messages.
 std::string range(std::uint64_t begin, std::uint64_t end) {
   return "[" + std::to_string(begin) + ", " + std::to_string(end) + "]";
@@ -454,15 +476,22 @@ Header parse_header(std::string_view text, std::uint64_t data_size) {
 }
 
 std::uint64_t header_length(const char* head, std::uint64_t total) {
-  if (total < 8) fail("need at least 8 bytes for the header length, got " + std::to_string(total));
+  const std::string foreign = foreign_format(head, total);
+  if (!foreign.empty()) fail("not a safetensors file: it starts like " + foreign);
+  if (total < 8) {
+    fail("not a safetensors file: need at least 8 bytes for the header length, got " +
+         std::to_string(total));
+  }
   std::uint64_t length = 0;
   std::memcpy(&length, head, sizeof length);
+  // A JSON header starts with '{': without one, an absurd length means another kind of file.
+  const std::string what = total > 8 && head[8] == '{' ? "" : "not a safetensors file: ";
   if (length > kMaxHeaderBytes) {
-    fail("header length " + std::to_string(length) + " exceeds the limit of " +
+    fail(what + "header length " + std::to_string(length) + " exceeds the limit of " +
          std::to_string(kMaxHeaderBytes) + " bytes (16 MiB)");
   }
   if (length > total - 8) {
-    fail("header length " + std::to_string(length) + " runs past the end (" +
+    fail(what + "header length " + std::to_string(length) + " runs past the end (" +
          std::to_string(total - 8) + " bytes follow it)");
   }
   return length;

@@ -5,14 +5,17 @@
 #include <gtest/gtest.h>
 
 #include <cctype>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "bn1d/error.hpp"
@@ -302,6 +305,89 @@ TEST(Safetensors, TruncatedFileIsRejected) {
   EXPECT_TRUE(throws_error([&] { bn1d::load_safetensors(path.string()); }, "header length"));
   std::filesystem::resize_file(path, 5);  // cut into the length field
   EXPECT_TRUE(throws_error([&] { bn1d::load_safetensors(path.string()); }, "at least 8 bytes"));
+}
+
+/// The errno value of the IoError @p call throws (-1 when it throws another Error or none).
+template <class Call>
+int io_error_code(Call&& call) {
+  try {
+    call();
+  } catch (const bn1d::IoError& e) {
+    return e.error_code();
+  } catch (const Error&) {
+    return -1;
+  }
+  return -1;
+}
+
+// error_code() is the errno of the failure, so that bindings raise the system's error classes
+// (FileNotFoundError, IsADirectoryError, ...); 0 where no system call failed.
+TEST(Safetensors, IoErrorsCarryTheErrno) {
+  const auto dir = temp_dir();
+  const auto missing = (dir / "missing.safetensors").string();
+  EXPECT_EQ(io_error_code([&] { bn1d::load_safetensors(missing); }), ENOENT);
+  EXPECT_EQ(io_error_code([&] { bn1d::BatchNorm1d(2).load(missing); }), ENOENT);
+  const auto unwritable = (dir / "no-such-dir" / "x.safetensors").string();
+  EXPECT_EQ(io_error_code([&] { bn1d::save_safetensors(unwritable, sample_state()); }), ENOENT);
+  EXPECT_EQ(io_error_code([&] { bn1d::load_safetensors(dir.string()); }), EISDIR);
+  EXPECT_EQ(io_error_code([&] { bn1d::save_safetensors(dir.string(), sample_state()); }), EISDIR);
+  const auto path = (dir / "short.safetensors").string();
+  bn1d::save_safetensors(path, sample_state());
+  std::filesystem::resize_file(path, 20);  // the header length runs past the end: not I/O
+  EXPECT_EQ(io_error_code([&] { bn1d::load_safetensors(path); }), -1);
+  EXPECT_EQ(bn1d::IoError("message").error_code(), 0);
+}
+
+/// @p text as bytes.
+Bytes bytes_of(std::string_view text) { return Bytes(text.begin(), text.end()); }
+
+// Files of other formats are "not a safetensors file", naming the format torch.save writes,
+// rather than reporting the absurd header length their first 8 bytes make.
+TEST(Safetensors, OtherFormatsAreNotSafetensorsFiles) {
+  using namespace std::string_literals;
+  const std::vector<std::pair<Bytes, std::string>> cases = {
+      // torch.save since 1.6: a zip archive (local file header, version 20, no flags).
+      {bytes_of("PK\x03\x04\x14\x00\x00\x00\x00\x00"s + "archive/data.pkl"), "a zip archive"},
+      // the legacy torch.save: protocol 2, then the magic number as LONG1.
+      {bytes_of("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19."s),
+       "a pickle (protocol 2)"},
+      // pickle.dumps({}, protocol=4) padded: PROTO 4, FRAME with its 8-byte length.
+      {bytes_of("\x80\x04\x95\x04\x00\x00\x00\x00\x00\x00\x00}\x94."s), "a pickle (protocol 4)"},
+      {bytes_of("# a text file, not safetensors\n"), "header length"},
+      {bytes_of("abc"), "need at least 8 bytes"},
+  };
+  const auto path = (temp_dir() / "other.pt").string();
+  for (const auto& [bytes, word] : cases) {
+    SCOPED_TRACE(word);
+    EXPECT_TRUE(throws_error([&] { bn1d::parse_safetensors(bytes); }, "not a safetensors file"));
+    EXPECT_TRUE(throws_error([&] { bn1d::parse_safetensors(bytes); }, word));
+    write_file(path, bytes);
+    for (const auto& load : {std::function<void()>([&] { bn1d::load_safetensors(path); }),
+                             std::function<void()>([&] { bn1d::BatchNorm1d(2).load(path); })}) {
+      EXPECT_TRUE(
+          throws_error(load, "invalid safetensors file \"" + path + "\": not a safetensors file"));
+      EXPECT_TRUE(throws_error(load, word));
+      EXPECT_EQ(io_error_code(load), -1);  // an Error, not an IoError
+    }
+  }
+  EXPECT_TRUE(throws_error([&] { bn1d::parse_safetensors(cases[0].first); }, "torch.save"));
+  EXPECT_TRUE(throws_error([&] { bn1d::parse_safetensors(cases[1].first); }, "torch.load"));
+  // A header that starts like JSON is a safetensors file whose header is too long or cut.
+  for (const Bytes& bytes : {with_length(200'000'000, "{}      "), with_length(100, "{}")}) {
+    try {
+      bn1d::parse_safetensors(bytes);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string_view(e.what()).find("not a safetensors file"), std::string_view::npos)
+          << e.what();
+    }
+  }
+  // A valid file whose header length begins with 0x80 0x02 (640 bytes) is no pickle.
+  std::string header = R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+  header.resize(640, ' ');
+  EXPECT_EQ(make_file(header, 4)[0], 0x80);
+  EXPECT_EQ(make_file(header, 4)[1], 0x02);
+  EXPECT_EQ(bn1d::parse_safetensors(make_file(header, 4)).keys(), std::vector<std::string>{"a"});
 }
 
 /// A malformed file and a word its error message must contain.

@@ -24,8 +24,16 @@ class Error : public std::invalid_argument {
 /// an IoError. what() names the file. A subclass of Error: `catch (const Error&)` catches it too.
 class IoError : public Error {
  public:
-  /// Creates an I/O error carrying @p message as what().
-  explicit IoError(const std::string& message) : Error(message) {}
+  /// Creates an I/O error carrying @p message as what() and the errno value @p error_code (0 when
+  /// no system call failed, e.g. a file that ends early or a FIFO refused).
+  explicit IoError(const std::string& message, int error_code = 0)
+      : Error(message), error_code_(error_code) {}
+
+  /// The errno value of the failure (ENOENT, EACCES, EISDIR, ...), or 0 when there is none.
+  int error_code() const noexcept { return error_code_; }
+
+ private:
+  int error_code_;
 };
 
 }  // namespace bn1d

@@ -1,0 +1,171 @@
+# SPDX-License-Identifier: MIT
+"""Argument checks and conversions shared by bn1d's Python API: arrays and tensors to numpy,
+options, paths and keys. Each raises TypeError for the wrong Python type and ValueError for a
+bad value, naming the argument; none converts silently (no float('0.1'), no int(True))."""
+
+from __future__ import annotations
+
+import numbers
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, TypeVar, Union
+
+import numpy as np
+
+PathArg = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+Result = TypeVar("Result")
+
+
+def type_name(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def is_torch_tensor(value: Any) -> bool:
+    """True when value is a torch.Tensor (without importing torch)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _torch_dtype_name(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+# torch dtypes numpy can hold: the others (bfloat16, complex32, quantized) cannot be viewed.
+_NUMPY_TORCH_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                       "uint8", "bool", "complex64", "complex128")
+
+
+def tensor_array(t: Any, name: str, what: str, to_cpu: bool) -> np.ndarray:
+    """A numpy view of the torch tensor t (a copy when to_cpu and it is on another device);
+    ValueError naming name for tensors bn1d cannot read. what: the dtypes expected, for the
+    message."""
+    import torch
+    if t.layout != torch.strided:
+        raise ValueError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}")
+    if t.is_meta:
+        raise ValueError(f"{name}: expected a tensor with data, got a meta tensor")
+    if t.device.type != "cpu":
+        if not to_cpu:
+            raise ValueError(f"{name}: expected a CPU tensor, got a tensor on {t.device}")
+        t = t.detach().cpu()
+    if _torch_dtype_name(t.dtype) not in _NUMPY_TORCH_DTYPES:
+        raise ValueError(f"{name}: expected dtype {what}, got {_torch_dtype_name(t.dtype)}")
+    return t.detach().resolve_conj().resolve_neg().numpy()
+
+
+def as_array(x: Any, name: str = "input") -> np.ndarray:
+    """A numpy view of the input x without copying where possible; TypeError for what is not an
+    array, ValueError for arrays bn1d cannot read."""
+    if isinstance(x, np.ndarray):
+        return x
+    if is_torch_tensor(x):
+        return tensor_array(x, name, "float32 or float64", to_cpu=False)
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError) as e:
+            raise ValueError(f"{name}: cannot be read through __dlpack__ ({e})") from None
+    if (x is None or isinstance(x, (str, bytes, bytearray, Mapping, set, frozenset))
+            or not (hasattr(x, "__array__") or hasattr(x, "__array_interface__")
+                    or isinstance(x, (list, tuple, numbers.Number)))):
+        raise TypeError(f"{name}: expected a numpy array or a tensor, got {type_name(x)}")
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: cannot be converted to an array ({e})") from None
+
+
+def state_value(v: Any, name: str) -> np.ndarray:
+    """A state value as a numpy array: numpy arrays as they are, torch tensors through
+    .detach().cpu(), numbers and sequences through np.asarray; ValueError naming name for what
+    cannot be read."""
+    if isinstance(v, np.ndarray):
+        return v
+    if is_torch_tensor(v):
+        return tensor_array(v, name, "float32, float64 or int64", to_cpu=True)
+    if isinstance(v, (str, bytes, bytearray, Mapping)):
+        raise TypeError(f"{name}: expected an array or a tensor, got {type_name(v)}")
+    try:
+        return np.asarray(v)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: cannot be converted to an array ({e})") from None
+
+
+def dtype_name(dtype: Any) -> str:
+    """The numpy name of dtype (a name, a numpy dtype or scalar type, a torch dtype); TypeError
+    for what is not a dtype."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(dtype, torch.dtype):
+        return _torch_dtype_name(dtype)
+    if not isinstance(dtype, (str, np.dtype, type)):
+        raise TypeError(f"dtype: expected a dtype, got {type_name(dtype)}")
+    try:
+        return np.dtype(dtype).name
+    except Exception:  # noqa: BLE001 -- numpy raises several types for bad names
+        if isinstance(dtype, str):
+            return dtype  # bn1d names what it expects
+        raise TypeError(f"dtype: expected a dtype, got {dtype!r}") from None
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """value as a bool: bools (Python or numpy) only, TypeError naming name otherwise."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name}: expected a bool, got {type_name(value)}")
+
+
+def check_real(name: str, value: Any, none_ok: bool = False) -> Optional[float]:
+    """value as a float: real numbers (not bools, not complex, not strings); None when none_ok.
+    TypeError naming name otherwise, ValueError for an int too large for a float."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"{name}: expected a finite value, got {value}") from None
+    expected = "a real number or None" if none_ok else "a real number"
+    raise TypeError(f"{name}: expected {expected}, got {type_name(value)}")
+
+
+def check_int(name: str, value: Any) -> int:
+    """value as an int: integers (Python or numpy, not bools) that fit in 64 bits."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type_name(value)}")
+    if not -2**63 <= int(value) < 2**63:
+        raise ValueError(f"{name}: expected a 64-bit integer, got {value}")
+    return int(value)
+
+
+def encode_path(path: Any, name: str = "path") -> bytes:
+    """path (str, bytes or os.PathLike) as bytes for the C++ library; ValueError for an embedded
+    NUL (as open() does), TypeError for what is not a path."""
+    try:
+        encoded = os.fsencode(path)
+    except TypeError:
+        raise TypeError(f"{name}: expected str, bytes or os.PathLike, got {type_name(path)}") \
+            from None
+    if b"\0" in encoded:
+        raise ValueError(f"{name}: embedded null character")
+    return encoded
+
+
+def on_file(path: Any, call: Callable[[bytes], Result]) -> Result:
+    """call(path as bytes); an OSError that carries an errno (FileNotFoundError,
+    PermissionError, IsADirectoryError, ...) gets path as its filename, as open() gives."""
+    encoded = encode_path(path)
+    try:
+        return call(encoded)
+    except OSError as e:
+        if e.errno is not None and e.filename is None:
+            e.filename = os.fspath(path)
+        raise
+
+
+def encode_key(key: Any, name: str) -> bytes:
+    """A state-dict key or prefix as UTF-8 bytes (surrogate escapes as the bytes they stand
+    for); TypeError for what is not a str."""
+    if not isinstance(key, str):
+        raise TypeError(f"{name}: expected str, got {type_name(key)}")
+    return key.encode("utf-8", "surrogateescape")
