@@ -89,7 +89,7 @@ stopifnot(identical(dim(output), c(20L, 100L)),
           isTRUE(all.equal(output, sweep(sweep(input, 2, mu), 2, sqrt(v + 1e-5), "/"),
                            tolerance = 1e-12)),
           isTRUE(all.equal(m0(input), output, tolerance = 1e-12)), is.null(m0$weight))
-cat("spec example: OK (", format(packageDescription("bn1d")$Version), ")\n")')
+cat("spec example: OK (bn1d", format(packageVersion("bn1d")), "from", find.package("bn1d"), ")\n")')
 status="$(git status --porcelain r)"
 [ -z "$status" ] || fail "R CMD INSTALL r left files git sees in r/:
 $status"
