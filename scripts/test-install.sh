@@ -23,7 +23,8 @@ version=$(sed -nE 's/^project\(bn1d VERSION ([0-9.]+).*/\1/p' CMakeLists.txt)
 work=$(mktemp -d "${TMPDIR:-/tmp}/bn1d-install.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_NO_INDEX=1
-package_files=$(cd python/bn1d && ls -- *.py *.pyi py.typed 2>/dev/null | sort)
+package_files=$(find python/bn1d -maxdepth 1 -type f \( -name '*.py' -o -name '*.pyi' -o -name py.typed \) \
+  -printf '%f\n' | sort)
 
 # check_package PYTHON DIR: imports bn1d and bn1d.torch from DIR's package (run outside the
 # checkout), checks the version and that every file of python/bn1d is there, runs the parity check.
