@@ -23,8 +23,8 @@ version=$(sed -nE 's/^project\(bn1d VERSION ([0-9.]+).*/\1/p' CMakeLists.txt)
 work=$(mktemp -d "${TMPDIR:-/tmp}/bn1d-install.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_NO_INDEX=1
-package_files=$(find python/bn1d -maxdepth 1 -type f \( -name '*.py' -o -name '*.pyi' -o -name py.typed \) \
-  -printf '%f\n' | sort)
+package_files=$(find python/bn1d -maxdepth 1 -type f \
+  \( -name '*.py' -o -name '*.pyi' -o -name py.typed \) -printf '%f\n' | sort)
 
 # check_package PYTHON DIR: imports bn1d and bn1d.torch from DIR's package (run outside the
 # checkout), checks the version and that every file of python/bn1d is there, runs the parity check.
@@ -35,12 +35,13 @@ check_package() {
 echo "== pip install --no-build-isolation into a venv (--system-site-packages)"
 mkdir "$work/src"
 git ls-files -z --cached --others --exclude-standard |
-  while IFS= read -r -d '' file; do [ -e "$file" ] && printf '%s\0' "$file"; done |
+  while IFS= read -r -d '' file; do if [ -e "$file" ]; then printf '%s\0' "$file"; fi; done |
   tar --null -T - -cf - | tar -xf - -C "$work/src"
 venv="$work/venv"
 "$python" -m venv --system-site-packages "$venv"
 "$venv/bin/python" -m pip list >/dev/null  # pip's own first-run files, before the snapshot
 (cd "$venv" && find . | sort) >"$work/venv-before.txt"
+echo "(pip builds bn1d with CMake: a few minutes)"
 "$venv/bin/python" -m pip install --no-build-isolation "$work/src"
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("platlib"))')
 check_package "$venv/bin/python" "$site"
@@ -48,9 +49,10 @@ check_package "$venv/bin/python" "$site"
 show=$("$venv/bin/python" -m pip show bn1d)
 echo "$show" | grep -E '^(Name|Version|Summary|License):'
 field() { echo "$show" | sed -n "s/^$1: //p"; }
-[ "$(field Name)" = bn1d ] && [ "$(field Version)" = "$version" ] && [ "$(field License)" = MIT ] &&
-  [[ "$(field Summary)" == *BatchNorm1d* ]] ||
-  { echo "test-install: pip show: expected bn1d $version, MIT, a summary"; exit 1; }
+if ! [[ "$(field Name)" = bn1d && "$(field Version)" = "$version" && "$(field License)" = MIT &&
+        "$(field Summary)" == *BatchNorm1d* ]]; then
+  echo "test-install: pip show: expected bn1d $version, MIT, a summary"; exit 1
+fi
 
 "$venv/bin/python" -m pip uninstall -y bn1d
 (cd "$venv" && find . | sort) >"$work/venv-after.txt"
