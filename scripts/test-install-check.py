@@ -3,9 +3,10 @@
 
     python3 test-install-check.py SITE_DIR VERSION PACKAGE_FILES
 
-bn1d and bn1d.torch must import from SITE_DIR/bn1d, with the given version and every file of
-python/bn1d (PACKAGE_FILES, one name a line) plus _version.py and the extension; then one
-training step of bn1d.torch.BatchNorm1d is compared with torch.nn.BatchNorm1d's.
+bn1d and bn1d.torch must import from SITE_DIR/bn1d, with every file of python/bn1d (PACKAGE_FILES,
+one name a line) plus _version.py and the extension, and the given version in bn1d, _version.py
+and the extension; then one training step of bn1d.torch.BatchNorm1d is compared with
+torch.nn.BatchNorm1d's.
 """
 
 import os
@@ -25,12 +26,11 @@ assert os.path.dirname(os.path.realpath(bn1d._bn1d.__file__)) == package_dir, bn
 missing = [name for name in package_files + ["_version.py"]
            if not os.path.isfile(os.path.join(package_dir, name))]
 assert not missing, f"not installed: {missing}"
-assert bn1d._version.__version__ == version, (bn1d._version.__version__, version)
-if hasattr(bn1d, "__version__"):
-    assert bn1d.__version__ == version, (bn1d.__version__, version)
-    print(f"bn1d.__version__ == {version}")
-else:
-    print(f"bn1d._version.__version__ == {version} (bn1d.__version__: not exported by __init__.py)")
+versions = {"bn1d.__version__": bn1d.__version__,
+            "bn1d._version.__version__": bn1d._version.__version__,
+            "bn1d._bn1d.__version__": bn1d._bn1d.__version__}
+assert all(value == version for value in versions.values()), f"expected {version}: {versions}"
+print(f"bn1d.__version__, bn1d._version.__version__, bn1d._bn1d.__version__ == {version}")
 
 # One training step (forward, backward, running statistics), as torch computes it. Tolerances: the
 # results are O(1) and each is a sum over 4 * 9 = 36 values per channel plus a division by the
