@@ -4,6 +4,7 @@
 #   2. Release build (warnings are errors): the C++ tests, quickstart, demo, a benchmark smoke run,
 #      and consumer projects built against the installed library (CMake package, pkg-config);
 #      the Python module and its differential suite against torch (scripts/test-python.sh);
+#      the installs: pip into a venv and --target, cmake --install --prefix (scripts/test-install.sh);
 #      the R package: R CMD check and state-file interchange (scripts/test-r.sh)
 #   3. the C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included)
 #   4. the threaded tests under ThreadSanitizer
@@ -107,6 +108,9 @@ counted ctest ctest_counts ctest --preset default -j2
 
 stage "Python module: differential suite against torch"
 counted pytest pytest_counts scripts/test-python.sh
+
+stage "installs: pip (venv, uninstall, --target) and cmake --install --prefix, used from outside"
+scripts/test-install.sh
 
 stage "R package: R CMD check (testthat against the torch fixtures) + state files R <-> C++ <-> Python"
 counted testthat testthat_counts env BN1D_PREFIX=build/default/install-test \
