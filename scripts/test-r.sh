@@ -8,7 +8,8 @@
 #      tests/fixtures: Status: OK required
 #   3. the pkg-config route: the tarball installed against an installed bn1d (the one given or
 #      built below) gives the same bits as the bundled build
-#   4. state-file interchange R <-> C++ (and R -> Python when a built Python package is given)
+#   4. state-file interchange R <-> C++ (and, when a built Python package is given, R -> Python
+#      and torch <-> C++, R through bn1d.save_file / bn1d.load_file)
 # Installs the Debian packages that are missing (apt-get, as root or through sudo).
 #   BN1D_PREFIX        an installed bn1d to build against (e.g. build/default/install-test);
 #                      default: configure, build and install one under $BN1D_R_BUILD_DIR
@@ -17,7 +18,8 @@
 #                      bn1d.Rcheck/ and interop/
 #   BN1D_PYTHONPATH    optional: a built Python package directory (e.g. build/python/python,
 #                      see scripts/test-python.sh; run with /usr/bin/python3 and its numpy);
-#                      when set, a state saved from R is also loaded with the Python API
+#                      when set, a state saved from R is also loaded with the Python API, and
+#                      torch's state files go to C++ and R and theirs back to torch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
@@ -65,6 +67,7 @@ if env -u PKG_CONFIG_PATH pkg-config --exists bn1d; then
 --variable=pcfiledir bn1d)): the self-contained install cannot be tested"
 fi
 r/cleanup  # outputs of an earlier in-place install would be reused by make
+status_before="$(git status --porcelain r)"  # a developer's own edits are not the install's
 lib_bundled="$build/lib-bundled"
 rm -rf "$lib_bundled" && mkdir -p "$lib_bundled"
 env -u PKG_CONFIG_PATH R CMD INSTALL -l "$lib_bundled" r 2>&1 | tee "$build/install-bundled.log"
@@ -91,10 +94,10 @@ stopifnot(identical(dim(output), c(20L, 100L)),
           isTRUE(all.equal(m0(input), output, tolerance = 1e-12)), is.null(m0$weight))
 cat("spec example: OK (bn1d", format(packageVersion("bn1d")), "from", find.package("bn1d"), ")\n")')
 status="$(git status --porcelain r)"
-[ -z "$status" ] || fail "R CMD INSTALL r left files git sees in r/:
-$status"
+[ "$status" = "$status_before" ] || fail "R CMD INSTALL r left files git sees in r/:
+$(diff <(echo "$status_before") <(echo "$status"))"
 r/cleanup
-status="$(git status --porcelain --ignored r/src r/tools)"
+status="$(git status --porcelain --ignored r/src r/tools | grep '^!!' || true)"
 [ -z "$status" ] || fail "r/cleanup left build outputs in r/:
 $status"
 echo "test-r.sh: checkout clean after R CMD INSTALL r (git status) and r/cleanup (--ignored)"
@@ -162,8 +165,17 @@ for dtype in float64 float32; do
     "r_data_$dtype.safetensors" "$dtype"
   ./interop check "r_state_$dtype.safetensors" "r_data_$dtype.safetensors"
   if [ -n "${BN1D_PYTHONPATH:-}" ]; then
-    PYTHONPATH="$BN1D_PYTHONPATH" /usr/bin/python3 "$repo/r/tools/interop.py" \
-      "r_state_$dtype.safetensors" "r_data_$dtype.safetensors"
+    py() { PYTHONPATH="$BN1D_PYTHONPATH" /usr/bin/python3 "$@"; }
+    py "$repo/r/tools/interop.py" "r_state_$dtype.safetensors" "r_data_$dtype.safetensors"
+    # torch's state_dict() through bn1d.save_file into C++ and R, and theirs back into torch.
+    py "$repo/r/tools/interop_torch.py" write "torch_state_$dtype.safetensors" \
+      "torch_data_$dtype.safetensors" "$dtype"
+    ./interop check "torch_state_$dtype.safetensors" "torch_data_$dtype.safetensors"
+    Rscript "$repo/r/tools/interop.R" check "torch_state_$dtype.safetensors" \
+      "torch_data_$dtype.safetensors"
+    py "$repo/r/tools/interop_torch.py" check "r_state_$dtype.safetensors" "r_data_$dtype.safetensors"
+    py "$repo/r/tools/interop_torch.py" check "cpp_state_$dtype.safetensors" \
+      "cpp_data_$dtype.safetensors"
   fi
 done
 echo "test-r.sh: R package OK ($(grep -E '^Status:' "$check_log"))"

@@ -40,7 +40,7 @@ if (length(args) == 4 && args[1] == "write") {
   m$eval()
   y <- m(data$input)
   n <- sum(y != data$output)
-  cat(sprintf("R loaded C++'s state %s: eval output %s C++'s (%d of %d elements differ)\n",
+  cat(sprintf("R loaded the state %s: eval output %s the writer's (%d of %d elements differ)\n",
               args[2], if (n == 0) "identical to" else "DIFFERS from", n, length(y)))
   if (n != 0) quit(status = 1)
 } else {

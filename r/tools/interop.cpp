@@ -95,9 +95,10 @@ int check(const std::string& state_path, const std::string& data_path) {
   }
   const long long n = y.dtype() == bn1d::DType::Float32 ? differences<float>(y, expected)
                                                         : differences<double>(y, expected);
-  std::printf("C++ loaded R's state %s: eval output %s R's (%lld of %lld elements differ)\n",
-              state_path.c_str(), n == 0 ? "identical to" : "DIFFERS from", n,
-              static_cast<long long>(y.numel()));
+  std::printf(
+      "C++ loaded the state %s: eval output %s the writer's (%lld of %lld elements differ)\n",
+      state_path.c_str(), n == 0 ? "identical to" : "DIFFERS from", n,
+      static_cast<long long>(y.numel()));
   return n == 0 ? 0 : 1;
 }
 
