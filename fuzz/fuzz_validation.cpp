@@ -49,7 +49,8 @@ double pick_double(FuzzedDataProvider& fdp) {
 }
 
 bn1d::DType pick_dtype(FuzzedDataProvider& fdp) {
-  return fdp.PickValueInArray({bn1d::DType::Float32, bn1d::DType::Float64, bn1d::DType::Int64});
+  return fdp.PickValueInArray({bn1d::DType::Float32, bn1d::DType::Float64, bn1d::DType::Int64,
+                               bn1d::DType::BFloat16, bn1d::DType::Float16});
 }
 
 // A view into `buffer`, or an undefined tensor when the harness cannot place it there.

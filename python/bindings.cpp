@@ -19,6 +19,7 @@
 #include <shared_mutex>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -34,6 +35,7 @@ std::optional<bn1d::DType> bn1d_dtype(const py::dtype& dt) {
   if (dt.kind() == 'f' && dt.itemsize() == 4) return bn1d::DType::Float32;
   if (dt.kind() == 'f' && dt.itemsize() == 8) return bn1d::DType::Float64;
   if (dt.kind() == 'i' && dt.itemsize() == 8) return bn1d::DType::Int64;
+  if (dt.kind() == 'f' && dt.itemsize() == 2) return bn1d::DType::Float16;
   return std::nullopt;
 }
 
@@ -45,8 +47,12 @@ py::dtype numpy_dtype(bn1d::DType dtype) {
       return py::dtype::of<double>();
     case bn1d::DType::Int64:
       return py::dtype::of<std::int64_t>();
+    case bn1d::DType::Float16:
+      return py::dtype("float16");
+    case bn1d::DType::BFloat16:
+      break;  // numpy has no bfloat16: load_file widens it to float32 first
   }
-  throw bn1d::Error("unknown dtype");
+  throw bn1d::Error(std::string("numpy has no dtype for ") + bn1d::dtype_name(dtype));
 }
 
 std::string numpy_dtype_name(const py::dtype& dt) {
@@ -298,14 +304,43 @@ void translate_errors() {
 
 // ---- state files -----------------------------------------------------------------------------
 
-// Writes the (key, array) pairs @p items, in their order, as the safetensors file @p path with
-// @p metadata. The arrays are F32, F64 or I64 (the Python layer checks and names the key).
-void save_file(const std::vector<std::pair<std::string, py::array>>& items, const std::string& path,
-               const bn1d::Metadata& metadata) {
+// The bn1d tensor a save_file item stands for: @p value holds the elements of the file dtype
+// @p dtype (the Python layer checks and names the key); bfloat16 comes as the int16 bits of a
+// C-contiguous array, since numpy has no bfloat16.
+bn1d::Tensor file_tensor(const py::array& value, const std::string& dtype, const std::string& key) {
+  if (dtype == "bfloat16") {
+    if (value.itemsize() != 2 || !(value.flags() & py::array::c_style)) {
+      throw bn1d::Error(key + ": expected the C-contiguous 16-bit bits of a bfloat16 tensor");
+    }
+    return bn1d::Tensor::from_blob(value.data(),
+                                   bn1d::Shape(value.shape(), value.shape() + value.ndim()),
+                                   bn1d::DType::BFloat16);
+  }
+  bn1d::Tensor t = wrap(value, key.c_str());
+  if (dtype != bn1d::dtype_name(t.dtype())) {
+    throw bn1d::Error(key + ": expected a " + dtype + " array, got " + bn1d::dtype_name(t.dtype()));
+  }
+  return t;
+}
+
+// Writes the (key, array, dtype) items @p items, in their order, as the safetensors file @p path
+// with @p metadata. The dtypes are float32, float64, int64, float16 (F32, F64, I64, F16) or
+// bfloat16 (BF16, see file_tensor).
+void save_file(const std::vector<std::tuple<std::string, py::array, std::string>>& items,
+               const std::string& path, const bn1d::Metadata& metadata) {
   bn1d::StateDict state;
-  for (const auto& [key, value] : items) state.insert(key, wrap(value, key.c_str()));
+  for (const auto& [key, value, dtype] : items) state.insert(key, file_tensor(value, dtype, key));
   py::gil_scoped_release nogil;  // `items` keeps the arrays alive until the write is done
   bn1d::save_safetensors(path, state, metadata);
+}
+
+// @p t (a contiguous bfloat16 tensor) widened exactly to float32: numpy has no bfloat16.
+bn1d::Tensor widen_bfloat16(const bn1d::Tensor& t) {
+  bn1d::Tensor wide = bn1d::Tensor::empty(t.sizes(), bn1d::DType::Float32);
+  const bn1d::BFloat16* in = t.data<bn1d::BFloat16>();
+  float* out = wide.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) out[i] = static_cast<float>(bn1d::to_double(in[i]));
+  return wide;
 }
 
 // The tensors of the safetensors file @p path as a dict of new numpy arrays, in file order.
@@ -316,7 +351,10 @@ py::dict load_file(const std::string& path) {
     state = bn1d::load_safetensors(path);
   }
   py::dict tensors;
-  for (const auto& [key, value] : state) tensors[py::str(key)] = to_numpy(value);
+  for (const auto& [key, value] : state) {
+    tensors[py::str(key)] =
+        to_numpy(value.dtype() == bn1d::DType::BFloat16 ? widen_bfloat16(value) : value);
+  }
   return tensors;
 }
 
@@ -471,8 +509,10 @@ PYBIND11_MODULE(_bn1d, mod) {
   def_state_properties(cls);
   def_state_methods(cls);
   mod.def("save_file", &save_file, py::arg("items"), py::arg("path"), py::arg("metadata"),
-          "Writes the (key, array) pairs items (float32, float64 or int64 arrays), in order, as "
-          "the safetensors file path with the str to str metadata.");
+          "Writes the (key, array, dtype) items, in order, as the safetensors file path with the "
+          "str to str metadata. dtype: float32, float64, int64, float16 (the array's) or "
+          "bfloat16 (the array holds the bits, as int16).");
   mod.def("load_file", &load_file, py::arg("path"),
-          "The tensors of the safetensors file path as a dict of numpy arrays, in file order.");
+          "The tensors of the safetensors file path as a dict of numpy arrays, in file order "
+          "(BF16 tensors widened exactly to float32).");
 }

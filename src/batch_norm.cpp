@@ -101,9 +101,7 @@ void normalization_from_running(Normalization& norm, const Tensor& running_mean,
   if (!running_mean.defined() || !running_var.defined()) {
     throw Error("running_mean and running_var must be defined in evaluation mode");
   }
-  if (running_mean.dtype() == DType::Int64) {
-    throw Error("running_mean: expected dtype float32 or float64, got int64");
-  }
+  detail::check_compute_dtype(running_mean.dtype(), "running_mean");
   const int64_t C = running_mean.numel();
   detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
   detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
@@ -128,9 +126,10 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
         "count " +
         std::to_string(stats.count));
   }
-  if (!running_mean.defined() || running_mean.dtype() == DType::Int64) {
+  if (!running_mean.defined()) {
     throw Error("running_mean: expected a defined float32 or float64 tensor");
   }
+  detail::check_compute_dtype(running_mean.dtype(), "running_mean");
   detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
   detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
   detail::check_writable(running_mean, "running_mean");

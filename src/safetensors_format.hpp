@@ -37,7 +37,7 @@ std::string quote_list(const std::vector<std::string_view>& items,
 /// Rejects names that cannot round-trip through C strings (a NUL byte).
 void check_name(const std::string& name);
 
-/// The safetensors code of @p dtype: F32, F64 or I64.
+/// The safetensors code of @p dtype: F32, F64, I64, BF16 or F16.
 std::string_view dtype_code(DType dtype);
 
 /// One tensor of a validated header.

@@ -136,8 +136,11 @@ std::string range(std::uint64_t begin, std::uint64_t end) {
 constexpr std::size_t kMaxDepth = 3;
 constexpr std::size_t kMaxRank = 64;  ///< bounds the memory a hostile shape array can claim
 /// The safetensors dtype codes bn1d supports.
-constexpr std::array<std::pair<std::string_view, DType>, 3> kDTypes{
-    {{"F32", DType::Float32}, {"F64", DType::Float64}, {"I64", DType::Int64}}};
+constexpr std::array<std::pair<std::string_view, DType>, 5> kDTypes{{{"F32", DType::Float32},
+                                                                     {"F64", DType::Float64},
+                                                                     {"I64", DType::Int64},
+                                                                     {"BF16", DType::BFloat16},
+                                                                     {"F16", DType::Float16}}};
 /// The fields of an entry, in the order of Slot::DType, Slot::Shape, Slot::Offsets.
 constexpr std::array<std::string_view, 3> kFields{"dtype", "shape", "data_offsets"};
 
@@ -357,7 +360,8 @@ class HeaderParser final : public json::json_sax_t {
     const auto known = std::find_if(kDTypes.begin(), kDTypes.end(),
                                     [&](const auto& d) { return d.first == entry_.dtype; });
     if (known == kDTypes.end()) {
-      fail(tensor() + ": unknown dtype " + quote(entry_.dtype) + " (supported: F32, F64, I64)");
+      fail(tensor() + ": unknown dtype " + quote(entry_.dtype) +
+           " (supported: F32, F64, I64, BF16, F16)");
     }
     // Tensor::empty's strides must fit int64 even when a size is 0, so bound every size by 1 below.
     auto extent = static_cast<std::int64_t>(element_size(known->second));

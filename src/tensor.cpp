@@ -81,9 +81,43 @@ void* allocate_storage(std::size_t bytes) {
   return p;
 }
 
+// Writes @p value, rounded once to @p dtype (to Int64: truncated), as element @p i of @p data.
+void store_rounded(void* data, DType dtype, int64_t i, double value) {
+  switch (dtype) {
+    case DType::Float32:
+      static_cast<float*>(data)[i] = static_cast<float>(value);
+      return;
+    case DType::Float64:
+      static_cast<double*>(data)[i] = value;
+      return;
+    case DType::Int64:
+      static_cast<int64_t*>(data)[i] = static_cast<int64_t>(value);
+      return;
+    case DType::BFloat16:
+      static_cast<BFloat16*>(data)[i] = to_bfloat16(value);
+      return;
+    case DType::Float16:
+      static_cast<Float16*>(data)[i] = to_float16(value);
+      return;
+  }
+  throw Error("unknown dtype " + std::to_string(static_cast<int>(dtype)));
+}
+
 }  // namespace
 
-std::size_t element_size(DType dtype) noexcept { return dtype == DType::Float32 ? 4 : 8; }
+std::size_t element_size(DType dtype) noexcept {
+  switch (dtype) {
+    case DType::Float32:
+      return 4;
+    case DType::Float64:
+    case DType::Int64:
+      return 8;
+    case DType::BFloat16:
+    case DType::Float16:
+      return 2;
+  }
+  return 8;
+}
 
 const char* dtype_name(DType dtype) noexcept {
   switch (dtype) {
@@ -93,6 +127,10 @@ const char* dtype_name(DType dtype) noexcept {
       return "float64";
     case DType::Int64:
       return "int64";
+    case DType::BFloat16:
+      return "bfloat16";
+    case DType::Float16:
+      return "float16";
   }
   return "unknown";
 }
@@ -167,17 +205,11 @@ Tensor Tensor::empty(Shape sizes, DType dtype) {
 
 Tensor Tensor::full(Shape sizes, double value, DType dtype) {
   Tensor t = empty(std::move(sizes), dtype);
-  switch (dtype) {
-    case DType::Float32:
-      std::fill_n(t.data<float>(), t.numel_, static_cast<float>(value));
-      break;
-    case DType::Float64:
-      std::fill_n(t.data<double>(), t.numel_, value);
-      break;
-    case DType::Int64:
-      std::fill_n(t.data<int64_t>(), t.numel_, static_cast<int64_t>(value));
-      break;
-  }
+  if (t.numel_ == 0) return t;
+  store_rounded(t.data_, dtype, 0, value);  // the rounded value once, then copies of its bytes
+  const std::size_t esize = element_size(dtype);
+  auto* bytes = static_cast<char*>(t.data_);
+  for (int64_t i = 1; i < t.numel_; ++i) std::memcpy(bytes + i * esize, bytes, esize);
   return t;
 }
 
@@ -315,7 +347,9 @@ void Tensor::copy_from(const Tensor& src) const {
 }
 
 Tensor randn(Shape sizes, DType dtype, uint64_t seed) {
-  if (dtype == DType::Int64) throw Error("randn: expected dtype float32 or float64, got int64");
+  if (dtype == DType::Int64) {
+    throw Error("randn: expected dtype float32, float64, bfloat16 or float16, got int64");
+  }
   Tensor t = Tensor::empty(std::move(sizes), dtype);
   std::mt19937_64 gen(seed);
   // Uniform in (0, 1]: 53 random bits, never 0 so that log() is finite.
@@ -325,12 +359,7 @@ Tensor randn(Shape sizes, DType dtype, uint64_t seed) {
     const double r = std::sqrt(-2.0 * std::log(uniform()));
     const double theta = 2.0 * kPi * uniform();
     const double z[2] = {r * std::cos(theta), r * std::sin(theta)};
-    for (int64_t k = 0; k < 2 && i + k < n; ++k) {
-      if (dtype == DType::Float32)
-        t.data<float>()[i + k] = static_cast<float>(z[k]);
-      else
-        t.data<double>()[i + k] = z[k];
-    }
+    for (int64_t k = 0; k < 2 && i + k < n; ++k) store_rounded(t.raw_data(), dtype, i + k, z[k]);
   }
   return t;
 }

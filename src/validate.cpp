@@ -7,15 +7,17 @@
 
 namespace bn1d::detail {
 
+void check_compute_dtype(DType dtype, std::string_view name) {
+  if (dtype == DType::Float32 || dtype == DType::Float64) return;
+  throw Error(std::string(name) + ": expected dtype float32 or float64, got " + dtype_name(dtype));
+}
+
 kernels::View3 input_view(const Tensor& input, const char* name) {
   if (!input.defined()) throw Error(std::string(name) + ": expected a defined tensor");
   if (input.dim() != 2 && input.dim() != 3) {
     throw Error("expected 2D or 3D input (got " + std::to_string(input.dim()) + "D input)");
   }
-  if (input.dtype() != DType::Float32 && input.dtype() != DType::Float64) {
-    throw Error(std::string(name) + ": expected dtype float32 or float64, got " +
-                dtype_name(input.dtype()));
-  }
+  check_compute_dtype(input.dtype(), name);
   kernels::View3 v;
   v.data = input.raw_data();
   v.dtype = input.dtype();

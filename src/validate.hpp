@@ -16,6 +16,10 @@ namespace bn1d::detail {
 /// 3-D view. Errors use PyTorch's text: "expected 2D or 3D input (got 4D input)".
 kernels::View3 input_view(const Tensor& input, const char* name = "input");
 
+/// Checks that @p dtype is one BatchNorm1d computes in (float32, float64): the 16-bit dtypes
+/// have no kernels yet. "@p name: expected dtype float32 or float64, got bfloat16".
+void check_compute_dtype(DType dtype, std::string_view name);
+
 /// The output view of a result tensor made by reuse_or_allocate_like().
 kernels::Out3 output_view(const Tensor& out);
 

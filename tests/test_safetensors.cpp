@@ -4,8 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -79,6 +81,21 @@ Tensor make_tensor(const bn1d::Shape& sizes, const std::vector<T>& data) {
   return tensor;
 }
 
+/// The bits of a 16-bit tensor (bfloat16 or float16) in row-major order.
+std::vector<std::uint16_t> bits16(const Tensor& tensor) {
+  const Tensor dense = tensor.contiguous();
+  std::vector<std::uint16_t> bits(static_cast<std::size_t>(dense.numel()));
+  if (!bits.empty()) std::memcpy(bits.data(), dense.raw_data(), bits.size() * 2);
+  return bits;
+}
+
+/// A contiguous 16-bit tensor of @p dtype holding @p bits.
+Tensor make_bits16(const bn1d::Shape& sizes, DType dtype, const std::vector<std::uint16_t>& bits) {
+  Tensor tensor = Tensor::empty(sizes, dtype);
+  if (!bits.empty()) std::memcpy(tensor.raw_data(), bits.data(), bits.size() * 2);
+  return tensor;
+}
+
 /// Backing memory of the non-contiguous tensor in sample_state().
 float transposed_storage[12] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
 
@@ -91,6 +108,10 @@ StateDict sample_state() {
   state.insert("empty", Tensor::empty({0}, DType::Float32));
   // 4 x 3 transpose of a row-major 3 x 4 buffer.
   state.insert("transposed", Tensor::from_blob(transposed_storage, {4, 3}, {1, 4}, DType::Float32));
+  // bfloat16 1, -0, +inf, a NaN, the smallest subnormal; float16 65504, -2^-24, -inf, a NaN.
+  state.insert("b.bias",
+               make_bits16({5}, DType::BFloat16, {0x3F80, 0x8000, 0x7F80, 0x7FC1, 0x0001}));
+  state.insert("h.weight", make_bits16({2, 2}, DType::Float16, {0x7BFF, 0x8001, 0xFC00, 0x7E01}));
   return state;
 }
 
@@ -98,7 +119,7 @@ StateDict sample_state() {
 void expect_sample(const StateDict& loaded) {
   EXPECT_EQ(loaded.keys(),
             (std::vector<std::string>{"z.weight", "a.running_var", "a.num_batches_tracked", "empty",
-                                      "transposed"}));
+                                      "transposed", "b.bias", "h.weight"}));
   const StateDict expected = sample_state();
   for (const auto& [key, tensor] : expected) {
     SCOPED_TRACE(key);
@@ -115,6 +136,10 @@ void expect_sample(const StateDict& loaded) {
         break;
       case DType::Int64:
         EXPECT_EQ(values<std::int64_t>(got), values<std::int64_t>(tensor));
+        break;
+      case DType::BFloat16:
+      case DType::Float16:
+        EXPECT_EQ(bits16(got), bits16(tensor));  // bit for bit, NaN payloads included
         break;
     }
   }
@@ -188,6 +213,37 @@ TEST(Safetensors, WritesThePaddedLayout) {
     for (std::size_t i = 0; i < keys; ++i) more.insert(std::string(i + 1, 'k'), Tensor::zeros({1}));
     EXPECT_EQ(header_of(bn1d::to_safetensors(more)).size() % 8, 0U);
   }
+}
+
+TEST(Safetensors, Writes16BitDtypesAsBF16AndF16) {
+  StateDict state;
+  state.insert("b", make_bits16({2}, DType::BFloat16, {0x3F80, 0xC000}));  // 1, -2
+  state.insert("h", make_bits16({1}, DType::Float16, {0x3C00}));           // 1
+  const Bytes bytes = bn1d::to_safetensors(state);
+  const std::string header = header_of(bytes);
+  EXPECT_EQ(header.rfind(R"({"b":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]},)"
+                         R"("h":{"dtype":"F16","shape":[1],"data_offsets":[4,6]}})",
+                         0),
+            0U)
+      << header;
+  ASSERT_EQ(bytes.size(), 8 + header.size() + 6);
+  const std::uint8_t* data = bytes.data() + 8 + header.size();
+  EXPECT_EQ(Bytes(data, data + 6), (Bytes{0x80, 0x3F, 0x00, 0xC0, 0x00, 0x3C}));  // little-endian
+}
+
+TEST(Safetensors, ReadsBF16AndF16FromOtherWriters) {
+  Bytes bytes = make_file(R"({"h":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},)"
+                          R"("b":{"dtype":"BF16","shape":[1,1],"data_offsets":[4,6]}})",
+                          6);
+  const std::uint8_t data[6] = {0x55, 0x35, 0x00, 0x7C, 0xAB, 0x3E};  // 0x3555, 0x7C00, 0x3EAB
+  std::copy(data, data + 6, bytes.end() - 6);
+  const StateDict state = bn1d::parse_safetensors(bytes);
+  ASSERT_EQ(state.at("h").dtype(), DType::Float16);
+  ASSERT_EQ(state.at("b").dtype(), DType::BFloat16);
+  EXPECT_EQ(state.at("b").sizes(), (bn1d::Shape{1, 1}));
+  // Hand-decoded: 0x3555 = (1 + 341/1024)/4, 0x7C00 = +inf, 0x3EAB = (1 + 43/128)/4.
+  EXPECT_EQ(bn1d::test::values(state.at("h")), (std::vector<double>{1365.0 / 4096, INFINITY}));
+  EXPECT_EQ(bn1d::test::values(state.at("b")), (std::vector<double>{171.0 / 512}));
 }
 
 TEST(Safetensors, EmptyStateDict) {
@@ -439,8 +495,8 @@ std::vector<Hostile> hostile_files() {
       {"duplicate field", make_file(R"({"a":{"dtype":"F32","dtype":"F64"}})", 0),
        "duplicate field"},
       {"duplicate metadata", make_file(R"({"__metadata__":{"k":"1","k":"2"}})", 0), "duplicate"},
-      {"unknown dtype", make_file(R"({"a":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}})", 4),
-       "BF16"},
+      {"unknown dtype",
+       make_file(R"({"a":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,4]}})", 4), "F8_E4M3"},
       {"negative shape",
        make_file(R"({"a":{"dtype":"F32","shape":[2,-1],"data_offsets":[0,0]}})", 0), "negative"},
       {"fractional shape",

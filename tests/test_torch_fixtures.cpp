@@ -96,6 +96,12 @@ std::vector<double> values(const Tensor& t) {
       case DType::Int64:
         out.push_back(static_cast<double>(t.data<int64_t>()[offset]));
         break;
+      case DType::BFloat16:
+        out.push_back(bn1d::to_double(t.data<bn1d::BFloat16>()[offset]));
+        break;
+      case DType::Float16:
+        out.push_back(bn1d::to_double(t.data<bn1d::Float16>()[offset]));
+        break;
     }
     for (int64_t d = dims - 1; d >= 0; --d) {
       if (++index[d] < t.sizes()[d]) break;

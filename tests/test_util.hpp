@@ -15,7 +15,7 @@
 
 namespace bn1d::test {
 
-/// Values of any float32/float64/int64 tensor as float64, in logical row-major order.
+/// Values of any tensor as float64 (exact but for int64 beyond 2^53), in logical row-major order.
 inline std::vector<double> values(const Tensor& t) {
   std::vector<double> v(static_cast<std::size_t>(t.numel()));
   for (int64_t i = 0; i < t.numel(); ++i) {
@@ -33,6 +33,12 @@ inline std::vector<double> values(const Tensor& t) {
         break;
       case DType::Int64:
         v[i] = static_cast<double>(t.data<int64_t>()[off]);
+        break;
+      case DType::BFloat16:
+        v[i] = to_double(t.data<BFloat16>()[off]);
+        break;
+      case DType::Float16:
+        v[i] = to_double(t.data<Float16>()[off]);
         break;
     }
   }

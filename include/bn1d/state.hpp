@@ -50,7 +50,8 @@ using Metadata = std::map<std::string, std::string>;
 
 /// Serializes @p state in the safetensors format (https://github.com/huggingface/safetensors):
 /// 8-byte little-endian header length, a JSON header padded with spaces to a multiple of 8,
-/// then the tensors' little-endian bytes in dict order. dtypes are written as F32, F64, I64.
+/// then the tensors' little-endian bytes in dict order. dtypes are written as F32, F64, I64, BF16,
+/// F16.
 std::vector<std::uint8_t> to_safetensors(const StateDict& state, const Metadata& metadata = {});
 
 /// @name Reading untrusted files

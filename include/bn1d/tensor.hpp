@@ -11,12 +11,15 @@
 #include <vector>
 
 #include "bn1d/error.hpp"
+#include "bn1d/half.hpp"
 
 namespace bn1d {
 
 /// Element type of a Tensor. Float32 and Float64 are the types BatchNorm1d computes in;
-/// Int64 exists for state dicts (num_batches_tracked).
-enum class DType { Float32, Float64, Int64 };
+/// Int64 exists for state dicts (num_batches_tracked). BFloat16 and Float16 (elements BFloat16
+/// and Float16, half.hpp) are storage types for now: tensors and state files hold them, and the
+/// compute entry points refuse them.
+enum class DType { Float32, Float64, Int64, BFloat16, Float16 };
 
 /// Sizes or strides of a tensor, in elements. Brace-initializable: `{N, C, L}`.
 using Shape = std::vector<int64_t>;
@@ -24,7 +27,7 @@ using Shape = std::vector<int64_t>;
 /// Size of one element of @p dtype in bytes.
 std::size_t element_size(DType dtype) noexcept;
 
-/// Lower-case name of @p dtype: "float32", "float64", "int64".
+/// Lower-case name of @p dtype: "float32", "float64", "int64", "bfloat16", "float16".
 const char* dtype_name(DType dtype) noexcept;
 
 /// The DType of C++ type T (float, double, int64_t).
@@ -41,6 +44,14 @@ constexpr DType dtype_of<double>() {
 template <>
 constexpr DType dtype_of<int64_t>() {
   return DType::Int64;
+}
+template <>
+constexpr DType dtype_of<BFloat16>() {
+  return DType::BFloat16;
+}
+template <>
+constexpr DType dtype_of<Float16>() {
+  return DType::Float16;
 }
 
 /// A strided n-dimensional array of one DType.
@@ -78,7 +89,7 @@ class Tensor {
   static Tensor zeros(Shape sizes, DType dtype = DType::Float32);
   /// A new contiguous tensor filled with 1.
   static Tensor ones(Shape sizes, DType dtype = DType::Float32);
-  /// A new contiguous tensor filled with @p value (converted to @p dtype).
+  /// A new contiguous tensor filled with @p value (rounded once to @p dtype; to Int64 truncated).
   static Tensor full(Shape sizes, double value, DType dtype = DType::Float32);
   /// Wraps caller memory without copying. @p strides are in elements, one per size, and may be
   /// zero or negative (@p ptr then points at the element with all indices 0). Throws Error on
@@ -158,7 +169,8 @@ class Tensor {
 };
 
 /// A new contiguous tensor of standard-normal samples, reproducible from @p seed
-/// (mt19937_64 and Box-Muller: identical on every platform). @p dtype: Float32 or Float64.
+/// (mt19937_64 and Box-Muller: identical on every platform), drawn in float64 and rounded once to
+/// @p dtype: Float32, Float64, BFloat16 or Float16.
 Tensor randn(Shape sizes, DType dtype = DType::Float32, uint64_t seed = 0);
 
 }  // namespace bn1d

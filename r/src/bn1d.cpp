@@ -119,6 +119,13 @@ Rcpp::NumericVector new_r_array(const bn1d::Shape& sizes) {
   return out;
 }
 
+// One element as a double: exact for every type here (int64 up to 2^53).
+double as_double(double v) { return v; }
+double as_double(float v) { return v; }
+double as_double(int64_t v) { return static_cast<double>(v); }
+double as_double(bn1d::BFloat16 v) { return bn1d::to_double(v); }
+double as_double(bn1d::Float16 v) { return bn1d::to_double(v); }
+
 // The values of @p t (any strides) as doubles into @p dst, column-major (element [i, j, ...] of
 // the tensor at the R array's [i, j, ...]): straight into the R vector, no intermediate tensor.
 template <class T>
@@ -130,7 +137,7 @@ void widen_column_major(const bn1d::Tensor& t, double* dst) {
   std::vector<int64_t> index(sizes.size(), 0);
   int64_t from_offset = 0, to_offset = 0;
   for (int64_t i = 0, n = t.numel(); i < n; ++i) {
-    dst[to_offset] = static_cast<double>(src[from_offset]);
+    dst[to_offset] = as_double(src[from_offset]);
     for (std::size_t d = sizes.size(); d-- > 0;) {  // next index, last dimension fastest
       if (++index[d] < sizes[d]) {
         from_offset += strides[d];
@@ -144,10 +151,11 @@ void widen_column_major(const bn1d::Tensor& t, double* dst) {
   }
 }
 
-// Any bn1d tensor (float32, float64 or int64, any strides) as an R double array of its sizes,
-// element [i, j, ...] equal to the tensor's; 0-d and 1-d tensors become plain vectors; NULL for
-// an undefined tensor. Written straight into the R vector (float32 and int64 widened exactly,
-// int64 up to 2^53). (An RObject, so that the result stays protected while others allocate.)
+// Any bn1d tensor (float32, float64, int64, bfloat16 or float16, any strides) as an R double
+// array of its sizes, element [i, j, ...] equal to the tensor's; 0-d and 1-d tensors become plain
+// vectors; NULL for an undefined tensor. Written straight into the R vector (all but float64
+// widened exactly, int64 up to 2^53). (An RObject, so that the result stays protected while
+// others allocate.)
 Rcpp::RObject to_r(const bn1d::Tensor& t) {
   if (!t.defined()) return Rcpp::RObject(R_NilValue);
   Rcpp::NumericVector out = new_r_array(t.sizes());
@@ -161,6 +169,12 @@ Rcpp::RObject to_r(const bn1d::Tensor& t) {
       break;
     case bn1d::DType::Int64:
       widen_column_major<int64_t>(t, REAL(out));
+      break;
+    case bn1d::DType::BFloat16:
+      widen_column_major<bn1d::BFloat16>(t, REAL(out));
+      break;
+    case bn1d::DType::Float16:
+      widen_column_major<bn1d::Float16>(t, REAL(out));
       break;
   }
   return out;

@@ -148,6 +148,27 @@ TEST(SyncBatchNorm1d, WrongDtypeOnOneRankFailsEverywhere) {
       bad, "expected a float32 input (the module's dtype), got float64");
 }
 
+// The 16-bit dtypes have no kernels yet: refused at construction, and as an input on one rank.
+TEST(SyncBatchNorm1d, SixteenBitDtypesAreRefused) {
+  for (const DType dtype : {DType::BFloat16, DType::Float16}) {
+    const std::string name = dtype_name(dtype);
+    try {
+      SyncBatchNorm1d refused(BatchNorm1dOptions(3).dtype(dtype));
+      ADD_FAILURE() << "constructed a " << name << " SyncBatchNorm1d";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), "dtype: expected float32 or float64, got " + name);
+    }
+    const int bad = world_size() - 1;
+    SyncBatchNorm1d sync(3);
+    expect_error_everywhere(
+        [&] {
+          (void)sync.forward(bn1d::randn({4, 3}, world_rank() == bad ? dtype : DType::Float32));
+        },
+        bad, "input: expected dtype float32 or float64, got " + name);
+    EXPECT_EQ(sync.num_batches_tracked(), 0);
+  }
+}
+
 // Running statistics a training forward would update in place may not be read-only: an Error
 // on every rank before anything is written; in eval mode they are only read.
 TEST(SyncBatchNorm1d, ReadOnlyRunningStatsOnOneRankFailEverywhere) {

@@ -46,7 +46,15 @@ CONFIGS = [
 ]
 
 DTYPE_CODES = {torch.float32: ("F32", "<f4"), torch.float64: ("F64", "<f8"),
-               torch.int64: ("I64", "<i8")}
+               torch.int64: ("I64", "<i8"), torch.float16: ("F16", "<f2"),
+               torch.bfloat16: ("BF16", "<i2")}  # bfloat16: its bits, as numpy has no bfloat16
+
+# 16-bit state dicts (torch.nn.BatchNorm1d(...).bfloat16() / .half() after float32 training), in
+# tests/fixtures/state16/ (not TorchFixture files: no inputs, outputs or gradients).
+STATE16_CONFIGS = [
+    dict(name="state16/bn_bfloat16", dtype=torch.bfloat16, channels=5),
+    dict(name="state16/bn_float16", dtype=torch.float16, channels=4),
+]
 DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 
 
@@ -57,7 +65,10 @@ def write_safetensors(path, tensors, metadata):
     offset = 0
     for name, t in tensors.items():
         code, np_dtype = DTYPE_CODES[t.dtype]
-        data = t.detach().contiguous().cpu().numpy().astype(np_dtype, copy=False).tobytes()
+        t = t.detach().contiguous().cpu()
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        data = t.numpy().astype(np_dtype, copy=False).tobytes()
         header[name] = {"dtype": code, "shape": list(t.shape),
                         "data_offsets": [offset, offset + len(data)]}
         chunks.append(data)
@@ -167,6 +178,36 @@ def generate(index, cfg):
     return path, size, list(out.keys())
 
 
+def generate_state16(index, cfg):
+    """A float32 module trained for TRAIN_STEPS steps, converted with .bfloat16() or .half(); its
+    state_dict() under "bn.", a tensor of special values under "special", and every 16-bit tensor
+    widened by torch to float64 under "expected." + its key (exact: the oracle for readers)."""
+    torch.manual_seed(20300 + index)
+    c = cfg["channels"]
+    bn = torch.nn.BatchNorm1d(c)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+    offsets = torch.randn(c) * 3.0
+    for _ in range(TRAIN_STEPS):
+        bn(torch.randn(8, c) * 2.0 + offsets)
+    dtype = cfg["dtype"]
+    info = torch.finfo(dtype)
+    special = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), info.max,
+                            -info.max, info.tiny, info.tiny * info.eps, 1.0 / 3.0],
+                           dtype=torch.float64).to(dtype)
+    out = {"bn." + key: value.detach().clone() for key, value in bn.to(dtype).state_dict().items()}
+    out["special"] = special
+    for key in [k for k, v in out.items() if v.dtype == dtype]:
+        out["expected." + key] = out[key].double()
+    metadata = {"dtype": str(dtype).replace("torch.", ""), "num_features": c,
+                "torch_version": torch.__version__, "generator": "tests/reference/generate.py"}
+    path = os.path.join(OUT_DIR, cfg["name"] + ".safetensors")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    size = write_safetensors(path, out, metadata)
+    return path, size, list(out.keys())
+
+
 def main():
     torch.set_num_threads(1)  # deterministic reduction order inside torch's CPU kernels
     os.makedirs(OUT_DIR, exist_ok=True)
@@ -175,7 +216,12 @@ def main():
         path, size, keys = generate(i, cfg)
         total += size
         print(f"wrote {os.path.relpath(path)} ({size} bytes): {', '.join(keys)}")
-    print(f"torch {torch.__version__}: {len(CONFIGS)} fixtures, {total} bytes in total")
+    for i, cfg in enumerate(STATE16_CONFIGS):
+        path, size, keys = generate_state16(i, cfg)
+        total += size
+        print(f"wrote {os.path.relpath(path)} ({size} bytes): {', '.join(keys)}")
+    count = len(CONFIGS) + len(STATE16_CONFIGS)
+    print(f"torch {torch.__version__}: {count} fixtures, {total} bytes in total")
     return 0
 
 

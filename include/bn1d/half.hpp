@@ -1,0 +1,99 @@
+// SPDX-License-Identifier: MIT
+/// @file half.hpp
+/// @brief The 16-bit floating element types (bfloat16, IEEE float16) and their exact conversions.
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+
+namespace bn1d {
+
+/// One bfloat16 value, as its bits (sign, 8 exponent bits, 7 mantissa bits: the top half of a
+/// float32). The element type of DType::BFloat16 tensors.
+struct BFloat16 {
+  uint16_t bits;
+};
+
+/// One IEEE 754 binary16 value, as its bits (sign, 5 exponent bits, 10 mantissa bits). The
+/// element type of DType::Float16 tensors.
+struct Float16 {
+  uint16_t bits;
+};
+
+namespace detail {
+
+/// A binary floating format of @p kExpBits exponent and @p kMantBits mantissa bits (IEEE layout,
+/// at most 16 bits).
+template <int kExpBits, int kMantBits>
+struct Small {
+  static constexpr int kBias = (1 << (kExpBits - 1)) - 1;
+  static constexpr int kMinExp = 1 - kBias;  // exponent of the smallest normal
+  static constexpr uint32_t kExpMask = (1u << kExpBits) - 1;
+  static constexpr uint16_t kInf = static_cast<uint16_t>(kExpMask << kMantBits);
+  static constexpr uint16_t kQuiet = static_cast<uint16_t>(1u << (kMantBits - 1));
+
+  // Exact: every value of the format is a double. A NaN keeps its sign and payload.
+  static double to_double(uint16_t bits) {
+    const bool negative = (bits >> 15) != 0;
+    const uint32_t exp = (bits >> kMantBits) & kExpMask;
+    const uint64_t mant = bits & ((1u << kMantBits) - 1);
+    double a = 0;
+    if (exp == kExpMask && mant != 0) {
+      const uint64_t nan = 0x7ff8000000000000ull | (mant << (52 - kMantBits));
+      return std::bit_cast<double>(nan | (negative ? 0x8000000000000000ull : 0));
+    } else if (exp == kExpMask) {
+      a = INFINITY;
+    } else if (exp == 0) {
+      a = std::ldexp(static_cast<double>(mant), kMinExp - kMantBits);
+    } else {
+      a = std::ldexp(static_cast<double>(mant | (1u << kMantBits)),
+                     static_cast<int>(exp) - kBias - kMantBits);
+    }
+    return negative ? -a : a;
+  }
+
+  // Rounds @p value once to nearest, ties to even; beyond the largest finite value (after
+  // rounding) to ±inf. A NaN becomes a quiet NaN with its sign and the top payload bits.
+  static uint16_t from_double(double value) {
+    const uint64_t d = std::bit_cast<uint64_t>(value);
+    const auto sign = static_cast<uint16_t>((d >> 48) & 0x8000u);
+    if (std::isnan(value)) {
+      return static_cast<uint16_t>(sign | kInf | kQuiet | ((d >> (52 - kMantBits)) & (kQuiet - 1)));
+    }
+    const double a = std::fabs(value);
+    if (a >= std::ldexp(1.0, static_cast<int>(kExpMask) - kBias)) return sign | kInf;
+    if (a == 0) return sign;
+    int e2 = 0;
+    std::frexp(a, &e2);  // a = f·2^e2 with f in [0.5, 1): a's binade starts at 2^(e2 - 1)
+    const int binade = std::max(e2 - 1, kMinExp);
+    // a in units of the quantum of its binade: below 2^(kMantBits + 1), scaled exactly.
+    const double units = std::ldexp(a, kMantBits - binade);
+    const double whole = std::floor(units);
+    const double fraction = units - whole;  // exact
+    auto n = static_cast<uint32_t>(whole);
+    if (fraction > 0.5 || (fraction == 0.5 && (n & 1u) != 0)) ++n;
+    // The exponent field of the binade below, plus n (which holds the implicit bit): a carry out
+    // of the mantissa moves to the next binade, and past the largest one to the infinity code.
+    const auto field = static_cast<uint32_t>(binade + kBias - 1) << kMantBits;
+    return static_cast<uint16_t>(sign | (field + n));
+  }
+};
+
+using BFloat16Format = Small<8, 7>;
+using Float16Format = Small<5, 10>;
+
+}  // namespace detail
+
+/// The value of @p x as a double (exact).
+inline double to_double(BFloat16 x) { return detail::BFloat16Format::to_double(x.bits); }
+/// The value of @p x as a double (exact).
+inline double to_double(Float16 x) { return detail::Float16Format::to_double(x.bits); }
+/// @p value rounded once to the nearest bfloat16 (ties to even; ±inf beyond its range; NaN stays
+/// NaN).
+inline BFloat16 to_bfloat16(double value) { return {detail::BFloat16Format::from_double(value)}; }
+/// @p value rounded once to the nearest float16 (ties to even; ±inf from 65520 on; NaN stays NaN).
+inline Float16 to_float16(double value) { return {detail::Float16Format::from_double(value)}; }
+
+}  // namespace bn1d
