@@ -333,12 +333,30 @@ class BatchNorm1d:
                 "state": self.state_dict(),
                 "attributes": {k: v for k, v in vars(self).items() if k not in ("_m", "_given")}}
 
+    _PICKLE_KEYS = frozenset(("options", "training", "state", "attributes"))
+    _OPTION_KEYS = frozenset(("num_features", "eps", "momentum", "affine", "track_running_stats",
+                              "dtype"))
+
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        """Rebuilds the module __getstate__ described, with storage of its own."""
-        BatchNorm1d.__init__(self, **state["options"])
-        self.load_state_dict(state["state"])
-        self.train(state["training"])
-        vars(self).update(state["attributes"])
+        """Rebuilds the module __getstate__ described, with storage of its own. A state of
+        another shape is a TypeError or ValueError naming what is wrong (and sets nothing)."""
+        if not isinstance(state, dict) or set(state) != self._PICKLE_KEYS:
+            got = list(state) if isinstance(state, dict) else type_name(state)
+            raise ValueError(f"pickled BatchNorm1d: expected a dict with keys "
+                             f"{sorted(self._PICKLE_KEYS)}, got {got}")
+        options, attributes = state["options"], state["attributes"]
+        if not isinstance(options, dict) or not set(options) <= self._OPTION_KEYS:
+            raise ValueError(f"pickled BatchNorm1d: options: expected a dict with keys among "
+                             f"{sorted(self._OPTION_KEYS)}, got {options!r}")
+        if (not isinstance(attributes, dict) or not all(isinstance(k, str) for k in attributes)
+                or {"_m", "_given"} & set(attributes)):
+            raise ValueError("pickled BatchNorm1d: attributes: expected a dict of str names "
+                             "other than '_m' and '_given'")
+        rebuilt = BatchNorm1d(**options)
+        rebuilt.load_state_dict(state["state"])
+        rebuilt.train(state["training"])
+        vars(self).update(vars(rebuilt))
+        vars(self).update(attributes)
 
     # ---- repr ------------------------------------------------------------------------------
     def extra_repr(self) -> str:

@@ -171,3 +171,28 @@ def test_subclass_round_trips_its_attributes():
     clone = copy.deepcopy(m)
     assert type(clone) is _Tagged and clone.tag == ["a", 1] and clone.tag is not m.tag
     _assert_same_module(m, clone)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda s: s.pop("options"),
+    lambda s: s.update(extra=1),
+    lambda s: s.update(options={"num_features": 3, "bogus": 1}),
+    lambda s: s.update(options=[3]),
+    lambda s: s["attributes"].update(_given={"num_features": 99}),
+    lambda s: s["attributes"].update(_m=5),
+    lambda s: s.update(attributes=[1]),
+    lambda s: s.update(training="yes"),
+])
+def test_malformed_pickled_state_is_a_clear_error(edit):
+    state = bn1d.BatchNorm1d(3).__getstate__()
+    edit(state)
+    fresh = bn1d.BatchNorm1d.__new__(bn1d.BatchNorm1d)
+    with pytest.raises(ValueError, match="BatchNorm1d|training mode"):
+        fresh.__setstate__(state)
+    assert vars(fresh) == {}
+
+
+def test_pickled_state_that_is_not_a_dict():
+    fresh = bn1d.BatchNorm1d.__new__(bn1d.BatchNorm1d)
+    with pytest.raises(ValueError, match="expected a dict with keys"):
+        fresh.__setstate__(("options",))
