@@ -91,6 +91,11 @@ void store_rounded(void* data, DType dtype, int64_t i, double value) {
       static_cast<double*>(data)[i] = value;
       return;
     case DType::Int64:
+      // The cast is defined only for values whose truncation fits int64: [-2^63, 2^63).
+      if (!(value >= -0x1p63 && value < 0x1p63)) {
+        throw Error("value: expected a number representable as int64, got " +
+                    python_float_repr(value));
+      }
       static_cast<int64_t*>(data)[i] = static_cast<int64_t>(value);
       return;
     case DType::BFloat16:

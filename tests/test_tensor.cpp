@@ -288,3 +288,16 @@ TEST(Tensor, Formatting) {
 
 }  // namespace
 }  // namespace bn1d::test
+
+// The conversion to int64 is defined only inside [-2^63, 2^63): other values are refused.
+TEST(Tensor, FullInt64RefusesValuesOutsideItsRange) {
+  for (double bad :
+       {std::nan(""), double{INFINITY}, -double{INFINITY}, 0x1p63, -0x1.0000000000001p63, 1e300}) {
+    EXPECT_THROW(bn1d::Tensor::full({2}, bad, bn1d::DType::Int64), bn1d::Error) << bad;
+  }
+  const bn1d::Tensor low = bn1d::Tensor::full({1}, -0x1p63, bn1d::DType::Int64);
+  EXPECT_EQ(low.data<int64_t>()[0], INT64_MIN);
+  const bn1d::Tensor high = bn1d::Tensor::full({1}, 0x1.fffffffffffffp62, bn1d::DType::Int64);
+  EXPECT_EQ(high.data<int64_t>()[0], int64_t{0x7ffffffffffffc00});
+  EXPECT_EQ(bn1d::Tensor::full({1}, -2.75, bn1d::DType::Int64).data<int64_t>()[0], -2);
+}
