@@ -101,7 +101,7 @@ void normalization_from_running(Normalization& norm, const Tensor& running_mean,
   if (!running_mean.defined() || !running_var.defined()) {
     throw Error("running_mean and running_var must be defined in evaluation mode");
   }
-  detail::check_compute_dtype(running_mean.dtype(), "running_mean");
+  detail::check_floating_dtype(running_mean.dtype(), "running_mean");
   const int64_t C = running_mean.numel();
   detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
   detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
@@ -129,7 +129,7 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
   if (!running_mean.defined()) {
     throw Error("running_mean: expected a defined float32 or float64 tensor");
   }
-  detail::check_compute_dtype(running_mean.dtype(), "running_mean");
+  detail::check_floating_dtype(running_mean.dtype(), "running_mean");
   detail::check_channel_tensor(running_mean, "running_mean", C, running_mean.dtype());
   detail::check_channel_tensor(running_var, "running_var", C, running_mean.dtype());
   detail::check_writable(running_mean, "running_mean");
@@ -141,8 +141,9 @@ void batch_norm_apply(Tensor& output, const Tensor& input, const Normalization& 
                       const Tensor& weight, const Tensor& bias) {
   const kernels::View3 x = detail::input_view(input);
   detail::check_normalization(norm, x.C);
-  detail::check_optional_param(weight, "weight", x.C, input.dtype());
-  detail::check_optional_param(bias, "bias", x.C, input.dtype());
+  detail::check_param(weight, "weight", x.C, input.dtype());
+  detail::check_param(bias, "bias", x.C, input.dtype());
+  detail::check_params_agree({{&weight, "weight"}, {&bias, "bias"}});
   step::apply(output, input, x, norm, weight, bias);
 }
 
@@ -159,16 +160,18 @@ Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor&
   const kernels::View3 x = detail::input_view(input);
   detail::check_eps(eps);
   detail::check_momentum(momentum);
-  detail::check_optional_param(weight, "weight", x.C, input.dtype());
-  detail::check_optional_param(bias, "bias", x.C, input.dtype());
+  detail::check_param(weight, "weight", x.C, input.dtype());
+  detail::check_param(bias, "bias", x.C, input.dtype());
   if (running_mean.defined() != running_var.defined()) {
     throw Error("running_mean and running_var must be both defined or both undefined");
   }
   const bool tracking = running_mean.defined();
-  if (tracking) {
-    detail::check_channel_tensor(running_mean, "running_mean", x.C, input.dtype());
-    detail::check_channel_tensor(running_var, "running_var", x.C, input.dtype());
-  }
+  detail::check_param(running_mean, "running_mean", x.C, input.dtype());
+  detail::check_param(running_var, "running_var", x.C, input.dtype());
+  detail::check_params_agree({{&weight, "weight"},
+                              {&bias, "bias"},
+                              {&running_mean, "running_mean"},
+                              {&running_var, "running_var"}});
   Normalization norm;
   Tensor output;
   if (!training) {

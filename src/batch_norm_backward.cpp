@@ -74,7 +74,7 @@ void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, co
   detail::check_same_shape(grad_output, "grad_output", input);
   const kernels::View3 dy = detail::input_view(grad_output, "grad_output");
   detail::check_normalization(norm, x.C);
-  detail::check_optional_param(weight, "weight", x.C, input.dtype());
+  detail::check_param(weight, "weight", x.C, input.dtype());
   if (batch_statistics) {
     check_grad_stats(global, "global", x.C);
     if (global.count == 0 && x.count() > 0) {
@@ -100,9 +100,7 @@ void batch_norm_backward_params(BatchNormGradients& grads, const GradStats& stat
   const int64_t C = norm.mean.defined() ? norm.mean.numel() : 0;
   detail::check_normalization(norm, C);
   check_grad_stats(stats, "stats", C);
-  if (dtype != DType::Float32 && dtype != DType::Float64) {
-    throw Error(std::string("dtype: expected float32 or float64, got ") + dtype_name(dtype));
-  }
+  detail::check_floating_dtype(dtype, "dtype");
   step::backward_params(grads, stats, norm, dtype);
 }
 
@@ -120,7 +118,9 @@ void batch_norm_backward(BatchNormGradients& grads, const Tensor& grad_output, c
   detail::check_same_shape(grad_output, "grad_output", input);
   const kernels::View3 dy = detail::input_view(grad_output, "grad_output");
   detail::check_normalization(norm, x.C);
-  detail::check_optional_param(weight, "weight", x.C, input.dtype());
+  detail::check_param(weight, "weight", x.C, input.dtype());
+  // Parameter gradients in the weight's dtype (float32 for a mixed-precision bfloat16 input).
+  const DType param_dtype = weight.defined() ? weight.dtype() : input.dtype();
   GradStats& sums = detail::thread_workspace().grad_sums;  // steady-state calls allocate nothing
   step::backward_sums(sums, dy, x, norm);
   // Every result is chosen (overlapping no input and no other result) before any is written.
@@ -129,13 +129,13 @@ void batch_norm_backward(BatchNormGradients& grads, const Tensor& grad_output, c
                                  {&input, &grad_output, &norm.mean, &norm.invstd, &weight},
                                  {&grads.weight, &grads.bias});
   if (affine) {
-    step::backward_params_results(grads, sums, norm, input.dtype(),
+    step::backward_params_results(grads, sums, norm, param_dtype,
                                   {&input, &grad_output, &weight, &grads.input});
   }
   step::backward_input(grads.input, grad_output, input, dy, x, norm, weight, sums, batch_statistics,
                        {&grads.weight, &grads.bias});
   if (affine) {
-    step::backward_params(grads, sums, norm, input.dtype(),
+    step::backward_params(grads, sums, norm, param_dtype,
                           {&input, &grad_output, &weight, &grads.input});
   } else {
     grads.weight = Tensor();

@@ -57,10 +57,6 @@ void store_channels(const Tensor& t, const double* v) {
   for (int64_t c = 0; c < C; ++c) out.set(c, v[c]);
 }
 
-void check_optional_param(const Tensor& t, const char* name, int64_t C, DType dtype) {
-  if (t.defined()) check_channel_tensor(t, name, C, dtype);
-}
-
 static bool overlaps_any(const Tensor& t, Avoid avoid, Avoid also) noexcept {
   for (const Tensor* other : avoid)
     if (overlaps(t, *other)) return true;

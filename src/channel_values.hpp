@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bn1d/tensor.hpp"
+#include "kernels/element.hpp"
 #include "validate.hpp"
 
 namespace bn1d::detail {
@@ -15,32 +16,31 @@ namespace bn1d::detail {
 inline const double* f64(const Tensor& t) { return t.data<double>(); }
 inline double* f64_mut(const Tensor& t) { return t.data<double>(); }
 
-/// Element access to a {C} float32/float64 tensor (any stride) in float64, resolved once: reads
+/// Element access to a {C} floating tensor (any stride) in float64, resolved once: reads
 /// give @p fallback for every channel when the tensor is undefined (no affine parameters).
 class ChannelValues {
  public:
   ChannelValues(const Tensor& t, double fallback)
       : data_(static_cast<char*>(t.raw_data())),
-        f32_(t.dtype() == DType::Float32),
+        dtype_(t.dtype()),
         step_(t.defined() ? t.strides()[0] * static_cast<int64_t>(element_size(t.dtype())) : 0),
         fallback_(fallback) {}
   double operator[](int64_t c) const {
     if (data_ == nullptr) return fallback_;
     const char* p = data_ + c * step_;
-    return f32_ ? *reinterpret_cast<const float*>(p) : *reinterpret_cast<const double*>(p);
+    return kernels::with_storage(
+        dtype_, [p]<class T>() { return kernels::widen(*reinterpret_cast<const T*>(p)); });
   }
   /// Writes element c, rounding once to the tensor's dtype.
   void set(int64_t c, double v) const {
     char* p = data_ + c * step_;
-    if (f32_)
-      *reinterpret_cast<float*>(p) = static_cast<float>(v);
-    else
-      *reinterpret_cast<double*>(p) = v;
+    kernels::with_storage(dtype_,
+                          [p, v]<class T>() { *reinterpret_cast<T*>(p) = kernels::narrow<T>(v); });
   }
 
  private:
   char* data_;
-  bool f32_;
+  DType dtype_;
   int64_t step_;
   double fallback_;
 };
@@ -52,9 +52,6 @@ void load_channels(double* out, const Tensor& t);
 const double* channel_f64(const Tensor& t, std::vector<double>& storage);
 /// t[c] = v[c] for a {C} float32/float64 tensor @p t (any stride), rounding once to its dtype.
 void store_channels(const Tensor& t, const double* v);
-
-/// Checks an optional affine parameter: undefined, or {C} of @p dtype.
-void check_optional_param(const Tensor& t, const char* name, int64_t C, DType dtype);
 
 /// Tensors a result must not overlap (inputs of the call, results chosen before it).
 using Avoid = std::initializer_list<const Tensor*>;

@@ -19,9 +19,7 @@ void check_options(const BatchNorm1dOptions& o) {
   }
   detail::check_eps(o.eps());
   if (o.momentum()) detail::check_momentum(*o.momentum());
-  if (o.dtype() != DType::Float32 && o.dtype() != DType::Float64) {
-    throw Error(std::string("dtype: expected float32 or float64, got ") + dtype_name(o.dtype()));
-  }
+  detail::check_floating_dtype(o.dtype(), "dtype");
 }
 
 // A float64 {C} normalization buffer, so that the forwards that fill it allocate nothing.

@@ -102,9 +102,12 @@ struct BatchNorm1d::Step {
     stage = StepFailure::InvalidInput;
     const kernels::View3 x = detail::input_view(input);
     stage = StepFailure::WrongDtype;
-    if (input.dtype() != o.dtype()) {
+    if (!detail::param_dtype_fits(o.dtype(), input.dtype())) {
       throw Error(module_name(combiner, o) + ": expected a " + dtype_name(o.dtype()) +
-                  " input (the module's dtype), got " + dtype_name(input.dtype()));
+                  " input (the module's dtype), got " + dtype_name(input.dtype()) +
+                  (detail::is_16bit(o.dtype())
+                       ? std::string()
+                       : "; bfloat16 and float16 inputs are also accepted (mixed precision)"));
     }
     stage = StepFailure::WrongChannels;
     if (x.C != o.num_features()) {

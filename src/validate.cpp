@@ -7,9 +7,46 @@
 
 namespace bn1d::detail {
 
-void check_compute_dtype(DType dtype, std::string_view name) {
-  if (dtype == DType::Float32 || dtype == DType::Float64) return;
-  throw Error(std::string(name) + ": expected dtype float32 or float64, got " + dtype_name(dtype));
+bool is_floating(DType dtype) { return dtype != DType::Int64; }
+
+bool is_16bit(DType dtype) { return dtype == DType::BFloat16 || dtype == DType::Float16; }
+
+void check_floating_dtype(DType dtype, std::string_view name) {
+  if (is_floating(dtype)) return;
+  throw Error(std::string(name) + ": expected dtype float32, float64, bfloat16 or float16, got " +
+              dtype_name(dtype));
+}
+
+bool param_dtype_fits(DType param, DType input) {
+  return param == input ||
+         (is_16bit(input) && (param == DType::Float32 || param == DType::Float64));
+}
+
+std::string param_dtypes_for(DType input) {
+  const std::string own = dtype_name(input);
+  return is_16bit(input) ? own + ", float32 or float64" : own;
+}
+
+void check_param(const Tensor& t, std::string_view name, int64_t C, DType input) {
+  if (!t.defined()) return;
+  if (t.dim() == 1 && t.sizes()[0] == C && param_dtype_fits(t.dtype(), input)) return;
+  throw Error(std::string(name) + ": expected a " + param_dtypes_for(input) + " tensor of shape [" +
+              std::to_string(C) + "] (one value per channel, for a " + dtype_name(input) +
+              " input), got a " + dtype_name(t.dtype()) + " tensor of shape " +
+              format_shape(t.sizes()));
+}
+
+void check_params_agree(std::initializer_list<std::pair<const Tensor*, const char*>> params) {
+  const std::pair<const Tensor*, const char*>* first = nullptr;
+  for (const auto& param : params) {
+    if (!param.first->defined()) continue;
+    if (first == nullptr) {
+      first = &param;
+    } else if (param.first->dtype() != first->first->dtype()) {
+      throw Error(std::string(param.second) + ": expected the dtype of " + first->second + " (" +
+                  dtype_name(first->first->dtype()) + "), got " + dtype_name(param.first->dtype()));
+    }
+  }
 }
 
 kernels::View3 input_view(const Tensor& input, const char* name) {
@@ -17,7 +54,7 @@ kernels::View3 input_view(const Tensor& input, const char* name) {
   if (input.dim() != 2 && input.dim() != 3) {
     throw Error("expected 2D or 3D input (got " + std::to_string(input.dim()) + "D input)");
   }
-  check_compute_dtype(input.dtype(), name);
+  check_floating_dtype(input.dtype(), name);
   kernels::View3 v;
   v.data = input.raw_data();
   v.dtype = input.dtype();

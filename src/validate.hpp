@@ -4,21 +4,37 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "bn1d/batch_norm.hpp"
 #include "kernels/view.hpp"
 
 namespace bn1d::detail {
 
-/// Checks that @p input is a defined float32/float64 (N, C) or (N, C, L) tensor and returns its
-/// 3-D view. Errors use PyTorch's text: "expected 2D or 3D input (got 4D input)".
+/// Checks that @p input is a defined floating (N, C) or (N, C, L) tensor and returns its 3-D
+/// view. Errors use PyTorch's text: "expected 2D or 3D input (got 4D input)".
 kernels::View3 input_view(const Tensor& input, const char* name = "input");
 
-/// Checks that @p dtype is one BatchNorm1d computes in (float32, float64): the 16-bit dtypes
-/// have no kernels yet. "@p name: expected dtype float32 or float64, got bfloat16".
-void check_compute_dtype(DType dtype, std::string_view name);
+/// True for the dtypes BatchNorm1d computes with: float32, float64, bfloat16, float16.
+bool is_floating(DType dtype);
+/// True for bfloat16 and float16.
+bool is_16bit(DType dtype);
+/// Checks is_floating(@p dtype): "@p name: expected dtype float32, float64, bfloat16 or float16,
+/// got int64".
+void check_floating_dtype(DType dtype, std::string_view name);
+
+/// Whether parameters and running statistics of dtype @p param go with an input of dtype
+/// @p input: the same dtype, or float32/float64 for a 16-bit input (mixed precision, as torch).
+bool param_dtype_fits(DType param, DType input);
+/// The parameter dtypes that go with @p input, for messages: "bfloat16, float32 or float64".
+std::string param_dtypes_for(DType input);
+/// Checks that @p t is undefined or a {C} tensor whose dtype fits @p input (param_dtype_fits).
+void check_param(const Tensor& t, std::string_view name, int64_t C, DType input);
+/// Checks that the defined tensors of @p params (tensor, name) share one dtype.
+void check_params_agree(std::initializer_list<std::pair<const Tensor*, const char*>> params);
 
 /// The output view of a result tensor made by reuse_or_allocate_like().
 kernels::Out3 output_view(const Tensor& out);

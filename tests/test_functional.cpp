@@ -34,10 +34,11 @@ TEST(Functional, Errors) {
                            "running_mean and running_var must be defined in evaluation mode"));
   EXPECT_TRUE(throws_error([&] { batch_norm(x, Tensor::zeros({3}), {}, {}, {}, true); },
                            "both defined or both undefined"));
-  EXPECT_TRUE(
-      throws_error([&] { batch_norm(x, Tensor::zeros({4}), Tensor::ones({4}), {}, {}, true); },
-                   "running_mean: expected a float32 tensor of shape [3] (one value per channel), "
-                   "got a float32 tensor of shape [4]"));
+  EXPECT_TRUE(throws_error(
+      [&] { batch_norm(x, Tensor::zeros({4}), Tensor::ones({4}), {}, {}, true); },
+      "running_mean: expected a float32 tensor of shape [3] (one value per channel, for a float32 "
+      "input), "
+      "got a float32 tensor of shape [4]"));
   EXPECT_TRUE(
       throws_error([&] { batch_norm(x, {}, {}, Tensor::ones({3}, DType::Float64), {}, true); },
                    "weight: expected a float32 tensor of shape [3]"));

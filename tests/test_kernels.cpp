@@ -43,6 +43,8 @@ struct KernelCase {
 // too (few rows, C ≥ 1024): one block in two channel parts (64, 1100), two equal blocks of 50 rows
 // in three channel parts each (100, 2100), channels-last blocks of 33 and 32 rows, one spanning
 // two n (5, 1030, 13); backward sums over channel tiles, the last one short (1024, 2100).
+const DType kFloatDtypes[] = {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16};
+
 const KernelCase kCases[] = {
     {{3, 4, 37}, Layout::Contiguous, simd::Layout::UnitStrideL},
     {{2, 3, 5000}, Layout::Contiguous, simd::Layout::UnitStrideL},
@@ -80,8 +82,13 @@ const KernelCase kVirtualCases[] = {
 
 // Reductions (float64 statistics and sums) must equal the oracle's to within a few float64
 // rounding errors (they sum in different orders): |simd − ref| ≤ 1e-13 · max|ref|.
-::testing::AssertionResult near(const std::vector<double>& got, const std::vector<double>& want) {
-  const double bound = 1e-13 * std::max(max_abs(want), 1e-300);
+// The 16-bit dtypes: 1e-11, as their statistics blocks take one pass of shifted values
+// (simd_rows-inl.h block_stats), which may lose log2(n + 1) ≈ 12 bits of M2 to cancellation
+// (docs/math.md).
+::testing::AssertionResult near(const std::vector<double>& got, const std::vector<double>& want,
+                                DType dtype = DType::Float64) {
+  const bool half = dtype == DType::BFloat16 || dtype == DType::Float16;
+  const double bound = (half ? 1e-11 : 1e-13) * std::max(max_abs(want), 1e-300);
   for (std::size_t i = 0; i < got.size(); ++i) {
     if (!(std::fabs(got[i] - want[i]) <= bound)) {
       return ::testing::AssertionFailure()
@@ -95,9 +102,21 @@ const KernelCase kVirtualCases[] = {
 // mean split in two, then fused multiply-adds) and in float64, rounded once, by the oracle:
 // |simd − ref| ≤ 8 half-ulps of the dtype times terms[i], the sum of the magnitudes of the terms
 // that make up element i.
+// The 16-bit dtypes compute in float64 and round once, as the oracle does, so that elements
+// differ by at most one unit in the last place (where the two float64 values straddle a rounding
+// boundary).
 ::testing::AssertionResult near_terms(const std::vector<double>& got,
                                       const std::vector<double>& want,
                                       const std::vector<double>& terms, DType dtype) {
+  if (dtype == DType::BFloat16 || dtype == DType::Float16) {
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      const double ulp = ulp16(std::max(std::fabs(got[i]), std::fabs(want[i])), dtype);
+      if (!(std::fabs(got[i] - want[i]) <= ulp) && !(std::isnan(got[i]) && std::isnan(want[i])))
+        return ::testing::AssertionFailure() << "element " << i << ": " << got[i] << " vs "
+                                             << want[i] << " (more than one ulp apart)";
+    }
+    return ::testing::AssertionSuccess();
+  }
   const double ulp = dtype == DType::Float32 ? 0x1.0p-23 : 0x1.0p-52;
   for (std::size_t i = 0; i < got.size(); ++i) {
     if (!(std::fabs(got[i] - want[i]) <= 4 * ulp * terms[i])) {
@@ -212,8 +231,8 @@ void check_case(const KernelCase& k, DType dtype, bool sliced_n = false) {
   else
     simd::channel_stats(k.simd_layout, mean.data(), m2.data(), x);
   reference::channel_stats(rmean.data(), rm2.data(), x);
-  EXPECT_TRUE(near(mean, rmean));
-  EXPECT_TRUE(near(m2, rm2));
+  EXPECT_TRUE(near(mean, rmean, dtype));
+  EXPECT_TRUE(near(m2, rm2, dtype));
 
   std::vector<double> s(C), sx(C), rs(C), rsx(C);
   if (k.via_route)
@@ -221,8 +240,8 @@ void check_case(const KernelCase& k, DType dtype, bool sliced_n = false) {
   else
     simd::backward_sums(k.simd_layout, s.data(), sx.data(), dy, x, rmean.data());
   reference::backward_sums(rs.data(), rsx.data(), dy, x, rmean.data());
-  EXPECT_TRUE(near(s, rs));
-  EXPECT_TRUE(near(sx, rsx));
+  EXPECT_TRUE(near(s, rs, dtype));
+  EXPECT_TRUE(near(sx, rsx, dtype));
 
   check_elementwise(k, dtype, xt, gt, rmean);
 }
@@ -235,7 +254,7 @@ TEST(Kernels, EveryTargetMatchesTheReferenceOracle) {
     EXPECT_EQ(simd::active_target(), target);
     SCOPED_TRACE("target " + target);
     for (const KernelCase& k : kCases)
-      for (DType dtype : {DType::Float32, DType::Float64}) check_case(k, dtype);
+      for (DType dtype : kFloatDtypes) check_case(k, dtype);
   }
   simd::force_target("");
   EXPECT_EQ(simd::active_target(), targets.front());
@@ -261,7 +280,7 @@ TEST(Kernels, VirtualChannelsMatchTheReferenceOracleOnEveryTarget) {
     simd::force_target(target);
     SCOPED_TRACE("target " + target);
     for (const KernelCase& k : kVirtualCases) {
-      for (DType dtype : {DType::Float32, DType::Float64}) {
+      for (DType dtype : kFloatDtypes) {
         check_case(k, dtype);
         // Runs keep each n's row stride: rows further apart than C·L too.
         if (k.layout == Layout::Contiguous && k.shape.size() == 3) check_case(k, dtype, true);
@@ -284,6 +303,8 @@ TEST(Kernels, StreamingStoresMatchTheReferenceOracle) {
   check_case({{140001, 15}, Layout::Contiguous, simd::Layout::UnitStrideC}, DType::Float64);
   check_case({{131075, 16}, Layout::Contiguous, simd::Layout::UnitStrideC}, DType::Float64);
   check_case({{64, 32769}, Layout::Contiguous, simd::Layout::UnitStrideC}, DType::Float64);
+  check_case({{1, 64, 140001}, Layout::Contiguous, simd::Layout::UnitStrideL}, DType::BFloat16);
+  check_case({{524291, 16}, Layout::Contiguous, simd::Layout::UnitStrideC}, DType::Float16);
 }
 
 // The kernels keep their per-channel parameters (in the input's dtype) between calls and rewrite
@@ -343,6 +364,72 @@ TEST(Kernels, InvStdMatchesTheOracleBitwiseOnEveryTarget) {
         }
         EXPECT_EQ(want[0], eps == 0.0 ? 0.0 : 1.0 / std::sqrt(eps));  // the constant-channel rule
         EXPECT_EQ(want[1], 1.0 / std::sqrt(1.0 / divisor + eps));
+      }
+    }
+  }
+  simd::force_target("");
+}
+
+// Float64 values that probe one rounding to 16 bits: ties and their neighbours (bfloat16 1 +
+// 2^-8, float16 1 + 2^-11), values that a rounding through float32 would round differently,
+// the largest finite values and the thresholds to ±inf (bfloat16 just below FLT_MAX, float16
+// 65504 / 65520), subnormals of both and float32 ones, signed zeros and values past float32's
+// range. normalize(x = 1, mean = 0, scale = v, shift = −0) computes exactly v, which each
+// target's store must round as the scalar oracle (half.hpp) does, bit for bit.
+TEST(Kernels, SixteenBitOutputsRoundOnceOnEveryTarget) {
+  std::vector<double> probes = {0.0,
+                                -0.0,
+                                1.0 + 0x1.0p-8,
+                                1.0 + 0x1.0p-8 + 0x1.0p-40,
+                                1.0 + 0x1.0p-8 - 0x1.0p-40,
+                                1.0 + 3 * 0x1.0p-8,
+                                1.0 + 0x1.0p-11,
+                                1.0 + 0x1.0p-11 + 0x1.0p-40,
+                                -(1.0 + 3 * 0x1.0p-11),
+                                1.0 + 0x1.0p-8 + 0x1.0p-30,  // float32 would make this a tie
+                                1.0 + 0x1.0p-11 + 0x1.0p-30,
+                                65504.0,
+                                65519.99,
+                                65520.0,
+                                -70000.0,
+                                0x1.fep127,
+                                0x1.ffp127,
+                                0x1.fffffep127,
+                                -0x1.0p128,
+                                1e300,
+                                0x1.0p-24,
+                                0x1.8p-25,
+                                0x1.0p-25,
+                                0x1.0p-133,
+                                0x1.8p-134,
+                                0x1.0p-149,
+                                1e-300,
+                                -1e-300,
+                                3.14159,
+                                -2.71828};
+  for (int i = 0; i < 40; ++i) probes.push_back(std::ldexp(1.0 + i / 64.0, i - 20));
+  const auto C = static_cast<int64_t>(probes.size());
+  const std::vector<double> mean(static_cast<std::size_t>(C), 0.0),
+      shift(static_cast<std::size_t>(C), -0.0);
+  for (const std::string& target : simd::targets()) {
+    simd::force_target(target);
+    for (DType dtype : {DType::BFloat16, DType::Float16}) {
+      SCOPED_TRACE("target " + target + " " + dtype_name(dtype));
+      for (const auto& [shape, layout] :
+           {std::pair<Shape, simd::Layout>{{4, C}, simd::Layout::UnitStrideC},
+            std::pair<Shape, simd::Layout>{{2, C, 19}, simd::Layout::UnitStrideL}}) {
+        const Tensor x = Tensor::ones(shape, dtype);
+        Tensor y = Tensor::zeros(shape, dtype);
+        simd::normalize(layout, detail::output_view(y), view_of(x), mean.data(), probes.data(),
+                        shift.data());
+        const Tensor yc = y.contiguous();
+        const auto* bits = static_cast<const uint16_t*>(yc.raw_data());
+        const int64_t L = shape.size() == 3 ? shape[2] : 1;
+        for (int64_t i = 0; i < yc.numel(); ++i) {
+          const double v = probes[static_cast<std::size_t>((i / L) % C)];
+          const uint16_t want = dtype == DType::BFloat16 ? to_bfloat16(v).bits : to_float16(v).bits;
+          ASSERT_EQ(bits[i], want) << "value " << v << " at element " << i;
+        }
       }
     }
   }

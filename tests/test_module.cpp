@@ -52,8 +52,9 @@ TEST(Module, InvalidOptionsAreErrors) {
   EXPECT_TRUE(
       throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).momentum(-0.1)); }, "momentum"));
   EXPECT_TRUE(throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).momentum(NAN)); }, "momentum"));
-  EXPECT_TRUE(throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).dtype(DType::Int64)); },
-                           "dtype: expected float32 or float64, got int64"));
+  EXPECT_TRUE(
+      throws_error([] { BatchNorm1d m(BatchNorm1dOptions(2).dtype(DType::Int64)); },
+                   "dtype: expected dtype float32, float64, bfloat16 or float16, got int64"));
 }
 
 TEST(Module, PrintsLikePyTorch) {
@@ -261,7 +262,7 @@ TEST(Module, ForwardErrorsUsePyTorchText) {
       [&] {
         m(Tensor::zeros({2, 100}, DType::Int64));
       },
-      "input: expected dtype float32 or float64, got int64"));
+      "input: expected dtype float32, float64, bfloat16 or float16, got int64"));
   // N = 1 is allowed when the values per channel come from L.
   EXPECT_NO_THROW(m(randn({1, 100, 2})));
 }

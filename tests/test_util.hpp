@@ -61,6 +61,23 @@ inline const char* layout_name(Layout l) {
   return "?";
 }
 
+/// Stores @p v at element @p off of @p data as @p dtype (a floating one), rounded once.
+inline void store_as(void* data, int64_t off, double v, DType dtype) {
+  switch (dtype) {
+    case DType::Float32:
+      static_cast<float*>(data)[off] = static_cast<float>(v);
+      break;
+    case DType::BFloat16:
+      static_cast<BFloat16*>(data)[off] = to_bfloat16(v);
+      break;
+    case DType::Float16:
+      static_cast<Float16*>(data)[off] = to_float16(v);
+      break;
+    default:
+      static_cast<double*>(data)[off] = v;
+  }
+}
+
 /// A tensor of logical shape @p sizes ((N, C) or (N, C, L)) filled from @p logical (row-major
 /// values), stored in @p layout. The tensor views memory kept alive by @p keep.
 inline Tensor make_strided(const std::vector<double>& logical, const Shape& sizes, DType dtype,
@@ -96,10 +113,7 @@ inline Tensor make_strided(const std::vector<double>& logical, const Shape& size
       for (int64_t l = 0; l < L; ++l) {
         const double v = logical[static_cast<std::size_t>((n * C + c) * L + l)];
         const int64_t off = n * strides[0] + c * strides[1] + (is3d ? l * strides[2] : 0);
-        if (dtype == DType::Float32)
-          reinterpret_cast<float*>(data)[off] = static_cast<float>(v);
-        else
-          reinterpret_cast<double*>(data)[off] = v;
+        store_as(data, off, v, dtype);
       }
   return Tensor::from_blob(data, sizes, strides, dtype);
 }
@@ -107,12 +121,8 @@ inline Tensor make_strided(const std::vector<double>& logical, const Shape& size
 /// A contiguous tensor holding @p logical (row-major).
 inline Tensor make_tensor(const std::vector<double>& logical, const Shape& sizes, DType dtype) {
   Tensor t = Tensor::empty(sizes, dtype);
-  for (std::size_t i = 0; i < logical.size(); ++i) {
-    if (dtype == DType::Float32)
-      t.data<float>()[i] = static_cast<float>(logical[i]);
-    else
-      t.data<double>()[i] = logical[i];
-  }
+  for (std::size_t i = 0; i < logical.size(); ++i)
+    store_as(t.raw_data(), static_cast<int64_t>(i), logical[i], dtype);
   return t;
 }
 
@@ -126,11 +136,23 @@ inline Tensor rows(const Tensor& t, int64_t begin, int64_t end) {
       sizes, t.strides(), t.dtype());
 }
 
-/// Round each value to float32 and back (the exact inputs a float32 kernel sees).
+/// Round each value to @p dtype and back (the exact inputs a kernel of that dtype sees).
 inline std::vector<double> round_to(std::vector<double> v, DType dtype) {
-  if (dtype == DType::Float32)
-    for (double& x : v) x = static_cast<float>(x);
+  for (double& x : v) {
+    if (dtype == DType::Float32) x = static_cast<float>(x);
+    if (dtype == DType::BFloat16) x = to_double(to_bfloat16(x));
+    if (dtype == DType::Float16) x = to_double(to_float16(x));
+  }
   return v;
+}
+
+/// One unit in the last place of @p dtype (bfloat16 or float16) at magnitude @p v: the spacing
+/// of its values in the binade of v (its subnormal spacing below the normal range).
+inline double ulp16(double v, DType dtype) {
+  const int mant = dtype == DType::BFloat16 ? 7 : 10;
+  const int min_exp = dtype == DType::BFloat16 ? -126 : -14;
+  const int e = v == 0 || !std::isfinite(v) ? min_exp : std::max(std::ilogb(v), min_exp);
+  return std::ldexp(1.0, e - mant);
 }
 
 inline double max_abs(const std::vector<double>& v) {

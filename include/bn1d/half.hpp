@@ -39,19 +39,19 @@ struct Small {
     const bool negative = (bits >> 15) != 0;
     const uint32_t exp = (bits >> kMantBits) & kExpMask;
     const uint64_t mant = bits & ((1u << kMantBits) - 1);
-    double a = 0;
+    const uint64_t sign = negative ? 0x8000000000000000ull : 0;
     if (exp == kExpMask && mant != 0) {
-      const uint64_t nan = 0x7ff8000000000000ull | (mant << (52 - kMantBits));
-      return std::bit_cast<double>(nan | (negative ? 0x8000000000000000ull : 0));
+      return std::bit_cast<double>(sign | 0x7ff8000000000000ull | (mant << (52 - kMantBits)));
     } else if (exp == kExpMask) {
-      a = INFINITY;
-    } else if (exp == 0) {
-      a = std::ldexp(static_cast<double>(mant), kMinExp - kMantBits);
-    } else {
-      a = std::ldexp(static_cast<double>(mant | (1u << kMantBits)),
-                     static_cast<int>(exp) - kBias - kMantBits);
+      return negative ? -INFINITY : INFINITY;
+    } else if (exp == 0) {  // subnormal: mant quanta of 2^(kMinExp − kMantBits), a power of 2
+      const double quantum = std::bit_cast<double>(uint64_t{1023 + kMinExp - kMantBits} << 52);
+      const double a = static_cast<double>(mant) * quantum;
+      return negative ? -a : a;
     }
-    return negative ? -a : a;
+    // Normal: the same sign, exponent and mantissa bits in float64's fields.
+    const uint64_t field = static_cast<uint64_t>(static_cast<int>(exp) - kBias + 1023) << 52;
+    return std::bit_cast<double>(sign | field | (mant << (52 - kMantBits)));
   }
 
   // Rounds @p value once to nearest, ties to even; beyond the largest finite value (after

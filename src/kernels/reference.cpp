@@ -6,6 +6,8 @@
 
 #include <cmath>
 
+#include "kernels/element.hpp"
+
 namespace bn1d::kernels::reference {
 namespace {
 
@@ -14,7 +16,7 @@ constexpr int64_t kMinElementsPerThread = 1 << 15;
 
 template <class T>
 double at(const View3& v, int64_t n, int64_t c, int64_t l) {
-  return static_cast<double>(static_cast<const T*>(v.data)[n * v.sN + c * v.sC + l * v.sL]);
+  return widen(static_cast<const T*>(v.data)[n * v.sN + c * v.sC + l * v.sL]);
 }
 
 int thread_count(const View3& x) {
@@ -59,7 +61,7 @@ void normalize_t(const Out3& y, const View3& x, const double* mean, const double
   for (int64_t c = 0; c < C; ++c)
     for (int64_t n = 0; n < N; ++n)
       for (int64_t l = 0; l < L; ++l)
-        out_at<T>(y, n, c, l) = static_cast<T>((at<T>(x, n, c, l) - mean[c]) * scale[c] + shift[c]);
+        out_at<T>(y, n, c, l) = narrow<T>((at<T>(x, n, c, l) - mean[c]) * scale[c] + shift[c]);
 }
 
 template <class T>
@@ -89,40 +91,28 @@ void backward_input_t(const Out3& dx, const View3& dy, const View3& x, const dou
     for (int64_t n = 0; n < N; ++n)
       for (int64_t l = 0; l < L; ++l)
         out_at<T>(dx, n, c, l) =
-            static_cast<T>(a[c] * at<T>(dy, n, c, l) + b[c] * (at<T>(x, n, c, l) - mean[c]) + k[c]);
+            narrow<T>(a[c] * at<T>(dy, n, c, l) + b[c] * (at<T>(x, n, c, l) - mean[c]) + k[c]);
 }
 
 }  // namespace
 
 void channel_stats(double* mean, double* m2, const View3& x) {
-  if (x.dtype == DType::Float32)
-    channel_stats_t<float>(mean, m2, x);
-  else
-    channel_stats_t<double>(mean, m2, x);
+  with_storage(x.dtype, [&]<class T>() { channel_stats_t<T>(mean, m2, x); });
 }
 
 void normalize(const Out3& y, const View3& x, const double* mean, const double* scale,
                const double* shift) {
-  if (x.dtype == DType::Float32)
-    normalize_t<float>(y, x, mean, scale, shift);
-  else
-    normalize_t<double>(y, x, mean, scale, shift);
+  with_storage(x.dtype, [&]<class T>() { normalize_t<T>(y, x, mean, scale, shift); });
 }
 
 void backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
                    const double* mean) {
-  if (x.dtype == DType::Float32)
-    backward_sums_t<float>(sum_dy, sum_dy_xmu, dy, x, mean);
-  else
-    backward_sums_t<double>(sum_dy, sum_dy_xmu, dy, x, mean);
+  with_storage(x.dtype, [&]<class T>() { backward_sums_t<T>(sum_dy, sum_dy_xmu, dy, x, mean); });
 }
 
 void backward_input(const Out3& dx, const View3& dy, const View3& x, const double* mean,
                     const double* a, const double* b, const double* k) {
-  if (x.dtype == DType::Float32)
-    backward_input_t<float>(dx, dy, x, mean, a, b, k);
-  else
-    backward_input_t<double>(dx, dy, x, mean, a, b, k);
+  with_storage(x.dtype, [&]<class T>() { backward_input_t<T>(dx, dy, x, mean, a, b, k); });
 }
 
 void invstd(double* invstd, const double* v, double divisor, double eps, int64_t C) {

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Per-target helpers of the SIMD kernels: float32/float64 loads and stores through float64
-// lanes, so that every kernel accumulates and computes in float64 and rounds once on output.
+// Per-target helpers of the SIMD kernels: loads and stores of every storage type through float64
+// lanes, so that the reductions accumulate in float64 and outputs are rounded once.
 // Included once per Highway target by simd.cpp.
 #if defined(BN1D_KERNELS_SIMD_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef BN1D_KERNELS_SIMD_INL_H_
@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "kernels/blocking.hpp"
+#include "kernels/element.hpp"
 #include "kernels/view.hpp"
 
 #include "hwy/cache_control.h"
@@ -24,15 +25,48 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 using DD = hn::ScalableTag<double>;
 using VD = hn::Vec<DD>;
-/// T lanes matching the float64 lanes (half-width vectors for float).
+
+/// Highway's lane type for storage type T: the 16-bit types are handled as their bits.
 template <class T>
-using DT = hn::Rebind<T, DD>;
-/// Float64 lanes as T lanes (rounded once for float; beyond float's range to ±inf, as a cast).
+using LaneOf = std::conditional_t<kIs16Bit<T>, uint16_t, T>;
+/// T lanes matching the float64 lanes (half-width vectors for float, quarter for 16-bit).
+template <class T>
+using DT = hn::Rebind<LaneOf<T>, DD>;
+/// The type the elementwise kernels compute in: T itself, float64 for the 16-bit types.
+template <class T>
+using ComputeOf = std::conditional_t<kIs16Bit<T>, double, T>;
+
+/// Whether this target converts 16-bit values lane by lane through the scalar oracle
+/// (element.hpp): the emulated targets, and float16 without F16C, whose Highway 1.0.3 emulation
+/// truncates and maps inf/NaN to finite values.
+template <class T>
+constexpr bool kLanewise = kIs16Bit<T> && (HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128 ||
+                                           (std::is_same_v<T, Float16> &&
+                                            !(HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2)));
+
+/// Float64 lanes rounded to odd float32: truncated toward zero, with the lowest bit set when
+/// inexact. A second rounding of that to at most 22 bits is then the one rounding of the float64
+/// (docs/math.md#round-to-odd). NaN stays NaN, overflow gives ±inf's neighbour FLT_MAX | 1.
+HWY_INLINE hn::Vec<hn::Rebind<float, DD>> RoundToOddF32(VD v) {
+  const hn::Rebind<float, DD> df;
+  const hn::Rebind<int32_t, DD> di;
+  const auto nearest = hn::DemoteTo(df, v);
+  const VD back = hn::PromoteTo(DD(), nearest);
+  // Per lane 0 (exact), 1 (inexact, rounded toward zero) or 3 (inexact, rounded away from zero),
+  // carried to the float32 lanes as a value (masks of float64 lanes do not rebind to 32 bits).
+  const VD inexact = hn::IfThenZeroElse(hn::Eq(back, v), hn::Set(DD(), 1.0));
+  const VD away = hn::IfThenElseZero(hn::Gt(hn::Abs(back), hn::Abs(v)), hn::Set(DD(), 2.0));
+  const auto code = hn::ConvertTo(di, hn::DemoteTo(df, hn::Add(inexact, away)));
+  const auto toward_zero = hn::Sub(hn::BitCast(di, nearest), hn::ShiftRight<1>(code));
+  return hn::BitCast(df, hn::Or(toward_zero, hn::And(code, hn::Set(di, 1))));
+}
+
+/// Float64 lanes as T lanes, rounded once (to nearest, ties to even; beyond T's range to ±inf).
 template <class T>
 HWY_INLINE hn::Vec<DT<T>> ToT(VD v) {
   if constexpr (std::is_same_v<T, double>) {
     return v;
-  } else {
+  } else if constexpr (std::is_same_v<T, float>) {
 #if HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
     // The emulated DemoteTo saturates to ±FLT_MAX: cast lane by lane instead.
     HWY_ALIGN double in[HWY_MAX_BYTES / sizeof(double)];
@@ -43,6 +77,25 @@ HWY_INLINE hn::Vec<DT<T>> ToT(VD v) {
 #else
     return hn::DemoteTo(DT<float>(), v);
 #endif
+  } else if constexpr (kLanewise<T>) {
+    HWY_ALIGN double in[HWY_MAX_BYTES / sizeof(double)];
+    HWY_ALIGN uint16_t out[HWY_MAX_BYTES / sizeof(double)];
+    hn::Store(v, DD(), in);
+    for (size_t i = 0; i < hn::Lanes(DD()); ++i) out[i] = narrow<T>(in[i]).bits;
+    return hn::Load(DT<T>(), out);
+  } else if constexpr (std::is_same_v<T, Float16>) {
+    const hn::Rebind<hwy::float16_t, DD> dh;
+    return hn::BitCast(DT<T>(), hn::DemoteTo(dh, RoundToOddF32(v)));  // F16C: to nearest even
+  } else {  // bfloat16: the top half of the float32, rounded to nearest even in integer lanes
+    const hn::Rebind<uint32_t, DD> du;
+    const auto odd = RoundToOddF32(v);
+    const auto bits = hn::BitCast(du, odd);
+    const auto lsb = hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1));
+    const auto rounded = hn::ShiftRight<16>(hn::Add(bits, hn::Add(hn::Set(du, 0x7FFF), lsb)));
+    const auto quiet_nan = hn::Or(hn::ShiftRight<16>(bits), hn::Set(du, 0x40));
+    const auto nan = hn::RebindMask(du, hn::IsNaN(odd));
+    const hn::Rebind<int32_t, DD> di;
+    return hn::DemoteTo(DT<T>(), hn::BitCast(di, hn::IfThenElse(nan, quiet_nan, rounded)));
   }
 }
 /// T lanes as float64 lanes (exact).
@@ -52,13 +105,70 @@ HWY_INLINE VD ToD(hn::Vec<DT<float>> v) { return hn::PromoteTo(DD(), v); }
 /// Lanes(DD()) values of T at p, as float64.
 template <class T>
 HWY_INLINE VD LoadD(const T* HWY_RESTRICT p) {
-  return ToD(hn::LoadU(DT<T>(), p));
+  if constexpr (!kIs16Bit<T>) {
+    return ToD(hn::LoadU(DT<T>(), p));
+  } else if constexpr (kLanewise<T>) {
+    HWY_ALIGN double out[HWY_MAX_BYTES / sizeof(double)];
+    for (size_t i = 0; i < hn::Lanes(DD()); ++i) out[i] = widen(p[i]);
+    return hn::Load(DD(), out);
+  } else {
+    const auto bits = hn::LoadU(DT<T>(), reinterpret_cast<const uint16_t*>(p));
+    const hn::Rebind<float, DD> df;
+    if constexpr (std::is_same_v<T, Float16>) {
+      const hn::Rebind<hwy::float16_t, DD> dh;
+      return hn::PromoteTo(DD(), hn::PromoteTo(df, hn::BitCast(dh, bits)));
+    } else {
+      const hn::Rebind<uint32_t, DD> du;
+      return hn::PromoteTo(DD(), hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du, bits))));
+    }
+  }
 }
 
 /// Stores float64 lanes to p as T (rounding once).
 template <class T>
 HWY_INLINE void StoreD(VD v, T* HWY_RESTRICT p) {
-  hn::StoreU(ToT<T>(v), DT<T>(), p);
+  hn::StoreU(ToT<T>(v), DT<T>(), reinterpret_cast<LaneOf<T>*>(p));
+}
+
+/// A stored value in the compute type (exact).
+template <class T>
+HWY_INLINE ComputeOf<T> to_compute(T v) {
+  if constexpr (kIs16Bit<T>)
+    return widen(v);
+  else
+    return v;
+}
+/// A computed value stored as T (rounded once).
+template <class T>
+HWY_INLINE T from_compute(ComputeOf<T> v) {
+  if constexpr (kIs16Bit<T>)
+    return narrow<T>(v);
+  else
+    return v;
+}
+/// A vector of d's compute lanes from storage T at p.
+template <class D, class T>
+HWY_INLINE hn::Vec<D> LoadC(D d, const T* HWY_RESTRICT p) {
+  if constexpr (kIs16Bit<T>)
+    return LoadD(p);
+  else
+    return hn::LoadU(d, p);
+}
+/// Stores compute lanes to storage T at p (rounded once); with @p stream, p aligned to the
+/// stored vector, as a non-temporal store.
+template <class D, class T>
+HWY_INLINE void StoreC(D d, hn::Vec<D> v, T* HWY_RESTRICT p, bool stream = false) {
+  if constexpr (kIs16Bit<T>) {
+    auto* lanes = reinterpret_cast<LaneOf<T>*>(p);
+    if (stream)
+      hn::Stream(ToT<T>(v), DT<T>(), lanes);
+    else
+      hn::StoreU(ToT<T>(v), DT<T>(), lanes);
+  } else if (stream) {
+    hn::Stream(v, d, p);
+  } else {
+    hn::StoreU(v, d, p);
+  }
 }
 
 HWY_INLINE double ReduceSum(VD v) { return hn::GetLane(hn::SumOfLanes(DD(), v)); }
@@ -79,33 +189,34 @@ HWY_INLINE VD SubOnFma(VD x, VD y) {
 /// accesses): the tails of rows then run as one masked vector instead of a scalar loop.
 constexpr bool kMaskedTails = !HWY_MEM_OPS_MIGHT_FAULT;
 
-/// out[i] = vec(i, load) (lanes i … i + lanes − 1) or scalar(i) for i in [0, len): vec reads its
-/// operands with load(p), a full vector at p, or (the tail, with kMaskedTails) only the lanes
-/// before len, the others 0, and the tail is stored with a mask. With @p stream the vectors go
-/// out as non-temporal stores (whole cache lines, no read-for-ownership), after a scalar
-/// prologue up to the first aligned address; the caller ends with hwy::FlushStream().
+/// out[i] = vec(i, load) (lanes i … i + lanes − 1) or scalar(i) for i in [0, len), computed in
+/// d's lanes and stored as T (rounded once): vec reads its operands with load(p), a full vector
+/// at p, or (the tail, with kMaskedTails, T the compute type) only the lanes before len, the
+/// others 0, and the tail is stored with a mask. With @p stream the vectors go out as
+/// non-temporal stores (whole cache lines, no read-for-ownership), after a scalar prologue up to
+/// the first aligned address; the caller ends with hwy::FlushStream().
 template <class D, class T, class VecF, class ScalarF>
 HWY_INLINE void write_run(D d, T* HWY_RESTRICT out, int64_t len, bool stream, VecF vec,
                           ScalarF scalar) {
   const auto N = static_cast<int64_t>(hn::Lanes(d));
-  const auto full = [d](const T* p) { return hn::LoadU(d, p); };
+  const auto full = [d](const T* p) { return LoadC(d, p); };
   int64_t i = 0;
   if (stream) {
     const auto vector_bytes = static_cast<uintptr_t>(N) * sizeof(T);
     for (; i < len && reinterpret_cast<uintptr_t>(out + i) % vector_bytes != 0; ++i)
-      out[i] = scalar(i);
-    for (; i + N <= len; i += N) hn::Stream(vec(i, full), d, out + i);
+      out[i] = from_compute<T>(scalar(i));
+    for (; i + N <= len; i += N) StoreC(d, vec(i, full), out + i, /*stream=*/true);
   } else {
-    for (; i + N <= len; i += N) hn::StoreU(vec(i, full), d, out + i);
+    for (; i + N <= len; i += N) StoreC(d, vec(i, full), out + i);
   }
-  if constexpr (kMaskedTails) {
+  if constexpr (kMaskedTails && !kIs16Bit<T>) {
     if (i < len) {
       const auto m = hn::FirstN(d, static_cast<size_t>(len - i));
       const auto masked = [d, m](const T* p) { return hn::MaskedLoad(m, d, p); };
       hn::BlendedStore(vec(i, masked), m, d, out + i);
     }
   } else {
-    for (; i < len; ++i) out[i] = scalar(i);
+    for (; i < len; ++i) out[i] = from_compute<T>(scalar(i));
   }
 }
 

@@ -16,6 +16,7 @@
 // clang-format on
 #include "hwy/highway.h"
 #include "kernels/blocking.hpp"
+#include "kernels/element.hpp"
 #include "kernels/elementwise_params.hpp"
 #include "kernels/reference.hpp"
 #include "kernels/simd-inl.h"
@@ -28,68 +29,63 @@ HWY_BEFORE_NAMESPACE();
 namespace bn1d::kernels::HWY_NAMESPACE {
 // ---- Entry points of the tensor kernels, one per op and layout -----------------------------
 
-// f.template operator()<T>() with T the element type of dtype (float32 or float64).
-template <class F>
-HWY_INLINE auto with_dtype(DType dtype, const F& f) {
-  return dtype == DType::Float32 ? f.template operator()<float>() : f.template operator()<double>();
-}
-
 int64_t TargetId() { return HWY_TARGET; }
 
 void StatsRowsChannel(const View3& x, int64_t c, double* mean, double* m2) {
-  with_dtype(x.dtype, [&]<class T>() { stats_rows_channel<T>(x, c, mean, m2); });
+  with_storage(x.dtype, [&]<class T>() { stats_rows_channel<T>(x, c, mean, m2); });
 }
 void StatsRowsPartition(const View3& x, int64_t u0, int64_t u1, double* mean, double* m2) {
-  with_dtype(x.dtype, [&]<class T>() { stats_rows_partition<T>(x, u0, u1, mean, m2); });
+  with_storage(x.dtype, [&]<class T>() { stats_rows_partition<T>(x, u0, u1, mean, m2); });
 }
 void BackwardSumsRowsChannel(const View3& dy, const View3& x, const double* mean, int64_t c,
                              double* sum_dy, double* sum_dy_xmu) {
-  with_dtype(x.dtype,
-             [&]<class T>() { backward_sums_rows_channel<T>(dy, x, mean, c, sum_dy, sum_dy_xmu); });
+  with_storage(x.dtype, [&]<class T>() {
+    backward_sums_rows_channel<T>(dy, x, mean, c, sum_dy, sum_dy_xmu);
+  });
 }
 void BackwardSumsRowsPartition(const View3& dy, const View3& x, const double* mean, int64_t u0,
                                int64_t u1, double* sum_dy, double* sum_dy_xmu) {
-  with_dtype(x.dtype, [&]<class T>() {
+  with_storage(x.dtype, [&]<class T>() {
     backward_sums_rows_partition<T>(dy, x, mean, u0, u1, sum_dy, sum_dy_xmu);
   });
 }
 void StatsColsPartition(const View3& x, int64_t r0, int64_t r1, int64_t block, int64_t c0,
                         int64_t c1, bool prefetch, double* mean, double* m2) {
-  with_dtype(x.dtype, [&]<class T>() {
+  with_storage(x.dtype, [&]<class T>() {
     stats_cols_partition<T>(x, r0, r1, block, c0, c1, prefetch, mean, m2);
   });
 }
 void BackwardSumsColsPartition(const View3& dy, const View3& x, const double* mean, int64_t r0,
                                int64_t r1, int64_t c0, int64_t c1, int step, int64_t tile,
                                double* sum_dy, double* sum_dy_xmu) {
-  with_dtype(x.dtype, [&]<class T>() {
+  with_storage(x.dtype, [&]<class T>() {
     backward_sums_cols_partition<T>(dy, x, mean, r0, r1, c0, c1, step, tile, sum_dy, sum_dy_xmu);
   });
 }
-// Elementwise entry points: P holds the per-channel parameters in the input's dtype, laid out as
-// `block` says (elementwise_params.hpp).
+// Elementwise entry points: P holds the per-channel parameters in the input's compute type
+// (ComputeOf), laid out as `block` says (elementwise_params.hpp).
 void NormalizeRows(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
                    int64_t i0, int64_t i1, bool stream) {
-  with_dtype(x.dtype, [&]<class T>() {
-    normalize_rows<T>(y, x, static_cast<const T*>(P), block, i0, i1, stream);
+  with_storage(x.dtype, [&]<class T>() {
+    normalize_rows<T>(y, x, static_cast<const ComputeOf<T>*>(P), block, i0, i1, stream);
   });
 }
 void NormalizeCols(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
                    int64_t u0, int64_t u1, bool stream) {
-  with_dtype(x.dtype, [&]<class T>() {
-    normalize_cols<T>(y, x, static_cast<const T*>(P), block, u0, u1, stream);
+  with_storage(x.dtype, [&]<class T>() {
+    normalize_cols<T>(y, x, static_cast<const ComputeOf<T>*>(P), block, u0, u1, stream);
   });
 }
 void BackwardInputRows(const Out3& dx, const View3& dy, const View3& x, const void* P,
                        const ParamBlock& block, int64_t i0, int64_t i1, bool stream) {
-  with_dtype(x.dtype, [&]<class T>() {
-    backward_input_rows<T>(dx, dy, x, static_cast<const T*>(P), block, i0, i1, stream);
+  with_storage(x.dtype, [&]<class T>() {
+    backward_input_rows<T>(dx, dy, x, static_cast<const ComputeOf<T>*>(P), block, i0, i1, stream);
   });
 }
 void BackwardInputCols(const Out3& dx, const View3& dy, const View3& x, const void* P,
                        const ParamBlock& block, int64_t u0, int64_t u1, bool stream) {
-  with_dtype(x.dtype, [&]<class T>() {
-    backward_input_cols<T>(dx, dy, x, static_cast<const T*>(P), block, u0, u1, stream);
+  with_storage(x.dtype, [&]<class T>() {
+    backward_input_cols<T>(dx, dy, x, static_cast<const ComputeOf<T>*>(P), block, u0, u1, stream);
   });
 }
 
@@ -166,8 +162,9 @@ bool update_params(T* P, const ParamBlock& block, const double* mean,
 }
 bool UpdateParams(void* P, DType dtype, const ParamBlock& block, const double* mean,
                   const double* const* columns) {
-  return with_dtype(
-      dtype, [&]<class T>() { return update_params(static_cast<T*>(P), block, mean, columns); });
+  if (dtype == DType::Float32)  // P holds the compute type: float32, or float64 for the rest
+    return update_params(static_cast<float*>(P), block, mean, columns);
+  return update_params(static_cast<double*>(P), block, mean, columns);
 }
 
 // out[c] = 1 / sqrt(v[c] / divisor + eps), 0 where that sum is 0 (see simd.hpp); out may be v.

@@ -22,18 +22,17 @@ HWY_BEFORE_NAMESPACE();
 namespace bn1d::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// out[c] = in[c] as float64 (exact), in contiguous float32 or float64.
+// out[c] = in[c] as float64 (exact), in contiguous storage of any floating dtype.
 template <class T>
 void to_f64(double* HWY_RESTRICT out, const T* HWY_RESTRICT in, int64_t C) {
   const DD d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   int64_t c = 0;
   for (; c + N <= C; c += N) hn::StoreU(LoadD(in + c), d, out + c);
-  for (; c < C; ++c) out[c] = static_cast<double>(in[c]);
+  for (; c < C; ++c) out[c] = widen(in[c]);
 }
 void ToF64(double* out, const void* in, DType dtype, int64_t C) {
-  if (dtype == DType::Float32) return to_f64(out, static_cast<const float*>(in), C);
-  to_f64(out, static_cast<const double*>(in), C);
+  with_storage(dtype, [&]<class T>() { to_f64(out, static_cast<const T*>(in), C); });
 }
 
 // out[c] = v[c] rounded once to T, out contiguous.
@@ -43,11 +42,10 @@ void from_f64(T* HWY_RESTRICT out, const double* HWY_RESTRICT v, int64_t C) {
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   int64_t c = 0;
   for (; c + N <= C; c += N) StoreD(hn::LoadU(d, v + c), out + c);
-  for (; c < C; ++c) out[c] = static_cast<T>(v[c]);
+  for (; c < C; ++c) out[c] = narrow<T>(v[c]);
 }
 void FromF64(void* out, DType dtype, const double* v, int64_t C) {
-  if (dtype == DType::Float32) return from_f64(static_cast<float*>(out), v, C);
-  from_f64(static_cast<double*>(out), v, C);
+  with_storage(dtype, [&]<class T>() { from_f64(static_cast<T*>(out), v, C); });
 }
 
 // out[c] = a[c] · b[c].

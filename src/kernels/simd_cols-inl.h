@@ -145,10 +145,10 @@ void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t block,
     }
     for (; c + N <= c1; c += N) stats_cols_chunk<1>(rows, ahead, nb, c, count, mean, m2);
     for (; c < c1; ++c) {  // the same arithmetic, one channel
-      const double first = static_cast<double>(rows[0][c]);
+      const double first = widen(rows[0][c]);
       double sum = 0.0, q = 0.0;
       for (int64_t r = 1; r < nb; ++r) {
-        const double dv = static_cast<double>(rows[r][c]) - first;
+        const double dv = widen(rows[r][c]) - first;
         sum += dv;
         q = std::fma(dv, dv, q);
       }
@@ -185,9 +185,9 @@ HWY_INLINE void backward_sums_cols_rows(const T* const* g, const T* const* p, co
   }
   for (int i = 0; i < R; ++i) {
     for (int64_t c = vec_end; c < c1; ++c) {
-      const double gv = static_cast<double>(g[i][c]);
+      const double gv = widen(g[i][c]);
       sum_dy[c] += gv;
-      sum_dy_xmu[c] += gv * (static_cast<double>(p[i][c]) - mean[c]);
+      sum_dy_xmu[c] += gv * (widen(p[i][c]) - mean[c]);
     }
   }
 }
@@ -250,11 +250,11 @@ HWY_INLINE void elementwise_rows_group(D d, const Out3& out, const View3& x, con
   int64_t c = 0;
   for (; c + N <= C; c += N) {
     V v[R];
-    for (int i = 0; i < R; ++i) v[i] = f.vec(d, c, hn::LoadU(d, p[i] + c), hn::LoadU(d, g[i] + c));
-    for (int i = 0; i < R; ++i) hn::StoreU(v[i], d, o[i] + c);
+    for (int i = 0; i < R; ++i) v[i] = f.vec(d, c, LoadC(d, p[i] + c), LoadC(d, g[i] + c));
+    for (int i = 0; i < R; ++i) StoreC(d, v[i], o[i] + c);
   }
-  if constexpr (kMaskedTails) {  // f.vec's parameter loads may read past C: P is padded
-    if (c < C) {
+  if constexpr (kMaskedTails && !kIs16Bit<T>) {  // f.vec's parameter loads may read past C
+    if (c < C) {                                 // (P is padded)
       const auto m = hn::FirstN(d, static_cast<size_t>(C - c));
       V v[R];
       for (int i = 0; i < R; ++i)
@@ -263,13 +263,15 @@ HWY_INLINE void elementwise_rows_group(D d, const Out3& out, const View3& x, con
     }
   } else {
     for (; c < C; ++c) {
-      for (int i = 0; i < R; ++i) o[i][c] = f.scalar(c, p[i][c], g[i][c]);
+      for (int i = 0; i < R; ++i)
+        o[i][c] = from_compute<T>(f.scalar(c, to_compute(p[i][c]), to_compute(g[i][c])));
     }
   }
 }
 
-// Elementwise op over units u0 … u1 − 1 of a cols view, in T's own lanes: f.vec(d, c, x, dy)
-// gives the results for channels c … c + lanes − 1, f.scalar(c, x, dy) for one channel.
+// Elementwise op over units u0 … u1 − 1 of a cols view, in lanes of ComputeOf<T> (T's own;
+// float64 for the 16-bit types): f.vec(d, c, x, dy) gives the results for channels
+// c … c + lanes − 1, f.scalar(c, x, dy) for one channel.
 // - Output with contiguous channels too (out.sC == 1, e.g. (N, C) or channels-last): a unit is a
 //   row r = n·L + l, read and written along C; kRowGroup rows at a time unless streamed. Streamed
 //   rows go one at a time in memory order, which the hardware prefetchers follow
@@ -280,7 +282,8 @@ HWY_INLINE void elementwise_rows_group(D d, const Out3& out, const View3& x, con
 template <class T, class F>
 void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t u0, int64_t u1, F f,
                       bool stream) {
-  const hn::ScalableTag<T> d;
+  using CT = ComputeOf<T>;
+  const hn::ScalableTag<CT> d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t C = x.C, L = x.L;
   T* const base = static_cast<T*>(out.data);
@@ -293,7 +296,7 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
       write_run(
           d, o, C, stream,
           [&](int64_t c, auto load) { return f.vec(d, c, load(p + c), load(g + c)); },
-          [&](int64_t c) { return f.scalar(c, p[c], g[c]); });
+          [&](int64_t c) { return f.scalar(c, to_compute(p[c]), to_compute(g[c])); });
     }
     hwy::FlushStream();
     return;
@@ -306,7 +309,7 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
     return;
   }
   const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
-  T lanes[HWY_LANES(T)];
+  T lanes[HWY_LANES(CT)];
   T tile[kChannelBlock][kTileL];  // [channel - c_begin][l - l0]
   for (int64_t u = u0; u < u1; ++u) {
     const int64_t n = u / blocks, c_begin = (u % blocks) * kChannelBlock;
@@ -318,11 +321,12 @@ void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t 
         const T* p = row_ptr<T>(x, n, c_begin, l0 + i);
         const T* g = dy ? row_ptr<T>(*dy, n, c_begin, l0 + i) : p;
         for (int64_t cv = 0; cv < vec_width; cv += N) {
-          hn::StoreU(f.vec(d, c_begin + cv, hn::LoadU(d, p + cv), hn::LoadU(d, g + cv)), d, lanes);
+          StoreC(d, f.vec(d, c_begin + cv, LoadC(d, p + cv), LoadC(d, g + cv)), lanes);
           for (int64_t j = 0; j < N; ++j) tile[cv + j][i] = lanes[j];
         }
         for (int64_t cv = vec_width; cv < width; ++cv)
-          tile[cv][i] = f.scalar(c_begin + cv, p[cv], g[cv]);
+          tile[cv][i] =
+              from_compute<T>(f.scalar(c_begin + cv, to_compute(p[cv]), to_compute(g[cv])));
       }
       for (int64_t j = 0; j < width; ++j) {
         std::copy_n(tile[j], len, base + n * out.sN + (c_begin + j) * out.sC + l0);
@@ -396,22 +400,24 @@ struct BackwardInputFoldedOp {
 
 // y over units u0 … u1 − 1 (see elementwise_cols), the parameters at P in the form `block` says.
 template <class T>
-void normalize_cols(const Out3& y, const View3& x, const T* P, const ParamBlock& block, int64_t u0,
-                    int64_t u1, bool stream) {
+void normalize_cols(const Out3& y, const View3& x, const ComputeOf<T>* P, const ParamBlock& block,
+                    int64_t u0, int64_t u1, bool stream) {
+  using CT = ComputeOf<T>;
   if (block.folded())
-    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeFoldedOp<T>{{{P, x.C}}}, stream);
+    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeFoldedOp<CT>{{{P, x.C}}}, stream);
   else
-    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<T>{{{P, x.C}}}, stream);
+    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<CT>{{{P, x.C}}}, stream);
 }
 
 // dx over units u0 … u1 − 1, as normalize_cols.
 template <class T>
-void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const T* P,
+void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const ComputeOf<T>* P,
                          const ParamBlock& block, int64_t u0, int64_t u1, bool stream) {
+  using CT = ComputeOf<T>;
   if (block.folded())
-    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputFoldedOp<T>{{{P, x.C}}}, stream);
+    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputFoldedOp<CT>{{{P, x.C}}}, stream);
   else
-    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<T>{{{P, x.C}}}, stream);
+    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<CT>{{{P, x.C}}}, stream);
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE

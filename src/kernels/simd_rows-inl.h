@@ -60,7 +60,7 @@ HWY_INLINE double add_row(Acc4& acc, const T* p, int64_t len, double shift) {
   }
   for (; i + N <= len; i += N) acc.a0 = hn::Add(acc.a0, hn::Sub(LoadD(p + i), k));
   double tail = 0.0;
-  for (; i < len; ++i) tail += static_cast<double>(p[i]) - shift;
+  for (; i < len; ++i) tail += widen(p[i]) - shift;
   return tail;
 }
 
@@ -83,7 +83,7 @@ HWY_INLINE double add_row_sqdev(Acc4& acc, const T* p, int64_t len, double mean)
   for (; i + N <= len; i += N) sq(acc.a0, i);
   double tail = 0.0;
   for (; i < len; ++i) {
-    const double dv = static_cast<double>(p[i]) - mean;
+    const double dv = widen(p[i]) - mean;
     tail += dv * dv;
   }
   return tail;
@@ -111,7 +111,7 @@ HWY_INLINE void add_row_shifted(Acc4& s, Acc4& q, const T* p, int64_t len, doubl
   }
   for (; i + N <= len; i += N) step(s.a0, q.a0, i);
   for (; i < len; ++i) {
-    const double d = static_cast<double>(p[i]) - shift;
+    const double d = widen(p[i]) - shift;
     tail_s += d;
     tail_q += d * d;
   }
@@ -128,8 +128,8 @@ template <class T, class RowAt>
 HWY_INLINE void block_stats(const RowAt& row, int64_t rows, int64_t len, double& mean_b,
                             double& m2_b) {
   const double nb = static_cast<double>(rows * len);
-  const double K = static_cast<double>(row(0)[0]);
-  if constexpr (std::is_same_v<T, float>) {
+  const double K = widen(row(0)[0]);
+  if constexpr (!std::is_same_v<T, double>) {
     Acc4 s, q;
     double tail_s = 0.0, tail_q = 0.0;
     for (int64_t r = 0; r < rows; ++r) add_row_shifted(s, q, row(r), len, K, tail_s, tail_q);
@@ -243,8 +243,8 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
         }
         double s = ReduceSum(hn::Add(s0, s1)), sx = ReduceSum(hn::Add(sx0, sx1));
         for (; l < len; ++l) {
-          s += static_cast<double>(g[l]);
-          sx += static_cast<double>(g[l]) * (static_cast<double>(p[l]) - mean[c]);
+          s += widen(g[l]);
+          sx += widen(g[l]) * (widen(p[l]) - mean[c]);
         }
         sum_dy[c] += s;
         sum_dy_xmu[c] += sx;
@@ -253,29 +253,30 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
   });
 }
 
-// Output rows i0 … i1 − 1 (i = n·C + c; unit stride along L), in T's own lanes:
+// Output rows i0 … i1 − 1 (i = n·C + c; unit stride along L), in lanes of ComputeOf<T>:
 //   y = ((x − mean_hi) − mean_lo) · scale + shift, the parameters at P laid out as `block` says
 // (always unfolded: folds_mean_lo). mean_hi + mean_lo is the float64 mean split into two T values:
 // x − mean_hi is exact for x near the mean, so large offsets cost no precision.
 template <class T>
-void normalize_rows(const Out3& y, const View3& x, const T* P, const ParamBlock& block, int64_t i0,
-                    int64_t i1, bool stream) {
-  const hn::ScalableTag<T> d;
+void normalize_rows(const Out3& y, const View3& x, const ComputeOf<T>* P, const ParamBlock& block,
+                    int64_t i0, int64_t i1, bool stream) {
+  using CT = ComputeOf<T>;
+  const hn::ScalableTag<CT> d;
   const int64_t L = x.L, C = x.C;
-  const NormalizeColumns<T, false> params{{P, block.C}};
+  const NormalizeColumns<CT, false> params{{P, block.C}};
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / C, c = i % C;
     const T* p = row_ptr<T>(x, n, c, 0);
     T* out = static_cast<T*>(y.data) + n * y.sN + c * y.sC;
-    const T mh = params.mean_hi_at(c), ml = params.mean_lo_at(c), sc = params.scale_at(c),
-            sh = params.shift_at(c);
+    const CT mh = params.mean_hi_at(c), ml = params.mean_lo_at(c), sc = params.scale_at(c),
+             sh = params.shift_at(c);
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), vs = hn::Set(d, sc), vb = hn::Set(d, sh);
     write_run(
         d, out, L, stream,
         [&](int64_t l, auto load) {
           return hn::MulAdd(hn::Sub(hn::Sub(load(p + l), vmh), vml), vs, vb);
         },
-        [&](int64_t l) { return std::fma((p[l] - mh) - ml, sc, sh); });
+        [&](int64_t l) { return std::fma((to_compute(p[l]) - mh) - ml, sc, sh); });
   }
   if (stream) hwy::FlushStream();
 }
@@ -298,29 +299,30 @@ void backward_sums_rows_channel(const View3& dy, const View3& x, const double* m
       sx = hn::MulAdd(gv, hn::Sub(LoadD(p + l), m), sx);
     }
     for (; l < x.L; ++l) {
-      s_tail += static_cast<double>(g[l]);
-      sx_tail += static_cast<double>(g[l]) * (static_cast<double>(p[l]) - mean[c]);
+      s_tail += widen(g[l]);
+      sx_tail += widen(g[l]) * (widen(p[l]) - mean[c]);
     }
   }
   *sum_dy = ReduceSum(s) + s_tail;
   *sum_dy_xmu = ReduceSum(sx) + sx_tail;
 }
 
-// dx rows i0 … i1 − 1 (unit stride along L), in T's own lanes, as normalize_rows:
+// dx rows i0 … i1 − 1 (unit stride along L), in lanes of ComputeOf<T>, as normalize_rows:
 //   dx = a · dy + b · ((x − mean_hi) − mean_lo) + k.
 template <class T>
-void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const T* P,
+void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const ComputeOf<T>* P,
                          const ParamBlock& block, int64_t i0, int64_t i1, bool stream) {
-  const hn::ScalableTag<T> d;
+  using CT = ComputeOf<T>;
+  const hn::ScalableTag<CT> d;
   const int64_t L = x.L, C = x.C;
-  const BackwardInputColumns<T, false> params{{P, block.C}};
+  const BackwardInputColumns<CT, false> params{{P, block.C}};
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / C, c = i % C;
     const T* g = row_ptr<T>(dy, n, c, 0);
     const T* p = row_ptr<T>(x, n, c, 0);
     T* out = static_cast<T*>(dx.data) + n * dx.sN + c * dx.sC;
-    const T mh = params.mean_hi_at(c), ml = params.mean_lo_at(c), a = params.a_at(c),
-            b = params.b_at(c), k = params.k_at(c);
+    const CT mh = params.mean_hi_at(c), ml = params.mean_lo_at(c), a = params.a_at(c),
+             b = params.b_at(c), k = params.k_at(c);
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), va = hn::Set(d, a), vb = hn::Set(d, b),
                vk = hn::Set(d, k);
     write_run(
@@ -329,7 +331,9 @@ void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const 
           const auto xm = hn::Sub(hn::Sub(load(p + l), vmh), vml);
           return hn::MulAdd(va, load(g + l), hn::MulAdd(vb, xm, vk));
         },
-        [&](int64_t l) { return std::fma(a, g[l], std::fma(b, (p[l] - mh) - ml, k)); });
+        [&](int64_t l) {
+          return std::fma(a, to_compute(g[l]), std::fma(b, (to_compute(p[l]) - mh) - ml, k));
+        });
   }
   if (stream) hwy::FlushStream();
 }

@@ -47,8 +47,19 @@ inline std::vector<double> values(const Tensor& t) {
   const Tensor c = t.contiguous();
   std::vector<double> v(static_cast<std::size_t>(c.numel()));
   for (std::size_t i = 0; i < v.size(); ++i) {
-    v[i] =
-        c.dtype() == DType::Float32 ? static_cast<double>(c.data<float>()[i]) : c.data<double>()[i];
+    switch (c.dtype()) {
+      case DType::Float32:
+        v[i] = c.data<float>()[i];
+        break;
+      case DType::BFloat16:
+        v[i] = to_double(c.data<BFloat16>()[i]);
+        break;
+      case DType::Float16:
+        v[i] = to_double(c.data<Float16>()[i]);
+        break;
+      default:
+        v[i] = c.data<double>()[i];
+    }
   }
   return v;
 }

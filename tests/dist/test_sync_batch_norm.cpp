@@ -148,24 +148,29 @@ TEST(SyncBatchNorm1d, WrongDtypeOnOneRankFailsEverywhere) {
       bad, "expected a float32 input (the module's dtype), got float64");
 }
 
-// The 16-bit dtypes have no kernels yet: refused at construction, and as an input on one rank.
-TEST(SyncBatchNorm1d, SixteenBitDtypesAreRefused) {
+// 16-bit inputs: a pure bfloat16/float16 module gives every rank the same running statistics;
+// a float32 module also takes them (mixed precision); an input of another dtype on one rank
+// fails on every rank.
+TEST(SyncBatchNorm1d, SixteenBitInputs) {
   for (const DType dtype : {DType::BFloat16, DType::Float16}) {
     const std::string name = dtype_name(dtype);
-    try {
-      SyncBatchNorm1d refused(BatchNorm1dOptions(3).dtype(dtype));
-      ADD_FAILURE() << "constructed a " << name << " SyncBatchNorm1d";
-    } catch (const Error& e) {
-      EXPECT_EQ(std::string(e.what()), "dtype: expected float32 or float64, got " + name);
-    }
+    SyncBatchNorm1d pure(BatchNorm1dOptions(3).dtype(dtype));
+    const Tensor x = bn1d::randn({4 + world_rank(), 3, 5}, dtype, 7 + world_rank());
+    const Tensor y = pure.forward(x);
+    EXPECT_EQ(y.dtype(), dtype);
+    expect_identical_on_all_ranks(pure.running_mean(), name + " running_mean");
+    expect_identical_on_all_ranks(pure.running_var(), name + " running_var");
+    SyncBatchNorm1d mixed(3);
+    EXPECT_EQ(mixed.forward(x).dtype(), dtype);
+    EXPECT_EQ(mixed.running_mean().dtype(), DType::Float32);
+    expect_identical_on_all_ranks(mixed.running_mean(), name + " mixed running_mean");
     const int bad = world_size() - 1;
-    SyncBatchNorm1d sync(3);
     expect_error_everywhere(
         [&] {
-          (void)sync.forward(bn1d::randn({4, 3}, world_rank() == bad ? dtype : DType::Float32));
+          (void)pure.forward(bn1d::randn({4, 3}, world_rank() == bad ? DType::Float32 : dtype));
         },
-        bad, "input: expected dtype float32 or float64, got " + name);
-    EXPECT_EQ(sync.num_batches_tracked(), 0);
+        bad, "expected a " + name + " input (the module's dtype), got float32");
+    EXPECT_EQ(pure.num_batches_tracked(), 1);
   }
 }
 
