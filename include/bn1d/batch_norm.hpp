@@ -12,7 +12,10 @@
 ///   channel with eps = 0 normalizes to 0 (as PyTorch does), never NaN.
 /// - Inputs may have any strides; outputs are new contiguous tensors of the input's shape.
 ///   Statistics (mean, M2, invstd, gradient sums) are float64 tensors of shape {C}, accumulated
-///   in float64 for float32 and float64 inputs alike.
+///   in float64 for every input dtype (float32, float64, bfloat16, float16).
+/// - Parameters and running statistics have the input's dtype or, for a bfloat16/float16 input,
+///   float32 or float64 (mixed precision), all of one dtype. Outputs have the input's dtype and
+///   are rounded once from float64 (16-bit inputs: docs/math.md#16-bit-inputs).
 ///
 /// Distributed training inserts a reduction between the steps:
 /// - forward: batch_stats → combine_stats (across ranks) → normalization_from_batch →
@@ -58,7 +61,7 @@ struct BatchNormGradients {
 };
 
 /// Step 1 of the forward pass: per-channel count, mean and M2 of @p input ((N, C) or (N, C, L),
-/// float32/float64, any strides). An empty batch gives count 0, mean 0 and M2 0.
+/// any floating dtype, any strides). An empty batch gives count 0, mean 0 and M2 0.
 BatchStats batch_stats(const Tensor& input);
 
 /// Step 2: merges partial statistics of disjoint batches with Chan's parallel formula, in the

@@ -32,7 +32,7 @@ struct StepConfig {
 /// Why a participant's step failed before its partial results could be combined.
 enum class StepFailure : int {
   None = 0,            ///< no failure
-  InvalidInput = 1,    ///< not a 2-D or 3-D float32/float64 tensor
+  InvalidInput = 1,    ///< not a 2-D or 3-D floating tensor
   WrongChannels = 2,   ///< the input's channel count is not num_features
   WrongDtype = 3,      ///< the input's dtype is not the module's
   InvalidState = 4,    ///< a parameter or buffer has the wrong shape or dtype

@@ -52,7 +52,10 @@ class BatchNorm1dOptions {
     return *this;
   }
   bool track_running_stats() const noexcept { return track_; }
-  /// dtype of the parameters and buffers, and of the inputs the module accepts (default Float32).
+  /// dtype of the parameters and buffers (default Float32): Float32, Float64, BFloat16 or
+  /// Float16. The module takes inputs of its own dtype and, when it is Float32 or Float64, also
+  /// BFloat16 and Float16 inputs (mixed precision, as torch's `BatchNorm1d(C)(x.bfloat16())`);
+  /// outputs and grad_input have the input's dtype, everything else the module's.
   BatchNorm1dOptions& dtype(DType value) {
     dtype_ = value;
     return *this;
@@ -92,7 +95,7 @@ class BatchNorm1d {
   /// BatchNorm1d(num_features) with default options.
   explicit BatchNorm1d(int64_t num_features);
   /// Throws Error for num_features < 1, eps negative or non-finite, momentum outside [0, 1] or
-  /// non-finite, or a dtype other than Float32/Float64.
+  /// non-finite, or a dtype that is not floating (Int64).
   explicit BatchNorm1d(const BatchNorm1dOptions& options);
   /// Deep copy: the copy's parameters and buffers are independent of the original's.
   BatchNorm1d(const BatchNorm1d& other);

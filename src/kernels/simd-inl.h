@@ -46,7 +46,8 @@ constexpr bool kLanewise = kIs16Bit<T> && (HWY_TARGET == HWY_SCALAR || HWY_TARGE
 
 /// Float64 lanes rounded to odd float32: truncated toward zero, with the lowest bit set when
 /// inexact. A second rounding of that to at most 22 bits is then the one rounding of the float64
-/// (docs/math.md#round-to-odd). NaN stays NaN, overflow gives ±inf's neighbour FLT_MAX | 1.
+/// (docs/math.md#round-to-odd-one-rounding-through-float32). NaN stays NaN; beyond float32's
+/// range the result is ±FLT_MAX, which every 16-bit rounding takes to ±inf.
 HWY_INLINE hn::Vec<hn::Rebind<float, DD>> RoundToOddF32(VD v) {
   const hn::Rebind<float, DD> df;
   const hn::Rebind<int32_t, DD> di;

@@ -118,10 +118,11 @@ HWY_INLINE void add_row_shifted(Acc4& s, Acc4& q, const T* p, int64_t len, doubl
 }
 
 // Mean and M2 of one block of at most kBlock values: `rows` rows of channel values, row r's
-// `len` values at row(r). float32: one pass, in values shifted by the block's first value
-// (mean_b = K + s/n, M2_b = q − s²/n); the subtraction loses at most log2(n + 1) ≤ 12 of
-// float64's 53 bits (docs/math.md), far below float32's 24, and the pass costs a third fewer
-// operations than two (float32 → float64 widening makes these passes compute-bound). float64:
+// `len` values at row(r). float32 and the 16-bit types: one pass, in values shifted by the
+// block's first value (mean_b = K + s/n, M2_b = q − s²/n); the subtraction loses at most
+// log2(n + 1) ≤ 12 of float64's 53 bits (docs/math.md), far below float32's 24, and the pass
+// costs a third fewer operations than two (widening to float64 makes these passes
+// compute-bound). float64:
 // two passes (the mean, then squared deviations from it), which keep those bits; a float64 pass
 // is bound by memory.
 template <class T, class RowAt>
