@@ -436,6 +436,35 @@ TEST(Kernels, SixteenBitOutputsRoundOnceOnEveryTarget) {
   simd::force_target("");
 }
 
+// Infinite and NaN inputs (quiet, signalling, with payloads, negative) normalized with scale 1
+// come out as the scalar oracle widens and rounds them, bit for bit, on every target.
+TEST(Kernels, SixteenBitInfAndNaNInputsKeepTheirBits) {
+  const uint16_t bf16[] = {0x7F80, 0xFF80, 0x7FC0, 0xFFC0, 0x7FC1, 0x7F81, 0x3F80, 0x8000};
+  const uint16_t f16[] = {0x7C00, 0xFC00, 0x7E00, 0xFE00, 0x7E01, 0x7C01, 0x3C00, 0x8000};
+  const int64_t C = 8, N = 11;
+  const std::vector<double> mean(C, 0.0), scale(C, 1.0), shift(C, -0.0);
+  for (const std::string& target : simd::targets()) {
+    simd::force_target(target);
+    for (DType dtype : {DType::BFloat16, DType::Float16}) {
+      SCOPED_TRACE("target " + target + " " + dtype_name(dtype));
+      const uint16_t* codes = dtype == DType::BFloat16 ? bf16 : f16;
+      Tensor x = Tensor::empty({N, C}, dtype), y = Tensor::zeros({N, C}, dtype);
+      auto* xb = static_cast<uint16_t*>(x.raw_data());
+      for (int64_t i = 0; i < N * C; ++i) xb[i] = codes[i % C];
+      simd::normalize(simd::Layout::UnitStrideC, detail::output_view(y), view_of(x), mean.data(),
+                      scale.data(), shift.data());
+      const auto* yb = static_cast<const uint16_t*>(y.raw_data());
+      for (int64_t i = 0; i < N * C; ++i) {
+        const double v =
+            dtype == DType::BFloat16 ? to_double(BFloat16{xb[i]}) : to_double(Float16{xb[i]});
+        const uint16_t want = dtype == DType::BFloat16 ? to_bfloat16(v).bits : to_float16(v).bits;
+        ASSERT_EQ(yb[i], want) << "input bits " << xb[i] << " at element " << i;
+      }
+    }
+  }
+  simd::force_target("");
+}
+
 TEST(Kernels, UnknownTargetIsAnError) {
   EXPECT_TRUE(
       throws_error([] { simd::force_target("NOT_A_TARGET"); }, "SIMD target \"NOT_A_TARGET\""));

@@ -44,22 +44,26 @@ constexpr bool kLanewise = kIs16Bit<T> && (HWY_TARGET == HWY_SCALAR || HWY_TARGE
                                            (std::is_same_v<T, Float16> &&
                                             !(HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2)));
 
-/// Float64 lanes rounded to odd float32: truncated toward zero, with the lowest bit set when
-/// inexact. A second rounding of that to at most 22 bits is then the one rounding of the float64
-/// (docs/math.md#round-to-odd-one-rounding-through-float32). NaN stays NaN; beyond float32's
-/// range the result is ±FLT_MAX, which every 16-bit rounding takes to ±inf.
-HWY_INLINE hn::Vec<hn::Rebind<float, DD>> RoundToOddF32(VD v) {
-  const hn::Rebind<float, DD> df;
-  const hn::Rebind<int32_t, DD> di;
-  const auto nearest = hn::DemoteTo(df, v);
-  const VD back = hn::PromoteTo(DD(), nearest);
-  // Per lane 0 (exact), 1 (inexact, rounded toward zero) or 3 (inexact, rounded away from zero),
-  // carried to the float32 lanes as a value (masks of float64 lanes do not rebind to 32 bits).
-  const VD inexact = hn::IfThenZeroElse(hn::Eq(back, v), hn::Set(DD(), 1.0));
-  const VD away = hn::IfThenElseZero(hn::Gt(hn::Abs(back), hn::Abs(v)), hn::Set(DD(), 2.0));
-  const auto code = hn::ConvertTo(di, hn::DemoteTo(df, hn::Add(inexact, away)));
-  const auto toward_zero = hn::Sub(hn::BitCast(di, nearest), hn::ShiftRight<1>(code));
-  return hn::BitCast(df, hn::Or(toward_zero, hn::And(code, hn::Set(di, 1))));
+/// Float64 lanes rounded once to the precision and range of the 16-bit type T (to nearest, ties
+/// to even), still as float64: |v| + M − M with M = 1.5 · 2^(e + 52 − mantissa bits), e the
+/// exponent of |v| (at least the smallest normal's, so that subnormals round on their fixed
+/// grid), adds at T's ulp; |v| is first clamped to the power of 2 where T's range ends, which
+/// rounds to ±inf. The result converts to float32 exactly (docs/math.md#16-bit-inputs).
+template <class T>
+HWY_INLINE VD RoundTo16BitPrecision(VD v) {
+  constexpr bool kBF16 = std::is_same_v<T, BFloat16>;
+  constexpr double kMinNormal = kBF16 ? 0x1.0p-126 : 0x1.0p-14;
+  constexpr double kEnd = kBF16 ? 0x1.0p128 : 0x1.0p16;
+  constexpr double kMagic = kBF16 ? 0x1.8p45 : 0x1.8p42;  // 1.5 · 2^(52 − mantissa bits)
+  const DD d;
+  const hn::RebindToUnsigned<DD> du;
+  const VD sign = hn::BitCast(d, hn::Set(du, 0x8000000000000000ull));
+  const VD exponent = hn::BitCast(d, hn::Set(du, 0x7FF0000000000000ull));
+  const VD a = hn::Min(hn::Abs(v), hn::Set(d, kEnd));
+  const VD magic =
+      hn::Mul(hn::Max(hn::And(a, exponent), hn::Set(d, kMinNormal)), hn::Set(d, kMagic));
+  const VD rounded = hn::Or(hn::Sub(hn::Add(a, magic), magic), hn::And(v, sign));
+  return hn::IfThenElse(hn::IsNaN(v), v, rounded);
 }
 
 /// Float64 lanes as T lanes, rounded once (to nearest, ties to even; beyond T's range to ±inf).
@@ -84,19 +88,18 @@ HWY_INLINE hn::Vec<DT<T>> ToT(VD v) {
     hn::Store(v, DD(), in);
     for (size_t i = 0; i < hn::Lanes(DD()); ++i) out[i] = narrow<T>(in[i]).bits;
     return hn::Load(DT<T>(), out);
-  } else if constexpr (std::is_same_v<T, Float16>) {
-    const hn::Rebind<hwy::float16_t, DD> dh;
-    return hn::BitCast(DT<T>(), hn::DemoteTo(dh, RoundToOddF32(v)));  // F16C: to nearest even
-  } else {  // bfloat16: the top half of the float32, rounded to nearest even in integer lanes
-    const hn::Rebind<uint32_t, DD> du;
-    const auto odd = RoundToOddF32(v);
-    const auto bits = hn::BitCast(du, odd);
-    const auto lsb = hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1));
-    const auto rounded = hn::ShiftRight<16>(hn::Add(bits, hn::Add(hn::Set(du, 0x7FFF), lsb)));
-    const auto quiet_nan = hn::Or(hn::ShiftRight<16>(bits), hn::Set(du, 0x40));
-    const auto nan = hn::RebindMask(du, hn::IsNaN(odd));
-    const hn::Rebind<int32_t, DD> di;
-    return hn::DemoteTo(DT<T>(), hn::BitCast(di, hn::IfThenElse(nan, quiet_nan, rounded)));
+  } else {
+    // Rounded in float64, the value is exact in float32 and in T: the conversions cut nothing.
+    const hn::Rebind<float, DD> df;
+    const auto exact = hn::DemoteTo(df, RoundTo16BitPrecision<T>(v));
+    if constexpr (std::is_same_v<T, Float16>) {
+      return hn::BitCast(DT<T>(), hn::DemoteTo(hn::Rebind<hwy::float16_t, DD>(), exact));  // F16C
+    } else {  // bfloat16: the top half of the float32's bits
+      const hn::Rebind<int32_t, DD> di;
+      return hn::DemoteTo(
+          DT<T>(),
+          hn::BitCast(di, hn::ShiftRight<16>(hn::BitCast(hn::Rebind<uint32_t, DD>(), exact))));
+    }
   }
 }
 /// T lanes as float64 lanes (exact).
@@ -169,6 +172,18 @@ HWY_INLINE void StoreC(D d, hn::Vec<D> v, T* HWY_RESTRICT p, bool stream = false
     hn::Stream(v, d, p);
   } else {
     hn::StoreU(v, d, p);
+  }
+}
+
+/// x − mean as the elementwise kernels form it, (x − mean_hi) − mean_lo; in float64 lanes mean_lo
+/// is +0, whose subtraction changes no bit, and is skipped.
+template <class V>
+HWY_INLINE V SubMean(V x, V mean_hi, V mean_lo) {
+  if constexpr (std::is_same_v<hn::TFromV<V>, double>) {
+    (void)mean_lo;
+    return hn::Sub(x, mean_hi);
+  } else {
+    return hn::Sub(hn::Sub(x, mean_hi), mean_lo);
   }
 }
 

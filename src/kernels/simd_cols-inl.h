@@ -345,7 +345,7 @@ struct NormalizeOp {
   NormalizeColumns<T, false> p;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V) const {
-    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, p.mean_hi(c))), hn::LoadU(d, p.mean_lo(c)));
+    const V xm = SubMean(x, hn::LoadU(d, p.mean_hi(c)), hn::LoadU(d, p.mean_lo(c)));
     return hn::MulAdd(xm, hn::LoadU(d, p.scale(c)), hn::LoadU(d, p.shift(c)));
   }
   HWY_INLINE T scalar(int64_t c, T x, T) const {
@@ -373,7 +373,7 @@ struct BackwardInputOp {
   BackwardInputColumns<T, false> p;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V g) const {
-    const V xm = hn::Sub(hn::Sub(x, hn::LoadU(d, p.mean_hi(c))), hn::LoadU(d, p.mean_lo(c)));
+    const V xm = SubMean(x, hn::LoadU(d, p.mean_hi(c)), hn::LoadU(d, p.mean_lo(c)));
     return hn::MulAdd(hn::LoadU(d, p.a(c)), g,
                       hn::MulAdd(hn::LoadU(d, p.b(c)), xm, hn::LoadU(d, p.k(c))));
   }

@@ -274,9 +274,7 @@ void normalize_rows(const Out3& y, const View3& x, const ComputeOf<T>* P, const 
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), vs = hn::Set(d, sc), vb = hn::Set(d, sh);
     write_run(
         d, out, L, stream,
-        [&](int64_t l, auto load) {
-          return hn::MulAdd(hn::Sub(hn::Sub(load(p + l), vmh), vml), vs, vb);
-        },
+        [&](int64_t l, auto load) { return hn::MulAdd(SubMean(load(p + l), vmh, vml), vs, vb); },
         [&](int64_t l) { return std::fma((to_compute(p[l]) - mh) - ml, sc, sh); });
   }
   if (stream) hwy::FlushStream();
@@ -329,7 +327,7 @@ void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const 
     write_run(
         d, out, L, stream,
         [&](int64_t l, auto load) {
-          const auto xm = hn::Sub(hn::Sub(load(p + l), vmh), vml);
+          const auto xm = SubMean(load(p + l), vmh, vml);
           return hn::MulAdd(va, load(g + l), hn::MulAdd(vb, xm, vk));
         },
         [&](int64_t l) {
