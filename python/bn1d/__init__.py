@@ -69,7 +69,8 @@ except ImportError:  # a build without the generated _version.py: the compiled m
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BatchNorm1d", "BFloat16Tensor", "IncompatibleKeys", "load_file", "save_file", "__version__"]
+__all__ = ["BatchNorm1d", "BFloat16Tensor", "IncompatibleKeys", "load_file", "save_file",
+           "__version__"]
 
 ArrayLike = Union[np.ndarray, "torch.Tensor"]
 DTypeLike = Union[str, np.dtype, type, "torch.dtype"]

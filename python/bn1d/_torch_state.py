@@ -39,9 +39,9 @@ def to_torch(module, torch_class):
 
 
 def _state_dtype(module, dtype):
-    """The numpy dtype name of the bn1d module to build: dtype when given (a torch.dtype or
-    "float32", "float64", "bfloat16", "float16"), else the dtype of the module's parameters and buffers (float32 when
-    it has none). ValueError for other or mixed dtypes."""
+    """The dtype name of the bn1d module to build: dtype when given (a torch.dtype or
+    "float32", "float64", "bfloat16", "float16"), else the dtype of the module's parameters and
+    buffers (float32 when it has none). ValueError for other or mixed dtypes."""
     tensors = {name: getattr(module, name) for name in _PARAMETERS + _BUFFERS
                if getattr(module, name) is not None}
     found = {name: str(t.dtype).replace("torch.", "") for name, t in tensors.items()}
@@ -63,7 +63,8 @@ def _state_dtype(module, dtype):
     for name, found_dtype in found.items():
         if found_dtype != dtype:
             raise ValueError(f"module.{name}: expected dtype {dtype} (the module's), got "
-                             f"{found_dtype}; convert the module first (.float(), .double(), .bfloat16() or .half())")
+                             f"{found_dtype}; convert the module first (.float(), .double(), "
+                             f".bfloat16() or .half())")
     return dtype
 
 

@@ -92,8 +92,8 @@ own class) from a bn1d.BatchNorm1d, the numpy module: the same num_features, eps
 (None included), affine, track_running_stats, dtype and training flag, and copies of its
 weight, bias, running_mean, running_var and num_batches_tracked. from_torch(module) is the
 inverse, for a torch.nn.BatchNorm1d (bn1d.torch.BatchNorm1d and other subclasses included) with
-float32, float64, bfloat16 or float16 parameters and buffers on any device. Both copy: the modules are independent
-afterwards.
+float32, float64, bfloat16 or float16 parameters and buffers on any device. Both copy: the
+modules are independent afterwards.
 """
 
 import functools
@@ -334,8 +334,9 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
     @_torch_errors
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Normalizes input, (N, C) or (N, C, L), as torch.nn.BatchNorm1d.forward does: with
-        bn1d's kernels for float32, float64, bfloat16 and float16 CPU tensors, torch's otherwise
-        (see the module docstring). Call the module, m(input), rather than forward, so that hooks run."""
+        bn1d's kernels for float32, float64, bfloat16 and float16 CPU tensors, torch's
+        otherwise (see the module docstring). Call the module, m(input), rather than forward,
+        so that hooks run."""
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input: expected a torch.Tensor, got {_type_name(input)}")
         if input.layout != torch.strided:
@@ -464,10 +465,10 @@ def to_torch(module: bn1d.BatchNorm1d) -> BatchNorm1d:
     """A new bn1d.torch.BatchNorm1d with the state of module, a bn1d.BatchNorm1d (numpy).
 
     Same num_features, eps, momentum (None included), affine, track_running_stats, dtype
-    (float32, float64, bfloat16 or float16) and training flag; copies of weight, bias (as nn.Parameter),
-    running_mean, running_var and num_batches_tracked (buffers, those that exist). The result
-    is a torch.nn.BatchNorm1d too; bn1d.torch.revert(result) gives torch's own class. TypeError
-    when module is not a bn1d.BatchNorm1d.
+    (float32, float64, bfloat16 or float16) and training flag; copies of weight, bias (as
+    nn.Parameter), running_mean, running_var and num_batches_tracked (buffers, those that
+    exist). The result is a torch.nn.BatchNorm1d too; bn1d.torch.revert(result) gives torch's
+    own class. TypeError when module is not a bn1d.BatchNorm1d.
     """
     return _torch_state.to_torch(module, BatchNorm1d)
 
