@@ -177,3 +177,19 @@ def test_bad_16bit_combinations_change_nothing():
     with pytest.raises(ValueError, match="expected dtype float32, float64, bfloat16 or float16, "
                                          "got int32"):
         bn1d.BatchNorm1d(C)(np.ones((4, C), np.int32))
+
+
+def test_pure_bfloat16_state_saves_as_bf16(tmp_path):
+    """save_file writes a BFloat16Tensor as BF16 (from its bits): torch's bfloat16 module loads
+    the file's values back exactly, and the module's own save/load round-trips."""
+    m = bn1d.BatchNorm1d(C, dtype="bfloat16")
+    m.weight = np.array([0.1, -3.0, 7.5])
+    path = str(tmp_path / "bf16.safetensors")
+    bn1d.save_file(m.state_dict(), path)
+    loaded = bn1d.load_file(path)  # BF16 widened exactly to float32
+    assert torch.equal(torch.from_numpy(loaded["weight"]).bfloat16(),
+                       torch.from_dlpack(m.weight))
+    m.save(path)
+    n = bn1d.BatchNorm1d(C, dtype="bfloat16")
+    n.load(path)
+    assert np.array_equal(n.weight.bits(), m.weight.bits())
