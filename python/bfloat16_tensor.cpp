@@ -83,9 +83,10 @@ bn1d::Tensor view_of_dl(const DLManagedTensor& managed, const std::string& name)
     throw bn1d::Error(name + ": expected memory aligned to 2 bytes");
   }
   bn1d::Shape sizes(t.shape, t.shape + t.ndim), strides(t.ndim);
-  for (int d = t.ndim - 1, step = 1; d >= 0; --d) {  // no strides: row-major (DLPack 0.6)
+  int64_t step = 1;
+  for (int d = t.ndim - 1; d >= 0; --d) {  // no strides: row-major (DLPack 0.6)
     strides[d] = t.strides != nullptr ? t.strides[d] : step;
-    step *= static_cast<int>(sizes[d]);
+    step *= sizes[d];
   }
   return bn1d::Tensor::from_blob(static_cast<char*>(t.data) + t.byte_offset, std::move(sizes),
                                  std::move(strides), bn1d::DType::BFloat16);

@@ -185,6 +185,15 @@ def _view(t):
     return t.numpy()
 
 
+def _copy_into(module, name, t):
+    """Copies the CPU tensor t into the parameter or buffer name of the bn1d module."""
+    source = _view(t)
+    if isinstance(source, np.ndarray):
+        getattr(module, name)[...] = source
+    else:  # bfloat16: BatchNorm1d's setter copies the bits
+        setattr(module, name, source)
+
+
 def _tensor(a):
     """The torch tensor sharing the memory of a, a numpy array or a bn1d.BFloat16Tensor."""
     return torch.from_dlpack(a) if isinstance(a, bn1d.BFloat16Tensor) else torch.from_numpy(a)
@@ -255,12 +264,10 @@ class _BatchNormFunction(torch.autograd.Function):
             dtype = input.dtype
         bn = bn1d.BatchNorm1d(input.shape[1], eps=eps, momentum=float(factor), affine=affine,
                               track_running_stats=track, dtype=str(dtype).replace("torch.", ""))
-        if affine:
-            bn.weight = _view(weight)
-            bn.bias = _view(bias)
-        if track:
-            bn.running_mean = _view(running_mean)
-            bn.running_var = _view(running_var)
+        for name, value in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                            ("running_var", running_var)):
+            if value is not None:
+                _copy_into(bn, name, value)
         bn.train(bool(use_batch_stats))
         output = _tensor(bn.forward(_view(input)))
         if track and use_batch_stats:

@@ -100,9 +100,43 @@ def test_bfloat16_input_is_read_without_copy_and_returned_as_bfloat16_tensor():
     assert wide.dtype == np.float32 and np.array_equal(wide, t.float().numpy())
     assert np.array_equal(np.asarray(y), wide)
     assert np.asarray(y, dtype=np.float64).dtype == np.float64
-    # The input is read in place: changing it after forward changes what backward sees.
     gx, gw, gb = m.backward(torch.ones_like(x))
     assert isinstance(gx, bn1d.BFloat16Tensor) and gw.dtype == np.float32
+
+
+def test_bfloat16_input_is_a_view_not_a_copy():
+    """forward keeps a view of the torch tensor's memory for backward: changing the tensor in
+    place between forward and backward changes the gradients (a copy would not see it)."""
+    x = torch.randn(10, C).bfloat16()
+    gy = torch.randn(10, C).bfloat16()
+    kept, changed = bn1d.BatchNorm1d(C), bn1d.BatchNorm1d(C)
+    kept(x.clone())
+    changed(x)
+    x.mul_(-3)
+    assert not torch.equal(torch.from_dlpack(kept.backward(gy)[0]),
+                           torch.from_dlpack(changed.backward(gy)[0]))
+
+
+class _DLPackOnly:
+    """Any producer of DLPack capsules (here one that forwards a torch tensor's)."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __dlpack__(self, stream=None):
+        return self.t.__dlpack__()
+
+    def __dlpack_device__(self):
+        return self.t.__dlpack_device__()
+
+
+def test_any_dlpack_bfloat16_producer_and_expanded_views():
+    x = torch.randn(6, C, 4).bfloat16()
+    want = torch.from_dlpack(bn1d.BatchNorm1d(C)(x))
+    assert torch.equal(torch.from_dlpack(bn1d.BatchNorm1d(C)(_DLPackOnly(x))), want)
+    expanded = torch.randn(1, C, 1).bfloat16().expand(6, C, 4)  # stride 0: one value per channel
+    assert torch.equal(torch.from_dlpack(bn1d.BatchNorm1d(C)(expanded)),
+                       torch.zeros(6, C, 4, dtype=torch.bfloat16))
 
 
 def test_bfloat16_strided_and_channels_last_views():
