@@ -231,7 +231,8 @@ py::dict state_dict(Module& self) {
   return d;
 }
 
-// @p items: (key, numpy array) pairs in the caller's order, converted by the Python layer.
+// @p items: (key, numpy array or BFloat16Tensor) pairs in the caller's order, converted by the
+// Python layer.
 void load_state_dict(Module& self, const std::vector<std::pair<std::string, py::object>>& items,
                      bool strict) {
   const bn1d::BatchNorm1dOptions& o = self.m.options();

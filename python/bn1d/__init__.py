@@ -286,7 +286,8 @@ class BatchNorm1d:
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, np.ndarray]:
         """weight, bias, running_mean, running_var, num_batches_tracked (copies; the count as a
-        0-d int64 array), in torch's order, those that exist."""
+        0-d int64 array; BFloat16Tensor copies in a bfloat16 module), in torch's order, those
+        that exist."""
         return OrderedDict(self._m.state_dict().items())
 
     def _state_keys(self) -> List[str]:
