@@ -12,6 +12,8 @@
 
 #include <bn1d/bn1d.hpp>
 
+#include "bfloat16_tensor.hpp"
+
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -24,6 +26,7 @@
 #include <vector>
 
 namespace py = pybind11;
+using bn1d_python::BFloat16Tensor;
 
 namespace {
 
@@ -68,7 +71,8 @@ struct Layout {
 Layout layout_of(const py::array& a, const char* name) {
   const std::optional<bn1d::DType> dtype = bn1d_dtype(a.dtype());
   if (!dtype) {
-    throw bn1d::Error(std::string(name) + ": expected dtype float32 or float64, got " +
+    throw bn1d::Error(std::string(name) +
+                      ": expected dtype float32, float64, bfloat16 or float16, got " +
                       numpy_dtype_name(a.dtype()));
   }
   const auto itemsize = static_cast<py::ssize_t>(a.itemsize());
@@ -115,23 +119,39 @@ py::array view_of(const bn1d::Tensor& t, py::handle base) {
                    base);
 }
 
-// A numpy array sharing the storage of @p t (a Tensor copy keeps it alive); None if undefined.
+// A numpy array sharing the storage of @p t (a Tensor copy keeps it alive), a BFloat16Tensor
+// for bfloat16 (numpy has none); None if undefined.
 py::object to_numpy(const bn1d::Tensor& t) {
   if (!t.defined()) return py::none();
+  if (t.dtype() == bn1d::DType::BFloat16) return py::cast(BFloat16Tensor{t, nullptr});
   auto* holder = new bn1d::Tensor(t);
   py::capsule base(holder, [](void* p) { delete static_cast<bn1d::Tensor*>(p); });
   return view_of(*holder, base);
 }
 
-// A new C-contiguous numpy array with the shape and dtype of @p like.
-py::array empty_like(const py::array& like) {
-  std::vector<py::ssize_t> shape(like.shape(), like.shape() + like.ndim());
-  return py::array(like.dtype(), std::move(shape));
+// The bn1d view of @p x, a numpy array (see wrap) or a BFloat16Tensor (sharing its memory).
+bn1d::Tensor tensor_of(const py::object& x, const char* name) {
+  if (py::isinstance<BFloat16Tensor>(x)) return x.cast<const BFloat16Tensor&>().tensor;
+  return wrap(x.cast<py::array>(), name);
 }
 
-// The numpy array bn1d wrote into: @p out when bn1d reused its buffer, else its new tensor.
-py::object result(const py::array& out, const bn1d::Tensor& written) {
-  if (written.raw_data() == out.data() || written.numel() == 0) return out;
+// A result buffer like @p like: the Python object (a new C-contiguous numpy array, or a
+// BFloat16Tensor) and bn1d's writable view of it.
+std::pair<py::object, bn1d::Tensor> empty_like(const py::object& like, const char* name) {
+  if (py::isinstance<BFloat16Tensor>(like)) {
+    const bn1d::Tensor& t = like.cast<const BFloat16Tensor&>().tensor;
+    bn1d::Tensor out = bn1d::Tensor::empty(t.sizes(), bn1d::DType::BFloat16);
+    return {py::cast(BFloat16Tensor{out, nullptr}), out};
+  }
+  const auto a = like.cast<py::array>();
+  py::array out(a.dtype(), std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+  bn1d::Tensor view = wrap_writable(out, name);
+  return {out, view};
+}
+
+// What bn1d wrote into: @p out when bn1d reused its buffer @p given, else its new tensor.
+py::object result(const py::object& out, const bn1d::Tensor& given, const bn1d::Tensor& written) {
+  if (written.raw_data() == given.raw_data() || written.numel() == 0) return out;
   return to_numpy(written);
 }
 
@@ -166,13 +186,15 @@ struct Module {
 bn1d::DType parse_module_dtype(const std::string& name) {
   if (name == "float32") return bn1d::DType::Float32;
   if (name == "float64") return bn1d::DType::Float64;
-  throw bn1d::Error("dtype: expected float32 or float64, got " + name);
+  if (name == "bfloat16") return bn1d::DType::BFloat16;
+  if (name == "float16") return bn1d::DType::Float16;
+  throw bn1d::Error("dtype: expected float32, float64, bfloat16 or float16, got " + name);
 }
 
-py::object forward(Module& self, const py::array& x) {
-  const bn1d::Tensor input = wrap(x, "input");
-  py::array out = empty_like(x);
-  bn1d::Tensor output = wrap_writable(out, "output");
+py::object forward(Module& self, const py::object& x) {
+  const bn1d::Tensor input = tensor_of(x, "input");
+  auto [out, given] = empty_like(x, "output");
+  bn1d::Tensor output = given;
   const uint64_t seq = self.exclusive([&] {
     self.m.forward(input, output);
     return ++self.forwards;
@@ -181,24 +203,24 @@ py::object forward(Module& self, const py::array& x) {
     self.saved_input = x;
     self.saved_seq = seq;
   }
-  return result(out, output);
+  return result(out, given, output);
 }
 
-py::object infer(Module& self, const py::array& x) {
-  const bn1d::Tensor input = wrap(x, "input");
-  py::array out = empty_like(x);
-  bn1d::Tensor output = wrap_writable(out, "output");
+py::object infer(Module& self, const py::object& x) {
+  const bn1d::Tensor input = tensor_of(x, "input");
+  auto [out, given] = empty_like(x, "output");
+  bn1d::Tensor output = given;
   self.shared([&] { self.m.infer(input, output); });
-  return result(out, output);
+  return result(out, given, output);
 }
 
-py::tuple backward(Module& self, const py::array& grad_output) {
-  const bn1d::Tensor dy = wrap(grad_output, "grad_output");
+py::tuple backward(Module& self, const py::object& grad_output) {
+  const bn1d::Tensor dy = tensor_of(grad_output, "grad_output");
   bn1d::BatchNorm1d::Gradients grads;
-  py::array grad_input = empty_like(grad_output);
-  grads.input = wrap_writable(grad_input, "grad_input");
+  auto [grad_input, given] = empty_like(grad_output, "grad_input");
+  grads.input = given;
   self.exclusive([&] { self.m.backward(dy, grads); });
-  return py::make_tuple(result(grad_input, grads.input), to_numpy(grads.weight),
+  return py::make_tuple(result(grad_input, given, grads.input), to_numpy(grads.weight),
                         to_numpy(grads.bias));
 }
 
@@ -209,8 +231,9 @@ py::dict state_dict(Module& self) {
   return d;
 }
 
-// @p items: (key, numpy array) pairs in the caller's order, converted by the Python layer.
-void load_state_dict(Module& self, const std::vector<std::pair<std::string, py::array>>& items,
+// @p items: (key, numpy array or BFloat16Tensor) pairs in the caller's order, converted by the
+// Python layer.
+void load_state_dict(Module& self, const std::vector<std::pair<std::string, py::object>>& items,
                      bool strict) {
   const bn1d::BatchNorm1dOptions& o = self.m.options();
   bn1d::StateDict state;
@@ -219,18 +242,23 @@ void load_state_dict(Module& self, const std::vector<std::pair<std::string, py::
         ((key == "weight" || key == "bias") && o.affine()) ||
         ((key == "running_mean" || key == "running_var" || key == "num_batches_tracked") &&
          o.track_running_stats());
-    if (!bn1d_dtype(value.dtype())) {
+    if (py::isinstance<BFloat16Tensor>(value)) {
+      state.insert(key, value.cast<const BFloat16Tensor&>().tensor);
+      continue;
+    }
+    const auto array = value.cast<py::array>();
+    if (!bn1d_dtype(array.dtype())) {
       if (known) {
         throw bn1d::Error(
             "Error(s) in loading state_dict for BatchNorm1d: size or dtype mismatch for " + key +
-            ": copying a tensor of unsupported dtype " + numpy_dtype_name(value.dtype()) +
+            ": copying a tensor of unsupported dtype " + numpy_dtype_name(array.dtype()) +
             " from the state dict.");
       }
       // An unknown key: bn1d only reports it (strict) or ignores it; its values are never read.
       state.insert(key, bn1d::Tensor::empty({0}, bn1d::DType::Int64));
       continue;
     }
-    state.insert(key, wrap(value, key.c_str()));
+    state.insert(key, wrap(array, key.c_str()));
   }
   self.exclusive([&] { self.m.load_state_dict(state, strict); });
 }
@@ -361,7 +389,7 @@ py::dict load_file(const std::string& path) {
 // ---- the Python class -------------------------------------------------------------------
 
 // Read-only property @p name: a numpy view of the module's tensor @p get(module) (None when it is
-// undefined), which keeps the Python object alive.
+// undefined), which keeps the Python object alive; a BFloat16Tensor view for bfloat16.
 template <class Get>
 void def_tensor_view(py::class_<Module>& cls, const char* name, Get get, const char* doc) {
   cls.def_property_readonly(
@@ -370,6 +398,7 @@ void def_tensor_view(py::class_<Module>& cls, const char* name, Get get, const c
         Module& m = self.cast<Module&>();
         const bn1d::Tensor& t = get(m.m);
         if (!t.defined()) return py::none();
+        if (t.dtype() == bn1d::DType::BFloat16) return py::cast(BFloat16Tensor{t, nullptr});
         return view_of(t, self);
       },
       doc);
@@ -414,7 +443,8 @@ void def_state_properties(py::class_<Module>& cls) {
       .def_property_readonly(
           "dtype",
           [](Module& self) { return std::string(bn1d::dtype_name(self.m.options().dtype())); },
-          "The dtype of the parameters, buffers and inputs: 'float32' or 'float64'.");
+          "The dtype of the parameters and buffers: 'float32', 'float64', 'bfloat16' or "
+          "'float16'.");
 }
 
 // state_dict, load_state_dict, save, load and the resets.
@@ -462,7 +492,8 @@ void def_compute(py::class_<Module>& cls) {
           py::arg("num_features"), py::arg("eps") = 1e-5, py::arg("momentum") = 0.1,
           py::arg("affine") = true, py::arg("track_running_stats") = true,
           py::arg("dtype") = "float32",
-          "A module of num_features channels; dtype is 'float32' or 'float64'.")
+          "A module of num_features channels; dtype: 'float32', 'float64' (which also take "
+          "bfloat16 and float16 inputs: mixed precision), 'bfloat16' or 'float16' (pure).")
       .def_property(
           "training",
           [](Module& self) { return self.shared([&] { return self.m.is_training(); }); },
@@ -501,6 +532,7 @@ PYBIND11_MODULE(_bn1d, mod) {
   mod.attr("__version__") = "unknown";
 #endif
   translate_errors();
+  bn1d_python::def_bfloat16_tensor(mod);
 
   py::class_<Module> cls(mod, "BatchNorm1d",
                          "Batch normalization over (N, C) or (N, C, L) numpy arrays; the "

@@ -5,10 +5,10 @@ set -euo pipefail
 
 # build and tests; clang, its libFuzzer and sanitizer runtimes, and clang-format for the
 # hardening stages of scripts/test.sh; OpenMPI for bn1d::dist (SyncBatchNorm1d) and its tests;
-# zlib for the demo (it reads data/digits.csv.gz)
+# zlib for the demo (it reads data/digits.csv.gz); DLPack's header for the Python module's bfloat16
 packages=(cmake ninja-build g++ pkg-config git libgtest-dev libgmock-dev nlohmann-json3-dev libhwy-dev
           clang clang-format
-          openmpi-bin libopenmpi-dev zlib1g-dev "$@")
+          openmpi-bin libopenmpi-dev zlib1g-dev libdlpack-dev "$@")
 
 missing=()
 for p in "${packages[@]}"; do

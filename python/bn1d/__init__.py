@@ -6,17 +6,28 @@
     y = m(np.random.randn(20, 100).astype(np.float32))
     grad_input, grad_weight, grad_bias = m.backward(np.ones_like(y))
 
-Inputs are numpy arrays (float32 or float64, the module's dtype, any strides: used without a
-copy) or objects with ``__dlpack__`` such as CPU torch tensors (also without a copy). Outputs are
-numpy arrays. ``weight``, ``bias``, ``running_mean`` and ``running_var`` are writable numpy views
-of the module's own storage.
+Inputs are numpy arrays (any strides: used without a copy) or objects with ``__dlpack__`` such
+as CPU torch tensors (also without a copy). Outputs are numpy arrays. ``weight``, ``bias``,
+``running_mean`` and ``running_var`` are writable numpy views of the module's own storage.
+
+16-bit floats: a float32 or float64 module also takes float16 and bfloat16 inputs (mixed
+precision, as torch's ``BatchNorm1d(C)(x.bfloat16())``): the output and grad_input have the
+input's dtype, the parameters, running statistics and their gradients the module's. A module
+built with dtype="float16" or "bfloat16" is pure: parameters, buffers, inputs and outputs all
+of that dtype. Statistics are accumulated in float64 and each output rounded once. numpy has
+float16 but no bfloat16: bfloat16 inputs come as torch tensors (or any ``__dlpack__`` object),
+and bfloat16 outputs, gradients, parameters and buffers are ``BFloat16Tensor`` objects:
+``torch.from_dlpack(t)`` shares their memory, ``t.numpy()`` / ``np.asarray(t)`` widen them
+exactly to float32, and a pure bfloat16 module's parameters are assigned from torch bfloat16
+tensors (copied bit for bit) or real arrays (rounded once to bfloat16).
 
 Attributes behave as torch's: ``eps`` and ``momentum`` (a real number, or None for a cumulative
 average) are live and take effect on the next call; they are checked on assignment, never
 converted, and a bad value (TypeError, ValueError) changes nothing. ``num_features``,
 ``affine``, ``track_running_stats`` and ``dtype`` are fixed at construction: assigning any of
-them is an AttributeError. ``dtype`` may be given as "float32"/"float64", a numpy dtype or scalar
-type (np.float32, np.dtype("float64")) or a torch dtype (torch.float32).
+them is an AttributeError. ``dtype`` may be given as "float32", "float64", "bfloat16" or
+"float16", a numpy dtype or scalar type (np.float32, np.float16) or a torch dtype
+(torch.float32, torch.bfloat16).
 
 Modules pickle (any protocol) and copy: ``pickle``, ``copy.deepcopy`` and ``copy.copy``
 give an independent module with the same options (the same repr), dtype, parameters, buffers,
@@ -45,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, 
 import numpy as np
 
 from . import _bn1d
+from ._bn1d import BFloat16Tensor
 from ._checks import (PathArg, as_array, check_flag, check_int, check_real, dtype_name,
                       encode_key, on_file, state_value, type_name)
 from ._state_files import load_file, save_file
@@ -57,7 +69,8 @@ except ImportError:  # a build without the generated _version.py: the compiled m
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BatchNorm1d", "IncompatibleKeys", "load_file", "save_file", "__version__"]
+__all__ = ["BatchNorm1d", "BFloat16Tensor", "IncompatibleKeys", "load_file", "save_file",
+           "__version__"]
 
 ArrayLike = Union[np.ndarray, "torch.Tensor"]
 DTypeLike = Union[str, np.dtype, type, "torch.dtype"]
@@ -104,8 +117,8 @@ def _read_only(name: str) -> property:
 
 
 def _tensor_property(name: str, doc: str) -> property:
-    """A parameter or buffer: reading gives a writable numpy view of the module's storage,
-    assigning copies values into it (see BatchNorm1d._set)."""
+    """A parameter or buffer: reading gives a writable numpy view of the module's storage (a
+    BFloat16Tensor view for bfloat16), assigning copies values into it (see BatchNorm1d._set)."""
     return property(lambda self: getattr(self._m, name),
                     lambda self, value: self._set(name, value), doc=doc)
 
@@ -113,8 +126,10 @@ def _tensor_property(name: str, doc: str) -> property:
 class BatchNorm1d:
     """Batch normalization over (N, C) or (N, C, L) inputs, as torch.nn.BatchNorm1d.
 
-    Args mirror torch's; dtype ("float32" or "float64", a numpy dtype or scalar type, or a torch
-    dtype) is the dtype of the parameters and buffers and of the inputs the module accepts.
+    Args mirror torch's; dtype ("float32", "float64", "bfloat16" or "float16", a numpy dtype or
+    scalar type, or a torch dtype) is the dtype of the parameters and buffers. A float32 or
+    float64 module takes inputs of its dtype, bfloat16 and float16 (mixed precision); a
+    bfloat16 or float16 module takes inputs of its own dtype only.
     eps and momentum can be changed later; the other options are fixed. Modules pickle and
     copy (see the package's help).
     """
@@ -137,10 +152,10 @@ class BatchNorm1d:
     track_running_stats = _read_only("track_running_stats")
 
     @property
-    def dtype(self) -> np.dtype:
-        """The dtype of the parameters, buffers and inputs (float32 or float64). Fixed at
-        construction."""
-        return np.dtype(self._m.dtype)
+    def dtype(self) -> Union[np.dtype, str]:
+        """The dtype of the parameters and buffers: a numpy dtype (float32, float64, float16),
+        or the str "bfloat16" (numpy has no bfloat16). Fixed at construction."""
+        return "bfloat16" if self._m.dtype == "bfloat16" else np.dtype(self._m.dtype)
 
     @dtype.setter
     def dtype(self, value: Any) -> None:
@@ -194,29 +209,30 @@ class BatchNorm1d:
         return self.train(False)
 
     # ---- compute -------------------------------------------------------------------------
-    def forward(self, input: ArrayLike) -> np.ndarray:
-        """Normalizes input, (N, C) or (N, C, L) of the module's dtype; keeps it (no copy) for
-        backward()."""
+    def forward(self, input: ArrayLike) -> Union[np.ndarray, BFloat16Tensor]:
+        """Normalizes input, (N, C) or (N, C, L) of the module's dtype (or a 16-bit one, see the
+        class); keeps it (no copy) for backward(). The output has the input's dtype."""
         return self._m.forward(as_array(input, "input"))
 
     __call__ = forward
 
-    def infer(self, input: ArrayLike) -> np.ndarray:
+    def infer(self, input: ArrayLike) -> Union[np.ndarray, BFloat16Tensor]:
         """Normalizes input with the running statistics (batch statistics when the module does
         not track them), whatever the mode, changing nothing."""
         return self._m.infer(as_array(input, "input"))
 
-    def backward(self, grad_output: ArrayLike
-                 ) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+    def backward(self, grad_output: ArrayLike) -> Tuple[Any, Optional[Any], Optional[Any]]:
         """(grad_input, grad_weight, grad_bias) of the last forward(); None where torch has None
-        (no weight and bias without affine). A ValueError before any forward."""
+        (no weight and bias without affine). grad_output and grad_input have the input's dtype,
+        grad_weight and grad_bias the module's. A ValueError before any forward."""
         return self._m.backward(as_array(grad_output, "grad_output"))
 
     # ---- parameters and buffers: writable views of the module's storage -------------------
     def _set(self, name: str, value: Any) -> None:
         """Copies value into the module's name: an array (numpy, tensor, sequence) of real
         numbers (float, int or uint dtype) of exactly its shape; no broadcasting, no complex,
-        bool, object or string values."""
+        bool, object or string values. A bfloat16 module's values are copied from bfloat16
+        tensors bit for bit and rounded once to bfloat16 from real arrays."""
         view = getattr(self._m, name)
         if view is None:
             raise ValueError(f"{name}: the module has no {name}")
@@ -224,13 +240,26 @@ class BatchNorm1d:
             raise TypeError(f"{name}: expected an array of shape {list(view.shape)}, "
                             f"got {type_name(value)}")
         value = state_value(value, name)
+        if isinstance(value, BFloat16Tensor) and not isinstance(view, BFloat16Tensor):
+            value = value.numpy()  # exact: float32 holds every bfloat16
+        if isinstance(value, BFloat16Tensor):
+            self._check_shape(name, view, value)
+            view.copy_(value)
+            return
         if value.dtype.kind not in "fiu":
             raise ValueError(f"{name}: expected a real (float or integer) array, got dtype "
                              f"{value.dtype}")
+        self._check_shape(name, view, value)
+        if isinstance(view, BFloat16Tensor):
+            view.copy_(BFloat16Tensor.from_float(value))
+        else:
+            view[...] = value
+
+    @staticmethod
+    def _check_shape(name: str, view: Any, value: Any) -> None:
         if value.shape != view.shape:
             raise ValueError(f"{name}: expected shape {list(view.shape)}, "
                              f"got {list(value.shape)}")
-        view[...] = value
 
     weight = _tensor_property("weight", "The weight (gamma), None without affine.")
     bias = _tensor_property("bias", "The bias (beta), None without affine.")
@@ -257,7 +286,8 @@ class BatchNorm1d:
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, np.ndarray]:
         """weight, bias, running_mean, running_var, num_batches_tracked (copies; the count as a
-        0-d int64 array), in torch's order, those that exist."""
+        0-d int64 array; BFloat16Tensor copies in a bfloat16 module), in torch's order, those
+        that exist."""
         return OrderedDict(self._m.state_dict().items())
 
     def _state_keys(self) -> List[str]:

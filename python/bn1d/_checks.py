@@ -13,6 +13,8 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 import numpy as np
 
+from ._bn1d import BFloat16Tensor
+
 PathArg = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 Result = TypeVar("Result")
 
@@ -32,14 +34,15 @@ def _torch_dtype_name(dtype: Any) -> str:
 
 
 # torch dtypes numpy can hold: the others (bfloat16, complex32, quantized) cannot be viewed.
+_INPUT_DTYPES = "float32, float64, bfloat16 or float16"
 _NUMPY_TORCH_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
                        "uint8", "bool", "complex64", "complex128")
 
 
-def tensor_array(t: Any, name: str, what: str, to_cpu: bool) -> np.ndarray:
-    """A numpy view of the torch tensor t (a copy when to_cpu and it is on another device);
-    ValueError naming name for tensors bn1d cannot read. what: the dtypes expected, for the
-    message."""
+def tensor_array(t: Any, name: str, what: str, to_cpu: bool) -> Any:
+    """A numpy view of the torch tensor t (a copy when to_cpu and it is on another device), a
+    BFloat16Tensor view for bfloat16 (numpy has none); ValueError naming name for tensors bn1d
+    cannot read. what: the dtypes expected, for the message."""
     import torch
     if t.layout != torch.strided:
         raise ValueError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}")
@@ -49,23 +52,31 @@ def tensor_array(t: Any, name: str, what: str, to_cpu: bool) -> np.ndarray:
         if not to_cpu:
             raise ValueError(f"{name}: expected a CPU tensor, got a tensor on {t.device}")
         t = t.detach().cpu()
+    if _torch_dtype_name(t.dtype) == "bfloat16":
+        return BFloat16Tensor.from_dlpack(t.detach().resolve_neg(), name)
     if _torch_dtype_name(t.dtype) not in _NUMPY_TORCH_DTYPES:
         raise ValueError(f"{name}: expected dtype {what}, got {_torch_dtype_name(t.dtype)}")
     return t.detach().resolve_conj().resolve_neg().numpy()
 
 
-def as_array(x: Any, name: str = "input") -> np.ndarray:
-    """A numpy view of the input x without copying where possible; TypeError for what is not an
-    array, ValueError for arrays bn1d cannot read."""
-    if isinstance(x, np.ndarray):
+def as_array(x: Any, name: str = "input") -> Any:
+    """A numpy view of the input x without copying where possible (a BFloat16Tensor view for
+    bfloat16 tensors); TypeError for what is not an array, ValueError for arrays bn1d cannot
+    read."""
+    if isinstance(x, (np.ndarray, BFloat16Tensor)):
         return x
     if is_torch_tensor(x):
-        return tensor_array(x, name, "float32 or float64", to_cpu=False)
+        return tensor_array(x, name, _INPUT_DTYPES, to_cpu=False)
     if hasattr(x, "__dlpack__"):
         try:
             return np.from_dlpack(x)
         except (BufferError, RuntimeError, TypeError) as e:
-            raise ValueError(f"{name}: cannot be read through __dlpack__ ({e})") from None
+            numpy_error = e
+        try:  # numpy has no bfloat16: such tensors are read as BFloat16Tensor
+            return BFloat16Tensor.from_dlpack(x, name)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            raise ValueError(f"{name}: cannot be read through __dlpack__ ({numpy_error})") \
+                from None
     if (x is None or isinstance(x, (str, bytes, bytearray, Mapping, set, frozenset))
             or not (hasattr(x, "__array__") or hasattr(x, "__array_interface__")
                     or isinstance(x, (list, tuple, numbers.Number)))):
@@ -76,14 +87,14 @@ def as_array(x: Any, name: str = "input") -> np.ndarray:
         raise ValueError(f"{name}: cannot be converted to an array ({e})") from None
 
 
-def state_value(v: Any, name: str) -> np.ndarray:
-    """A state value as a numpy array: numpy arrays as they are, torch tensors through
-    .detach().cpu(), numbers and sequences through np.asarray; ValueError naming name for what
-    cannot be read."""
-    if isinstance(v, np.ndarray):
+def state_value(v: Any, name: str) -> Any:
+    """A state value as a numpy array (a BFloat16Tensor for bfloat16): numpy arrays as they are,
+    torch tensors through .detach().cpu(), numbers and sequences through np.asarray; ValueError
+    naming name for what cannot be read."""
+    if isinstance(v, (np.ndarray, BFloat16Tensor)):
         return v
     if is_torch_tensor(v):
-        return tensor_array(v, name, "float32, float64 or int64", to_cpu=True)
+        return tensor_array(v, name, "float32, float64, bfloat16, float16 or int64", to_cpu=True)
     if isinstance(v, (str, bytes, bytearray, Mapping)):
         raise TypeError(f"{name}: expected an array or a tensor, got {type_name(v)}")
     try:

@@ -34,6 +34,8 @@ def _file_array(value: Any, key: str) -> Tuple[np.ndarray, str]:
         array = tensor_array(value, name, _EXPECTED, to_cpu=True)
     else:
         array = state_value(value, name)
+    if isinstance(array, _bn1d.BFloat16Tensor):  # a pure bfloat16 module's state, say
+        return array.bits().view(np.int16), "bfloat16"
     native = array.dtype.newbyteorder("=")
     if native not in _FILE_DTYPES:
         raise ValueError(f"{name}: expected dtype {_EXPECTED}, got {array.dtype}")
@@ -46,9 +48,9 @@ def save_file(tensors: Mapping[str, Any], filename: PathArg,
     safetensors file filename, in the mapping's order, with the str to str metadata.
 
     Dtypes: float32, float64, int64 and float16 (safetensors F32, F64, I64, F16), any byte
-    order, and torch bfloat16 tensors (BF16, written from the tensor's bits); others are a
-    ValueError naming the key and the dtype. Arrays of any strides are written as their
-    C-order copies; torch tensors are read through .detach().cpu(), so a torch state_dict()
+    order, and torch bfloat16 tensors and bn1d.BFloat16Tensor (BF16, written from the bits);
+    others are a ValueError naming the key and the dtype. Arrays of any strides are written as
+    their C-order copies; torch tensors are read through .detach().cpu(), so a torch state_dict()
     saves as it is and loads with bn1d.BatchNorm1d.load, the C++ and R libraries, or
     load_file. The file is written to a temporary file renamed over filename: a failed write
     leaves no partial file. Errors: TypeError for a non-str key or metadata entry, ValueError

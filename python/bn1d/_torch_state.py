@@ -2,13 +2,16 @@
 """Copies of a module's options and state between bn1d.BatchNorm1d (numpy) and torch's
 BatchNorm1d; bn1d.torch.to_torch and bn1d.torch.from_torch are the public names."""
 
+import numpy as np
 import torch
 
 from . import BatchNorm1d as Bn1dModule
 
 _PARAMETERS = ("weight", "bias")
 _BUFFERS = ("running_mean", "running_var")
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+           "float16": torch.float16}
+_DTYPE_NAMES = "float32, float64, bfloat16 or float16"
 
 
 def _type_name(v):
@@ -28,22 +31,23 @@ def to_torch(module, torch_class):
         raise TypeError(f"module: expected a bn1d.BatchNorm1d, got {_type_name(module)}")
     new = torch_class(module.num_features, eps=module.eps, momentum=module.momentum,
                       affine=module.affine, track_running_stats=module.track_running_stats,
-                      dtype=_DTYPES[module.dtype.name])
+                      dtype=_DTYPES[str(module.dtype)])
     # torch copies the values into the new module's own parameters and buffers.
-    new.load_state_dict({k: torch.from_numpy(v) for k, v in module.state_dict().items()})
+    new.load_state_dict({k: torch.from_numpy(v) if isinstance(v, np.ndarray)
+                         else torch.from_dlpack(v) for k, v in module.state_dict().items()})
     return new.train(module.training)
 
 
 def _state_dtype(module, dtype):
-    """The numpy dtype name of the bn1d module to build: dtype when given (a torch.dtype or
-    "float32"/"float64"), else the dtype of the module's parameters and buffers (float32 when
-    it has none). ValueError for other or mixed dtypes."""
+    """The dtype name of the bn1d module to build: dtype when given (a torch.dtype or
+    "float32", "float64", "bfloat16", "float16"), else the dtype of the module's parameters and
+    buffers (float32 when it has none). ValueError for other or mixed dtypes."""
     tensors = {name: getattr(module, name) for name in _PARAMETERS + _BUFFERS
                if getattr(module, name) is not None}
     found = {name: str(t.dtype).replace("torch.", "") for name, t in tensors.items()}
     for name, found_dtype in found.items():
         if found_dtype not in _DTYPES:
-            raise ValueError(f"module.{name}: expected dtype float32 or float64, got "
+            raise ValueError(f"module.{name}: expected dtype {_DTYPE_NAMES}, got "
                              f"{found_dtype}")
     if dtype is not None:
         if isinstance(dtype, torch.dtype):
@@ -51,7 +55,7 @@ def _state_dtype(module, dtype):
         elif not isinstance(dtype, str):
             raise TypeError(f"dtype: expected a str or a torch.dtype, got {_type_name(dtype)}")
         if dtype not in _DTYPES:
-            raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
+            raise ValueError(f"dtype: expected {_DTYPE_NAMES}, got {dtype}")
     elif found:
         dtype = next(iter(found.values()))
     else:
@@ -59,7 +63,8 @@ def _state_dtype(module, dtype):
     for name, found_dtype in found.items():
         if found_dtype != dtype:
             raise ValueError(f"module.{name}: expected dtype {dtype} (the module's), got "
-                             f"{found_dtype}; convert the module first (.float() or .double())")
+                             f"{found_dtype}; convert the module first (.float(), .double(), "
+                             f".bfloat16() or .half())")
     return dtype
 
 

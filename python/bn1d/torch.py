@@ -55,10 +55,17 @@ What one forward/backward copies, and what it does not:
   torch does).
 * num_batches_tracked is never copied: it is updated in torch, exactly as torch does.
 
+16-bit inputs run on bn1d's kernels too, in torch's two configurations: mixed (a float32 or
+float64 module, bfloat16 or float16 input: BatchNorm1d(C)(x.bfloat16())) and pure (.bfloat16()
+or .half() modules, input of the same dtype). The output and grad_input have the input's dtype,
+grad_weight and grad_bias the parameters'. Statistics accumulate in float64 and each output is
+rounded once. bfloat16 crosses through DLPack (bn1d.BFloat16Tensor), without copies either.
+float16 on the CPU has no torch 1.13 kernel: bn1d is its only path.
+
 Inputs that bn1d cannot take are handled by torch: tensors that are not on the CPU, and dtypes
-other than float32 and float64 (float16, bfloat16) run torch.nn.BatchNorm1d.forward unchanged.
-A float64 input to a float32 module (or the converse) is a ValueError from bn1d where torch
-raises a RuntimeError.
+other than float32, float64, bfloat16 and float16 run torch.nn.BatchNorm1d.forward unchanged.
+A float64 input to a float32 module (or the converse, or a 16-bit input to a module of the
+other 16-bit dtype) is a ValueError from bn1d where torch raises a RuntimeError.
 
 Errors
 ------
@@ -85,8 +92,8 @@ own class) from a bn1d.BatchNorm1d, the numpy module: the same num_features, eps
 (None included), affine, track_running_stats, dtype and training flag, and copies of its
 weight, bias, running_mean, running_var and num_batches_tracked. from_torch(module) is the
 inverse, for a torch.nn.BatchNorm1d (bn1d.torch.BatchNorm1d and other subclasses included) with
-float32 or float64 parameters and buffers on any device. Both copy: the modules are independent
-afterwards.
+float32, float64, bfloat16 or float16 parameters and buffers on any device. Both copy: the
+modules are independent afterwards.
 """
 
 import functools
@@ -105,7 +112,7 @@ from . import _torch_state
 __all__ = ["BatchNorm1d", "convert", "revert", "to_torch", "from_torch", "Error",
            "NotImplementedValueError", "AssertionValueError"]
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float64)
+_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 class Error(ValueError, RuntimeError):
@@ -170,8 +177,26 @@ def _check_features(input, **tensors):
 
 
 def _view(t):
-    """A numpy view of the CPU tensor t (no copy; any strides)."""
-    return t.detach().resolve_neg().resolve_conj().numpy()
+    """A numpy view of the CPU tensor t (no copy; any strides), a bn1d.BFloat16Tensor view for
+    bfloat16."""
+    t = t.detach().resolve_neg().resolve_conj()
+    if t.dtype == torch.bfloat16:
+        return bn1d.BFloat16Tensor.from_dlpack(t)
+    return t.numpy()
+
+
+def _copy_into(module, name, t):
+    """Copies the CPU tensor t into the parameter or buffer name of the bn1d module."""
+    source = _view(t)
+    if isinstance(source, np.ndarray):
+        getattr(module, name)[...] = source
+    else:  # bfloat16: BatchNorm1d's setter copies the bits
+        setattr(module, name, source)
+
+
+def _tensor(a):
+    """The torch tensor sharing the memory of a, a numpy array or a bn1d.BFloat16Tensor."""
+    return torch.from_dlpack(a) if isinstance(a, bn1d.BFloat16Tensor) else torch.from_numpy(a)
 
 
 class _Saved:
@@ -239,17 +264,15 @@ class _BatchNormFunction(torch.autograd.Function):
             dtype = input.dtype
         bn = bn1d.BatchNorm1d(input.shape[1], eps=eps, momentum=float(factor), affine=affine,
                               track_running_stats=track, dtype=str(dtype).replace("torch.", ""))
-        if affine:
-            bn.weight[...] = _view(weight)
-            bn.bias[...] = _view(bias)
-        if track:
-            bn.running_mean[...] = _view(running_mean)
-            bn.running_var[...] = _view(running_var)
+        for name, value in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                            ("running_var", running_var)):
+            if value is not None:
+                _copy_into(bn, name, value)
         bn.train(bool(use_batch_stats))
-        output = torch.from_numpy(bn.forward(_view(input)))
+        output = _tensor(bn.forward(_view(input)))
         if track and use_batch_stats:
-            running_mean.copy_(torch.from_numpy(bn.running_mean))
-            running_var.copy_(torch.from_numpy(bn.running_var))
+            running_mean.copy_(_tensor(bn.running_mean))
+            running_var.copy_(_tensor(bn.running_var))
         # The input, weight and bias for torch's version check (bn keeps a view of the input,
         # torch's batch norm saves all three) and, for double backward, what the gradients
         # depend on.
@@ -260,7 +283,7 @@ class _BatchNormFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         # torch's errors: a graph already freed, a saved tensor modified in place.
         input, weight, bias, holder = ctx.saved_tensors
-        grads = tuple(None if a is None else torch.from_numpy(a)
+        grads = tuple(None if a is None else _tensor(a)
                       for a in _saved_module(holder).backward(_view(grad_output)))
         if torch.is_grad_enabled():  # create_graph=True: gradients that refuse a second order
             grads = _first_order_only(grads, (input, weight, bias, grad_output))
@@ -318,8 +341,9 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
     @_torch_errors
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Normalizes input, (N, C) or (N, C, L), as torch.nn.BatchNorm1d.forward does: with
-        bn1d's kernels for float32 and float64 CPU tensors, torch's otherwise (see the module
-        docstring). Call the module, m(input), rather than forward, so that hooks run."""
+        bn1d's kernels for float32, float64, bfloat16 and float16 CPU tensors, torch's
+        otherwise (see the module docstring). Call the module, m(input), rather than forward,
+        so that hooks run."""
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input: expected a torch.Tensor, got {_type_name(input)}")
         if input.layout != torch.strided:
@@ -448,10 +472,10 @@ def to_torch(module: bn1d.BatchNorm1d) -> BatchNorm1d:
     """A new bn1d.torch.BatchNorm1d with the state of module, a bn1d.BatchNorm1d (numpy).
 
     Same num_features, eps, momentum (None included), affine, track_running_stats, dtype
-    (float32 or float64) and training flag; copies of weight, bias (as nn.Parameter),
-    running_mean, running_var and num_batches_tracked (buffers, those that exist). The result
-    is a torch.nn.BatchNorm1d too; bn1d.torch.revert(result) gives torch's own class. TypeError
-    when module is not a bn1d.BatchNorm1d.
+    (float32, float64, bfloat16 or float16) and training flag; copies of weight, bias (as
+    nn.Parameter), running_mean, running_var and num_batches_tracked (buffers, those that
+    exist). The result is a torch.nn.BatchNorm1d too; bn1d.torch.revert(result) gives torch's
+    own class. TypeError when module is not a bn1d.BatchNorm1d.
     """
     return _torch_state.to_torch(module, BatchNorm1d)
 
@@ -462,9 +486,9 @@ def from_torch(module: torch.nn.BatchNorm1d,
     (bn1d.torch.BatchNorm1d and other subclasses included), the inverse of to_torch().
 
     Same options and training flag; copies of the parameters and buffers (from any device).
-    dtype ("float32", "float64" or the torch dtype) defaults to that of the module's parameters
-    and buffers, float32 for a module that has none; it is never converted. TypeError for other
-    modules; ValueError for dtypes other than float32 and float64, parameters or buffers of
+    dtype ("float32", "float64", "bfloat16", "float16" or the torch dtype) defaults to that of
+    the module's parameters and buffers, float32 for a module that has none; it is never
+    converted. TypeError for other modules; ValueError for other dtypes, parameters or buffers of
     different dtypes or not matching the options (set to None by hand), or a dtype argument
     that is not theirs.
     """

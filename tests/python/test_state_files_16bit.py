@@ -108,17 +108,27 @@ def test_numpy_float16_round_trips_bit_for_bit(tmp_path):
     assert np.array_equal(bn1d.load_file(path)["h"].view(np.uint16), bits)  # NaNs included
 
 
-def test_sixteen_bit_states_are_refused_by_a_module(tmp_path):
-    path = os.path.join(FIXTURES, "bn_float16.safetensors")
-    m = bn1d.BatchNorm1d(4)
-    with pytest.raises(ValueError, match="dtype mismatch for weight: copying a float16 tensor"):
-        m.load(path, prefix="bn.")
-    assert list(m.weight) == [1.0] * 4
+def test_sixteen_bit_states_load_into_modules_of_their_dtype(tmp_path):
+    """A float16 state file is refused by a float32 module (no silent conversion) and loads, bit
+    for bit, into a float16 module; the same for bfloat16."""
+    for name, dtype in (("bn_float16", "float16"), ("bn_bfloat16", "bfloat16")):
+        path = os.path.join(FIXTURES, name + ".safetensors")
+        want = bn1d.load_file(path)  # BF16 widened exactly to float32
+        channels = len(want["bn.weight"])
+        m = bn1d.BatchNorm1d(channels)
+        with pytest.raises(ValueError, match=f"dtype mismatch for weight: copying a {dtype} "):
+            m.load(path, prefix="bn.")
+        assert list(m.weight) == [1.0] * channels
+        m16 = bn1d.BatchNorm1d(channels, dtype=dtype)
+        m16.load(path, prefix="bn.")
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            np.testing.assert_array_equal(np.asarray(getattr(m16, key), np.float32),
+                                          want["bn." + key].astype(np.float32))
 
 
-def test_sixteen_bit_inputs_are_refused():
-    m = bn1d.BatchNorm1d(3)
-    with pytest.raises(ValueError, match="input: expected dtype float32 or float64, got float16"):
+def test_sixteen_bit_inputs_are_refused_by_a_module_of_the_other_16_bit_dtype():
+    m = bn1d.BatchNorm1d(3, dtype="bfloat16")
+    with pytest.raises(ValueError, match="expected a bfloat16 input .*got float16"):
         m(np.ones((4, 3), np.float16))
     assert int(m.num_batches_tracked) == 0
 

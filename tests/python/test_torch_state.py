@@ -166,12 +166,28 @@ def test_to_torch_wrong_module_types():
         bt.to_torch(torch.nn.BatchNorm1d(3))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.complex64])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
 def test_from_torch_unsupported_dtypes(dtype):
     m = torch.nn.BatchNorm1d(3).to(dtype)
-    with pytest.raises(ValueError, match=f"module.weight: expected dtype float32 or float64, "
-                                         f"got {str(dtype)[6:]}"):
+    with pytest.raises(ValueError, match=f"module.weight: expected dtype float32, float64, "
+                                         f"bfloat16 or float16, got {str(dtype)[6:]}"):
         bt.from_torch(m)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_from_torch_and_to_torch_16bit_modules(dtype):
+    """A torch 16-bit module becomes a pure 16-bit bn1d module with the same bits, and back."""
+    t = torch.nn.BatchNorm1d(3).to(dtype)
+    with torch.no_grad():
+        t.weight.copy_(torch.tensor([0.1, -2.5, 3.3]))
+    if dtype == torch.bfloat16:  # torch 1.13 has no float16 batch norm on the CPU
+        t(torch.randn(5, 3).to(dtype))
+    m = bt.from_torch(t)
+    assert str(m.dtype) == str(dtype)[6:]
+    back = bt.to_torch(m)
+    for key, value in t.state_dict().items():
+        assert back.state_dict()[key].dtype == value.dtype
+        assert torch.equal(back.state_dict()[key], value), key
 
 
 def test_from_torch_inconsistent_modules():
@@ -204,9 +220,14 @@ def test_from_torch_inconsistent_modules():
 
 
 def test_from_torch_bad_dtype_argument():
-    with pytest.raises(ValueError, match="dtype: expected float32 or float64, got int64"):
+    with pytest.raises(ValueError, match="dtype: expected float32, float64, bfloat16 or float16, "
+                                         "got int64"):
         bt.from_torch(torch.nn.BatchNorm1d(3), dtype="int64")
-    with pytest.raises(ValueError, match="dtype: expected float32 or float64, got float16"):
+    with pytest.raises(ValueError, match="dtype: expected float32, float64, bfloat16 or float16, "
+                                         "got complex64"):
+        bt.from_torch(torch.nn.BatchNorm1d(3), dtype=torch.complex64)
+    # A 16-bit dtype is never a conversion: float32 parameters are not a float16 module's.
+    with pytest.raises(ValueError, match="module.weight: expected dtype float16"):
         bt.from_torch(torch.nn.BatchNorm1d(3), dtype=torch.float16)
     with pytest.raises(TypeError, match="dtype: expected a str or a torch.dtype, got int"):
         bt.from_torch(torch.nn.BatchNorm1d(3), dtype=3)
