@@ -82,6 +82,10 @@ bn1d::Tensor view_of_dl(const DLManagedTensor& managed, const std::string& name)
       reinterpret_cast<std::uintptr_t>(static_cast<char*>(t.data) + t.byte_offset) % 2 != 0) {
     throw bn1d::Error(name + ": expected memory aligned to 2 bytes");
   }
+  if (t.ndim < 0 || t.ndim > 64 || (t.ndim > 0 && t.shape == nullptr)) {
+    throw bn1d::Error(name + ": __dlpack__ gave a malformed tensor (ndim " +
+                      std::to_string(t.ndim) + ")");
+  }
   bn1d::Shape sizes(t.shape, t.shape + t.ndim), strides(t.ndim);
   int64_t step = 1;
   for (int d = t.ndim - 1; d >= 0; --d) {  // no strides: row-major (DLPack 0.6)
