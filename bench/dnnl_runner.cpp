@@ -122,7 +122,7 @@ std::unique_ptr<Runner> make_dnnl_runner(const Problem& p, std::string& why) {
   if (p.dtype == bn1d::DType::Float64) return nullptr;  // oneDNN has no f64 batch normalization
   try {
     return std::make_unique<DnnlRunner>(p);
-  } catch (const dnnl::error& e) {  // e.g. f16 without the CPU's AVX512-FP16
+  } catch (const dnnl::error& e) {  // e.g. f16 on a CPU without AVX512-FP16
     why = std::string("not run: no ") + bn1d::dtype_name(p.dtype) +
           " batch normalization on this CPU (" + e.what() + ")";
     return nullptr;
