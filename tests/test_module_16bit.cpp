@@ -26,8 +26,9 @@ const Config kConfigs[] = {{DType::BFloat16, DType::Float32},  {DType::BFloat16,
                            {DType::BFloat16, DType::BFloat16}, {DType::Float16, DType::Float16}};
 const Layout kLayouts[] = {Layout::Contiguous, Layout::ChannelsLast, Layout::Sliced,
                            Layout::ColumnMajor};
-// Wide enough for the SIMD kernels' vector bodies and tails.
-const Shape kShapes[] = {{67, 11}, {7, 6, 37}};
+// Wide enough for the SIMD kernels' vector bodies and tails; the last two have short rows or
+// few channels, which the kernels regroup as virtual channels.
+const Shape kShapes[] = {{67, 11}, {7, 6, 37}, {203, 13}, {33, 16, 5}};
 
 std::string config_name(const Config& k) {
   return std::string(dtype_name(k.input)) + " input, " + dtype_name(k.param) + " module";
@@ -201,6 +202,59 @@ TEST(Module16, ForwardIntoACallerBufferReusesIt) {
     m.forward(input, wrong);
     EXPECT_EQ(wrong.dtype(), k.input);
     EXPECT_EQ(values(kept), wrong_before);
+  }
+}
+
+TEST(Module16, BackwardIntoCallerBuffersReusesThem) {
+  const Shape sizes = {12, 5, 17};
+  for (const Config& k : kConfigs) {
+    SCOPED_TRACE(config_name(k));
+    Params64 p;
+    BatchNorm1d m = make_module(k, 5, p, 61);
+    const std::vector<double> x = input_values(sizes, k.input, 62);
+    const std::vector<double> dy = input_values(sizes, k.input, 63);
+    std::shared_ptr<std::vector<char>> kx, kdy, kdx;
+    m(make_strided(x, sizes, k.input, Layout::ChannelsLast, kx));
+    BatchNorm1d::Gradients g{
+        make_strided(std::vector<double>(x.size()), sizes, k.input, Layout::ChannelsLast, kdx),
+        Tensor::empty({5}, k.param), Tensor::empty({5}, k.param)};
+    const void* const buffers[] = {g.input.raw_data(), g.weight.raw_data(), g.bias.raw_data()};
+    m.backward(make_strided(dy, sizes, k.input, Layout::ChannelsLast, kdy), g);
+    EXPECT_EQ(g.input.raw_data(), buffers[0]);
+    EXPECT_EQ(g.weight.raw_data(), buffers[1]);
+    EXPECT_EQ(g.bias.raw_data(), buffers[2]);
+    const Forward64 f = oracle_forward(x, sizes, p, true, 0.25, 1e-5);
+    const Backward64 want = oracle_backward(x, dy, sizes, p, f, true);
+    EXPECT_TRUE(within_1ulp(values(g.input), want.dx, k.input));
+    EXPECT_TRUE(channel_close(g.weight, want.dw, max_abs(want.scale_dw)));
+    EXPECT_TRUE(channel_close(g.bias, want.db, max_abs(want.scale_db)));
+  }
+}
+
+TEST(Module16, WithoutAffineOrTrackingAndOnEmptyBatches) {
+  const Shape sizes = {10, 4, 6};
+  for (const Config& k : kConfigs) {
+    SCOPED_TRACE(config_name(k));
+    BatchNorm1d m(BatchNorm1dOptions(4).dtype(k.param).affine(false).track_running_stats(false));
+    const std::vector<double> x = input_values(sizes, k.input, 71);
+    const Tensor input = make_tensor(x, sizes, k.input);
+    const Forward64 f = oracle_forward(x, sizes, Params64{}, true, 0, 1e-5);
+    EXPECT_TRUE(within_1ulp(values(m(input)), f.y, k.input));
+    const std::vector<double> dy = input_values(sizes, k.input, 72);
+    const BatchNorm1d::Gradients g = m.backward(make_tensor(dy, sizes, k.input));
+    EXPECT_TRUE(within_1ulp(values(g.input), oracle_backward(x, dy, sizes, Params64{}, f, true).dx,
+                            k.input));
+    EXPECT_FALSE(g.weight.defined());
+    m.eval();  // no running statistics: batch statistics in eval mode too
+    EXPECT_TRUE(within_1ulp(values(m(input)), f.y, k.input));
+    // An empty batch gives an empty output of the input dtype and changes nothing.
+    Params64 p;
+    BatchNorm1d tracked = make_module(k, 4, p, 73);
+    const Tensor empty = tracked(Tensor::empty({0, 4, 3}, k.input));
+    EXPECT_EQ(empty.dtype(), k.input);
+    EXPECT_EQ(empty.numel(), 0);
+    EXPECT_EQ(values(tracked.running_var()), p.running_var);
+    EXPECT_EQ(tracked.num_batches_tracked(), 0);
   }
 }
 
