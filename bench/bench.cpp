@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include <bn1d/half.hpp>
 #include <bn1d/tensor.hpp>
 
 #include "measure.hpp"
@@ -46,6 +47,16 @@ struct Case {
   std::string sizes, dtype, layout;  // the label's parts: "64x256x1024", "f32", "NLC"
 };
 
+/// The dtypes of the shapes file.
+struct DtypeName {
+  const char* name;
+  bn1d::DType dtype;
+};
+constexpr DtypeName kDtypes[] = {{"f32", bn1d::DType::Float32},
+                                 {"f64", bn1d::DType::Float64},
+                                 {"bf16", bn1d::DType::BFloat16},
+                                 {"f16", bn1d::DType::Float16}};
+
 /// The ops and their traffic: reads and writes of the whole tensor (for the GB/s column). Their
 /// bound is made of their passes over memory (see bound_kernels and Bound). EvalRead is an eval
 /// followed by a read of its output, as the next layer of a network reads it: it prices the
@@ -63,10 +74,12 @@ constexpr Op kOps[] = {{Kind::Train, "train", 2, 1},
                        {Kind::Backward, "backward", 4, 1}};
 
 /// A library under test: its name and its runner for the current case (null when unsupported).
+/// The last column is bn1d in float32 on the 16-bit cases' shapes (its own float32 buffers).
 struct Lib {
   const char* name;
   std::unique_ptr<Runner> runner;
 };
+constexpr std::size_t kFloat32Column = 3;
 
 [[noreturn]] void fail(const std::string& message) {
   std::fprintf(stderr, "bn1d_bench: %s\n", message.c_str());
@@ -100,7 +113,7 @@ Options parse_args(int argc, char** argv) {
   return o;
 }
 
-/// Reads lines `NxC[xL] f32|f64 contiguous|channels_last` ('#' starts a comment).
+/// Reads lines `NxC[xL] f32|f64|bf16|f16 contiguous|channels_last` ('#' starts a comment).
 std::vector<Case> read_shapes(const std::string& path) {
   std::ifstream in(path);
   if (!in) fail("cannot open " + path);
@@ -126,8 +139,10 @@ std::vector<Case> read_shapes(const std::string& path) {
     p.c = dims[1];
     p.three_d = dims.size() == 3;
     p.l = p.three_d ? dims[2] : 1;
-    if (dtype != "f32" && dtype != "f64") fail(where + "dtype must be f32 or f64");
-    p.dtype = dtype == "f32" ? bn1d::DType::Float32 : bn1d::DType::Float64;
+    const auto* known = std::find_if(std::begin(kDtypes), std::end(kDtypes),
+                                     [&](const DtypeName& d) { return dtype == d.name; });
+    if (known == std::end(kDtypes)) fail(where + "dtype must be f32, f64, bf16 or f16");
+    p.dtype = known->dtype;
     if (layout != "contiguous" && layout != "channels_last") fail(where + "bad layout " + layout);
     p.channels_last = layout == "channels_last";
     if (p.channels_last && !p.three_d) fail(where + "channels_last needs (N, C, L)");
@@ -147,9 +162,17 @@ std::vector<Case> read_shapes(const std::string& path) {
 
 /// Largest |a − b| over the (N, C, L) elements of two outputs (NaN when any element is NaN).
 double max_abs_diff(const Problem& p, const View& a, const View& b) {
-  const auto value = [f32 = p.dtype == bn1d::DType::Float32](const View& v, int64_t i) {
-    return f32 ? static_cast<double>(static_cast<const float*>(v.data)[i])
-               : static_cast<const double*>(v.data)[i];
+  const auto value = [dtype = p.dtype](const View& v, int64_t i) {
+    switch (dtype) {
+      case bn1d::DType::Float32:
+        return static_cast<double>(static_cast<const float*>(v.data)[i]);
+      case bn1d::DType::BFloat16:
+        return bn1d::to_double(static_cast<const bn1d::BFloat16*>(v.data)[i]);
+      case bn1d::DType::Float16:
+        return bn1d::to_double(static_cast<const bn1d::Float16*>(v.data)[i]);
+      default:
+        return static_cast<const double*>(v.data)[i];
+    }
   };
   double worst = 0;
   for (int64_t n = 0; n < p.n; ++n)
@@ -213,12 +236,15 @@ void print_header(const Options& o) {
       "eval+rd: an eval followed by a read of its output, as the next layer reads it (outputs "
       "streamed past the caches\n       make the eval faster and that read slower)\n"
       "GB/s = (reads+writes)*bytes / bn1d time; /bound = bn1d time / t_bound; x torch, x dnnl = "
-      "peer time / bn1d time (>1: bn1d faster)\n\n",
+      "peer time / bn1d time (>1: bn1d faster)\n"
+      "bf16/f16: mixed precision (float32 weight, bias and statistics) in bn1d, libtorch and "
+      "oneDNN; bytes = 2 per element;\n       x f32 = bn1d float32 time on the same shape / "
+      "bn1d 16-bit time\n\n",
       kMinRuns, kWarmupCalls, kWarmupSeconds * 1e3, kMaxRuns, kFloorRuns, kMinRuns - 1, kMinRuns,
       kCapSeconds, kRounds, kWarmupCalls, kRoundWarmupSeconds * 1e3);
-  std::printf("%-22s %-8s %4s %9s %9s %7s %6s %9s %7s %9s %7s\n", "shape dtype layout", "op",
-              "runs", "bound_ms", "bn1d_ms", "GB/s", "/bound", "torch_ms", "x torch", "dnnl_ms",
-              "x dnnl");
+  std::printf("%-22s %-8s %4s %9s %9s %7s %6s %9s %7s %9s %7s %9s %7s\n", "shape dtype layout",
+              "op", "runs", "bound_ms", "bn1d_ms", "GB/s", "/bound", "torch_ms", "x torch",
+              "dnnl_ms", "x dnnl", "f32_ms", "x f32");
 }
 
 /// Fills a buffer of @p p's size with standard-normal values (reproducible from @p seed).
@@ -282,8 +308,8 @@ std::vector<std::function<void()>> bound_kernels(Kind kind, const Problem& p, vo
 /// The columns of --csv: one row per case and op, times in milliseconds, ratios as in the table
 /// (empty where a library was not built in or does not support the case).
 constexpr const char* kCsvHeader =
-    "shape,dtype,layout,op,threads,runs,bound_ms,bn1d_ms,torch_ms,dnnl_ms,gb_per_s,bn1d_per_bound,"
-    "torch_per_bn1d,dnnl_per_bn1d\n";
+    "shape,dtype,layout,op,threads,runs,bound_ms,bn1d_ms,torch_ms,dnnl_ms,f32_ms,gb_per_s,"
+    "bn1d_per_bound,torch_per_bn1d,dnnl_per_bn1d,f32_per_bn1d\n";
 
 /// Runs one case: sanity check, then for each op its bound kernels and every library, timed
 /// interleaved; prints the case's rows, each pass kernel at its fastest median over the rows
@@ -305,21 +331,39 @@ std::vector<std::string> run_case(Case& k, int threads, std::FILE* csv) {
                    reinterpret_cast<std::uintptr_t>(scratch_bytes);
   void* const dst = scratch_bytes + gap % 4096;
 
+  // A 16-bit case also times bn1d in float32 on the same shape, on float32 copies of its inputs.
+  const bool half = p.dtype == bn1d::DType::BFloat16 || p.dtype == bn1d::DType::Float16;
+  Problem p32 = p;
+  p32.dtype = bn1d::DType::Float32;
+  const bn1d::Tensor x32 = half ? random_buffer(p32, 1) : bn1d::Tensor();
+  const bn1d::Tensor dy32 = half ? random_buffer(p32, 2) : bn1d::Tensor();
+  p32.x = x32.raw_data();
+  p32.dy = dy32.raw_data();
+
   // The table's columns: bn1d, then the peers (no runner where not built in or not supported).
-  Lib libs[] = {{"bn1d", make_bn1d_runner(p)}, {"torch", nullptr}, {"oneDNN", nullptr}};
+  Lib libs[] = {{"bn1d", make_bn1d_runner(p)},
+                {"torch", nullptr},
+                {"oneDNN", nullptr},
+                {"bn1d f32", half ? make_bn1d_runner(p32) : nullptr}};
+  std::vector<std::string> notes;
 #if BN1D_HAVE_TORCH
   libs[1].runner = make_torch_runner(p);
 #endif
 #if BN1D_HAVE_DNNL
-  libs[2].runner = make_dnnl_runner(p);
+  std::string dnnl_why;
+  libs[2].runner = make_dnnl_runner(p, dnnl_why);
+  if (!dnnl_why.empty()) notes.push_back(k.label + " oneDNN " + dnnl_why);
 #endif
 
-  // Sanity: every peer's training output must match bn1d's before anything is timed.
-  std::vector<std::string> notes;
-  const double tolerance = p.dtype == bn1d::DType::Float32 ? 1e-3 : 1e-9;
+  // Sanity: every peer's training output must match bn1d's before anything is timed (16-bit
+  // outputs within about 2 ulps at |y| < 8: bfloat16 2^-4, float16 2^-6).
+  const double tolerance = p.dtype == bn1d::DType::Float32    ? 1e-3
+                           : p.dtype == bn1d::DType::BFloat16 ? 0x1p-4
+                           : p.dtype == bn1d::DType::Float16  ? 0x1p-6
+                                                              : 1e-9;
   libs[0].runner->forward_train();
   for (std::size_t i = 1; i < std::size(libs); ++i) {
-    if (!libs[i].runner) continue;
+    if (!libs[i].runner || i == kFloat32Column) continue;
     libs[i].runner->forward_train();
     const double diff = max_abs_diff(p, libs[0].runner->output(), libs[i].runner->output());
     char buf[200];

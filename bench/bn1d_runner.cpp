@@ -14,7 +14,8 @@ namespace {
 class Bn1dRunner final : public Runner {
  public:
   explicit Bn1dRunner(const Problem& p)
-      : module_(bn1d::BatchNorm1dOptions(p.c).eps(p.eps).momentum(p.momentum).dtype(p.dtype)) {
+      : module_(
+            bn1d::BatchNorm1dOptions(p.c).eps(p.eps).momentum(p.momentum).dtype(p.param_dtype())) {
     const auto s = p.strides();
     bn1d::Shape sizes{p.n, p.c}, strides{s[0], s[1]};
     if (p.three_d) {
@@ -33,10 +34,10 @@ class Bn1dRunner final : public Runner {
     grad_storage_ = bn1d::Tensor::empty({numel}, p.dtype);
     output_ = bn1d::Tensor::from_blob(out_storage_.raw_data(), sizes, strides, p.dtype);
     grads_.input = bn1d::Tensor::from_blob(grad_storage_.raw_data(), sizes, strides, p.dtype);
-    grads_.weight = bn1d::Tensor::empty({p.c}, p.dtype);
-    grads_.bias = bn1d::Tensor::empty({p.c}, p.dtype);
+    grads_.weight = bn1d::Tensor::empty({p.c}, p.param_dtype());
+    grads_.bias = bn1d::Tensor::empty({p.c}, p.param_dtype());
     for (int64_t c = 0; c < p.c; ++c) {
-      if (p.dtype == bn1d::DType::Float32) {
+      if (p.param_dtype() == bn1d::DType::Float32) {
         module_.weight().data<float>()[c] = static_cast<float>(affine_weight(c));
         module_.bias().data<float>()[c] = static_cast<float>(affine_bias(c));
       } else {

@@ -7,9 +7,11 @@
 ///   (N, C)               → {N, C, 1, 1} nhwc  (plain nc runs the slower ncsp_bnorm)
 ///   (N, C, L) contiguous → {N, C, L, 1} nchw  (plain ncw runs the reference bnorm_ref)
 ///   (N, L, C) memory     → {N, C, L, 1} nhwc  (plain nwc runs the reference bnorm_ref)
-/// Primitives are created once; every call reuses the same dst/diff memory objects.
+/// Primitives are created once; every call reuses the same dst/diff memory objects. A bf16/f16
+/// src/dst goes with f32 scale, shift, mean and variance (oneDNN's only choice in 2.6).
 /// oneDNN keeps no running statistics: eval uses the last training call's mean and variance.
 #include <oneapi/dnnl/dnnl.hpp>
+#include <string>
 #include <unordered_map>
 
 #include "runner.hpp"
@@ -27,7 +29,7 @@ class DnnlRunner final : public Runner {
     const tag layout = (!p.three_d || p.channels_last) ? tag::nhwc : tag::nchw;
     layout_ = std::string(layout == tag::nhwc ? "nhwc" : "nchw") + " {" + std::to_string(p.n) +
               "," + std::to_string(p.c) + "," + std::to_string(p.l) + ",1}";
-    const memory::desc data(dims, memory::data_type::f32, layout);
+    const memory::desc data(dims, data_type(p.dtype), layout);
     const auto eps = static_cast<float>(p.eps);
     using flags = dnnl::normalization_flags;
     const flags affine = flags::use_scale | flags::use_shift;
@@ -61,6 +63,17 @@ class DnnlRunner final : public Runner {
       shift[c] = static_cast<float>(affine_bias(c));
     }
     out_strides_ = p.strides();
+  }
+
+  static memory::data_type data_type(bn1d::DType dtype) {
+    switch (dtype) {
+      case bn1d::DType::BFloat16:
+        return memory::data_type::bf16;
+      case bn1d::DType::Float16:
+        return memory::data_type::f16;
+      default:
+        return memory::data_type::f32;
+    }
   }
 
   // Arguments of both forward primitives (statistics are outputs in training, inputs in eval).
@@ -105,9 +118,15 @@ class DnnlRunner final : public Runner {
 
 }  // namespace
 
-std::unique_ptr<Runner> make_dnnl_runner(const Problem& p) {
-  if (p.dtype != bn1d::DType::Float32) return nullptr;  // oneDNN has no f64 batch normalization
-  return std::make_unique<DnnlRunner>(p);
+std::unique_ptr<Runner> make_dnnl_runner(const Problem& p, std::string& why) {
+  if (p.dtype == bn1d::DType::Float64) return nullptr;  // oneDNN has no f64 batch normalization
+  try {
+    return std::make_unique<DnnlRunner>(p);
+  } catch (const dnnl::error& e) {  // e.g. f16 on a CPU without AVX512-FP16
+    why = std::string("not run: no ") + bn1d::dtype_name(p.dtype) +
+          " batch normalization on this CPU (" + e.what() + ")";
+    return nullptr;
+  }
 }
 
 std::string dnnl_description() {

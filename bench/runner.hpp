@@ -17,16 +17,22 @@ namespace bench {
 /// row-major (N, C, L) array or, for channels_last, a row-major (N, L, C) array viewed as
 /// (N, C, L).
 struct Problem {
-  int64_t n = 0, c = 0, l = 1;  ///< l == 1 for a 2-D (N, C) problem
-  bool three_d = false;         ///< (N, C, L) rather than (N, C)
-  bool channels_last = false;   ///< (N, L, C) memory, three_d only
-  bn1d::DType dtype = bn1d::DType::Float32;
+  int64_t n = 0, c = 0, l = 1;               ///< l == 1 for a 2-D (N, C) problem
+  bool three_d = false;                      ///< (N, C, L) rather than (N, C)
+  bool channels_last = false;                ///< (N, L, C) memory, three_d only
+  bn1d::DType dtype = bn1d::DType::Float32;  ///< of the input and output (f32, f64, bf16, f16)
   double eps = 1e-5;
   double momentum = 0.1;
   void* x = nullptr;   ///< input, layout given by strides()
   void* dy = nullptr;  ///< gradient of the output for backward, same layout as x
 
   int64_t numel() const { return n * c * l; }
+  /// Of the parameters and running statistics: float32 for a 16-bit input (mixed precision, as
+  /// torch's BatchNorm1d(C)(x.bfloat16())), else the input's dtype.
+  bn1d::DType param_dtype() const {
+    return dtype == bn1d::DType::BFloat16 || dtype == bn1d::DType::Float16 ? bn1d::DType::Float32
+                                                                           : dtype;
+  }
   std::size_t bytes() const {
     return static_cast<std::size_t>(numel()) * bn1d::element_size(dtype);
   }
@@ -69,7 +75,8 @@ class Runner {
 std::unique_ptr<Runner> make_bn1d_runner(const Problem& p);
 
 #if BN1D_HAVE_TORCH
-/// libtorch's CPU batch norm (at::native_batch_norm / native_batch_norm_backward).
+/// libtorch's CPU batch norm (at::native_batch_norm / native_batch_norm_backward); nullptr for
+/// float16, which libtorch 1.13 cannot normalize on the CPU.
 std::unique_ptr<Runner> make_torch_runner(const Problem& p);
 /// at::set_num_threads.
 void set_torch_threads(int threads);
@@ -78,8 +85,9 @@ std::string torch_description();
 #endif
 
 #if BN1D_HAVE_DNNL
-/// oneDNN's batch_normalization primitives; nullptr when the problem is not supported (float64).
-std::unique_ptr<Runner> make_dnnl_runner(const Problem& p);
+/// oneDNN's batch_normalization primitives; nullptr when the problem is not supported (float64,
+/// or a dtype whose primitives this CPU cannot create), with the reason in @p why.
+std::unique_ptr<Runner> make_dnnl_runner(const Problem& p, std::string& why);
 /// "oneDNN 2.6.3 (OpenMP runtime)".
 std::string dnnl_description();
 #endif

@@ -21,8 +21,13 @@ namespace {
 class TorchRunner final : public Runner {
  public:
   explicit TorchRunner(const Problem& p) : p_(p) {
-    const auto type = p.dtype == bn1d::DType::Float32 ? at::kFloat : at::kDouble;
+    // A bfloat16 input goes with float32 parameters and statistics (mixed precision).
+    const auto type = p.dtype == bn1d::DType::BFloat16  ? at::kBFloat16
+                      : p.dtype == bn1d::DType::Float32 ? at::kFloat
+                                                        : at::kDouble;
     const auto opts = at::TensorOptions().dtype(type);
+    const auto param_opts =
+        at::TensorOptions().dtype(p.param_dtype() == bn1d::DType::Float32 ? at::kFloat : type);
     const auto s = p.strides();
     std::vector<int64_t> sizes{p.n, p.c}, strides{s[0], s[1]};
     if (p.three_d) {
@@ -38,14 +43,14 @@ class TorchRunner final : public Runner {
     }
     x_ = at::from_blob(p.x, sizes, strides, opts);
     dy_ = at::from_blob(p.dy, sizes, strides, opts);
-    weight_ = at::empty({p.c}, opts);
-    bias_ = at::empty({p.c}, opts);
+    weight_ = at::empty({p.c}, param_opts);
+    bias_ = at::empty({p.c}, param_opts);
     for (int64_t c = 0; c < p.c; ++c) {
       weight_[c] = affine_weight(c);
       bias_[c] = affine_bias(c);
     }
-    running_mean_ = at::zeros({p.c}, opts);
-    running_var_ = at::ones({p.c}, opts);
+    running_mean_ = at::zeros({p.c}, param_opts);
+    running_var_ = at::ones({p.c}, param_opts);
   }
 
   void forward_train() override {
@@ -78,6 +83,7 @@ class TorchRunner final : public Runner {
 }  // namespace
 
 std::unique_ptr<Runner> make_torch_runner(const Problem& p) {
+  if (p.dtype == bn1d::DType::Float16) return nullptr;  // "not implemented for 'Half'"
   return std::make_unique<TorchRunner>(p);
 }
 
