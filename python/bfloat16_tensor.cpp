@@ -18,9 +18,11 @@ namespace {
 constexpr const char* kCapsuleName = "dltensor";
 constexpr const char* kUsedCapsuleName = "used_dltensor";
 
-// What one exported DLManagedTensor owns: a tensor sharing the storage, and its shape/strides.
+// What one exported DLManagedTensor owns: a tensor sharing the storage (and, for a view of
+// imported memory, that memory's owner), and its shape/strides.
 struct Export {
   bn1d::Tensor keep;
+  std::shared_ptr<void> imported;
   std::vector<int64_t> shape, strides;
   DLManagedTensor managed{};
 };
@@ -41,6 +43,7 @@ py::capsule to_dlpack(const BFloat16Tensor& self, const py::object& stream) {
   }
   auto owned = std::make_unique<Export>();
   owned->keep = self.tensor;
+  owned->imported = self.imported;
   owned->shape.assign(self.tensor.sizes().begin(), self.tensor.sizes().end());
   owned->strides.assign(self.tensor.strides().begin(), self.tensor.strides().end());
   DLTensor& t = owned->managed.dl_tensor;
@@ -80,7 +83,7 @@ bn1d::Tensor view_of_dl(const DLManagedTensor& managed, const std::string& name)
   }
   if (t.byte_offset % 2 != 0 ||
       reinterpret_cast<std::uintptr_t>(static_cast<char*>(t.data) + t.byte_offset) % 2 != 0) {
-    throw bn1d::Error(name + ": expected memory aligned to 2 bytes");
+    throw bn1d::Error(name + ": expected bfloat16 memory aligned to 2 bytes, got an odd address");
   }
   if (t.ndim < 0 || t.ndim > 64 || (t.ndim > 0 && t.shape == nullptr)) {
     throw bn1d::Error(name + ": __dlpack__ gave a malformed tensor (ndim " +
@@ -99,7 +102,12 @@ bn1d::Tensor view_of_dl(const DLManagedTensor& managed, const std::string& name)
 // The bfloat16 tensor of @p obj (an object with __dlpack__), sharing its memory.
 BFloat16Tensor from_dlpack(const py::object& obj, const std::string& name) {
   if (py::isinstance<BFloat16Tensor>(obj)) return obj.cast<BFloat16Tensor>();
-  py::object capsule = obj.attr("__dlpack__")();
+  py::object capsule;
+  try {
+    capsule = obj.attr("__dlpack__")();
+  } catch (py::error_already_set& e) {  // e.g. torch's refusal of a tensor that requires grad
+    throw bn1d::Error(name + ": cannot be read through __dlpack__ (" + e.what() + ")");
+  }
   if (!PyCapsule_IsValid(capsule.ptr(), kCapsuleName)) {
     throw bn1d::Error(name + ": __dlpack__ did not return a \"dltensor\" capsule");
   }

@@ -64,16 +64,16 @@ struct Small {
     }
     const double a = std::fabs(value);
     if (a >= std::ldexp(1.0, static_cast<int>(kExpMask) - kBias)) return sign | kInf;
-    if (a == 0) return sign;
-    int e2 = 0;
-    std::frexp(a, &e2);  // a = f·2^e2 with f in [0.5, 1): a's binade starts at 2^(e2 - 1)
-    const int binade = std::max(e2 - 1, kMinExp);
-    // a in units of the quantum of its binade: below 2^(kMantBits + 1), scaled exactly.
-    const double units = std::ldexp(a, kMantBits - binade);
-    const double whole = std::floor(units);
-    const double fraction = units - whole;  // exact
-    auto n = static_cast<uint32_t>(whole);
-    if (fraction > 0.5 || (fraction == 0.5 && (n & 1u) != 0)) ++n;
+    const int e = static_cast<int>((d >> 52) & 0x7ff) - 1023;  // a's binade is 2^e (a normal)
+    if (e < kMinExp - kMantBits - 1) return sign;  // below half the smallest subnormal (or 0)
+    const int binade = std::max(e, kMinExp);
+    // a = m · 2^(e − 52) in units of the binade's quantum 2^(binade − kMantBits): the integer
+    // part n = m >> shift and the remainder, compared with half a unit (integers: exact).
+    const uint64_t m = (d & ((uint64_t{1} << 52) - 1)) | (uint64_t{1} << 52);
+    const int shift = 52 - kMantBits + (binade - e);  // 52 − kMantBits … 53
+    const uint64_t rem = m & ((uint64_t{1} << shift) - 1), half = uint64_t{1} << (shift - 1);
+    auto n = static_cast<uint32_t>(m >> shift);
+    if (rem > half || (rem == half && (n & 1u) != 0)) ++n;
     // The exponent field of the binade below, plus n (which holds the implicit bit): a carry out
     // of the mantissa moves to the next binade, and past the largest one to the infinity code.
     const auto field = static_cast<uint32_t>(binade + kBias - 1) << kMantBits;

@@ -185,6 +185,16 @@ def _view(t):
     return t.numpy()
 
 
+def _check_one_dtype(**tensors):
+    """Error unless the given tensors (None: absent) share one dtype, as torch requires of a
+    BatchNorm's parameters and buffers."""
+    present = {name: t.dtype for name, t in tensors.items() if t is not None}
+    if len(set(present.values())) > 1:
+        listed = ", ".join(f"{name} {dtype}" for name, dtype in present.items())
+        raise Error(f"expected weight, bias, running_mean and running_var of one dtype, got "
+                    f"{listed}")
+
+
 def _copy_into(module, name, t):
     """Copies the CPU tensor t into the parameter or buffer name of the bn1d module."""
     source = _view(t)
@@ -256,6 +266,8 @@ class _BatchNormFunction(torch.autograd.Function):
                         weight=weight, bias=bias)
         affine = weight is not None
         track = running_mean is not None
+        _check_one_dtype(weight=weight, bias=bias, running_mean=running_mean,
+                         running_var=running_var)
         if affine:
             dtype = weight.dtype
         elif track:

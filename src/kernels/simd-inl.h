@@ -48,7 +48,8 @@ constexpr bool kLanewise = kIs16Bit<T> && (HWY_TARGET == HWY_SCALAR || HWY_TARGE
 /// to even), still as float64: |v| + M − M with M = 1.5 · 2^(e + 52 − mantissa bits), e the
 /// exponent of |v| (at least the smallest normal's, so that subnormals round on their fixed
 /// grid), adds at T's ulp; |v| is first clamped to the power of 2 where T's range ends, which
-/// rounds to ±inf. The result converts to float32 exactly (docs/math.md#16-bit-inputs).
+/// rounds to ±inf. The result converts to float32 exactly
+/// (docs/math.md#one-rounding-in-float64-lanes).
 template <class T>
 HWY_INLINE VD RoundTo16BitPrecision(VD v) {
   constexpr bool kBF16 = std::is_same_v<T, BFloat16>;
@@ -216,6 +217,9 @@ HWY_INLINE void write_run(D d, T* HWY_RESTRICT out, int64_t len, bool stream, Ve
                           ScalarF scalar) {
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const auto full = [d](const T* p) { return LoadC(d, p); };
+  // x86 non-temporal stores write 16 bytes: 16-bit outputs of shorter vectors (AVX2 and older
+  // targets: 8 or 4 bytes) are stored normally.
+  if (kIs16Bit<T> && N * static_cast<int64_t>(sizeof(T)) < 16) stream = false;
   int64_t i = 0;
   if (stream) {
     const auto vector_bytes = static_cast<uintptr_t>(N) * sizeof(T);

@@ -227,3 +227,23 @@ def test_pure_bfloat16_state_saves_as_bf16(tmp_path):
     n = bn1d.BatchNorm1d(C, dtype="bfloat16")
     n.load(path)
     assert np.array_equal(n.weight.bits(), m.weight.bits())
+
+
+def test_reexported_view_of_imported_memory_keeps_it_alive():
+    # A torch tensor made from a BFloat16Tensor that views another torch tensor's memory keeps
+    # that memory alive after both the original and the BFloat16Tensor are gone.
+    a = torch.full((512, 256), 1.5).bfloat16()
+    view = bn1d.BFloat16Tensor.from_dlpack(a)
+    b = torch.from_dlpack(view)
+    del a, view
+    garbage = [torch.full((512, 256), 7.0).bfloat16() for _ in range(8)]  # reuse freed memory
+    assert float(b.float().sum()) == 1.5 * 512 * 256
+    del garbage
+
+
+def test_from_dlpack_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"^weight: cannot be read through __dlpack__"):
+        bn1d.BFloat16Tensor.from_dlpack(torch.ones(3, dtype=torch.bfloat16, requires_grad=True),
+                                        "weight")
+    with pytest.raises(ValueError, match=r"^input: expected dtype bfloat16 through __dlpack__"):
+        bn1d.BFloat16Tensor.from_dlpack(torch.ones(3))

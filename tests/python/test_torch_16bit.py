@@ -110,3 +110,21 @@ def test_other_16bit_pairs_are_value_errors_that_change_nothing():
         m(torch.randn(4, 3).bfloat16())
     for key, value in m.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("weight_dtype, buffer_dtype", [
+    (torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+    (torch.float32, torch.float64)])
+def test_parameters_and_buffers_of_different_dtypes_are_an_error(weight_dtype, buffer_dtype):
+    # torch 1.13 refuses such modules; bn1d.torch names the dtypes instead of rounding silently.
+    m = bt.BatchNorm1d(3)
+    m.weight.data = m.weight.data.to(weight_dtype)
+    m.bias.data = m.bias.data.to(weight_dtype)
+    m.running_mean = m.running_mean.to(buffer_dtype)
+    m.running_var = m.running_var.to(buffer_dtype)
+    before = copy.deepcopy(m.state_dict())
+    x = torch.randn(4, 3).to(weight_dtype if weight_dtype != torch.float32 else torch.float32)
+    with pytest.raises(ValueError, match=f"weight {weight_dtype}.*running_mean {buffer_dtype}"):
+        m(x)
+    for key, value in m.state_dict().items():
+        assert torch.equal(value, before[key]), key
