@@ -67,7 +67,8 @@ HWY_INLINE VD RoundTo16BitPrecision(VD v) {
   return hn::IfThenElse(hn::IsNaN(v), v, rounded);
 }
 
-/// Float64 lanes as T lanes, rounded once (to nearest, ties to even; beyond T's range to ±inf).
+/// Float64 lanes as T lanes, rounded once (to nearest, ties to even; beyond T's range to ±inf):
+/// docs/tuning.md#sixteen-bit-rounding.
 template <class T>
 HWY_INLINE hn::Vec<DT<T>> ToT(VD v) {
   if constexpr (std::is_same_v<T, double>) {
@@ -218,7 +219,7 @@ HWY_INLINE void write_run(D d, T* HWY_RESTRICT out, int64_t len, bool stream, Ve
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const auto full = [d](const T* p) { return LoadC(d, p); };
   // x86 non-temporal stores write 16 bytes: 16-bit outputs of shorter vectors (AVX2 and older
-  // targets: 8 or 4 bytes) are stored normally.
+  // targets: 8 or 4 bytes) are stored normally (docs/tuning.md#sixteen-bit-streaming).
   if (kIs16Bit<T> && N * static_cast<int64_t>(sizeof(T)) < 16) stream = false;
   int64_t i = 0;
   if (stream) {
