@@ -182,7 +182,7 @@ TEST(Functional16, FunctionalRefusesMismatchedParameterDtypesAndChangesNothing) 
                    "bias: expected the dtype of weight (bfloat16), got float32"));
 }
 
-TEST(Functional16, OneAndTwoThreadsGiveIdenticalBits) {
+TEST(Functional16, OneOrTwoThreadCountsGiveIdenticalBits) {
   const Shape shapes[] = {{4096, 64}, {32, 48, 700}};
   const int saved = omp_get_max_threads();
   for (const Config& k : kConfigs)
