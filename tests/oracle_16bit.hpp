@@ -8,11 +8,26 @@
 #include <bn1d/bn1d.hpp>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "test_util.hpp"
 
 namespace bn1d::test {
+
+/// A 16-bit configuration: input (and output) dtype, parameter dtype.
+struct Config {
+  DType input, param;
+};
+/// Mixed (float32/float64 parameters) and pure (16-bit parameters), for both 16-bit dtypes.
+inline constexpr Config kConfigs[] = {
+    {DType::BFloat16, DType::Float32},  {DType::BFloat16, DType::Float64},
+    {DType::Float16, DType::Float32},   {DType::Float16, DType::Float64},
+    {DType::BFloat16, DType::BFloat16}, {DType::Float16, DType::Float16}};
+
+inline std::string config_name(const Config& k) {
+  return std::string(dtype_name(k.input)) + " input, " + dtype_name(k.param) + " module";
+}
 
 /// What the oracle needs of a module: its parameters and running statistics as float64.
 struct Params64 {

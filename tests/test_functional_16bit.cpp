@@ -19,17 +19,6 @@
 namespace bn1d::test {
 namespace {
 
-struct Config {
-  DType input, param;
-};
-const Config kConfigs[] = {{DType::BFloat16, DType::Float32},  {DType::BFloat16, DType::Float64},
-                           {DType::Float16, DType::Float32},   {DType::Float16, DType::Float64},
-                           {DType::BFloat16, DType::BFloat16}, {DType::Float16, DType::Float16}};
-
-std::string config_name(const Config& k) {
-  return std::string(dtype_name(k.input)) + " input, " + dtype_name(k.param) + " parameters";
-}
-
 /// A {C} tensor of @p dtype holding @p v rounded once.
 Tensor channel_tensor(const std::vector<double>& v, DType dtype) {
   return make_tensor(v, {static_cast<int64_t>(v.size())}, dtype);

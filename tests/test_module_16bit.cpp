@@ -17,21 +17,22 @@
 namespace bn1d::test {
 namespace {
 
-/// A module configuration: input (and output) dtype, parameter dtype.
-struct Config {
-  DType input, param;
-};
-const Config kConfigs[] = {{DType::BFloat16, DType::Float32},  {DType::BFloat16, DType::Float64},
-                           {DType::Float16, DType::Float32},   {DType::Float16, DType::Float64},
-                           {DType::BFloat16, DType::BFloat16}, {DType::Float16, DType::Float16}};
 const Layout kLayouts[] = {Layout::Contiguous, Layout::ChannelsLast, Layout::Sliced,
                            Layout::ColumnMajor};
 // Wide enough for the SIMD kernels' vector bodies and tails; the last two have short rows or
 // few channels, which the kernels regroup as virtual channels.
 const Shape kShapes[] = {{67, 11}, {7, 6, 37}, {203, 13}, {33, 16, 5}};
 
-std::string config_name(const Config& k) {
-  return std::string(dtype_name(k.input)) + " input, " + dtype_name(k.param) + " module";
+/// Calls body(k, sizes, layout) for every configuration, shape and layout, under a trace that
+/// names them.
+template <class F>
+void for_every_case(const F& body) {
+  for (const Config& k : kConfigs)
+    for (const Shape& sizes : kShapes)
+      for (Layout layout : kLayouts) {
+        SCOPED_TRACE(config_name(k) + ", " + format_shape(sizes) + " " + layout_name(layout));
+        body(k, sizes, layout);
+      }
 }
 
 /// A module of config @p k with random weight, bias and running statistics; @p p receives them.
@@ -75,44 +76,38 @@ void expect_backward(BatchNorm1d& m, const Config& k, const std::vector<double>&
 }
 
 TEST(Module16, TrainForwardAndBackwardEveryConfigLayoutShape) {
-  for (const Config& k : kConfigs)
-    for (const Shape& sizes : kShapes)
-      for (Layout layout : kLayouts) {
-        SCOPED_TRACE(config_name(k) + ", " + format_shape(sizes) + " " + layout_name(layout));
-        Params64 p;
-        BatchNorm1d m = make_module(k, sizes[1], p, 7);
-        const std::vector<double> x = input_values(sizes, k.input, 11);
-        std::shared_ptr<std::vector<char>> keep;
-        const Tensor y = m(make_strided(x, sizes, k.input, layout, keep));
-        const Forward64 f = oracle_forward(x, sizes, p, true, 0.25, 1e-5);
-        ASSERT_EQ(y.dtype(), k.input);
-        ASSERT_EQ(y.sizes(), sizes);
-        EXPECT_TRUE(within_1ulp(values(y), f.y, k.input));
-        ASSERT_EQ(m.running_mean().dtype(), k.param);
-        expect_running(m, f);
-        EXPECT_EQ(m.num_batches_tracked(), 1);
-        expect_backward(m, k, x, sizes, layout, p, f, true);
-      }
+  for_every_case([](const Config& k, const Shape& sizes, Layout layout) {
+    Params64 p;
+    BatchNorm1d m = make_module(k, sizes[1], p, 7);
+    const std::vector<double> x = input_values(sizes, k.input, 11);
+    std::shared_ptr<std::vector<char>> keep;
+    const Tensor y = m(make_strided(x, sizes, k.input, layout, keep));
+    const Forward64 f = oracle_forward(x, sizes, p, true, 0.25, 1e-5);
+    ASSERT_EQ(y.dtype(), k.input);
+    ASSERT_EQ(y.sizes(), sizes);
+    EXPECT_TRUE(within_1ulp(values(y), f.y, k.input));
+    ASSERT_EQ(m.running_mean().dtype(), k.param);
+    expect_running(m, f);
+    EXPECT_EQ(m.num_batches_tracked(), 1);
+    expect_backward(m, k, x, sizes, layout, p, f, true);
+  });
 }
 
 TEST(Module16, EvalUsesRunningStatisticsAndBackwardIsLinear) {
-  for (const Config& k : kConfigs)
-    for (const Shape& sizes : kShapes)
-      for (Layout layout : kLayouts) {
-        SCOPED_TRACE(config_name(k) + ", " + format_shape(sizes) + " " + layout_name(layout));
-        Params64 p;
-        BatchNorm1d m = make_module(k, sizes[1], p, 17);
-        m.eval();
-        const std::vector<double> x = input_values(sizes, k.input, 21);
-        std::shared_ptr<std::vector<char>> keep;
-        const Tensor y = m(make_strided(x, sizes, k.input, layout, keep));
-        const Forward64 f = oracle_forward(x, sizes, p, false, 0.25, 1e-5);
-        EXPECT_TRUE(within_1ulp(values(y), f.y, k.input));
-        EXPECT_EQ(values(m.running_mean()), p.running_mean);  // eval leaves them alone
-        EXPECT_EQ(values(m.running_var()), p.running_var);
-        EXPECT_EQ(m.num_batches_tracked(), 0);
-        expect_backward(m, k, x, sizes, layout, p, f, false);
-      }
+  for_every_case([](const Config& k, const Shape& sizes, Layout layout) {
+    Params64 p;
+    BatchNorm1d m = make_module(k, sizes[1], p, 17);
+    m.eval();
+    const std::vector<double> x = input_values(sizes, k.input, 21);
+    std::shared_ptr<std::vector<char>> keep;
+    const Tensor y = m(make_strided(x, sizes, k.input, layout, keep));
+    const Forward64 f = oracle_forward(x, sizes, p, false, 0.25, 1e-5);
+    EXPECT_TRUE(within_1ulp(values(y), f.y, k.input));
+    EXPECT_EQ(values(m.running_mean()), p.running_mean);  // eval leaves them alone
+    EXPECT_EQ(values(m.running_var()), p.running_var);
+    EXPECT_EQ(m.num_batches_tracked(), 0);
+    expect_backward(m, k, x, sizes, layout, p, f, false);
+  });
 }
 
 TEST(Module16, EvalCachingSeesEveryChangeOfTheRunningStatistics) {

@@ -21,6 +21,8 @@
 #include <tuple>
 #include <vector>
 
+#include "../test_util.hpp"
+
 namespace bn1d::dist_test {
 
 using bn1d::BatchNorm1d;
@@ -42,33 +44,10 @@ inline int world_size() {
   return s;
 }
 
-/// Values of a float32/float64 tensor (contiguous or not) as float64, in logical order.
-inline std::vector<double> values(const Tensor& t) {
-  const Tensor c = t.contiguous();
-  std::vector<double> v(static_cast<std::size_t>(c.numel()));
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    switch (c.dtype()) {
-      case DType::Float32:
-        v[i] = c.data<float>()[i];
-        break;
-      case DType::BFloat16:
-        v[i] = to_double(c.data<BFloat16>()[i]);
-        break;
-      case DType::Float16:
-        v[i] = to_double(c.data<Float16>()[i]);
-        break;
-      default:
-        v[i] = c.data<double>()[i];
-    }
-  }
-  return v;
-}
-
-inline double max_abs(const std::vector<double>& v) {
-  double m = 0.0;
-  for (double x : v) m = std::max(m, std::abs(x));
-  return m;
-}
+// Values of any tensor as float64 in logical order, and their largest magnitude: the single-process
+// suite's helpers (public API only).
+using test::max_abs;
+using test::values;
 
 /// The bound of the README: float64 within 1e-12, float32 within 8 half-ulps, both relative to
 /// @p scale (default: the expected tensor's largest magnitude).
