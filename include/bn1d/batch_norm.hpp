@@ -29,6 +29,7 @@
 #include <span>
 
 #include "bn1d/tensor.hpp"
+#include "bn1d/valid_positions.hpp"
 
 namespace bn1d {
 
@@ -126,6 +127,36 @@ BatchNormGradients batch_norm_backward_params(const GradStats& stats, const Norm
 BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& input,
                                        const Normalization& norm, const Tensor& weight,
                                        bool batch_statistics, bool affine);
+
+// ---- Masked batch norm
+// --------------------------------------------------------------------------- The steps over the
+// valid positions of an (N, C, L) input only (valid_positions.hpp): the statistics and sums are
+// those of the valid values (count = valid.count()), and the outputs and input gradients are 0 at
+// the padding. Each throws Error when @p valid does not fit the input (ValidPositions::check_fits).
+
+/// batch_stats() over the valid positions.
+BatchStats batch_stats(const Tensor& input, const ValidPositions& valid);
+/// batch_norm_apply() at the valid positions, 0 elsewhere.
+Tensor batch_norm_apply(const Tensor& input, const Normalization& norm, const Tensor& weight,
+                        const Tensor& bias, const ValidPositions& valid);
+/// batch_norm() over the valid positions: torch.nn.functional.batch_norm of the packed valid
+/// values, 0 at the padding. In training, a batch without valid values is an Error.
+Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
+                  const Tensor& weight, const Tensor& bias, bool training, double momentum,
+                  double eps, const ValidPositions& valid);
+/// backward_stats() over the valid positions.
+GradStats backward_stats(const Tensor& grad_output, const Tensor& input, const Normalization& norm,
+                         const ValidPositions& valid);
+/// batch_norm_backward_input() at the valid positions, 0 elsewhere (n = global.count).
+Tensor batch_norm_backward_input(const Tensor& grad_output, const Tensor& input,
+                                 const Normalization& norm, const Tensor& weight,
+                                 const GradStats& global, bool batch_statistics,
+                                 const ValidPositions& valid);
+/// batch_norm_backward() over the valid positions.
+BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& input,
+                                       const Normalization& norm, const Tensor& weight,
+                                       bool batch_statistics, bool affine,
+                                       const ValidPositions& valid);
 
 // ---- Allocation-free forms --------------------------------------------------------------------
 // The same steps writing into caller-owned results (outputs first). A result tensor is reused

@@ -13,6 +13,7 @@
 #include "bn1d/combine.hpp"
 #include "bn1d/state.hpp"
 #include "bn1d/tensor.hpp"
+#include "bn1d/valid_positions.hpp"
 
 namespace bn1d {
 
@@ -129,6 +130,21 @@ class BatchNorm1d {
   /// combiner.agree() instead, so that every participant still makes one call.
   void forward(const Tensor& input, Tensor& output, StatsCombiner& combiner);
 
+  /// Masked forward of an (N, C, L) @p input whose valid positions are @p valid (lengths or a
+  /// mask: valid_positions.hpp): statistics over the valid values only — the result of
+  /// torch.nn.BatchNorm1d on the packed valid values, as a (valid.count(), C) batch — and 0 at
+  /// every padding position. In training, running_var takes the unbiased variance over the
+  /// valid count and num_batches_tracked grows by 1; a batch with no valid value is an Error (no
+  /// statistics), as is one with a single valid value per channel. Eval mode with running
+  /// statistics normalizes the valid positions. backward() then uses the same positions (a copy
+  /// is kept) and gives a 0 input gradient at the padding.
+  Tensor forward(const Tensor& input, const ValidPositions& valid);
+  /// Masked forward() into a caller-owned buffer (forward()'s reuse rule).
+  void forward(const Tensor& input, Tensor& output, const ValidPositions& valid);
+  /// Masked forward() whose statistics are combined by @p combiner (SyncBatchNorm1d: each
+  /// participant's valid count may differ).
+  void forward(const Tensor& input, Tensor& output, const ValidPositions& valid,
+               StatsCombiner& combiner);
   /// Inference without side effects: normalizes @p input with the running statistics (with
   /// batch statistics when the module does not track them), whatever the training flag, and
   /// changes nothing — no running-statistics update, nothing saved for backward(). Safe to call
@@ -137,6 +153,10 @@ class BatchNorm1d {
   /// infer() into a caller-owned buffer, under forward()'s reuse rule.
   void infer(const Tensor& input, Tensor& output) const;
 
+  /// Masked infer(): as infer(), over the valid positions of @p input (0 at the padding).
+  Tensor infer(const Tensor& input, const ValidPositions& valid) const;
+  /// Masked infer() into a caller-owned buffer.
+  void infer(const Tensor& input, Tensor& output, const ValidPositions& valid) const;
   /// Gradients of the most recent forward() with respect to its input, weight and bias, for
   /// @p grad_output of the output's shape and dtype. Throws Error before any forward().
   Gradients backward(const Tensor& grad_output);

@@ -112,6 +112,11 @@ class SyncBatchNorm1d {
   /// forward() into a caller-owned buffer (BatchNorm1d's reuse rule).
   void forward(const Tensor& input, Tensor& output);
 
+  /// Masked forward() (BatchNorm1d::forward with ValidPositions): the statistics of the valid
+  /// values of every rank; the ranks' valid counts may differ (a rank may have none).
+  Tensor forward(const Tensor& input, const ValidPositions& valid);
+  /// Masked forward() into a caller-owned buffer.
+  void forward(const Tensor& input, Tensor& output, const ValidPositions& valid);
   /// Gradients of the most recent forward(): the input gradient of the global loss with respect
   /// to this rank's input; weight and bias gradients of this rank's part (sum them across ranks).
   /// Collective (the header, plus the per-channel sums when the forward used batch statistics).
