@@ -60,8 +60,8 @@ class GhostBatchNorm1d {
                    GhostSplit split = GhostSplit::Chunk);
 
   /// The chunk boundaries for a batch of @p N samples: {0, n_1, ..., N} (chunk i holds samples
-  /// [b[i], b[i + 1])); {0} for N = 0. @p L is the input's length (1 for an (N, C) input), which
-  /// GhostSplit::Fixed needs.
+  /// [b[i], b[i + 1])); {0, 0} (one empty chunk) for N = 0. @p L is the input's length (1 for an
+  /// (N, C) input), which GhostSplit::Fixed needs.
   std::vector<int64_t> chunk_bounds(int64_t N, int64_t L = 1) const;
 
   /// Normalizes @p input ((N, C) or (N, C, L), BatchNorm1d's dtypes, any strides) chunk by
