@@ -19,8 +19,9 @@ BatchNorm1dOptions ghost_options(int64_t num_features) {
   return BatchNorm1dOptions(num_features).momentum(0.01);
 }
 
-GhostBatchNorm1d::GhostBatchNorm1d(int64_t num_features)
-    : GhostBatchNorm1d(ghost_options(num_features)) {}
+GhostBatchNorm1d::GhostBatchNorm1d(int64_t num_features, int64_t virtual_batch_size,
+                                   GhostSplit split)
+    : GhostBatchNorm1d(ghost_options(num_features), virtual_batch_size, split) {}
 
 GhostBatchNorm1d::GhostBatchNorm1d(const BatchNorm1dOptions& options, int64_t virtual_batch_size,
                                    GhostSplit split)

@@ -52,9 +52,9 @@ class GhostBatchNorm1d {
   /// Gradients returned by backward(): input, weight, bias (undefined without affine).
   using Gradients = BatchNormGradients;
 
-  /// GhostBatchNorm1d(num_features): ghost_options(num_features), virtual_batch_size 128,
-  /// GhostSplit::Chunk.
-  explicit GhostBatchNorm1d(int64_t num_features);
+  /// GhostBatchNorm1d with ghost_options(num_features) (momentum 0.01).
+  explicit GhostBatchNorm1d(int64_t num_features, int64_t virtual_batch_size = 128,
+                            GhostSplit split = GhostSplit::Chunk);
   /// Throws Error for invalid @p options (as BatchNorm1d) or virtual_batch_size < 1.
   GhostBatchNorm1d(const BatchNorm1dOptions& options, int64_t virtual_batch_size = 128,
                    GhostSplit split = GhostSplit::Chunk);
