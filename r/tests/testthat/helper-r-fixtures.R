@@ -17,11 +17,11 @@ fixture_options <- function(meta) {
        dtype = meta[["dtype"]])
 }
 
-# Outputs against torch: float64 as expect_torch_close; float32 within 32 ulps
+# Outputs against torch: float64 as expect_torch_close; float32 within 8 ulps
 # (2^-23) of the largest magnitude among the input and the output (the rounding
 # of x - mean scales with |x|; a wrong statistic is off by far more).
 expect_output_like <- function(actual, expected, input, dtype, what) {
-  scale <- if (dtype == "float32") rep(4 * max(1, abs(input), abs(expected)), length(expected))
+  scale <- if (dtype == "float32") rep(max(1, abs(input), abs(expected)), length(expected))
   expect_torch_close(actual, expected, dtype, scale = scale, what = what)
 }
 
