@@ -81,6 +81,7 @@ void zero_padding(const Out3& y, const View3& x, const detail::Partition& part) 
     }
     zero_block(y, x.dtype, x.C, n, l, x.L - l, stream);
   }
+  if (stream) kernels::simd::flush_streams();
 }
 
 }  // namespace

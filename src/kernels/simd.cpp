@@ -121,7 +121,8 @@ void BackwardInputMaskedRows(const Out3& dx, const View3& dy, const View3& x, co
   });
 }
 
-// Zeros at out[0 … len − 1] (dtype's elements), streamed past the caches with @p stream.
+// Zeros at out[0 … len − 1] (dtype's elements), streamed past the caches with @p stream (then
+// followed by FlushStreams).
 void ZeroRun(void* out, DType dtype, int64_t len, bool stream) {
   with_storage(dtype, [&]<class T>() {
     using CT = ComputeOf<T>;
@@ -130,8 +131,10 @@ void ZeroRun(void* out, DType dtype, int64_t len, bool stream) {
         d, static_cast<T*>(out), len, stream, [&](int64_t, auto) { return hn::Zero(d); },
         [](int64_t) { return CT{0}; });
   });
-  if (stream) hwy::FlushStream();
 }
+// Orders the non-temporal stores made so far before any later store (one fence per batch of
+// ZeroRun calls, not per call: each fence waits for the write-combining buffers).
+void FlushStreams() { hwy::FlushStream(); }
 
 // ---- Per-channel entry points ------------------------------------------------------------------
 
@@ -248,6 +251,7 @@ HWY_EXPORT(BackwardInputRows);
 HWY_EXPORT(BackwardInputCols);
 HWY_EXPORT(UpdateParams);
 HWY_EXPORT(ZeroRun);
+HWY_EXPORT(FlushStreams);
 HWY_EXPORT(StatsMaskedChannel);
 HWY_EXPORT(BackwardSumsMaskedChannel);
 HWY_EXPORT(NormalizeMaskedRows);
@@ -336,6 +340,8 @@ void zero_run(void* out, DType dtype, int64_t len, bool stream) {
   apply_environment_once();
   HWY_DYNAMIC_DISPATCH(ZeroRun)(out, dtype, len, stream);
 }
+
+void flush_streams() { HWY_DYNAMIC_DISPATCH(FlushStreams)(); }
 
 // ---- The per-channel kernels of simd.hpp ---------------------------------------------------
 

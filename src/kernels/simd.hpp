@@ -80,8 +80,11 @@ void masked_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, c
 bool masked_backward_input(const Out3& dx, const View3& dy, const View3& x, const void* valid,
                            const double* mean, const double* a, const double* b, const double* k);
 
-/// Zeros at out[0 … len − 1] (elements of @p dtype), written past the caches with @p stream.
+/// Zeros at out[0 … len − 1] (elements of @p dtype), written past the caches with @p stream;
+/// streamed runs are followed by one flush_streams() before the data is used.
 void zero_run(void* out, DType dtype, int64_t len, bool stream);
+/// Orders the streamed stores made so far before later stores and loads.
+void flush_streams();
 /// Whether the kernels stream the output of a call whose input has @p bytes.
 bool streams_output(int64_t bytes);
 
