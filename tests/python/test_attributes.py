@@ -223,10 +223,12 @@ def _documented():
             value = getattr(objects[owner_name], name)
             if callable(value):
                 objects[f"{owner_name}.{name}"] = value
-    for cls_name in ("bn1d.BatchNorm1d", "bn1d._bn1d.BatchNorm1d"):
-        for name, value in vars(objects[cls_name]).items():
-            if not name.startswith("_") or (name == "__init__" and "_bn1d" in cls_name):
-                objects[f"{cls_name}.{name}"] = value
+    for cls_name in ("bn1d.BatchNorm1d", "bn1d.GhostBatchNorm1d", "bn1d._bn1d.BatchNorm1d",
+                     "bn1d._bn1d.GhostBatchNorm1d"):
+        for cls in objects[cls_name].__mro__[:-1]:  # with the shared base class, not object
+            for name, value in vars(cls).items():
+                if not name.startswith("_") or (name == "__init__" and "_bn1d" in cls_name):
+                    objects.setdefault(f"{cls_name}.{name}", value)
     return objects
 
 
