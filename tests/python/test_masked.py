@@ -117,8 +117,9 @@ def init_modules(rng, C, dtype, affine, track, momentum, eps):
         state["num_batches_tracked"] = np.asarray(3, np.int64)
     ours.load_state_dict(state)
     adapter.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    oracle.bn.load_state_dict({k: torch.from_numpy(v.astype(np.float64) if k != "num_batches_tracked"
-                                                   else v) for k, v in state.items()})
+    oracle.bn.load_state_dict({k: torch.from_numpy(v if v.dtype == np.int64
+                                                   else v.astype(np.float64))
+                               for k, v in state.items()})
     return ours, adapter, oracle
 
 
