@@ -117,6 +117,37 @@ py::object infer(BatchNorm& self, const py::object& x, const py::object& lengths
       self, x, [&](const bn1d::Tensor& in, bn1d::Tensor& out) { self.m.infer(in, out, valid); });
 }
 
+// ---- functional ------------------------------------------------------------------------------
+
+// An optional argument: its bn1d view, undefined for None.
+bn1d::Tensor optional_tensor(const py::object& x, const char* name, bool writable) {
+  if (x.is_none()) return bn1d::Tensor();
+  return writable ? writable_tensor_of(x, name) : tensor_of(x, name);
+}
+
+// torch.nn.functional.batch_norm, masked with lengths or mask: the running statistics are
+// updated in place (in training, when given).
+py::object batch_norm(const py::object& x, const py::object& running_mean,
+                      const py::object& running_var, const py::object& weight,
+                      const py::object& bias, bool training, double momentum, double eps,
+                      const py::object& lengths, const py::object& mask) {
+  const bn1d::Tensor input = tensor_of(x, "input");
+  const bn1d::Tensor mean = optional_tensor(running_mean, "running_mean", true);
+  const bn1d::Tensor var = optional_tensor(running_var, "running_var", true);
+  const bn1d::Tensor w = optional_tensor(weight, "weight", false);
+  const bn1d::Tensor b = optional_tensor(bias, "bias", false);
+  bn1d::Tensor output;
+  if (lengths.is_none() && mask.is_none()) {
+    py::gil_scoped_release nogil;
+    output = bn1d::batch_norm(input, mean, var, w, b, training, momentum, eps);
+  } else {
+    const bn1d::ValidPositions valid = valid_positions(lengths, mask);
+    py::gil_scoped_release nogil;
+    output = bn1d::batch_norm(input, mean, var, w, b, training, momentum, eps, valid);
+  }
+  return to_numpy(output);
+}
+
 // ---- errors ----------------------------------------------------------------------------------
 
 // Raises @p type with @p what decoded as UTF-8, bytes that are not UTF-8 (a file name, a key from
@@ -263,6 +294,12 @@ PYBIND11_MODULE(_bn1d, mod) {
   def_state_properties(cls);
   def_state_methods(cls);
   def_ghost_batch_norm(mod);
+  mod.def("batch_norm", &batch_norm, py::arg("input"), py::arg("running_mean"),
+          py::arg("running_var"), py::arg("weight"), py::arg("bias"), py::arg("training"),
+          py::arg("momentum"), py::arg("eps"), py::arg("lengths"), py::arg("mask"),
+          "torch.nn.functional.batch_norm over (N, C) or (N, C, L) arrays (None for absent "
+          "tensors), over the valid positions only with lengths or mask; the running statistics "
+          "are updated in place in training.");
   mod.def("save_file", &save_file, py::arg("items"), py::arg("path"), py::arg("metadata"),
           "Writes the (key, array, dtype) items, in order, as the safetensors file path with the "
           "str to str metadata. dtype: float32, float64, int64, float16 (the array's) or "

@@ -3,6 +3,7 @@
 #include "numpy_tensor.hpp"
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "bfloat16_tensor.hpp"
@@ -116,6 +117,15 @@ py::object to_numpy(const bn1d::Tensor& t) {
 bn1d::Tensor tensor_of(const py::object& x, const char* name) {
   if (py::isinstance<BFloat16Tensor>(x)) return x.cast<const BFloat16Tensor&>().tensor;
   return wrap(x.cast<py::array>(), name);
+}
+
+bn1d::Tensor writable_tensor_of(const py::object& x, const char* name) {
+  if (py::isinstance<BFloat16Tensor>(x)) return x.cast<const BFloat16Tensor&>().tensor;
+  auto a = x.cast<py::array>();
+  if (!a.writeable()) {
+    throw bn1d::Error(std::string(name) + ": expected a writable array (it is updated in place)");
+  }
+  return wrap_writable(a, name);
 }
 
 // A result buffer like @p like: the Python object (a new C-contiguous numpy array, or a

@@ -24,6 +24,9 @@ std::string numpy_dtype_name(const pybind11::dtype& dt);
 // A zero-copy, read-only bn1d view of @p a (any strides); Error naming @p name when bn1d cannot
 // read it. The array must stay alive while bn1d uses it.
 bn1d::Tensor wrap(const pybind11::array& a, const char* name);
+// The bn1d view of @p x that bn1d may write into: a writable numpy array (Error naming @p name
+// for a read-only one) or a BFloat16Tensor.
+bn1d::Tensor writable_tensor_of(const pybind11::object& x, const char* name);
 // A numpy array over the memory of @p t, kept alive by @p base.
 pybind11::array view_of(const bn1d::Tensor& t, pybind11::handle base);
 // A numpy array sharing the storage of @p t (a Tensor copy keeps it alive), a BFloat16Tensor

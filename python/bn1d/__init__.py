@@ -10,6 +10,7 @@ Padded sequences: ``m(x, lengths=lengths)`` or ``m(x, mask=mask)`` normalizes an
 batch over its valid positions only (torch.nn.BatchNorm1d on the packed valid values), 0 at the
 padding. Virtual batches (ghost batch norm, TabNet's GBN): ``bn1d.GhostBatchNorm1d(C,
 virtual_batch_size=128)``, the loop over ``x.chunk(ceil(N / virtual_batch_size))`` in one call.
+``bn1d.functional.batch_norm`` is torch.nn.functional.batch_norm (with lengths= and mask=).
 
 Inputs are numpy arrays (any strides: used without a copy) or objects with ``__dlpack__`` such
 as CPU torch tensors (also without a copy). Outputs are numpy arrays. ``weight``, ``bias``,
@@ -61,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, 
 import numpy as np
 
 from . import _bn1d
+from . import functional
 from ._bn1d import BFloat16Tensor
 from ._checks import (PathArg, as_array, check_flag, check_int, check_real, dtype_name,
                       encode_key, on_file, state_value, type_name, valid_positions)
@@ -74,8 +76,8 @@ except ImportError:  # a build without the generated _version.py: the compiled m
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BatchNorm1d", "GhostBatchNorm1d", "BFloat16Tensor", "IncompatibleKeys", "load_file",
-           "save_file", "__version__"]
+__all__ = ["BatchNorm1d", "GhostBatchNorm1d", "BFloat16Tensor", "IncompatibleKeys", "functional",
+           "load_file", "save_file", "__version__"]
 
 ArrayLike = Union[np.ndarray, "torch.Tensor"]
 DTypeLike = Union[str, np.dtype, type, "torch.dtype"]

@@ -288,7 +288,7 @@ def test_stub_lists_exactly_what_the_compiled_module_exports():
         if kind == "function":
             line = getattr(_bn1d, name).__doc__.splitlines()[0]
             assert [a.arg for a in node.args.args] == _parameters(line), name
-    for cls in ("BatchNorm1d", "BFloat16Tensor"):
+    for cls in ("BatchNorm1d", "GhostBatchNorm1d", "BFloat16Tensor"):
         public = (lambda n: not n.startswith("_") or n in ("__init__", "__repr__"))
         members = {n: v for n, v in _stub_names(stub[cls][1].body).items() if public(n)}
         # BFloat16Tensor has no constructor (bn1d builds them): its __init__ is Python's slot.

@@ -315,3 +315,54 @@ def test_torch_adapter_masked_needs_a_cpu_float_input():
     with pytest.raises(ValueError, match="^lengths, mask"):
         m(torch.ones(3, 2, 4, dtype=torch.int64), lengths=[1, 2, 3])
     assert int(m.num_batches_tracked) == 0
+
+
+# ---- bn1d.functional.batch_norm ---------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(6))
+def test_functional_batch_norm_against_torch_on_packed_values(seed):
+    rng = np.random.default_rng(900 + seed)
+    N, C, L = 4, 3, 5
+    x = rng.standard_normal((N, C, L)) * 3 + 1
+    if seed % 2:
+        x = np.ascontiguousarray(x.transpose(0, 2, 1)).transpose(0, 2, 1)  # channels-last
+    lengths, mask = random_positions(rng, N, L, use_mask=seed >= 3, min_count=3)
+    valid = valid_of(lengths, mask, N, L)
+    w, b = rng.random(C) + 0.5, rng.standard_normal(C)
+    mean, var = rng.standard_normal(C), rng.random(C) + 0.5
+    for training in (True, False):
+        ours_mean, ours_var = torch.tensor(mean), torch.tensor(var)  # updated through views
+        ref_mean, ref_var = torch.tensor(mean), torch.tensor(var)
+        y = bn1d.functional.batch_norm(x, ours_mean, ours_var, w, b, training, 0.2, 1e-4,
+                                       lengths=lengths, mask=mask)
+        ref = torch.nn.functional.batch_norm(packed(torch.from_numpy(x), valid), ref_mean,
+                                             ref_var, torch.from_numpy(w), torch.from_numpy(b),
+                                             training, 0.2, 1e-4)
+        assert np.all(y.transpose(0, 2, 1)[~valid.numpy()] == 0)
+        assert_close(y.transpose(0, 2, 1)[valid.numpy()], ref.numpy(), np.float64)
+        assert_close(ours_mean.numpy(), ref_mean.numpy(), np.float64)
+        assert_close(ours_var.numpy(), ref_var.numpy(), np.float64)
+        assert training or torch.equal(ours_var, torch.tensor(var))
+    # unmasked: torch's functional itself
+    running = np.array(mean), np.array(var)
+    y = bn1d.functional.batch_norm(x, *running, training=True)
+    ref_mean, ref_var = torch.tensor(mean), torch.tensor(var)
+    ref = torch.nn.functional.batch_norm(torch.from_numpy(x), ref_mean, ref_var, training=True)
+    assert_close(y, ref.numpy(), np.float64)
+    assert_close(running[1], ref_var.numpy(), np.float64)
+
+
+def test_functional_batch_norm_errors_change_nothing():
+    x = np.random.default_rng(6).standard_normal((3, 2, 4))
+    mean, var = np.zeros(2), np.ones(2)
+    with pytest.raises(ValueError):  # all pads in training: no statistics
+        bn1d.functional.batch_norm(x, mean, var, training=True, lengths=[0, 0, 0])
+    with pytest.raises(ValueError, match="^mask"):
+        bn1d.functional.batch_norm(x, mean, var, training=True, mask=np.ones((3, 5), bool))
+    with pytest.raises(TypeError, match="^lengths"):
+        bn1d.functional.batch_norm(x, mean, var, training=True, lengths=[1.5, 2, 3])
+    assert np.all(mean == 0) and np.all(var == 1)
+    read_only = np.zeros(2)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="^running_mean"):
+        bn1d.functional.batch_norm(x, read_only, var, training=True)
