@@ -66,8 +66,8 @@ def random_positions(rng, N, L, use_mask, min_count):
         else:
             lengths = rng.integers(0, L + 1, size=N)
             if N >= 2:
-                lengths[rng.integers(N)] = L
                 lengths[rng.integers(N)] = 0
+            lengths[rng.integers(N)] = L
             if lengths.sum() >= min_count:
                 return lengths.astype(np.int64), None
 
