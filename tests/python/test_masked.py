@@ -366,3 +366,27 @@ def test_functional_batch_norm_errors_change_nothing():
     read_only.flags.writeable = False
     with pytest.raises(ValueError, match="^running_mean"):
         bn1d.functional.batch_norm(x, read_only, var, training=True)
+
+
+# ---- 16-bit inputs ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("input_dtype", [torch.float16, torch.bfloat16])
+def test_masked_16bit_input_to_float32_module(input_dtype):
+    """Mixed precision: the output has the input's dtype, each value within one rounding (of
+    the input's dtype) of the float64 oracle on the packed values."""
+    rng = np.random.default_rng(8)
+    x = torch.from_numpy(rng.standard_normal((3, 4, 6))).to(input_dtype)
+    lengths = torch.tensor([6, 2, 4])
+    valid = valid_of(lengths, None, 3, 6)
+    ref = torch.nn.BatchNorm1d(4, dtype=torch.float64)(packed(x.double(), valid)).detach()
+    ulp = 2.0**-10 if input_dtype == torch.float16 else 2.0**-7
+    if input_dtype == torch.float16:
+        y = torch.from_numpy(bn1d.BatchNorm1d(4)(x.numpy(), lengths=lengths))
+    else:  # numpy has no bfloat16: a torch tensor in, a BFloat16Tensor out
+        y = torch.from_dlpack(bn1d.BatchNorm1d(4)(x, lengths=lengths))
+    yt = bt.BatchNorm1d(4)(x, lengths=lengths)
+    for out in (y, yt):
+        assert out.dtype == input_dtype
+        assert torch.all(out.permute(0, 2, 1)[~valid] == 0)
+        torch.testing.assert_close(out.permute(0, 2, 1)[valid].double(), ref, rtol=ulp,
+                                   atol=ulp * float(ref.abs().max()))
