@@ -180,6 +180,24 @@ def test_chunk_split_equals_the_torch_chunk_loop(N, virtual_batch_size):
              affine=bool(rng.integers(3)), track=bool(rng.integers(3)))
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_random_sizes_equal_the_loop(seed):
+    """N log-uniform in [2, 5000], virtual_batch_size in [2, 512] (at most 600 chunks, to keep
+    torch's loop quick), either split."""
+    rng = np.random.default_rng(4000 + seed)
+    while True:
+        N = int(np.exp(rng.uniform(np.log(2), np.log(5000))))
+        virtual_batch_size = int(np.exp(rng.uniform(np.log(2), np.log(512))))
+        if N / virtual_batch_size <= 600:
+            break
+    split = ("chunk", "fixed")[seed % 2]
+    L = None if seed % 3 else 2
+    if split == "chunk" and one_value_chunk(N, 1 if L is None else L, virtual_batch_size):
+        L = 2
+    run_case(seed, N, int(rng.integers(1, 5)), L, virtual_batch_size, split,
+             [0.01, 0.02, None][seed % 3], (np.float64, np.float32)[seed // 6])
+
+
 def test_tabnet_defaults():
     # TabNet: GBN(virtual_batch_size=128, momentum=0.02), batches of 1024 (N, C) rows
     run_case(11, 1024, 16, None, 128, "chunk", 0.02, np.float32, train_steps=3, eval_steps=2)
