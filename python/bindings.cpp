@@ -5,7 +5,8 @@
 // are numpy arrays bn1d writes into directly, parameters and buffers are numpy views of the
 // module's own storage, and every bn1d::Error becomes a ValueError with the same message (an
 // IoError, a file that cannot be opened, read or written, an OSError of its errno's class).
-// No math happens here. This file: BatchNorm1d (with its masked forms), errors, state files;
+// No math happens here. This file: BatchNorm1d (with its masked forms), the functional
+// batch_norm, errors, state files;
 // module_binding.hpp: what BatchNorm1d and GhostBatchNorm1d (bind_ghost.cpp) share.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
