@@ -29,8 +29,9 @@ using detail::f64_mut;
 void reserve_workspace(int64_t C) {
   const auto n = static_cast<std::size_t>(C);
   detail::StepWorkspace& ws = detail::thread_workspace();
-  for (std::vector<double>* b : {&ws.weight, &ws.bias, &ws.scale, &ws.running_mean, &ws.running_var,
-                                 &ws.coef_a, &ws.coef_b, &ws.coef_k, &ws.grad_weight})
+  for (std::vector<double>* b :
+       {&ws.weight, &ws.bias, &ws.scale, &ws.running_mean, &ws.running_var, &ws.coef_a, &ws.coef_b,
+        &ws.coef_k, &ws.grad_weight, &ws.block_a, &ws.block_b})
     detail::sized(*b, n);
 }
 

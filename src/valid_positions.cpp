@@ -25,6 +25,7 @@ std::vector<ValidPositions::Run> mask_runs(std::span<const Bool> mask, int64_t N
                 std::to_string(size));
   }
   std::vector<ValidPositions::Run> runs;
+  if (L == 0) return runs;  // no position (and N may be huge)
   for (int64_t n = 0; n < N; ++n) {
     const Bool* row = mask.data() + n * L;
     for (int64_t l = 0; l < L;) {

@@ -256,8 +256,8 @@ class BatchNorm1d {
 
   // Saved by forward() for backward(), and reused buffers, one per group of the batch (one, or
   // a GhostBatchNorm1d's chunks).
-  std::vector<BatchStats> stats_;     // this participant's batch statistics
-  std::vector<GradStats> grad_sums_;  // this participant's gradient sums
+  std::vector<BatchStats> stats_ = std::vector<BatchStats>(1);    // this participant's
+  std::vector<GradStats> grad_sums_ = std::vector<GradStats>(1);  // statistics, gradient sums
   Tensor saved_input_;
   std::vector<Normalization> saved_norm_;
   std::vector<Normalization> next_norm_;  // a forward computes here, swapped in at its commit
