@@ -154,10 +154,13 @@ Tensor batch_norm_apply(const Tensor& input, const Normalization& norm, const Te
   return output;
 }
 
-Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
-                  const Tensor& weight, const Tensor& bias, bool training, double momentum,
-                  double eps) {
+// torch.nn.functional.batch_norm over the positions of @p part (every one, or the valid ones).
+static Tensor batch_norm_over(const Tensor& input, const Tensor& running_mean,
+                              const Tensor& running_var, const Tensor& weight, const Tensor& bias,
+                              bool training, double momentum, double eps,
+                              const detail::Partition& part) {
   const kernels::View3 x = detail::input_view(input);
+  if (part.valid != nullptr) part.valid->check_fits(input.sizes());
   detail::check_eps(eps);
   detail::check_momentum(momentum);
   detail::check_param(weight, "weight", x.C, input.dtype());
@@ -177,20 +180,64 @@ Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor&
   if (!training) {
     if (!tracking) throw Error("running_mean and running_var must be defined in evaluation mode");
     step::normalization_from_running(norm, running_mean, running_var, eps);
-    step::apply(output, input, x, norm, weight, bias);
+    step::apply(output, input, x, {&norm, 1}, weight, bias, part);
     return output;
   }
-  detail::check_batch_size(x, input.sizes());
+  if (part.valid == nullptr) detail::check_batch_size(x, input.sizes());
   if (tracking) {  // updated in place after the output is written
     detail::check_writable(running_mean, "running_mean");
     detail::check_writable(running_var, "running_var");
   }
+  if (part.valid != nullptr && part.valid->count() < 2) {
+    throw Error(part.valid->count() == 1
+                    ? "Expected more than 1 value per channel when training, got 1 valid value "
+                      "per channel (input size " +
+                          format_shape(input.sizes()) + ")"
+                    : "batch_norm: expected at least one valid position (lengths or mask) for "
+                      "batch statistics, got none (input size " +
+                          format_shape(input.sizes()) + ")");
+  }
   if (x.count() == 0) return Tensor::empty(input.sizes(), input.dtype());
   BatchStats stats;
-  step::batch_stats(stats, x);
+  step::batch_stats(stats, x, part, 0);
   step::normalization_from_batch(norm, stats, eps);
-  step::apply(output, input, x, norm, weight, bias);
+  step::apply(output, input, x, {&norm, 1}, weight, bias, part);
   if (tracking) step::update_running_stats(running_mean, running_var, stats, momentum);
+  return output;
+}
+
+Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
+                  const Tensor& weight, const Tensor& bias, bool training, double momentum,
+                  double eps) {
+  return batch_norm_over(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                         {});
+}
+
+Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
+                  const Tensor& weight, const Tensor& bias, bool training, double momentum,
+                  double eps, const ValidPositions& valid) {
+  return batch_norm_over(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                         {&valid, {}});
+}
+
+BatchStats batch_stats(const Tensor& input, const ValidPositions& valid) {
+  const kernels::View3 x = detail::input_view(input);
+  valid.check_fits(input.sizes());
+  BatchStats stats;
+  step::batch_stats(stats, x, {&valid, {}}, 0);
+  return stats;
+}
+
+Tensor batch_norm_apply(const Tensor& input, const Normalization& norm, const Tensor& weight,
+                        const Tensor& bias, const ValidPositions& valid) {
+  const kernels::View3 x = detail::input_view(input);
+  valid.check_fits(input.sizes());
+  detail::check_normalization(norm, x.C);
+  detail::check_param(weight, "weight", x.C, input.dtype());
+  detail::check_param(bias, "bias", x.C, input.dtype());
+  detail::check_params_agree({{&weight, "weight"}, {&bias, "bias"}});
+  Tensor output;
+  step::apply(output, input, x, {&norm, 1}, weight, bias, {&valid, {}});
   return output;
 }
 

@@ -33,6 +33,18 @@ void backward_stats(GradStats& stats, const Tensor& grad_output, const Tensor& i
   step::backward_sums(stats, dy, x, norm, {&grad_output, &input});
 }
 
+GradStats backward_stats(const Tensor& grad_output, const Tensor& input, const Normalization& norm,
+                         const ValidPositions& valid) {
+  const kernels::View3 x = detail::input_view(input);
+  valid.check_fits(input.sizes());
+  detail::check_same_shape(grad_output, "grad_output", input);
+  const kernels::View3 dy = detail::input_view(grad_output, "grad_output");
+  detail::check_normalization(norm, x.C);
+  GradStats stats;
+  step::backward_sums(stats, dy, x, norm, {&valid, {}}, 0);
+  return stats;
+}
+
 GradStats backward_stats(const Tensor& grad_output, const Tensor& input,
                          const Normalization& norm) {
   GradStats stats;
@@ -67,10 +79,13 @@ GradStats combine_grad_stats(std::span<const GradStats> parts) {
   return out;
 }
 
-void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
-                               const Normalization& norm, const Tensor& weight,
-                               const GradStats& global, bool batch_statistics) {
+// batch_norm_backward_input() at the positions of @p part.
+static void backward_input_over(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
+                                const Normalization& norm, const Tensor& weight,
+                                const GradStats& global, bool batch_statistics,
+                                const detail::Partition& part) {
   const kernels::View3 x = detail::input_view(input);
+  if (part.valid != nullptr) part.valid->check_fits(input.sizes());
   detail::check_same_shape(grad_output, "grad_output", input);
   const kernels::View3 dy = detail::input_view(grad_output, "grad_output");
   detail::check_normalization(norm, x.C);
@@ -83,8 +98,24 @@ void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, co
           "channel, got count 0");
     }
   }
-  step::backward_input(grad_input, grad_output, input, dy, x, norm, weight, global,
-                       batch_statistics);
+  step::backward_input(grad_input, grad_output, input, dy, x, {&norm, 1}, weight, {&global, 1},
+                       batch_statistics, part);
+}
+
+void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
+                               const Normalization& norm, const Tensor& weight,
+                               const GradStats& global, bool batch_statistics) {
+  backward_input_over(grad_input, grad_output, input, norm, weight, global, batch_statistics, {});
+}
+
+Tensor batch_norm_backward_input(const Tensor& grad_output, const Tensor& input,
+                                 const Normalization& norm, const Tensor& weight,
+                                 const GradStats& global, bool batch_statistics,
+                                 const ValidPositions& valid) {
+  Tensor grad_input;
+  backward_input_over(grad_input, grad_output, input, norm, weight, global, batch_statistics,
+                      {&valid, {}});
+  return grad_input;
 }
 
 Tensor batch_norm_backward_input(const Tensor& grad_output, const Tensor& input,
@@ -111,10 +142,12 @@ BatchNormGradients batch_norm_backward_params(const GradStats& stats, const Norm
   return grads;
 }
 
-void batch_norm_backward(BatchNormGradients& grads, const Tensor& grad_output, const Tensor& input,
-                         const Normalization& norm, const Tensor& weight, bool batch_statistics,
-                         bool affine) {
+// batch_norm_backward() over the positions of @p part.
+static void backward_over(BatchNormGradients& grads, const Tensor& grad_output, const Tensor& input,
+                          const Normalization& norm, const Tensor& weight, bool batch_statistics,
+                          bool affine, const detail::Partition& part) {
   const kernels::View3 x = detail::input_view(input);
+  if (part.valid != nullptr) part.valid->check_fits(input.sizes());
   detail::check_same_shape(grad_output, "grad_output", input);
   const kernels::View3 dy = detail::input_view(grad_output, "grad_output");
   detail::check_normalization(norm, x.C);
@@ -122,7 +155,7 @@ void batch_norm_backward(BatchNormGradients& grads, const Tensor& grad_output, c
   // Parameter gradients in the weight's dtype (float32 for a mixed-precision bfloat16 input).
   const DType param_dtype = weight.defined() ? weight.dtype() : input.dtype();
   GradStats& sums = detail::thread_workspace().grad_sums;  // steady-state calls allocate nothing
-  step::backward_sums(sums, dy, x, norm);
+  step::backward_sums(sums, dy, x, norm, part, 0);
   // Every result is chosen (overlapping no input and no other result) before any is written.
   step::reserve_workspace(x.C);
   detail::reuse_or_allocate_like(grads.input, input,
@@ -132,8 +165,8 @@ void batch_norm_backward(BatchNormGradients& grads, const Tensor& grad_output, c
     step::backward_params_results(grads, sums, norm, param_dtype,
                                   {&input, &grad_output, &weight, &grads.input});
   }
-  step::backward_input(grads.input, grad_output, input, dy, x, norm, weight, sums, batch_statistics,
-                       {&grads.weight, &grads.bias});
+  step::backward_input(grads.input, grad_output, input, dy, x, {&norm, 1}, weight, {&sums, 1},
+                       batch_statistics, part, {&grads.weight, &grads.bias});
   if (affine) {
     step::backward_params(grads, sums, norm, param_dtype,
                           {&input, &grad_output, &weight, &grads.input});
@@ -141,6 +174,21 @@ void batch_norm_backward(BatchNormGradients& grads, const Tensor& grad_output, c
     grads.weight = Tensor();
     grads.bias = Tensor();
   }
+}
+
+void batch_norm_backward(BatchNormGradients& grads, const Tensor& grad_output, const Tensor& input,
+                         const Normalization& norm, const Tensor& weight, bool batch_statistics,
+                         bool affine) {
+  backward_over(grads, grad_output, input, norm, weight, batch_statistics, affine, {});
+}
+
+BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& input,
+                                       const Normalization& norm, const Tensor& weight,
+                                       bool batch_statistics, bool affine,
+                                       const ValidPositions& valid) {
+  BatchNormGradients grads;
+  backward_over(grads, grad_output, input, norm, weight, batch_statistics, affine, {&valid, {}});
+  return grads;
 }
 
 BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& input,

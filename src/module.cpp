@@ -42,8 +42,8 @@ BatchNorm1d::BatchNorm1d(const BatchNorm1dOptions& options) : options_(options) 
     running_mean_ = Tensor::zeros({C}, options_.dtype());
     running_var_ = Tensor::ones({C}, options_.dtype());
   }
-  saved_norm_ = normalization_buffer(C);
-  next_norm_ = normalization_buffer(C);
+  saved_norm_.push_back(normalization_buffer(C));
+  next_norm_.push_back(normalization_buffer(C));
 }
 
 void BatchNorm1d::check_not_moved_from() const {
@@ -59,9 +59,14 @@ BatchNorm1d::BatchNorm1d(const BatchNorm1d& other)
       running_var_(other.running_var_.clone()),
       num_batches_tracked_(other.num_batches_tracked_),
       saved_input_(other.saved_input_),
-      saved_norm_{other.saved_norm_.mean.clone(), other.saved_norm_.invstd.clone()},
-      next_norm_(normalization_buffer(other.options_.num_features())),
-      saved_batch_statistics_(other.saved_batch_statistics_) {}
+      next_norm_{normalization_buffer(other.options_.num_features())},
+      saved_batch_statistics_(other.saved_batch_statistics_),
+      saved_valid_(other.saved_valid_),
+      saved_masked_(other.saved_masked_),
+      saved_bounds_(other.saved_bounds_) {
+  for (const Normalization& norm : other.saved_norm_)
+    saved_norm_.push_back({norm.mean.clone(), norm.invstd.clone()});
+}
 
 BatchNorm1d& BatchNorm1d::operator=(const BatchNorm1d& other) {
   if (this != &other) *this = BatchNorm1d(other);

@@ -21,10 +21,12 @@ struct StepWorkspace {
   std::vector<double> coef_a;        ///< backward_input: dx = a · dy + b · (x − mean) + k
   std::vector<double> coef_b;
   std::vector<double> coef_k;
-  std::vector<double> grad_weight;  ///< Σ dy · (x − mean) · invstd before its rounding
-  GradStats grad_sums;              ///< batch_norm_backward's sums of the local batch
-  BatchStats infer_stats;           ///< BatchNorm1d::infer's batch statistics
-  Normalization infer_norm;         ///< BatchNorm1d::infer's normalization
+  std::vector<double> grad_weight;      ///< Σ dy · (x − mean) · invstd before its rounding
+  std::vector<double> block_a;          ///< one block's or group's per-channel results before they
+  std::vector<double> block_b;          ///< are merged (route_groups.cpp, backward_params)
+  GradStats grad_sums;                  ///< batch_norm_backward's sums of the local batch
+  std::vector<BatchStats> infer_stats;  ///< BatchNorm1d::infer's batch statistics per group
+  std::vector<Normalization> infer_norms;  ///< BatchNorm1d::infer's normalization per group
 };
 
 /// The calling thread's workspace.

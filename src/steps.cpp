@@ -9,6 +9,7 @@
 #include "channel_values.hpp"
 #include "format.hpp"
 #include "route.hpp"
+#include "route_groups.hpp"
 #include "step_workspace.hpp"
 
 namespace bn1d::detail {
@@ -33,11 +34,12 @@ void reserve_workspace(int64_t C) {
     detail::sized(*b, n);
 }
 
-void batch_stats(BatchStats& stats, const kernels::View3& x, Also also) {
+void batch_stats(BatchStats& stats, const kernels::View3& x, const detail::Partition& part,
+                 int64_t g, Also also) {
   detail::reuse_or_allocate(stats.mean, x.C, DType::Float64, also);
   detail::reuse_or_allocate(stats.m2, x.C, DType::Float64, also, {&stats.mean});
-  stats.count = x.count();
-  route::channel_stats(f64_mut(stats.mean), f64_mut(stats.m2), x);
+  stats.count = detail::group_count(part, g, x.N, x.L);
+  route::group_stats(f64_mut(stats.mean), f64_mut(stats.m2), x, part, g);
 }
 
 void normalization_from_batch(Normalization& norm, const BatchStats& stats, double eps) {
@@ -79,43 +81,54 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
   detail::store_channels(running_var, rvar);
 }
 
-void apply(Tensor& output, const Tensor& input, const kernels::View3& x, const Normalization& norm,
-           const Tensor& weight, const Tensor& bias, Also also) {
-  detail::reuse_or_allocate_like(output, input, {&input, &norm.mean, &norm.invstd, &weight, &bias},
-                                 also);
+void apply(Tensor& output, const Tensor& input, const kernels::View3& x,
+           std::span<const Normalization> norms, const Tensor& weight, const Tensor& bias,
+           const detail::Partition& part, Also also) {
+  const Normalization& first = norms[0];
+  detail::reuse_or_allocate_like(output, input,
+                                 {&input, &first.mean, &first.invstd, &weight, &bias}, also);
   if (output.numel() == 0) return;
   // y = (x − mean) · scale + shift, scale = weight · invstd (invstd without weight), shift = bias
   // (0 without bias).
   const auto n = static_cast<std::size_t>(x.C);
   detail::StepWorkspace& ws = detail::thread_workspace();
-  const double* scale = f64(norm.invstd);
-  if (const double* w = detail::channel_f64(weight, ws.weight)) {
-    double* weighted = detail::sized(ws.scale, n);
-    route::multiply(weighted, w, scale, x.C);
-    scale = weighted;
-  }
+  const double* w = detail::channel_f64(weight, ws.weight);
   const double* shift = detail::channel_f64(bias, ws.bias);
   if (shift == nullptr) {
     double* zeros = detail::sized(ws.bias, n);
     std::fill_n(zeros, n, 0.0);
     shift = zeros;
   }
-  route::normalize(detail::output_view(output), x, f64(norm.mean), scale, shift);
+  const kernels::Out3 y = detail::output_view(output);
+  for (int64_t g = 0; g < part.groups(); ++g) {
+    const double* scale = f64(norms[g].invstd);
+    if (w != nullptr) {
+      double* weighted = detail::sized(ws.scale, n);
+      route::multiply(weighted, w, scale, x.C);
+      scale = weighted;
+    }
+    route::group_normalize(y, x, part, g, f64(norms[g].mean), scale, shift);
+  }
+  route::zero_padding(y, x, part);
 }
 
 void backward_sums(GradStats& sums, const kernels::View3& dy, const kernels::View3& x,
-                   const Normalization& norm, Also also) {
+                   const Normalization& norm, const detail::Partition& part, int64_t g, Also also) {
   detail::reuse_or_allocate(sums.sum_dy, x.C, DType::Float64, {&norm.mean, &norm.invstd}, also);
   detail::reuse_or_allocate(sums.sum_dy_xmu, x.C, DType::Float64,
                             {&norm.mean, &norm.invstd, &sums.sum_dy}, also);
-  sums.count = x.count();
-  route::backward_sums(f64_mut(sums.sum_dy), f64_mut(sums.sum_dy_xmu), dy, x, f64(norm.mean));
+  sums.count = detail::group_count(part, g, x.N, x.L);
+  route::group_backward_sums(f64_mut(sums.sum_dy), f64_mut(sums.sum_dy_xmu), dy, x, part, g,
+                             f64(norm.mean));
 }
 
 void backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
-                    const kernels::View3& dy, const kernels::View3& x, const Normalization& norm,
-                    const Tensor& weight, const GradStats& global, bool batch_statistics,
-                    Also also) {
+                    const kernels::View3& dy, const kernels::View3& x,
+                    std::span<const Normalization> norms, const Tensor& weight,
+                    std::span<const GradStats> globals, bool batch_statistics,
+                    const detail::Partition& part, Also also) {
+  const Normalization& norm = norms[0];
+  const GradStats& global = globals[0];
   detail::reuse_or_allocate_like(
       grad_input, input,
       {&input, &grad_output, &norm.mean, &norm.invstd, &weight, &global.sum_dy, &global.sum_dy_xmu},
@@ -131,11 +144,16 @@ void backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor&
   double* a = detail::sized(ws.coef_a, n);
   double* b = detail::sized(ws.coef_b, n);
   double* k = detail::sized(ws.coef_k, n);
-  route::backward_coefficients(a, b, k, detail::channel_f64(weight, ws.weight), f64(norm.invstd),
-                               batch_statistics ? f64(global.sum_dy) : nullptr,
-                               batch_statistics ? f64(global.sum_dy_xmu) : nullptr,
-                               static_cast<double>(global.count), x.C);
-  route::backward_input(detail::output_view(grad_input), dy, x, f64(norm.mean), a, b, k);
+  const double* w = detail::channel_f64(weight, ws.weight);
+  const kernels::Out3 dx = detail::output_view(grad_input);
+  for (int64_t g = 0; g < part.groups(); ++g) {
+    const GradStats* sums = batch_statistics ? &globals[g] : nullptr;
+    route::backward_coefficients(
+        a, b, k, w, f64(norms[g].invstd), sums ? f64(sums->sum_dy) : nullptr,
+        sums ? f64(sums->sum_dy_xmu) : nullptr, static_cast<double>(sums ? sums->count : 0), x.C);
+    route::group_backward_input(dx, dy, x, part, g, f64(norms[g].mean), a, b, k);
+  }
+  route::zero_padding(dx, x, part);
 }
 
 void backward_params_results(BatchNormGradients& grads, const GradStats& sums,
@@ -148,16 +166,29 @@ void backward_params_results(BatchNormGradients& grads, const GradStats& sums,
       {&sums.sum_dy, &sums.sum_dy_xmu, &norm.mean, &norm.invstd, &grads.weight}, also);
 }
 
-void backward_params(BatchNormGradients& grads, const GradStats& sums, const Normalization& norm,
-                     DType dtype, Also also) {
-  const int64_t C = norm.mean.numel();
-  backward_params_results(grads, sums, norm, dtype, also);
-  // grad_weight = Σ dy · x̂ = Σ dy (x − mean) · invstd;  grad_bias = Σ dy.
-  double* grad_weight =
-      detail::sized(detail::thread_workspace().grad_weight, static_cast<std::size_t>(C));
-  route::multiply(grad_weight, f64(sums.sum_dy_xmu), f64(norm.invstd), C);
+void backward_params(BatchNormGradients& grads, std::span<const GradStats> sums,
+                     std::span<const Normalization> norms, DType dtype, Also also) {
+  const int64_t C = norms[0].mean.numel();
+  backward_params_results(grads, sums[0], norms[0], dtype, also);
+  // grad_weight = Σ dy · x̂ = Σ dy (x − mean) · invstd;  grad_bias = Σ dy; summed over the
+  // groups in order (each with its own mean and invstd).
+  detail::StepWorkspace& ws = detail::thread_workspace();
+  const auto n = static_cast<std::size_t>(C);
+  double* grad_weight = detail::sized(ws.grad_weight, n);
+  route::multiply(grad_weight, f64(sums[0].sum_dy_xmu), f64(norms[0].invstd), C);
+  const double* grad_bias = f64(sums[0].sum_dy);
+  if (sums.size() > 1) {
+    double* group_weight = detail::sized(ws.block_a, n);
+    double* bias_sum = detail::sized(ws.block_b, n);
+    std::copy_n(grad_bias, n, bias_sum);
+    for (std::size_t g = 1; g < sums.size(); ++g) {
+      route::multiply(group_weight, f64(sums[g].sum_dy_xmu), f64(norms[g].invstd), C);
+      kernels::simd::add_slot(grad_weight, bias_sum, group_weight, f64(sums[g].sum_dy), false, C);
+    }
+    grad_bias = bias_sum;
+  }
   detail::store_channels(grads.weight, grad_weight);
-  detail::store_channels(grads.bias, f64(sums.sum_dy));
+  detail::store_channels(grads.bias, grad_bias);
 }
 
 }  // namespace bn1d::step

@@ -7,9 +7,11 @@
 #pragma once
 
 #include <initializer_list>
+#include <span>
 
 #include "bn1d/batch_norm.hpp"
 #include "kernels/view.hpp"
+#include "partition.hpp"
 
 namespace bn1d::step {
 
@@ -23,8 +25,13 @@ using Also = std::initializer_list<const Tensor*>;
 /// throws before it writes a result).
 void reserve_workspace(int64_t C);
 
-/// Count, mean and M2 of each channel of @p x (the view of @p input) into @p stats.
-void batch_stats(BatchStats& stats, const kernels::View3& x, Also also = {});
+/// Count, mean and M2 of each channel of @p x over group @p g of @p part into @p stats.
+void batch_stats(BatchStats& stats, const kernels::View3& x, const detail::Partition& part,
+                 int64_t g, Also also = {});
+/// batch_stats() over every value of @p x.
+inline void batch_stats(BatchStats& stats, const kernels::View3& x, Also also = {}) {
+  batch_stats(stats, x, {}, 0, also);
+}
 
 /// Mean and invstd of the biased variance M2 / count (count > 0) into @p norm.
 void normalization_from_batch(Normalization& norm, const BatchStats& stats, double eps);
@@ -40,24 +47,56 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
                           const BatchStats& stats, double momentum);
 
 /// y = (x − mean) · invstd · weight + bias into @p output (reused under the rule of
-/// batch_norm.hpp's allocation-free forms).
-void apply(Tensor& output, const Tensor& input, const kernels::View3& x, const Normalization& norm,
-           const Tensor& weight, const Tensor& bias, Also also = {});
+/// batch_norm.hpp's allocation-free forms), each group g of @p part with @p norms[g]; 0 outside
+/// part.valid. Normalizations after the first are a module's own (no result overlaps them).
+void apply(Tensor& output, const Tensor& input, const kernels::View3& x,
+           std::span<const Normalization> norms, const Tensor& weight, const Tensor& bias,
+           const detail::Partition& part, Also also = {});
+/// apply() of one normalization over every value of @p x.
+inline void apply(Tensor& output, const Tensor& input, const kernels::View3& x,
+                  const Normalization& norm, const Tensor& weight, const Tensor& bias,
+                  Also also = {}) {
+  apply(output, input, x, {&norm, 1}, weight, bias, {}, also);
+}
 
-/// Σ dy and Σ dy · (x − mean) of each channel into @p sums (dy of x's shape and dtype).
+/// Σ dy and Σ dy · (x − mean) of each channel over group @p g of @p part into @p sums (dy of
+/// x's shape and dtype).
 void backward_sums(GradStats& sums, const kernels::View3& dy, const kernels::View3& x,
-                   const Normalization& norm, Also also = {});
+                   const Normalization& norm, const detail::Partition& part, int64_t g,
+                   Also also = {});
+/// backward_sums() over every value of @p x.
+inline void backward_sums(GradStats& sums, const kernels::View3& dy, const kernels::View3& x,
+                          const Normalization& norm, Also also = {}) {
+  backward_sums(sums, dy, x, norm, {}, 0, also);
+}
 
-/// The input gradient into @p grad_input (see batch_norm_backward_input); with
-/// @p batch_statistics, @p global holds the sums of the batch the forward normalized over.
+/// The input gradient into @p grad_input (see batch_norm_backward_input), group g of @p part
+/// with @p norms[g] and, with @p batch_statistics, @p globals[g]: the sums of the batch the
+/// forward normalized that group over; 0 outside part.valid. Normalizations and sums after the
+/// first are a module's own.
 void backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
-                    const kernels::View3& dy, const kernels::View3& x, const Normalization& norm,
-                    const Tensor& weight, const GradStats& global, bool batch_statistics,
-                    Also also = {});
+                    const kernels::View3& dy, const kernels::View3& x,
+                    std::span<const Normalization> norms, const Tensor& weight,
+                    std::span<const GradStats> globals, bool batch_statistics,
+                    const detail::Partition& part, Also also = {});
+/// backward_input() of one group of every value of @p x.
+inline void backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
+                           const kernels::View3& dy, const kernels::View3& x,
+                           const Normalization& norm, const Tensor& weight, const GradStats& global,
+                           bool batch_statistics, Also also = {}) {
+  backward_input(grad_input, grad_output, input, dy, x, {&norm, 1}, weight, {&global, 1},
+                 batch_statistics, {}, also);
+}
 
-/// grad_weight = Σ dy · (x − mean) · invstd and grad_bias = Σ dy, in @p dtype (float32/float64).
-void backward_params(BatchNormGradients& grads, const GradStats& sums, const Normalization& norm,
-                     DType dtype, Also also = {});
+/// grad_weight = Σ_g Σ dy · (x − mean_g) · invstd_g and grad_bias = Σ_g Σ dy over the groups
+/// (@p sums[g], @p norms[g]), in @p dtype.
+void backward_params(BatchNormGradients& grads, std::span<const GradStats> sums,
+                     std::span<const Normalization> norms, DType dtype, Also also = {});
+/// backward_params() of one group.
+inline void backward_params(BatchNormGradients& grads, const GradStats& sums,
+                            const Normalization& norm, DType dtype, Also also = {}) {
+  backward_params(grads, {&sums, 1}, {&norm, 1}, dtype, also);
+}
 /// The results of backward_params(), chosen (reused or replaced) without writing them.
 void backward_params_results(BatchNormGradients& grads, const GradStats& sums,
                              const Normalization& norm, DType dtype, Also also = {});

@@ -52,16 +52,16 @@ class GhostBatchNorm1d {
   /// Gradients returned by backward(): input, weight, bias (undefined without affine).
   using Gradients = BatchNormGradients;
 
-  /// GhostBatchNorm1d(num_features): ghost_options(num_features), virtual_batch_size 128,
-  /// GhostSplit::Chunk.
-  explicit GhostBatchNorm1d(int64_t num_features);
+  /// GhostBatchNorm1d with ghost_options(num_features) (momentum 0.01).
+  explicit GhostBatchNorm1d(int64_t num_features, int64_t virtual_batch_size = 128,
+                            GhostSplit split = GhostSplit::Chunk);
   /// Throws Error for invalid @p options (as BatchNorm1d) or virtual_batch_size < 1.
   GhostBatchNorm1d(const BatchNorm1dOptions& options, int64_t virtual_batch_size = 128,
                    GhostSplit split = GhostSplit::Chunk);
 
   /// The chunk boundaries for a batch of @p N samples: {0, n_1, ..., N} (chunk i holds samples
-  /// [b[i], b[i + 1])); {0} for N = 0. @p L is the input's length (1 for an (N, C) input), which
-  /// GhostSplit::Fixed needs.
+  /// [b[i], b[i + 1])); {0, 0} (one empty chunk) for N = 0. @p L is the input's length (1 for an
+  /// (N, C) input), which GhostSplit::Fixed needs.
   std::vector<int64_t> chunk_bounds(int64_t N, int64_t L = 1) const;
 
   /// Normalizes @p input ((N, C) or (N, C, L), BatchNorm1d's dtypes, any strides) chunk by

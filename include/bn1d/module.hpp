@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "bn1d/batch_norm.hpp"
 #include "bn1d/combine.hpp"
@@ -16,6 +17,10 @@
 #include "bn1d/valid_positions.hpp"
 
 namespace bn1d {
+
+namespace detail {
+struct Partition;  // how the step splits a batch (src/partition.hpp)
+}  // namespace detail
 
 /// Options of a BatchNorm1d, with PyTorch's defaults. Setters chain:
 /// `BatchNorm1dOptions(64).eps(1e-3).momentum(std::nullopt)`.
@@ -220,7 +225,13 @@ class BatchNorm1d {
   void load(const std::string& path, const std::string& prefix = "");
 
  private:
-  struct Step;  // the training step (training_step.cpp)
+  struct Step;                    // the training step (training_step.cpp)
+  friend class GhostBatchNorm1d;  // runs the step over its chunks
+  // The step over a partition of the batch: its valid positions or a GhostBatchNorm1d's chunks.
+  void forward(const Tensor& input, Tensor& output, const detail::Partition& part);
+  void forward(const Tensor& input, Tensor& output, const detail::Partition& part,
+               StatsCombiner& combiner);
+  void infer(const Tensor& input, Tensor& output, const detail::Partition& part) const;
 
   // True in a moved-from module: moving a module sets its source's flag.
   struct MovedFrom {
@@ -243,13 +254,18 @@ class BatchNorm1d {
   Tensor weight_, bias_, running_mean_, running_var_;
   int64_t num_batches_tracked_ = 0;
 
-  // Saved by forward() for backward(), and reused buffers.
-  BatchStats stats_;     // this participant's batch statistics
-  GradStats grad_sums_;  // this participant's gradient sums
+  // Saved by forward() for backward(), and reused buffers, one per group of the batch (one, or
+  // a GhostBatchNorm1d's chunks).
+  std::vector<BatchStats> stats_;     // this participant's batch statistics
+  std::vector<GradStats> grad_sums_;  // this participant's gradient sums
   Tensor saved_input_;
-  Normalization saved_norm_;
-  Normalization next_norm_;  // a forward computes here and swaps it in when it commits
+  std::vector<Normalization> saved_norm_;
+  std::vector<Normalization> next_norm_;  // a forward computes here, swapped in at its commit
   bool saved_batch_statistics_ = false;
+  // The forward's partition of the batch (valid positions, chunk bounds), for backward().
+  ValidPositions saved_valid_, next_valid_;
+  bool saved_masked_ = false, next_masked_ = false;
+  std::vector<int64_t> saved_bounds_, next_bounds_;
   // Eval mode: the running statistics' bytes saved_norm_ was computed from, while it holds that
   // normalization. An eval forward whose running statistics still have those bytes (they may be
   // changed in place through a view) reuses it instead of recomputing invstd.

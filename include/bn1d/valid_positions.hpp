@@ -64,6 +64,10 @@ class ValidPositions {
   void check_fits(const std::vector<int64_t>& sizes) const;
 
  private:
+  // Positions of @p N samples made of @p runs (in order of (n, start)); @p L: the mask's
+  // length, or −1 for lengths.
+  ValidPositions(std::vector<Run> runs, int64_t N, int64_t L);
+
   std::vector<Run> runs_;
   int64_t batch_size_ = 0;
   int64_t length_ = -1;

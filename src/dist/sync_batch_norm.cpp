@@ -23,6 +23,16 @@ void SyncBatchNorm1d::forward(const Tensor& input, Tensor& output) {
   module_.forward(input, output, combiner_);
 }
 
+Tensor SyncBatchNorm1d::forward(const Tensor& input, const ValidPositions& valid) {
+  Tensor output;
+  forward(input, output, valid);
+  return output;
+}
+
+void SyncBatchNorm1d::forward(const Tensor& input, Tensor& output, const ValidPositions& valid) {
+  module_.forward(input, output, valid, combiner_);
+}
+
 SyncBatchNorm1d::Gradients SyncBatchNorm1d::backward(const Tensor& grad_output) {
   Gradients grads;
   backward(grad_output, grads);

@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: MIT
+// The routed kernels over the blocks of one group (route_groups.hpp).
+#include "route_groups.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "route.hpp"
+#include "step_workspace.hpp"
+
+namespace bn1d::route {
+namespace {
+
+using detail::for_each_block;
+using detail::sub_view;
+using kernels::Out3;
+using kernels::View3;
+
+// Zeros at positions [l, l + length) of sample n, in every channel of @p y.
+void zero_block(const Out3& y, std::size_t element, int64_t C, int64_t n, int64_t l,
+                int64_t length) {
+  if (length <= 0) return;
+  const auto es = static_cast<int64_t>(element);
+  char* base = static_cast<char*>(y.data) + (n * y.sN + l * y.sL) * es;
+  if (y.sL == 1) {
+    for (int64_t c = 0; c < C; ++c) std::memset(base + c * y.sC * es, 0, length * element);
+  } else if (y.sC == 1 && y.sL == C) {
+    std::memset(base, 0, static_cast<std::size_t>(length * C) * element);
+  } else {
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t i = 0; i < length; ++i)
+        std::memset(base + (c * y.sC + i * y.sL) * es, 0, element);
+  }
+}
+
+}  // namespace
+
+void group_stats(double* mean, double* m2, const View3& x, const detail::Partition& part,
+                 int64_t g) {
+  const auto C = static_cast<std::size_t>(x.C);
+  detail::StepWorkspace& ws = detail::thread_workspace();
+  double* block_mean = detail::sized(ws.block_a, C);
+  double* block_m2 = detail::sized(ws.block_b, C);
+  int64_t na = 0;
+  std::fill_n(mean, C, 0.0);
+  std::fill_n(m2, C, 0.0);
+  for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
+    const int64_t nb = count * length;
+    if (nb == 0) return;
+    if (na == 0) {
+      channel_stats(mean, m2, sub_view(x, x.dtype, n, count, l, length));
+    } else {  // Chan's merge of the block into the blocks before it
+      channel_stats(block_mean, block_m2, sub_view(x, x.dtype, n, count, l, length));
+      const double total = static_cast<double>(na + nb);
+      kernels::simd::merge_slot(mean, m2, block_mean, block_m2, static_cast<double>(nb) / total,
+                                static_cast<double>(na) * static_cast<double>(nb) / total, false,
+                                x.C);
+    }
+    na += nb;
+  });
+}
+
+void group_normalize(const Out3& y, const View3& x, const detail::Partition& part, int64_t g,
+                     const double* mean, const double* scale, const double* shift) {
+  for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
+    normalize(sub_view(y, x.dtype, n, count, l, length), sub_view(x, x.dtype, n, count, l, length),
+              mean, scale, shift);
+  });
+}
+
+void group_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
+                         const detail::Partition& part, int64_t g, const double* mean) {
+  const auto C = static_cast<std::size_t>(x.C);
+  detail::StepWorkspace& ws = detail::thread_workspace();
+  double* block_dy = detail::sized(ws.block_a, C);
+  double* block_dy_xmu = detail::sized(ws.block_b, C);
+  bool first = true;
+  std::fill_n(sum_dy, C, 0.0);
+  std::fill_n(sum_dy_xmu, C, 0.0);
+  for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
+    if (count * length == 0) return;
+    const View3 dy_block = sub_view(dy, dy.dtype, n, count, l, length);
+    const View3 x_block = sub_view(x, x.dtype, n, count, l, length);
+    if (first) {
+      backward_sums(sum_dy, sum_dy_xmu, dy_block, x_block, mean);
+    } else {
+      backward_sums(block_dy, block_dy_xmu, dy_block, x_block, mean);
+      kernels::simd::add_slot(sum_dy, sum_dy_xmu, block_dy, block_dy_xmu, false, x.C);
+    }
+    first = false;
+  });
+}
+
+void group_backward_input(const Out3& dx, const View3& dy, const View3& x,
+                          const detail::Partition& part, int64_t g, const double* mean,
+                          const double* a, const double* b, const double* k) {
+  for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
+    backward_input(sub_view(dx, x.dtype, n, count, l, length),
+                   sub_view(dy, dy.dtype, n, count, l, length),
+                   sub_view(x, x.dtype, n, count, l, length), mean, a, b, k);
+  });
+}
+
+void zero_padding(const Out3& y, const View3& x, const detail::Partition& part) {
+  if (part.valid == nullptr) return;
+  const std::size_t element = element_size(x.dtype);
+  const auto runs = part.valid->runs();
+  std::size_t r = 0;
+  for (int64_t n = 0; n < x.N; ++n) {
+    int64_t l = 0;  // the first position not yet written
+    for (; r < runs.size() && runs[r].n == n; ++r) {
+      zero_block(y, element, x.C, n, l, runs[r].start - l);
+      l = runs[r].start + runs[r].length;
+    }
+    zero_block(y, element, x.C, n, l, x.L - l);
+  }
+}
+
+}  // namespace bn1d::route
