@@ -153,7 +153,7 @@ TEST(Ghost, ChunkBoundsOfBothSplits) {
   EXPECT_EQ(chunk.chunk_bounds(5), (std::vector<int64_t>{0, 3, 5}));     // 2 chunks: 3 and 2
   EXPECT_EQ(chunk.chunk_bounds(4), (std::vector<int64_t>{0, 4}));
   EXPECT_EQ(chunk.chunk_bounds(1), (std::vector<int64_t>{0, 1}));
-  EXPECT_EQ(chunk.chunk_bounds(0), (std::vector<int64_t>{0}));
+  EXPECT_EQ(chunk.chunk_bounds(0), (std::vector<int64_t>{0, 0}));  // one empty chunk
   const GhostBatchNorm1d three(BatchNorm1dOptions(3), 3);
   EXPECT_EQ(three.chunk_bounds(10), (std::vector<int64_t>{0, 3, 6, 9, 10}));  // 4 chunks: 3,3,3,1
   const GhostBatchNorm1d fixed(BatchNorm1dOptions(3), 4, GhostSplit::Fixed);
@@ -163,7 +163,7 @@ TEST(Ghost, ChunkBoundsOfBothSplits) {
   EXPECT_EQ(fixed.chunk_bounds(9, 3), (std::vector<int64_t>{0, 4, 8, 9}));  // 3 values: a chunk
   EXPECT_EQ(fixed.chunk_bounds(8), (std::vector<int64_t>{0, 4, 8}));
   EXPECT_EQ(fixed.chunk_bounds(3), (std::vector<int64_t>{0, 3}));
-  EXPECT_EQ(fixed.chunk_bounds(0), (std::vector<int64_t>{0}));
+  EXPECT_EQ(fixed.chunk_bounds(0), (std::vector<int64_t>{0, 0}));
   // The test's own torch.chunk formula agrees with the hand-written bounds above.
   EXPECT_EQ(torch_chunk_bounds(10, 4), (std::vector<int64_t>{0, 4, 8, 10}));
   EXPECT_EQ(torch_chunk_bounds(10, 3), (std::vector<int64_t>{0, 3, 6, 9, 10}));
@@ -225,7 +225,7 @@ TEST(Ghost, EqualsChunkLoopEveryOption) {
   for (const BatchNorm1dOptions& o : options) {
     expect_equals_loop(o, 4, GhostSplit::Chunk, {10, 5, 3}, DType::Float32, Layout::ChannelsLast,
                        {0, 4, 8, 10});
-    expect_equals_loop(o, 4, GhostSplit::Fixed, {9, 5}, DType::Float64, Layout::Contiguous,
+    expect_equals_loop(o, 4, GhostSplit::Fixed, {9, 5}, DType::Float32, Layout::Contiguous,
                        {0, 4, 9});
   }
 }

@@ -248,9 +248,9 @@ TEST(Masked, ValidPositionsDescribeTheirRuns) {
 TEST(Masked, BitwiseIdenticalAcrossThreadCounts) {
   const int saved = omp_get_max_threads();
   for (Layout layout : {Layout::Contiguous, Layout::ChannelsLast})
-    for (const Valid& v : sweep_masks(24, 301, 9)) {
+    for (const Valid& v : sweep_masks(16, 257, 9)) {
       SCOPED_TRACE(layout_name(layout));
-      const Shape sizes{v.N, 40, v.L};
+      const Shape sizes{v.N, 32, v.L};
       std::shared_ptr<std::vector<char>> kx, kdy;
       const Tensor x =
           make_strided(input_values(sizes, DType::Float32, 1), sizes, DType::Float32, layout, kx);
@@ -259,7 +259,7 @@ TEST(Masked, BitwiseIdenticalAcrossThreadCounts) {
       std::vector<std::vector<double>> first;
       for (int threads : {1, 2}) {
         omp_set_num_threads(threads);
-        BatchNorm1d m(40);
+        BatchNorm1d m(32);
         const Tensor y = m.forward(x, v.positions);
         const BatchNorm1d::Gradients g = m.backward(dy);
         const std::vector<std::vector<double>> got = {
@@ -339,7 +339,7 @@ TEST(Masked, TooFewValidValuesInTrainingAreErrorsThatChangeNothing) {
       [&](BatchNorm1d& m, Tensor& out) {
         m.forward(x, out, from_lengths({0, 0, 0, 0}, 6).positions);
       },
-      "");
+      "expected at least one valid position");
   // One valid value per channel: PyTorch's error for a (1, C) batch.
   expect_error_changes_nothing(
       [&](BatchNorm1d& m, Tensor& out) {
@@ -401,7 +401,9 @@ TEST(Masked, FunctionalFormsEqualPackedBatch) {
     EXPECT_TRUE(all_close(rv, values(rvp)));
   }
   const Valid none = from_lengths({0, 0, 0, 0, 0}, 13);
-  EXPECT_THROW(batch_norm(x, Tensor(), Tensor(), w, b, true, 0.1, 1e-5, none.positions), Error);
+  EXPECT_TRUE(throws_error(
+      [&] { batch_norm(x, Tensor(), Tensor(), w, b, true, 0.1, 1e-5, none.positions); },
+      "expected at least one valid position"));
   EXPECT_TRUE(throws_error([&] { batch_stats(x, from_lengths({1, 2}, 13).positions); }, "lengths"));
 }
 
