@@ -16,6 +16,11 @@ using detail::sub_view;
 using kernels::Out3;
 using kernels::View3;
 
+// The kernels on blocks of @p x choose their stores as one call on all of x would.
+kernels::simd::BatchBytes whole_batch(const View3& x) {
+  return kernels::simd::BatchBytes(x.N * x.C * x.L * static_cast<int64_t>(element_size(x.dtype)));
+}
+
 // Zeros at positions [l, l + length) of sample n, in every channel of @p y.
 void zero_block(const Out3& y, std::size_t element, int64_t C, int64_t n, int64_t l,
                 int64_t length) {
@@ -37,6 +42,7 @@ void zero_block(const Out3& y, std::size_t element, int64_t C, int64_t n, int64_
 
 void group_stats(double* mean, double* m2, const View3& x, const detail::Partition& part,
                  int64_t g) {
+  const auto scope = whole_batch(x);
   const auto C = static_cast<std::size_t>(x.C);
   detail::StepWorkspace& ws = detail::thread_workspace();
   double* block_mean = detail::sized(ws.block_a, C);
@@ -62,6 +68,7 @@ void group_stats(double* mean, double* m2, const View3& x, const detail::Partiti
 
 void group_normalize(const Out3& y, const View3& x, const detail::Partition& part, int64_t g,
                      const double* mean, const double* scale, const double* shift) {
+  const auto scope = whole_batch(x);
   for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
     normalize(sub_view(y, x.dtype, n, count, l, length), sub_view(x, x.dtype, n, count, l, length),
               mean, scale, shift);
@@ -70,6 +77,7 @@ void group_normalize(const Out3& y, const View3& x, const detail::Partition& par
 
 void group_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
                          const detail::Partition& part, int64_t g, const double* mean) {
+  const auto scope = whole_batch(x);
   const auto C = static_cast<std::size_t>(x.C);
   detail::StepWorkspace& ws = detail::thread_workspace();
   double* block_dy = detail::sized(ws.block_a, C);
@@ -94,6 +102,7 @@ void group_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, co
 void group_backward_input(const Out3& dx, const View3& dy, const View3& x,
                           const detail::Partition& part, int64_t g, const double* mean,
                           const double* a, const double* b, const double* k) {
+  const auto scope = whole_batch(x);
   for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
     backward_input(sub_view(dx, x.dtype, n, count, l, length),
                    sub_view(dy, dy.dtype, n, count, l, length),

@@ -64,6 +64,20 @@ void add_slot(double* a, double* b, const double* part_a, const double* part_b, 
 /// The first c with v[c] + eps < 0 or NaN, or C when there is none.
 int64_t first_negative_sum(const double* v, double eps, int64_t C);
 
+/// While alive, the calling thread's kernels choose whether to stream their outputs past the
+/// caches as if each call's input had @p bytes (at least): the calls on the blocks of one larger
+/// batch (route_groups.cpp) then write as a call on the whole batch would.
+class BatchBytes {
+ public:
+  explicit BatchBytes(int64_t bytes) noexcept;
+  ~BatchBytes();
+  BatchBytes(const BatchBytes&) = delete;
+  BatchBytes& operator=(const BatchBytes&) = delete;
+
+ private:
+  int64_t previous_;
+};
+
 /// Names of the compiled targets this CPU supports, best first (e.g. "AVX3", "AVX2", "SSE4").
 std::vector<std::string> targets();
 /// The target the kernels dispatch to now.

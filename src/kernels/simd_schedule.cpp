@@ -42,9 +42,12 @@ int64_t bytes_of(const View3& x) {
   return x.N * x.C * x.L * static_cast<int64_t>(element_size(x.dtype));
 }
 
-// Whether an op reading `inputs` tensors shaped like x streams its output.
+// The bytes of the batch the calling thread's calls are blocks of (BatchBytes), or 0.
+thread_local int64_t batch_bytes = 0;
+
+// Whether an op reading `inputs` tensors shaped like x (or like its batch) streams its output.
 bool streams(const View3& x, int64_t inputs = 1) {
-  return inputs * bytes_of(x) >= stream_min_bytes();
+  return inputs * std::max(bytes_of(x), batch_bytes) >= stream_min_bytes();
 }
 
 // Threads for a call over `elements` values: one per kGrain of them, at most OpenMP's maximum.
@@ -133,6 +136,10 @@ int64_t cols_units(const View3& x, const Out3& out) {
 }
 
 }  // namespace
+
+BatchBytes::BatchBytes(int64_t bytes) noexcept : previous_(batch_bytes) { batch_bytes = bytes; }
+
+BatchBytes::~BatchBytes() { batch_bytes = previous_; }
 
 bool layout_applies(Layout layout, const View3& v) {
   return layout == Layout::UnitStrideL ? v.sL == 1 && v.L >= 8 : v.sC == 1;
