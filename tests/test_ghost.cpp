@@ -263,6 +263,7 @@ TEST(Ghost, OneValueChunkIsAnErrorThatChangesNothing) {
 }
 
 TEST(Ghost, BitwiseIdenticalAcrossThreadCounts) {
+  // Batches of more than two of the kernels' 2^16-value grains, so that a second thread takes part.
   const int saved = omp_get_max_threads();
   const std::pair<Shape, Layout> cases[] = {{{4096, 64}, Layout::Contiguous},
                                             {{700, 24, 9}, Layout::ChannelsLast},
