@@ -90,9 +90,8 @@ std::vector<double> input_values(const Shape& sizes, DType dtype, uint64_t seed)
 /// @p got against @p want: float32/float64 within all_close's bound, 16-bit values within one
 /// ulp of @p want (both sides round once from float64 statistics summed in different orders).
 ::testing::AssertionResult close_as(const std::vector<double>& got, const std::vector<double>& want,
-                                    DType dtype, double scale = 0.0) {
-  if (dtype != DType::BFloat16 && dtype != DType::Float16)
-    return all_close(got, want, dtype, scale);
+                                    DType dtype) {
+  if (dtype != DType::BFloat16 && dtype != DType::Float16) return all_close(got, want, dtype);
   if (got.size() != want.size()) return ::testing::AssertionFailure() << "sizes differ";
   for (std::size_t i = 0; i < got.size(); ++i)
     if (!(std::fabs(got[i] - want[i]) <= ulp16(std::fabs(want[i]), dtype)))
