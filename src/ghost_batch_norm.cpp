@@ -43,7 +43,7 @@ std::vector<int64_t> GhostBatchNorm1d::chunk_bounds(int64_t N, int64_t L) const 
   const int64_t chunks = N / vbs + (N % vbs != 0);
   const int64_t step = split_ == GhostSplit::Chunk ? N / chunks + (N % chunks != 0) : vbs;
   std::vector<int64_t> bounds{0};
-  for (int64_t n = step; n < N; n += step) bounds.push_back(n);
+  for (int64_t n = 0; N - n > step;) bounds.push_back(n += step);  // no overflow past N
   bounds.push_back(N);
   // Fixed: a last chunk of one value per channel (one sample with L == 1) joins the one before.
   if (split_ == GhostSplit::Fixed && bounds.size() > 2 && L == 1 &&

@@ -21,21 +21,67 @@ kernels::simd::BatchBytes whole_batch(const View3& x) {
   return kernels::simd::BatchBytes(x.N * x.C * x.L * static_cast<int64_t>(element_size(x.dtype)));
 }
 
-// Zeros at positions [l, l + length) of sample n, in every channel of @p y.
-void zero_block(const Out3& y, std::size_t element, int64_t C, int64_t n, int64_t l,
-                int64_t length) {
+// Zeros at positions [l, l + length) of sample n, in every channel of @p y (elements of
+// @p dtype); runs of unit stride go through the kernels, streamed with @p stream.
+void zero_block(const Out3& y, DType dtype, int64_t C, int64_t n, int64_t l, int64_t length,
+                bool stream) {
   if (length <= 0) return;
-  const auto es = static_cast<int64_t>(element);
+  const auto es = static_cast<int64_t>(element_size(dtype));
   char* base = static_cast<char*>(y.data) + (n * y.sN + l * y.sL) * es;
-  if (y.sL == 1) {
-    for (int64_t c = 0; c < C; ++c) std::memset(base + c * y.sC * es, 0, length * element);
-  } else if (y.sC == 1 && y.sL == C) {
-    std::memset(base, 0, static_cast<std::size_t>(length * C) * element);
+  if (y.sC == 1 && y.sL == C) {
+    kernels::simd::zero_run(base, dtype, length * C, stream);
+  } else if (y.sL == 1) {
+    for (int64_t c = 0; c < C; ++c)
+      kernels::simd::zero_run(base + c * y.sC * es, dtype, length, stream);
   } else {
     for (int64_t c = 0; c < C; ++c)
       for (int64_t i = 0; i < length; ++i)
-        std::memset(base + (c * y.sC + i * y.sL) * es, 0, element);
+        std::memset(base + (c * y.sC + i * y.sL) * es, 0, static_cast<std::size_t>(es));
   }
+}
+
+// Whether the masked kernels take the valid positions of @p part: a mask with holes (more than
+// two runs per sample on average, where a kernel call per run would cost more than reading the
+// padding too) over views with unit stride along L.
+bool masked_kernels(const detail::Partition& part, std::initializer_list<int64_t> strides_l) {
+  if (part.valid == nullptr ||
+      part.valid->runs().size() <= 2 * static_cast<std::size_t>(part.valid->batch_size()))
+    return false;
+  return std::all_of(strides_l.begin(), strides_l.end(), [](int64_t s) { return s == 1; });
+}
+
+// The valid positions of an (N, ·, L) view as the masked kernels read them (1 valid, 0 not, in
+// their compute type), in the calling thread's workspace.
+template <class V>
+const void* valid_values(std::vector<V>& buffer, const View3& x, const ValidPositions& valid) {
+  buffer.assign(static_cast<std::size_t>(x.N * x.L), V{0});
+  for (const ValidPositions::Run& r : valid.runs())
+    std::fill_n(buffer.data() + r.n * x.L + r.start, r.length, V{1});
+  return buffer.data();
+}
+const void* valid_values(const View3& x, const ValidPositions& valid) {
+  detail::StepWorkspace& ws = detail::thread_workspace();
+  if (kernels::simd::masked_valid_dtype(x.dtype) == DType::Float32)
+    return valid_values(ws.valid_f32, x, valid);
+  return valid_values(ws.valid_f64, x, valid);
+}
+
+// Zeros at every position of an output for @p x outside part.valid (nothing without one).
+void zero_padding(const Out3& y, const View3& x, const detail::Partition& part) {
+  if (part.valid == nullptr) return;
+  const bool stream =
+      kernels::simd::streams_output(x.N * x.C * x.L * static_cast<int64_t>(element_size(x.dtype)));
+  const auto runs = part.valid->runs();
+  std::size_t r = 0;
+  for (int64_t n = 0; n < x.N; ++n) {
+    int64_t l = 0;  // the first position not yet written
+    for (; r < runs.size() && runs[r].n == n; ++r) {
+      zero_block(y, x.dtype, x.C, n, l, runs[r].start - l, stream);
+      l = runs[r].start + runs[r].length;
+    }
+    zero_block(y, x.dtype, x.C, n, l, x.L - l, stream);
+  }
+  if (stream) kernels::simd::flush_streams();
 }
 
 }  // namespace
@@ -50,6 +96,9 @@ void group_stats(double* mean, double* m2, const View3& x, const detail::Partiti
   int64_t na = 0;
   std::fill_n(mean, C, 0.0);
   std::fill_n(m2, C, 0.0);
+  if (masked_kernels(part, {x.sL}) && part.valid->count() > 0)
+    return kernels::simd::masked_channel_stats(mean, m2, x, valid_values(x, *part.valid),
+                                               part.valid->count());
   for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
     const int64_t nb = count * length;
     if (nb == 0) return;
@@ -69,10 +118,14 @@ void group_stats(double* mean, double* m2, const View3& x, const detail::Partiti
 void group_normalize(const Out3& y, const View3& x, const detail::Partition& part, int64_t g,
                      const double* mean, const double* scale, const double* shift) {
   const auto scope = whole_batch(x);
+  if (masked_kernels(part, {x.sL, y.sL}) &&
+      kernels::simd::masked_normalize(y, x, valid_values(x, *part.valid), mean, scale, shift))
+    return;
   for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
     normalize(sub_view(y, x.dtype, n, count, l, length), sub_view(x, x.dtype, n, count, l, length),
               mean, scale, shift);
   });
+  zero_padding(y, x, part);
 }
 
 void group_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
@@ -85,6 +138,9 @@ void group_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, co
   bool first = true;
   std::fill_n(sum_dy, C, 0.0);
   std::fill_n(sum_dy_xmu, C, 0.0);
+  if (masked_kernels(part, {x.sL, dy.sL}))
+    return kernels::simd::masked_backward_sums(sum_dy, sum_dy_xmu, dy, x,
+                                               valid_values(x, *part.valid), mean);
   for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
     if (count * length == 0) return;
     const View3 dy_block = sub_view(dy, dy.dtype, n, count, l, length);
@@ -103,26 +159,15 @@ void group_backward_input(const Out3& dx, const View3& dy, const View3& x,
                           const detail::Partition& part, int64_t g, const double* mean,
                           const double* a, const double* b, const double* k) {
   const auto scope = whole_batch(x);
+  if (masked_kernels(part, {x.sL, dy.sL, dx.sL}) &&
+      kernels::simd::masked_backward_input(dx, dy, x, valid_values(x, *part.valid), mean, a, b, k))
+    return;
   for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
     backward_input(sub_view(dx, x.dtype, n, count, l, length),
                    sub_view(dy, dy.dtype, n, count, l, length),
                    sub_view(x, x.dtype, n, count, l, length), mean, a, b, k);
   });
-}
-
-void zero_padding(const Out3& y, const View3& x, const detail::Partition& part) {
-  if (part.valid == nullptr) return;
-  const std::size_t element = element_size(x.dtype);
-  const auto runs = part.valid->runs();
-  std::size_t r = 0;
-  for (int64_t n = 0; n < x.N; ++n) {
-    int64_t l = 0;  // the first position not yet written
-    for (; r < runs.size() && runs[r].n == n; ++r) {
-      zero_block(y, element, x.C, n, l, runs[r].start - l);
-      l = runs[r].start + runs[r].length;
-    }
-    zero_block(y, element, x.C, n, l, x.L - l);
-  }
+  zero_padding(dx, x, part);
 }
 
 }  // namespace bn1d::route

@@ -24,6 +24,8 @@ struct StepWorkspace {
   std::vector<double> grad_weight;      ///< Σ dy · (x − mean) · invstd before its rounding
   std::vector<double> block_a;          ///< one block's or group's per-channel results before they
   std::vector<double> block_b;          ///< are merged (route_groups.cpp, backward_params)
+  std::vector<float> valid_f32;         ///< valid positions as the masked kernels read them
+  std::vector<double> valid_f64;        ///< (route_groups.cpp), for float32 or other inputs
   GradStats grad_sums;                  ///< batch_norm_backward's sums of the local batch
   std::vector<BatchStats> infer_stats;  ///< BatchNorm1d::infer's batch statistics per group
   std::vector<Normalization> infer_norms;  ///< BatchNorm1d::infer's normalization per group

@@ -109,7 +109,6 @@ void apply(Tensor& output, const Tensor& input, const kernels::View3& x,
     }
     route::group_normalize(y, x, part, g, f64(norms[g].mean), scale, shift);
   }
-  route::zero_padding(y, x, part);
 }
 
 void backward_sums(GradStats& sums, const kernels::View3& dy, const kernels::View3& x,
@@ -153,7 +152,6 @@ void backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor&
         sums ? f64(sums->sum_dy_xmu) : nullptr, static_cast<double>(sums ? sums->count : 0), x.C);
     route::group_backward_input(dx, dy, x, part, g, f64(norms[g].mean), a, b, k);
   }
-  route::zero_padding(dx, x, part);
 }
 
 void backward_params_results(BatchNormGradients& grads, const GradStats& sums,

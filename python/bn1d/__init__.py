@@ -6,6 +6,12 @@
     y = m(np.random.randn(20, 100).astype(np.float32))
     grad_input, grad_weight, grad_bias = m.backward(np.ones_like(y))
 
+Padded sequences: ``m(x, lengths=lengths)`` or ``m(x, mask=mask)`` normalizes an (N, C, L)
+batch over its valid positions only (torch.nn.BatchNorm1d on the packed valid values), 0 at the
+padding. Virtual batches (ghost batch norm, TabNet's GBN): ``bn1d.GhostBatchNorm1d(C,
+virtual_batch_size=128)``, the loop over ``x.chunk(ceil(N / virtual_batch_size))`` in one call.
+``bn1d.functional.batch_norm`` is torch.nn.functional.batch_norm (with lengths= and mask=).
+
 Inputs are numpy arrays (any strides: used without a copy) or objects with ``__dlpack__`` such
 as CPU torch tensors (also without a copy). Outputs are numpy arrays. ``weight``, ``bias``,
 ``running_mean`` and ``running_var`` are writable numpy views of the module's own storage.
@@ -56,9 +62,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, 
 import numpy as np
 
 from . import _bn1d
+from . import functional
 from ._bn1d import BFloat16Tensor
 from ._checks import (PathArg, as_array, check_flag, check_int, check_real, dtype_name,
-                      encode_key, on_file, state_value, type_name)
+                      encode_key, on_file, state_value, type_name, valid_positions)
 from ._state_files import load_file, save_file
 
 try:
@@ -69,8 +76,8 @@ except ImportError:  # a build without the generated _version.py: the compiled m
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BatchNorm1d", "BFloat16Tensor", "IncompatibleKeys", "load_file", "save_file",
-           "__version__"]
+__all__ = ["BatchNorm1d", "GhostBatchNorm1d", "BFloat16Tensor", "IncompatibleKeys", "functional",
+           "load_file", "save_file", "__version__"]
 
 ArrayLike = Union[np.ndarray, "torch.Tensor"]
 DTypeLike = Union[str, np.dtype, type, "torch.dtype"]
@@ -104,47 +111,40 @@ def _state_dict_version(state_dict: Any) -> Optional[int]:
 def _read_only(name: str) -> property:
     """A property for an option fixed at construction: reading gives its value, assigning is an
     AttributeError."""
-    def get(self: "BatchNorm1d") -> Any:
+    def get(self: "_Module") -> Any:
         return self._given[name] if name == "num_features" else getattr(self._m, name)
 
-    def refuse(self: "BatchNorm1d", value: Any) -> None:
+    def refuse(self: "_Module", value: Any) -> None:
         raise AttributeError(f"{name}: fixed at construction (is {getattr(self, name)!r}); "
-                             f"build a new BatchNorm1d")
+                             f"build a new {self._NAME}")
     docs = {"num_features": "The number of channels C, as given.",
             "affine": "Whether the module has a weight and a bias.",
-            "track_running_stats": "Whether the module keeps running statistics."}
+            "track_running_stats": "Whether the module keeps running statistics.",
+            "virtual_batch_size": "The number of samples of a virtual batch.",
+            "split": "How a batch is split into virtual batches: 'chunk' or 'fixed'."}
     return property(get, refuse, doc=docs[name] + " Fixed at construction.")
 
 
 def _tensor_property(name: str, doc: str) -> property:
     """A parameter or buffer: reading gives a writable numpy view of the module's storage (a
-    BFloat16Tensor view for bfloat16), assigning copies values into it (see BatchNorm1d._set)."""
+    BFloat16Tensor view for bfloat16), assigning copies values into it (see _Module._set)."""
     return property(lambda self: getattr(self._m, name),
                     lambda self, value: self._set(name, value), doc=doc)
 
 
-class BatchNorm1d:
-    """Batch normalization over (N, C) or (N, C, L) inputs, as torch.nn.BatchNorm1d.
+class _Module:
+    """What BatchNorm1d and GhostBatchNorm1d share: options, mode, backward, parameters and
+    buffers, state, pickling and repr. self._m is the compiled module, self._given the options
+    as given (for repr and pickling)."""
 
-    Args mirror torch's; dtype ("float32", "float64", "bfloat16" or "float16", a numpy dtype or
-    scalar type, or a torch dtype) is the dtype of the parameters and buffers. A float32 or
-    float64 module takes inputs of its dtype, bfloat16 and float16 (mixed precision); a
-    bfloat16 or float16 module takes inputs of its own dtype only.
-    eps and momentum can be changed later; the other options are fixed. Modules pickle and
-    copy (see the package's help).
-    """
+    _NAME = "BatchNorm1d"  # the class name in messages and repr
+    _OPTION_KEYS = frozenset(("num_features", "eps", "momentum", "affine", "track_running_stats",
+                              "dtype"))
 
-    def __init__(self, num_features: int, eps: float = 1e-05, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True,
-                 dtype: DTypeLike = "float32") -> None:
-        self._m = _bn1d.BatchNorm1d(check_int("num_features", num_features),
-                                    check_real("eps", eps),
-                                    check_real("momentum", momentum, none_ok=True),
-                                    check_flag("affine", affine),
-                                    check_flag("track_running_stats", track_running_stats),
-                                    dtype_name(dtype))
-        # As given, for repr (torch prints what it was given).
-        self._given = {"num_features": num_features, "eps": eps, "momentum": momentum}
+    @staticmethod
+    def _rebuild(options: Dict[str, Any]) -> "_Module":
+        """A new module of the class with the constructor's keyword arguments options."""
+        raise NotImplementedError
 
     # ---- options: fixed at construction, except eps and momentum -------------------------
     num_features = _read_only("num_features")
@@ -160,7 +160,7 @@ class BatchNorm1d:
     @dtype.setter
     def dtype(self, value: Any) -> None:
         raise AttributeError(f"dtype: fixed at construction (is {self.dtype}); build a new "
-                             "BatchNorm1d")
+                             f"{self._NAME}")
 
     @property
     def eps(self) -> float:
@@ -197,29 +197,16 @@ class BatchNorm1d:
     def training(self, mode: bool) -> None:
         self._m.training = check_flag("training", mode)
 
-    def train(self, mode: bool = True) -> "BatchNorm1d":
+    def train(self, mode: bool = True) -> "_Module":
         """Sets training mode (mode: a bool, as torch requires) and returns the module."""
         if not isinstance(mode, bool):
             raise ValueError("training mode is expected to be boolean")
         self._m.training = mode
         return self
 
-    def eval(self) -> "BatchNorm1d":
+    def eval(self) -> "_Module":
         """Sets evaluation mode (the running statistics) and returns the module."""
         return self.train(False)
-
-    # ---- compute -------------------------------------------------------------------------
-    def forward(self, input: ArrayLike) -> Union[np.ndarray, BFloat16Tensor]:
-        """Normalizes input, (N, C) or (N, C, L) of the module's dtype (or a 16-bit one, see the
-        class); keeps it (no copy) for backward(). The output has the input's dtype."""
-        return self._m.forward(as_array(input, "input"))
-
-    __call__ = forward
-
-    def infer(self, input: ArrayLike) -> Union[np.ndarray, BFloat16Tensor]:
-        """Normalizes input with the running statistics (batch statistics when the module does
-        not track them), whatever the mode, changing nothing."""
-        return self._m.infer(as_array(input, "input"))
 
     def backward(self, grad_output: ArrayLike) -> Tuple[Any, Optional[Any], Optional[Any]]:
         """(grad_input, grad_weight, grad_bias) of the last forward(); None where torch has None
@@ -364,25 +351,23 @@ class BatchNorm1d:
                 "attributes": {k: v for k, v in vars(self).items() if k not in ("_m", "_given")}}
 
     _PICKLE_KEYS = frozenset(("options", "training", "state", "attributes"))
-    _OPTION_KEYS = frozenset(("num_features", "eps", "momentum", "affine", "track_running_stats",
-                              "dtype"))
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         """Rebuilds the module __getstate__ described, with storage of its own. A state of
         another shape is a TypeError or ValueError naming what is wrong (and sets nothing)."""
         if not isinstance(state, dict) or set(state) != self._PICKLE_KEYS:
             got = list(state) if isinstance(state, dict) else type_name(state)
-            raise ValueError(f"pickled BatchNorm1d: expected a dict with keys "
+            raise ValueError(f"pickled {self._NAME}: expected a dict with keys "
                              f"{sorted(self._PICKLE_KEYS)}, got {got}")
         options, attributes = state["options"], state["attributes"]
         if not isinstance(options, dict) or not set(options) <= self._OPTION_KEYS:
-            raise ValueError(f"pickled BatchNorm1d: options: expected a dict with keys among "
+            raise ValueError(f"pickled {self._NAME}: options: expected a dict with keys among "
                              f"{sorted(self._OPTION_KEYS)}, got {options!r}")
         if (not isinstance(attributes, dict) or not all(isinstance(k, str) for k in attributes)
                 or {"_m", "_given"} & set(attributes)):
-            raise ValueError("pickled BatchNorm1d: attributes: expected a dict of str names "
+            raise ValueError(f"pickled {self._NAME}: attributes: expected a dict of str names "
                              "other than '_m' and '_given'")
-        rebuilt = BatchNorm1d(**options)
+        rebuilt = self._rebuild(options)
         rebuilt.load_state_dict(state["state"])
         rebuilt.train(state["training"])
         vars(self).update(vars(rebuilt))
@@ -395,4 +380,125 @@ class BatchNorm1d:
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}")
 
     def __repr__(self) -> str:
-        return f"BatchNorm1d({self.extra_repr()})"
+        return f"{self._NAME}({self.extra_repr()})"
+
+
+class BatchNorm1d(_Module):
+    """Batch normalization over (N, C) or (N, C, L) inputs, as torch.nn.BatchNorm1d.
+
+    Args mirror torch's; dtype ("float32", "float64", "bfloat16" or "float16", a numpy dtype or
+    scalar type, or a torch dtype) is the dtype of the parameters and buffers. A float32 or
+    float64 module takes inputs of its dtype, bfloat16 and float16 (mixed precision); a
+    bfloat16 or float16 module takes inputs of its own dtype only.
+    eps and momentum can be changed later; the other options are fixed. Modules pickle and
+    copy (see the package's help).
+
+    Padded batches: forward(x, lengths=...) or forward(x, mask=...) normalizes an (N, C, L)
+    batch over its valid positions only (lengths: N integers, sample n valid at [0, lengths[n]);
+    mask: an (N, L) bool array, True = valid). The outputs, running statistics and gradients
+    at the valid positions are those of torch.nn.BatchNorm1d applied to the packed valid values
+    as a (count, C) batch; the output and grad_input are 0 at every padding position.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-05, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True,
+                 dtype: DTypeLike = "float32") -> None:
+        self._m = _bn1d.BatchNorm1d(check_int("num_features", num_features),
+                                    check_real("eps", eps),
+                                    check_real("momentum", momentum, none_ok=True),
+                                    check_flag("affine", affine),
+                                    check_flag("track_running_stats", track_running_stats),
+                                    dtype_name(dtype))
+        # As given, for repr (torch prints what it was given).
+        self._given = {"num_features": num_features, "eps": eps, "momentum": momentum}
+
+    @staticmethod
+    def _rebuild(options: Dict[str, Any]) -> "BatchNorm1d":
+        return BatchNorm1d(**options)
+
+    def forward(self, input: ArrayLike, lengths: Any = None,
+                mask: Any = None) -> Union[np.ndarray, BFloat16Tensor]:
+        """Normalizes input, (N, C) or (N, C, L) of the module's dtype (or a 16-bit one, see the
+        class); keeps it (no copy) for backward(). The output has the input's dtype.
+
+        lengths (N integers in [0, L]) or mask ((N, L) bool, True = valid), for an (N, C, L)
+        input: statistics over the valid positions only, 0 at the padding, and backward() uses
+        the same positions. Not both (ValueError); float lengths or a mask that is not bool are
+        a TypeError. In training, a batch with no valid value, or a single one, is a ValueError.
+        """
+        lengths, mask = valid_positions(lengths, mask)
+        return self._m.forward(as_array(input, "input"), lengths, mask)
+
+    __call__ = forward
+
+    def infer(self, input: ArrayLike, lengths: Any = None,
+              mask: Any = None) -> Union[np.ndarray, BFloat16Tensor]:
+        """Normalizes input with the running statistics (batch statistics when the module does
+        not track them), whatever the mode, changing nothing. lengths, mask: as forward()."""
+        lengths, mask = valid_positions(lengths, mask)
+        return self._m.infer(as_array(input, "input"), lengths, mask)
+
+
+class GhostBatchNorm1d(_Module):
+    """Ghost (virtual-batch) batch normalization, as TabNet's GBN: in training, the batch is
+    split along N into virtual batches, each normalized with its own statistics and updating
+    the running statistics in turn (num_batches_tracked grows by the number of chunks) — the
+    result of `[bn(c) for c in x.chunk(ceil(N / virtual_batch_size))]` with one
+    torch.nn.BatchNorm1d bn, computed in one call. Eval mode uses the running statistics.
+
+    split: "chunk" (default, TabNet's): torch.chunk(x, ceil(N / virtual_batch_size)), chunks of
+    ceil(N / k) samples, the last one smaller. "fixed": chunks of exactly virtual_batch_size
+    samples, the remainder last; a remainder that would hold a single value per channel joins
+    the chunk before it. A chunk of a single value per channel is a ValueError raised before
+    anything changes. momentum defaults to 0.01 (TabNet's GBN default; its model passes 0.02).
+    The other arguments, attributes and methods are BatchNorm1d's (no lengths or mask).
+    """
+
+    _NAME = "GhostBatchNorm1d"
+    _OPTION_KEYS = _Module._OPTION_KEYS | {"virtual_batch_size", "split"}
+
+    def __init__(self, num_features: int, virtual_batch_size: int = 128,
+                 momentum: Optional[float] = 0.01, split: str = "chunk", eps: float = 1e-05,
+                 affine: bool = True, track_running_stats: bool = True,
+                 dtype: DTypeLike = "float32") -> None:
+        if not isinstance(split, str):
+            raise TypeError(f"split: expected \"chunk\" or \"fixed\", got {type_name(split)}")
+        self._m = _bn1d.GhostBatchNorm1d(check_int("num_features", num_features),
+                                         check_int("virtual_batch_size", virtual_batch_size),
+                                         check_real("momentum", momentum, none_ok=True), split,
+                                         check_real("eps", eps), check_flag("affine", affine),
+                                         check_flag("track_running_stats", track_running_stats),
+                                         dtype_name(dtype))
+        self._given = {"num_features": num_features, "eps": eps, "momentum": momentum,
+                       "virtual_batch_size": virtual_batch_size, "split": split}
+
+    @staticmethod
+    def _rebuild(options: Dict[str, Any]) -> "GhostBatchNorm1d":
+        return GhostBatchNorm1d(**options)
+
+    virtual_batch_size = _read_only("virtual_batch_size")
+    split = _read_only("split")
+
+    def forward(self, input: ArrayLike) -> Union[np.ndarray, BFloat16Tensor]:
+        """Normalizes input, (N, C) or (N, C, L), virtual batch by virtual batch in training (or
+        without running statistics); keeps it (no copy) for backward(), whose input gradient
+        goes through each chunk's own statistics."""
+        return self._m.forward(as_array(input, "input"))
+
+    __call__ = forward
+
+    def infer(self, input: ArrayLike) -> Union[np.ndarray, BFloat16Tensor]:
+        """Normalizes input with the running statistics (each chunk's batch statistics without
+        them), whatever the mode, changing nothing."""
+        return self._m.infer(as_array(input, "input"))
+
+    def chunk_bounds(self, n: int, length: int = 1) -> List[int]:
+        """The virtual batches of n samples of length L (1 for (N, C) inputs) as boundaries
+        [0, n_1, ..., n]: chunk i holds samples [b[i], b[i + 1])."""
+        return self._m.chunk_bounds(check_int("n", n), check_int("length", length))
+
+    def extra_repr(self) -> str:
+        """The options as printed inside GhostBatchNorm1d(...)."""
+        return (f"{self.num_features}, virtual_batch_size={self.virtual_batch_size}, "
+                f"split={self.split!r}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")

@@ -180,3 +180,52 @@ def encode_key(key: Any, name: str) -> bytes:
     if not isinstance(key, str):
         raise TypeError(f"{name}: expected str, got {type_name(key)}")
     return key.encode("utf-8", "surrogateescape")
+
+
+def _position_array(value: Any, name: str) -> np.ndarray:
+    """value (a numpy array, a torch tensor on any device, a sequence) as a numpy array;
+    TypeError naming name for what is not an array."""
+    if is_torch_tensor(value):
+        return value.detach().cpu().resolve_conj().resolve_neg().numpy()
+    if isinstance(value, (str, bytes, bytearray, Mapping, set, frozenset, numbers.Number)):
+        raise TypeError(f"{name}: expected an array or a tensor, got {type_name(value)}")
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: cannot be converted to an array ({e})") from None
+
+
+def as_lengths(lengths: Any) -> np.ndarray:
+    """lengths as a C-contiguous 1-D int64 array: integer values only (TypeError naming lengths
+    for floats, bools and other dtypes; ValueError for another shape or values beyond int64).
+    The range [0, L] is checked by the C++ library."""
+    a = _position_array(lengths, "lengths")
+    if a.size == 0 and a.dtype.kind in "fiu":  # np.asarray([]) is float64
+        a = a.astype(np.int64)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"lengths: expected integer values, got dtype {a.dtype}")
+    if a.ndim != 1:
+        raise ValueError(f"lengths: expected a 1-D array of N values, got shape {list(a.shape)}")
+    if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"lengths: expected values below 2**63, got {a.max()}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def as_mask(mask: Any) -> np.ndarray:
+    """mask as a C-contiguous (N, L) bool array: bool values only (TypeError naming mask for
+    other dtypes, ValueError for another number of dimensions)."""
+    a = _position_array(mask, "mask")
+    if a.dtype.kind != "b":
+        raise TypeError(f"mask: expected a bool array, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"mask: expected a 2-D (N, L) array, got shape {list(a.shape)}")
+    return np.ascontiguousarray(a)
+
+
+def valid_positions(lengths: Any, mask: Any) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """(lengths, mask) checked and converted (as_lengths, as_mask), None where not given;
+    ValueError when both are given."""
+    if lengths is not None and mask is not None:
+        raise ValueError("lengths, mask: expected at most one of them, got both")
+    return (None if lengths is None else as_lengths(lengths),
+            None if mask is None else as_mask(mask))

@@ -22,6 +22,17 @@ momentum, or 1 / num_batches_tracked when momentum is None; batch statistics in 
 when there are no running statistics) and then runs bn1d's forward and backward kernels through
 a torch.autograd.Function, so gradients reach the input and weight/bias as usual.
 
+Padded batches: forward(x, lengths=None, mask=None) takes the valid positions of an (N, C, L)
+batch (lengths: N integers, sample n valid at [0, lengths[n]); mask: (N, L) bool, True = valid;
+tensors on any device or arrays). Statistics, running statistics and gradients at the valid
+positions are those of torch.nn.BatchNorm1d on the packed values x.permute(0, 2, 1)[valid];
+the output and the input gradient are 0 at the padding. CPU inputs only (a ValueError
+otherwise: torch has no masked batch norm to fall back on).
+
+bn1d.torch.GhostBatchNorm1d(num_features, virtual_batch_size=128, momentum=0.01,
+split="chunk", ...): ghost batch norm (TabNet's GBN) in one call, a torch.nn.Module with
+torch.nn.BatchNorm1d's parameters, buffers and state-dict keys (see its docstring).
+
 Autograd
 --------
 * First order only, like a function marked once_differentiable. backward() may run several
@@ -98,19 +109,20 @@ modules are independent afterwards.
 
 import functools
 import numbers
-import weakref
 from collections.abc import Mapping
 from typing import Any, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 
 import bn1d
 
 from . import _torch_state
+from ._checks import valid_positions
+from ._torch_autograd import (_copy_into, _first_order_only, _holder, _saved_module, _tensor,
+                              _view)
 
-__all__ = ["BatchNorm1d", "convert", "revert", "to_torch", "from_torch", "Error",
-           "NotImplementedValueError", "AssertionValueError"]
+__all__ = ["BatchNorm1d", "GhostBatchNorm1d", "convert", "revert", "to_torch", "from_torch",
+           "Error", "NotImplementedValueError", "AssertionValueError"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -176,15 +188,6 @@ def _check_features(input, **tensors):
             raise Error(f"{name} should contain {channels} elements not {t.numel()}")
 
 
-def _view(t):
-    """A numpy view of the CPU tensor t (no copy; any strides), a bn1d.BFloat16Tensor view for
-    bfloat16."""
-    t = t.detach().resolve_neg().resolve_conj()
-    if t.dtype == torch.bfloat16:
-        return bn1d.BFloat16Tensor.from_dlpack(t)
-    return t.numpy()
-
-
 def _check_one_dtype(**tensors):
     """Error unless the given tensors (None: absent) share one dtype, as torch requires of a
     BatchNorm's parameters and buffers."""
@@ -195,64 +198,13 @@ def _check_one_dtype(**tensors):
                     f"{listed}")
 
 
-def _copy_into(module, name, t):
-    """Copies the CPU tensor t into the parameter or buffer name of the bn1d module."""
-    source = _view(t)
-    if isinstance(source, np.ndarray):
-        getattr(module, name)[...] = source
-    else:  # bfloat16: BatchNorm1d's setter copies the bits
-        setattr(module, name, source)
-
-
-def _tensor(a):
-    """The torch tensor sharing the memory of a, a numpy array or a bn1d.BFloat16Tensor."""
-    return torch.from_dlpack(a) if isinstance(a, bn1d.BFloat16Tensor) else torch.from_numpy(a)
-
-
-class _Saved:
-    """What backward needs: the transient bn1d module of one forward."""
-    __slots__ = ("module", "__weakref__")
-
-    def __init__(self, module):
-        self.module = module
-
-
-class _KeepAlive(np.ndarray):
-    """A numpy array whose attribute keep holds a _Saved."""
-
-
-# The _Saved of each live holder, by the address of the holder's memory.
-_SAVED = weakref.WeakValueDictionary()
-
-
-def _holder(module):
-    """A one-byte tensor that owns module, for save_for_backward: its storage is a numpy array
-    that holds module, shared by the detached copies and recomputed tensors that saved-tensor
-    hooks (save_on_cpu, non-reentrant checkpointing) hand back. The module lives as long as
-    torch keeps the storage."""
-    array = np.zeros(1, np.uint8).view(_KeepAlive)
-    array.keep = _Saved(module)
-    _SAVED[array.ctypes.data] = array.keep
-    return torch.from_numpy(array)
-
-
-def _saved_module(holder):
-    """The module a _holder() tensor (or a tensor sharing its memory) owns."""
-    saved = _SAVED.get(holder.data_ptr())
-    if saved is None:
-        raise RuntimeError(
-            "bn1d.torch.BatchNorm1d: the state saved for backward is gone: a saved-tensor hook "
-            "(torch.autograd.graph.saved_tensors_hooks) replaced the saved tensors by copies; "
-            "run bn1d.torch outside such hooks or use torch.nn.BatchNorm1d")
-    return saved.module
-
-
 class _BatchNormFunction(torch.autograd.Function):
     """bn1d's forward and backward as an autograd function.
 
-    forward(input, weight, bias, running_mean, running_var, use_batch_stats, factor, eps):
-    running_mean/running_var are None when no running statistics are used; when given with
-    use_batch_stats they are updated in place with factor.
+    forward(input, weight, bias, running_mean, running_var, use_batch_stats, factor, eps,
+    lengths=None, mask=None): running_mean/running_var are None when no running statistics are
+    used; when given with use_batch_stats they are updated in place with factor. lengths or
+    mask (numpy arrays checked by bn1d._checks.valid_positions): the masked batch norm.
 
     The transient bn1d module that backward needs is owned by a "holder" tensor saved with
     save_for_backward (see _holder): torch frees it exactly when it frees the graph's saved
@@ -261,7 +213,7 @@ class _BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, bias, running_mean, running_var, use_batch_stats, factor,
-                eps):
+                eps, lengths=None, mask=None):
         _check_features(input, running_mean=running_mean, running_var=running_var,
                         weight=weight, bias=bias)
         affine = weight is not None
@@ -281,7 +233,7 @@ class _BatchNormFunction(torch.autograd.Function):
             if value is not None:
                 _copy_into(bn, name, value)
         bn.train(bool(use_batch_stats))
-        output = _tensor(bn.forward(_view(input)))
+        output = _tensor(bn.forward(_view(input), lengths=lengths, mask=mask))
         if track and use_batch_stats:
             running_mean.copy_(_tensor(bn.running_mean))
             running_var.copy_(_tensor(bn.running_var))
@@ -299,34 +251,7 @@ class _BatchNormFunction(torch.autograd.Function):
                       for a in _saved_module(holder).backward(_view(grad_output)))
         if torch.is_grad_enabled():  # create_graph=True: gradients that refuse a second order
             grads = _first_order_only(grads, (input, weight, bias, grad_output))
-        return grads + (None,) * 5
-
-
-class _FirstOrderOnly(torch.autograd.Function):
-    """The identity on gradients computed by _BatchNormFunction.backward under create_graph:
-    they stay connected to what they depend on (the extra inputs) and differentiating them
-    raises, where otherwise they would be constants and a second derivative silently wrong."""
-
-    @staticmethod
-    def forward(ctx, count, *tensors):
-        return tensors[:count]
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise NotImplementedError(
-            "bn1d.torch.BatchNorm1d has no second derivative (double backward); "
-            "bn1d.torch.revert(model) gives torch.nn.BatchNorm1d, which has one")
-
-
-def _first_order_only(grads, depends_on):
-    """grads (None where absent) connected through _FirstOrderOnly to the tensors of depends_on
-    that require grad; grads unchanged when none does."""
-    sources = [t for t in depends_on if t is not None and t.requires_grad]
-    if not sources:
-        return grads
-    present = [g for g in grads if g is not None]
-    wrapped = iter(_FirstOrderOnly.apply(len(present), *present, *sources))
-    return tuple(None if g is None else next(wrapped) for g in grads)
+        return grads + (None,) * 7
 
 
 class BatchNorm1d(torch.nn.BatchNorm1d):
@@ -351,13 +276,21 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
         return super().load_state_dict(state_dict, strict)
 
     @_torch_errors
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, lengths: Any = None,
+                mask: Any = None) -> torch.Tensor:
         """Normalizes input, (N, C) or (N, C, L), as torch.nn.BatchNorm1d.forward does: with
         bn1d's kernels for float32, float64, bfloat16 and float16 CPU tensors, torch's
         otherwise (see the module docstring). Call the module, m(input), rather than forward,
-        so that hooks run."""
+        so that hooks run.
+
+        lengths (N integers: sample n is valid at [0, lengths[n])) or mask ((N, L) bool, True =
+        valid), tensors or arrays, for an (N, C, L) CPU input: statistics over the valid
+        positions only (torch.nn.BatchNorm1d on the packed valid values), 0 in the output and
+        the input gradient at the padding (see the module docstring)."""
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input: expected a torch.Tensor, got {_type_name(input)}")
+        lengths, mask = valid_positions(lengths, mask)
+        masked = lengths is not None or mask is not None
         if input.layout != torch.strided:
             raise ValueError(f"input: expected a dense (strided) tensor, got layout "
                              f"{input.layout}")
@@ -373,6 +306,10 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
                 or (self.running_mean is None) != (self.running_var is None)
                 or any(t is not None and (t.device != input.device or t.layout != torch.strided)
                        for t in (self.weight, self.bias, self.running_mean, self.running_var))):
+            if masked:
+                raise ValueError(f"lengths, mask: bn1d's masked batch norm takes float32, "
+                                 f"float64, bfloat16 or float16 CPU tensors (and parameters), "
+                                 f"got a {input.dtype} input on {input.device}")
             # What bn1d cannot take (another device or dtype; a weight without a bias or a
             # running mean without a running variance, or parameters on another device or
             # sparse, set by hand): torch's own forward, its count restored if it fails.
@@ -408,11 +345,163 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
         try:
             return _BatchNormFunction.apply(input, self.weight, self.bias, running_mean,
                                             running_var, bn_training,
-                                            _real("momentum", exponential_average_factor), eps)
+                                            _real("momentum", exponential_average_factor), eps,
+                                            lengths, mask)
         except BaseException:
             if counted:  # a failed forward changes nothing: the count is restored
                 self.num_batches_tracked.sub_(1)
             raise
+
+
+class _GhostFunction(torch.autograd.Function):
+    """bn1d.GhostBatchNorm1d's forward and backward as an autograd function.
+
+    forward(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
+    options), options = (virtual_batch_size, split, momentum, eps): with training and running
+    statistics, running_mean, running_var and num_batches_tracked (one count per chunk) are
+    updated in place once the step has succeeded. The transient module is held as in
+    _BatchNormFunction.
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, running_mean, running_var, num_batches_tracked,
+                training, options):
+        _check_features(input, running_mean=running_mean, running_var=running_var,
+                        weight=weight, bias=bias)
+        _check_one_dtype(weight=weight, bias=bias, running_mean=running_mean,
+                         running_var=running_var)
+        affine = weight is not None
+        track = running_mean is not None
+        reference = weight if affine else running_mean if track else input
+        virtual_batch_size, split, momentum, eps = options
+        bn = bn1d.GhostBatchNorm1d(input.shape[1], virtual_batch_size=virtual_batch_size,
+                                   momentum=momentum, split=split, eps=eps, affine=affine,
+                                   track_running_stats=track,
+                                   dtype=str(reference.dtype).replace("torch.", ""))
+        for name, value in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                            ("running_var", running_var)):
+            if value is not None:
+                _copy_into(bn, name, value)
+        if track and num_batches_tracked is not None:
+            bn.num_batches_tracked = int(num_batches_tracked)  # momentum None: 1 / count
+        bn.train(bool(training))
+        output = _tensor(bn.forward(_view(input)))
+        if track and training:
+            running_mean.copy_(_tensor(bn.running_mean))
+            running_var.copy_(_tensor(bn.running_var))
+            if num_batches_tracked is not None:
+                num_batches_tracked.fill_(bn.num_batches_tracked)
+        ctx.save_for_backward(input, weight, bias, _holder(bn))
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, bias, holder = ctx.saved_tensors
+        grads = tuple(None if a is None else _tensor(a)
+                      for a in _saved_module(holder).backward(_view(grad_output)))
+        if torch.is_grad_enabled():  # create_graph=True: gradients that refuse a second order
+            grads = _first_order_only(grads, (input, weight, bias, grad_output))
+        return grads + (None,) * 5
+
+
+class GhostBatchNorm1d(torch.nn.Module):
+    """Ghost (virtual-batch) batch normalization computed by bn1d: TabNet's GBN,
+    `torch.cat([bn(c) for c in x.chunk(ceil(N / virtual_batch_size))])` with one
+    torch.nn.BatchNorm1d bn, in one call (see bn1d.GhostBatchNorm1d for split="chunk" and
+    "fixed"). A torch.nn.Module with torch.nn.BatchNorm1d's parameters (weight, bias) and
+    buffers (running_mean, running_var, num_batches_tracked) under its keys; load_state_dict
+    also takes a TabNet GBN's keys (bn.weight, ...). Float32, float64, bfloat16 and float16 CPU
+    inputs; gradients reach the input, weight and bias through autograd (first order)."""
+
+    _version = 2
+
+    @_torch_errors
+    def __init__(self, num_features: int, virtual_batch_size: int = 128,
+                 momentum: Optional[float] = 0.01, split: str = "chunk", eps: float = 1e-05,
+                 affine: bool = True, track_running_stats: bool = True, device: Any = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
+        # The options are checked as bn1d.GhostBatchNorm1d checks them, with its errors.
+        bn1d.GhostBatchNorm1d(num_features, virtual_batch_size, momentum, split, eps, affine,
+                              track_running_stats)
+        super().__init__()
+        self.num_features = num_features
+        self.virtual_batch_size = virtual_batch_size
+        self.split = split
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        factory = {"device": device, "dtype": dtype}
+        if affine:
+            self.weight = torch.nn.Parameter(torch.empty(num_features, **factory))
+            self.bias = torch.nn.Parameter(torch.empty(num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer("num_batches_tracked",
+                                 torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                self.register_buffer(name, None)
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        """running_mean 0, running_var 1, num_batches_tracked 0 (as torch.nn.BatchNorm1d)."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """The running statistics reset, weight 1 and bias 0 (as torch.nn.BatchNorm1d)."""
+        self.reset_running_stats()
+        if self.affine:
+            torch.nn.init.ones_(self.weight)
+            torch.nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, virtual_batch_size={self.virtual_batch_size}, "
+                f"split={self.split!r}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # TabNet's GBN holds its BatchNorm1d as .bn: its checkpoints' keys load as ours.
+        for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            if prefix + "bn." + key in state_dict and prefix + key not in state_dict:
+                state_dict[prefix + key] = state_dict.pop(prefix + "bn." + key)
+        # As torch.nn.BatchNorm1d: a state dict older than version 2 has no count.
+        version = local_metadata.get("version", None)
+        count_key = prefix + "num_batches_tracked"
+        if (version is None or version < 2) and self.track_running_stats \
+                and count_key not in state_dict:
+            state_dict[count_key] = torch.tensor(0, dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    load_state_dict = _torch_errors(torch.nn.Module.load_state_dict)
+
+    @_torch_errors
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Normalizes input, (N, C) or (N, C, L), virtual batch by virtual batch in training
+        (or without running statistics), with the running statistics in eval mode."""
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input: expected a torch.Tensor, got {_type_name(input)}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
+        if (input.layout != torch.strided or input.device.type != "cpu"
+                or input.dtype not in _SUPPORTED_DTYPES):
+            raise ValueError(f"input: expected a dense float32, float64, bfloat16 or float16 "
+                             f"CPU tensor, got a {input.dtype} {input.layout} tensor on "
+                             f"{input.device}")
+        options = (self.virtual_batch_size, self.split,
+                   _real("momentum", self.momentum, none_ok=True), _real("eps", self.eps))
+        return _GhostFunction.apply(input, self.weight, self.bias, self.running_mean,
+                                    self.running_var, self.num_batches_tracked, self.training,
+                                    options)
 
 
 def _swap(module, source, target):

@@ -5,8 +5,12 @@ cpp_new <- function(num_features, eps, momentum, affine, track_running_stats, dt
     .Call(`_bn1d_cpp_new`, num_features, eps, momentum, affine, track_running_stats, dtype)
 }
 
-cpp_forward <- function(xp, input) {
-    .Call(`_bn1d_cpp_forward`, xp, input)
+cpp_new_ghost <- function(num_features, virtual_batch_size, split, eps, momentum, affine, track_running_stats, dtype) {
+    .Call(`_bn1d_cpp_new_ghost`, num_features, virtual_batch_size, split, eps, momentum, affine, track_running_stats, dtype)
+}
+
+cpp_forward <- function(xp, input, lengths, mask) {
+    .Call(`_bn1d_cpp_forward`, xp, input, lengths, mask)
 }
 
 cpp_backward <- function(xp, grad_output) {

@@ -26,15 +26,35 @@ BEGIN_RCPP
     return rcpp_result_gen;
 END_RCPP
 }
+// cpp_new_ghost
+SEXP cpp_new_ghost(double num_features, double virtual_batch_size, std::string split, double eps, SEXP momentum, bool affine, bool track_running_stats, std::string dtype);
+RcppExport SEXP _bn1d_cpp_new_ghost(SEXP num_featuresSEXP, SEXP virtual_batch_sizeSEXP, SEXP splitSEXP, SEXP epsSEXP, SEXP momentumSEXP, SEXP affineSEXP, SEXP track_running_statsSEXP, SEXP dtypeSEXP) {
+BEGIN_RCPP
+    Rcpp::RObject rcpp_result_gen;
+    Rcpp::RNGScope rcpp_rngScope_gen;
+    Rcpp::traits::input_parameter< double >::type num_features(num_featuresSEXP);
+    Rcpp::traits::input_parameter< double >::type virtual_batch_size(virtual_batch_sizeSEXP);
+    Rcpp::traits::input_parameter< std::string >::type split(splitSEXP);
+    Rcpp::traits::input_parameter< double >::type eps(epsSEXP);
+    Rcpp::traits::input_parameter< SEXP >::type momentum(momentumSEXP);
+    Rcpp::traits::input_parameter< bool >::type affine(affineSEXP);
+    Rcpp::traits::input_parameter< bool >::type track_running_stats(track_running_statsSEXP);
+    Rcpp::traits::input_parameter< std::string >::type dtype(dtypeSEXP);
+    rcpp_result_gen = Rcpp::wrap(cpp_new_ghost(num_features, virtual_batch_size, split, eps, momentum, affine, track_running_stats, dtype));
+    return rcpp_result_gen;
+END_RCPP
+}
 // cpp_forward
-SEXP cpp_forward(SEXP xp, SEXP input);
-RcppExport SEXP _bn1d_cpp_forward(SEXP xpSEXP, SEXP inputSEXP) {
+SEXP cpp_forward(SEXP xp, SEXP input, SEXP lengths, SEXP mask);
+RcppExport SEXP _bn1d_cpp_forward(SEXP xpSEXP, SEXP inputSEXP, SEXP lengthsSEXP, SEXP maskSEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
     Rcpp::traits::input_parameter< SEXP >::type xp(xpSEXP);
     Rcpp::traits::input_parameter< SEXP >::type input(inputSEXP);
-    rcpp_result_gen = Rcpp::wrap(cpp_forward(xp, input));
+    Rcpp::traits::input_parameter< SEXP >::type lengths(lengthsSEXP);
+    Rcpp::traits::input_parameter< SEXP >::type mask(maskSEXP);
+    rcpp_result_gen = Rcpp::wrap(cpp_forward(xp, input, lengths, mask));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -200,7 +220,8 @@ END_RCPP
 
 static const R_CallMethodDef CallEntries[] = {
     {"_bn1d_cpp_new", (DL_FUNC) &_bn1d_cpp_new, 6},
-    {"_bn1d_cpp_forward", (DL_FUNC) &_bn1d_cpp_forward, 2},
+    {"_bn1d_cpp_new_ghost", (DL_FUNC) &_bn1d_cpp_new_ghost, 8},
+    {"_bn1d_cpp_forward", (DL_FUNC) &_bn1d_cpp_forward, 4},
     {"_bn1d_cpp_backward", (DL_FUNC) &_bn1d_cpp_backward, 2},
     {"_bn1d_cpp_train", (DL_FUNC) &_bn1d_cpp_train, 2},
     {"_bn1d_cpp_is_training", (DL_FUNC) &_bn1d_cpp_is_training, 1},

@@ -22,6 +22,7 @@
 #include "kernels/simd-inl.h"
 #include "kernels/simd_channels-inl.h"
 #include "kernels/simd_cols-inl.h"
+#include "kernels/simd_masked-inl.h"
 #include "kernels/simd_rows-inl.h"
 #include "kernels/view.hpp"
 
@@ -88,6 +89,52 @@ void BackwardInputCols(const Out3& dx, const View3& dy, const View3& x, const vo
     backward_input_cols<T>(dx, dy, x, static_cast<const ComputeOf<T>*>(P), block, u0, u1, stream);
   });
 }
+
+// Masked rows (simd_masked-inl.h): valid holds ComputeOf<T> values.
+void StatsMaskedChannel(const View3& x, const void* valid, int64_t c, double count, double* mean,
+                        double* m2) {
+  with_storage(x.dtype, [&]<class T>() {
+    stats_masked_channel<T>(x, static_cast<const ComputeOf<T>*>(valid), c, count, mean, m2);
+  });
+}
+void BackwardSumsMaskedChannel(const View3& dy, const View3& x, const void* valid,
+                               const double* mean, int64_t c, double* sum_dy, double* sum_dy_xmu) {
+  with_storage(x.dtype, [&]<class T>() {
+    backward_sums_masked_channel<T>(dy, x, static_cast<const ComputeOf<T>*>(valid), mean, c, sum_dy,
+                                    sum_dy_xmu);
+  });
+}
+void NormalizeMaskedRows(const Out3& y, const View3& x, const void* valid, const double* mean,
+                         const double* scale, const double* shift, int64_t i0, int64_t i1,
+                         bool stream) {
+  with_storage(x.dtype, [&]<class T>() {
+    normalize_masked_rows<T>(y, x, static_cast<const ComputeOf<T>*>(valid), mean, scale, shift, i0,
+                             i1, stream);
+  });
+}
+void BackwardInputMaskedRows(const Out3& dx, const View3& dy, const View3& x, const void* valid,
+                             const double* mean, const double* a, const double* b, const double* k,
+                             int64_t i0, int64_t i1, bool stream) {
+  with_storage(x.dtype, [&]<class T>() {
+    backward_input_masked_rows<T>(dx, dy, x, static_cast<const ComputeOf<T>*>(valid), mean, a, b, k,
+                                  i0, i1, stream);
+  });
+}
+
+// Zeros at out[0 … len − 1] (dtype's elements), streamed past the caches with @p stream (then
+// followed by FlushStreams).
+void ZeroRun(void* out, DType dtype, int64_t len, bool stream) {
+  with_storage(dtype, [&]<class T>() {
+    using CT = ComputeOf<T>;
+    const hn::ScalableTag<CT> d;
+    write_run(
+        d, static_cast<T*>(out), len, stream, [&](int64_t, auto) { return hn::Zero(d); },
+        [](int64_t) { return CT{0}; });
+  });
+}
+// Orders the non-temporal stores made so far before any later store (one fence per batch of
+// ZeroRun calls, not per call: each fence waits for the write-combining buffers).
+void FlushStreams() { hwy::FlushStream(); }
 
 // ---- Per-channel entry points ------------------------------------------------------------------
 
@@ -203,6 +250,12 @@ HWY_EXPORT(NormalizeCols);
 HWY_EXPORT(BackwardInputRows);
 HWY_EXPORT(BackwardInputCols);
 HWY_EXPORT(UpdateParams);
+HWY_EXPORT(ZeroRun);
+HWY_EXPORT(FlushStreams);
+HWY_EXPORT(StatsMaskedChannel);
+HWY_EXPORT(BackwardSumsMaskedChannel);
+HWY_EXPORT(NormalizeMaskedRows);
+HWY_EXPORT(BackwardInputMaskedRows);
 HWY_EXPORT(InvStd);
 HWY_EXPORT(ToF64);
 HWY_EXPORT(FromF64);
@@ -261,7 +314,34 @@ bool update_params(void* P, DType dtype, const ParamBlock& block, const double* 
   return HWY_DYNAMIC_DISPATCH(UpdateParams)(P, dtype, block, mean, columns);
 }
 
+void stats_masked_channel(const View3& x, const void* valid, int64_t c, double count, double* mean,
+                          double* m2) {
+  HWY_DYNAMIC_DISPATCH(StatsMaskedChannel)(x, valid, c, count, mean, m2);
+}
+void backward_sums_masked_channel(const View3& dy, const View3& x, const void* valid,
+                                  const double* mean, int64_t c, double* sum_dy,
+                                  double* sum_dy_xmu) {
+  HWY_DYNAMIC_DISPATCH(BackwardSumsMaskedChannel)(dy, x, valid, mean, c, sum_dy, sum_dy_xmu);
+}
+void normalize_masked_rows(const Out3& y, const View3& x, const void* valid, const double* mean,
+                           const double* scale, const double* shift, int64_t i0, int64_t i1,
+                           bool stream) {
+  HWY_DYNAMIC_DISPATCH(NormalizeMaskedRows)(y, x, valid, mean, scale, shift, i0, i1, stream);
+}
+void backward_input_masked_rows(const Out3& dx, const View3& dy, const View3& x, const void* valid,
+                                const double* mean, const double* a, const double* b,
+                                const double* k, int64_t i0, int64_t i1, bool stream) {
+  HWY_DYNAMIC_DISPATCH(BackwardInputMaskedRows)(dx, dy, x, valid, mean, a, b, k, i0, i1, stream);
+}
+
 }  // namespace units
+
+void zero_run(void* out, DType dtype, int64_t len, bool stream) {
+  apply_environment_once();
+  HWY_DYNAMIC_DISPATCH(ZeroRun)(out, dtype, len, stream);
+}
+
+void flush_streams() { HWY_DYNAMIC_DISPATCH(FlushStreams)(); }
 
 // ---- The per-channel kernels of simd.hpp ---------------------------------------------------
 

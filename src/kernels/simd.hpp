@@ -64,6 +64,30 @@ void add_slot(double* a, double* b, const double* part_a, const double* part_b, 
 /// The first c with v[c] + eps < 0 or NaN, or C when there is none.
 int64_t first_negative_sum(const double* v, double eps, int64_t C);
 
+/// The kernels over the valid positions of an (N, C, L) view with unit stride along L (dy and
+/// the output too), for masks with holes: @p valid holds N·L values of the view's compute type
+/// (masked_valid_dtype), nonzero where valid. Statistics and sums run over the valid values
+/// (@p count of them, > 0, per channel); outputs are written whole, 0 at the invalid positions.
+/// The elementwise ones return false, writing nothing, when a parameter is not finite in the
+/// compute type (the caller then takes another path).
+DType masked_valid_dtype(DType dtype);
+void masked_channel_stats(double* mean, double* m2, const View3& x, const void* valid,
+                          int64_t count);
+bool masked_normalize(const Out3& y, const View3& x, const void* valid, const double* mean,
+                      const double* scale, const double* shift);
+void masked_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
+                          const void* valid, const double* mean);
+bool masked_backward_input(const Out3& dx, const View3& dy, const View3& x, const void* valid,
+                           const double* mean, const double* a, const double* b, const double* k);
+
+/// Zeros at out[0 … len − 1] (elements of @p dtype), written past the caches with @p stream;
+/// streamed runs are followed by one flush_streams() before the data is used.
+void zero_run(void* out, DType dtype, int64_t len, bool stream);
+/// Orders the streamed stores made so far before later stores and loads.
+void flush_streams();
+/// Whether the kernels stream the output of a call whose input has @p bytes.
+bool streams_output(int64_t bytes);
+
 /// While alive, the calling thread's kernels choose whether to stream their outputs past the
 /// caches as if each call's input had @p bytes (at least): the calls on the blocks of one larger
 /// batch (route_groups.cpp) then write as a call on the whole batch would.

@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
@@ -136,6 +137,60 @@ int64_t cols_units(const View3& x, const Out3& out) {
 }
 
 }  // namespace
+
+DType masked_valid_dtype(DType dtype) {
+  return dtype == DType::Float32 ? DType::Float32 : DType::Float64;
+}
+
+void masked_channel_stats(double* mean, double* m2, const View3& x, const void* valid,
+                          int64_t count) {
+  apply_environment_once();
+  parallel_for(x.C, threads_for(x.N * x.C * x.L), [&](int64_t c) {
+    units::stats_masked_channel(x, valid, c, static_cast<double>(count), mean, m2);
+  });
+}
+
+void masked_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
+                          const void* valid, const double* mean) {
+  apply_environment_once();
+  parallel_for(x.C, threads_for(2 * x.N * x.C * x.L), [&](int64_t c) {
+    units::backward_sums_masked_channel(dy, x, valid, mean, c, sum_dy, sum_dy_xmu);
+  });
+}
+
+// Whether every value of the columns is finite once rounded to float32 (float32 inputs compute
+// in float32; the others in float64, where they are finite already).
+static bool finite_in_compute_type(const View3& x, std::initializer_list<const double*> columns) {
+  if (x.dtype != DType::Float32) return true;
+  for (const double* column : columns)
+    for (int64_t c = 0; c < x.C; ++c)
+      if (!std::isfinite(static_cast<float>(column[c]))) return false;
+  return true;
+}
+
+bool masked_normalize(const Out3& y, const View3& x, const void* valid, const double* mean,
+                      const double* scale, const double* shift) {
+  apply_environment_once();
+  if (!finite_in_compute_type(x, {mean, scale, shift})) return false;
+  const bool stream = streams(x);
+  parallel_ranges(x.N * x.C, threads_for(x.N * x.C * x.L), [&](int64_t i0, int64_t i1) {
+    units::normalize_masked_rows(y, x, valid, mean, scale, shift, i0, i1, stream);
+  });
+  return true;
+}
+
+bool masked_backward_input(const Out3& dx, const View3& dy, const View3& x, const void* valid,
+                           const double* mean, const double* a, const double* b, const double* k) {
+  apply_environment_once();
+  if (!finite_in_compute_type(x, {mean, a, b, k})) return false;
+  const bool stream = streams(x, 2);
+  parallel_ranges(x.N * x.C, threads_for(2 * x.N * x.C * x.L), [&](int64_t i0, int64_t i1) {
+    units::backward_input_masked_rows(dx, dy, x, valid, mean, a, b, k, i0, i1, stream);
+  });
+  return true;
+}
+
+bool streams_output(int64_t bytes) { return bytes >= stream_min_bytes(); }
 
 BatchBytes::BatchBytes(int64_t bytes) noexcept : previous_(batch_bytes) { batch_bytes = bytes; }
 

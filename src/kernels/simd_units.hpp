@@ -45,6 +45,20 @@ void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const 
 void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const void* P,
                          const ParamBlock& block, int64_t u0, int64_t u1, bool stream);
 
+// Masked rows (simd_masked-inl.h): the valid positions of sample n at valid + n·L, in the
+// compute type of x (float for float32, double otherwise); one channel, or output rows i0 … i1−1.
+void stats_masked_channel(const View3& x, const void* valid, int64_t c, double count, double* mean,
+                          double* m2);
+void backward_sums_masked_channel(const View3& dy, const View3& x, const void* valid,
+                                  const double* mean, int64_t c, double* sum_dy,
+                                  double* sum_dy_xmu);
+void normalize_masked_rows(const Out3& y, const View3& x, const void* valid, const double* mean,
+                           const double* scale, const double* shift, int64_t i0, int64_t i1,
+                           bool stream);
+void backward_input_masked_rows(const Out3& dx, const View3& dy, const View3& x, const void* valid,
+                                const double* mean, const double* a, const double* b,
+                                const double* k, int64_t i0, int64_t i1, bool stream);
+
 /// Writes the parameter block at P (in @p dtype) from the float64 mean and coefficient columns,
 /// only the values whose bits changed; returns whether all are finite.
 bool update_params(void* P, DType dtype, const ParamBlock& block, const double* mean,

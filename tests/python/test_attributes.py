@@ -223,10 +223,12 @@ def _documented():
             value = getattr(objects[owner_name], name)
             if callable(value):
                 objects[f"{owner_name}.{name}"] = value
-    for cls_name in ("bn1d.BatchNorm1d", "bn1d._bn1d.BatchNorm1d"):
-        for name, value in vars(objects[cls_name]).items():
-            if not name.startswith("_") or (name == "__init__" and "_bn1d" in cls_name):
-                objects[f"{cls_name}.{name}"] = value
+    for cls_name in ("bn1d.BatchNorm1d", "bn1d.GhostBatchNorm1d", "bn1d._bn1d.BatchNorm1d",
+                     "bn1d._bn1d.GhostBatchNorm1d"):
+        for cls in objects[cls_name].__mro__[:-1]:  # with the shared base class, not object
+            for name, value in vars(cls).items():
+                if not name.startswith("_") or (name == "__init__" and "_bn1d" in cls_name):
+                    objects.setdefault(f"{cls_name}.{name}", value)
     return objects
 
 
@@ -286,7 +288,7 @@ def test_stub_lists_exactly_what_the_compiled_module_exports():
         if kind == "function":
             line = getattr(_bn1d, name).__doc__.splitlines()[0]
             assert [a.arg for a in node.args.args] == _parameters(line), name
-    for cls in ("BatchNorm1d", "BFloat16Tensor"):
+    for cls in ("BatchNorm1d", "GhostBatchNorm1d", "BFloat16Tensor"):
         public = (lambda n: not n.startswith("_") or n in ("__init__", "__repr__"))
         members = {n: v for n, v in _stub_names(stub[cls][1].body).items() if public(n)}
         # BFloat16Tensor has no constructor (bn1d builds them): its __init__ is Python's slot.
