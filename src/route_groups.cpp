@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "parallel_blocks.hpp"
 #include "route.hpp"
 #include "step_workspace.hpp"
 
@@ -66,22 +67,36 @@ const void* valid_values(const View3& x, const ValidPositions& valid) {
   return valid_values(ws.valid_f64, x, valid);
 }
 
-// Zeros at every position of an output for @p x outside part.valid (nothing without one).
+// Zeros at every position of an output for @p x outside part.valid (nothing without one),
+// sample by sample on the threads.
 void zero_padding(const Out3& y, const View3& x, const detail::Partition& part) {
   if (part.valid == nullptr) return;
   const bool stream =
       kernels::simd::streams_output(x.N * x.C * x.L * static_cast<int64_t>(element_size(x.dtype)));
   const auto runs = part.valid->runs();
-  std::size_t r = 0;
-  for (int64_t n = 0; n < x.N; ++n) {
+  detail::parallel_blocks(x.N, [&](int64_t n) {
+    auto r = std::lower_bound(runs.begin(), runs.end(), n,
+                              [](const ValidPositions::Run& run, int64_t m) { return run.n < m; });
     int64_t l = 0;  // the first position not yet written
-    for (; r < runs.size() && runs[r].n == n; ++r) {
-      zero_block(y, x.dtype, x.C, n, l, runs[r].start - l, stream);
-      l = runs[r].start + runs[r].length;
+    for (; r != runs.end() && r->n == n; ++r) {
+      zero_block(y, x.dtype, x.C, n, l, r->start - l, stream);
+      l = r->start + r->length;
     }
     zero_block(y, x.dtype, x.C, n, l, x.L - l, stream);
-  }
-  if (stream) kernels::simd::flush_streams();
+    if (stream) kernels::simd::flush_streams();  // each thread orders its own stores
+  });
+}
+
+// Runs of a mask processed this many at a time: their statistics wait in the calling thread's
+// workspace (kRunBatch · C values each) until they are merged in run order.
+constexpr int64_t kRunBatch = 64;
+
+// The sub-views of run @p r of x.
+View3 run_view(const View3& x, const ValidPositions::Run& r) {
+  return sub_view(x, x.dtype, r.n, 1, r.start, r.length);
+}
+Out3 run_view(const Out3& y, DType dtype, const ValidPositions::Run& r) {
+  return sub_view(y, dtype, r.n, 1, r.start, r.length);
 }
 
 }  // namespace
@@ -89,41 +104,59 @@ void zero_padding(const Out3& y, const View3& x, const detail::Partition& part) 
 void group_stats(double* mean, double* m2, const View3& x, const detail::Partition& part,
                  int64_t g) {
   const auto scope = whole_batch(x);
-  const auto C = static_cast<std::size_t>(x.C);
-  detail::StepWorkspace& ws = detail::thread_workspace();
-  double* block_mean = detail::sized(ws.block_a, C);
-  double* block_m2 = detail::sized(ws.block_b, C);
-  int64_t na = 0;
-  std::fill_n(mean, C, 0.0);
-  std::fill_n(m2, C, 0.0);
-  if (masked_kernels(part, {x.sL}) && part.valid->count() > 0)
+  std::fill_n(mean, x.C, 0.0);
+  std::fill_n(m2, x.C, 0.0);
+  if (part.valid == nullptr) {
+    for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
+      channel_stats(mean, m2, sub_view(x, x.dtype, n, count, l, length));
+    });
+    return;
+  }
+  if (part.valid->count() == 0) return;
+  if (masked_kernels(part, {x.sL}))
     return kernels::simd::masked_channel_stats(mean, m2, x, valid_values(x, *part.valid),
                                                part.valid->count());
-  for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
-    const int64_t nb = count * length;
-    if (nb == 0) return;
-    if (na == 0) {
-      channel_stats(mean, m2, sub_view(x, x.dtype, n, count, l, length));
-    } else {  // Chan's merge of the block into the blocks before it
-      channel_stats(block_mean, block_m2, sub_view(x, x.dtype, n, count, l, length));
+  // Each run's statistics on the threads, then Chan's merge of them in run order.
+  const auto runs = part.valid->runs();
+  const auto size = static_cast<std::size_t>(kRunBatch * x.C);
+  detail::StepWorkspace& ws = detail::thread_workspace();
+  double* run_mean = detail::sized(ws.block_a, size);
+  double* run_m2 = detail::sized(ws.block_b, size);
+  int64_t na = 0;
+  for (std::size_t r0 = 0; r0 < runs.size(); r0 += kRunBatch) {
+    const auto batch = static_cast<int64_t>(std::min<std::size_t>(kRunBatch, runs.size() - r0));
+    detail::parallel_blocks(batch, [&](int64_t i) {
+      const auto block_scope = whole_batch(x);
+      channel_stats(run_mean + i * x.C, run_m2 + i * x.C, run_view(x, runs[r0 + i]));
+    });
+    for (int64_t i = 0; i < batch; ++i) {
+      const int64_t nb = runs[r0 + i].length;
       const double total = static_cast<double>(na + nb);
-      kernels::simd::merge_slot(mean, m2, block_mean, block_m2, static_cast<double>(nb) / total,
-                                static_cast<double>(na) * static_cast<double>(nb) / total, false,
-                                x.C);
+      kernels::simd::merge_slot(
+          mean, m2, run_mean + i * x.C, run_m2 + i * x.C, static_cast<double>(nb) / total,
+          static_cast<double>(na) * static_cast<double>(nb) / total, na == 0, x.C);
+      na += nb;
     }
-    na += nb;
-  });
+  }
 }
 
 void group_normalize(const Out3& y, const View3& x, const detail::Partition& part, int64_t g,
                      const double* mean, const double* scale, const double* shift) {
   const auto scope = whole_batch(x);
+  if (part.valid == nullptr) {
+    for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
+      normalize(sub_view(y, x.dtype, n, count, l, length),
+                sub_view(x, x.dtype, n, count, l, length), mean, scale, shift);
+    });
+    return;
+  }
   if (masked_kernels(part, {x.sL, y.sL}) &&
       kernels::simd::masked_normalize(y, x, valid_values(x, *part.valid), mean, scale, shift))
     return;
-  for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
-    normalize(sub_view(y, x.dtype, n, count, l, length), sub_view(x, x.dtype, n, count, l, length),
-              mean, scale, shift);
+  const auto runs = part.valid->runs();
+  detail::parallel_blocks(static_cast<int64_t>(runs.size()), [&](int64_t i) {
+    const auto block_scope = whole_batch(x);
+    normalize(run_view(y, x.dtype, runs[i]), run_view(x, runs[i]), mean, scale, shift);
   });
   zero_padding(y, x, part);
 }
@@ -131,41 +164,57 @@ void group_normalize(const Out3& y, const View3& x, const detail::Partition& par
 void group_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
                          const detail::Partition& part, int64_t g, const double* mean) {
   const auto scope = whole_batch(x);
-  const auto C = static_cast<std::size_t>(x.C);
-  detail::StepWorkspace& ws = detail::thread_workspace();
-  double* block_dy = detail::sized(ws.block_a, C);
-  double* block_dy_xmu = detail::sized(ws.block_b, C);
-  bool first = true;
-  std::fill_n(sum_dy, C, 0.0);
-  std::fill_n(sum_dy_xmu, C, 0.0);
+  std::fill_n(sum_dy, x.C, 0.0);
+  std::fill_n(sum_dy_xmu, x.C, 0.0);
+  if (part.valid == nullptr) {
+    for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
+      backward_sums(sum_dy, sum_dy_xmu, sub_view(dy, dy.dtype, n, count, l, length),
+                    sub_view(x, x.dtype, n, count, l, length), mean);
+    });
+    return;
+  }
   if (masked_kernels(part, {x.sL, dy.sL}))
     return kernels::simd::masked_backward_sums(sum_dy, sum_dy_xmu, dy, x,
                                                valid_values(x, *part.valid), mean);
-  for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
-    if (count * length == 0) return;
-    const View3 dy_block = sub_view(dy, dy.dtype, n, count, l, length);
-    const View3 x_block = sub_view(x, x.dtype, n, count, l, length);
-    if (first) {
-      backward_sums(sum_dy, sum_dy_xmu, dy_block, x_block, mean);
-    } else {
-      backward_sums(block_dy, block_dy_xmu, dy_block, x_block, mean);
-      kernels::simd::add_slot(sum_dy, sum_dy_xmu, block_dy, block_dy_xmu, false, x.C);
-    }
-    first = false;
-  });
+  // Each run's sums on the threads, then added in run order.
+  const auto runs = part.valid->runs();
+  const auto size = static_cast<std::size_t>(kRunBatch * x.C);
+  detail::StepWorkspace& ws = detail::thread_workspace();
+  double* run_dy = detail::sized(ws.block_a, size);
+  double* run_dy_xmu = detail::sized(ws.block_b, size);
+  for (std::size_t r0 = 0; r0 < runs.size(); r0 += kRunBatch) {
+    const auto batch = static_cast<int64_t>(std::min<std::size_t>(kRunBatch, runs.size() - r0));
+    detail::parallel_blocks(batch, [&](int64_t i) {
+      const auto block_scope = whole_batch(x);
+      backward_sums(run_dy + i * x.C, run_dy_xmu + i * x.C, run_view(dy, runs[r0 + i]),
+                    run_view(x, runs[r0 + i]), mean);
+    });
+    for (int64_t i = 0; i < batch; ++i)
+      kernels::simd::add_slot(sum_dy, sum_dy_xmu, run_dy + i * x.C, run_dy_xmu + i * x.C,
+                              r0 == 0 && i == 0, x.C);
+  }
 }
 
 void group_backward_input(const Out3& dx, const View3& dy, const View3& x,
                           const detail::Partition& part, int64_t g, const double* mean,
                           const double* a, const double* b, const double* k) {
   const auto scope = whole_batch(x);
+  if (part.valid == nullptr) {
+    for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
+      backward_input(sub_view(dx, x.dtype, n, count, l, length),
+                     sub_view(dy, dy.dtype, n, count, l, length),
+                     sub_view(x, x.dtype, n, count, l, length), mean, a, b, k);
+    });
+    return;
+  }
   if (masked_kernels(part, {x.sL, dy.sL, dx.sL}) &&
       kernels::simd::masked_backward_input(dx, dy, x, valid_values(x, *part.valid), mean, a, b, k))
     return;
-  for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
-    backward_input(sub_view(dx, x.dtype, n, count, l, length),
-                   sub_view(dy, dy.dtype, n, count, l, length),
-                   sub_view(x, x.dtype, n, count, l, length), mean, a, b, k);
+  const auto runs = part.valid->runs();
+  detail::parallel_blocks(static_cast<int64_t>(runs.size()), [&](int64_t i) {
+    const auto block_scope = whole_batch(x);
+    backward_input(run_view(dx, x.dtype, runs[i]), run_view(dy, runs[i]), run_view(x, runs[i]),
+                   mean, a, b, k);
   });
   zero_padding(dx, x, part);
 }

@@ -8,6 +8,7 @@
 
 #include "channel_values.hpp"
 #include "format.hpp"
+#include "parallel_blocks.hpp"
 #include "route.hpp"
 #include "route_groups.hpp"
 #include "step_workspace.hpp"
@@ -26,13 +27,14 @@ namespace bn1d::step {
 using detail::f64;
 using detail::f64_mut;
 
-void reserve_workspace(int64_t C) {
+void reserve_workspace(int64_t C, int64_t groups) {
   const auto n = static_cast<std::size_t>(C);
   detail::StepWorkspace& ws = detail::thread_workspace();
-  for (std::vector<double>* b :
-       {&ws.weight, &ws.bias, &ws.scale, &ws.running_mean, &ws.running_var, &ws.coef_a, &ws.coef_b,
-        &ws.coef_k, &ws.grad_weight, &ws.block_a, &ws.block_b})
+  for (std::vector<double>* b : {&ws.weight, &ws.bias, &ws.running_mean, &ws.running_var,
+                                 &ws.grad_weight, &ws.block_a, &ws.block_b})
     detail::sized(*b, n);
+  for (std::vector<double>* b : {&ws.scale, &ws.coef_a, &ws.coef_b, &ws.coef_k})
+    detail::sized(*b, n * static_cast<std::size_t>(groups));
 }
 
 void batch_stats(BatchStats& stats, const kernels::View3& x, const detail::Partition& part,
@@ -41,6 +43,18 @@ void batch_stats(BatchStats& stats, const kernels::View3& x, const detail::Parti
   detail::reuse_or_allocate(stats.m2, x.C, DType::Float64, also, {&stats.mean});
   stats.count = detail::group_count(part, g, x.N, x.L);
   route::group_stats(f64_mut(stats.mean), f64_mut(stats.m2), x, part, g);
+}
+
+void batch_stats(std::span<BatchStats> stats, const kernels::View3& x,
+                 const detail::Partition& part) {
+  for (int64_t g = 0; g < part.groups(); ++g) {  // every result chosen first
+    detail::reuse_or_allocate(stats[g].mean, x.C, DType::Float64);
+    detail::reuse_or_allocate(stats[g].m2, x.C, DType::Float64, {}, {&stats[g].mean});
+    stats[g].count = detail::group_count(part, g, x.N, x.L);
+  }
+  detail::parallel_blocks(part.groups(), [&](int64_t g) {
+    route::group_stats(f64_mut(stats[g].mean), f64_mut(stats[g].m2), x, part, g);
+  });
 }
 
 void normalization_from_batch(Normalization& norm, const BatchStats& stats, double eps) {
@@ -101,15 +115,15 @@ void apply(Tensor& output, const Tensor& input, const kernels::View3& x,
     shift = zeros;
   }
   const kernels::Out3 y = detail::output_view(output);
-  for (int64_t g = 0; g < part.groups(); ++g) {
-    const double* scale = f64(norms[g].invstd);
-    if (w != nullptr) {
-      double* weighted = detail::sized(ws.scale, n);
-      route::multiply(weighted, w, scale, x.C);
-      scale = weighted;
-    }
+  const int64_t G = part.groups();
+  double* weighted =
+      w != nullptr ? detail::sized(ws.scale, n * static_cast<std::size_t>(G)) : nullptr;
+  for (int64_t g = 0; w != nullptr && g < G; ++g)
+    route::multiply(weighted + g * x.C, w, f64(norms[g].invstd), x.C);
+  detail::parallel_blocks(G, [&](int64_t g) {  // groups on the threads
+    const double* scale = w != nullptr ? weighted + g * x.C : f64(norms[g].invstd);
     route::group_normalize(y, x, part, g, f64(norms[g].mean), scale, shift);
-  }
+  });
 }
 
 void backward_sums(GradStats& sums, const kernels::View3& dy, const kernels::View3& x,
@@ -120,6 +134,20 @@ void backward_sums(GradStats& sums, const kernels::View3& dy, const kernels::Vie
   sums.count = detail::group_count(part, g, x.N, x.L);
   route::group_backward_sums(f64_mut(sums.sum_dy), f64_mut(sums.sum_dy_xmu), dy, x, part, g,
                              f64(norm.mean));
+}
+
+void backward_sums(std::span<GradStats> sums, const kernels::View3& dy, const kernels::View3& x,
+                   std::span<const Normalization> norms, const detail::Partition& part) {
+  for (int64_t g = 0; g < part.groups(); ++g) {  // every result chosen first
+    detail::reuse_or_allocate(sums[g].sum_dy, x.C, DType::Float64, {&norms[g].mean});
+    detail::reuse_or_allocate(sums[g].sum_dy_xmu, x.C, DType::Float64, {&norms[g].mean},
+                              {&sums[g].sum_dy});
+    sums[g].count = detail::group_count(part, g, x.N, x.L);
+  }
+  detail::parallel_blocks(part.groups(), [&](int64_t g) {
+    route::group_backward_sums(f64_mut(sums[g].sum_dy), f64_mut(sums[g].sum_dy_xmu), dy, x, part, g,
+                               f64(norms[g].mean));
+  });
 }
 
 void backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
@@ -139,20 +167,25 @@ void backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor&
   //   k = −g · Σdy / n                        (through the batch mean)
   //   b = −g · invstd² · Σdy(x − mean) / n    (through the batch variance)
   // With running statistics the mean and variance are constants: b = k = 0.
-  const auto n = static_cast<std::size_t>(x.C);
+  const int64_t G = part.groups();
+  const auto n = static_cast<std::size_t>(x.C * G);
   detail::StepWorkspace& ws = detail::thread_workspace();
   double* a = detail::sized(ws.coef_a, n);
   double* b = detail::sized(ws.coef_b, n);
   double* k = detail::sized(ws.coef_k, n);
   const double* w = detail::channel_f64(weight, ws.weight);
   const kernels::Out3 dx = detail::output_view(grad_input);
-  for (int64_t g = 0; g < part.groups(); ++g) {
+  for (int64_t g = 0; g < G; ++g) {
     const GradStats* sums = batch_statistics ? &globals[g] : nullptr;
-    route::backward_coefficients(
-        a, b, k, w, f64(norms[g].invstd), sums ? f64(sums->sum_dy) : nullptr,
-        sums ? f64(sums->sum_dy_xmu) : nullptr, static_cast<double>(sums ? sums->count : 0), x.C);
-    route::group_backward_input(dx, dy, x, part, g, f64(norms[g].mean), a, b, k);
+    route::backward_coefficients(a + g * x.C, b + g * x.C, k + g * x.C, w, f64(norms[g].invstd),
+                                 sums ? f64(sums->sum_dy) : nullptr,
+                                 sums ? f64(sums->sum_dy_xmu) : nullptr,
+                                 static_cast<double>(sums ? sums->count : 0), x.C);
   }
+  detail::parallel_blocks(G, [&](int64_t g) {  // groups on the threads
+    route::group_backward_input(dx, dy, x, part, g, f64(norms[g].mean), a + g * x.C, b + g * x.C,
+                                k + g * x.C);
+  });
 }
 
 void backward_params_results(BatchNormGradients& grads, const GradStats& sums,

@@ -20,14 +20,17 @@ namespace bn1d::step {
 // it is replaced before anything is written.
 using Also = std::initializer_list<const Tensor*>;
 
-/// Sizes the calling thread's per-channel scratch for @p C channels, so that the steps below
-/// allocate nothing in it once their results are chosen (a call that runs out of memory then
-/// throws before it writes a result).
-void reserve_workspace(int64_t C);
+/// Sizes the calling thread's per-channel scratch for @p C channels (and @p groups groups), so that
+/// the steps below allocate nothing in it once their results are chosen (a call that runs out of
+/// memory then throws before it writes a result).
+void reserve_workspace(int64_t C, int64_t groups = 1);
 
 /// Count, mean and M2 of each channel of @p x over group @p g of @p part into @p stats.
 void batch_stats(BatchStats& stats, const kernels::View3& x, const detail::Partition& part,
                  int64_t g, Also also = {});
+/// batch_stats() of every group of @p part into @p stats[g], the groups on the threads.
+void batch_stats(std::span<BatchStats> stats, const kernels::View3& x,
+                 const detail::Partition& part);
 /// batch_stats() over every value of @p x.
 inline void batch_stats(BatchStats& stats, const kernels::View3& x, Also also = {}) {
   batch_stats(stats, x, {}, 0, also);
@@ -64,6 +67,10 @@ inline void apply(Tensor& output, const Tensor& input, const kernels::View3& x,
 void backward_sums(GradStats& sums, const kernels::View3& dy, const kernels::View3& x,
                    const Normalization& norm, const detail::Partition& part, int64_t g,
                    Also also = {});
+/// backward_sums() of every group of @p part into @p sums[g] (with @p norms[g]), the groups on
+/// the threads.
+void backward_sums(std::span<GradStats> sums, const kernels::View3& dy, const kernels::View3& x,
+                   std::span<const Normalization> norms, const detail::Partition& part);
 /// backward_sums() over every value of @p x.
 inline void backward_sums(GradStats& sums, const kernels::View3& dy, const kernels::View3& x,
                           const Normalization& norm, Also also = {}) {

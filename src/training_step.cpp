@@ -195,8 +195,8 @@ struct BatchNorm1d::Step {
       stage = StepFailure::Internal;
       ensure_groups(m.stats_, G);
       ensure_groups(m.next_norm_, G);
-      for (int64_t g = 0; g < G; ++g) step::batch_stats(m.stats_[g], x, part, g);
-      step::reserve_workspace(x.C);
+      step::batch_stats({m.stats_.data(), static_cast<std::size_t>(G)}, x, part);
+      step::reserve_workspace(x.C, G);
     });
     std::span<const BatchStats> globals;
     if (G == 1) {
@@ -371,8 +371,8 @@ struct BatchNorm1d::Step {
     const detail::Partition part = saved_partition(m);
     const kernels::View3 dy = detail::input_view(grad_output, "grad_output");
     const kernels::View3 x = detail::input_view(m.saved_input_);
-    for (int64_t g = 0; g < part.groups(); ++g)
-      step::backward_sums(m.grad_sums_[g], dy, x, m.saved_norm_[g], part, g);
+    const auto G = static_cast<std::size_t>(part.groups());
+    step::backward_sums({m.grad_sums_.data(), G}, dy, x, {m.saved_norm_.data(), G}, part);
   }
 
   // grad_input from the @p global sums; weight and bias gradients from the local ones. Every
@@ -387,7 +387,7 @@ struct BatchNorm1d::Step {
     const auto G = static_cast<std::size_t>(part.groups());
     const step::Also state = STATE_TENSORS(m);
     const bool affine = m.options_.affine();
-    step::reserve_workspace(x.C);
+    step::reserve_workspace(x.C, part.groups());
     if (affine && !batch_statistics) local_sums(m, grad_output);
     detail::reuse_or_allocate_like(grads.input, m.saved_input_,
                                    {&m.saved_input_, &grad_output, &grads.weight, &grads.bias},
@@ -426,7 +426,7 @@ struct BatchNorm1d::Step {
     ensure_groups(ws.infer_stats, G);
     ensure_groups(ws.infer_norms, G);
     if (batch_statistics) {
-      for (int64_t g = 0; g < G; ++g) step::batch_stats(ws.infer_stats[g], x, part, g);
+      step::batch_stats({ws.infer_stats.data(), static_cast<std::size_t>(G)}, x, part);
       check_counts(m, local_combiner, input, part, {ws.infer_stats.data(), std::size_t(G)});
     }
     if (x.count() == 0) return detail::reuse_or_allocate_like(output, input, {&input}, state);

@@ -53,6 +53,7 @@ bool streams(const View3& x, int64_t inputs = 1) {
 
 // Threads for a call over `elements` values: one per kGrain of them, at most OpenMP's maximum.
 int threads_for(int64_t elements) {
+  if (omp_in_parallel()) return 1;  // a block of a larger batch (parallel_blocks.hpp)
   const int64_t t = std::min<int64_t>(elements / kGrain, omp_get_max_threads());
   return static_cast<int>(std::max<int64_t>(t, 1));
 }
