@@ -41,13 +41,12 @@ View sub_view(View v, DType dtype, int64_t n, int64_t count, int64_t l, int64_t 
   return v;
 }
 
-/// Calls @p f(n, l, count, length) for each block of group @p g of @p part over an (N, ·, L)
-/// batch: samples [n, n + count) at positions [l, l + length).
+/// Calls @p f(n, l, count, length) for the block of group @p g of a partition without valid
+/// positions over an (N, ·, L) batch: samples [n, n + count) at positions [l, l + length) (the
+/// runs of valid positions are walked by route_groups.cpp).
 template <class F>
 void for_each_block(const Partition& part, int64_t g, int64_t N, int64_t L, F&& f) {
-  if (part.valid != nullptr) {
-    for (const ValidPositions::Run& r : part.valid->runs()) f(r.n, r.start, int64_t{1}, r.length);
-  } else if (part.bounds.size() > 1) {
+  if (part.bounds.size() > 1) {
     const int64_t n0 = part.bounds[g], n1 = part.bounds[g + 1];
     f(n0, int64_t{0}, n1 - n0, L);
   } else {
@@ -59,8 +58,7 @@ void for_each_block(const Partition& part, int64_t g, int64_t N, int64_t L, F&& 
 inline int64_t group_count(const Partition& part, int64_t g, int64_t N, int64_t L) {
   if (part.valid != nullptr) return part.valid->count();
   int64_t count = 0;
-  for_each_block(part, g, N, L,
-                 [&](int64_t, int64_t, int64_t n, int64_t len) { count += n * len; });
+  for_each_block(part, g, N, L, [&](int64_t, int64_t, int64_t n, int64_t len) { count = n * len; });
   return count;
 }
 

@@ -97,3 +97,15 @@ def _first_order_only(grads, depends_on):
     present = [g for g in grads if g is not None]
     wrapped = iter(_FirstOrderOnly.apply(len(present), *present, *sources))
     return tuple(None if g is None else next(wrapped) for g in grads)
+
+
+def _saved_backward(ctx, grad_output):
+    """The input, weight and bias gradients of a bn1d forward whose module a _holder() saved in
+    ctx with the input, weight and bias (torch's version check then catches in-place changes);
+    under create_graph they refuse a second order."""
+    input, weight, bias, holder = ctx.saved_tensors
+    grads = tuple(None if a is None else _tensor(a)
+                  for a in _saved_module(holder).backward(_view(grad_output)))
+    if torch.is_grad_enabled():
+        grads = _first_order_only(grads, (input, weight, bias, grad_output))
+    return grads

@@ -118,8 +118,7 @@ import bn1d
 
 from . import _torch_state
 from ._checks import valid_positions
-from ._torch_autograd import (_copy_into, _first_order_only, _holder, _saved_module, _tensor,
-                              _view)
+from ._torch_autograd import _copy_into, _holder, _saved_backward, _tensor, _view
 
 __all__ = ["BatchNorm1d", "GhostBatchNorm1d", "convert", "revert", "to_torch", "from_torch",
            "Error", "NotImplementedValueError", "AssertionValueError"]
@@ -246,12 +245,7 @@ class _BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         # torch's errors: a graph already freed, a saved tensor modified in place.
-        input, weight, bias, holder = ctx.saved_tensors
-        grads = tuple(None if a is None else _tensor(a)
-                      for a in _saved_module(holder).backward(_view(grad_output)))
-        if torch.is_grad_enabled():  # create_graph=True: gradients that refuse a second order
-            grads = _first_order_only(grads, (input, weight, bias, grad_output))
-        return grads + (None,) * 7
+        return _saved_backward(ctx, grad_output) + (None,) * 7
 
 
 class BatchNorm1d(torch.nn.BatchNorm1d):
@@ -396,12 +390,7 @@ class _GhostFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, weight, bias, holder = ctx.saved_tensors
-        grads = tuple(None if a is None else _tensor(a)
-                      for a in _saved_module(holder).backward(_view(grad_output)))
-        if torch.is_grad_enabled():  # create_graph=True: gradients that refuse a second order
-            grads = _first_order_only(grads, (input, weight, bias, grad_output))
-        return grads + (None,) * 5
+        return _saved_backward(ctx, grad_output) + (None,) * 5
 
 
 class GhostBatchNorm1d(torch.nn.Module):

@@ -178,9 +178,12 @@ inline void set_affine(BatchNorm1d& ref, SyncBatchNorm1d& sync) {
 }
 
 /// Runs @p steps training steps then an eval step on the synchronized module and on the
-/// single-process reference, comparing outputs, gradients and running statistics.
+/// single-process reference, comparing outputs, gradients and running statistics; with
+/// @p global_valid, masked, this rank's positions being @p local_valid.
 inline void compare_with_reference(const BatchNorm1dOptions& options, int64_t L, const Split& split,
-                                   int steps, uint64_t seed) {
+                                   int steps, uint64_t seed,
+                                   const ValidPositions* global_valid = nullptr,
+                                   const ValidPositions* local_valid = nullptr) {
   const DType dtype = options.dtype();
   const int64_t C = options.num_features();
   BatchNorm1d ref(options);
@@ -199,9 +202,10 @@ inline void compare_with_reference(const BatchNorm1dOptions& options, int64_t L,
     const Tensor x = global_batch(split.global, C, L, dtype, seed + static_cast<uint64_t>(step));
     const Tensor gy = bn1d::randn(x.sizes(), dtype, seed + 1000 + static_cast<uint64_t>(step));
 
-    const Tensor y_ref = ref.forward(x);
+    const Tensor y_ref = global_valid ? ref.forward(x, *global_valid) : ref.forward(x);
     const BatchNorm1d::Gradients g_ref = ref.backward(gy);
-    const Tensor y = sync.forward(local_rows(x, split));
+    const Tensor y = local_valid ? sync.forward(local_rows(x, split), *local_valid)
+                                 : sync.forward(local_rows(x, split));
     const SyncBatchNorm1d::Gradients g = sync.backward(local_rows(gy, split));
 
     EXPECT_EQ(y.sizes(), shape_of(split.local, C, L)) << tag;

@@ -50,52 +50,11 @@ Masks holes_masks(const Split& s, int64_t L, uint64_t seed) {
           ValidPositions::from_mask(all.subspan(s.offset * L, s.local * L), s.local, L)};
 }
 
-/// Training steps then an eval step of the synchronized module on this rank's rows and of the
-/// single-process reference on the global batch, with the valid positions of @p masks.
+/// Two training steps then an eval step of the synchronized module on this rank's rows and of
+/// the single-process reference on the global batch, with the valid positions of @p masks.
 void compare_masked(const BatchNorm1dOptions& options, int64_t L, const Split& split,
                     const Masks& masks, uint64_t seed) {
-  const DType dtype = options.dtype();
-  const int64_t C = options.num_features();
-  BatchNorm1d ref(options);
-  SyncBatchNorm1d sync(options);
-  set_affine(ref, sync);
-  for (int step = 0; step <= 2; ++step) {
-    const bool training = step < 2;
-    ref.train(training);
-    sync.train(training);
-    const std::string tag = std::string(training ? "train step " : "eval step ") +
-                            std::to_string(step) + " " + bn1d::dtype_name(dtype);
-    const Tensor x = global_batch(split.global, C, L, dtype, seed + static_cast<uint64_t>(step));
-    const Tensor gy = bn1d::randn(x.sizes(), dtype, seed + 1000 + static_cast<uint64_t>(step));
-    const Tensor y_ref = ref.forward(x, masks.global);
-    const BatchNorm1d::Gradients g_ref = ref.backward(gy);
-    const Tensor y = sync.forward(local_rows(x, split), masks.local);
-    const SyncBatchNorm1d::Gradients g = sync.backward(local_rows(gy, split));
-
-    expect_close(values(y), local_values(y_ref, split), dtype, tag + ": output",
-                 max_abs(values(y_ref)));
-    expect_close(values(g.input), local_values(g_ref.input, split), dtype, tag + ": grad_input",
-                 max_abs(values(g_ref.input)));
-    if (options.affine()) {
-      for (const auto& [mine, expected, name] :
-           {std::tuple{&g.weight, &g_ref.weight, "grad_weight"},
-            std::tuple{&g.bias, &g_ref.bias, "grad_bias"}}) {
-        const std::vector<double> e = values(*expected);
-        const std::vector<double> parts = allreduce_sum(values(*mine), /*magnitudes=*/true);
-        expect_close(allreduce_sum(values(*mine)), e, dtype, tag + ": " + name,
-                     std::max(max_abs(e), max_abs(parts)));
-      }
-    }
-    if (options.track_running_stats()) {
-      expect_close(values(sync.running_mean()), values(ref.running_mean()), dtype,
-                   tag + ": running_mean");
-      expect_close(values(sync.running_var()), values(ref.running_var()), dtype,
-                   tag + ": running_var");
-      expect_identical_on_all_ranks(sync.running_mean(), tag + ": running_mean");
-      expect_identical_on_all_ranks(sync.running_var(), tag + ": running_var");
-    }
-    EXPECT_EQ(sync.num_batches_tracked(), ref.num_batches_tracked()) << tag;
-  }
+  compare_with_reference(options, L, split, 2, seed, &masks.global, &masks.local);
 }
 
 TEST(SyncMasked, LengthsMatchSingleProcess) {
