@@ -43,12 +43,11 @@ Autograd
 * A second derivative is a NotImplementedError (a RuntimeError) when it is taken, never a wrong
   value: with create_graph=True the gradients are connected to the input, weight, bias and
   grad_output, and differentiating them again raises.
-* What backward needs (a transient bn1d.BatchNorm1d: the batch statistics, the parameters and a
-  view of the input) is held by the graph's saved tensors: torch frees it when it frees them
-  (after a backward without retain_graph, or when the graph is dropped). Saved-tensor hooks
-  (torch.autograd.graph.saved_tensors_hooks) work when they keep the saved tensors' memory:
-  save_on_cpu and non-reentrant checkpointing do. Hooks that replace the saved tensors by
-  copies are not supported: backward then raises a RuntimeError saying so.
+* What backward needs is saved as tensors only: the input, weight and bias (as torch saves
+  them) and the normalization's per-channel mean and invstd (float64). Saved-tensor hooks
+  (torch.autograd.graph.saved_tensors_hooks, save_on_cpu, checkpointing) work with them,
+  copying hooks included. (GhostBatchNorm1d keeps a transient bn1d.GhostBatchNorm1d instead,
+  owned by a saved tensor: hooks that copy the saved tensors are a RuntimeError there.)
 * The input, weight and bias must not be modified in place between forward and backward;
   torch's version counter reports it if they are (they are saved for backward, as torch does).
 
@@ -59,11 +58,8 @@ What one forward/backward copies, and what it does not:
   expanded tensors are used as they are).
 * Not copied: the output, grad_input, grad_weight and grad_bias. bn1d writes them into numpy
   arrays it allocates, which are handed to torch with torch.from_numpy.
-* Copied (C values each, per forward): weight and bias into the transient bn1d.BatchNorm1d
-  created for that call (a module may be applied several times before backward); running_mean
-  and running_var into it, and, when they were updated (training with tracked statistics),
-  back into the torch buffers with buffer.copy_() (the same tensor objects, updated in place as
-  torch does).
+* Not copied: weight, bias, running_mean and running_var. bn1d reads them, and updates the
+  running statistics in place (training with tracked statistics), through numpy views.
 * num_batches_tracked is never copied: it is updated in torch, exactly as torch does.
 
 16-bit inputs run on bn1d's kernels too, in torch's two configurations: mixed (a float32 or
@@ -119,11 +115,13 @@ import bn1d
 from . import _torch_state
 from ._checks import valid_positions
 from ._torch_autograd import _copy_into, _holder, _saved_backward, _tensor, _view
+from ._torch_step import LocalCombiner, StepFunction, StepOptions, check_dtypes
 
 __all__ = ["BatchNorm1d", "GhostBatchNorm1d", "convert", "revert", "to_torch", "from_torch",
            "Error", "NotImplementedValueError", "AssertionValueError"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_LOCAL = LocalCombiner()
 
 
 class Error(ValueError, RuntimeError):
@@ -195,57 +193,6 @@ def _check_one_dtype(**tensors):
         listed = ", ".join(f"{name} {dtype}" for name, dtype in present.items())
         raise Error(f"expected weight, bias, running_mean and running_var of one dtype, got "
                     f"{listed}")
-
-
-class _BatchNormFunction(torch.autograd.Function):
-    """bn1d's forward and backward as an autograd function.
-
-    forward(input, weight, bias, running_mean, running_var, use_batch_stats, factor, eps,
-    lengths=None, mask=None): running_mean/running_var are None when no running statistics are
-    used; when given with use_batch_stats they are updated in place with factor. lengths or
-    mask (numpy arrays checked by bn1d._checks.valid_positions): the masked batch norm.
-
-    The transient bn1d module that backward needs is owned by a "holder" tensor saved with
-    save_for_backward (see _holder): torch frees it exactly when it frees the graph's saved
-    tensors (after a backward without retain_graph, or with the graph).
-    """
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, running_mean, running_var, use_batch_stats, factor,
-                eps, lengths=None, mask=None):
-        _check_features(input, running_mean=running_mean, running_var=running_var,
-                        weight=weight, bias=bias)
-        affine = weight is not None
-        track = running_mean is not None
-        _check_one_dtype(weight=weight, bias=bias, running_mean=running_mean,
-                         running_var=running_var)
-        if affine:
-            dtype = weight.dtype
-        elif track:
-            dtype = running_mean.dtype
-        else:
-            dtype = input.dtype
-        bn = bn1d.BatchNorm1d(input.shape[1], eps=eps, momentum=float(factor), affine=affine,
-                              track_running_stats=track, dtype=str(dtype).replace("torch.", ""))
-        for name, value in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                            ("running_var", running_var)):
-            if value is not None:
-                _copy_into(bn, name, value)
-        bn.train(bool(use_batch_stats))
-        output = _tensor(bn.forward(_view(input), lengths=lengths, mask=mask))
-        if track and use_batch_stats:
-            running_mean.copy_(_tensor(bn.running_mean))
-            running_var.copy_(_tensor(bn.running_var))
-        # The input, weight and bias for torch's version check (bn keeps a view of the input,
-        # torch's batch norm saves all three) and, for double backward, what the gradients
-        # depend on.
-        ctx.save_for_backward(input, weight, bias, _holder(bn))
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        # torch's errors: a graph already freed, a saved tensor modified in place.
-        return _saved_backward(ctx, grad_output) + (None,) * 7
 
 
 class BatchNorm1d(torch.nn.BatchNorm1d):
@@ -337,10 +284,14 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
         else:
             bn_training = self.running_mean is None and self.running_var is None
         try:
-            return _BatchNormFunction.apply(input, self.weight, self.bias, running_mean,
-                                            running_var, bn_training,
-                                            _real("momentum", exponential_average_factor), eps,
-                                            lengths, mask)
+            _check_one_dtype(weight=self.weight, bias=self.bias, running_mean=running_mean,
+                             running_var=running_var)
+            reference = next((t for t in (self.weight, running_mean) if t is not None), input)
+            check_dtypes("BatchNorm1d", input, reference.dtype)
+            options = StepOptions(bn_training, _real("momentum", exponential_average_factor),
+                                  eps, lengths, mask, _LOCAL)
+            return StepFunction.apply(input, self.weight, self.bias, running_mean, running_var,
+                                      options)
         except BaseException:
             if counted:  # a failed forward changes nothing: the count is restored
                 self.num_batches_tracked.sub_(1)
@@ -353,8 +304,8 @@ class _GhostFunction(torch.autograd.Function):
     forward(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
     options), options = (virtual_batch_size, split, momentum, eps): with training and running
     statistics, running_mean, running_var and num_batches_tracked (one count per chunk) are
-    updated in place once the step has succeeded. The transient module is held as in
-    _BatchNormFunction.
+    updated in place once the step has succeeded. The transient module that backward needs is
+    owned by a "holder" tensor saved with save_for_backward (see _torch_autograd._holder).
     """
 
     @staticmethod
