@@ -24,7 +24,7 @@ batch norm): statistics over them only, 0 at the padding. Bad arguments raise Ty
 ValueError naming them; nothing is changed by a call that raises.
 """
 
-from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 
