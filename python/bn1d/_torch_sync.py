@@ -17,6 +17,7 @@ import torch
 import bn1d.functional as F
 
 from . import _bn1d
+from ._checks import valid_positions
 from ._torch_checks import (SUPPORTED_DTYPES, Error, _check_features, _check_one_dtype, _real,
                             _torch_errors, _type_name)
 from ._torch_convert import check_model, replace, swap
@@ -33,7 +34,8 @@ _HEADER = 5  # status, input dim, eps, running-average factor, count
 
 
 def _failure_code(error: BaseException) -> int:
-    return getattr(error, "_bn1d_failure", 7)
+    """The code of error for the other ranks: its own, 1 for other bad values, 7 otherwise."""
+    return getattr(error, "_bn1d_failure", 1 if isinstance(error, (ValueError, TypeError)) else 7)
 
 
 def _failed(code: int, message: str) -> ValueError:
@@ -142,6 +144,8 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     parameter). An invalid input or a global batch of one value per channel raises a ValueError
     on every rank and changes nothing. In eval mode (running statistics), without
     torch.distributed or with one process, it is BatchNorm and makes no collective.
+    forward(input, lengths=None, mask=None) also normalizes padded (N, C, L) batches over their
+    valid positions (see bn1d.torch.BatchNorm1d.forward).
     """
 
     @_torch_errors
@@ -203,10 +207,18 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         return 1.0 / float(int(self.num_batches_tracked) + 1) if self._counts_batch() else 0.0
 
     @_torch_errors
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, lengths: Any = None,
+                mask: Any = None) -> torch.Tensor:
         """Normalizes input, (N, C, *), over the global batch in training (see the class
-        docstring). Call the module, m(input), so that hooks run."""
+        docstring). Call the module, m(input), so that hooks run.
+
+        lengths or mask, for an (N, C, L) CPU input: the valid positions, as for
+        bn1d.torch.BatchNorm1d (statistics over the valid values of every rank, 0 at the
+        padding)."""
         if isinstance(input, torch.Tensor) and input.device.type != "cpu":
+            if lengths is not None or mask is not None:
+                raise ValueError(f"lengths, mask: bn1d's masked batch norm takes CPU tensors, "
+                                 f"got an input on {input.device}")
             return torch.nn.SyncBatchNorm.forward(self, input)
         eps = _real("eps", self.eps)
         factor = self._factor()
@@ -219,6 +231,10 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
                     if sync else _LOCAL)
         try:
             view = self._checked_view(input, running_mean, running_var)
+            lengths, mask = valid_positions(lengths, mask)
+            if (lengths is not None or mask is not None) and view.dim() != 3:
+                raise _failed(1, f"lengths, mask: expected an (N, C, L) input, got "
+                                 f"{input.dim()}D input")
         except (ValueError, TypeError) as e:
             if sync:  # the other ranks hear of it in the collective, then every rank raises
                 combiner.combine_stats(None, e, input if isinstance(input, torch.Tensor)
@@ -230,7 +246,7 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         batch_statistics = self.training or (self.running_mean is None
                                              and self.running_var is None)
         try:
-            options = StepOptions(batch_statistics, factor, eps, None, None, combiner)
+            options = StepOptions(batch_statistics, factor, eps, lengths, mask, combiner)
             output = StepFunction.apply(view, self.weight, self.bias, running_mean, running_var,
                                         options)
         except BaseException:
