@@ -5,6 +5,7 @@
     bn = bn1d.torch.BatchNorm1d(32)          # same constructor as torch.nn.BatchNorm1d
     model = bn1d.torch.convert(model)        # every torch.nn.BatchNorm1d -> bn1d.torch.BatchNorm1d
     model = bn1d.torch.revert(model)         # and back
+    model = bn1d.torch.convert_sync_batchnorm(model)  # every batch norm -> SyncBatchNorm (CPU)
     t = bn1d.torch.to_torch(m)               # a bn1d.BatchNorm1d (numpy) -> a torch module
     m = bn1d.torch.from_torch(t)             # and back
 
@@ -28,6 +29,10 @@ tensors on any device or arrays). Statistics, running statistics and gradients a
 positions are those of torch.nn.BatchNorm1d on the packed values x.permute(0, 2, 1)[valid];
 the output and the input gradient are 0 at the padding. CPU inputs only (a ValueError
 otherwise: torch has no masked batch norm to fall back on).
+
+bn1d.torch.SyncBatchNorm(num_features, ..., process_group=None): torch.nn.SyncBatchNorm for CPU
+tensors over torch.distributed (gloo), usable under DistributedDataParallel on CPU;
+convert_sync_batchnorm(model) puts it in place of a model's batch norms (see its docstring).
 
 bn1d.torch.GhostBatchNorm1d(num_features, virtual_batch_size=128, momentum=0.01,
 split="chunk", ...): ghost batch norm (TabNet's GBN) in one call, a torch.nn.Module with
@@ -118,9 +123,11 @@ from ._torch_checks import (SUPPORTED_DTYPES, AssertionValueError, Error,
 from ._torch_convert import check_model, replace, swap
 from ._torch_ghost import GhostBatchNorm1d
 from ._torch_step import LocalCombiner, StepFunction, StepOptions, check_dtypes
+from ._torch_sync import SyncBatchNorm, convert_sync_batchnorm
 
-__all__ = ["BatchNorm1d", "GhostBatchNorm1d", "convert", "revert", "to_torch", "from_torch",
-           "Error", "NotImplementedValueError", "AssertionValueError"]
+__all__ = ["BatchNorm1d", "GhostBatchNorm1d", "SyncBatchNorm", "convert", "revert",
+           "convert_sync_batchnorm", "to_torch", "from_torch", "Error",
+           "NotImplementedValueError", "AssertionValueError"]
 
 _LOCAL = LocalCombiner()
 
