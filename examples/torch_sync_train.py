@@ -49,15 +49,16 @@ def make_model(hidden):
     return torch.nn.Sequential(*layers, torch.nn.Linear(width, 10))
 
 
-def running_stats_identical(model, world):
-    """True when every rank holds rank 0's running statistics, bit for bit."""
+def gather_running_stats(model, world):
+    """Every rank's running statistics, flattened, in rank order (this rank's alone if world is
+    1), and the tensor this rank sent."""
     flat = torch.cat([b.detach().double().flatten() for name, b in model.named_buffers()
                       if name.endswith(("running_mean", "running_var"))])
     if world == 1:
-        return True
+        return [flat], flat
     gathered = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(gathered, flat)
-    return all(torch.equal(g, gathered[0]) for g in gathered)
+    return gathered, flat
 
 
 def train(args, rank, world):
@@ -121,7 +122,10 @@ def main():
         print(f"{world} process(es), global batch {args.batch_size} "
               f"({args.batch_size // world} per process), {args.epochs} epochs", flush=True)
     model, accuracy = train(args, rank, world)
-    identical = running_stats_identical(model, world)
+    # The collective's tensors outlive the process group: torch 1.13 on Python 3.11 can hang at
+    # exit when a gloo thread frees them (it needs the GIL) while the group's end waits for it.
+    gathered, sent = gather_running_stats(model, world)
+    identical = all(torch.equal(g, gathered[0]) for g in gathered)
     if rank == 0:
         kinds = sorted({type(m).__name__ for m in model.modules()
                         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)})
@@ -130,7 +134,9 @@ def main():
         print(f"final test accuracy {100 * accuracy:.1f} % "
               f"({time.perf_counter() - start:.1f} s)", flush=True)
     if launched:
+        del model  # DDP's reducer holds the group: destroy_process_group() then ends it
         dist.destroy_process_group()
+    del gathered, sent
 
 
 if __name__ == "__main__":
