@@ -13,7 +13,7 @@ the processes run at the same time, so they share the machine's memory bandwidth
 torch.nn.BatchNorm1d, bn1d.torch.BatchNorm1d, bn1d.torch.SyncBatchNorm in a group of its own
 process only (world size 1: the module's local path), and bn1d.torch.SyncBatchNorm over all K
 processes. The collectives of one synced step are counted with torch.profiler (its gloo:* events)
-with the values each process sends; every process gathers K times that.
+with the values each process sends; every process gathers K times that (float64: 8 bytes each).
 
 With --mpi, the MPI SyncBatchNorm1d benchmark (bench/sync_bench.cpp) runs on the same shapes
 (mpirun -np K BINARY --rows N --channels C) and its local and synced times are added; without
@@ -151,16 +151,16 @@ def print_table(args, results):
           f"median of {args.repeat} steps (forward + backward), ms")
     print()
     header = ("| C | N | torch.nn.BatchNorm1d | bn1d BatchNorm1d | SyncBatchNorm, K = 1 | "
-              f"SyncBatchNorm, K = {args.procs} | synced / K = 1 | collectives per step | "
-              "float64 values sent per process and collective (gathered: K x) |")
+              f"SyncBatchNorm, K = {args.procs} | synced / K = 1 | collectives per step: values sent "
+              "(KiB gathered) per process |")
     if args.mpi:
         header += " MPI local | MPI synced | MPI ratio |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for channels, n, ms, sent in results:
         row = (f"| {channels} | {n} | {ms['torch']:.3f} | {ms['bn1d']:.3f} | {ms['sync1']:.3f} | "
-               f"{ms['sync']:.3f} | {ms['sync'] / ms['sync1']:.2f}x | {len(sent)} | "
-               f"{' / '.join(str(v) for v in sent)} (2C + 3 = {2 * channels + 3}) |")
+               f"{ms['sync']:.3f} | {ms['sync'] / ms['sync1']:.2f}x | {len(sent)}: "
+               f"{' + '.join(f'{v} ({8 * args.procs * v / 1024:.1f})' for v in sent)} |")
         if args.mpi:
             local, synced = mpi_times(args, channels, n)
             row += f" {local:.3f} | {synced:.3f} | {synced / local:.2f}x |"
