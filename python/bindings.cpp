@@ -5,9 +5,9 @@
 // are numpy arrays bn1d writes into directly, parameters and buffers are numpy views of the
 // module's own storage, and every bn1d::Error becomes a ValueError with the same message (an
 // IoError, a file that cannot be opened, read or written, an OSError of its errno's class).
-// No math happens here. This file: BatchNorm1d (with its masked forms), the functional
-// batch_norm, errors, state files;
-// module_binding.hpp: what BatchNorm1d and GhostBatchNorm1d (bind_ghost.cpp) share.
+// No math happens here. This file: BatchNorm1d (with its masked forms), errors, state files;
+// module_binding.hpp: what BatchNorm1d and GhostBatchNorm1d (bind_ghost.cpp) share;
+// bind_functional.cpp: the functional API and its separable steps.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -75,26 +75,6 @@ namespace {
 
 using BatchNorm = Module<bn1d::BatchNorm1d>;
 
-// ---- masked forms ----------------------------------------------------------------------------
-
-// The valid positions given by the Python layer: lengths (a 1-D int64 array) or mask (a 2-D
-// bool array), exactly one of them not None; both C-contiguous (the Python layer checks and
-// converts).
-bn1d::ValidPositions valid_positions(const py::object& lengths, const py::object& mask) {
-  if (!lengths.is_none()) {
-    const auto a = lengths.cast<py::array_t<int64_t, py::array::c_style>>();
-    return bn1d::ValidPositions::from_lengths(
-        std::span<const int64_t>(a.data(), static_cast<size_t>(a.size())));
-  }
-  const auto a = mask.cast<py::array_t<bool, py::array::c_style>>();
-  if (a.ndim() != 2) {
-    throw bn1d::Error("mask: expected a 2-D (N, L) array, got " + std::to_string(a.ndim()) +
-                      " dimensions");
-  }
-  return bn1d::ValidPositions::from_mask(
-      std::span<const bool>(a.data(), static_cast<size_t>(a.size())), a.shape(0), a.shape(1));
-}
-
 // forward(x) or, with lengths or mask, the masked forward.
 py::object forward(BatchNorm& self, const py::object& x, const py::object& lengths,
                    const py::object& mask) {
@@ -116,37 +96,6 @@ py::object infer(BatchNorm& self, const py::object& x, const py::object& lengths
   const bn1d::ValidPositions valid = valid_positions(lengths, mask);
   return infer_with(
       self, x, [&](const bn1d::Tensor& in, bn1d::Tensor& out) { self.m.infer(in, out, valid); });
-}
-
-// ---- functional ------------------------------------------------------------------------------
-
-// An optional argument: its bn1d view, undefined for None.
-bn1d::Tensor optional_tensor(const py::object& x, const char* name, bool writable) {
-  if (x.is_none()) return bn1d::Tensor();
-  return writable ? writable_tensor_of(x, name) : tensor_of(x, name);
-}
-
-// torch.nn.functional.batch_norm, masked with lengths or mask: the running statistics are
-// updated in place (in training, when given).
-py::object batch_norm(const py::object& x, const py::object& running_mean,
-                      const py::object& running_var, const py::object& weight,
-                      const py::object& bias, bool training, double momentum, double eps,
-                      const py::object& lengths, const py::object& mask) {
-  const bn1d::Tensor input = tensor_of(x, "input");
-  const bn1d::Tensor mean = optional_tensor(running_mean, "running_mean", true);
-  const bn1d::Tensor var = optional_tensor(running_var, "running_var", true);
-  const bn1d::Tensor w = optional_tensor(weight, "weight", false);
-  const bn1d::Tensor b = optional_tensor(bias, "bias", false);
-  bn1d::Tensor output;
-  if (lengths.is_none() && mask.is_none()) {
-    py::gil_scoped_release nogil;
-    output = bn1d::batch_norm(input, mean, var, w, b, training, momentum, eps);
-  } else {
-    const bn1d::ValidPositions valid = valid_positions(lengths, mask);
-    py::gil_scoped_release nogil;
-    output = bn1d::batch_norm(input, mean, var, w, b, training, momentum, eps, valid);
-  }
-  return to_numpy(output);
 }
 
 // ---- errors ----------------------------------------------------------------------------------
@@ -295,12 +244,7 @@ PYBIND11_MODULE(_bn1d, mod) {
   def_state_properties(cls);
   def_state_methods(cls);
   def_ghost_batch_norm(mod);
-  mod.def("batch_norm", &batch_norm, py::arg("input"), py::arg("running_mean"),
-          py::arg("running_var"), py::arg("weight"), py::arg("bias"), py::arg("training"),
-          py::arg("momentum"), py::arg("eps"), py::arg("lengths"), py::arg("mask"),
-          "torch.nn.functional.batch_norm over (N, C) or (N, C, L) arrays (None for absent "
-          "tensors), over the valid positions only with lengths or mask; the running statistics "
-          "are updated in place in training.");
+  def_functional(mod);
   mod.def("save_file", &save_file, py::arg("items"), py::arg("path"), py::arg("metadata"),
           "Writes the (key, array, dtype) items, in order, as the safetensors file path with the "
           "str to str metadata. dtype: float32, float64, int64, float16 (the array's) or "

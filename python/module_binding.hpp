@@ -281,5 +281,7 @@ inline bn1d::BatchNorm1dOptions module_options(int64_t num_features, double eps,
 
 // Registers the class GhostBatchNorm1d in @p mod (bind_ghost.cpp).
 void def_ghost_batch_norm(py::module_& mod);
+// Registers batch_norm and the separable steps of bn1d.functional in @p mod (bind_functional.cpp).
+void def_functional(py::module_& mod);
 
 }  // namespace bn1d_python

@@ -3,6 +3,7 @@
 #include "numpy_tensor.hpp"
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -146,6 +147,24 @@ std::pair<py::object, bn1d::Tensor> empty_like(const py::object& like, const cha
 py::object result(const py::object& out, const bn1d::Tensor& given, const bn1d::Tensor& written) {
   if (written.raw_data() == given.raw_data() || written.numel() == 0) return out;
   return to_numpy(written);
+}
+
+// The valid positions given by the Python layer: lengths (a 1-D int64 array) or mask (a 2-D
+// bool array), exactly one of them not None; both C-contiguous (the Python layer checks and
+// converts).
+bn1d::ValidPositions valid_positions(const py::object& lengths, const py::object& mask) {
+  if (!lengths.is_none()) {
+    const auto a = lengths.cast<py::array_t<int64_t, py::array::c_style>>();
+    return bn1d::ValidPositions::from_lengths(
+        std::span<const int64_t>(a.data(), static_cast<size_t>(a.size())));
+  }
+  const auto a = mask.cast<py::array_t<bool, py::array::c_style>>();
+  if (a.ndim() != 2) {
+    throw bn1d::Error("mask: expected a 2-D (N, L) array, got " + std::to_string(a.ndim()) +
+                      " dimensions");
+  }
+  return bn1d::ValidPositions::from_mask(
+      std::span<const bool>(a.data(), static_cast<size_t>(a.size())), a.shape(0), a.shape(1));
 }
 
 }  // namespace bn1d_python

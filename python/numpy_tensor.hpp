@@ -42,4 +42,8 @@ std::pair<pybind11::object, bn1d::Tensor> empty_like(const pybind11::object& lik
 pybind11::object result(const pybind11::object& out, const bn1d::Tensor& given,
                         const bn1d::Tensor& written);
 
+// The valid positions of lengths (a C-contiguous 1-D int64 array) or mask (a C-contiguous 2-D
+// bool array): exactly one of them is not None (the Python layer checks and converts).
+bn1d::ValidPositions valid_positions(const pybind11::object& lengths, const pybind11::object& mask);
+
 }  // namespace bn1d_python

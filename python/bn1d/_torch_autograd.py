@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
 """The plumbing of bn1d.torch's autograd functions: numpy views of torch tensors and back, the
-transient bn1d module a forward leaves for backward (owned by a saved "holder" tensor), and
+transient bn1d module a ghost forward leaves for backward (owned by a saved "holder" tensor), and
 gradients that refuse a second derivative."""
 
 import weakref
@@ -66,14 +66,14 @@ def _saved_module(holder):
     saved = _SAVED.get(holder.data_ptr())
     if saved is None:
         raise RuntimeError(
-            "bn1d.torch.BatchNorm1d: the state saved for backward is gone: a saved-tensor hook "
-            "(torch.autograd.graph.saved_tensors_hooks) replaced the saved tensors by copies; "
-            "run bn1d.torch outside such hooks or use torch.nn.BatchNorm1d")
+            "bn1d.torch.GhostBatchNorm1d: the state saved for backward is gone: a saved-tensor "
+            "hook (torch.autograd.graph.saved_tensors_hooks) replaced the saved tensors by "
+            "copies; run it outside such hooks")
     return saved.module
 
 
 class _FirstOrderOnly(torch.autograd.Function):
-    """The identity on gradients computed by _BatchNormFunction.backward under create_graph:
+    """The identity on gradients computed by a backward under create_graph:
     they stay connected to what they depend on (the extra inputs) and differentiating them
     raises, where otherwise they would be constants and a second derivative silently wrong."""
 

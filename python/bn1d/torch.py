@@ -5,6 +5,7 @@
     bn = bn1d.torch.BatchNorm1d(32)          # same constructor as torch.nn.BatchNorm1d
     model = bn1d.torch.convert(model)        # every torch.nn.BatchNorm1d -> bn1d.torch.BatchNorm1d
     model = bn1d.torch.revert(model)         # and back
+    model = bn1d.torch.convert_sync_batchnorm(model)  # every batch norm -> SyncBatchNorm (CPU)
     t = bn1d.torch.to_torch(m)               # a bn1d.BatchNorm1d (numpy) -> a torch module
     m = bn1d.torch.from_torch(t)             # and back
 
@@ -29,6 +30,10 @@ positions are those of torch.nn.BatchNorm1d on the packed values x.permute(0, 2,
 the output and the input gradient are 0 at the padding. CPU inputs only (a ValueError
 otherwise: torch has no masked batch norm to fall back on).
 
+bn1d.torch.SyncBatchNorm(num_features, ..., process_group=None): torch.nn.SyncBatchNorm for CPU
+tensors over torch.distributed (gloo), usable under DistributedDataParallel on CPU;
+convert_sync_batchnorm(model) puts it in place of a model's batch norms (see its docstring).
+
 bn1d.torch.GhostBatchNorm1d(num_features, virtual_batch_size=128, momentum=0.01,
 split="chunk", ...): ghost batch norm (TabNet's GBN) in one call, a torch.nn.Module with
 torch.nn.BatchNorm1d's parameters, buffers and state-dict keys (see its docstring).
@@ -43,12 +48,11 @@ Autograd
 * A second derivative is a NotImplementedError (a RuntimeError) when it is taken, never a wrong
   value: with create_graph=True the gradients are connected to the input, weight, bias and
   grad_output, and differentiating them again raises.
-* What backward needs (a transient bn1d.BatchNorm1d: the batch statistics, the parameters and a
-  view of the input) is held by the graph's saved tensors: torch frees it when it frees them
-  (after a backward without retain_graph, or when the graph is dropped). Saved-tensor hooks
-  (torch.autograd.graph.saved_tensors_hooks) work when they keep the saved tensors' memory:
-  save_on_cpu and non-reentrant checkpointing do. Hooks that replace the saved tensors by
-  copies are not supported: backward then raises a RuntimeError saying so.
+* What backward needs is saved as tensors only: the input, weight and bias (as torch saves
+  them) and the normalization's per-channel mean and invstd (float64). Saved-tensor hooks
+  (torch.autograd.graph.saved_tensors_hooks, save_on_cpu, checkpointing) work with them,
+  copying hooks included. (GhostBatchNorm1d keeps a transient bn1d.GhostBatchNorm1d instead,
+  owned by a saved tensor: hooks that copy the saved tensors are a RuntimeError there.)
 * The input, weight and bias must not be modified in place between forward and backward;
   torch's version counter reports it if they are (they are saved for backward, as torch does).
 
@@ -59,11 +63,8 @@ What one forward/backward copies, and what it does not:
   expanded tensors are used as they are).
 * Not copied: the output, grad_input, grad_weight and grad_bias. bn1d writes them into numpy
   arrays it allocates, which are handed to torch with torch.from_numpy.
-* Copied (C values each, per forward): weight and bias into the transient bn1d.BatchNorm1d
-  created for that call (a module may be applied several times before backward); running_mean
-  and running_var into it, and, when they were updated (training with tracked statistics),
-  back into the torch buffers with buffer.copy_() (the same tensor objects, updated in place as
-  torch does).
+* Not copied: weight, bias, running_mean and running_var. bn1d reads them, and updates the
+  running statistics in place (training with tracked statistics), through numpy views.
 * num_batches_tracked is never copied: it is updated in torch, exactly as torch does.
 
 16-bit inputs run on bn1d's kernels too, in torch's two configurations: mixed (a float32 or
@@ -107,8 +108,6 @@ float32, float64, bfloat16 or float16 parameters and buffers on any device. Both
 modules are independent afterwards.
 """
 
-import functools
-import numbers
 from collections.abc import Mapping
 from typing import Any, List, Optional, Tuple, Union
 
@@ -118,134 +117,19 @@ import bn1d
 
 from . import _torch_state
 from ._checks import valid_positions
-from ._torch_autograd import _copy_into, _holder, _saved_backward, _tensor, _view
+from ._torch_checks import (SUPPORTED_DTYPES, AssertionValueError, Error,
+                            NotImplementedValueError, _check_features, _check_one_dtype, _real,
+                            _torch_errors, _type_name)
+from ._torch_convert import check_model, replace, swap
+from ._torch_ghost import GhostBatchNorm1d
+from ._torch_step import LocalCombiner, StepFunction, StepOptions, check_dtypes
+from ._torch_sync import SyncBatchNorm, convert_sync_batchnorm
 
-__all__ = ["BatchNorm1d", "GhostBatchNorm1d", "convert", "revert", "to_torch", "from_torch",
-           "Error", "NotImplementedValueError", "AssertionValueError"]
+__all__ = ["BatchNorm1d", "GhostBatchNorm1d", "SyncBatchNorm", "convert", "revert",
+           "convert_sync_batchnorm", "to_torch", "from_torch", "Error",
+           "NotImplementedValueError", "AssertionValueError"]
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-class Error(ValueError, RuntimeError):
-    """What bn1d.torch raises where torch.nn.BatchNorm1d raises a RuntimeError for a bad value
-    (a channel count that is not the module's, ...): torch's message, and both a ValueError
-    (bn1d's convention for bad values) and a RuntimeError (torch's type)."""
-
-
-class NotImplementedValueError(ValueError, NotImplementedError):
-    """A NotImplementedError from torch (an input torch cannot normalize, e.g. a sparse
-    tensor) that is also a ValueError."""
-
-
-class AssertionValueError(ValueError, AssertionError):
-    """torch's AssertionError for a device it was not built for ("Torch not compiled with CUDA
-    enabled"), also a ValueError."""
-
-
-def _torch_errors(f):
-    """f with torch's RuntimeErrors raised as Error (NotImplementedError as
-    NotImplementedValueError, AssertionError as AssertionValueError), same message."""
-    @functools.wraps(f)
-    def wrapped(*args, **kwargs):
-        try:
-            return f(*args, **kwargs)
-        except (ValueError, TypeError):
-            raise
-        except AssertionError as e:
-            raise AssertionValueError(*e.args) from e
-        except NotImplementedError as e:
-            raise NotImplementedValueError(*e.args) from e
-        except RuntimeError as e:
-            raise Error(*e.args) from e
-    return wrapped
-
-
-def _type_name(v):
-    return "None" if v is None else type(v).__name__
-
-
-def _real(name, value, none_ok=False):
-    """value as a float where torch's batch_norm takes it (real numbers, bools, 0-d real
-    tensors; None for momentum), TypeError naming the argument name where torch raises one
-    (torch's wording: "batch_norm(): argument 'eps' must be float, not str")."""
-    if value is None and none_ok:
-        return None
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if (isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex()
-            and value.device.type != "meta"):
-        return float(value)
-    raise TypeError(f"batch_norm(): argument '{name}' must be float, not {_type_name(value)}")
-
-
-def _check_features(input, **tensors):
-    """Error (torch's text) when one of tensors (torch's order: running_mean, running_var,
-    weight, bias; None where absent) does not have one value per channel of input."""
-    channels = input.shape[1]
-    for name, t in tensors.items():
-        if t is not None and t.numel() != channels:
-            raise Error(f"{name} should contain {channels} elements not {t.numel()}")
-
-
-def _check_one_dtype(**tensors):
-    """Error unless the given tensors (None: absent) share one dtype, as torch requires of a
-    BatchNorm's parameters and buffers."""
-    present = {name: t.dtype for name, t in tensors.items() if t is not None}
-    if len(set(present.values())) > 1:
-        listed = ", ".join(f"{name} {dtype}" for name, dtype in present.items())
-        raise Error(f"expected weight, bias, running_mean and running_var of one dtype, got "
-                    f"{listed}")
-
-
-class _BatchNormFunction(torch.autograd.Function):
-    """bn1d's forward and backward as an autograd function.
-
-    forward(input, weight, bias, running_mean, running_var, use_batch_stats, factor, eps,
-    lengths=None, mask=None): running_mean/running_var are None when no running statistics are
-    used; when given with use_batch_stats they are updated in place with factor. lengths or
-    mask (numpy arrays checked by bn1d._checks.valid_positions): the masked batch norm.
-
-    The transient bn1d module that backward needs is owned by a "holder" tensor saved with
-    save_for_backward (see _holder): torch frees it exactly when it frees the graph's saved
-    tensors (after a backward without retain_graph, or with the graph).
-    """
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, running_mean, running_var, use_batch_stats, factor,
-                eps, lengths=None, mask=None):
-        _check_features(input, running_mean=running_mean, running_var=running_var,
-                        weight=weight, bias=bias)
-        affine = weight is not None
-        track = running_mean is not None
-        _check_one_dtype(weight=weight, bias=bias, running_mean=running_mean,
-                         running_var=running_var)
-        if affine:
-            dtype = weight.dtype
-        elif track:
-            dtype = running_mean.dtype
-        else:
-            dtype = input.dtype
-        bn = bn1d.BatchNorm1d(input.shape[1], eps=eps, momentum=float(factor), affine=affine,
-                              track_running_stats=track, dtype=str(dtype).replace("torch.", ""))
-        for name, value in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                            ("running_var", running_var)):
-            if value is not None:
-                _copy_into(bn, name, value)
-        bn.train(bool(use_batch_stats))
-        output = _tensor(bn.forward(_view(input), lengths=lengths, mask=mask))
-        if track and use_batch_stats:
-            running_mean.copy_(_tensor(bn.running_mean))
-            running_var.copy_(_tensor(bn.running_var))
-        # The input, weight and bias for torch's version check (bn keeps a view of the input,
-        # torch's batch norm saves all three) and, for double backward, what the gradients
-        # depend on.
-        ctx.save_for_backward(input, weight, bias, _holder(bn))
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        # torch's errors: a graph already freed, a saved tensor modified in place.
-        return _saved_backward(ctx, grad_output) + (None,) * 7
+_LOCAL = LocalCombiner()
 
 
 class BatchNorm1d(torch.nn.BatchNorm1d):
@@ -295,7 +179,7 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
         running_var = self.running_var if use_buffers else None
         _check_features(input, running_mean=running_mean, running_var=running_var,
                         weight=self.weight, bias=self.bias)
-        if (input.device.type != "cpu" or input.dtype not in _SUPPORTED_DTYPES
+        if (input.device.type != "cpu" or input.dtype not in SUPPORTED_DTYPES
                 or (self.weight is None) != (self.bias is None)
                 or (self.running_mean is None) != (self.running_var is None)
                 or any(t is not None and (t.device != input.device or t.layout != torch.strided)
@@ -337,209 +221,18 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
         else:
             bn_training = self.running_mean is None and self.running_var is None
         try:
-            return _BatchNormFunction.apply(input, self.weight, self.bias, running_mean,
-                                            running_var, bn_training,
-                                            _real("momentum", exponential_average_factor), eps,
-                                            lengths, mask)
+            _check_one_dtype(weight=self.weight, bias=self.bias, running_mean=running_mean,
+                             running_var=running_var)
+            reference = next((t for t in (self.weight, running_mean) if t is not None), input)
+            check_dtypes("BatchNorm1d", input, reference.dtype)
+            options = StepOptions(bn_training, _real("momentum", exponential_average_factor),
+                                  eps, lengths, mask, _LOCAL)
+            return StepFunction.apply(input, self.weight, self.bias, running_mean, running_var,
+                                      options)
         except BaseException:
             if counted:  # a failed forward changes nothing: the count is restored
                 self.num_batches_tracked.sub_(1)
             raise
-
-
-class _GhostFunction(torch.autograd.Function):
-    """bn1d.GhostBatchNorm1d's forward and backward as an autograd function.
-
-    forward(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
-    options), options = (virtual_batch_size, split, momentum, eps): with training and running
-    statistics, running_mean, running_var and num_batches_tracked (one count per chunk) are
-    updated in place once the step has succeeded. The transient module is held as in
-    _BatchNormFunction.
-    """
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, running_mean, running_var, num_batches_tracked,
-                training, options):
-        _check_features(input, running_mean=running_mean, running_var=running_var,
-                        weight=weight, bias=bias)
-        _check_one_dtype(weight=weight, bias=bias, running_mean=running_mean,
-                         running_var=running_var)
-        affine = weight is not None
-        track = running_mean is not None
-        reference = weight if affine else running_mean if track else input
-        virtual_batch_size, split, momentum, eps = options
-        bn = bn1d.GhostBatchNorm1d(input.shape[1], virtual_batch_size=virtual_batch_size,
-                                   momentum=momentum, split=split, eps=eps, affine=affine,
-                                   track_running_stats=track,
-                                   dtype=str(reference.dtype).replace("torch.", ""))
-        for name, value in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                            ("running_var", running_var)):
-            if value is not None:
-                _copy_into(bn, name, value)
-        if track and num_batches_tracked is not None:
-            bn.num_batches_tracked = int(num_batches_tracked)  # momentum None: 1 / count
-        bn.train(bool(training))
-        output = _tensor(bn.forward(_view(input)))
-        if track and training:
-            running_mean.copy_(_tensor(bn.running_mean))
-            running_var.copy_(_tensor(bn.running_var))
-            if num_batches_tracked is not None:
-                num_batches_tracked.fill_(bn.num_batches_tracked)
-        ctx.save_for_backward(input, weight, bias, _holder(bn))
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return _saved_backward(ctx, grad_output) + (None,) * 5
-
-
-class GhostBatchNorm1d(torch.nn.Module):
-    """Ghost (virtual-batch) batch normalization computed by bn1d: TabNet's GBN,
-    `torch.cat([bn(c) for c in x.chunk(ceil(N / virtual_batch_size))])` with one
-    torch.nn.BatchNorm1d bn, in one call (see bn1d.GhostBatchNorm1d for split="chunk" and
-    "fixed"). A torch.nn.Module with torch.nn.BatchNorm1d's parameters (weight, bias) and
-    buffers (running_mean, running_var, num_batches_tracked) under its keys; load_state_dict
-    also takes a TabNet GBN's keys (bn.weight, ...). Float32, float64, bfloat16 and float16 CPU
-    inputs; gradients reach the input, weight and bias through autograd (first order)."""
-
-    _version = 2
-
-    @_torch_errors
-    def __init__(self, num_features: int, virtual_batch_size: int = 128,
-                 momentum: Optional[float] = 0.01, split: str = "chunk", eps: float = 1e-05,
-                 affine: bool = True, track_running_stats: bool = True, device: Any = None,
-                 dtype: Optional[torch.dtype] = None) -> None:
-        # The options are checked as bn1d.GhostBatchNorm1d checks them, with its errors.
-        bn1d.GhostBatchNorm1d(num_features, virtual_batch_size, momentum, split, eps, affine,
-                              track_running_stats)
-        super().__init__()
-        self.num_features = num_features
-        self.virtual_batch_size = virtual_batch_size
-        self.split = split
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        factory = {"device": device, "dtype": dtype}
-        if affine:
-            self.weight = torch.nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = torch.nn.Parameter(torch.empty(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer("num_batches_tracked",
-                                 torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                self.register_buffer(name, None)
-        self.reset_parameters()
-
-    def reset_running_stats(self) -> None:
-        """running_mean 0, running_var 1, num_batches_tracked 0 (as torch.nn.BatchNorm1d)."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        """The running statistics reset, weight 1 and bias 0 (as torch.nn.BatchNorm1d)."""
-        self.reset_running_stats()
-        if self.affine:
-            torch.nn.init.ones_(self.weight)
-            torch.nn.init.zeros_(self.bias)
-
-    def extra_repr(self) -> str:
-        return (f"{self.num_features}, virtual_batch_size={self.virtual_batch_size}, "
-                f"split={self.split!r}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        # TabNet's GBN holds its BatchNorm1d as .bn: its checkpoints' keys load as ours.
-        for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-            if prefix + "bn." + key in state_dict and prefix + key not in state_dict:
-                state_dict[prefix + key] = state_dict.pop(prefix + "bn." + key)
-        # As torch.nn.BatchNorm1d: a state dict older than version 2 has no count.
-        version = local_metadata.get("version", None)
-        count_key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats \
-                and count_key not in state_dict:
-            state_dict[count_key] = torch.tensor(0, dtype=torch.long)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-    load_state_dict = _torch_errors(torch.nn.Module.load_state_dict)
-
-    @_torch_errors
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Normalizes input, (N, C) or (N, C, L), virtual batch by virtual batch in training
-        (or without running statistics), with the running statistics in eval mode."""
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"input: expected a torch.Tensor, got {_type_name(input)}")
-        if input.dim() not in (2, 3):
-            raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
-        if (input.layout != torch.strided or input.device.type != "cpu"
-                or input.dtype not in _SUPPORTED_DTYPES):
-            raise ValueError(f"input: expected a dense float32, float64, bfloat16 or float16 "
-                             f"CPU tensor, got a {input.dtype} {input.layout} tensor on "
-                             f"{input.device}")
-        options = (self.virtual_batch_size, self.split,
-                   _real("momentum", self.momentum, none_ok=True), _real("eps", self.eps))
-        return _GhostFunction.apply(input, self.weight, self.bias, self.running_mean,
-                                    self.running_var, self.num_batches_tracked, self.training,
-                                    options)
-
-
-def _swap(module, source, target):
-    """A target module with the options, training flag, parameters and buffers (the same
-    tensor objects) of module, an instance of source."""
-    ref = module.weight if module.weight is not None else module.running_mean
-    kw = {} if ref is None else dict(device=ref.device, dtype=ref.dtype)
-    new = target(module.num_features, eps=module.eps, momentum=module.momentum,
-                 affine=module.affine, track_running_stats=module.track_running_stats, **kw)
-    new._parameters.clear()
-    new._parameters.update(module._parameters)
-    new._buffers.clear()
-    new._buffers.update(module._buffers)
-    new._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
-    new.train(module.training)
-    return new
-
-
-def _replace(model, source, target):
-    memo = {}  # a module used at several places becomes one new module
-
-    def swapped(m):
-        if id(m) not in memo:
-            memo[id(m)] = _swap(m, source, target)
-        return memo[id(m)]
-
-    if type(model) is source:
-        return swapped(model)
-    seen = set()
-
-    def visit(parent):
-        if id(parent) in seen:
-            return
-        seen.add(id(parent))
-        for name, child in list(parent._modules.items()):
-            if child is None:
-                continue
-            if type(child) is source:
-                parent._modules[name] = swapped(child)
-            else:
-                visit(child)
-
-    visit(model)
-    return model
-
-
-def _check_model(model):
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {_type_name(model)}")
 
 
 def convert(model: torch.nn.Module) -> torch.nn.Module:
@@ -547,15 +240,17 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     bn1d.torch.BatchNorm1d sharing its parameters and buffers; returns model (the new module
     when model itself is a torch.nn.BatchNorm1d). TypeError when model is not a
     torch.nn.Module."""
-    _check_model(model)
-    return _replace(model, torch.nn.BatchNorm1d, BatchNorm1d)
+    check_model(model)
+    return replace(model, lambda m: type(m) is torch.nn.BatchNorm1d,
+                   lambda m: swap(m, BatchNorm1d))
 
 
 def revert(model: torch.nn.Module) -> torch.nn.Module:
     """The inverse of convert(): every bn1d.torch.BatchNorm1d becomes a torch.nn.BatchNorm1d
     sharing its parameters and buffers; returns model (or the new module)."""
-    _check_model(model)
-    return _replace(model, BatchNorm1d, torch.nn.BatchNorm1d)
+    check_model(model)
+    return replace(model, lambda m: type(m) is BatchNorm1d,
+                   lambda m: swap(m, torch.nn.BatchNorm1d))
 
 
 def to_torch(module: bn1d.BatchNorm1d) -> BatchNorm1d:

@@ -280,12 +280,17 @@ def test_torch_adapter_channel_count_is_torchs_error(training, affine, track, fe
 
 def test_torch_adapter_functional_channel_count():
     """The autograd function itself checks: no broadcasting of one value over four channels."""
+    from bn1d._torch_step import LocalCombiner, StepFunction, StepOptions
     x = torch.randn(3, 4)
     one = torch.ones(1)
-    with pytest.raises(bt.Error, match="running_mean should contain 4 elements not 1"):
-        bt._BatchNormFunction.apply(x, None, None, one.clone(), one.clone(), False, 0.1, 1e-5)
-    with pytest.raises(bt.Error, match="weight should contain 4 elements not 1"):
-        bt._BatchNormFunction.apply(x, one, one, None, None, True, 0.1, 1e-5)
+
+    def options(batch_statistics):
+        return StepOptions(batch_statistics, 0.1, 1e-5, None, None, LocalCombiner())
+
+    with pytest.raises(ValueError, match=r"expected a float64 tensor of shape \[4\].*got .*\[1\]"):
+        StepFunction.apply(x, None, None, one.clone(), one.clone(), options(False))
+    with pytest.raises(ValueError, match=r"^weight: expected a float32 tensor of shape \[4\]"):
+        StepFunction.apply(x, one, one, None, None, options(True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])

@@ -340,3 +340,14 @@ def test_torch_module_state_dict_is_batchnorm1ds_and_loads_tabnet_gbn():
     assert isinstance(ours[1].weight, torch.nn.Parameter)
     assert [n for n, _ in ours[1].named_buffers()] == ["running_mean", "running_var",
                                                        "num_batches_tracked"]
+
+
+def test_copying_saved_tensor_hooks_are_a_clear_error():
+    """The ghost step's backward state is owned by a saved tensor: hooks that copy the saved
+    tensors lose it, which backward reports instead of crashing."""
+    m = bt.GhostBatchNorm1d(3, virtual_batch_size=4)
+    x = torch.randn(8, 3, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+        y = m(x)
+    with pytest.raises(RuntimeError, match="saved-tensor hook"):
+        y.sum().backward()

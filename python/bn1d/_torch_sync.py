@@ -1,0 +1,253 @@
+# SPDX-License-Identifier: MIT
+"""bn1d.torch.SyncBatchNorm: batch norm over the global batch of a torch.distributed process
+group, on CPU tensors (torch.nn.SyncBatchNorm refuses them), on bn1d's training step.
+
+Each training step makes one all_gather in forward (every rank's count, mean and M2 per channel,
+float64, merged in rank order with Chan's formula: the same statistics, bit for bit, on every
+rank) and one in backward (every rank's sum dy and sum dy * (x - mean)). A status travels with the
+values, so that an invalid input on one rank raises on every rank instead of leaving the others
+waiting in a collective."""
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+import bn1d.functional as F
+
+from . import _bn1d
+from ._torch_checks import (SUPPORTED_DTYPES, Error, _check_features, _check_one_dtype, _real,
+                            _torch_errors, _type_name)
+from ._torch_convert import check_model, replace, swap
+from ._torch_step import LocalCombiner, StepFunction, StepOptions, check_dtypes, dtype_name
+
+__all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
+
+_LOCAL = LocalCombiner()
+# The failures a rank reports to the others: the code in the gathered values, and the reason.
+_FAILURES = {1: "an invalid input", 2: "input with the wrong channel count",
+             3: "input of the wrong dtype", 4: "an invalid module state", 7: "an internal error"}
+_COUNT_LIMIT = 2 ** 53  # counts travel as float64: exact below this
+
+
+def _failure_code(error: BaseException) -> int:
+    return getattr(error, "_bn1d_failure", 7)
+
+
+def _failed(code: int, message: str) -> ValueError:
+    """A ValueError carrying the failure code sent to the other ranks."""
+    error = Error(message) if code == 2 else ValueError(message)
+    error._bn1d_failure = code
+    return error
+
+
+class DistributedCombiner:
+    """Combines a step's statistics and gradient sums over a process group with one all_gather
+    each (float64, 2C + 3 values per rank: status, input dim, count, then the C-vectors)."""
+    local_only = False
+    module_name = "SyncBatchNorm"
+
+    def __init__(self, group: Any, world_size: int, channels: int) -> None:
+        self.group = group
+        self.world_size = world_size
+        self.channels = channels
+
+    def _gather(self, code: int, dim: int, count: int, first: Any, second: Any) -> list:
+        """Every rank's (code, dim, count, first, second), in rank order; raises on every rank
+        when one has failed (the failing rank its own error, raised by the caller)."""
+        C = self.channels
+        packed = torch.zeros(2 * C + 3, dtype=torch.float64)
+        packed[0], packed[1], packed[2] = code, dim, count
+        if code == 0:
+            packed[3:3 + C] = torch.from_numpy(np.asarray(first))
+            packed[3 + C:] = torch.from_numpy(np.asarray(second))
+        gathered = [torch.empty_like(packed) for _ in range(self.world_size)]
+        torch.distributed.all_gather(gathered, packed, group=self.group)
+        return gathered
+
+    def _check(self, gathered: list, error: Optional[BaseException], check_dims: bool) -> None:
+        if error is not None:
+            raise error
+        for rank, values in enumerate(gathered):
+            code = int(values[0])
+            if code != 0:
+                raise ValueError(f"SyncBatchNorm: rank {rank} failed with "
+                                 f"{_FAILURES.get(code, 'an error')}; see its error")
+        dims = [int(values[1]) for values in gathered]
+        if check_dims and len(set(dims)) > 1:
+            listed = ", ".join(f"rank {r}: {d}-D" for r, d in enumerate(dims))
+            raise ValueError(f"SyncBatchNorm: the ranks' inputs have different numbers of "
+                             f"dimensions ({listed})")
+
+    def _parts(self, gathered: list) -> list:
+        C = self.channels
+        return [(int(v[2]), v[3:3 + C].numpy(), v[3 + C:].numpy()) for v in gathered]
+
+    def combine_stats(self, local: Optional[F.BatchStats], error: Optional[BaseException],
+                      input: Optional[torch.Tensor]) -> F.BatchStats:
+        """The global batch's statistics, merged in rank order."""
+        if error is None and local.count >= _COUNT_LIMIT:
+            error = _failed(1, f"SyncBatchNorm: expected fewer than 2**53 values per channel, "
+                               f"got {local.count}")
+        code = 0 if error is None else _failure_code(error)
+        dim = 0 if input is None else input.dim()
+        gathered = (self._gather(code, dim, 0, None, None) if code else
+                    self._gather(0, dim, local.count, local.mean, local.m2))
+        self._check(gathered, error, check_dims=True)
+        return F.BatchStats(*_bn1d.combine_stats(self._parts(gathered)))
+
+    def combine_grads(self, local: F.GradStats, error: Optional[BaseException]) -> F.GradStats:
+        """The global batch's gradient sums, added in rank order."""
+        code = 0 if error is None else _failure_code(error)
+        gathered = (self._gather(code, 0, 0, None, None) if code else
+                    self._gather(0, 0, local.count, local.sum_dy, local.sum_dy_xmu))
+        self._check(gathered, error, check_dims=False)
+        return F.GradStats(*_bn1d.combine_grad_stats(self._parts(gathered)))
+
+
+def _process_group(module: "SyncBatchNorm") -> tuple:
+    """(group, world size) of module: world size 1 without an initialized torch.distributed."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return None, 1
+    group = module.process_group if module.process_group is not None else dist.group.WORLD
+    return group, dist.get_world_size(group)
+
+
+class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """torch.nn.SyncBatchNorm for CPU tensors, computed by bn1d: batch norm over the global
+    batch of a torch.distributed process group (gloo, or any backend with all_gather).
+
+    Same constructor, parameters, buffers and state dict as torch.nn.SyncBatchNorm, but not a
+    subclass of it (DistributedDataParallel refuses those on CPU). Inputs (N, C, *) of dtype
+    float32, float64, bfloat16 or float16 on the CPU; tensors on other devices run
+    torch.nn.SyncBatchNorm.forward.
+
+    In training, when torch.distributed is initialized and the group has more than one process,
+    the statistics are those of the concatenation of every rank's input (uneven sizes and empty
+    ranks included), identical on every rank, as are the running statistics. The input gradient
+    is that of the global batch; weight and bias gradients are this rank's share (summed over the
+    ranks they give the global batch's; DistributedDataParallel averages them, as for any
+    parameter). An invalid input or a global batch of one value per channel raises a ValueError
+    on every rank and changes nothing. In eval mode (running statistics), without
+    torch.distributed or with one process, it is BatchNorm and makes no collective.
+    """
+
+    @_torch_errors
+    def __init__(self, num_features: int, eps: float = 1e-05, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True,
+                 process_group: Any = None, device: Any = None, dtype: Any = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         device=device, dtype=dtype)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def _checked_view(self, input: Any, running_mean: Any, running_var: Any) -> torch.Tensor:
+        """input viewed as (N, C) or (N, C, L) (a copy only where its memory does not allow a
+        view); the errors carry the code the other ranks hear."""
+        if not isinstance(input, torch.Tensor):
+            raise _failed(1, f"input: expected a torch.Tensor, got {_type_name(input)}")
+        if input.layout != torch.strided:
+            raise _failed(1, f"input: expected a dense (strided) tensor, got layout "
+                             f"{input.layout}")
+        if input.dim() < 2:
+            raise _failed(1, f"expected at least 2D input (got {input.dim()}D input)")
+        if input.size(1) == 0:
+            raise _failed(2, "SyncBatchNorm number of input channels should be non-zero")
+        if input.dtype not in SUPPORTED_DTYPES:
+            raise _failed(3, f"input: expected a float32, float64, bfloat16 or float16 tensor, "
+                             f"got {dtype_name(input.dtype)}")
+        try:
+            _check_features(input, running_mean=running_mean, running_var=running_var,
+                            weight=self.weight, bias=self.bias)
+        except Error as e:
+            raise _failed(2, str(e)) from None
+        try:
+            _check_one_dtype(weight=self.weight, bias=self.bias, running_mean=self.running_mean,
+                             running_var=self.running_var)
+        except Error as e:
+            raise _failed(4, str(e)) from None
+        reference = next((t for t in (self.weight, self.running_mean) if t is not None), input)
+        try:
+            check_dtypes("SyncBatchNorm", input, reference.dtype)
+        except ValueError as e:
+            raise _failed(3, str(e)) from None
+        if input.dim() <= 3:
+            return input
+        return input.reshape(input.shape[0], input.shape[1], math.prod(input.shape[2:]))
+
+    def _count_batch(self) -> tuple:
+        """num_batches_tracked += 1 in training with tracked statistics, as torch; returns
+        (the running-average factor, whether the count was incremented)."""
+        factor = 0.0 if self.momentum is None else _real("momentum", self.momentum)
+        if not (self.training and self.track_running_stats
+                and self.num_batches_tracked is not None):
+            return factor, False
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:  # cumulative moving average
+            factor = 1.0 / float(self.num_batches_tracked)
+        return factor, True
+
+    @_torch_errors
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Normalizes input, (N, C, *), over the global batch in training (see the class
+        docstring). Call the module, m(input), so that hooks run."""
+        if isinstance(input, torch.Tensor) and input.device.type != "cpu":
+            return torch.nn.SyncBatchNorm.forward(self, input)
+        eps = _real("eps", self.eps)
+        _real("momentum", self.momentum, none_ok=True)
+        group, world_size = _process_group(self)
+        sync = self.training and world_size > 1
+        use_buffers = not self.training or self.track_running_stats
+        running_mean = self.running_mean if use_buffers else None
+        running_var = self.running_var if use_buffers else None
+        combiner = DistributedCombiner(group, world_size, self.num_features) if sync else _LOCAL
+        try:
+            view = self._checked_view(input, running_mean, running_var)
+        except (ValueError, TypeError) as e:
+            if sync:  # the other ranks hear of it in the collective, then every rank raises
+                combiner.combine_stats(None, e, input if isinstance(input, torch.Tensor)
+                                       else None)
+            raise
+        factor, counted = self._count_batch()
+        batch_statistics = self.training or (self.running_mean is None
+                                             and self.running_var is None)
+        try:
+            options = StepOptions(batch_statistics, factor, eps, None, None, combiner)
+            output = StepFunction.apply(view, self.weight, self.bias, running_mean, running_var,
+                                        options)
+        except BaseException:
+            if counted:  # a failed forward changes nothing: the count is restored
+                self.num_batches_tracked.sub_(1)
+            raise
+        return output if view is input else output.reshape(input.shape)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: torch.nn.Module,
+                               process_group: Any = None) -> torch.nn.Module:
+        """bn1d.torch.convert_sync_batchnorm(module, process_group)."""
+        return convert_sync_batchnorm(module, process_group)
+
+
+def convert_sync_batchnorm(module: torch.nn.Module, process_group: Any = None) -> torch.nn.Module:
+    """Replaces, in place and recursively, every batch norm of module
+    (torch.nn.modules.batchnorm._BatchNorm: BatchNorm1d/2d/3d, torch.nn.SyncBatchNorm,
+    bn1d.torch.BatchNorm1d) by a bn1d.torch.SyncBatchNorm over process_group (None: the whole
+    world) with the same options and training flag, sharing its parameter and buffer objects
+    (an optimizer built before keeps updating them); returns module, or the new module when
+    module itself is a batch norm. As torch.nn.SyncBatchNorm.convert_sync_batchnorm, but the
+    training flag is kept (torch's classmethod leaves the new modules in training mode)."""
+    check_model(module)
+
+    def converted(m: torch.nn.Module) -> SyncBatchNorm:
+        new = swap(m, SyncBatchNorm, process_group=process_group)
+        if hasattr(m, "qconfig"):
+            new.qconfig = m.qconfig
+        return new
+
+    return replace(module, lambda m: isinstance(m, torch.nn.modules.batchnorm._BatchNorm),
+                   converted)
