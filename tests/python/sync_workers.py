@@ -180,7 +180,7 @@ def _wrong_channels(x):
 
 
 def _float64(x):
-    return x.double()
+    return x.double()  # to a float32 module
 
 
 ERROR_BASE = Case("error_valid_ncl_f32", (3, 5), counts=(3, 2, 4, 1), dtype=F32, steps=1,
@@ -188,8 +188,8 @@ ERROR_BASE = Case("error_valid_ncl_f32", (3, 5), counts=(3, 2, 4, 1), dtype=F32,
 ERROR_CASES = {"input_1d": _one_d, "input_4d": _four_d, "wrong_channels": _wrong_channels,
                "float64_input": _float64}
 BAD_RANK = 1
-COUNT_ONE_BASE = Case("error_count_one_nc_f64", (4,), counts=(1, 0, 0, 0), steps=1, eval_step=False,
-                      min_world=2)
+COUNT_ONE_BASE = Case("error_count_one_nc_f64", (4,), counts=(1, 0, 0, 0), steps=1,
+                      eval_step=False, min_world=2)
 VALID_AFTER_COUNT_ONE = Case("error_valid_nc_f64", (4,), counts=(3, 2, 1, 4), steps=1,
                              eval_step=False, min_world=2)
 
@@ -206,13 +206,13 @@ def _attempt(module, x, g):
 
 
 def run_error_case(bad_case, valid_case, rank, world_size, corrupt, group):
-    """A failing step (this rank's slice of bad_case, through `corrupt` on rank BAD_RANK), the
-    buffers before and after it, then one valid step of valid_case."""
+    """A failing step (this rank's slice of bad_case; on rank BAD_RANK its input and loss weights
+    through `corrupt`), the buffers before and after it, then one valid step of valid_case."""
     module = make_module(bt.SyncBatchNorm, valid_case, process_group=group)
     x, g = (rank_slice(bad_case, world_size, rank, t)
             for t in global_batch(bad_case, world_size, 0))
-    if corrupt is not None and rank == BAD_RANK:
-        x = corrupt(x)
+    if corrupt is not None and rank == BAD_RANK:  # g too: if forward passed, backward would run
+        x, g = corrupt(x), corrupt(g)
     before = module_state(module)
     raised = _attempt(module, x, g)
     after = module_state(module)
@@ -272,7 +272,7 @@ def run_ddp(rank, world_size):
 
 # ---- the job of one rank -----------------------------------------------------------------------
 
-CASE_TIMEOUT_S = 30  # a rank stuck in a case's collective gives up and goes on to the next case
+CASE_TIMEOUT_S = 20  # a rank stuck in a case's collective gives up and goes on to the next case
 
 
 def _guarded(workdir, rank, name, f, *args):

@@ -172,8 +172,13 @@ def test_without_torch_distributed_equals_torch_batchnorm(case):
 
 # ---- errors on one rank ------------------------------------------------------------------------
 
-ERRORS = [pytest.param(k, name, id=f"K{k}-{name}") for k in WORLD_SIZES[1:]
-          for name in list(sw.ERROR_CASES) + ["global_count_1"]]
+# Known bug (reported to the lead): the ranks compare the dim of the (N, C, L) view, so a 4-D input
+# on one rank and 3-D on the others passes. strict: the test must pass once that is fixed.
+KNOWN_BUGS = {"input_4d": "_torch_sync.py gathers the view's dim, not input.dim()"}
+ERRORS = [pytest.param(k, name, id=f"K{k}-{name}",
+                       marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[name])]
+                       if name in KNOWN_BUGS else [])
+          for k in WORLD_SIZES[1:] for name in list(sw.ERROR_CASES) + ["global_count_1"]]
 
 
 def check_raised(name, rank, raised):
