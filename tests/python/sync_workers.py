@@ -34,6 +34,7 @@ class Case:
     steps: int = 2
     eval_step: bool = True
     min_world: int = 1
+    channels_last: bool = False  # the ranks' inputs and loss weights: (N, *, C) memory
 
     @property
     def kwargs(self):
@@ -52,6 +53,9 @@ CASES = [
     Case("ncl_f32", (3, 7), counts=(3, 2, 4, 1), dtype=F32),
     Case("nchw_f64", (4, 3, 5), counts=(2, 3, 1, 2)),
     Case("nchw_f32", (4, 3, 5), counts=(2, 3, 1, 2), dtype=F32),
+    Case("ncl_channels_last_f64", (3, 7), counts=(3, 2, 4, 1), channels_last=True),
+    Case("nchw_channels_last_f32", (4, 3, 5), counts=(2, 3, 1, 2), dtype=F32,
+         channels_last=True),
     Case("uneven_nc_f64", (6,), counts=(3, 1, 6, 2)),
     Case("uneven_ncl_f32", (2, 9), counts=(1, 5, 2, 3), dtype=F32),
     Case("empty_rank_f64", (4, 6), counts=(4, 0, 5, 0), min_world=2),
@@ -158,11 +162,36 @@ def run_case(case, rank, world_size, group=None):
     records = []
     for step in range(case.steps + case.eval_step):
         x, g = (rank_slice(case, world_size, rank, t) for t in global_batch(case, world_size, step))
+        if case.channels_last:
+            x, g = (t.movedim(1, -1).contiguous().movedim(-1, 1) for t in (x, g))
         if step < case.steps:
             records.append(run_step(module, x, g))
         else:
             records.append(eval_step_alone(module, x, g, rank, group))
     return records
+
+
+# ---- two process groups at once --------------------------------------------------------------
+
+SUBGROUP_CASE = Case("subgroups_ncl_f64", (3, 4), counts=(3, 2, 4, 1), min_world=3)
+
+
+def subgroups(world_size):
+    """The member ranks of the two groups: ranks 0 and 1, and the others."""
+    return [[0, 1], list(range(2, world_size))]
+
+
+def run_subgroups(case, rank, world_size, group):
+    """run_case over this rank's subgroup (`group`, the whole world, only bounds the time)."""
+    members = subgroups(world_size)
+    # every rank creates every group, in the same order (torch.distributed requires it)
+    groups = [dist.new_group(ranks, timeout=datetime.timedelta(seconds=CASE_TIMEOUT_S))
+              for ranks in members]
+    mine = groups[0] if rank in members[0] else groups[1]
+    try:
+        return run_case(case, rank, world_size, mine)
+    finally:
+        dist.destroy_process_group(mine)
 
 
 # ---- errors on one rank ------------------------------------------------------------------------
@@ -183,10 +212,14 @@ def _float64(x):
     return x.double()  # to a float32 module
 
 
+def _int64(x):
+    return x.long()
+
+
 ERROR_BASE = Case("error_valid_ncl_f32", (3, 5), counts=(3, 2, 4, 1), dtype=F32, steps=1,
                   eval_step=False, min_world=2)
 ERROR_CASES = {"input_1d": _one_d, "input_4d": _four_d, "wrong_channels": _wrong_channels,
-               "float64_input": _float64}
+               "float64_input": _float64, "int64_input": _int64}
 BAD_RANK = 1
 COUNT_ONE_BASE = Case("error_count_one_nc_f64", (4,), counts=(1, 0, 0, 0), steps=1,
                       eval_step=False, min_world=2)
@@ -198,7 +231,7 @@ def _attempt(module, x, g):
     """What a forward and backward raised: (is a ValueError, class name, message); None if
     nothing."""
     try:
-        x = x.detach().clone().requires_grad_(True)
+        x = x.detach().clone().requires_grad_(x.is_floating_point())
         (module(x) * g).sum().backward()
     except Exception as e:  # the test checks the class
         return isinstance(e, ValueError), type(e).__name__, str(e)
@@ -251,10 +284,13 @@ def run_ddp(rank, world_size):
     """DDP_STEPS SGD steps of the converted model under DDP; per-step local losses."""
     model = ddp_model()
     bn_params = (model[1].weight, model[1].bias)
+    bn_buffers = (model[1].running_mean, model[1].running_var)
     optimizer = torch.optim.SGD(model.parameters(), lr=DDP_LR)  # built before the conversion
     model = bt.convert_sync_batchnorm(model)
     kept = dict(converted=isinstance(model[1], bt.SyncBatchNorm),
-                same_parameters=model[1].weight is bn_params[0] and model[1].bias is bn_params[1])
+                same_parameters=model[1].weight is bn_params[0] and model[1].bias is bn_params[1],
+                same_buffers=model[1].running_mean is bn_buffers[0]
+                and model[1].running_var is bn_buffers[1])
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     rows = slice(rank * DDP_ROWS_PER_RANK, (rank + 1) * DDP_ROWS_PER_RANK)
     losses = []
@@ -291,7 +327,7 @@ def _guarded(workdir, rank, name, f, *args):
 
 def job_all(rank, world_size, workdir):
     """Every case for this world size: {"parity": {name: records}, "errors": {name: record},
-    "ddp": record or None}."""
+    "ddp": record or None, "subgroups": records (K >= 3)}."""
     result = dict(parity={}, errors={}, ddp=None)
     if world_size in (2, 3):
         mark_progress(workdir, rank, "ddp")
@@ -303,6 +339,9 @@ def job_all(rank, world_size, workdir):
         if world_size >= case.min_world:
             result["parity"][case.name] = _guarded(workdir, rank, case.name, run_case, case, rank,
                                                    world_size)
+    if world_size >= SUBGROUP_CASE.min_world:
+        result["subgroups"] = _guarded(workdir, rank, "subgroups", run_subgroups, SUBGROUP_CASE,
+                                       rank, world_size)
     if world_size >= 2:
         for name, corrupt in ERROR_CASES.items():
             result["errors"][name] = _guarded(workdir, rank, name, run_error_case, ERROR_BASE,
