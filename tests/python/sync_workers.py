@@ -194,6 +194,46 @@ def run_subgroups(case, rank, world_size, group):
         dist.destroy_process_group(mine)
 
 
+# ---- the collectives of a step -----------------------------------------------------------------
+
+COLLECTIVES = ("all_gather", "all_reduce", "broadcast", "reduce", "gather", "scatter",
+               "reduce_scatter", "all_to_all", "all_gather_object", "barrier",
+               "_all_gather_base", "all_gather_into_tensor", "reduce_scatter_tensor")
+COUNTED_CASE = Case("collectives_ncl_f32", (6, 3), counts=(3, 2, 0, 4), dtype=F32)
+
+
+def _counting(calls, name, collective):
+    def counted(*args, **kwargs):
+        sent = args[1] if name == "all_gather" and len(args) > 1 else None
+        calls.append((name, None if sent is None else (sent.numel(), sent.dtype)))
+        return collective(*args, **kwargs)
+    return counted
+
+
+def run_counting(case, rank, world_size, group):
+    """The torch.distributed collectives (name, (numel, dtype) sent by an all_gather) of a
+    training forward, its backward and an eval forward and backward, counted by wrapping the
+    functions of torch.distributed."""
+    module = make_module(bt.SyncBatchNorm, case, process_group=group)
+    x, g = (rank_slice(case, world_size, rank, t) for t in global_batch(case, world_size, 0))
+    x.requires_grad_(True)
+    calls, phases = [], {}
+    originals = {name: getattr(dist, name) for name in COLLECTIVES if hasattr(dist, name)}
+    try:
+        for name, collective in originals.items():
+            setattr(dist, name, _counting(calls, name, collective))
+        y = module(x)
+        phases["train_forward"], calls[:] = list(calls), []
+        (y * g).sum().backward()
+        phases["train_backward"], calls[:] = list(calls), []
+        (module.eval()(x) * g).sum().backward()
+        phases["eval"] = list(calls)
+    finally:
+        for name, collective in originals.items():
+            setattr(dist, name, collective)
+    return phases
+
+
 # ---- errors on one rank ------------------------------------------------------------------------
 
 def _one_d(x):
@@ -327,7 +367,7 @@ def _guarded(workdir, rank, name, f, *args):
 
 def job_all(rank, world_size, workdir):
     """Every case for this world size: {"parity": {name: records}, "errors": {name: record},
-    "ddp": record or None, "subgroups": records (K >= 3)}."""
+    "ddp": record or None, "collectives": record, "subgroups": records (K >= 3)}."""
     result = dict(parity={}, errors={}, ddp=None)
     if world_size in (2, 3):
         mark_progress(workdir, rank, "ddp")
@@ -339,6 +379,8 @@ def job_all(rank, world_size, workdir):
         if world_size >= case.min_world:
             result["parity"][case.name] = _guarded(workdir, rank, case.name, run_case, case, rank,
                                                    world_size)
+    result["collectives"] = _guarded(workdir, rank, "collectives", run_counting, COUNTED_CASE,
+                                     rank, world_size)
     if world_size >= SUBGROUP_CASE.min_world:
         result["subgroups"] = _guarded(workdir, rank, "subgroups", run_subgroups, SUBGROUP_CASE,
                                        rank, world_size)

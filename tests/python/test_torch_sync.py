@@ -184,6 +184,18 @@ def test_two_process_groups_at_once(ranks, world_size):
                       f"the group of ranks {members} of {world_size}", members)
 
 
+@pytest.mark.parametrize("world_size", WORLD_SIZES, ids=lambda k: f"K{k}")
+def test_collectives_of_a_step(ranks, world_size):
+    """One all_gather of 2C + 3 float64 values in a training forward and one in its backward
+    (none with one process); none in eval with running statistics."""
+    C = sw.COUNTED_CASE.features[0]
+    one = [("all_gather", (2 * C + 3, F64))] if world_size > 1 else []
+    for rank, result in enumerate(ranks(world_size)):
+        phases = result["collectives"]
+        assert "exception" not in phases, f"rank {rank}:\n{phases.get('exception')}"
+        assert phases == dict(train_forward=one, train_backward=one, eval=[]), (rank, phases)
+
+
 # ---- errors on one rank ------------------------------------------------------------------------
 
 # Known bug (reported to the lead): the ranks compare the dim of the (N, C, L) view, so a 4-D input
