@@ -25,7 +25,6 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import bn1d.torch as bt
 import sync_workers as sw
 from sync_harness import distributed_unavailable, run_job
 
@@ -125,7 +124,8 @@ def check_step(case, world_size, got, ref, where):
                 assert_close(record[key], expected[key], f"{key}; {where} rank {rank}")
                 assert torch.equal(record[key], got[0][key]), (
                     f"{key} differs between rank {rank} and rank 0; {where}")
-        assert (record["num_batches_tracked"] is None) == (expected["num_batches_tracked"] is None)
+        assert (record["num_batches_tracked"] is None) == (
+            expected["num_batches_tracked"] is None), f"num_batches_tracked; {where} rank {rank}"
         if expected["num_batches_tracked"] is not None:
             assert int(record["num_batches_tracked"]) == int(expected["num_batches_tracked"]), (
                 f"num_batches_tracked; {where} rank {rank}")
