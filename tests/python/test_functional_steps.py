@@ -87,8 +87,12 @@ def bn1d_eval_step(x, dy, w, b, rm, rv, pdtype, **valid):
     return y, dx, dw, db
 
 
+NAMES = ("output", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var")
+
+
 def assert_step_equals(ours, ref, tol, dtype):
-    for got, want, what in zip(ours, ref, ("output", "grad_input", "grad_weight", "grad_bias")):
+    """ours and ref: (output, grad_input, grad_weight, grad_bias[, running_mean, running_var])."""
+    for got, want, what in zip(ours, ref, NAMES):
         assert got.dtype == dtype, (what, got.dtype)
         assert_close(got, want, tol, what)
 
@@ -116,10 +120,7 @@ def test_training_step_equals_torch(shape, dtype):
     assert_close(stats.mean, xd.mean(dim=1), 1e-12, "mean")
     assert_close(stats.m2, xd.var(dim=1, unbiased=False) * n, 1e-12, "m2")
     ours = bn1d_train_step(x, dy, w, b, rm, rv, pdtype=dtype)
-    assert_step_equals(ours, ref[:4], TOL[dtype], dtype)
-    assert rm.dtype == dtype and rv.dtype == dtype
-    assert_close(rm, ref[4], TOL[dtype], "running_mean")
-    assert_close(rv, ref[5], TOL[dtype], "running_var")
+    assert_step_equals((*ours, rm, rv), ref, TOL[dtype], dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -146,11 +147,9 @@ def test_16bit_input_with_float32_params_equals_torch_float64(dtype, shape, trai
         got = torch.from_dlpack(got) if dtype == torch.bfloat16 else torch.from_numpy(got)
         assert got.dtype == dtype
         assert _ulps(got, want).max() <= 1
-    assert dw.dtype == np.float32 and db.dtype == np.float32
-    assert_close(dw, ref[2], 1e-6, "grad_weight")
-    assert_close(db, ref[3], 1e-6, "grad_bias")
-    assert_close(rm, ref[4], 1e-6, "running_mean")
-    assert_close(rv, ref[5], 1e-6, "running_var")
+    for got, want, what in zip((dw, db, rm, rv), ref[2:], NAMES[2:]):
+        assert got.dtype == np.float32
+        assert_close(got, want, 1e-6, what)
 
 
 @pytest.mark.parametrize("dtype, name", [(n, n) for n in ("float32", "float64", "bfloat16",
@@ -237,11 +236,7 @@ def test_distributed_composition_equals_torch_on_the_whole_batch(shape, dtype):
     ref = torch_step(x, dy, w, b, rm, rv, training=True)
     slices = slices_of(shape[0], [0, 3, 3, 4, 11])
     ours = distributed_step(x, dy, w, b, rm, rv, slices, pdtype=dtype)
-    for got, want, what in zip(ours, ref, ("y", "grad_input", "grad_weight", "grad_bias")):
-        assert got.dtype == dtype
-        assert_close(got, want, TOL[dtype], what)
-    assert_close(rm, ref[4], TOL[dtype], "running_mean")
-    assert_close(rv, ref[5], TOL[dtype], "running_var")
+    assert_step_equals((*ours, rm, rv), ref, TOL[dtype], dtype)
 
 
 def test_distributed_masked_composition_equals_torch_on_packed_values():
@@ -255,8 +250,7 @@ def test_distributed_masked_composition_equals_torch_on_packed_values():
     assert_close(packed(dx, valid), ref[1], 1e-12, "grad_input")
     assert np.all(y.transpose(0, 2, 1)[~valid.numpy()] == 0)
     assert np.all(dx.transpose(0, 2, 1)[~valid.numpy()] == 0)
-    for got, want, what in ((dw, ref[2], "dw"), (db, ref[3], "db"), (rm, ref[4], "rm"),
-                            (rv, ref[5], "rv")):
+    for got, want, what in zip((dw, db, rm, rv), ref[2:], NAMES[2:]):
         assert_close(got, want, 1e-12, what)
 
 
@@ -286,10 +280,8 @@ def test_masked_steps_equal_torch_on_packed_values(use_mask, dtype, training):
         assert got.dtype == dtype and got.shape == x.shape
         assert_close(packed(got, valid), want, TOL[dtype], what)
         assert np.all(got.transpose(0, 2, 1)[~valid.numpy()] == 0), what
-    assert_close(ours[2], ref[2], TOL[dtype], "grad_weight")
-    assert_close(ours[3], ref[3], TOL[dtype], "grad_bias")
-    assert_close(rm, ref[4], TOL[dtype], "running_mean")
-    assert_close(rv, ref[5], TOL[dtype], "running_var")
+    for got, want, what in zip((*ours[2:], rm, rv), ref[2:], NAMES[2:]):
+        assert_close(got, want, TOL[dtype], what)
 
 
 # ---- 4. inputs: torch tensors without a copy, any layout, plain tuples -------------------------
@@ -298,22 +290,43 @@ def test_torch_tensors_give_numpys_results_and_running_stats_update_in_place():
     x, dy, w, b, rm, rv = random_case(9, (6, 3, 4), np.float32)
     ref = torch_step(x, dy, w, b, rm, rv, training=True)
     rm_t, rv_t = torch.from_numpy(rm.copy()), torch.from_numpy(rv.copy())
-    addresses = rm_t.data_ptr(), rv_t.data_ptr()
     tensors = [torch.from_numpy(a) for a in (x, dy, w)] + [torch.from_numpy(b).requires_grad_()]
     ours_t = bn1d_train_step(*tensors, rm_t, rv_t, pdtype=torch.float32)
     ours_np = bn1d_train_step(x, dy, w, b, rm, rv, pdtype=np.float32)
     for got_t, got_np in zip(ours_t, ours_np):
         assert isinstance(got_t, np.ndarray)
         assert got_t.tobytes() == got_np.tobytes()
-    assert (rm_t.data_ptr(), rv_t.data_ptr()) == addresses
     assert_close(rm_t, ref[4], 1e-6, "running_mean")
     assert_close(rv_t, ref[5], 1e-6, "running_var")
     assert torch.equal(rm_t, torch.from_numpy(rm)) and torch.equal(rv_t, torch.from_numpy(rv))
+    # lengths and mask as torch tensors; a BFloat16Tensor output read back as an input
+    lengths = torch.tensor([4, 0, 2, 3, 1, 4])
+    assert F.batch_stats(x, lengths=lengths).count == 14
+    assert F.batch_stats(x, mask=torch.arange(4)[None, :] < lengths[:, None]).count == 14
+    x16 = torch.from_numpy(x).bfloat16()
+    y16 = torch.from_dlpack(F.batch_norm_apply(x16, F.normalization_from_running(rm, rv)))
+    y64 = y16.double().transpose(0, 1).reshape(3, -1)
+    assert_close(F.batch_stats(y16).m2, y64.var(dim=1, unbiased=False) * 24, 1e-12, "m2")
     # statistics as float64 torch tensors, in plain tuples
     stats = F.batch_stats(x)
     as_tensors = (stats.count, torch.from_numpy(stats.mean), torch.from_numpy(stats.m2))
     norm = F.normalization_from_batch(as_tensors, eps=EPS)
     assert norm.invstd.tobytes() == F.normalization_from_batch(stats, eps=EPS).invstd.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_running_stats_of_any_dtype_and_stride_update_in_the_tensors_memory(dtype):
+    x, dy, w, b, *_ = random_case(15, (8, 3, 4), np.float64)
+    ref = torch_step(x, dy, w, b, np.zeros(3), np.ones(3), training=True)
+    buffers = torch.zeros(6, dtype=dtype), torch.ones(6, dtype=dtype)
+    rm, rv = buffers[0][::2], buffers[1][::2]  # every other element of each buffer
+    F.update_running_stats(rm, rv, F.batch_stats(x), momentum=MOMENTUM)
+    for got, want in ((rm, ref[4]), (rv, ref[5])):
+        if dtype == torch.float32:
+            assert_close(got, want, 1e-6)
+        else:
+            assert _ulps(got, want).max() <= 1
+    assert not buffers[0][1::2].any() and bool((buffers[1][1::2] == 1).all())
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "every_other_row", "channel_slice"])
@@ -331,9 +344,7 @@ def test_non_contiguous_inputs_equal_torch(layout):
     rm, rv = np.zeros(3), np.ones(3)
     ref = torch_step(x, dy, w, b, rm, rv, training=True)
     ours = bn1d_train_step(x, dy, w, b, rm, rv, pdtype="float64")
-    assert_step_equals(ours, ref[:4], 1e-12, np.float64)
-    assert_close(rm, ref[4], 1e-12, "running_mean")
-    assert_close(rv, ref[5], 1e-12, "running_var")
+    assert_step_equals((*ours, rm, rv), ref, 1e-12, np.float64)
     xt = torch.from_numpy(x)  # a non-contiguous tensor, read in place
     assert not xt.is_contiguous()
     assert F.batch_stats(xt).mean.tobytes() == F.batch_stats(x).mean.tobytes()
@@ -433,6 +444,12 @@ def test_bad_values_name_the_argument():
         (lambda: F.normalization_from_running(rm, rv, eps=-1e-3), r"^eps: .*>= 0"),
         (lambda: F.normalization_from_running(rm, -rv, eps=1e-5), r"^running_var: "),
         (lambda: F.combine_stats([]), r"combine_stats: .*at least one part"),
+        (lambda: F.combine_stats([(2**62, *stats[1:])] * 2), r"sum past the int64 range"),
+        (lambda: F.combine_grad_stats([(2**62, *sums[1:])] * 2), r"sum past the int64 range"),
+        (lambda: F.combine_stats([(2**63, *stats[1:])]), r"^parts\[0\].count: .*64-bit"),
+        (lambda: F.normalization_from_batch((20, stats.mean, stats.m2 * np.nan)), r"m2"),
+        (lambda: F.batch_norm_backward_input(dy, x, norm, w, (0, *sums[1:]), True), r"count 0"),
+        (lambda: F.batch_stats(x, mask=np.ones((4, 6), bool)), r"^mask: .*\[4, 5\].*\[4, 6\]"),
         (lambda: F.combine_grad_stats([]), r"combine_grad_stats: .*at least one part"),
         (lambda: F.batch_norm_backward_params(sums, norm, "float8"),
          r"^dtype: .*float32, float64, bfloat16 or float16.*float8"),
@@ -447,6 +464,11 @@ def test_bad_values_name_the_argument():
         with pytest.raises(ValueError, match=message):
             call()
     assert [a.tobytes() for a in arrays] == before
+    # empty parts only: count 0 and zeros, which no normalization accepts
+    empty = F.combine_stats([F.batch_stats(x[:0])] * 2)
+    assert empty.count == 0 and not empty.mean.any() and not empty.m2.any()
+    with pytest.raises(ValueError, match="count 0"):
+        F.normalization_from_batch(empty)
 
 
 def test_update_running_stats_errors_change_nothing():
