@@ -113,12 +113,8 @@ def slices_of(N, bounds):
 def test_training_step_equals_torch(shape, dtype):
     x, dy, w, b, rm, rv = random_case(1, shape, dtype)
     ref = torch_step(x, dy, w, b, rm, rv, training=True)
-    stats = F.batch_stats(x)
-    n = x.size // shape[1]
-    assert stats.count == n and isinstance(stats.count, int)
-    xd = t64(x).transpose(0, 1).reshape(shape[1], -1)
-    assert_close(stats.mean, xd.mean(dim=1), 1e-12, "mean")
-    assert_close(stats.m2, xd.var(dim=1, unbiased=False) * n, 1e-12, "m2")
+    stats = F.batch_stats(x)  # mean and m2: test_combined_slice_stats_equal_the_whole
+    assert stats.count == x.size // shape[1] and isinstance(stats.count, int)
     ours = bn1d_train_step(x, dy, w, b, rm, rv, pdtype=dtype)
     assert_step_equals((*ours, rm, rv), ref, TOL[dtype], dtype)
 
@@ -167,6 +163,19 @@ def test_backward_params_in_each_dtype_round_torchs_once(dtype, name):
             assert _ulps(got, want).max() <= 1
         else:
             assert_close(got, want, TOL[np.dtype(name).type], name)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_weight_and_bias_none_are_one_and_zero(training):
+    x, dy, _, _, rm, rv = random_case(16, (7, 2, 3), np.float64)
+    xt = t64(x).requires_grad_()
+    y = torch.nn.functional.batch_norm(xt, t64(rm), t64(rv), None, None, training, 0.1, EPS)
+    y.backward(t64(dy))
+    norm = (F.normalization_from_batch(F.batch_stats(x), EPS) if training
+            else F.normalization_from_running(rm, rv, EPS))
+    dx = F.batch_norm_backward_input(dy, x, norm, None, F.backward_stats(dy, x, norm), training)
+    assert_close(F.batch_norm_apply(x, norm), y.detach(), 1e-12, "output")
+    assert_close(dx, xt.grad, 1e-12, "grad_input")
 
 
 # ---- 2. statistics of slices, combined ---------------------------------------------------------
@@ -456,6 +465,7 @@ def test_bad_values_name_the_argument():
         (lambda: F.batch_norm_backward_params(sums, norm, "int32"), r"^dtype: .*int32"),
         (lambda: F.backward_stats(dy[:2], x, norm), r"^grad_output: .*\[4, 3, 5\]"),
         (lambda: F.batch_stats(x, lengths=[5, 5, 5]), r"lengths"),
+        (lambda: F.batch_stats(x[:, :, 0], lengths=[1] * 4), r"^lengths: .*\(N, C, L\)"),
         (lambda: F.batch_stats(x, lengths=[5] * 4, mask=np.ones((4, 5), bool)), r"both"),
     ]
     arrays = [x, dy, w, *stats[1:], *norm, *sums[1:]]
