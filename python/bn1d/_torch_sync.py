@@ -52,12 +52,13 @@ class DistributedCombiner:
     local_only = False
     module_name = "SyncBatchNorm"
 
-    def __init__(self, group: Any, world_size: int, channels: int, eps: float,
-                 factor: float) -> None:
+    def __init__(self, group: Any, world_size: int, channels: int, eps: float, factor: float,
+                 input_dim: int) -> None:
         self.group = group
         self.world_size = world_size
         self.channels = channels
         self.options = (eps, factor)
+        self.input_dim = input_dim  # the caller's input, before any (N, C, L) view
 
     def _gather(self, code: int, dim: int, count: int, first: Any, second: Any) -> list:
         """Every rank's header and vectors (first, second: zeros on a failed rank), in rank
@@ -96,16 +97,15 @@ class DistributedCombiner:
         return [(int(v[_HEADER - 1]), v[_HEADER:_HEADER + C].numpy(), v[_HEADER + C:].numpy())
                 for v in gathered]
 
-    def combine_stats(self, local: Optional[F.BatchStats], error: Optional[BaseException],
-                      input: Optional[torch.Tensor]) -> F.BatchStats:
+    def combine_stats(self, local: Optional[F.BatchStats],
+                      error: Optional[BaseException]) -> F.BatchStats:
         """The global batch's statistics, merged in rank order."""
         if error is None and local.count >= _COUNT_LIMIT:
             error = _failed(1, f"SyncBatchNorm: expected fewer than 2**53 values per channel, "
                                f"got {local.count}")
         code = 0 if error is None else _failure_code(error)
-        dim = 0 if input is None else input.dim()
-        gathered = (self._gather(code, dim, 0, None, None) if code else
-                    self._gather(0, dim, local.count, local.mean, local.m2))
+        gathered = (self._gather(code, self.input_dim, 0, None, None) if code else
+                    self._gather(0, self.input_dim, local.count, local.mean, local.m2))
         self._check(gathered, error, check_dims=True)
         return F.BatchStats(*_bn1d.combine_stats(self._parts(gathered)))
 
@@ -227,8 +227,9 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         use_buffers = not self.training or self.track_running_stats
         running_mean = self.running_mean if use_buffers else None
         running_var = self.running_var if use_buffers else None
-        combiner = (DistributedCombiner(group, world_size, self.num_features, eps, factor)
-                    if sync else _LOCAL)
+        input_dim = input.dim() if isinstance(input, torch.Tensor) else 0
+        combiner = (DistributedCombiner(group, world_size, self.num_features, eps, factor,
+                                        input_dim) if sync else _LOCAL)
         try:
             view = self._checked_view(input, running_mean, running_var)
             lengths, mask = valid_positions(lengths, mask)
@@ -237,8 +238,7 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
                                  f"{input.dim()}D input")
         except (ValueError, TypeError) as e:
             if sync:  # the other ranks hear of it in the collective, then every rank raises
-                combiner.combine_stats(None, e, input if isinstance(input, torch.Tensor)
-                                       else None)
+                combiner.combine_stats(None, e)
             raise
         counted = self._counts_batch()
         if counted:
