@@ -45,8 +45,8 @@ class LocalCombiner:
     local_only = True
     module_name = "BatchNorm1d"
 
-    def combine_stats(self, local: Optional[F.BatchStats], error: Optional[BaseException],
-                      input: torch.Tensor) -> F.BatchStats:
+    def combine_stats(self, local: Optional[F.BatchStats],
+                      error: Optional[BaseException]) -> F.BatchStats:
         """The batch's statistics: local, or error raised when the local part failed."""
         if error is not None:
             raise error
@@ -119,7 +119,7 @@ class StepFunction(torch.autograd.Function):
                 local = F.BatchStats(*_bn1d.batch_stats(x, options.lengths, options.mask))
             except Exception as e:  # noqa: BLE001 -- every participant must hear of it
                 error = e
-            stats = options.combiner.combine_stats(local, error, input)
+            stats = options.combiner.combine_stats(local, error)
             _check_count(stats, input, options)
             if stats.count == 0:  # an empty batch: an empty output, nothing updated
                 norm = F.Normalization(np.zeros(channels), np.zeros(channels))

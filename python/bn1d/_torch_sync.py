@@ -17,6 +17,7 @@ import torch
 import bn1d.functional as F
 
 from . import _bn1d
+from ._checks import valid_positions
 from ._torch_checks import (SUPPORTED_DTYPES, Error, _check_features, _check_one_dtype, _real,
                             _torch_errors, _type_name)
 from ._torch_convert import check_model, replace, swap
@@ -29,10 +30,12 @@ _LOCAL = LocalCombiner()
 _FAILURES = {1: "an invalid input", 2: "input with the wrong channel count",
              3: "input of the wrong dtype", 4: "an invalid module state", 7: "an internal error"}
 _COUNT_LIMIT = 2 ** 53  # counts travel as float64: exact below this
+_HEADER = 5  # status, input dim, eps, running-average factor, count
 
 
 def _failure_code(error: BaseException) -> int:
-    return getattr(error, "_bn1d_failure", 7)
+    """The code of error for the other ranks: its own, 1 for other bad values, 7 otherwise."""
+    return getattr(error, "_bn1d_failure", 1 if isinstance(error, (ValueError, TypeError)) else 7)
 
 
 def _failed(code: int, message: str) -> ValueError:
@@ -44,24 +47,28 @@ def _failed(code: int, message: str) -> ValueError:
 
 class DistributedCombiner:
     """Combines a step's statistics and gradient sums over a process group with one all_gather
-    each (float64, 2C + 3 values per rank: status, input dim, count, then the C-vectors)."""
+    each: per rank, float64, a header (status, input dim, eps, running-average factor, count)
+    and two C-vectors."""
     local_only = False
     module_name = "SyncBatchNorm"
 
-    def __init__(self, group: Any, world_size: int, channels: int) -> None:
+    def __init__(self, group: Any, world_size: int, channels: int, eps: float, factor: float,
+                 input_dim: int) -> None:
         self.group = group
         self.world_size = world_size
         self.channels = channels
+        self.options = (eps, factor)
+        self.input_dim = input_dim  # the caller's input, before any (N, C, L) view
 
     def _gather(self, code: int, dim: int, count: int, first: Any, second: Any) -> list:
-        """Every rank's (code, dim, count, first, second), in rank order; raises on every rank
-        when one has failed (the failing rank its own error, raised by the caller)."""
+        """Every rank's header and vectors (first, second: zeros on a failed rank), in rank
+        order."""
         C = self.channels
-        packed = torch.zeros(2 * C + 3, dtype=torch.float64)
-        packed[0], packed[1], packed[2] = code, dim, count
+        packed = torch.zeros(_HEADER + 2 * C, dtype=torch.float64)
+        packed[:_HEADER] = torch.tensor([code, dim, *self.options, count], dtype=torch.float64)
         if code == 0:
-            packed[3:3 + C] = torch.from_numpy(np.asarray(first))
-            packed[3 + C:] = torch.from_numpy(np.asarray(second))
+            packed[_HEADER:_HEADER + C] = torch.from_numpy(np.asarray(first))
+            packed[_HEADER + C:] = torch.from_numpy(np.asarray(second))
         gathered = [torch.empty_like(packed) for _ in range(self.world_size)]
         torch.distributed.all_gather(gathered, packed, group=self.group)
         return gathered
@@ -79,21 +86,26 @@ class DistributedCombiner:
             listed = ", ".join(f"rank {r}: {d}-D" for r, d in enumerate(dims))
             raise ValueError(f"SyncBatchNorm: the ranks' inputs have different numbers of "
                              f"dimensions ({listed})")
+        for i, name in ((2, "eps"), (3, "running-average factor (momentum)")):
+            values = [float(v[i]) for v in gathered]
+            if any(v != values[0] for v in values):  # NaN never agrees (eps, momentum: finite)
+                listed = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+                raise ValueError(f"SyncBatchNorm: the ranks disagree on the {name} ({listed})")
 
     def _parts(self, gathered: list) -> list:
         C = self.channels
-        return [(int(v[2]), v[3:3 + C].numpy(), v[3 + C:].numpy()) for v in gathered]
+        return [(int(v[_HEADER - 1]), v[_HEADER:_HEADER + C].numpy(), v[_HEADER + C:].numpy())
+                for v in gathered]
 
-    def combine_stats(self, local: Optional[F.BatchStats], error: Optional[BaseException],
-                      input: Optional[torch.Tensor]) -> F.BatchStats:
+    def combine_stats(self, local: Optional[F.BatchStats],
+                      error: Optional[BaseException]) -> F.BatchStats:
         """The global batch's statistics, merged in rank order."""
         if error is None and local.count >= _COUNT_LIMIT:
             error = _failed(1, f"SyncBatchNorm: expected fewer than 2**53 values per channel, "
                                f"got {local.count}")
         code = 0 if error is None else _failure_code(error)
-        dim = 0 if input is None else input.dim()
-        gathered = (self._gather(code, dim, 0, None, None) if code else
-                    self._gather(0, dim, local.count, local.mean, local.m2))
+        gathered = (self._gather(code, self.input_dim, 0, None, None) if code else
+                    self._gather(0, self.input_dim, local.count, local.mean, local.m2))
         self._check(gathered, error, check_dims=True)
         return F.BatchStats(*_bn1d.combine_stats(self._parts(gathered)))
 
@@ -132,6 +144,8 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     parameter). An invalid input or a global batch of one value per channel raises a ValueError
     on every rank and changes nothing. In eval mode (running statistics), without
     torch.distributed or with one process, it is BatchNorm and makes no collective.
+    forward(input, lengths=None, mask=None) also normalizes padded (N, C, L) batches over their
+    valid positions (see bn1d.torch.BatchNorm1d.forward).
     """
 
     @_torch_errors
@@ -180,44 +194,59 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
             return input
         return input.reshape(input.shape[0], input.shape[1], math.prod(input.shape[2:]))
 
-    def _count_batch(self) -> tuple:
-        """num_batches_tracked += 1 in training with tracked statistics, as torch; returns
-        (the running-average factor, whether the count was incremented)."""
-        factor = 0.0 if self.momentum is None else _real("momentum", self.momentum)
-        if not (self.training and self.track_running_stats
-                and self.num_batches_tracked is not None):
-            return factor, False
-        self.num_batches_tracked.add_(1)
-        if self.momentum is None:  # cumulative moving average
-            factor = 1.0 / float(self.num_batches_tracked)
-        return factor, True
+    def _counts_batch(self) -> bool:
+        """Whether this forward counts a batch: training with tracked statistics, as torch."""
+        return (self.training and self.track_running_stats
+                and self.num_batches_tracked is not None)
+
+    def _factor(self) -> float:
+        """The running-average factor of this forward: momentum, or 1 / (the count after this
+        batch) for a cumulative average (momentum None), as torch."""
+        if self.momentum is not None:
+            return _real("momentum", self.momentum)
+        return 1.0 / float(int(self.num_batches_tracked) + 1) if self._counts_batch() else 0.0
 
     @_torch_errors
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, lengths: Any = None,
+                mask: Any = None) -> torch.Tensor:
         """Normalizes input, (N, C, *), over the global batch in training (see the class
-        docstring). Call the module, m(input), so that hooks run."""
+        docstring). Call the module, m(input), so that hooks run.
+
+        lengths or mask, for an (N, C, L) CPU input: the valid positions, as for
+        bn1d.torch.BatchNorm1d (statistics over the valid values of every rank, 0 at the
+        padding)."""
         if isinstance(input, torch.Tensor) and input.device.type != "cpu":
+            if lengths is not None or mask is not None:
+                raise ValueError(f"lengths, mask: bn1d's masked batch norm takes CPU tensors, "
+                                 f"got an input on {input.device}")
             return torch.nn.SyncBatchNorm.forward(self, input)
         eps = _real("eps", self.eps)
-        _real("momentum", self.momentum, none_ok=True)
+        factor = self._factor()
         group, world_size = _process_group(self)
         sync = self.training and world_size > 1
         use_buffers = not self.training or self.track_running_stats
         running_mean = self.running_mean if use_buffers else None
         running_var = self.running_var if use_buffers else None
-        combiner = DistributedCombiner(group, world_size, self.num_features) if sync else _LOCAL
+        input_dim = input.dim() if isinstance(input, torch.Tensor) else 0
+        combiner = (DistributedCombiner(group, world_size, self.num_features, eps, factor,
+                                        input_dim) if sync else _LOCAL)
         try:
             view = self._checked_view(input, running_mean, running_var)
+            lengths, mask = valid_positions(lengths, mask)
+            if (lengths is not None or mask is not None) and view.dim() != 3:
+                raise _failed(1, f"lengths, mask: expected an (N, C, L) input, got "
+                                 f"{input.dim()}D input")
         except (ValueError, TypeError) as e:
             if sync:  # the other ranks hear of it in the collective, then every rank raises
-                combiner.combine_stats(None, e, input if isinstance(input, torch.Tensor)
-                                       else None)
+                combiner.combine_stats(None, e)
             raise
-        factor, counted = self._count_batch()
+        counted = self._counts_batch()
+        if counted:
+            self.num_batches_tracked.add_(1)
         batch_statistics = self.training or (self.running_mean is None
                                              and self.running_var is None)
         try:
-            options = StepOptions(batch_statistics, factor, eps, None, None, combiner)
+            options = StepOptions(batch_statistics, factor, eps, lengths, mask, combiner)
             output = StepFunction.apply(view, self.weight, self.bias, running_mean, running_var,
                                         options)
         except BaseException:
