@@ -260,6 +260,8 @@ ERROR_BASE = Case("error_valid_ncl_f32", (3, 5), counts=(3, 2, 4, 1), dtype=F32,
                   eval_step=False, min_world=2)
 ERROR_CASES = {"input_1d": _one_d, "input_4d": _four_d, "wrong_channels": _wrong_channels,
                "float64_input": _float64, "int64_input": _int64}
+# Options that travel with the statistics: rank BAD_RANK's module disagrees for one step.
+OPTION_ERRORS = {"eps_differs": ("eps", 1e-3), "momentum_differs": ("momentum", 0.25)}
 BAD_RANK = 1
 COUNT_ONE_BASE = Case("error_count_one_nc_f64", (4,), counts=(1, 0, 0, 0), steps=1,
                       eval_step=False, min_world=2)
@@ -278,17 +280,23 @@ def _attempt(module, x, g):
     return None
 
 
-def run_error_case(bad_case, valid_case, rank, world_size, corrupt, group):
+def run_error_case(bad_case, valid_case, rank, world_size, corrupt, option, group):
     """A failing step (this rank's slice of bad_case; on rank BAD_RANK its input and loss weights
-    through `corrupt`), the buffers before and after it, then one valid step of valid_case."""
+    through `corrupt`, and the module's option (name, value) changed for that step), the buffers
+    before and after it, then one valid step of valid_case."""
     module = make_module(bt.SyncBatchNorm, valid_case, process_group=group)
     x, g = (rank_slice(bad_case, world_size, rank, t)
             for t in global_batch(bad_case, world_size, 0))
     if corrupt is not None and rank == BAD_RANK:  # g too: if forward passed, backward would run
         x, g = corrupt(x), corrupt(g)
+    name, value = option or ("eps", module.eps)
+    agreed = getattr(module, name)
+    if rank == BAD_RANK:
+        setattr(module, name, value)
     before = module_state(module)
     raised = _attempt(module, x, g)
     after = module_state(module)
+    setattr(module, name, agreed)
     x, g = (rank_slice(valid_case, world_size, rank, t)
             for t in global_batch(valid_case, world_size, 0))
     return dict(raised=raised, before=before, after=after, valid=[run_step(module, x, g)])
@@ -358,7 +366,7 @@ def _guarded(workdir, rank, name, f, *args):
     mark_progress(workdir, rank, name)
     group = dist.new_group(timeout=datetime.timedelta(seconds=CASE_TIMEOUT_S))
     try:
-        return f(*args, group)
+        return f(*args, group=group)
     except Exception:
         return {"exception": traceback.format_exc()}
     finally:
@@ -387,8 +395,11 @@ def job_all(rank, world_size, workdir):
     if world_size >= 2:
         for name, corrupt in ERROR_CASES.items():
             result["errors"][name] = _guarded(workdir, rank, name, run_error_case, ERROR_BASE,
-                                              ERROR_BASE, rank, world_size, corrupt)
+                                              ERROR_BASE, rank, world_size, corrupt, None)
+        for name, option in OPTION_ERRORS.items():
+            result["errors"][name] = _guarded(workdir, rank, name, run_error_case, ERROR_BASE,
+                                              ERROR_BASE, rank, world_size, None, option)
         result["errors"]["global_count_1"] = _guarded(
             workdir, rank, "global_count_1", run_error_case, COUNT_ONE_BASE,
-            VALID_AFTER_COUNT_ONE, rank, world_size, None)
+            VALID_AFTER_COUNT_ONE, rank, world_size, None, None)
     return result

@@ -186,10 +186,11 @@ def test_two_process_groups_at_once(ranks, world_size):
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES, ids=lambda k: f"K{k}")
 def test_collectives_of_a_step(ranks, world_size):
-    """One all_gather of 2C + 3 float64 values in a training forward and one in its backward
-    (none with one process); none in eval with running statistics."""
+    """One all_gather of 2C + 5 float64 values (a header of 5, two C-vectors) in a training
+    forward and one in its backward (none with one process); none in eval with running
+    statistics."""
     C = sw.COUNTED_CASE.features[0]
-    one = [("all_gather", (2 * C + 3, F64))] if world_size > 1 else []
+    one = [("all_gather", (2 * C + 5, F64))] if world_size > 1 else []
     for rank, result in enumerate(ranks(world_size)):
         phases = result["collectives"]
         assert "exception" not in phases, f"rank {rank}:\n{phases.get('exception')}"
@@ -198,13 +199,8 @@ def test_collectives_of_a_step(ranks, world_size):
 
 # ---- errors on one rank ------------------------------------------------------------------------
 
-# Known bug (reported to the lead): the ranks compare the dim of the (N, C, L) view, so a 4-D input
-# on one rank and 3-D on the others passes. strict: the test must pass once that is fixed.
-KNOWN_BUGS = {"input_4d": "_torch_sync.py gathers the view's dim, not input.dim()"}
-ERRORS = [pytest.param(k, name, id=f"K{k}-{name}",
-                       marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[name])]
-                       if name in KNOWN_BUGS else [])
-          for k in WORLD_SIZES[1:] for name in list(sw.ERROR_CASES) + ["global_count_1"]]
+ERRORS = [pytest.param(k, name, id=f"K{k}-{name}") for k in WORLD_SIZES[1:]
+          for name in list(sw.ERROR_CASES) + list(sw.OPTION_ERRORS) + ["global_count_1"]]
 
 
 def check_raised(name, rank, raised):
