@@ -10,6 +10,7 @@ sync_harness.run_job); test_torch_sync.py runs torch's own BatchNorm on the glob
 
 import dataclasses
 import datetime
+import time
 import traceback
 import zlib
 
@@ -352,6 +353,16 @@ def run_ddp(rank, world_size):
     return dict(kept=kept, losses=losses,
                 parameters=[p.detach().clone() for p in model.parameters()],
                 **module_state(model[1]))
+
+
+# ---- the harness's own failures -----------------------------------------------------------------
+
+def job_hang_or_fail(rank, world_size, workdir):
+    """Rank 0 never returns, rank 1 raises: what sync_harness.run_job must report, in time."""
+    if rank == 0:
+        mark_progress(workdir, rank, "sleeping on purpose")
+        time.sleep(3600)
+    raise RuntimeError(f"rank {rank} fails on purpose")
 
 
 # ---- the job of one rank -----------------------------------------------------------------------

@@ -37,6 +37,7 @@ DDP_LOSS_RTOL = 1e-5
 DDP_PARAMETER_TOL = 1e-8
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
+HARNESS_TIMEOUT_S = 40  # the harness test: ample time for two processes to start and fail
 pytestmark = pytest.mark.skipif(distributed_unavailable() is not None,
                                 reason=str(distributed_unavailable()))
 
@@ -58,6 +59,15 @@ def ranks(tmp_path_factory):
             raise cache[world_size]
         return cache[world_size]
     return get
+
+
+def test_harness_reports_a_hung_and_a_failed_rank(tmp_path):
+    """Rank 0 hangs, rank 1 raises: run_job kills rank 0 at the deadline and names both."""
+    with pytest.raises(AssertionError) as raised:
+        run_job(sw.job_hang_or_fail, 2, str(tmp_path), timeout_s=HARNESS_TIMEOUT_S)
+    message = str(raised.value)
+    assert "rank 0 timed out" in message and "(in: sleeping on purpose)" in message, message
+    assert "rank 1 exited with code 1" in message and "rank 1 fails on purpose" in message, message
 
 
 # ---- comparisons -------------------------------------------------------------------------------
