@@ -36,6 +36,7 @@ class Case:
     eval_step: bool = True
     min_world: int = 1
     channels_last: bool = False  # the ranks' inputs and loss weights: (N, *, C) memory
+    masked: bool = False  # (N, C, L) with a mask of valid positions (global_mask)
 
     @property
     def kwargs(self):
@@ -75,6 +76,9 @@ CASES = [
     Case("track_false_f32", (5,), counts=(3, 4, 5, 3), dtype=F32,
          options=(("track_running_stats", False), ("affine", False))),
     Case("steps_eval_f64", (2, 3), counts=(3, 4, 2, 1), options=(("momentum", 0.3),), steps=5),
+    Case("masked_ncl_f64", (3, 6), counts=(3, 2, 4, 1), masked=True),
+    Case("masked_ncl_f32_empty", (2, 5), counts=(2, 0, 3, 2), dtype=F32, masked=True,
+         min_world=2),
     Case("bf16_mixed", (3, 6), counts=(3, 2, 4, 1), dtype=F32, input_dtype=torch.bfloat16),
     Case("f16_mixed", (3, 6), counts=(3, 2, 4, 1), dtype=F32, input_dtype=torch.float16),
     Case("bf16_mixed_empty", (5,), counts=(6, 0, 3, 2), dtype=F32, input_dtype=torch.bfloat16,
@@ -98,6 +102,15 @@ def global_batch(case, world_size, step):
     x = torch.randn(shape, generator=gen, dtype=F64) * scale + shift
     g = torch.randn(shape, generator=gen, dtype=F64)
     return x.to(case.x_dtype), g.to(case.x_dtype)
+
+
+def global_mask(case, world_size, step):
+    """(N, L) bool of the global batch of a step, True at the valid positions: sample n valid at
+    [0, length_n), lengths drawn from [0, L]."""
+    gen = torch.Generator().manual_seed(_seed(case.name, world_size, step, "mask"))
+    lengths = torch.randint(0, case.features[1] + 1, (sum(case.counts[:world_size]), 1),
+                            generator=gen)
+    return torch.arange(case.features[1]) < lengths
 
 
 def rank_slice(case, world_size, rank, t):
@@ -131,10 +144,11 @@ def module_state(module):
             for name in ("running_mean", "running_var", "num_batches_tracked")}
 
 
-def run_step(module, x, g):
-    """One forward and backward of loss = sum(y * g); the tensors a test compares."""
+def run_step(module, x, g, **valid):
+    """One forward and backward of loss = sum(y * g); the tensors a test compares. valid: the
+    mask argument of a masked step."""
     x = x.detach().clone().requires_grad_(True)
-    y = module(x)
+    y = module(x, **valid)
     (y * g).sum().backward()
     record = dict(output=y.detach().clone(), grad_input=x.grad.clone(),
                   grad_weight=None, grad_bias=None, **module_state(module))
@@ -144,14 +158,14 @@ def run_step(module, x, g):
     return record
 
 
-def eval_step_alone(module, x, g, rank, group):
+def eval_step_alone(module, x, g, rank, group, **valid):
     """An eval step that must make no collective: rank 0 runs it while the other ranks wait in
     a barrier, then they run it while rank 0 waits in the barrier. A collective in eval would
     meet a barrier and fail or time out (CASE_TIMEOUT_S). group None: no torch.distributed."""
     module.eval()
     if group is not None and rank != 0:
         dist.barrier(group=group)
-    record = run_step(module, x, g)
+    record = run_step(module, x, g, **valid)
     if group is not None and rank == 0:
         dist.barrier(group=group)
     return record
@@ -165,10 +179,12 @@ def run_case(case, rank, world_size, group=None):
         x, g = (rank_slice(case, world_size, rank, t) for t in global_batch(case, world_size, step))
         if case.channels_last:
             x, g = (t.movedim(1, -1).contiguous().movedim(-1, 1) for t in (x, g))
+        valid = (dict(mask=rank_slice(case, world_size, rank, global_mask(case, world_size, step)))
+                 if case.masked else {})
         if step < case.steps:
-            records.append(run_step(module, x, g))
+            records.append(run_step(module, x, g, **valid))
         else:
-            records.append(eval_step_alone(module, x, g, rank, group))
+            records.append(eval_step_alone(module, x, g, rank, group, **valid))
     return records
 
 

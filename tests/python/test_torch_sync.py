@@ -98,6 +98,22 @@ def reference_module(case):
     return sw.make_module(cls, case, dtype=F64)
 
 
+def packed(t, mask):
+    """The valid positions of an (N, C, L) tensor as (M, C) rows: what torch normalizes."""
+    return t.permute(0, 2, 1)[mask]
+
+
+def masked_step(module, x, g, mask):
+    """run_step of torch on the valid positions, output and grad_input put back in place (0 at
+    the padding)."""
+    record = sw.run_step(module, packed(x, mask), packed(g, mask))
+    for key in ("output", "grad_input"):
+        full = torch.zeros_like(x)
+        full.permute(0, 2, 1)[mask] = record[key]
+        record[key] = full
+    return record
+
+
 def reference_records(case, world_size, members):
     """(the case restricted to `members`, its reference records). Per step: the float64 torch
     record on the members' slices of the global batch concatenated; for an eval step without
@@ -108,7 +124,11 @@ def reference_records(case, world_size, members):
     for step in range(case.steps + case.eval_step):
         x, g = (torch.cat([sw.rank_slice(case, world_size, r, t.to(F64)) for r in members])
                 for t in sw.global_batch(case, world_size, step))
-        if step < case.steps:
+        if case.masked:  # (masked cases track running statistics: their eval is not local)
+            mask = torch.cat([sw.rank_slice(case, world_size, r, sw.global_mask(
+                case, world_size, step)) for r in members])
+            records.append(masked_step(module.train(step < case.steps), x, g, mask))
+        elif step < case.steps:
             records.append(sw.run_step(module, x, g))
         elif module.track_running_stats:
             records.append(sw.run_step(module.eval(), x, g))
