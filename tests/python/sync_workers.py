@@ -36,7 +36,7 @@ class Case:
     eval_step: bool = True
     min_world: int = 1
     channels_last: bool = False  # the ranks' inputs and loss weights: (N, *, C) memory
-    masked: bool = False  # (N, C, L) with a mask of valid positions (global_mask)
+    valid: str = None  # "mask" or "lengths": (N, C, L) with valid positions (global_mask)
 
     @property
     def kwargs(self):
@@ -76,8 +76,8 @@ CASES = [
     Case("track_false_f32", (5,), counts=(3, 4, 5, 3), dtype=F32,
          options=(("track_running_stats", False), ("affine", False))),
     Case("steps_eval_f64", (2, 3), counts=(3, 4, 2, 1), options=(("momentum", 0.3),), steps=5),
-    Case("masked_ncl_f64", (3, 6), counts=(3, 2, 4, 1), masked=True),
-    Case("masked_ncl_f32_empty", (2, 5), counts=(2, 0, 3, 2), dtype=F32, masked=True,
+    Case("masked_ncl_f64", (3, 6), counts=(3, 2, 4, 1), valid="mask"),
+    Case("lengths_ncl_f32_empty", (2, 5), counts=(2, 0, 3, 2), dtype=F32, valid="lengths",
          min_world=2),
     Case("bf16_mixed", (3, 6), counts=(3, 2, 4, 1), dtype=F32, input_dtype=torch.bfloat16),
     Case("f16_mixed", (3, 6), counts=(3, 2, 4, 1), dtype=F32, input_dtype=torch.float16),
@@ -146,7 +146,7 @@ def module_state(module):
 
 def run_step(module, x, g, **valid):
     """One forward and backward of loss = sum(y * g); the tensors a test compares. valid: the
-    mask argument of a masked step."""
+    mask or lengths argument of a masked step."""
     x = x.detach().clone().requires_grad_(True)
     y = module(x, **valid)
     (y * g).sum().backward()
@@ -179,8 +179,10 @@ def run_case(case, rank, world_size, group=None):
         x, g = (rank_slice(case, world_size, rank, t) for t in global_batch(case, world_size, step))
         if case.channels_last:
             x, g = (t.movedim(1, -1).contiguous().movedim(-1, 1) for t in (x, g))
-        valid = (dict(mask=rank_slice(case, world_size, rank, global_mask(case, world_size, step)))
-                 if case.masked else {})
+        valid = {}
+        if case.valid:
+            mask = rank_slice(case, world_size, rank, global_mask(case, world_size, step))
+            valid[case.valid] = mask if case.valid == "mask" else mask.sum(1)
         if step < case.steps:
             records.append(run_step(module, x, g, **valid))
         else:

@@ -124,7 +124,7 @@ def reference_records(case, world_size, members):
     for step in range(case.steps + case.eval_step):
         x, g = (torch.cat([sw.rank_slice(case, world_size, r, t.to(F64)) for r in members])
                 for t in sw.global_batch(case, world_size, step))
-        if case.masked:  # (masked cases track running statistics: their eval is not local)
+        if case.valid:  # (masked cases track running statistics: their eval is not local)
             mask = torch.cat([sw.rank_slice(case, world_size, r, sw.global_mask(
                 case, world_size, step)) for r in members])
             records.append(masked_step(module.train(step < case.steps), x, g, mask))
