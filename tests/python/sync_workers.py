@@ -113,7 +113,7 @@ def global_mask(case, world_size, step):
     return torch.arange(case.features[1]) < lengths
 
 
-def rank_slice(case, world_size, rank, t):
+def rank_slice(case, rank, t):
     """Rank `rank`'s rows of a global tensor."""
     start = sum(case.counts[:rank])
     return t[start:start + case.counts[rank]]
@@ -176,12 +176,12 @@ def run_case(case, rank, world_size, group=None):
     module = make_module(bt.SyncBatchNorm, case, process_group=group)
     records = []
     for step in range(case.steps + case.eval_step):
-        x, g = (rank_slice(case, world_size, rank, t) for t in global_batch(case, world_size, step))
+        x, g = (rank_slice(case, rank, t) for t in global_batch(case, world_size, step))
         if case.channels_last:
             x, g = (t.movedim(1, -1).contiguous().movedim(-1, 1) for t in (x, g))
         valid = {}
         if case.valid:
-            mask = rank_slice(case, world_size, rank, global_mask(case, world_size, step))
+            mask = rank_slice(case, rank, global_mask(case, world_size, step))
             valid[case.valid] = mask if case.valid == "mask" else mask.sum(1)
         if step < case.steps:
             records.append(run_step(module, x, g, **valid))
@@ -234,7 +234,7 @@ def run_counting(case, rank, world_size, group):
     training forward, its backward and an eval forward and backward, counted by wrapping the
     functions of torch.distributed."""
     module = make_module(bt.SyncBatchNorm, case, process_group=group)
-    x, g = (rank_slice(case, world_size, rank, t) for t in global_batch(case, world_size, 0))
+    x, g = (rank_slice(case, rank, t) for t in global_batch(case, world_size, 0))
     x.requires_grad_(True)
     calls, phases = [], {}
     originals = {name: getattr(dist, name) for name in COLLECTIVES if hasattr(dist, name)}
@@ -304,7 +304,7 @@ def run_error_case(bad_case, valid_case, rank, world_size, corrupt, option, grou
     through `corrupt`, and the module's option (name, value) changed for that step), the buffers
     before and after it, then one valid step of valid_case."""
     module = make_module(bt.SyncBatchNorm, valid_case, process_group=group)
-    x, g = (rank_slice(bad_case, world_size, rank, t)
+    x, g = (rank_slice(bad_case, rank, t)
             for t in global_batch(bad_case, world_size, 0))
     if corrupt is not None and rank == BAD_RANK:  # g too: if forward passed, backward would run
         x, g = corrupt(x), corrupt(g)
@@ -316,7 +316,7 @@ def run_error_case(bad_case, valid_case, rank, world_size, corrupt, option, grou
     raised = _attempt(module, x, g)
     after = module_state(module)
     setattr(module, name, agreed)
-    x, g = (rank_slice(valid_case, world_size, rank, t)
+    x, g = (rank_slice(valid_case, rank, t)
             for t in global_batch(valid_case, world_size, 0))
     return dict(raised=raised, before=before, after=after, valid=[run_step(module, x, g)])
 

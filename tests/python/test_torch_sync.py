@@ -122,11 +122,11 @@ def reference_records(case, world_size, members):
     group_case = dataclasses.replace(case, counts=tuple(case.counts[r] for r in members))
     records = []
     for step in range(case.steps + case.eval_step):
-        x, g = (torch.cat([sw.rank_slice(case, world_size, r, t.to(F64)) for r in members])
+        x, g = (torch.cat([sw.rank_slice(case, r, t.to(F64)) for r in members])
                 for t in sw.global_batch(case, world_size, step))
         if case.valid:  # (masked cases track running statistics: their eval is not local)
-            mask = torch.cat([sw.rank_slice(case, world_size, r, sw.global_mask(
-                case, world_size, step)) for r in members])
+            mask = torch.cat([sw.rank_slice(case, r, sw.global_mask(case, world_size, step))
+                              for r in members])
             records.append(masked_step(module.train(step < case.steps), x, g, mask))
         elif step < case.steps:
             records.append(sw.run_step(module, x, g))
@@ -134,19 +134,19 @@ def reference_records(case, world_size, members):
             records.append(sw.run_step(module.eval(), x, g))
         else:
             records.append([sw.run_step(copy.deepcopy(module).eval(),
-                                        sw.rank_slice(group_case, len(members), i, x),
-                                        sw.rank_slice(group_case, len(members), i, g))
+                                        sw.rank_slice(group_case, i, x),
+                                        sw.rank_slice(group_case, i, g))
                             for i in range(len(members))])
     return group_case, records
 
 
-def check_step(case, world_size, got, ref, where):
+def check_step(case, got, ref, where):
     """got: per-rank records of one step; ref: the reference record (or per-rank records)."""
     local = isinstance(ref, list)
     for rank, record in enumerate(got):
         expected = ref[rank] if local else ref
         for key in ("output", "grad_input"):
-            want = expected[key] if local else sw.rank_slice(case, world_size, rank, expected[key])
+            want = expected[key] if local else sw.rank_slice(case, rank, expected[key])
             assert record[key].dtype == case.x_dtype, f"{key} dtype; {where} rank {rank}"
             assert_close(record[key], want, f"{key}; {where} rank {rank}")
         for key in ("running_mean", "running_var"):
@@ -187,7 +187,7 @@ def check_records(case, world_size, per_rank, where, members=None):
     assert all(len(records) == len(reference) for records in per_rank)
     for step, ref in enumerate(reference):
         kind = "train" if step < case.steps else "eval"
-        check_step(group_case, len(members), [records[step] for records in per_rank], ref,
+        check_step(group_case, [records[step] for records in per_rank], ref,
                    f"{where} step {step} ({kind})")
 
 
