@@ -21,7 +21,8 @@ from ._checks import valid_positions
 from ._torch_checks import (SUPPORTED_DTYPES, Error, _check_features, _check_one_dtype, _real,
                             _torch_errors, _type_name)
 from ._torch_convert import check_model, replace, swap
-from ._torch_step import LocalCombiner, StepFunction, StepOptions, check_dtypes, dtype_name
+from ._torch_step import (LocalCombiner, StepFunction, StepOptions, check_dtypes, check_savable,
+                          dtype_name)
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
 
@@ -38,9 +39,10 @@ def _failure_code(error: BaseException) -> int:
     return getattr(error, "_bn1d_failure", 1 if isinstance(error, (ValueError, TypeError)) else 7)
 
 
-def _failed(code: int, message: str) -> ValueError:
-    """A ValueError carrying the failure code sent to the other ranks."""
-    error = Error(message) if code == 2 else ValueError(message)
+def _failed(code: int, message: str, kind: type = ValueError) -> Exception:
+    """An exception of kind (Error for a channel count: torch's RuntimeError) carrying the
+    failure code sent to the other ranks."""
+    error = Error(message) if code == 2 else kind(message)
     error._bn1d_failure = code
     return error
 
@@ -160,11 +162,15 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         if input.dim() < 2:
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
+    # torch.nn.SyncBatchNorm.forward, which runs non-CPU inputs, calls it.
+    _check_non_zero_input_channels = torch.nn.SyncBatchNorm._check_non_zero_input_channels
+
     def _checked_view(self, input: Any, running_mean: Any, running_var: Any) -> torch.Tensor:
         """input viewed as (N, C) or (N, C, L) (a copy only where its memory does not allow a
         view); the errors carry the code the other ranks hear."""
         if not isinstance(input, torch.Tensor):
-            raise _failed(1, f"input: expected a torch.Tensor, got {_type_name(input)}")
+            raise _failed(1, f"input: expected a torch.Tensor, got {_type_name(input)}",
+                          TypeError)
         if input.layout != torch.strided:
             raise _failed(1, f"input: expected a dense (strided) tensor, got layout "
                              f"{input.layout}")
@@ -172,6 +178,9 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
             raise _failed(1, f"expected at least 2D input (got {input.dim()}D input)")
         if input.size(1) == 0:
             raise _failed(2, "SyncBatchNorm number of input channels should be non-zero")
+        if input.size(1) != self.num_features:  # the collectives carry num_features values
+            raise _failed(2, f"SyncBatchNorm: expected input with {self.num_features} channels "
+                             f"(num_features), got {input.size(1)}")
         if input.dtype not in SUPPORTED_DTYPES:
             raise _failed(3, f"input: expected a float32, float64, bfloat16 or float16 tensor, "
                              f"got {dtype_name(input.dtype)}")
@@ -220,33 +229,33 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
                 raise ValueError(f"lengths, mask: bn1d's masked batch norm takes CPU tensors, "
                                  f"got an input on {input.device}")
             return torch.nn.SyncBatchNorm.forward(self, input)
-        eps = _real("eps", self.eps)
-        factor = self._factor()
         group, world_size = _process_group(self)
         sync = self.training and world_size > 1
         use_buffers = not self.training or self.track_running_stats
         running_mean = self.running_mean if use_buffers else None
         running_var = self.running_var if use_buffers else None
-        input_dim = input.dim() if isinstance(input, torch.Tensor) else 0
-        combiner = (DistributedCombiner(group, world_size, self.num_features, eps, factor,
-                                        input_dim) if sync else _LOCAL)
+        eps = factor = math.nan  # until read: any failure below must reach the other ranks
         try:
+            eps, factor = _real("eps", self.eps), self._factor()
             view = self._checked_view(input, running_mean, running_var)
+            check_savable(input, self.weight, self.bias)
             lengths, mask = valid_positions(lengths, mask)
-            if (lengths is not None or mask is not None) and view.dim() != 3:
+            if (lengths is not None or mask is not None) and input.dim() != 3:
                 raise _failed(1, f"lengths, mask: expected an (N, C, L) input, got "
                                  f"{input.dim()}D input")
-        except (ValueError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001 -- every rank must hear of it
             if sync:  # the other ranks hear of it in the collective, then every rank raises
-                combiner.combine_stats(None, e)
+                self._combiner(group, world_size, eps, factor, input).combine_stats(None, e)
             raise
+        combiner = self._combiner(group, world_size, eps, factor, input) if sync else _LOCAL
         counted = self._counts_batch()
         if counted:
             self.num_batches_tracked.add_(1)
         batch_statistics = self.training or (self.running_mean is None
                                              and self.running_var is None)
         try:
-            options = StepOptions(batch_statistics, factor, eps, lengths, mask, combiner)
+            options = StepOptions(batch_statistics, factor, eps, lengths, mask, combiner,
+                                  input.shape)
             output = StepFunction.apply(view, self.weight, self.bias, running_mean, running_var,
                                         options)
         except BaseException:
@@ -254,6 +263,11 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
                 self.num_batches_tracked.sub_(1)
             raise
         return output if view is input else output.reshape(input.shape)
+
+    def _combiner(self, group: Any, world_size: int, eps: float, factor: float,
+                  input: Any) -> DistributedCombiner:
+        input_dim = input.dim() if isinstance(input, torch.Tensor) else 0
+        return DistributedCombiner(group, world_size, self.num_features, eps, factor, input_dim)
 
     @classmethod
     def convert_sync_batchnorm(cls, module: torch.nn.Module,

@@ -279,6 +279,12 @@ ERROR_BASE = Case("error_valid_ncl_f32", (3, 5), counts=(3, 2, 4, 1), dtype=F32,
                   eval_step=False, min_world=2)
 ERROR_CASES = {"input_1d": _one_d, "input_4d": _four_d, "wrong_channels": _wrong_channels,
                "float64_input": _float64, "int64_input": _int64}
+# A module without parameters or running statistics (nothing to check the channel count against
+# but num_features): the wrong channel count on one rank still raises on every rank.
+ERROR_BASE_STATELESS = Case("error_valid_ncl_f32_stateless", (3, 5), counts=(3, 2, 4, 1),
+                            dtype=F32, steps=1, eval_step=False, min_world=2,
+                            options=(("affine", False), ("track_running_stats", False)))
+STATELESS_ERRORS = {"wrong_channels_stateless": _wrong_channels}
 # Options that travel with the statistics: rank BAD_RANK's module disagrees for one step.
 OPTION_ERRORS = {"eps_differs": ("eps", 1e-3), "momentum_differs": ("momentum", 0.25)}
 BAD_RANK = 1
@@ -425,6 +431,10 @@ def job_all(rank, world_size, workdir):
         for name, corrupt in ERROR_CASES.items():
             result["errors"][name] = _guarded(workdir, rank, name, run_error_case, ERROR_BASE,
                                               ERROR_BASE, rank, world_size, corrupt, None)
+        for name, corrupt in STATELESS_ERRORS.items():
+            result["errors"][name] = _guarded(workdir, rank, name, run_error_case,
+                                              ERROR_BASE_STATELESS, ERROR_BASE_STATELESS, rank,
+                                              world_size, corrupt, None)
         for name, option in OPTION_ERRORS.items():
             result["errors"][name] = _guarded(workdir, rank, name, run_error_case, ERROR_BASE,
                                               ERROR_BASE, rank, world_size, None, option)
