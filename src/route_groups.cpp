@@ -41,12 +41,16 @@ void zero_block(const Out3& y, DType dtype, int64_t C, int64_t n, int64_t l, int
   }
 }
 
-// Whether the masked kernels take the valid positions of @p part: a mask with holes (more than
-// two runs per sample on average, where a kernel call per run would cost more than reading the
-// padding too) over views with unit stride along L.
-bool masked_kernels(const detail::Partition& part, std::initializer_list<int64_t> strides_l) {
+// Whether the masked kernels take the valid positions of @p part, over views with unit stride
+// along L. The reductions take them for a mask with holes (more than two runs per sample on
+// average, where a kernel call per run would cost more than reading the padding too); the
+// elementwise passes always, since they write every position in one pass where the runs path
+// writes the runs, then the padding.
+bool masked_kernels(const detail::Partition& part, std::initializer_list<int64_t> strides_l,
+                    bool elementwise = false) {
   if (part.valid == nullptr ||
-      part.valid->runs().size() <= 2 * static_cast<std::size_t>(part.valid->batch_size()))
+      (!elementwise &&
+       part.valid->runs().size() <= 2 * static_cast<std::size_t>(part.valid->batch_size())))
     return false;
   return std::all_of(strides_l.begin(), strides_l.end(), [](int64_t s) { return s == 1; });
 }
@@ -150,7 +154,7 @@ void group_normalize(const Out3& y, const View3& x, const detail::Partition& par
     });
     return;
   }
-  if (masked_kernels(part, {x.sL, y.sL}) &&
+  if (masked_kernels(part, {x.sL, y.sL}, /*elementwise=*/true) &&
       kernels::simd::masked_normalize(y, x, valid_values(x, *part.valid), mean, scale, shift))
     return;
   const auto runs = part.valid->runs();
@@ -207,7 +211,7 @@ void group_backward_input(const Out3& dx, const View3& dy, const View3& x,
     });
     return;
   }
-  if (masked_kernels(part, {x.sL, dy.sL, dx.sL}) &&
+  if (masked_kernels(part, {x.sL, dy.sL, dx.sL}, /*elementwise=*/true) &&
       kernels::simd::masked_backward_input(dx, dy, x, valid_values(x, *part.valid), mean, a, b, k))
     return;
   const auto runs = part.valid->runs();

@@ -94,6 +94,11 @@ void check_channel_tensor(const Tensor& t, std::string_view name, int64_t C, DTy
 
 void check_stat_tensor(const Tensor& t, std::string_view name, int64_t C, std::string_view field) {
   check_channel_tensor(t, name, C, DType::Float64, field);
+  if (C > 1 && t.strides()[0] != 1) {  // read as plain arrays
+    throw Error(std::string(name) + std::string(field) +
+                ": expected a contiguous tensor (stride 1), got stride " +
+                std::to_string(t.strides()[0]));
+  }
 }
 
 void check_same_shape(const Tensor& other, const char* other_name, const Tensor& input) {

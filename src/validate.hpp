@@ -44,7 +44,7 @@ kernels::Out3 output_view(const Tensor& out);
 void check_channel_tensor(const Tensor& t, std::string_view name, int64_t C, DType dtype,
                           std::string_view field = {});
 
-/// Checks that @p t is a float64 {C} statistics tensor.
+/// Checks that @p t is a contiguous float64 {C} statistics tensor.
 void check_stat_tensor(const Tensor& t, std::string_view name, int64_t C,
                        std::string_view field = {});
 

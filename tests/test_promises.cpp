@@ -494,6 +494,26 @@ TEST(Promises, NegativeOrNaNM2IsAnError) {
   }
 }
 
+TEST(Promises, StridedStatisticsAreAnError) {
+  // The steps read statistics as plain arrays: every other value of a {2C} tensor is refused.
+  const BatchStats s = batch_stats(randn({4, 3}, DType::Float64, 1));
+  const Tensor wide = randn({6}, DType::Float64, 2);
+  const Tensor strided = Tensor::from_blob(wide.raw_data(), {3}, {2}, DType::Float64);
+  const BatchStats parts[] = {s, BatchStats{s.count, strided, s.m2}};
+  EXPECT_TRUE(throws_error([&] { (void)combine_stats(parts); }, "stride 2"));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        (void)normalization_from_batch({s.count, s.mean, strided}, 1e-5);
+      },
+      "stats m2: expected a contiguous tensor"));
+  const Normalization norm{strided, s.m2};
+  EXPECT_TRUE(throws_error(
+      [&] {
+        (void)batch_norm_apply(randn({4, 3}, DType::Float64, 3), norm, Tensor(), Tensor());
+      },
+      "norm.mean: expected a contiguous tensor"));
+}
+
 TEST(Promises, NaNRunningVarIsAnErrorEverywhere) {
   const char* want = "running_var: expected non-negative variances, got running_var[2] = nan";
   for (const DType dtype : {DType::Float32, DType::Float64}) {

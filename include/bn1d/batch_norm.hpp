@@ -12,7 +12,8 @@
 ///   channel with eps = 0 normalizes to 0 (as PyTorch does), never NaN.
 /// - Inputs may have any strides; outputs are new contiguous tensors of the input's shape.
 ///   Statistics (mean, M2, invstd, gradient sums) are float64 tensors of shape {C}, accumulated
-///   in float64 for every input dtype (float32, float64, bfloat16, float16).
+///   in float64 for every input dtype (float32, float64, bfloat16, float16); the steps that take
+///   them require them contiguous.
 /// - Parameters and running statistics have the input's dtype or, for a bfloat16/float16 input,
 ///   float32 or float64 (mixed precision), all of one dtype. Outputs have the input's dtype and
 ///   are rounded once from float64 (16-bit inputs: docs/math.md#16-bit-inputs).

@@ -196,9 +196,9 @@ def _position_array(value: Any, name: str) -> np.ndarray:
 
 
 def as_lengths(lengths: Any) -> np.ndarray:
-    """lengths as a C-contiguous 1-D int64 array: integer values only (TypeError naming lengths
-    for floats, bools and other dtypes; ValueError for another shape or values beyond int64).
-    The range [0, L] is checked by the C++ library."""
+    """lengths as a new C-contiguous 1-D int64 array: integer values only (TypeError naming
+    lengths for floats, bools and other dtypes; ValueError for another shape or values beyond
+    int64). The range [0, L] is checked by the C++ library."""
     a = _position_array(lengths, "lengths")
     if a.size == 0 and a.dtype.kind in "fiu":  # np.asarray([]) is float64
         a = a.astype(np.int64)
@@ -208,18 +208,18 @@ def as_lengths(lengths: Any) -> np.ndarray:
         raise ValueError(f"lengths: expected a 1-D array of N values, got shape {list(a.shape)}")
     if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
         raise ValueError(f"lengths: expected values below 2**63, got {a.max()}")
-    return np.ascontiguousarray(a, dtype=np.int64)
+    return np.array(a, dtype=np.int64, order="C")  # a copy: callers may change theirs later
 
 
 def as_mask(mask: Any) -> np.ndarray:
-    """mask as a C-contiguous (N, L) bool array: bool values only (TypeError naming mask for
+    """mask as a new C-contiguous (N, L) bool array: bool values only (TypeError naming mask for
     other dtypes, ValueError for another number of dimensions)."""
     a = _position_array(mask, "mask")
     if a.dtype.kind != "b":
         raise TypeError(f"mask: expected a bool array, got dtype {a.dtype}")
     if a.ndim != 2:
         raise ValueError(f"mask: expected a 2-D (N, L) array, got shape {list(a.shape)}")
-    return np.ascontiguousarray(a)
+    return np.array(a, order="C")  # a copy: callers may change theirs later
 
 
 def valid_positions(lengths: Any, mask: Any) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:

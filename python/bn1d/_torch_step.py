@@ -40,13 +40,22 @@ def check_dtypes(module_name: str, input: torch.Tensor, module_dtype: torch.dtyp
                      f"dtype), got {dtype_name(input.dtype)}{also}")
 
 
+def check_savable(input: torch.Tensor, *params: Optional[torch.Tensor]) -> None:
+    """torch's RuntimeError for an inference-mode input that autograd would have to save, raised
+    before anything changes (autograd raises it only after the forward has run)."""
+    if (torch.is_grad_enabled() and input.is_inference()
+            and any(t is not None and t.requires_grad for t in (input, *params))):
+        raise RuntimeError("Inference tensors cannot be saved for backward. To work around you "
+                           "can make a clone to get a normal tensor and use it in autograd.")
+
+
 class LocalCombiner:
     """The statistics of the local batch alone (torch.nn.BatchNorm1d)."""
     local_only = True
     module_name = "BatchNorm1d"
 
-    def combine_stats(self, local: Optional[F.BatchStats], error: Optional[BaseException],
-                      input: torch.Tensor) -> F.BatchStats:
+    def combine_stats(self, local: Optional[F.BatchStats],
+                      error: Optional[BaseException]) -> F.BatchStats:
         """The batch's statistics: local, or error raised when the local part failed."""
         if error is not None:
             raise error
@@ -69,6 +78,7 @@ class StepOptions(NamedTuple):
     lengths: Optional[np.ndarray]
     mask: Optional[np.ndarray]
     combiner: Any
+    size: Optional[torch.Size] = None  # the caller's input size, for messages (None: input's)
 
 
 def _check_count(stats: F.BatchStats, input: torch.Tensor, options: StepOptions) -> None:
@@ -78,7 +88,7 @@ def _check_count(stats: F.BatchStats, input: torch.Tensor, options: StepOptions)
     masked = options.lengths is not None or options.mask is not None
     ranks = "" if combiner.local_only else " over all ranks"
     where = "" if combiner.local_only else " on this rank"
-    size = shape_text(input.shape)
+    size = shape_text(input.shape if options.size is None else options.size)
     if stats.count == 1:
         message = "Expected more than 1 value per channel when training, got "
         if masked:
@@ -96,6 +106,18 @@ def _check_count(stats: F.BatchStats, input: torch.Tensor, options: StepOptions)
 
 def _optional_view(t: Optional[torch.Tensor]) -> Any:
     return None if t is None else _view(t)
+
+
+def _batch_normalization(stats: F.BatchStats, eps: float) -> F.Normalization:
+    """The normalization of stats. A channel whose m2 is NaN (a NaN or inf input) normalizes to
+    NaN, as in torch and bn1d's modules, where bn1d.functional refuses such statistics."""
+    unusable = ~(stats.m2 >= 0)
+    if not unusable.any():
+        return F.Normalization(*_bn1d.normalization_from_batch(stats, eps))
+    usable = F.BatchStats(stats.count, stats.mean, np.where(unusable, 0.0, stats.m2))
+    mean, invstd = _bn1d.normalization_from_batch(usable, eps)
+    invstd[unusable] = np.nan
+    return F.Normalization(mean, invstd)
 
 
 def _zero_sums(channels: int, count: int = 0) -> F.GradStats:
@@ -119,12 +141,12 @@ class StepFunction(torch.autograd.Function):
                 local = F.BatchStats(*_bn1d.batch_stats(x, options.lengths, options.mask))
             except Exception as e:  # noqa: BLE001 -- every participant must hear of it
                 error = e
-            stats = options.combiner.combine_stats(local, error, input)
+            stats = options.combiner.combine_stats(local, error)
             _check_count(stats, input, options)
             if stats.count == 0:  # an empty batch: an empty output, nothing updated
                 norm = F.Normalization(np.zeros(channels), np.zeros(channels))
             else:
-                norm = F.Normalization(*_bn1d.normalization_from_batch(stats, options.eps))
+                norm = _batch_normalization(stats, options.eps)
         else:
             norm = F.Normalization(*_bn1d.normalization_from_running(
                 _view(running_mean), _view(running_var), options.eps))

@@ -21,7 +21,8 @@ from ._checks import valid_positions
 from ._torch_checks import (SUPPORTED_DTYPES, Error, _check_features, _check_one_dtype, _real,
                             _torch_errors, _type_name)
 from ._torch_convert import check_model, replace, swap
-from ._torch_step import LocalCombiner, StepFunction, StepOptions, check_dtypes, dtype_name
+from ._torch_step import (LocalCombiner, StepFunction, StepOptions, check_dtypes, check_savable,
+                          dtype_name)
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
 
@@ -38,9 +39,10 @@ def _failure_code(error: BaseException) -> int:
     return getattr(error, "_bn1d_failure", 1 if isinstance(error, (ValueError, TypeError)) else 7)
 
 
-def _failed(code: int, message: str) -> ValueError:
-    """A ValueError carrying the failure code sent to the other ranks."""
-    error = Error(message) if code == 2 else ValueError(message)
+def _failed(code: int, message: str, kind: type = ValueError) -> Exception:
+    """An exception of kind (Error for a channel count: torch's RuntimeError) carrying the
+    failure code sent to the other ranks."""
+    error = Error(message) if code == 2 else kind(message)
     error._bn1d_failure = code
     return error
 
@@ -52,12 +54,13 @@ class DistributedCombiner:
     local_only = False
     module_name = "SyncBatchNorm"
 
-    def __init__(self, group: Any, world_size: int, channels: int, eps: float,
-                 factor: float) -> None:
+    def __init__(self, group: Any, world_size: int, channels: int, eps: float, factor: float,
+                 input_dim: int) -> None:
         self.group = group
         self.world_size = world_size
         self.channels = channels
         self.options = (eps, factor)
+        self.input_dim = input_dim  # the caller's input, before any (N, C, L) view
 
     def _gather(self, code: int, dim: int, count: int, first: Any, second: Any) -> list:
         """Every rank's header and vectors (first, second: zeros on a failed rank), in rank
@@ -96,16 +99,15 @@ class DistributedCombiner:
         return [(int(v[_HEADER - 1]), v[_HEADER:_HEADER + C].numpy(), v[_HEADER + C:].numpy())
                 for v in gathered]
 
-    def combine_stats(self, local: Optional[F.BatchStats], error: Optional[BaseException],
-                      input: Optional[torch.Tensor]) -> F.BatchStats:
+    def combine_stats(self, local: Optional[F.BatchStats],
+                      error: Optional[BaseException]) -> F.BatchStats:
         """The global batch's statistics, merged in rank order."""
         if error is None and local.count >= _COUNT_LIMIT:
             error = _failed(1, f"SyncBatchNorm: expected fewer than 2**53 values per channel, "
                                f"got {local.count}")
         code = 0 if error is None else _failure_code(error)
-        dim = 0 if input is None else input.dim()
-        gathered = (self._gather(code, dim, 0, None, None) if code else
-                    self._gather(0, dim, local.count, local.mean, local.m2))
+        gathered = (self._gather(code, self.input_dim, 0, None, None) if code else
+                    self._gather(0, self.input_dim, local.count, local.mean, local.m2))
         self._check(gathered, error, check_dims=True)
         return F.BatchStats(*_bn1d.combine_stats(self._parts(gathered)))
 
@@ -160,11 +162,15 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         if input.dim() < 2:
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
+    # torch.nn.SyncBatchNorm.forward, which runs non-CPU inputs, calls it.
+    _check_non_zero_input_channels = torch.nn.SyncBatchNorm._check_non_zero_input_channels
+
     def _checked_view(self, input: Any, running_mean: Any, running_var: Any) -> torch.Tensor:
         """input viewed as (N, C) or (N, C, L) (a copy only where its memory does not allow a
         view); the errors carry the code the other ranks hear."""
         if not isinstance(input, torch.Tensor):
-            raise _failed(1, f"input: expected a torch.Tensor, got {_type_name(input)}")
+            raise _failed(1, f"input: expected a torch.Tensor, got {_type_name(input)}",
+                          TypeError)
         if input.layout != torch.strided:
             raise _failed(1, f"input: expected a dense (strided) tensor, got layout "
                              f"{input.layout}")
@@ -172,6 +178,9 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
             raise _failed(1, f"expected at least 2D input (got {input.dim()}D input)")
         if input.size(1) == 0:
             raise _failed(2, "SyncBatchNorm number of input channels should be non-zero")
+        if input.size(1) != self.num_features:  # the collectives carry num_features values
+            raise _failed(2, f"SyncBatchNorm: expected input with {self.num_features} channels "
+                             f"(num_features), got {input.size(1)}")
         if input.dtype not in SUPPORTED_DTYPES:
             raise _failed(3, f"input: expected a float32, float64, bfloat16 or float16 tensor, "
                              f"got {dtype_name(input.dtype)}")
@@ -220,33 +229,33 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
                 raise ValueError(f"lengths, mask: bn1d's masked batch norm takes CPU tensors, "
                                  f"got an input on {input.device}")
             return torch.nn.SyncBatchNorm.forward(self, input)
-        eps = _real("eps", self.eps)
-        factor = self._factor()
         group, world_size = _process_group(self)
         sync = self.training and world_size > 1
         use_buffers = not self.training or self.track_running_stats
         running_mean = self.running_mean if use_buffers else None
         running_var = self.running_var if use_buffers else None
-        combiner = (DistributedCombiner(group, world_size, self.num_features, eps, factor)
-                    if sync else _LOCAL)
+        eps = factor = math.nan  # until read: any failure below must reach the other ranks
         try:
+            eps, factor = _real("eps", self.eps), self._factor()
             view = self._checked_view(input, running_mean, running_var)
+            check_savable(input, self.weight, self.bias)
             lengths, mask = valid_positions(lengths, mask)
-            if (lengths is not None or mask is not None) and view.dim() != 3:
+            if (lengths is not None or mask is not None) and input.dim() != 3:
                 raise _failed(1, f"lengths, mask: expected an (N, C, L) input, got "
                                  f"{input.dim()}D input")
-        except (ValueError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001 -- every rank must hear of it
             if sync:  # the other ranks hear of it in the collective, then every rank raises
-                combiner.combine_stats(None, e, input if isinstance(input, torch.Tensor)
-                                       else None)
+                self._combiner(group, world_size, eps, factor, input).combine_stats(None, e)
             raise
+        combiner = self._combiner(group, world_size, eps, factor, input) if sync else _LOCAL
         counted = self._counts_batch()
         if counted:
             self.num_batches_tracked.add_(1)
         batch_statistics = self.training or (self.running_mean is None
                                              and self.running_var is None)
         try:
-            options = StepOptions(batch_statistics, factor, eps, lengths, mask, combiner)
+            options = StepOptions(batch_statistics, factor, eps, lengths, mask, combiner,
+                                  input.shape)
             output = StepFunction.apply(view, self.weight, self.bias, running_mean, running_var,
                                         options)
         except BaseException:
@@ -254,6 +263,11 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
                 self.num_batches_tracked.sub_(1)
             raise
         return output if view is input else output.reshape(input.shape)
+
+    def _combiner(self, group: Any, world_size: int, eps: float, factor: float,
+                  input: Any) -> DistributedCombiner:
+        input_dim = input.dim() if isinstance(input, torch.Tensor) else 0
+        return DistributedCombiner(group, world_size, self.num_features, eps, factor, input_dim)
 
     @classmethod
     def convert_sync_batchnorm(cls, module: torch.nn.Module,

@@ -122,7 +122,8 @@ from ._torch_checks import (SUPPORTED_DTYPES, AssertionValueError, Error,
                             _torch_errors, _type_name)
 from ._torch_convert import check_model, replace, swap
 from ._torch_ghost import GhostBatchNorm1d
-from ._torch_step import LocalCombiner, StepFunction, StepOptions, check_dtypes
+from ._torch_step import (LocalCombiner, StepFunction, StepOptions, check_dtypes,
+                          check_savable)
 from ._torch_sync import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = ["BatchNorm1d", "GhostBatchNorm1d", "SyncBatchNorm", "convert", "revert",
@@ -225,6 +226,7 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
                              running_var=running_var)
             reference = next((t for t in (self.weight, running_mean) if t is not None), input)
             check_dtypes("BatchNorm1d", input, reference.dtype)
+            check_savable(input, self.weight, self.bias)
             options = StepOptions(bn_training, _real("momentum", exponential_average_factor),
                                   eps, lengths, mask, _LOCAL)
             return StepFunction.apply(input, self.weight, self.bias, running_mean, running_var,

@@ -219,6 +219,9 @@ template <class T>
 void backward_sums_rows_partition(const View3& dy, const View3& x, const double* mean, int64_t u0,
                                   int64_t u1, double* sum_dy, double* sum_dy_xmu) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
+  // Rows that do not follow each other in memory (a run of a masked batch, a slice along L) break
+  // the hardware prefetchers' streams: those are prefetched (docs/tuning.md#rows-prefetch).
+  const bool gapped = x.sC != x.L || dy.sC != dy.L;
   std::fill_n(sum_dy, x.C, 0.0);
   std::fill_n(sum_dy_xmu, x.C, 0.0);
   for_rows_of_units(x.L, u0, u1, [&](int64_t n, int64_t k0, int64_t k1, double) {
@@ -231,6 +234,10 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
         VD s0 = hn::Zero(DD()), s1 = hn::Zero(DD()), sx0 = hn::Zero(DD()), sx1 = hn::Zero(DD());
         int64_t l = 0;
         for (; l + 2 * N <= len; l += 2 * N) {
+          if (gapped) {
+            prefetch_ahead(g + l, 2 * N * sizeof(T));
+            prefetch_ahead(p + l, 2 * N * sizeof(T));
+          }
           const VD g0 = LoadD(g + l), g1 = LoadD(g + l + N);
           s0 = hn::Add(s0, g0);
           s1 = hn::Add(s1, g1);
