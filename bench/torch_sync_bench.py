@@ -8,8 +8,9 @@ step unsynchronized, for C in {64, 1024, 16384}, and counts its collectives.
 
 A step is forward in training mode and backward through autograd of a float32 (N, C) input of
 --mib MiB per process (N = mib * 2^20 / (4 C)), the same shape on every process. Columns, each
-the median over --repeat steps of the slowest process's time (every step starts after a barrier;
-the processes run at the same time, so they share the machine's memory bandwidth):
+timed in 5 interleaved rounds of --repeat / 5 steps, the median of the rounds' medians of the
+slowest process's time (every step starts after a barrier; the processes run at the same time,
+so they share the machine's memory bandwidth):
 torch.nn.BatchNorm1d, bn1d.torch.BatchNorm1d, bn1d.torch.SyncBatchNorm in a group of its own
 process only (world size 1: the module's local path), and bn1d.torch.SyncBatchNorm over all K
 processes. The collectives of one synced step are counted with torch.profiler (its gloo:* events)
@@ -148,11 +149,11 @@ def mpi_times(args, channels, rows):
 def print_table(args, results):
     print(f"torch {torch.__version__}, {args.procs} gloo processes on 127.0.0.1, "
           f"{args.threads} thread(s) each, float32 (N, C) inputs of {args.mib} MiB per process; "
-          f"median of {args.repeat} steps (forward + backward), ms")
+          f"{args.repeat} steps (forward + backward) in 5 rounds, median of their medians, ms")
     print()
     header = ("| C | N | torch.nn.BatchNorm1d | bn1d BatchNorm1d | SyncBatchNorm, K = 1 | "
-              f"SyncBatchNorm, K = {args.procs} | synced / K = 1 | collectives per step: values sent "
-              "(KiB gathered) per process |")
+              f"SyncBatchNorm, K = {args.procs} | synced / K = 1 | "
+              "collectives per step: values sent (KiB gathered) per process |")
     if args.mpi:
         header += " MPI local | MPI synced | MPI ratio |"
     print(header)
