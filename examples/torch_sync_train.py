@@ -6,9 +6,11 @@ An MLP with three torch.nn.BatchNorm1d layers, converted by bn1d.torch.convert_s
 wrapped in DistributedDataParallel (gloo), learns the UCI handwritten digits (data/digits.csv.gz).
 torch.nn.SyncBatchNorm cannot do this: it refuses CPU tensors, and DDP refuses it on CPU.
 
-    PYTHONPATH=build/python/python python3 -m torch.distributed.run --nproc_per_node=2 \
-        examples/torch_sync_train.py
+    PYTHONPATH=build/python/python python3 -m torch.distributed.run --standalone \
+        --nproc_per_node=2 --redirects 2 --tee 2 examples/torch_sync_train.py
     PYTHONPATH=build/python/python python3 examples/torch_sync_train.py     # one process
+
+(--redirects 2 --tee 2: torch 1.13's launcher fails on Python 3.11 with their default, 0.)
 
 Every global batch of --batch-size rows is split in rank order into equal per-rank slices, so the
 batch norm layers normalize with the statistics of the whole global batch and DDP's averaged
