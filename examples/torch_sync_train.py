@@ -24,12 +24,17 @@ import argparse
 import gzip
 import os
 import pathlib
+import sys
 import time
 
 import torch
 import torch.distributed as dist
 
-import bn1d.torch
+try:
+    import bn1d.torch
+except ImportError as error:
+    sys.exit(f"torch_sync_train.py: cannot import bn1d.torch ({error}); set PYTHONPATH to the "
+             "built package (scripts/test-python.sh builds build/python/python)")
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "digits.csv.gz"
 
