@@ -5,7 +5,7 @@
 // per rank count, for C ∈ {64, 1024, 16384}, and prints the bytes each call sends (header plus
 // records).
 //
-//   mpirun -np 2 bn1d_sync_bench [--rows N] [--steps S]
+//   mpirun -np 2 bn1d_sync_bench [--rows N] [--steps S] [--channels C]
 //   mpirun -np 4 bn1d_sync_bench
 //
 // Every step starts after an MPI_Barrier and is timed on each rank with MPI_Wtime; the figure for
@@ -30,8 +30,9 @@
 namespace {
 
 struct Args {
-  int rows = 64;    // local batch rows per rank
-  int steps = 200;  // timed steps per case
+  int rows = 64;     // local batch rows per rank
+  int steps = 200;   // timed steps per case
+  int channels = 0;  // only this C (0: each of 64, 1024, 16384)
 };
 
 Args parse(int argc, char** argv) {
@@ -42,11 +43,14 @@ Args parse(int argc, char** argv) {
       a.rows = std::atoi(argv[++i]);
     else if (std::strcmp(argv[i], "--steps") == 0 && has_value)
       a.steps = std::atoi(argv[++i]);
+    else if (std::strcmp(argv[i], "--channels") == 0 && has_value)
+      a.channels = std::atoi(argv[++i]);
     else
       throw std::runtime_error(std::string("unknown argument ") + argv[i] +
-                               " (use --rows N --steps S)");
+                               " (use --rows N --steps S --channels C)");
   }
   if (a.rows < 1 || a.steps < 1) throw std::runtime_error("--rows and --steps must be >= 1");
+  if (a.channels < 0) throw std::runtime_error("--channels must be >= 1");
   return a;
 }
 
@@ -92,7 +96,8 @@ int run(const Args& args) {
     std::printf("%6s | %11s %11s %7s | %27s | %27s\n", "C", "local (ms)", "synced (ms)", "ratio",
                 "forward: sent/rank, gathered", "backward: sent/rank, gathered");
   }
-  for (const int C : {64, 1024, 16384}) {
+  const std::vector<int> all_channels = {64, 1024, 16384};
+  for (const int C : args.channels > 0 ? std::vector<int>{args.channels} : all_channels) {
     const int64_t seed = 1000 + rank;
     const bn1d::Tensor x = bn1d::randn({args.rows, C}, bn1d::DType::Float32, seed);
     const bn1d::Tensor dy = bn1d::randn({args.rows, C}, bn1d::DType::Float32, seed + 7919);
