@@ -17,7 +17,6 @@ import bn1d.functional as F
 from . import _bn1d
 from ._torch_autograd import _first_order_only, _tensor, _view
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _16BIT = (torch.bfloat16, torch.float16)
 
 
