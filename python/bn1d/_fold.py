@@ -46,9 +46,10 @@ def fold_into_preceding(bn: "BatchNorm1d", weight: ArrayLike,
     (C, in) or Conv1d (C, in, k), C = bn.num_features, as a numpy array or a CPU torch tensor;
     bias: (C,) or None (a layer without bias). W' = diag(gamma / sigma) W (every [c, :, :] of a
     Conv1d weight scaled), b' = gamma (b - running_mean) / sigma + beta. Returns new arrays of
-    the weight's dtype; b' always exists. ValueError for bn in training mode or without running
-    statistics, shapes that do not fit C, a bias dtype other than the weight's, and
-    running_var + eps negative or NaN; TypeError for a bn that is not a bn1d.BatchNorm1d.
+    the weight's dtype (BFloat16Tensor for bfloat16); b' always exists. ValueError for bn in
+    training mode or without running statistics, shapes that do not fit C, a bias dtype other
+    than the weight's, and running_var + eps negative or NaN; TypeError for a bn that is not a
+    bn1d.BatchNorm1d.
     """
     module = _compiled_module(bn)
     return _bn1d.fold_into_preceding(module, *_layer_args(weight, bias))

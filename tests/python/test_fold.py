@@ -116,11 +116,11 @@ def assert_within_one_rounding(w32, b32, x, want, conv_padding=None):
 
 
 def assert_each_rounded_once(w32, b32, model, in_features):
-    """float32, element by element: the exact folded weights and bias are read off the unfolded
+    """Element by element: the exact folded weights and bias are read off the unfolded
     float64 model (torch) at the inputs 0 and e_1 ... e_in, b = model(0) and
-    W[:, j] = model(e_j) - model(0), and each float32 result must be that value rounded once to
-    nearest: within half the float32 spacing at the result, plus 1e-12 of the outputs for
-    torch's float64 evaluation."""
+    W[:, j] = model(e_j) - model(0), and each result (float32 or float16) must be that value
+    rounded once to nearest: within half its dtype's spacing at the result, plus 1e-12 of the
+    outputs for torch's float64 evaluation."""
     basis = torch.cat([torch.zeros(1, in_features, dtype=torch.float64),
                        torch.eye(in_features, dtype=torch.float64)])
     out = model(basis).detach().numpy()
@@ -167,6 +167,15 @@ def test_float32_bn_then_linear_within_one_rounding():
     model = float32_model_in_float64(tbn, lin)
     assert_within_one_rounding(w, b, x, model(x))
     assert_each_rounded_once(w, b, model, 8)
+
+
+def test_float16_bn_then_linear_each_rounded_once():
+    torch.manual_seed(16)
+    tbn = random_torch_bn(5, seed=17).half().float()  # state exact in float16
+    lin = torch.nn.Linear(5, 4).half()
+    w, b = bn1d.fold_into_following(bn1d_like(tbn, "float32"), lin.weight, lin.bias)
+    assert w.dtype == np.float16 and b.dtype == np.float16
+    assert_each_rounded_once(w, b, float32_model_in_float64(tbn, lin), 5)
 
 
 def test_errors_name_the_problem_and_change_nothing():
