@@ -245,6 +245,7 @@ PYBIND11_MODULE(_bn1d, mod) {
   def_state_methods(cls);
   def_ghost_batch_norm(mod);
   def_functional(mod);
+  def_fold(mod);
   mod.def("save_file", &save_file, py::arg("items"), py::arg("path"), py::arg("metadata"),
           "Writes the (key, array, dtype) items, in order, as the safetensors file path with the "
           "str to str metadata. dtype: float32, float64, int64, float16 (the array's) or "

@@ -283,5 +283,7 @@ inline bn1d::BatchNorm1dOptions module_options(int64_t num_features, double eps,
 void def_ghost_batch_norm(py::module_& mod);
 // Registers batch_norm and the separable steps of bn1d.functional in @p mod (bind_functional.cpp).
 void def_functional(py::module_& mod);
+// Registers fold_into_preceding and fold_into_following in @p mod (bind_fold.cpp).
+void def_fold(py::module_& mod);
 
 }  // namespace bn1d_python

@@ -66,6 +66,7 @@ from . import functional
 from ._bn1d import BFloat16Tensor
 from ._checks import (PathArg, as_array, check_flag, check_int, check_real, dtype_name,
                       encode_key, on_file, state_value, type_name, valid_positions)
+from ._fold import fold_into_following, fold_into_preceding
 from ._state_files import load_file, save_file
 
 try:
@@ -77,7 +78,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["BatchNorm1d", "GhostBatchNorm1d", "BFloat16Tensor", "IncompatibleKeys", "functional",
-           "load_file", "save_file", "__version__"]
+           "fold_into_preceding", "fold_into_following", "load_file", "save_file", "__version__"]
 
 ArrayLike = Union[np.ndarray, "torch.Tensor"]
 DTypeLike = Union[str, np.dtype, type, "torch.dtype"]
