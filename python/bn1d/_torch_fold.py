@@ -57,6 +57,12 @@ def _class_name(m: torch.nn.Module) -> str:
 
 
 def _is_bn(m: Any) -> bool:
+    """A batch norm fold() pairs: any torch.nn.BatchNorm1d; only torch's own class and
+    bn1d.torch.BatchNorm1d are folded (another subclass's forward may differ)."""
+    return isinstance(m, torch.nn.BatchNorm1d)
+
+
+def _foldable_bn(m: Any) -> bool:
     from .torch import BatchNorm1d
     return type(m) in (torch.nn.BatchNorm1d, BatchNorm1d)
 
@@ -143,6 +149,10 @@ def _reason(pair: _Pair, calls: Dict[int, List[Tuple[Any, Any]]],
     """None when the pair can be folded, else why it is left in place."""
     first, second = pair.modules()
     bn, layer = (first, second) if pair.bn_first else (second, first)
+    if not _foldable_bn(bn):
+        return "a subclass of torch.nn.BatchNorm1d, whose forward may differ"
+    if any(m._forward_hooks or m._forward_pre_hooks for m in (first, second)):
+        return "a module of the pair has forward hooks (folding would change what they see)"
     if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
         return _NO_STATS
     if any(occurrences[id(m)] > 1 for m in (first, second)):
@@ -221,17 +231,14 @@ def fold(model: torch.nn.Module, example_input: Any) -> Tuple[torch.nn.Module, F
     for _, m in folded.named_modules(remove_duplicate=False):
         occurrences[id(m)] = occurrences.get(id(m), 0) + 1
     report = FoldReport()
-    consumed = set()  # batch norms already folded (a BN between two Linears folds once)
     for pair in pairs:
         first, second = pair.modules()
+        if not (_is_bn(first) or _is_bn(second)):
+            continue  # a batch norm between two Linears, folded into the first: nn.Identity
         types = (_class_name(first), _class_name(second))
-        bn = first if pair.bn_first else second
-        if id(bn) in consumed or not (_is_bn(first) or _is_bn(second)):
-            continue
         reason = _reason(pair, calls, occurrences)
         if reason is None:
             _fold_pair(pair)
-            consumed.add(id(bn))
             report.folded.append(FoldEntry(pair.names, types, "folded"))
         else:
             report.left.append(FoldEntry(pair.names, types, reason))

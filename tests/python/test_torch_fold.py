@@ -225,6 +225,31 @@ def test_shared_module_is_left():
     assert "several places" in report.left[0].reason
 
 
+class ScaledBatchNorm1d(torch.nn.BatchNorm1d):
+    """A subclass whose forward is not torch's: fold must not fold it."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_subclass_and_hooked_modules_are_left():
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), ScaledBatchNorm1d(3),
+                                torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3)).double()
+    model[2].register_forward_hook(lambda m, i, o: o + 1)
+    x = torch.randn(8, 4, dtype=torch.float64)
+    model = trained(model, x)
+    want = model(x)
+    folded, report = bt.fold(model, x)
+    assert report.folded == []
+    assert [e.reason for e in report.left] == [
+        "a subclass of torch.nn.BatchNorm1d, whose forward may differ",
+        "a subclass of torch.nn.BatchNorm1d, whose forward may differ",
+        "a module of the pair has forward hooks (folding would change what they see)"]
+    with torch.no_grad():
+        assert torch.equal(folded(x), want)
+
+
 def test_original_model_unchanged():
     model, shape, _ = nested()
     x = torch.randn(shape)
