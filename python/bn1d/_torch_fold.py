@@ -215,10 +215,12 @@ def fold(model: torch.nn.Module, example_input: Any) -> Tuple[torch.nn.Module, F
     dtype and device) from bn1d.fold_into_preceding / fold_into_following, and the batch norm
     becomes nn.Identity(). Left in place, with the reason in report.left: batch norms without
     running statistics, a Linear acting on L of an (N, C, L) batch norm input
-    (pytorch/ao#4116), modules the example did not run, modules used more than once. model is
-    not changed. TypeError for a model that is not a torch.nn.Module or an example that is not
-    a tensor or tuple of tensors; ValueError for a layer whose feature count is not the batch
-    norm's; the example run's own errors propagate.
+    (pytorch/ao#4116), pairs the example did not run, modules used at several places or run
+    outside their nn.Sequential, modules with forward hooks, other subclasses of
+    torch.nn.BatchNorm1d. model is not changed (training flag included). TypeError for a
+    model that is not a torch.nn.Module or an example that is not a tensor or tuple of
+    tensors; ValueError for a layer whose feature count is not the batch norm's; the example
+    run's own errors propagate.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {_type_name(model)}")
