@@ -82,15 +82,15 @@ class _Pair(NamedTuple):
 
 
 def _pairs(model: torch.nn.Module) -> List[_Pair]:
-    """Every (Linear|Conv1d, BN) and (BN, Linear) pair of consecutive children of an
-    nn.Sequential of model, in order."""
+    """Every (Linear|Conv1d, BN) and (BN, Linear|Conv1d) pair of consecutive children of an
+    nn.Sequential of model, in order ((BN, Conv1d): to report it)."""
     found = []
     for name, seq in model.named_modules():
         if type(seq) is not torch.nn.Sequential:
             continue
         children = [(k, m) for k, m in seq._modules.items() if m is not None]
         for (k0, m0), (k1, m1) in zip(children, children[1:]):
-            if (_is_layer(m0) and _is_bn(m1)) or (_is_bn(m0) and type(m1) is torch.nn.Linear):
+            if (_is_layer(m0) and _is_bn(m1)) or (_is_bn(m0) and _is_layer(m1)):
                 names = tuple(f"{name}.{k}" if name else k for k in (k0, k1))
                 found.append(_Pair(seq, (k0, k1), names, _is_bn(m0)))
     return found
@@ -149,6 +149,8 @@ def _reason(pair: _Pair, calls: Dict[int, List[Tuple[Any, Any]]],
     """None when the pair can be folded, else why it is left in place."""
     first, second = pair.modules()
     bn, layer = (first, second) if pair.bn_first else (second, first)
+    if pair.bn_first and type(layer) is torch.nn.Conv1d:
+        return "a Conv1d after a batch norm cannot be folded: its zero padding is not normalized"
     if not _foldable_bn(bn):
         return "a subclass of torch.nn.BatchNorm1d, whose forward may differ"
     if any(m._forward_hooks or m._forward_pre_hooks for m in (first, second)):
@@ -215,12 +217,12 @@ def fold(model: torch.nn.Module, example_input: Any) -> Tuple[torch.nn.Module, F
     dtype and device) from bn1d.fold_into_preceding / fold_into_following, and the batch norm
     becomes nn.Identity(). Left in place, with the reason in report.left: batch norms without
     running statistics, a Linear acting on L of an (N, C, L) batch norm input
-    (pytorch/ao#4116), pairs the example did not run, modules used at several places or run
-    outside their nn.Sequential, modules with forward hooks, other subclasses of
-    torch.nn.BatchNorm1d. model is not changed (training flag included). TypeError for a
-    model that is not a torch.nn.Module or an example that is not a tensor or tuple of
-    tensors; ValueError for a layer whose feature count is not the batch norm's; the example
-    run's own errors propagate.
+    (pytorch/ao#4116), a Conv1d after a batch norm, pairs the example did not run, modules
+    used at several places or run outside their nn.Sequential, modules with forward hooks,
+    other subclasses of torch.nn.BatchNorm1d. model is not changed (training flag included).
+    TypeError for a model that is not a torch.nn.Module or an example that is not a tensor or
+    tuple of tensors; ValueError for a layer whose feature count is not the batch norm's; the
+    example run's own errors propagate.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {_type_name(model)}")

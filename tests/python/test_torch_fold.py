@@ -183,6 +183,19 @@ def test_bn_then_linear_on_3d_is_left():
         assert torch.equal(folded(x), want)
 
 
+def test_unbatched_conv_and_bn_then_conv_are_left():
+    model = torch.nn.Sequential(torch.nn.Conv1d(3, 4, 3), torch.nn.BatchNorm1d(8),
+                                torch.nn.Unflatten(0, (1, 4)), torch.nn.BatchNorm1d(4),
+                                torch.nn.Conv1d(4, 2, 3, padding=1))
+    folded, report = bt.fold(model, torch.randn(3, 10))  # unbatched (C, L): Conv1d gives (4, 8)
+    assert report.folded == []
+    assert [(e.names, e.reason) for e in report.left] == [
+        (("0", "1"), "the Conv1d output is (4, 8), not (N, C, L): BatchNorm1d does not "
+                     "normalize its channels"),
+        (("3", "4"), "a Conv1d after a batch norm cannot be folded: its zero padding is not "
+                     "normalized")]
+
+
 class Branches(torch.nn.Module):
     """Runs one of two Sequentials: the example reaches only the first."""
 
@@ -215,6 +228,24 @@ def test_tuple_example_is_passed_as_arguments():
     assert [e.names for e in report.folded] == [("b.0", "b.1")]
     with torch.no_grad():
         assert_float64_close(folded(x, True), model(x, True))
+
+
+class AlsoOutside(torch.nn.Module):
+    """Runs the Sequential's Linear a second time, outside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seq = torch.nn.Sequential(torch.nn.Linear(5, 5), torch.nn.BatchNorm1d(5))
+
+    def forward(self, x):
+        return self.seq(x) + self.seq[0](x)
+
+
+def test_module_run_outside_its_sequential_is_left():
+    model = AlsoOutside()
+    folded, report = bt.fold(model, torch.randn(8, 5))
+    assert [(e.names, e.reason) for e in report.left] == [
+        (("seq.0", "seq.1"), "a module of the pair is also run outside its nn.Sequential")]
 
 
 def test_shared_module_is_left():
@@ -292,5 +323,7 @@ def test_bad_arguments():
         bt.fold("model", torch.randn(2, 4))
     with pytest.raises(TypeError, match="example_input: expected a torch.Tensor"):
         bt.fold(model, [[1.0, 2.0, 3.0, 4.0]])
+    with pytest.raises(TypeError, match="example_input: .* got tuple"):
+        bt.fold(model, ())
     with pytest.raises(RuntimeError):  # the example run's own error: 5 features, not 4
         bt.fold(model, torch.randn(2, 5))
