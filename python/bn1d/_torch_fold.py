@@ -188,7 +188,11 @@ def _fold_pair(pair: _Pair) -> None:
     fold = bn1d.fold_into_following if pair.bn_first else bn1d.fold_into_preceding
     weight = layer.weight.detach().cpu()
     bias = None if layer.bias is None else layer.bias.detach().cpu()
-    new_weight, new_bias = fold(state, weight, bias)
+    try:
+        new_weight, new_bias = fold(state, weight, bias)
+    except ValueError as e:  # bn1d's own message (running_var + eps < 0, ...), with the names
+        raise ValueError(f"model: cannot fold {pair.names[0]} and {pair.names[1]}: {e}") \
+            from None
     requires_grad = layer.weight.requires_grad
     layer.weight = torch.nn.Parameter(_as_tensor(new_weight, layer.weight), requires_grad)
     layer.bias = torch.nn.Parameter(_as_tensor(new_bias, layer.weight), requires_grad)
@@ -221,8 +225,9 @@ def fold(model: torch.nn.Module, example_input: Any) -> Tuple[torch.nn.Module, F
     used at several places or run outside their nn.Sequential, modules with forward hooks,
     other subclasses of torch.nn.BatchNorm1d. model is not changed (training flag included).
     TypeError for a model that is not a torch.nn.Module or an example that is not a tensor or
-    tuple of tensors; ValueError for a layer whose feature count is not the batch norm's; the
-    example run's own errors propagate.
+    tuple of tensors; ValueError for a layer whose feature count is not the batch norm's or a batch
+    norm that bn1d cannot fold (running_var + eps negative or NaN); the example run's own errors
+    propagate.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {_type_name(model)}")

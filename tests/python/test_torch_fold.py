@@ -317,6 +317,16 @@ def test_feature_count_mismatch_is_an_error():
         bt.fold(model, torch.randn(8, 4))
 
 
+def test_negative_running_var_is_an_error_naming_the_modules():
+    model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(4, 3),
+                                                    torch.nn.BatchNorm1d(3)))
+    with torch.no_grad():
+        model[0][1].running_var[1] = -2.0
+    with pytest.raises(ValueError, match="model: cannot fold 0.0 and 0.1: .*running_var"):
+        bt.fold(model, torch.randn(8, 4))
+    assert model[0][1].running_var[1] == -2.0 and model.training
+
+
 def test_bad_arguments():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
     with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
