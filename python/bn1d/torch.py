@@ -8,6 +8,7 @@
     model = bn1d.torch.convert_sync_batchnorm(model)  # every batch norm -> SyncBatchNorm (CPU)
     t = bn1d.torch.to_torch(m)               # a bn1d.BatchNorm1d (numpy) -> a torch module
     m = bn1d.torch.from_torch(t)             # and back
+    folded, report = bn1d.torch.fold(model, x)  # batch norms folded into Linear/Conv1d
 
 Only "import bn1d.torch" imports torch; "import bn1d" does not.
 
@@ -97,6 +98,14 @@ the same options and training flag that shares the original's parameter and buff
 nothing is copied, dtype and device are kept). Hooks registered on the replaced modules are not
 carried over; subclasses of torch.nn.BatchNorm1d are left alone.
 
+Folding for inference
+---------------------
+fold(model, example_input) returns (folded_model, report): an eval-mode deep copy of model in
+which every (Linear|Conv1d, BatchNorm1d) and (BatchNorm1d, Linear) pair of an nn.Sequential
+whose shapes on the example prove it foldable is folded (bn1d.fold_into_preceding /
+fold_into_following) and the batch norm replaced by nn.Identity; report (a FoldReport) lists
+what was folded and what was left, and why (see fold's docstring).
+
 Moving state between bn1d.BatchNorm1d and torch
 -----------------------------------------------
 to_torch(m) builds a bn1d.torch.BatchNorm1d (a torch.nn.BatchNorm1d: revert() it for torch's
@@ -121,13 +130,15 @@ from ._torch_checks import (SUPPORTED_DTYPES, AssertionValueError, Error,
                             NotImplementedValueError, _check_features, _check_one_dtype, _real,
                             _torch_errors, _type_name)
 from ._torch_convert import check_model, replace, swap
+from ._torch_fold import FoldEntry, FoldReport, fold
 from ._torch_ghost import GhostBatchNorm1d
 from ._torch_step import (LocalCombiner, StepFunction, StepOptions, check_dtypes,
                           check_savable)
 from ._torch_sync import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = ["BatchNorm1d", "GhostBatchNorm1d", "SyncBatchNorm", "convert", "revert",
-           "convert_sync_batchnorm", "to_torch", "from_torch", "Error",
+           "convert_sync_batchnorm", "to_torch", "from_torch", "fold", "FoldReport",
+           "FoldEntry", "Error",
            "NotImplementedValueError", "AssertionValueError"]
 
 _LOCAL = LocalCombiner()
