@@ -167,8 +167,8 @@ def print_table(args, results):
             row += f" {local:.3f} | {synced:.3f} | {synced / local:.2f}x |"
         print(row, flush=True)
     if not args.mpi:
-        print("\nThe MPI SyncBatchNorm1d on the same shapes (see bench/README.md to build it; "
-              "or pass --mpi BINARY):")
+        print("\nThe MPI SyncBatchNorm1d on the same shapes (see bench/variants_and_sync.md to "
+              "build it; or pass --mpi BINARY):")
         for channels, n, _, _ in results:
             print(f"  OMP_NUM_THREADS={args.threads} "
                   f"{' '.join(mpirun_command(args, channels, n))}")

@@ -10,7 +10,8 @@
 /// size 128) on (16384, 64) and (16384, 512) float32 against, when built with libtorch, the loop
 /// `torch.cat([bn(c) for c in x.chunk(k)])` in libtorch, and against one plain BatchNorm1d call on
 /// the whole batch (what the chunking costs). Timing: measure.hpp's time_interleaved, the
-/// policy bn1d_bench prints; train, eval and backward as bn1d_bench's rows. See bench/README.md.
+/// policy bn1d_bench prints; train, eval and backward as bn1d_bench's rows. See
+/// bench/variants_and_sync.md.
 #include <malloc.h>
 #include <omp.h>
 
