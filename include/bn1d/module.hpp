@@ -67,6 +67,23 @@ class BatchNorm1dOptions {
     return *this;
   }
   DType dtype() const noexcept { return dtype_; }
+  /// The activation fused into the output (default Activation::None): forward writes
+  /// act(bn(x)) in the normalizing pass and backward gates grad_output by its derivative,
+  /// recomputed from the input (bn1d/activation.hpp). As torch's `act(bn(x))`, outputs and
+  /// gradients alike.
+  BatchNorm1dOptions& activation(Activation value) {
+    activation_ = value;
+    return *this;
+  }
+  Activation activation() const noexcept { return activation_; }
+  /// LeakyReLU's slope for bn(x) ≤ 0 (default 0.01, must be finite; unused by other activations).
+  BatchNorm1dOptions& negative_slope(double value) {
+    negative_slope_ = value;
+    return *this;
+  }
+  double negative_slope() const noexcept { return negative_slope_; }
+  /// activation() and negative_slope() together, as the functional API takes them.
+  FusedActivation fused_activation() const noexcept { return {activation_, negative_slope_}; }
 
  private:
   int64_t num_features_;
@@ -75,6 +92,8 @@ class BatchNorm1dOptions {
   bool affine_ = true;
   bool track_ = true;
   DType dtype_ = DType::Float32;
+  Activation activation_ = Activation::None;
+  double negative_slope_ = 0.01;
 };
 
 /// Batch normalization over (N, C) or (N, C, L) inputs, exactly as torch.nn.BatchNorm1d:
