@@ -15,6 +15,7 @@
 #include "format.hpp"
 #include "kernels/reference.hpp"
 #include "kernels/simd.hpp"
+#include "kernels/virtual_cols.hpp"
 #include "route.hpp"
 #include "test_util.hpp"
 #include "validate.hpp"
@@ -30,6 +31,7 @@ struct ActCase {
   Shape shape;
   Layout layout;
   simd::Layout simd_layout;
+  bool via_route = false;  // through route.cpp: short rows and narrow channels as virtual channels
 };
 
 // Vector bodies, scalar and masked tails, several partitions, (N, C), channels-last outputs
@@ -44,6 +46,10 @@ const ActCase kActCases[] = {
     {{3, 21, 35}, Layout::ChannelsLast, simd::Layout::UnitStrideC},
     {{5, 1030, 13}, Layout::ChannelsLast, simd::Layout::UnitStrideC},
     {{64, 1100}, Layout::Contiguous, simd::Layout::UnitStrideC},
+    {{6, 5, 3}, Layout::Contiguous, simd::Layout::UnitStrideL, true},
+    {{64, 100, 5}, Layout::Contiguous, simd::Layout::UnitStrideL, true},
+    {{1000, 13}, Layout::Contiguous, simd::Layout::UnitStrideC, true},
+    {{300, 7, 9}, Layout::ChannelsLast, simd::Layout::UnitStrideC, true},
 };
 
 const DType kDtypes[] = {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16};
@@ -110,7 +116,10 @@ void check_case(const ActCase& k, DType dtype, const Act& act_kind) {
   const Tensor xt = make_strided(xv, k.shape, dtype, k.layout, kx);
   const Tensor gt = make_strided(data(k.shape, 2), k.shape, dtype, k.layout, kg);
   const kernels::View3 x = detail::input_view(xt), dy = detail::input_view(gt);
-  ASSERT_TRUE(simd::layout_applies(k.simd_layout, x));
+  if (k.via_route)  // the case must reach the virtual views
+    ASSERT_TRUE(kernels::virtual_cols::plan(x, kernels::virtual_cols::Op::Elementwise));
+  else
+    ASSERT_TRUE(simd::layout_applies(k.simd_layout, x));
   const Params p(static_cast<std::size_t>(x.C));
   Act act = act_kind;
   act.scale = p.scale.data();
@@ -122,16 +131,24 @@ void check_case(const ActCase& k, DType dtype, const Act& act_kind) {
                        act);
   for (const Tensor& y :
        {Tensor::empty(k.shape, dtype), make_strided(zeros, k.shape, dtype, k.layout, ky)}) {
-    ASSERT_TRUE(simd::layout_applies(k.simd_layout, detail::output_view(y)));
-    simd::normalize(k.simd_layout, detail::output_view(y), x, p.mean.data(), p.scale.data(),
-                    p.shift.data(), act);
+    if (k.via_route) {
+      route::normalize(detail::output_view(y), x, p.mean.data(), p.scale.data(), p.shift.data(),
+                       act);
+    } else {
+      ASSERT_TRUE(simd::layout_applies(k.simd_layout, detail::output_view(y)));
+      simd::normalize(k.simd_layout, detail::output_view(y), x, p.mean.data(), p.scale.data(),
+                      p.shift.data(), act);
+    }
     EXPECT_TRUE(bitwise(y, ry)) << "normalize";
   }
 
   const auto C = static_cast<std::size_t>(x.C);
   std::vector<double> s(C), sx(C), rs(C), rsx(C);
   reference::backward_sums(rs.data(), rsx.data(), dy, x, p.mean.data(), act);
-  simd::backward_sums(k.simd_layout, s.data(), sx.data(), dy, x, p.mean.data(), act);
+  if (k.via_route)
+    route::backward_sums(s.data(), sx.data(), dy, x, p.mean.data(), act);
+  else
+    simd::backward_sums(k.simd_layout, s.data(), sx.data(), dy, x, p.mean.data(), act);
   EXPECT_TRUE(near_sums(s, rs)) << "sum_dy";
   EXPECT_TRUE(near_sums(sx, rsx)) << "sum_dy_xmu";
 
@@ -140,8 +157,12 @@ void check_case(const ActCase& k, DType dtype, const Act& act_kind) {
                             p.k.data(), act);
   for (const Tensor& dx :
        {Tensor::empty(k.shape, dtype), make_strided(zeros, k.shape, dtype, k.layout, kdx)}) {
-    simd::backward_input(k.simd_layout, detail::output_view(dx), dy, x, p.mean.data(), p.a.data(),
-                         p.b.data(), p.k.data(), act);
+    if (k.via_route)
+      route::backward_input(detail::output_view(dx), dy, x, p.mean.data(), p.a.data(), p.b.data(),
+                            p.k.data(), act);
+    else
+      simd::backward_input(k.simd_layout, detail::output_view(dx), dy, x, p.mean.data(), p.a.data(),
+                           p.b.data(), p.k.data(), act);
     EXPECT_TRUE(bitwise(dx, rdx)) << "backward_input";
   }
 }
