@@ -22,6 +22,9 @@ struct Act {
   double slope = 0.0;             ///< LeakyReLU's negative slope
   const double* scale = nullptr;  ///< backward: z's scale (weight · invstd)
   const double* shift = nullptr;  ///< backward: z's shift (bias, or zeros)
+  /// The cols gradient sums: z's parameters in the compute type, the block of normalize
+  /// (elementwise_params.hpp, unfolded), written once per call by the schedule.
+  const void* params = nullptr;
 
   bool enabled() const { return kind != Activation::None; }
 };

@@ -248,6 +248,12 @@ struct SumsGate {
       return {mean, hn::Zero(dc), scale, shift, hn::Set(dc, slope)};
     }
   }
+  /// From channels c … c + lanes − 1 of a normalize parameter block (elementwise_params.hpp).
+  static HWY_INLINE SumsGate of_block(const ActCompute<T>* P, int64_t C, int64_t c, double slope) {
+    const DC dc;
+    return {hn::LoadU(dc, P + c), hn::LoadU(dc, P + C + c), hn::LoadU(dc, P + 2 * C + c),
+            hn::LoadU(dc, P + 3 * C + c), hn::Set(dc, static_cast<ActCompute<T>>(slope))};
+  }
   /// dy (float64 lanes dyd, stored at dy) gated at z of the values at x (xm: x − mean in float64).
   HWY_INLINE VD operator()(const T* HWY_RESTRICT x, const T* HWY_RESTRICT dy, VD xm, VD dyd) const {
     if constexpr (A == Activation::None) {

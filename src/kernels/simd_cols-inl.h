@@ -166,19 +166,19 @@ void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t block,
 
 // Σ dy and Σ dy · (x − mean) of the R rows g[i], p[i] (dy and x) for channels c0 … c1 − 1, added
 // to sum_dy[c] and sum_dy_xmu[c] row after row (vectors up to vec_end, then one channel at a time).
-// With an activation, dy is gated at z (act.scale, act.shift).
+// With an activation, dy is gated at z (act.params of C channels; the tails: act.scale, act.shift).
 template <int R, class T, Activation A>
 HWY_INLINE void backward_sums_cols_rows(const T* const* g, const T* const* p, const double* mean,
-                                        const Act& act, int64_t c0, int64_t c1, int64_t vec_end,
-                                        double* sum_dy, double* sum_dy_xmu) {
+                                        const Act& act, int64_t C, int64_t c0, int64_t c1,
+                                        int64_t vec_end, double* sum_dy, double* sum_dy_xmu) {
   const DD d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   for (int64_t c = c0; c < vec_end; c += N) {
     const VD mu = hn::LoadU(d, mean + c);
-    VD sc = hn::Zero(d), sh = hn::Zero(d);
+    SumsGate<T, A> gate{};
     if constexpr (A != Activation::None)
-      sc = hn::LoadU(d, act.scale + c), sh = hn::LoadU(d, act.shift + c);
-    const auto gate = SumsGate<T, A>::of(mu, sc, sh, act.slope);
+      gate =
+          SumsGate<T, A>::of_block(static_cast<const ActCompute<T>*>(act.params), C, c, act.slope);
     VD sdy = hn::LoadU(d, sum_dy + c), sxm = hn::LoadU(d, sum_dy_xmu + c);
     for (int i = 0; i < R; ++i) {
       const VD xm = hn::Sub(LoadD(p[i] + c), mu);
@@ -224,12 +224,12 @@ void backward_sums_cols_partition(const View3& dy, const View3& x, const double*
       for (; r + 4 <= r1; r += 4) {
         for (int i = 0; i < 4; ++i, at.next())
           g[i] = row_ptr<T>(dy, at.n, 0, at.l), p[i] = row_ptr<T>(x, at.n, 0, at.l);
-        backward_sums_cols_rows<4, T, A>(g, p, mean, act, t0, t1, vec_end, sum_dy, sum_dy_xmu);
+        backward_sums_cols_rows<4, T, A>(g, p, mean, act, x.C, t0, t1, vec_end, sum_dy, sum_dy_xmu);
       }
     }
     for (; r < r1; ++r, at.next()) {
       g[0] = row_ptr<T>(dy, at.n, 0, at.l), p[0] = row_ptr<T>(x, at.n, 0, at.l);
-      backward_sums_cols_rows<1, T, A>(g, p, mean, act, t0, t1, vec_end, sum_dy, sum_dy_xmu);
+      backward_sums_cols_rows<1, T, A>(g, p, mean, act, x.C, t0, t1, vec_end, sum_dy, sum_dy_xmu);
     }
   }
 }

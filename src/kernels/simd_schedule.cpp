@@ -332,12 +332,19 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
     // it): data from DRAM row by row across the partition's channels; data in cache four rows at
     // a time, in channel tiles, while x and dy come to at most kGroupedRowsBytes per thread.
     const bool from_memory = streams(x);
+    // z's parameters in the compute type, rounded once per call (SumsGate::of_block).
+    Act gated = act;
+    if (act.enabled()) {
+      gated.params = elementwise_params(x, normalize_block(C, false), mean, {act.scale, act.shift});
+      if (gated.params == nullptr)
+        return reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean, act);
+    }
     const int step = !from_memory && 2 * bytes_of(x) <= threads * kGroupedRowsBytes ? 4 : 1;
     const int64_t tile = from_memory ? C : kSumsTile;
     over_partitions(
         parts, threads, C,
         [&](int64_t p, double* ps, double* psx) {
-          units::backward_sums_cols_partition(dy, x, mean, act, parts.first(p), parts.last(p),
+          units::backward_sums_cols_partition(dy, x, mean, gated, parts.first(p), parts.last(p),
                                               parts.channel_first(p), parts.channel_last(p), step,
                                               tile, ps, psx);
         },
