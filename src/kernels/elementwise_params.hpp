@@ -82,8 +82,8 @@ struct NormalizeColumns : ParamColumns<T, kFolded> {
 
 /// dx = a · dy + b · (x − mean) + k; folded, k − mean_lo · b.
 inline ParamBlock backward_input_block(int64_t C, bool folded) { return {C, 3, folded ? 1 : -1}; }
-/// With an activation (float64, unfolded), dy gated at z = (x − mean) · scale + shift: a, b, k,
-/// then scale and shift.
+/// With an activation (unfolded), dy gated at z = ((x − mean_hi) − mean_lo) · scale + shift:
+/// a, b, k, then scale and shift.
 inline ParamBlock backward_input_act_block(int64_t C) { return {C, 5, -1}; }
 template <class T, bool kFolded>
 struct BackwardInputColumns : ParamColumns<T, kFolded> {

@@ -145,22 +145,18 @@ HWY_INLINE ComputeOf<T> to_compute(T v) {
   else
     return v;
 }
-/// A computed value (T's compute type, or float64) stored as T (rounded once).
-template <class T, class V>
-HWY_INLINE T from_compute(V v) {
-  if constexpr (std::is_same_v<V, T>)
-    return v;
+/// A computed value stored as T (rounded once).
+template <class T>
+HWY_INLINE T from_compute(ComputeOf<T> v) {
+  if constexpr (kIs16Bit<T>)
+    return narrow<T>(v);
   else
-    return narrow<T>(static_cast<double>(v));
+    return v;
 }
-/// Whether d's lanes are T itself: float64 lanes for float32 storage (the fused activation's
-/// kernels) and for the 16-bit types are not.
-template <class D, class T>
-constexpr bool kNativeLanes = std::is_same_v<hn::TFromD<D>, T>;
 /// A vector of d's compute lanes from storage T at p.
 template <class D, class T>
 HWY_INLINE hn::Vec<D> LoadC(D d, const T* HWY_RESTRICT p) {
-  if constexpr (!kNativeLanes<D, T>)
+  if constexpr (kIs16Bit<T>)
     return LoadD(p);
   else
     return hn::LoadU(d, p);
@@ -169,7 +165,7 @@ HWY_INLINE hn::Vec<D> LoadC(D d, const T* HWY_RESTRICT p) {
 /// stored vector, as a non-temporal store.
 template <class D, class T>
 HWY_INLINE void StoreC(D d, hn::Vec<D> v, T* HWY_RESTRICT p, bool stream = false) {
-  if constexpr (!kNativeLanes<D, T>) {
+  if constexpr (kIs16Bit<T>) {
     auto* lanes = reinterpret_cast<LaneOf<T>*>(p);
     if (stream)
       hn::Stream(ToT<T>(v), DT<T>(), lanes);
@@ -240,10 +236,10 @@ struct SumsGate {
   /// From float64 lanes of the mean, scale and shift, rounded as ActChannel::of rounds them.
   static HWY_INLINE SumsGate of(VD mean, VD scale, VD shift, double slope) {
     const DC dc;
-    if constexpr (std::is_same_v<ActCompute<T>, float>) {
-      const VC hi = hn::DemoteTo(dc, mean);
-      return {hi, hn::DemoteTo(dc, hn::Sub(mean, hn::PromoteTo(DD(), hi))), hn::DemoteTo(dc, scale),
-              hn::DemoteTo(dc, shift), hn::Set(dc, static_cast<float>(slope))};
+    if constexpr (std::is_same_v<ActCompute<T>, float>) {  // ToT: ±inf beyond float's range
+      const VC hi = ToT<float>(mean);
+      return {hi, ToT<float>(hn::Sub(mean, hn::PromoteTo(DD(), hi))), ToT<float>(scale),
+              ToT<float>(shift), hn::Set(dc, static_cast<float>(slope))};
     } else {
       return {mean, hn::Zero(dc), scale, shift, hn::Set(dc, slope)};
     }
@@ -309,10 +305,9 @@ HWY_INLINE void write_run(D d, T* HWY_RESTRICT out, int64_t len, bool stream, Ve
                           ScalarF scalar) {
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const auto full = [d](const T* p) { return LoadC(d, p); };
-  // x86 non-temporal stores write 16 bytes: outputs narrower than their lanes (16-bit, or
-  // float32 from float64 lanes) of shorter vectors (8 or 4 bytes) are stored normally
-  // (docs/tuning.md#sixteen-bit-streaming).
-  if (!kNativeLanes<D, T> && N * static_cast<int64_t>(sizeof(T)) < 16) stream = false;
+  // x86 non-temporal stores write 16 bytes: 16-bit outputs of shorter vectors (AVX2 and older
+  // targets: 8 or 4 bytes) are stored normally (docs/tuning.md#sixteen-bit-streaming).
+  if (kIs16Bit<T> && N * static_cast<int64_t>(sizeof(T)) < 16) stream = false;
   int64_t i = 0;
   if (stream) {
     const auto vector_bytes = static_cast<uintptr_t>(N) * sizeof(T);
@@ -322,7 +317,7 @@ HWY_INLINE void write_run(D d, T* HWY_RESTRICT out, int64_t len, bool stream, Ve
   } else {
     for (; i + N <= len; i += N) StoreC(d, vec(i, full), out + i);
   }
-  if constexpr (kMaskedTails && kNativeLanes<D, T>) {
+  if constexpr (kMaskedTails && !kIs16Bit<T>) {
     if (i < len) {
       const auto m = hn::FirstN(d, static_cast<size_t>(len - i));
       const auto masked = [d, m](const T* p) { return hn::MaskedLoad(m, d, p); };

@@ -79,8 +79,8 @@ void BackwardSumsColsPartition(const View3& dy, const View3& x, const double* me
                                        sum_dy_xmu);
   });
 }
-// Elementwise entry points: P holds the per-channel parameters in the kernel's compute type
-// (ElementwiseOf: float64 with an activation), laid out as `block` says (elementwise_params.hpp).
+// Elementwise entry points: P holds the per-channel parameters in the input's compute type
+// (ComputeOf), laid out as `block` says (elementwise_params.hpp); act: the fused activation.
 void NormalizeRows(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
                    const Act& act, int64_t i0, int64_t i1, bool stream) {
   with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {

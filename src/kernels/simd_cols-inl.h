@@ -262,8 +262,8 @@ HWY_INLINE void elementwise_rows_group(D d, const Out3& out, const View3& x, con
     for (int i = 0; i < R; ++i) v[i] = f.vec(d, c, LoadC(d, p[i] + c), LoadC(d, g[i] + c));
     for (int i = 0; i < R; ++i) StoreC(d, v[i], o[i] + c);
   }
-  if constexpr (kMaskedTails && kNativeLanes<D, T>) {  // f.vec's parameter loads may read past C
-    if (c < C) {                                       // (P is padded)
+  if constexpr (kMaskedTails && !kIs16Bit<T>) {  // f.vec's parameter loads may read past C
+    if (c < C) {                                 // (P is padded)
       const auto m = hn::FirstN(d, static_cast<size_t>(C - c));
       V v[R];
       for (int i = 0; i < R; ++i)

@@ -112,15 +112,14 @@ HWY_INLINE void SplitMean(double mean, CT& hi, CT& lo) {
   lo = std::is_same_v<CT, double> ? CT{0} : static_cast<CT>(mean - static_cast<double>(hi));
 }
 
-// The valid lanes of d at valid + l: load(valid + l) where the lanes are the storage type
-// (the tail's masked loader included), else a vector of d's lanes from valid's values (the
-// tails of those are scalar).
+// The valid lanes of d at valid + l: load(valid + l) where the compute type is the storage type
+// (the tail's masked loader included), a full vector otherwise (16-bit tails are scalar).
 template <class T, class D, class Load>
 HWY_INLINE auto ValidCompute(D d, const ComputeOf<T>* HWY_RESTRICT valid, Load load) {
-  if constexpr (kNativeLanes<D, T>)
+  if constexpr (std::is_same_v<T, ComputeOf<T>>)
     return hn::Ne(load(valid), hn::Zero(d));
   else
-    return hn::Ne(LoadC(d, valid), hn::Zero(d));
+    return hn::Ne(hn::LoadU(d, valid), hn::Zero(d));
 }
 
 // Output rows i0 … i1 − 1 (i = n·C + c): y = ((x − mean_hi) − mean_lo) · scale + shift at the

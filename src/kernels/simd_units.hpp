@@ -37,9 +37,9 @@ void backward_sums_cols_partition(const View3& dy, const View3& x, const double*
                                   const Act& act, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                                   int step, int64_t tile, double* sum_dy, double* sum_dy_xmu);
 
-// Elementwise ops over a range of units, the parameters at P in x's compute type (float64 with
-// an activation: act.kind, act.slope) laid out as `block` says; with `stream`, the outputs go out
-// as non-temporal stores.
+// Elementwise ops over a range of units, the parameters at P in x's compute type laid out as
+// `block` says, with the activation act.kind (act.slope); with `stream`, the outputs go out as
+// non-temporal stores.
 void normalize_rows(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
                     const Act& act, int64_t i0, int64_t i1, bool stream);
 void normalize_cols(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
