@@ -13,6 +13,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 
 #include "format.hpp"
 #include "kernels/reference.hpp"
@@ -273,6 +274,121 @@ TEST(ActivationKernels, MaskedKernelsMatchTheOracleBitwise) {
           if (valid_d[(i / static_cast<std::size_t>(C * L)) * L + i % L] == 0) want[i] = 0.0;
         EXPECT_TRUE(near_gradient(dx, make_tensor(want, s, dtype), xt, gt, p.mean, p.a, p.b, p.k))
             << "masked backward_input";
+      }
+    }
+  }
+  simd::force_target("");
+}
+
+}  // namespace
+}  // namespace bn1d::test
+
+namespace bn1d::test {
+namespace {
+
+// Channels whose z cancels to within a few roundings of 0 at most values: means that float32
+// cannot hold exactly (mean_lo matters), shift ≈ −(x0 − mean) · scale, x within a few ulps of x0.
+struct NearZero {
+  Shape shape;
+  std::vector<double> x, dy, mean, scale, shift, ones, zeros;
+  NearZero(const Shape& s, DType dtype) : shape(s) {
+    const int64_t C = s[1], per = s[0] * (s.size() == 3 ? s[2] : 1);
+    const auto n = static_cast<std::size_t>(C * per);
+    x.resize(n), dy.resize(n);
+    mean.resize(static_cast<std::size_t>(C)), scale.resize(mean.size()), shift.resize(mean.size());
+    ones.assign(mean.size(), 1.0), zeros.assign(mean.size(), 0.0);
+    const double ulp = dtype == DType::Float64 ? 0x1.0p-52 : 0x1.0p-23;
+    const int64_t L = s.size() == 3 ? s[2] : 1;
+    for (int64_t c = 0; c < C; ++c) {
+      const double x0 = 1.5 + 0.25 * static_cast<double>(c % 4);
+      mean[c] = 0.1 * static_cast<double>(c + 1);
+      scale[c] = 0.7 + 0.013 * static_cast<double>(c);
+      shift[c] = -(x0 - mean[c]) * scale[c];
+      for (int64_t i = 0; i < per; ++i) {
+        const std::size_t at = static_cast<std::size_t>(((i / L) * C + c) * L + i % L);
+        x[at] = x0 * (1.0 + static_cast<double>(i % 9 - 4) * ulp);
+        dy[at] = 1.0 + 0.001 * static_cast<double>(i % 17);
+      }
+    }
+  }
+};
+
+// With a = 1 and b = k = 0 the input gradient is the gated dy itself: for ReLU it must be dy
+// exactly where the forward's output is > 0 (or NaN) and 0 elsewhere; the sums must be those of
+// that gated dy. The forward and the backward may take different paths (a strided grad_output
+// goes to the scalar oracle), on every target.
+TEST(ActivationKernels, GateAgreesWithTheOutputAtCancellingInputs) {
+  const Act relu{Activation::ReLU, 0.0};
+  for (const std::string& target : simd::targets()) {
+    simd::force_target(target);
+    for (DType dtype : {DType::Float32, DType::Float64}) {
+      for (const ActCase& k : {ActCase{{4, 6, 300}, Layout::Contiguous, simd::Layout::UnitStrideL},
+                               ActCase{{700, 21}, Layout::Contiguous, simd::Layout::UnitStrideC}}) {
+        SCOPED_TRACE("target " + target + " " + dtype_name(dtype) + " " + format_shape(k.shape));
+        const NearZero d(k.shape, dtype);
+        const Tensor xt = make_tensor(d.x, k.shape, dtype);
+        std::shared_ptr<std::vector<char>> keep;
+        for (const Tensor& gt : {make_tensor(d.dy, k.shape, dtype),
+                                 make_strided(d.dy, k.shape, dtype, Layout::Sliced, keep)}) {
+          const kernels::View3 x = detail::input_view(xt), dy = detail::input_view(gt);
+          Act act = relu;
+          act.scale = d.scale.data(), act.shift = d.shift.data();
+          Tensor y = Tensor::empty(k.shape, dtype), dx = Tensor::empty(k.shape, dtype);
+          route::normalize(detail::output_view(y), x, d.mean.data(), d.scale.data(), d.shift.data(),
+                           act);
+          route::backward_input(detail::output_view(dx), dy, x, d.mean.data(), d.ones.data(),
+                                d.zeros.data(), d.zeros.data(), act);
+          const auto C = static_cast<std::size_t>(x.C);
+          std::vector<double> s(C), sx(C), want(C, 0.0);
+          route::backward_sums(s.data(), sx.data(), dy, x, d.mean.data(), act);
+          const std::vector<double> ys = values(y), dxs = values(dx), gs = values(gt);
+          std::size_t passed = 0, blocked = 0;
+          for (std::size_t i = 0; i < ys.size(); ++i) {
+            const bool pass = ys[i] > 0.0 || std::isnan(ys[i]);
+            passed += pass, blocked += !pass;
+            ASSERT_EQ(dxs[i], pass ? gs[i] : 0.0) << "element " << i << ", y = " << ys[i];
+            want[(i / static_cast<std::size_t>(x.L)) % C] += pass ? gs[i] : 0.0;
+          }
+          EXPECT_GT(passed, ys.size() / 5);  // the data straddles the cut
+          EXPECT_GT(blocked, ys.size() / 5);
+          EXPECT_TRUE(near_sums(s, want));
+        }
+      }
+    }
+  }
+  simd::force_target("");
+}
+
+// 16-bit outputs: z at or below half the smallest positive value rounds to +0 and blocks the
+// gradient; just above it rounds to that value and passes it. Checked by value, not by the oracle.
+TEST(ActivationKernels, SixteenBitThresholdIsTheRoundingOfTheOutput) {
+  for (const std::string& target : simd::targets()) {
+    simd::force_target(target);
+    for (const auto& [dtype, half_min, one_ulp] :
+         {std::tuple{DType::BFloat16, 0x1.0p-134, 0x1.0p-7},
+          std::tuple{DType::Float16, 0x1.0p-25, 0x1.0p-10}}) {
+      SCOPED_TRACE("target " + target + " " + dtype_name(dtype));
+      const Shape s{2, 1, 40};
+      std::vector<double> xv(80), gv(80, 1.0);
+      for (std::size_t i = 0; i < xv.size(); ++i) xv[i] = i % 2 ? 1.0 + one_ulp : 1.0;
+      const Tensor xt = make_tensor(xv, s, dtype), gt = make_tensor(gv, s, dtype);
+      const std::vector<double> mean{0.0}, scale{half_min}, shift{0.0}, one{1.0}, zero{0.0};
+      const Act act{Activation::ReLU, 0.0, scale.data(), shift.data()};
+      const kernels::View3 x = detail::input_view(xt), dy = detail::input_view(gt);
+      Tensor y = Tensor::empty(s, dtype), dx = Tensor::empty(s, dtype);
+      route::normalize(detail::output_view(y), x, mean.data(), scale.data(), shift.data(), act);
+      route::backward_input(detail::output_view(dx), dy, x, mean.data(), one.data(), zero.data(),
+                            zero.data(), act);
+      const std::vector<double> ys = values(y), dxs = values(dx);
+      for (std::size_t i = 0; i < ys.size(); ++i) {
+        if (i % 2) {
+          EXPECT_EQ(ys[i], 2 * half_min) << i;  // the smallest positive value
+          EXPECT_EQ(dxs[i], 1.0) << i;
+        } else {
+          EXPECT_EQ(ys[i], 0.0) << i;
+          EXPECT_FALSE(std::signbit(ys[i])) << i;
+          EXPECT_EQ(dxs[i], 0.0) << i;
+        }
       }
     }
   }
