@@ -534,6 +534,15 @@ TEST(ActivationErrors, OutOfRangeActivationIsAnError) {
       "activation"));
 }
 
+// act(bn(x)) is not affine: neither neighbouring Linear can absorb it.
+TEST(ActivationErrors, FoldRefusesAFusedActivation) {
+  BatchNorm1d bn(BatchNorm1dOptions(2).activation(Activation::ReLU));
+  bn.eval();
+  const Tensor weight = Tensor::ones({2, 2}, DType::Float32);
+  EXPECT_TRUE(throws_error([&] { fold_into_preceding(bn, weight, {}); }, "activation=relu"));
+  EXPECT_TRUE(throws_error([&] { fold_into_following(bn, weight, {}); }, "activation=relu"));
+}
+
 // ---- Text form -------------------------------------------------------------------------------
 
 TEST(ActivationRepr, ShownOnlyWhenSet) {
