@@ -270,6 +270,26 @@ std::vector<ModuleCase> module_cases() {
 INSTANTIATE_TEST_SUITE_P(Cases, ActivationModule, ::testing::ValuesIn(module_cases()),
                          [](const auto& info) { return case_name(info.param); });
 
+// A bfloat16 or float16 module (parameters and running statistics of the input's dtype).
+TEST(ActivationModule16, PureSixteenBitModuleMatchesTheOracle) {
+  for (DType dtype : {DType::BFloat16, DType::Float16}) {
+    for (const FusedActivation& act : {relu(), leaky(0.2)}) {
+      const int64_t N = 6, C = 3, L = 10;
+      BatchNorm1d m(options_with(C, act, dtype));
+      set_params(m, C, 101);
+      const std::vector<double> x = round_to(random_values(N * C * L, 102), dtype);
+      const std::vector<double> dy = round_to(random_values(N * C * L, 103), dtype);
+      const OracleSetup s = setup(N, C, L, values(m.weight()), values(m.bias()), act, dtype);
+      const OracleResult want = oracle(s, x, dy);
+      EXPECT_TRUE(matches(m.forward(make_tensor(x, {N, C, L}, dtype)), want.y));
+      const auto grads = m.backward(make_tensor(dy, {N, C, L}, dtype));
+      EXPECT_TRUE(matches(grads.input, want.dx));
+      EXPECT_TRUE(matches(grads.weight, want.dw));
+      EXPECT_TRUE(matches(grads.bias, want.db));
+    }
+  }
+}
+
 // ---- Module options: no affine, no running statistics, masked, ghost -------------------------
 
 TEST(ActivationModuleOptions, NoAffineMatchesTheOracle) {
