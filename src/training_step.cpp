@@ -127,7 +127,7 @@ struct BatchNorm1d::Step {
   static StepConfig config(const BatchNorm1d& m) {
     const BatchNorm1dOptions& o = m.options_;
     return {o.num_features(), o.dtype(),    m.training_, o.track_running_stats(),
-            o.affine(),       o.momentum(), o.eps()};
+            o.affine(),       o.momentum(), o.eps(),     o.fused_activation()};
   }
 
   // The partition the saved forward normalized over (for backward()).

@@ -169,7 +169,7 @@ class SyncBatchNorm1d {
   int world_size() const noexcept { return combiner_.world_size(); }
 
   /// Bytes this rank contributes to the two MPI_Allgathers of a synchronized forward with
-  /// @p num_features channels: the header (MpiStatsCombiner::header_bytes(), 96) plus the
+  /// @p num_features channels: the header (MpiStatsCombiner::header_bytes(), 112) plus the
   /// float64 record [mean[C], M2[C]]; every rank receives world_size() of each. An eval forward
   /// with running statistics sends the header only.
   static std::size_t forward_record_bytes(int64_t num_features) noexcept {
