@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/activation.hpp"
 #include "kernels/blocking.hpp"
 #include "kernels/element.hpp"
 #include "kernels/view.hpp"
@@ -144,18 +145,22 @@ HWY_INLINE ComputeOf<T> to_compute(T v) {
   else
     return v;
 }
-/// A computed value stored as T (rounded once).
-template <class T>
-HWY_INLINE T from_compute(ComputeOf<T> v) {
-  if constexpr (kIs16Bit<T>)
-    return narrow<T>(v);
-  else
+/// A computed value (T's compute type, or float64) stored as T (rounded once).
+template <class T, class V>
+HWY_INLINE T from_compute(V v) {
+  if constexpr (std::is_same_v<V, T>)
     return v;
+  else
+    return narrow<T>(static_cast<double>(v));
 }
+/// Whether d's lanes are T itself: float64 lanes for float32 storage (the fused activation's
+/// kernels) and for the 16-bit types are not.
+template <class D, class T>
+constexpr bool kNativeLanes = std::is_same_v<hn::TFromD<D>, T>;
 /// A vector of d's compute lanes from storage T at p.
 template <class D, class T>
 HWY_INLINE hn::Vec<D> LoadC(D d, const T* HWY_RESTRICT p) {
-  if constexpr (kIs16Bit<T>)
+  if constexpr (!kNativeLanes<D, T>)
     return LoadD(p);
   else
     return hn::LoadU(d, p);
@@ -164,7 +169,7 @@ HWY_INLINE hn::Vec<D> LoadC(D d, const T* HWY_RESTRICT p) {
 /// stored vector, as a non-temporal store.
 template <class D, class T>
 HWY_INLINE void StoreC(D d, hn::Vec<D> v, T* HWY_RESTRICT p, bool stream = false) {
-  if constexpr (kIs16Bit<T>) {
+  if constexpr (!kNativeLanes<D, T>) {
     auto* lanes = reinterpret_cast<LaneOf<T>*>(p);
     if (stream)
       hn::Stream(ToT<T>(v), DT<T>(), lanes);
@@ -186,6 +191,92 @@ HWY_INLINE V SubMean(V x, V mean_hi, V mean_lo) {
     return hn::Sub(x, mean_hi);
   } else {
     return hn::Sub(hn::Sub(x, mean_hi), mean_lo);
+  }
+}
+
+// ---- The fused activation (activation.hpp) ---------------------------------------------------
+
+/// z = xm · scale + shift from xm = (x − mean_hi) − mean_lo, a product then a sum (never an
+/// FMA): ActChannel::input's bits in every lane.
+template <class V>
+HWY_INLINE V ActInput(V xm, V scale, V shift) {
+  return hn::Add(hn::Mul(xm, scale), shift);
+}
+
+/// act_value: ReLU keeps z where it is not ≤ kActiveAbove<T> (NaN too), else +0; LeakyReLU
+/// keeps z where it is > kActiveAbove<T>, else z · slope.
+template <class T, Activation A, class V>
+HWY_INLINE V Activate(V z, V slope) {
+  const V above = hn::Set(hn::DFromV<V>(), static_cast<hn::TFromV<V>>(kActiveAbove<T>));
+  if constexpr (A == Activation::ReLU)
+    return hn::IfThenZeroElse(hn::Le(z, above), z);
+  else if constexpr (A == Activation::LeakyReLU)
+    return hn::IfThenElse(hn::Gt(z, above), z, hn::Mul(z, slope));
+  else
+    return z;
+}
+
+/// act_gate: dy times the activation's derivative at z (dy itself without an activation).
+template <class T, Activation A, class V>
+HWY_INLINE V Gate(V z, V dy, V slope) {
+  const V above = hn::Set(hn::DFromV<V>(), static_cast<hn::TFromV<V>>(kActiveAbove<T>));
+  if constexpr (A == Activation::ReLU)
+    return hn::IfThenZeroElse(hn::Le(z, above), dy);
+  else if constexpr (A == Activation::LeakyReLU)
+    return hn::IfThenElse(hn::Gt(z, above), dy, hn::Mul(dy, slope));
+  else
+    return dy;
+}
+
+/// The gate of the gradient sums, which read float64 lanes: dy gated at z, z formed in
+/// ActCompute<T> (float32 lanes matching the float64 ones for float32 storage). The parameters
+/// are per lane (cols) or broadcast (rows).
+template <class T, Activation A>
+struct SumsGate {
+  using DC = hn::Rebind<ActCompute<T>, DD>;
+  using VC = hn::Vec<DC>;
+  VC mean_hi, mean_lo, scale, shift, slope;
+
+  /// From float64 lanes of the mean, scale and shift, rounded as ActChannel::of rounds them.
+  static HWY_INLINE SumsGate of(VD mean, VD scale, VD shift, double slope) {
+    const DC dc;
+    if constexpr (std::is_same_v<ActCompute<T>, float>) {
+      const VC hi = hn::DemoteTo(dc, mean);
+      return {hi, hn::DemoteTo(dc, hn::Sub(mean, hn::PromoteTo(DD(), hi))), hn::DemoteTo(dc, scale),
+              hn::DemoteTo(dc, shift), hn::Set(dc, static_cast<float>(slope))};
+    } else {
+      return {mean, hn::Zero(dc), scale, shift, hn::Set(dc, slope)};
+    }
+  }
+  /// From channels c … c + lanes − 1 of a normalize parameter block (elementwise_params.hpp).
+  static HWY_INLINE SumsGate of_block(const ActCompute<T>* P, int64_t C, int64_t c, double slope) {
+    const DC dc;
+    return {hn::LoadU(dc, P + c), hn::LoadU(dc, P + C + c), hn::LoadU(dc, P + 2 * C + c),
+            hn::LoadU(dc, P + 3 * C + c), hn::Set(dc, static_cast<ActCompute<T>>(slope))};
+  }
+  /// dy (float64 lanes dyd, stored at dy) gated at z of the values at x (xm: x − mean in float64).
+  HWY_INLINE VD operator()(const T* HWY_RESTRICT x, const T* HWY_RESTRICT dy, VD xm, VD dyd) const {
+    if constexpr (A == Activation::None) {
+      return dyd;
+    } else if constexpr (std::is_same_v<ActCompute<T>, float>) {
+      const DC dc;
+      const VC z = ActInput(hn::Sub(hn::Sub(hn::LoadU(dc, x), mean_hi), mean_lo), scale, shift);
+      return hn::PromoteTo(DD(), Gate<T, A>(z, hn::LoadU(dc, dy), slope));
+    } else {
+      return Gate<T, A>(ActInput(xm, scale, shift), dyd, slope);
+    }
+  }
+};
+
+/// The gated dy of one value in scalar code (the kernels' tails), act_gate's bits.
+template <class T, Activation A>
+HWY_INLINE double gate_scalar(const ActChannel<T>& channel, T x, T dy) {
+  if constexpr (A == Activation::None) {
+    return widen(dy);
+  } else {
+    using CT = ActCompute<T>;
+    return static_cast<double>(act_gate<T>(A, channel.input(static_cast<CT>(widen(x))),
+                                           static_cast<CT>(widen(dy)), channel.slope));
   }
 }
 
@@ -218,9 +309,10 @@ HWY_INLINE void write_run(D d, T* HWY_RESTRICT out, int64_t len, bool stream, Ve
                           ScalarF scalar) {
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const auto full = [d](const T* p) { return LoadC(d, p); };
-  // x86 non-temporal stores write 16 bytes: 16-bit outputs of shorter vectors (AVX2 and older
-  // targets: 8 or 4 bytes) are stored normally (docs/tuning.md#sixteen-bit-streaming).
-  if (kIs16Bit<T> && N * static_cast<int64_t>(sizeof(T)) < 16) stream = false;
+  // x86 non-temporal stores write 16 bytes: outputs narrower than their lanes (16-bit, or
+  // float32 from float64 lanes) of shorter vectors (8 or 4 bytes) are stored normally
+  // (docs/tuning.md#sixteen-bit-streaming).
+  if (!kNativeLanes<D, T> && N * static_cast<int64_t>(sizeof(T)) < 16) stream = false;
   int64_t i = 0;
   if (stream) {
     const auto vector_bytes = static_cast<uintptr_t>(N) * sizeof(T);
@@ -230,7 +322,7 @@ HWY_INLINE void write_run(D d, T* HWY_RESTRICT out, int64_t len, bool stream, Ve
   } else {
     for (; i + N <= len; i += N) StoreC(d, vec(i, full), out + i);
   }
-  if constexpr (kMaskedTails && !kIs16Bit<T>) {
+  if constexpr (kMaskedTails && kNativeLanes<D, T>) {
     if (i < len) {
       const auto m = hn::FirstN(d, static_cast<size_t>(len - i));
       const auto masked = [d, m](const T* p) { return hn::MaskedLoad(m, d, p); };
