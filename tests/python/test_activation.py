@@ -134,12 +134,12 @@ def test_exact_zero_takes_torchs_subgradient(activation, slope, dtype):
     torch's exactly, and in eval mode grad_input at those positions is torch's."""
     x, dy = make_zero_case(activation)
     m = bt.BatchNorm1d(3, activation=activation, negative_slope=slope, dtype=dtype)
-    xin = x.to(dtype).requires_grad_()
+    xin = x.to(dtype).clone().requires_grad_()
     y = m(xin)
     y.backward(dy.to(dtype))
     exact = oracle(x, m.weight, m.bias, None, None, True, activation, slope, dy)
     zero = x == 0
-    assert torch.equal(y.detach()[zero].double(), torch.zeros(int(zero.sum()), dtype=torch.float64))
+    assert bool((y.detach()[zero] == 0).all())
     assert torch.equal(m.bias.grad.double(), exact[3])
     assert_close(xin.grad, exact[1], "grad_input")
     # eval: running mean 0, running var 1 - eps: z = x exactly, dx = invstd * act'(z) * dy.
@@ -147,7 +147,7 @@ def test_exact_zero_takes_torchs_subgradient(activation, slope, dtype):
     with torch.no_grad():
         m.running_mean.zero_()
         m.running_var.fill_(1.0)
-    xin = x.to(dtype).requires_grad_()
+    xin = x.to(dtype).clone().requires_grad_()
     m(xin).backward(dy.to(dtype))
     exact = oracle(x, m.weight, m.bias, m.running_mean, m.running_var, False, activation, slope,
                    dy)
@@ -320,8 +320,9 @@ def test_numpy_module_options_repr_pickle_and_files(tmp_path):
     np.testing.assert_array_equal(plain.running_mean, m.running_mean)
     fused = bn1d.BatchNorm1d(3, activation="relu", eps=1e-3)
     fused.load(path)
-    plain.eps = 1e-3
-    np.testing.assert_array_equal(fused.infer(x), np.maximum(plain.infer(x), 0))
+    plain.eps = 1e-3  # the fused pass rounds z once from float64: within 1 ulp of the plain
+    np.testing.assert_allclose(fused.infer(x), np.maximum(plain.infer(x), 0), rtol=2.5e-7,
+                               atol=1e-7)
 
 
 def test_numpy_module_round_trips_through_torch():
