@@ -188,7 +188,7 @@ def _fold_pair(pair: _Pair) -> None:
     nn.Identity in the batch norm's place (its fused activation's module, if it has one)."""
     first, second = pair.modules()
     bn, layer = (first, second) if pair.bn_first else (second, first)
-    state = from_torch(bn).eval()
+    state = from_torch(bn, with_activation=False).eval()  # the activation follows the layer
     fold = bn1d.fold_into_following if pair.bn_first else bn1d.fold_into_preceding
     weight = layer.weight.detach().cpu()
     bias = None if layer.bias is None else layer.bias.detach().cpu()

@@ -60,7 +60,7 @@ test_that("relu output is pmax(bn(x), 0) in eval mode over an N x C x L array", 
 test_that("at bn(x) == 0 the gradient is 0 for relu and slope * dy for leaky_relu", {
   # Channel values {-1, 0, 1}: mean exactly 0, so bn(x) is exactly 0 where x is.
   x <- matrix(c(-1, 0, 1, 0, 1, -1), 6, 1)
-  dy <- matrix(1:6, 6, 1)
+  dy <- matrix(as.double(1:6), 6, 1)
   relu <- nn_batch_norm1d(1, activation = "relu")
   expect_identical(relu(x)[x == 0], c(0, 0))
   expect_identical(relu$backward(dy)$bias, sum(dy[x > 0]))
