@@ -3,7 +3,8 @@
 // batch_norm_backward.cpp) and the modules validate once at their boundary, then call these.
 // Callers guarantee: x (and dy) are views of 2-D/3-D float32/float64 tensors with C channels;
 // weight and bias are undefined or {C} tensors of the input's dtype; statistics and
-// normalizations hold float64 {C} tensors; counts are as each step states.
+// normalizations hold float64 {C} tensors; counts are as each step states; an activation has a
+// valid kind and a finite slope (detail::check_activation).
 #pragma once
 
 #include <initializer_list>

@@ -245,6 +245,7 @@ TEST_P(ActivationModule, TrainAndEvalMatchTheOracle) {
   s.running_var = values(m.running_var());
   const OracleResult eval = oracle(s, x, dy);
   EXPECT_TRUE(matches(m.forward(input), eval.y));
+  EXPECT_TRUE(matches(m.forward(input), eval.y));  // the cached eval normalization
   const auto eval_grads = m.backward(grad_output);
   EXPECT_TRUE(matches(eval_grads.input, eval.dx));
   EXPECT_TRUE(matches(eval_grads.weight, eval.dw));
@@ -269,6 +270,26 @@ std::vector<ModuleCase> module_cases() {
 
 INSTANTIATE_TEST_SUITE_P(Cases, ActivationModule, ::testing::ValuesIn(module_cases()),
                          [](const auto& info) { return case_name(info.param); });
+
+// A bfloat16 or float16 module (parameters and running statistics of the input's dtype).
+TEST(ActivationModule16, PureSixteenBitModuleMatchesTheOracle) {
+  for (DType dtype : {DType::BFloat16, DType::Float16}) {
+    for (const FusedActivation& act : {relu(), leaky(0.2)}) {
+      const int64_t N = 6, C = 3, L = 10;
+      BatchNorm1d m(options_with(C, act, dtype));
+      set_params(m, C, 101);
+      const std::vector<double> x = round_to(random_values(N * C * L, 102), dtype);
+      const std::vector<double> dy = round_to(random_values(N * C * L, 103), dtype);
+      const OracleSetup s = setup(N, C, L, values(m.weight()), values(m.bias()), act, dtype);
+      const OracleResult want = oracle(s, x, dy);
+      EXPECT_TRUE(matches(m.forward(make_tensor(x, {N, C, L}, dtype)), want.y));
+      const auto grads = m.backward(make_tensor(dy, {N, C, L}, dtype));
+      EXPECT_TRUE(matches(grads.input, want.dx));
+      EXPECT_TRUE(matches(grads.weight, want.dw));
+      EXPECT_TRUE(matches(grads.bias, want.db));
+    }
+  }
+}
 
 // ---- Module options: no affine, no running statistics, masked, ghost -------------------------
 
@@ -322,7 +343,43 @@ TEST(ActivationModuleOptions, MaskedMatchesTheOracleOnTheValidPositions) {
       EXPECT_TRUE(matches(grads.input, want.dx));
       EXPECT_TRUE(matches(grads.weight, want.dw));
       EXPECT_TRUE(matches(grads.bias, want.db));
+      m.eval();
+      const OracleResult eval =
+          oracle(with_running(s, values(m.running_mean()), values(m.running_var())), x, dy);
+      EXPECT_TRUE(matches(m.forward(make_tensor(x, {N, C, L}, dtype), valid), eval.y));
+      EXPECT_TRUE(matches(m.backward(make_tensor(dy, {N, C, L}, dtype)).input, eval.dx));
+      EXPECT_TRUE(matches(m.infer(make_tensor(x, {N, C, L}, dtype), valid), eval.y));
     }
+  }
+}
+
+// Channels-last output and grad_input buffers (the input's strides) are written in place.
+TEST(ActivationModuleOptions, ChannelsLastBuffersMatchTheOracle) {
+  for (const FusedActivation& act : {relu(), leaky(0.1)}) {
+    const int64_t N = 4, C = 8, L = 12;
+    BatchNorm1d m(options_with(C, act, DType::Float32));
+    set_params(m, C, 111);
+    const std::vector<double> x = round_to(random_values(N * C * L, 112), DType::Float32);
+    const std::vector<double> dy = round_to(random_values(N * C * L, 113), DType::Float32);
+    std::shared_ptr<std::vector<char>> keep_x, keep_dy, keep_y, keep_dx;
+    const Shape sizes{N, C, L};
+    const Tensor input = make_strided(x, sizes, DType::Float32, Layout::ChannelsLast, keep_x);
+    const Tensor grad_output =
+        make_strided(dy, sizes, DType::Float32, Layout::ChannelsLast, keep_dy);
+    Tensor output = make_strided(x, sizes, DType::Float32, Layout::ChannelsLast, keep_y);
+    BatchNorm1d::Gradients grads;
+    grads.input = make_strided(dy, sizes, DType::Float32, Layout::ChannelsLast, keep_dx);
+    const void* y_storage = output.raw_data();
+    const void* dx_storage = grads.input.raw_data();
+    const OracleResult want =
+        oracle(setup(N, C, L, values(m.weight()), values(m.bias()), act, DType::Float32), x, dy);
+    m.forward(input, output);
+    m.backward(grad_output, grads);
+    EXPECT_EQ(output.raw_data(), y_storage);
+    EXPECT_EQ(grads.input.raw_data(), dx_storage);
+    EXPECT_TRUE(matches(output, want.y));
+    EXPECT_TRUE(matches(grads.input, want.dx));
+    EXPECT_TRUE(matches(grads.weight, want.dw));
   }
 }
 
@@ -532,6 +589,15 @@ TEST(ActivationErrors, OutOfRangeActivationIsAnError) {
         batch_norm(input, {}, {}, {}, {}, true, 0.1, 1e-5, FusedActivation{bad, 0.01});
       },
       "activation"));
+}
+
+// act(bn(x)) is not affine: neither neighbouring Linear can absorb it.
+TEST(ActivationErrors, FoldRefusesAFusedActivation) {
+  BatchNorm1d bn(BatchNorm1dOptions(2).activation(Activation::ReLU));
+  bn.eval();
+  const Tensor weight = Tensor::ones({2, 2}, DType::Float32);
+  EXPECT_TRUE(throws_error([&] { fold_into_preceding(bn, weight, {}); }, "activation=relu"));
+  EXPECT_TRUE(throws_error([&] { fold_into_following(bn, weight, {}); }, "activation=relu"));
 }
 
 // ---- Text form -------------------------------------------------------------------------------

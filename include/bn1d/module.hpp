@@ -104,6 +104,8 @@ class BatchNorm1dOptions {
 /// updates running_mean/running_var with momentum using the **unbiased** variance
 /// (n / (n − 1) · biased, n = N·L) and increments num_batches_tracked. Eval mode normalizes with
 /// the running statistics; without track_running_stats it uses batch statistics in both modes.
+/// With an activation option, forward() and infer() write act(y) and backward() returns the
+/// gradients of act(y), as torch's `relu(bn(x))` or `leaky_relu(bn(x), negative_slope)`.
 ///
 /// Differences from PyTorch (deliberate): a call that throws changes nothing (PyTorch increments
 /// num_batches_tracked before validating); an empty batch (N·L·C == 0) returns an empty output and
@@ -120,7 +122,8 @@ class BatchNorm1d {
   /// BatchNorm1d(num_features) with default options.
   explicit BatchNorm1d(int64_t num_features);
   /// Throws Error for num_features < 1, eps negative or non-finite, momentum outside [0, 1] or
-  /// non-finite, or a dtype that is not floating (Int64).
+  /// non-finite, a dtype that is not floating (Int64), an activation that is not one of
+  /// Activation's values, or a non-finite negative_slope.
   explicit BatchNorm1d(const BatchNorm1dOptions& options);
   /// Deep copy: the copy's parameters and buffers are independent of the original's.
   BatchNorm1d(const BatchNorm1d& other);
@@ -294,7 +297,8 @@ class BatchNorm1d {
 };
 
 /// Prints `BatchNorm1d(100, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)`
-/// (`momentum=None` for a cumulative average); numbers as Python prints them.
+/// (`momentum=None` for a cumulative average); numbers as Python prints them. A fused activation
+/// adds `, activation=relu` or `, activation=leaky_relu, negative_slope=0.01` before the `)`.
 std::ostream& operator<<(std::ostream& os, const BatchNorm1d& module);
 
 }  // namespace bn1d

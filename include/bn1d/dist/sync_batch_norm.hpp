@@ -196,7 +196,8 @@ class SyncBatchNorm1d {
   MpiStatsCombiner combiner_;  // the communicator and its collectives
 };
 
-/// Prints `SyncBatchNorm1d(100, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)`.
+/// Prints `SyncBatchNorm1d(100, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)`,
+/// with BatchNorm1d's activation text when one is set.
 std::ostream& operator<<(std::ostream& os, const SyncBatchNorm1d& module);
 
 }  // namespace bn1d
