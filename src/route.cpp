@@ -34,12 +34,6 @@ bool simd_layout(Layout& layout, const Views&... views) {
 // form row pointers from them).
 bool no_values(const kernels::View3& x) { return x.N == 0 || x.C == 0 || x.L == 0; }
 
-// The virtual cols plan of a call, none with an activation: those kernels take no activation,
-// and its calls go to the SIMD layouts instead.
-auto virtual_cols_plan(const kernels::View3& x, virtual_cols::Op op, const kernels::Act& act) {
-  return act.enabled() ? decltype(virtual_cols::plan(x, op)){} : virtual_cols::plan(x, op);
-}
-
 }  // namespace
 
 void channel_stats(double* mean, double* m2, const kernels::View3& x) {
@@ -60,9 +54,9 @@ void normalize(const kernels::Out3& y, const kernels::View3& x, const double* me
                const double* scale, const double* shift, const kernels::Act& act) {
   Layout layout;
   if (no_values(x)) return;
-  if (const auto plan = virtual_cols_plan(x, virtual_cols::Op::Elementwise, act);
+  if (const auto plan = virtual_cols::plan(x, virtual_cols::Op::Elementwise);
       plan && virtual_cols::fits(plan, y))
-    virtual_cols::normalize(plan, y, x, mean, scale, shift);
+    virtual_cols::normalize(plan, y, x, mean, scale, shift, act);
   else if (simd_layout(layout, x, y))
     kernels::simd::normalize(layout, y, x, mean, scale, shift, act);
   else
@@ -75,9 +69,9 @@ void backward_sums(double* sum_dy, double* sum_dy_xmu, const kernels::View3& dy,
   if (no_values(x)) {
     std::fill_n(sum_dy, x.C, 0.0);
     std::fill_n(sum_dy_xmu, x.C, 0.0);
-  } else if (const auto plan = virtual_cols_plan(x, virtual_cols::Op::Reduction, act);
+  } else if (const auto plan = virtual_cols::plan(x, virtual_cols::Op::Reduction);
              plan && virtual_cols::fits(plan, dy)) {
-    virtual_cols::backward_sums(plan, sum_dy, sum_dy_xmu, dy, x, mean);
+    virtual_cols::backward_sums(plan, sum_dy, sum_dy_xmu, dy, x, mean, act);
   } else if (simd_layout(layout, dy, x)) {
     kernels::simd::backward_sums(layout, sum_dy, sum_dy_xmu, dy, x, mean, act);
   } else {
@@ -90,9 +84,9 @@ void backward_input(const kernels::Out3& dx, const kernels::View3& dy, const ker
                     const kernels::Act& act) {
   Layout layout;
   if (no_values(x)) return;
-  if (const auto plan = virtual_cols_plan(x, virtual_cols::Op::Elementwise, act);
+  if (const auto plan = virtual_cols::plan(x, virtual_cols::Op::Elementwise);
       plan && virtual_cols::fits(plan, dy) && virtual_cols::fits(plan, dx))
-    virtual_cols::backward_input(plan, dx, dy, x, mean, a, b, k);
+    virtual_cols::backward_input(plan, dx, dy, x, mean, a, b, k, act);
   else if (simd_layout(layout, dy, x, dx))
     kernels::simd::backward_input(layout, dx, dy, x, mean, a, b, k, act);
   else

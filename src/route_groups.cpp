@@ -179,7 +179,7 @@ void group_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, co
     });
     return;
   }
-  if (masked_kernels(part, {x.sL, dy.sL}) && !act.enabled())  // TODO(act)
+  if (masked_kernels(part, {x.sL, dy.sL}))
     return kernels::simd::masked_backward_sums(sum_dy, sum_dy_xmu, dy, x,
                                                valid_values(x, *part.valid), mean, act);
   // Each run's sums on the threads, then added in run order.

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/activation.hpp"
 #include "kernels/blocking.hpp"
 #include "kernels/element.hpp"
 #include "kernels/view.hpp"
@@ -35,6 +36,10 @@ using DT = hn::Rebind<LaneOf<T>, DD>;
 /// The type the elementwise kernels compute in: T itself, float64 for the 16-bit types.
 template <class T>
 using ComputeOf = std::conditional_t<kIs16Bit<T>, double, T>;
+
+/// The lanes the elementwise kernels compute in: ComputeOf<T>, float64 with an activation.
+template <class T, Activation A>
+using ElementwiseOf = std::conditional_t<A == Activation::None, ComputeOf<T>, double>;
 
 /// Whether this target converts 16-bit values lane by lane through the scalar oracle
 /// (element.hpp): the emulated targets, and float16 without F16C, whose Highway 1.0.3 emulation
@@ -144,18 +149,22 @@ HWY_INLINE ComputeOf<T> to_compute(T v) {
   else
     return v;
 }
-/// A computed value stored as T (rounded once).
-template <class T>
-HWY_INLINE T from_compute(ComputeOf<T> v) {
-  if constexpr (kIs16Bit<T>)
-    return narrow<T>(v);
-  else
+/// A computed value (T's compute type, or float64) stored as T (rounded once).
+template <class T, class V>
+HWY_INLINE T from_compute(V v) {
+  if constexpr (std::is_same_v<V, T>)
     return v;
+  else
+    return narrow<T>(static_cast<double>(v));
 }
+/// Whether d's lanes are T itself: float64 lanes for float32 storage (the fused activation's
+/// kernels) and for the 16-bit types are not.
+template <class D, class T>
+constexpr bool kNativeLanes = std::is_same_v<hn::TFromD<D>, T>;
 /// A vector of d's compute lanes from storage T at p.
 template <class D, class T>
 HWY_INLINE hn::Vec<D> LoadC(D d, const T* HWY_RESTRICT p) {
-  if constexpr (kIs16Bit<T>)
+  if constexpr (!kNativeLanes<D, T>)
     return LoadD(p);
   else
     return hn::LoadU(d, p);
@@ -164,7 +173,7 @@ HWY_INLINE hn::Vec<D> LoadC(D d, const T* HWY_RESTRICT p) {
 /// stored vector, as a non-temporal store.
 template <class D, class T>
 HWY_INLINE void StoreC(D d, hn::Vec<D> v, T* HWY_RESTRICT p, bool stream = false) {
-  if constexpr (kIs16Bit<T>) {
+  if constexpr (!kNativeLanes<D, T>) {
     auto* lanes = reinterpret_cast<LaneOf<T>*>(p);
     if (stream)
       hn::Stream(ToT<T>(v), DT<T>(), lanes);
@@ -186,6 +195,48 @@ HWY_INLINE V SubMean(V x, V mean_hi, V mean_lo) {
     return hn::Sub(x, mean_hi);
   } else {
     return hn::Sub(hn::Sub(x, mean_hi), mean_lo);
+  }
+}
+
+// ---- The fused activation (activation.hpp), in float64 lanes ---------------------------------
+
+/// z = (x − mean) · scale + shift from xm = x − mean, a product then a sum (never an FMA):
+/// act_input's bits in every lane.
+HWY_INLINE VD ActInput(VD xm, VD scale, VD shift) { return hn::Add(hn::Mul(xm, scale), shift); }
+
+/// act_value: ReLU keeps z where it is not ≤ kActiveAbove<T> (NaN too), else +0; LeakyReLU
+/// keeps z where it is > kActiveAbove<T>, else z · slope.
+template <class T, Activation A>
+HWY_INLINE VD Activate(VD z, VD slope) {
+  const VD above = hn::Set(DD(), kActiveAbove<T>);
+  if constexpr (A == Activation::ReLU)
+    return hn::IfThenZeroElse(hn::Le(z, above), z);
+  else if constexpr (A == Activation::LeakyReLU)
+    return hn::IfThenElse(hn::Gt(z, above), z, hn::Mul(z, slope));
+  else
+    return z;
+}
+
+/// act_gate: dy times the activation's derivative at z (dy itself without an activation).
+template <class T, Activation A>
+HWY_INLINE VD Gate(VD z, VD dy, VD slope) {
+  const VD above = hn::Set(DD(), kActiveAbove<T>);
+  if constexpr (A == Activation::ReLU)
+    return hn::IfThenZeroElse(hn::Le(z, above), dy);
+  else if constexpr (A == Activation::LeakyReLU)
+    return hn::IfThenElse(hn::Gt(z, above), dy, hn::Mul(dy, slope));
+  else
+    return dy;
+}
+
+/// The gated dy of one value in scalar code (the kernels' tails), act_gate's bits.
+template <class T, Activation A>
+HWY_INLINE double gate_scalar(double x, double mean, double scale, double shift, double dy,
+                              double slope) {
+  if constexpr (A == Activation::None) {
+    return dy;
+  } else {
+    return act_gate<T>(Act{A, slope}, act_input(x, mean, scale, shift), dy);
   }
 }
 
@@ -218,9 +269,10 @@ HWY_INLINE void write_run(D d, T* HWY_RESTRICT out, int64_t len, bool stream, Ve
                           ScalarF scalar) {
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const auto full = [d](const T* p) { return LoadC(d, p); };
-  // x86 non-temporal stores write 16 bytes: 16-bit outputs of shorter vectors (AVX2 and older
-  // targets: 8 or 4 bytes) are stored normally (docs/tuning.md#sixteen-bit-streaming).
-  if (kIs16Bit<T> && N * static_cast<int64_t>(sizeof(T)) < 16) stream = false;
+  // x86 non-temporal stores write 16 bytes: outputs narrower than their lanes (16-bit, or
+  // float32 from float64 lanes) of shorter vectors (8 or 4 bytes) are stored normally
+  // (docs/tuning.md#sixteen-bit-streaming).
+  if (!kNativeLanes<D, T> && N * static_cast<int64_t>(sizeof(T)) < 16) stream = false;
   int64_t i = 0;
   if (stream) {
     const auto vector_bytes = static_cast<uintptr_t>(N) * sizeof(T);
@@ -230,7 +282,7 @@ HWY_INLINE void write_run(D d, T* HWY_RESTRICT out, int64_t len, bool stream, Ve
   } else {
     for (; i + N <= len; i += N) StoreC(d, vec(i, full), out + i);
   }
-  if constexpr (kMaskedTails && !kIs16Bit<T>) {
+  if constexpr (kMaskedTails && kNativeLanes<D, T>) {
     if (i < len) {
       const auto m = hn::FirstN(d, static_cast<size_t>(len - i));
       const auto masked = [d, m](const T* p) { return hn::MaskedLoad(m, d, p); };

@@ -70,12 +70,15 @@ void stats_masked_channel(const View3& x, const ComputeOf<T>* valid, int64_t c, 
 }
 
 // Σ dy and Σ dy · (x − mean) of channel c over its valid values, rows in order.
-template <class T>
+template <class T, Activation A>
 void backward_sums_masked_channel(const View3& dy, const View3& x, const ComputeOf<T>* valid,
-                                  const double* mean, int64_t c, double* sum_dy,
+                                  const double* mean, const Act& act, int64_t c, double* sum_dy,
                                   double* sum_dy_xmu) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   const VD vm = hn::Set(DD(), mean[c]);
+  const double sc = A == Activation::None ? 0.0 : act.scale[c];
+  const double sh = A == Activation::None ? 0.0 : act.shift[c];
+  const VD vsc = hn::Set(DD(), sc), vsh = hn::Set(DD(), sh), slope = hn::Set(DD(), act.slope);
   VD s = hn::Zero(DD()), sx = hn::Zero(DD());
   double s_tail = 0.0, sx_tail = 0.0;
   for (int64_t n = 0; n < x.N; ++n) {
@@ -85,15 +88,17 @@ void backward_sums_masked_channel(const View3& dy, const View3& x, const Compute
     int64_t l = 0;
     for (; l + N <= x.L; l += N) {
       const auto m = ValidLanes(v + l);
-      const VD gv = LoadD(g + l);
+      const VD xm = hn::Sub(LoadD(p + l), vm);
+      const VD gv = Gate<T, A>(ActInput(xm, vsc, vsh), LoadD(g + l), slope);
       s = hn::Add(s, hn::IfThenElseZero(m, gv));
-      sx = hn::Add(sx, hn::IfThenElseZero(m, hn::Mul(gv, hn::Sub(LoadD(p + l), vm))));
+      sx = hn::Add(sx, hn::IfThenElseZero(m, hn::Mul(gv, xm)));
     }
     for (; l < x.L; ++l) {
       if (v[l] == 0) continue;
-      const double gl = static_cast<double>(to_compute(g[l]));
+      const double xv = widen(p[l]);
+      const double gl = gate_scalar<T, A>(xv, mean[c], sc, sh, widen(g[l]), act.slope);
       s_tail += gl;
-      sx_tail += gl * (static_cast<double>(to_compute(p[l])) - mean[c]);
+      sx_tail += gl * (xv - mean[c]);
     }
   }
   sum_dy[c] = ReduceSum(s) + s_tail;
@@ -107,29 +112,30 @@ HWY_INLINE void SplitMean(double mean, CT& hi, CT& lo) {
   lo = std::is_same_v<CT, double> ? CT{0} : static_cast<CT>(mean - static_cast<double>(hi));
 }
 
-// The valid lanes of d at valid + l: load(valid + l) where the compute type is the storage type
-// (the tail's masked loader included), a full vector otherwise (16-bit tails are scalar).
+// The valid lanes of d at valid + l: load(valid + l) where the lanes are the storage type
+// (the tail's masked loader included), else a vector of d's lanes from valid's values (the
+// tails of those are scalar).
 template <class T, class D, class Load>
 HWY_INLINE auto ValidCompute(D d, const ComputeOf<T>* HWY_RESTRICT valid, Load load) {
-  if constexpr (std::is_same_v<T, ComputeOf<T>>)
+  if constexpr (kNativeLanes<D, T>)
     return hn::Ne(load(valid), hn::Zero(d));
   else
-    return hn::Ne(hn::LoadU(d, valid), hn::Zero(d));
+    return hn::Ne(LoadC(d, valid), hn::Zero(d));
 }
 
 // Output rows i0 … i1 − 1 (i = n·C + c): y = ((x − mean_hi) − mean_lo) · scale + shift at the
-// valid positions (normalize_rows' arithmetic), 0 elsewhere.
-template <class T>
+// valid positions (normalize_rows' arithmetic, with its activation), 0 elsewhere.
+template <class T, Activation A>
 void normalize_masked_rows(const Out3& y, const View3& x, const ComputeOf<T>* valid,
-                           const double* mean, const double* scale, const double* shift, int64_t i0,
-                           int64_t i1, bool stream) {
-  using CT = ComputeOf<T>;
+                           const double* mean, const double* scale, const double* shift,
+                           double slope, int64_t i0, int64_t i1, bool stream) {
+  using CT = ElementwiseOf<T, A>;
   const hn::ScalableTag<CT> d;
   const int64_t L = x.L, C = x.C;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / C, c = i % C;
     const T* p = row_ptr<T>(x, n, c, 0);
-    const CT* v = valid + n * L;
+    const ComputeOf<T>* v = valid + n * L;
     T* out = static_cast<T*>(y.data) + n * y.sN + c * y.sC;
     CT mh, ml;
     SplitMean(mean[c], mh, ml);
@@ -138,11 +144,19 @@ void normalize_masked_rows(const Out3& y, const View3& x, const ComputeOf<T>* va
     write_run(
         d, out, L, stream,
         [&](int64_t l, auto load) {
-          return hn::IfThenElseZero(ValidCompute<T>(d, v + l, load),
-                                    hn::MulAdd(SubMean(load(p + l), vmh, vml), vs, vb));
+          const auto xm = SubMean(load(p + l), vmh, vml);
+          if constexpr (A == Activation::None)
+            return hn::IfThenElseZero(ValidCompute<T>(d, v + l, load), hn::MulAdd(xm, vs, vb));
+          else
+            return hn::IfThenElseZero(ValidCompute<T>(d, v + l, load),
+                                      Activate<T, A>(ActInput(xm, vs, vb), hn::Set(d, slope)));
         },
-        [&](int64_t l) {
-          return v[l] != 0 ? std::fma((to_compute(p[l]) - mh) - ml, sc, sh) : CT{0};
+        [&](int64_t l) -> CT {
+          if (v[l] == 0) return CT{0};
+          if constexpr (A == Activation::None)
+            return std::fma((to_compute(p[l]) - mh) - ml, sc, sh);
+          else
+            return act_value<T>(Act{A, slope}, act_input(widen(p[l]), mh, sc, sh));
         });
   }
   if (stream) hwy::FlushStream();
@@ -150,36 +164,52 @@ void normalize_masked_rows(const Out3& y, const View3& x, const ComputeOf<T>* va
 
 // Output rows i0 … i1 − 1: dx = a · dy + b · (x − mean) + k at the valid positions
 // (backward_input_rows' arithmetic), 0 elsewhere.
-template <class T>
+template <class T, Activation A>
 void backward_input_masked_rows(const Out3& dx, const View3& dy, const View3& x,
                                 const ComputeOf<T>* valid, const double* mean, const double* a,
-                                const double* b, const double* k, int64_t i0, int64_t i1,
-                                bool stream) {
-  using CT = ComputeOf<T>;
+                                const double* b, const double* k, const Act& act, int64_t i0,
+                                int64_t i1, bool stream) {
+  using CT = ElementwiseOf<T, A>;
   const hn::ScalableTag<CT> d;
   const int64_t L = x.L, C = x.C;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / C, c = i % C;
     const T* g = row_ptr<T>(dy, n, c, 0);
     const T* p = row_ptr<T>(x, n, c, 0);
-    const CT* v = valid + n * L;
+    const ComputeOf<T>* v = valid + n * L;
     T* out = static_cast<T*>(dx.data) + n * dx.sN + c * dx.sC;
     CT mh, ml;
     SplitMean(mean[c], mh, ml);
     const CT ac = static_cast<CT>(a[c]), bc = static_cast<CT>(b[c]), kc = static_cast<CT>(k[c]);
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), va = hn::Set(d, ac), vb = hn::Set(d, bc),
                vk = hn::Set(d, kc);
+    const double sc = A == Activation::None ? 0.0 : act.scale[c];
+    const double sh = A == Activation::None ? 0.0 : act.shift[c];
+    const auto vsc = hn::Set(d, static_cast<CT>(sc)), vsh = hn::Set(d, static_cast<CT>(sh)),
+               vsl = hn::Set(d, static_cast<CT>(act.slope));
     write_run(
         d, out, L, stream,
         [&](int64_t l, auto load) {
           const auto xm = SubMean(load(p + l), vmh, vml);
-          return hn::IfThenElseZero(ValidCompute<T>(d, v + l, load),
-                                    hn::MulAdd(va, load(g + l), hn::MulAdd(vb, xm, vk)));
+          const auto valid_lanes = ValidCompute<T>(d, v + l, load);
+          if constexpr (A == Activation::None) {
+            return hn::IfThenElseZero(valid_lanes,
+                                      hn::MulAdd(va, load(g + l), hn::MulAdd(vb, xm, vk)));
+          } else {
+            const auto gated = Gate<T, A>(ActInput(xm, vsc, vsh), load(g + l), vsl);
+            return hn::IfThenElseZero(valid_lanes,
+                                      hn::Add(hn::Add(hn::Mul(va, gated), hn::Mul(vb, xm)), vk));
+          }
         },
-        [&](int64_t l) {
-          return v[l] != 0 ? std::fma(ac, to_compute(g[l]),
-                                      std::fma(bc, (to_compute(p[l]) - mh) - ml, kc))
-                           : CT{0};
+        [&](int64_t l) -> CT {
+          if (v[l] == 0) return CT{0};
+          if constexpr (A == Activation::None) {
+            return std::fma(ac, to_compute(g[l]), std::fma(bc, (to_compute(p[l]) - mh) - ml, kc));
+          } else {
+            const double xv = widen(p[l]);
+            const double gated = gate_scalar<T, A>(xv, mh, sc, sh, widen(g[l]), act.slope);
+            return ac * gated + bc * (xv - mh) + kc;
+          }
         });
   }
   if (stream) hwy::FlushStream();

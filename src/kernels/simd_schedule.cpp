@@ -115,9 +115,12 @@ const void* elementwise_params_t(const ParamBlock& block, const double* mean,
   return finite ? P : nullptr;
 }
 
-const void* elementwise_params(const View3& x, const ParamBlock& block, const double* mean,
-                               std::initializer_list<const double*> columns) {
-  if (x.dtype == DType::Float32) return elementwise_params_t<float>(block, mean, columns.begin());
+// The parameter block of x's compute type: float32 for float32 inputs without an activation,
+// else float64.
+const void* elementwise_params(const View3& x, const Act& act, const ParamBlock& block,
+                               const double* mean, std::initializer_list<const double*> columns) {
+  if (x.dtype == DType::Float32 && !act.enabled())
+    return elementwise_params_t<float>(block, mean, columns.begin());
   return elementwise_params_t<double>(block, mean, columns.begin());
 }
 
@@ -153,17 +156,17 @@ void masked_channel_stats(double* mean, double* m2, const View3& x, const void* 
 
 void masked_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
                           const void* valid, const double* mean, const Act& act) {
-  (void)act;  // TODO(act)
   apply_environment_once();
   parallel_for(x.C, threads_for(2 * x.N * x.C * x.L), [&](int64_t c) {
-    units::backward_sums_masked_channel(dy, x, valid, mean, c, sum_dy, sum_dy_xmu);
+    units::backward_sums_masked_channel(dy, x, valid, mean, act, c, sum_dy, sum_dy_xmu);
   });
 }
 
 // Whether every value of the columns is finite once rounded to float32 (float32 inputs compute
-// in float32; the others in float64, where they are finite already).
-static bool finite_in_compute_type(const View3& x, std::initializer_list<const double*> columns) {
-  if (x.dtype != DType::Float32) return true;
+// in float32 without an activation; the others in float64, where they are finite already).
+static bool finite_in_compute_type(const View3& x, const Act& act,
+                                   std::initializer_list<const double*> columns) {
+  if (x.dtype != DType::Float32 || act.enabled()) return true;
   for (const double* column : columns)
     for (int64_t c = 0; c < x.C; ++c)
       if (!std::isfinite(static_cast<float>(column[c]))) return false;
@@ -173,11 +176,10 @@ static bool finite_in_compute_type(const View3& x, std::initializer_list<const d
 bool masked_normalize(const Out3& y, const View3& x, const void* valid, const double* mean,
                       const double* scale, const double* shift, const Act& act) {
   apply_environment_once();
-  if (act.enabled()) return false;  // TODO(act)
-  if (!finite_in_compute_type(x, {mean, scale, shift})) return false;
+  if (!finite_in_compute_type(x, act, {mean, scale, shift})) return false;
   const bool stream = streams(x);
   parallel_ranges(x.N * x.C, threads_for(x.N * x.C * x.L), [&](int64_t i0, int64_t i1) {
-    units::normalize_masked_rows(y, x, valid, mean, scale, shift, i0, i1, stream);
+    units::normalize_masked_rows(y, x, valid, mean, scale, shift, act, i0, i1, stream);
   });
   return true;
 }
@@ -186,11 +188,10 @@ bool masked_backward_input(const Out3& dx, const View3& dy, const View3& x, cons
                            const double* mean, const double* a, const double* b, const double* k,
                            const Act& act) {
   apply_environment_once();
-  if (act.enabled()) return false;  // TODO(act)
-  if (!finite_in_compute_type(x, {mean, a, b, k})) return false;
+  if (!finite_in_compute_type(x, act, {mean, a, b, k})) return false;
   const bool stream = streams(x, 2);
   parallel_ranges(x.N * x.C, threads_for(2 * x.N * x.C * x.L), [&](int64_t i0, int64_t i1) {
-    units::backward_input_masked_rows(dx, dy, x, valid, mean, a, b, k, i0, i1, stream);
+    units::backward_input_masked_rows(dx, dy, x, valid, mean, a, b, k, act, i0, i1, stream);
   });
   return true;
 }
@@ -285,20 +286,20 @@ void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
 void normalize(Layout layout, const Out3& y, const View3& x, const double* mean,
                const double* scale, const double* shift, const Act& act) {
   apply_environment_once();
-  if (act.enabled()) return reference::normalize(y, x, mean, scale, shift, act);  // TODO(act)
   const int threads = threads_for(x.N * x.C * x.L);
   const bool stream = streams(x);
+  // With an activation: float64 parameters, unfolded (z as act_input forms it).
   const ParamBlock block =
-      normalize_block(x.C, folds_mean_lo(layout == Layout::UnitStrideC, stream));
-  const void* P = elementwise_params(x, block, mean, {scale, shift});
-  if (P == nullptr) return reference::normalize(y, x, mean, scale, shift);
+      normalize_block(x.C, !act.enabled() && folds_mean_lo(layout == Layout::UnitStrideC, stream));
+  const void* P = elementwise_params(x, act, block, mean, {scale, shift});
+  if (P == nullptr) return reference::normalize(y, x, mean, scale, shift, act);
   if (layout == Layout::UnitStrideL) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
-      units::normalize_rows(y, x, P, block, i0, i1, stream);
+      units::normalize_rows(y, x, P, block, act, i0, i1, stream);
     });
   } else {
     parallel_ranges(cols_units(x, y), threads, [&](int64_t u0, int64_t u1) {
-      units::normalize_cols(y, x, P, block, u0, u1, stream);
+      units::normalize_cols(y, x, P, block, act, u0, u1, stream);
     });
   }
 }
@@ -306,13 +307,11 @@ void normalize(Layout layout, const Out3& y, const View3& x, const double* mean,
 void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View3& dy,
                    const View3& x, const double* mean, const Act& act) {
   apply_environment_once();
-  if (act.enabled())  // TODO(act)
-    return reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean, act);
   const int threads = threads_for(2 * x.N * x.C * x.L);
   const int64_t C = x.C;
   if (layout == Layout::UnitStrideL && x.L < kMinPartitionRow) {
     parallel_for(C, threads, [&](int64_t c) {
-      units::backward_sums_rows_channel(dy, x, mean, c, sum_dy + c, sum_dy_xmu + c);
+      units::backward_sums_rows_channel(dy, x, mean, act, c, sum_dy + c, sum_dy_xmu + c);
     });
     return;
   }
@@ -326,7 +325,8 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
     over_partitions(
         parts, threads, C,
         [&](int64_t p, double* ps, double* psx) {
-          units::backward_sums_rows_partition(dy, x, mean, parts.first(p), parts.last(p), ps, psx);
+          units::backward_sums_rows_partition(dy, x, mean, act, parts.first(p), parts.last(p), ps,
+                                              psx);
         },
         sum(parts.slots));
   } else {
@@ -340,7 +340,7 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
     over_partitions(
         parts, threads, C,
         [&](int64_t p, double* ps, double* psx) {
-          units::backward_sums_cols_partition(dy, x, mean, parts.first(p), parts.last(p),
+          units::backward_sums_cols_partition(dy, x, mean, act, parts.first(p), parts.last(p),
                                               parts.channel_first(p), parts.channel_last(p), step,
                                               tile, ps, psx);
         },
@@ -352,20 +352,23 @@ void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3&
                     const double* mean, const double* a, const double* b, const double* k,
                     const Act& act) {
   apply_environment_once();
-  if (act.enabled()) return reference::backward_input(dx, dy, x, mean, a, b, k, act);  // TODO(act)
   const int threads = threads_for(2 * x.N * x.C * x.L);
   const bool stream = streams(x, 2);  // x and dy
   const ParamBlock block =
-      backward_input_block(x.C, folds_mean_lo(layout == Layout::UnitStrideC, stream));
-  const void* P = elementwise_params(x, block, mean, {a, b, k});
-  if (P == nullptr) return reference::backward_input(dx, dy, x, mean, a, b, k);
+      act.enabled()
+          ? backward_input_act_block(x.C)
+          : backward_input_block(x.C, folds_mean_lo(layout == Layout::UnitStrideC, stream));
+  const void* P = act.enabled()
+                      ? elementwise_params(x, act, block, mean, {a, b, k, act.scale, act.shift})
+                      : elementwise_params(x, act, block, mean, {a, b, k});
+  if (P == nullptr) return reference::backward_input(dx, dy, x, mean, a, b, k, act);
   if (layout == Layout::UnitStrideL) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
-      units::backward_input_rows(dx, dy, x, P, block, i0, i1, stream);
+      units::backward_input_rows(dx, dy, x, P, block, act, i0, i1, stream);
     });
   } else {
     parallel_ranges(cols_units(x, dx), threads, [&](int64_t u0, int64_t u1) {
-      units::backward_input_cols(dx, dy, x, P, block, u0, u1, stream);
+      units::backward_input_cols(dx, dy, x, P, block, act, u0, u1, stream);
     });
   }
 }

@@ -1,0 +1,257 @@
+// The kernels with a fused activation against the scalar float64 oracle (kernels/reference.hpp),
+// on every compiled target, layout and dtype. Every kernel forms the activation's input the same
+// way, so outputs and input gradients must equal the oracle's bit for bit (the gate then agrees
+// with the output everywhere); the gradient sums, summed in other orders, to float64 roundings.
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <bn1d/bn1d.hpp>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+
+#include "format.hpp"
+#include "kernels/reference.hpp"
+#include "kernels/simd.hpp"
+#include "kernels/virtual_cols.hpp"
+#include "route.hpp"
+#include "test_util.hpp"
+#include "validate.hpp"
+
+namespace bn1d::test {
+namespace {
+
+namespace simd = kernels::simd;
+namespace reference = kernels::reference;
+using kernels::Act;
+
+struct ActCase {
+  Shape shape;
+  Layout layout;
+  simd::Layout simd_layout;
+  bool via_route = false;  // through route.cpp: short rows and narrow channels as virtual channels
+};
+
+// Vector bodies, scalar and masked tails, several partitions, (N, C), channels-last outputs
+// through the transposition tile (NLC input into an NCL output), short rows.
+const ActCase kActCases[] = {
+    {{3, 4, 37}, Layout::Contiguous, simd::Layout::UnitStrideL},
+    {{2, 3, 5000}, Layout::Contiguous, simd::Layout::UnitStrideL},
+    {{40, 3, 300}, Layout::Contiguous, simd::Layout::UnitStrideL},
+    {{300, 2, 8}, Layout::Contiguous, simd::Layout::UnitStrideL},
+    {{700, 37}, Layout::Contiguous, simd::Layout::UnitStrideC},
+    {{9, 7}, Layout::Contiguous, simd::Layout::UnitStrideC},
+    {{3, 21, 35}, Layout::ChannelsLast, simd::Layout::UnitStrideC},
+    {{5, 1030, 13}, Layout::ChannelsLast, simd::Layout::UnitStrideC},
+    {{64, 1100}, Layout::Contiguous, simd::Layout::UnitStrideC},
+    {{6, 5, 3}, Layout::Contiguous, simd::Layout::UnitStrideL, true},
+    {{64, 100, 5}, Layout::Contiguous, simd::Layout::UnitStrideL, true},
+    {{1000, 13}, Layout::Contiguous, simd::Layout::UnitStrideC, true},
+    {{300, 7, 9}, Layout::ChannelsLast, simd::Layout::UnitStrideC, true},
+};
+
+const DType kDtypes[] = {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16};
+
+// ReLU, LeakyReLU with a small, a negative and a steep slope.
+const Act kActs[] = {{Activation::ReLU, 0.0},
+                     {Activation::LeakyReLU, 0.01},
+                     {Activation::LeakyReLU, -0.5},
+                     {Activation::LeakyReLU, 3.0}};
+
+::testing::AssertionResult bitwise(const Tensor& got, const Tensor& want) {
+  const std::vector<double> g = values(got), w = values(want);
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    if (std::bit_cast<uint64_t>(g[i]) != std::bit_cast<uint64_t>(w[i]) &&
+        !(std::isnan(g[i]) && std::isnan(w[i])))
+      return ::testing::AssertionFailure() << "element " << i << ": " << g[i] << " vs " << w[i];
+  }
+  return ::testing::AssertionSuccess();
+}
+
+::testing::AssertionResult near_sums(const std::vector<double>& got,
+                                     const std::vector<double>& want) {
+  double scale = 1e-300;
+  for (double v : want) scale = std::max(scale, std::fabs(v));
+  for (std::size_t i = 0; i < got.size(); ++i)
+    if (!(std::fabs(got[i] - want[i]) <= 1e-11 * scale) &&
+        !(std::isnan(got[i]) && std::isnan(want[i])))
+      return ::testing::AssertionFailure()
+             << "channel " << i << ": " << got[i] << " vs " << want[i];
+  return ::testing::AssertionSuccess();
+}
+
+// Per-channel parameters: means near the data, scales of both signs, shifts that put z's zero
+// inside the data; channel 0 gets z == 0 exactly at x == mean (shift 0).
+struct Params {
+  std::vector<double> mean, scale, shift, a, b, k;
+  explicit Params(std::size_t C) : mean(C), scale(C), shift(C), a(C), b(C), k(C) {
+    for (std::size_t c = 0; c < C; ++c) {
+      mean[c] = c == 0 ? 0.0 : 0.25 * static_cast<double>(c % 5);
+      scale[c] = (c % 3 == 1 ? -1.0 : 1.0) * (0.5 + 0.1 * static_cast<double>(c % 7));
+      shift[c] = c == 0 ? 0.0 : 0.3 * static_cast<double>(c % 4) - 0.4;
+      a[c] = scale[c];
+      b[c] = 0.2 - 0.05 * static_cast<double>(c % 6);
+      k[c] = 0.01 * static_cast<double>(c % 9) - 0.04;
+    }
+  }
+};
+
+// Data with values exactly at channel 0's mean (z == 0), and one NaN.
+std::vector<double> data(const Shape& s, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> v(static_cast<std::size_t>(s[0] * s[1] * (s.size() == 3 ? s[2] : 1)));
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = i % 5 == 0 ? 0.0 : normal(rng);
+  return v;
+}
+
+void check_case(const ActCase& k, DType dtype, const Act& act_kind) {
+  SCOPED_TRACE(format_shape(k.shape) + " " + layout_name(k.layout) + " " + dtype_name(dtype) + " " +
+               activation_name(act_kind.kind) + " slope " + std::to_string(act_kind.slope));
+  std::shared_ptr<std::vector<char>> kx, kg, ky, kdx;
+  std::vector<double> xv = data(k.shape, 1);
+  xv[xv.size() / 2 + 1] = NAN;
+  const Tensor xt = make_strided(xv, k.shape, dtype, k.layout, kx);
+  const Tensor gt = make_strided(data(k.shape, 2), k.shape, dtype, k.layout, kg);
+  const kernels::View3 x = detail::input_view(xt), dy = detail::input_view(gt);
+  if (k.via_route)  // the case must reach the virtual views
+    ASSERT_TRUE(kernels::virtual_cols::plan(x, kernels::virtual_cols::Op::Elementwise));
+  else
+    ASSERT_TRUE(simd::layout_applies(k.simd_layout, x));
+  const Params p(static_cast<std::size_t>(x.C));
+  Act act = act_kind;
+  act.scale = p.scale.data();
+  act.shift = p.shift.data();
+  const std::vector<double> zeros(static_cast<std::size_t>(xt.numel()), 0.0);
+
+  Tensor ry = Tensor::empty(k.shape, dtype);
+  reference::normalize(detail::output_view(ry), x, p.mean.data(), p.scale.data(), p.shift.data(),
+                       act);
+  for (const Tensor& y :
+       {Tensor::empty(k.shape, dtype), make_strided(zeros, k.shape, dtype, k.layout, ky)}) {
+    if (k.via_route) {
+      route::normalize(detail::output_view(y), x, p.mean.data(), p.scale.data(), p.shift.data(),
+                       act);
+    } else {
+      ASSERT_TRUE(simd::layout_applies(k.simd_layout, detail::output_view(y)));
+      simd::normalize(k.simd_layout, detail::output_view(y), x, p.mean.data(), p.scale.data(),
+                      p.shift.data(), act);
+    }
+    EXPECT_TRUE(bitwise(y, ry)) << "normalize";
+  }
+
+  const auto C = static_cast<std::size_t>(x.C);
+  std::vector<double> s(C), sx(C), rs(C), rsx(C);
+  reference::backward_sums(rs.data(), rsx.data(), dy, x, p.mean.data(), act);
+  if (k.via_route)
+    route::backward_sums(s.data(), sx.data(), dy, x, p.mean.data(), act);
+  else
+    simd::backward_sums(k.simd_layout, s.data(), sx.data(), dy, x, p.mean.data(), act);
+  EXPECT_TRUE(near_sums(s, rs)) << "sum_dy";
+  EXPECT_TRUE(near_sums(sx, rsx)) << "sum_dy_xmu";
+
+  Tensor rdx = Tensor::empty(k.shape, dtype);
+  reference::backward_input(detail::output_view(rdx), dy, x, p.mean.data(), p.a.data(), p.b.data(),
+                            p.k.data(), act);
+  for (const Tensor& dx :
+       {Tensor::empty(k.shape, dtype), make_strided(zeros, k.shape, dtype, k.layout, kdx)}) {
+    if (k.via_route)
+      route::backward_input(detail::output_view(dx), dy, x, p.mean.data(), p.a.data(), p.b.data(),
+                            p.k.data(), act);
+    else
+      simd::backward_input(k.simd_layout, detail::output_view(dx), dy, x, p.mean.data(), p.a.data(),
+                           p.b.data(), p.k.data(), act);
+    EXPECT_TRUE(bitwise(dx, rdx)) << "backward_input";
+  }
+}
+
+TEST(ActivationKernels, EveryTargetMatchesTheOracleBitwise) {
+  for (const std::string& target : simd::targets()) {
+    simd::force_target(target);
+    SCOPED_TRACE("target " + target);
+    for (const ActCase& k : kActCases)
+      for (DType dtype : kDtypes)
+        for (const Act& act : kActs) check_case(k, dtype, act);
+  }
+  simd::force_target("");
+}
+
+// Streamed outputs (inputs past the stream threshold, 16 MiB) take the non-temporal stores.
+TEST(ActivationKernels, StreamedOutputsMatchTheOracleBitwise) {
+  check_case({{4, 64, 17000}, Layout::Contiguous, simd::Layout::UnitStrideL}, DType::Float32,
+             kActs[1]);
+  check_case({{4, 64, 34000}, Layout::Contiguous, simd::Layout::UnitStrideL}, DType::BFloat16,
+             kActs[2]);
+  check_case({{9000, 512}, Layout::Contiguous, simd::Layout::UnitStrideC}, DType::Float32,
+             kActs[0]);
+}
+
+// The masked-lane kernels: the oracle's values at the valid positions, +0 at the padding.
+TEST(ActivationKernels, MaskedKernelsMatchTheOracleBitwise) {
+  const Shape s{4, 5, 70};
+  const int64_t N = s[0], C = s[1], L = s[2];
+  for (const std::string& target : simd::targets()) {
+    simd::force_target(target);
+    for (DType dtype : kDtypes) {
+      for (const Act& kind : kActs) {
+        SCOPED_TRACE("target " + target + " " + dtype_name(dtype) + " " +
+                     activation_name(kind.kind));
+        const Tensor xt = make_tensor(data(s, 3), s, dtype), gt = make_tensor(data(s, 4), s, dtype);
+        const kernels::View3 x = detail::input_view(xt), dy = detail::input_view(gt);
+        const Params p(static_cast<std::size_t>(C));
+        Act act = kind;
+        act.scale = p.scale.data();
+        act.shift = p.shift.data();
+        // Valid where (n + l) % 3 != 0: holes in every row.
+        const DType vd = simd::masked_valid_dtype(dtype);
+        std::vector<double> valid_d(static_cast<std::size_t>(N * L));
+        std::vector<float> valid_f(valid_d.size());
+        std::vector<double> dy_valid = values(gt);
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t l = 0; l < L; ++l) {
+            const bool v = (n + l) % 3 != 0;
+            valid_d[n * L + l] = v, valid_f[n * L + l] = v;
+            if (!v)
+              for (int64_t c = 0; c < C; ++c) dy_valid[(n * C + c) * L + l] = 0.0;
+          }
+        const void* valid = vd == DType::Float32 ? static_cast<const void*>(valid_f.data())
+                                                 : static_cast<const void*>(valid_d.data());
+        Tensor y = Tensor::empty(s, dtype), ry = Tensor::empty(s, dtype);
+        ASSERT_TRUE(simd::masked_normalize(detail::output_view(y), x, valid, p.mean.data(),
+                                           p.scale.data(), p.shift.data(), act));
+        reference::normalize(detail::output_view(ry), x, p.mean.data(), p.scale.data(),
+                             p.shift.data(), act);
+        std::vector<double> want = values(ry);
+        for (std::size_t i = 0; i < want.size(); ++i)
+          if (valid_d[(i / static_cast<std::size_t>(C * L)) * L + i % L] == 0) want[i] = 0.0;
+        EXPECT_TRUE(bitwise(y, make_tensor(want, s, dtype))) << "masked normalize";
+
+        // Sums: the oracle's over dy zeroed at the padding.
+        const Tensor gz = make_tensor(dy_valid, s, dtype);
+        std::vector<double> sm(C), sxm(C), rs(C), rsx(C);
+        simd::masked_backward_sums(sm.data(), sxm.data(), dy, x, valid, p.mean.data(), act);
+        reference::backward_sums(rs.data(), rsx.data(), detail::input_view(gz), x, p.mean.data(),
+                                 act);
+        EXPECT_TRUE(near_sums(sm, rs));
+        EXPECT_TRUE(near_sums(sxm, rsx));
+
+        Tensor dx = Tensor::empty(s, dtype), rdx = Tensor::empty(s, dtype);
+        ASSERT_TRUE(simd::masked_backward_input(detail::output_view(dx), dy, x, valid,
+                                                p.mean.data(), p.a.data(), p.b.data(), p.k.data(),
+                                                act));
+        reference::backward_input(detail::output_view(rdx), dy, x, p.mean.data(), p.a.data(),
+                                  p.b.data(), p.k.data(), act);
+        want = values(rdx);
+        for (std::size_t i = 0; i < want.size(); ++i)
+          if (valid_d[(i / static_cast<std::size_t>(C * L)) * L + i % L] == 0) want[i] = 0.0;
+        EXPECT_TRUE(bitwise(dx, make_tensor(want, s, dtype))) << "masked backward_input";
+      }
+    }
+  }
+  simd::force_target("");
+}
+
+}  // namespace
+}  // namespace bn1d::test
