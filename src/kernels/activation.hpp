@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: MIT
 // The fused activation as the kernels apply it (bn1d/activation.hpp), one value at a time: the
-// oracle of the SIMD kernels and their scalar tails. Every kernel forms the activation's input
-// the same way, z = (x − mean) · scale + shift in float64, each operation rounded (no FMA), so
-// that the backward's gate agrees bit for bit with the forward's output on every path.
+// oracle of the SIMD kernels and their scalar tails. Every kernel forms the activation's input z
+// the same way, in the compute type of the storage type T (float32 for float32, else float64)
+//   z = ((x − mean_hi) − mean_lo) · scale + shift,   each operation rounded (no FMA),
+// with the float64 mean split in two compute values, so that the backward's gate agrees bit for
+// bit with the forward's output on every path, target and thread count.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "bn1d/activation.hpp"
 #include "kernels/element.hpp"
@@ -19,48 +22,67 @@ struct Act {
   double slope = 0.0;             ///< LeakyReLU's negative slope
   const double* scale = nullptr;  ///< backward: z's scale (weight · invstd)
   const double* shift = nullptr;  ///< backward: z's shift (bias, or zeros)
+  /// The cols gradient sums: z's parameters in the compute type, the block of normalize
+  /// (elementwise_params.hpp, unfolded), written once per call by the schedule.
+  const void* params = nullptr;
 
   bool enabled() const { return kind != Activation::None; }
 };
 
-/// z (float64) rounds to a T value > 0 exactly when z > kActiveAbove<T>: half the smallest
-/// positive T (a tie rounds to the even 0). Comparing z with it gives the sign of the stored
-/// output without rounding in the backward.
+/// The type z is formed in: float32 for float32 storage, float64 for the others.
+template <class T>
+using ActCompute = std::conditional_t<std::is_same_v<T, float>, float, double>;
+
+/// A z in ActCompute<T> rounds to a T value > 0 exactly when it is > kActiveAbove<T>: 0 where z
+/// is stored as it is; for the 16-bit types half their smallest positive value (a tie rounds to
+/// the even 0). The backward compares z with it instead of rounding.
 template <class T>
 constexpr double kActiveAbove = 0.0;
-template <>
-inline constexpr double kActiveAbove<float> = 0x1.0p-150;
 template <>
 inline constexpr double kActiveAbove<BFloat16> = 0x1.0p-134;
 template <>
 inline constexpr double kActiveAbove<Float16> = 0x1.0p-25;
 
-/// The activation's input, as every kernel forms it.
-inline double act_input(double x, double mean, double scale, double shift) {
-  const double xm = x - mean;
-  const double product = xm * scale;
-  return product + shift;
-}
+/// Channel c's parameters of z and the slope, in ActCompute<T>: mean_hi = mean rounded,
+/// mean_lo = the rest rounded (0 in float64); scale, shift and slope rounded.
+template <class T>
+struct ActChannel {
+  using CT = ActCompute<T>;
+  CT mean_hi, mean_lo, scale, shift, slope;
+
+  static ActChannel of(double mean, double scale, double shift, double slope) {
+    const auto hi = static_cast<CT>(mean);
+    return {hi, static_cast<CT>(mean - static_cast<double>(hi)), static_cast<CT>(scale),
+            static_cast<CT>(shift), static_cast<CT>(slope)};
+  }
+  /// z of a stored value x (widened exactly).
+  CT input(CT x) const {
+    const CT xm = (x - mean_hi) - mean_lo;
+    const CT product = xm * scale;
+    return product + shift;
+  }
+};
 
 /// Whether the activation passes z through (its derivative is 1): ReLU where the stored output
 /// is not ≤ 0 (a NaN passes, as torch's threshold_backward passes it); LeakyReLU where it is > 0.
-template <class T>
-inline bool act_passes(Activation kind, double z) {
-  return kind == Activation::ReLU ? !(z <= kActiveAbove<T>) : z > kActiveAbove<T>;
+template <class T, class CT>
+inline bool act_passes(Activation kind, CT z) {
+  const auto above = static_cast<CT>(kActiveAbove<T>);
+  return kind == Activation::ReLU ? !(z <= above) : z > above;
 }
 
-/// The activation of z, before its one rounding to T.
-template <class T>
-inline double act_value(const Act& act, double z) {
-  if (act_passes<T>(act.kind, z)) return z;
-  return act.kind == Activation::ReLU ? 0.0 : z * act.slope;
+/// The activation of z, before its rounding to T: z, or 0 (ReLU), or z · slope (LeakyReLU).
+template <class T, class CT>
+inline CT act_value(Activation kind, CT z, CT slope) {
+  if (act_passes<T>(kind, z)) return z;
+  return kind == Activation::ReLU ? CT{0} : z * slope;
 }
 
-/// dy times the activation's derivative at z.
-template <class T>
-inline double act_gate(const Act& act, double z, double dy) {
-  if (act_passes<T>(act.kind, z)) return dy;
-  return act.kind == Activation::ReLU ? 0.0 : dy * act.slope;
+/// dy (exact in CT) times the activation's derivative at z.
+template <class T, class CT>
+inline CT act_gate(Activation kind, CT z, CT dy, CT slope) {
+  if (act_passes<T>(kind, z)) return dy;
+  return kind == Activation::ReLU ? CT{0} : dy * slope;
 }
 
 }  // namespace bn1d::kernels

@@ -58,12 +58,20 @@ void normalize_t(const Out3& y, const View3& x, const double* mean, const double
                  const double* shift, const Act& act) {
   const int64_t N = x.N, C = x.C, L = x.L;
 #pragma omp parallel for schedule(static) num_threads(thread_count(x))
-  for (int64_t c = 0; c < C; ++c)
+  for (int64_t c = 0; c < C; ++c) {
+    const auto channel = ActChannel<T>::of(mean[c], scale[c], shift[c], act.slope);
     for (int64_t n = 0; n < N; ++n)
       for (int64_t l = 0; l < L; ++l) {
-        const double z = act_input(at<T>(x, n, c, l), mean[c], scale[c], shift[c]);
-        out_at<T>(y, n, c, l) = narrow<T>(act.enabled() ? act_value<T>(act, z) : z);
+        const double v = at<T>(x, n, c, l);
+        // Without an activation, float64 rounded once; with one, z formed as every kernel forms
+        // it (activation.hpp).
+        out_at<T>(y, n, c, l) =
+            act.enabled()
+                ? narrow<T>(act_value<T>(act.kind, channel.input(static_cast<ActCompute<T>>(v)),
+                                         channel.slope))
+                : narrow<T>((v - mean[c]) * scale[c] + shift[c]);
       }
+  }
 }
 
 // dy at (n, c, l), gated by the activation's derivative at z (recomputed from x) when enabled.
@@ -72,7 +80,10 @@ double gated_dy(const View3& dy, const View3& x, const double* mean, const Act& 
                 int64_t c, int64_t l) {
   const double g = at<T>(dy, n, c, l);
   if (!act.enabled()) return g;
-  return act_gate<T>(act, act_input(at<T>(x, n, c, l), mean[c], act.scale[c], act.shift[c]), g);
+  using CT = ActCompute<T>;
+  const auto channel = ActChannel<T>::of(mean[c], act.scale[c], act.shift[c], act.slope);
+  const CT z = channel.input(static_cast<CT>(at<T>(x, n, c, l)));
+  return act_gate<T>(act.kind, z, static_cast<CT>(g), channel.slope);
 }
 
 template <class T>

@@ -84,14 +84,14 @@ void BackwardSumsColsPartition(const View3& dy, const View3& x, const double* me
 void NormalizeRows(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
                    const Act& act, int64_t i0, int64_t i1, bool stream) {
   with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
-    normalize_rows<T, A>(y, x, static_cast<const ElementwiseOf<T, A>*>(P), block, act.slope, i0, i1,
+    normalize_rows<T, A>(y, x, static_cast<const ComputeOf<T>*>(P), block, act.slope, i0, i1,
                          stream);
   });
 }
 void NormalizeCols(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
                    const Act& act, int64_t u0, int64_t u1, bool stream) {
   with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
-    normalize_cols<T, A>(y, x, static_cast<const ElementwiseOf<T, A>*>(P), block, act.slope, u0, u1,
+    normalize_cols<T, A>(y, x, static_cast<const ComputeOf<T>*>(P), block, act.slope, u0, u1,
                          stream);
   });
 }
@@ -99,16 +99,16 @@ void BackwardInputRows(const Out3& dx, const View3& dy, const View3& x, const vo
                        const ParamBlock& block, const Act& act, int64_t i0, int64_t i1,
                        bool stream) {
   with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
-    backward_input_rows<T, A>(dx, dy, x, static_cast<const ElementwiseOf<T, A>*>(P), block,
-                              act.slope, i0, i1, stream);
+    backward_input_rows<T, A>(dx, dy, x, static_cast<const ComputeOf<T>*>(P), block, act.slope, i0,
+                              i1, stream);
   });
 }
 void BackwardInputCols(const Out3& dx, const View3& dy, const View3& x, const void* P,
                        const ParamBlock& block, const Act& act, int64_t u0, int64_t u1,
                        bool stream) {
   with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
-    backward_input_cols<T, A>(dx, dy, x, static_cast<const ElementwiseOf<T, A>*>(P), block,
-                              act.slope, u0, u1, stream);
+    backward_input_cols<T, A>(dx, dy, x, static_cast<const ComputeOf<T>*>(P), block, act.slope, u0,
+                              u1, stream);
   });
 }
 

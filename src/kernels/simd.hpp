@@ -31,7 +31,7 @@ bool layout_applies(Layout layout, const View3& v);
 bool layout_applies(Layout layout, const Out3& o);
 
 /// See reference.hpp for the meaning of each op; @p layout must apply to every view. With an
-/// activation the elementwise passes compute in float64 lanes (activation.hpp).
+/// activation the elementwise passes form its input as activation.hpp says.
 void channel_stats(Layout layout, double* mean, double* m2, const View3& x);
 void normalize(Layout layout, const Out3& y, const View3& x, const double* mean,
                const double* scale, const double* shift, const Act& act = {});

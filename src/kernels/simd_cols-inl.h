@@ -166,23 +166,23 @@ void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t block,
 
 // Σ dy and Σ dy · (x − mean) of the R rows g[i], p[i] (dy and x) for channels c0 … c1 − 1, added
 // to sum_dy[c] and sum_dy_xmu[c] row after row (vectors up to vec_end, then one channel at a time).
-// With an activation, dy is gated at z (act.scale, act.shift).
+// With an activation, dy is gated at z (act.params of C channels; the tails: act.scale, act.shift).
 template <int R, class T, Activation A>
 HWY_INLINE void backward_sums_cols_rows(const T* const* g, const T* const* p, const double* mean,
-                                        const Act& act, int64_t c0, int64_t c1, int64_t vec_end,
-                                        double* sum_dy, double* sum_dy_xmu) {
+                                        const Act& act, int64_t C, int64_t c0, int64_t c1,
+                                        int64_t vec_end, double* sum_dy, double* sum_dy_xmu) {
   const DD d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
-  const VD slope = hn::Set(d, act.slope);
   for (int64_t c = c0; c < vec_end; c += N) {
     const VD mu = hn::LoadU(d, mean + c);
-    VD sc = hn::Zero(d), sh = hn::Zero(d);
+    SumsGate<T, A> gate{};
     if constexpr (A != Activation::None)
-      sc = hn::LoadU(d, act.scale + c), sh = hn::LoadU(d, act.shift + c);
+      gate =
+          SumsGate<T, A>::of_block(static_cast<const ActCompute<T>*>(act.params), C, c, act.slope);
     VD sdy = hn::LoadU(d, sum_dy + c), sxm = hn::LoadU(d, sum_dy_xmu + c);
     for (int i = 0; i < R; ++i) {
       const VD xm = hn::Sub(LoadD(p[i] + c), mu);
-      const VD gv = Gate<T, A>(ActInput(xm, sc, sh), LoadD(g[i] + c), slope);
+      const VD gv = gate(p[i] + c, g[i] + c, xm, LoadD(g[i] + c));
       sdy = hn::Add(sdy, gv);
       sxm = hn::MulAdd(gv, xm, sxm);
     }
@@ -191,12 +191,12 @@ HWY_INLINE void backward_sums_cols_rows(const T* const* g, const T* const* p, co
   }
   for (int i = 0; i < R; ++i) {
     for (int64_t c = vec_end; c < c1; ++c) {
-      const double xv = widen(p[i][c]);
       const double sc = A == Activation::None ? 0.0 : act.scale[c];
       const double sh = A == Activation::None ? 0.0 : act.shift[c];
-      const double gv = gate_scalar<T, A>(xv, mean[c], sc, sh, widen(g[i][c]), act.slope);
+      const double gv =
+          gate_scalar<T, A>(ActChannel<T>::of(mean[c], sc, sh, act.slope), p[i][c], g[i][c]);
       sum_dy[c] += gv;
-      sum_dy_xmu[c] += gv * (xv - mean[c]);
+      sum_dy_xmu[c] += gv * (widen(p[i][c]) - mean[c]);
     }
   }
 }
@@ -224,12 +224,12 @@ void backward_sums_cols_partition(const View3& dy, const View3& x, const double*
       for (; r + 4 <= r1; r += 4) {
         for (int i = 0; i < 4; ++i, at.next())
           g[i] = row_ptr<T>(dy, at.n, 0, at.l), p[i] = row_ptr<T>(x, at.n, 0, at.l);
-        backward_sums_cols_rows<4, T, A>(g, p, mean, act, t0, t1, vec_end, sum_dy, sum_dy_xmu);
+        backward_sums_cols_rows<4, T, A>(g, p, mean, act, x.C, t0, t1, vec_end, sum_dy, sum_dy_xmu);
       }
     }
     for (; r < r1; ++r, at.next()) {
       g[0] = row_ptr<T>(dy, at.n, 0, at.l), p[0] = row_ptr<T>(x, at.n, 0, at.l);
-      backward_sums_cols_rows<1, T, A>(g, p, mean, act, t0, t1, vec_end, sum_dy, sum_dy_xmu);
+      backward_sums_cols_rows<1, T, A>(g, p, mean, act, x.C, t0, t1, vec_end, sum_dy, sum_dy_xmu);
     }
   }
 }
@@ -278,9 +278,9 @@ HWY_INLINE void elementwise_rows_group(D d, const Out3& out, const View3& x, con
   }
 }
 
-// Elementwise op over units u0 … u1 − 1 of a cols view, in lanes of CT (ElementwiseOf: T's own;
-// float64 for the 16-bit types and with an activation): f.vec(d, c, x, dy) gives the results for
-// channels c … c + lanes − 1, f.scalar(c, x, dy) for one channel.
+// Elementwise op over units u0 … u1 − 1 of a cols view, in lanes of ComputeOf<T> (T's own;
+// float64 for the 16-bit types): f.vec(d, c, x, dy) gives the results for channels
+// c … c + lanes − 1, f.scalar(c, x, dy) for one channel.
 // - Output with contiguous channels too (out.sC == 1, e.g. (N, C) or channels-last): a unit is a
 //   row r = n·L + l, read and written along C; kRowGroup rows at a time unless streamed. Streamed
 //   rows go one at a time in memory order, which the hardware prefetchers follow
@@ -288,9 +288,10 @@ HWY_INLINE void elementwise_rows_group(D d, const Out3& out, const View3& x, con
 // - Output (N, C, L) with unit stride along L: a unit is a block of kChannelBlock channels of one
 //   n; values are read along C and transposed through a small tile, so that each channel's
 //   output is written as a sequential stream along L.
-template <class T, class CT, class F>
+template <class T, class F>
 void elementwise_cols(const Out3& out, const View3& x, const View3* dy, int64_t u0, int64_t u1, F f,
                       bool stream) {
+  using CT = ComputeOf<T>;
   const hn::ScalableTag<CT> d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t C = x.C, L = x.L;
@@ -406,70 +407,77 @@ struct BackwardInputFoldedOp {
   }
 };
 
-// y = act(z), z = (x − mean) · scale + shift formed as act_input does, in float64 (TS: the
-// storage type, whose smallest value sets the gate's threshold).
-template <class TS, Activation A>
+// y = act(z), z = ((x − mean_hi) − mean_lo) · scale + shift formed as ActChannel::input forms
+// it (T: the storage type, whose smallest value sets the activation's threshold).
+template <class T, Activation A>
 struct NormalizeActOp {
-  NormalizeColumns<double, false> p;
-  double slope;
+  using CT = ComputeOf<T>;
+  NormalizeColumns<CT, false> p;
+  CT slope;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V) const {
-    const V z = ActInput(hn::Sub(x, hn::LoadU(d, p.mean_hi(c))), hn::LoadU(d, p.scale(c)),
-                         hn::LoadU(d, p.shift(c)));
-    return Activate<TS, A>(z, hn::Set(d, slope));
+    const V xm = SubMean(x, hn::LoadU(d, p.mean_hi(c)), hn::LoadU(d, p.mean_lo(c)));
+    const V z = ActInput(xm, hn::LoadU(d, p.scale(c)), hn::LoadU(d, p.shift(c)));
+    return Activate<T, A>(z, hn::Set(d, slope));
   }
-  HWY_INLINE double scalar(int64_t c, double x, double) const {
-    return act_value<TS>(Act{A, slope},
-                         act_input(x, p.mean_hi_at(c), p.scale_at(c), p.shift_at(c)));
+  HWY_INLINE CT scalar(int64_t c, CT x, CT) const {
+    const ActChannel<T> channel{p.mean_hi_at(c), p.mean_lo_at(c), p.scale_at(c), p.shift_at(c),
+                                slope};
+    return act_value<T>(A, channel.input(x), slope);
   }
 };
 
-// dx = (a · dy' + b · (x − mean)) + k, dy' = dy gated at z (reference::backward_input's order).
-template <class TS, Activation A>
+// dx = a · dy' + b · ((x − mean_hi) − mean_lo) + k, dy' = dy gated at z (BackwardInputOp's
+// arithmetic; the block of backward_input_act_block).
+template <class T, Activation A>
 struct BackwardInputActOp {
-  BackwardInputColumns<double, false> p;
-  double slope;
+  using CT = ComputeOf<T>;
+  BackwardInputColumns<CT, false> p;
+  CT slope;
   template <class D, class V>
   HWY_INLINE V vec(D d, int64_t c, V x, V g) const {
-    const V xm = hn::Sub(x, hn::LoadU(d, p.mean_hi(c)));
+    const V xm = SubMean(x, hn::LoadU(d, p.mean_hi(c)), hn::LoadU(d, p.mean_lo(c)));
     const V z = ActInput(xm, hn::LoadU(d, p.scale(c)), hn::LoadU(d, p.shift(c)));
-    const V gated = Gate<TS, A>(z, g, hn::Set(d, slope));
-    return hn::Add(hn::Add(hn::Mul(hn::LoadU(d, p.a(c)), gated), hn::Mul(hn::LoadU(d, p.b(c)), xm)),
-                   hn::LoadU(d, p.k(c)));
+    const V gated = Gate<T, A>(z, g, hn::Set(d, slope));
+    return hn::MulAdd(hn::LoadU(d, p.a(c)), gated,
+                      hn::MulAdd(hn::LoadU(d, p.b(c)), xm, hn::LoadU(d, p.k(c))));
   }
-  HWY_INLINE double scalar(int64_t c, double x, double g) const {
-    const double mean = p.mean_hi_at(c);
-    const double gated = gate_scalar<TS, A>(x, mean, p.scale_at(c), p.shift_at(c), g, slope);
-    return p.a_at(c) * gated + p.b_at(c) * (x - mean) + p.k_at(c);
+  HWY_INLINE CT scalar(int64_t c, CT x, CT g) const {
+    const ActChannel<T> channel{p.mean_hi_at(c), p.mean_lo_at(c), p.scale_at(c), p.shift_at(c),
+                                slope};
+    const CT gated = act_gate<T>(A, channel.input(x), g, slope);
+    return std::fma(p.a_at(c), gated,
+                    std::fma(p.b_at(c), (x - p.mean_hi_at(c)) - p.mean_lo_at(c), p.k_at(c)));
   }
 };
 
 // y over units u0 … u1 − 1 (see elementwise_cols), the parameters at P in the form `block` says.
 template <class T, Activation A>
-void normalize_cols(const Out3& y, const View3& x, const ElementwiseOf<T, A>* P,
-                    const ParamBlock& block, double slope, int64_t u0, int64_t u1, bool stream) {
-  using CT = ElementwiseOf<T, A>;
+void normalize_cols(const Out3& y, const View3& x, const ComputeOf<T>* P, const ParamBlock& block,
+                    double slope, int64_t u0, int64_t u1, bool stream) {
+  using CT = ComputeOf<T>;
   if constexpr (A != Activation::None)
-    elementwise_cols<T, CT>(y, x, nullptr, u0, u1, NormalizeActOp<T, A>{{{P, x.C}}, slope}, stream);
+    elementwise_cols<T>(y, x, nullptr, u0, u1,
+                        NormalizeActOp<T, A>{{{P, x.C}}, static_cast<CT>(slope)}, stream);
   else if (block.folded())
-    elementwise_cols<T, CT>(y, x, nullptr, u0, u1, NormalizeFoldedOp<CT>{{{P, x.C}}}, stream);
+    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeFoldedOp<CT>{{{P, x.C}}}, stream);
   else
-    elementwise_cols<T, CT>(y, x, nullptr, u0, u1, NormalizeOp<CT>{{{P, x.C}}}, stream);
+    elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<CT>{{{P, x.C}}}, stream);
 }
 
 // dx over units u0 … u1 − 1, as normalize_cols.
 template <class T, Activation A>
-void backward_input_cols(const Out3& dx, const View3& dy, const View3& x,
-                         const ElementwiseOf<T, A>* P, const ParamBlock& block, double slope,
-                         int64_t u0, int64_t u1, bool stream) {
-  using CT = ElementwiseOf<T, A>;
+void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const ComputeOf<T>* P,
+                         const ParamBlock& block, double slope, int64_t u0, int64_t u1,
+                         bool stream) {
+  using CT = ComputeOf<T>;
   if constexpr (A != Activation::None)
-    elementwise_cols<T, CT>(dx, x, &dy, u0, u1, BackwardInputActOp<T, A>{{{P, x.C}}, slope},
-                            stream);
+    elementwise_cols<T>(dx, x, &dy, u0, u1,
+                        BackwardInputActOp<T, A>{{{P, x.C}}, static_cast<CT>(slope)}, stream);
   else if (block.folded())
-    elementwise_cols<T, CT>(dx, x, &dy, u0, u1, BackwardInputFoldedOp<CT>{{{P, x.C}}}, stream);
+    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputFoldedOp<CT>{{{P, x.C}}}, stream);
   else
-    elementwise_cols<T, CT>(dx, x, &dy, u0, u1, BackwardInputOp<CT>{{{P, x.C}}}, stream);
+    elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<CT>{{{P, x.C}}}, stream);
 }
 
 }  // namespace bn1d::kernels::HWY_NAMESPACE

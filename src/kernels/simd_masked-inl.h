@@ -78,7 +78,8 @@ void backward_sums_masked_channel(const View3& dy, const View3& x, const Compute
   const VD vm = hn::Set(DD(), mean[c]);
   const double sc = A == Activation::None ? 0.0 : act.scale[c];
   const double sh = A == Activation::None ? 0.0 : act.shift[c];
-  const VD vsc = hn::Set(DD(), sc), vsh = hn::Set(DD(), sh), slope = hn::Set(DD(), act.slope);
+  const auto channel = ActChannel<T>::of(mean[c], sc, sh, act.slope);
+  const auto gate = SumsGate<T, A>::of(vm, hn::Set(DD(), sc), hn::Set(DD(), sh), act.slope);
   VD s = hn::Zero(DD()), sx = hn::Zero(DD());
   double s_tail = 0.0, sx_tail = 0.0;
   for (int64_t n = 0; n < x.N; ++n) {
@@ -89,16 +90,15 @@ void backward_sums_masked_channel(const View3& dy, const View3& x, const Compute
     for (; l + N <= x.L; l += N) {
       const auto m = ValidLanes(v + l);
       const VD xm = hn::Sub(LoadD(p + l), vm);
-      const VD gv = Gate<T, A>(ActInput(xm, vsc, vsh), LoadD(g + l), slope);
+      const VD gv = gate(p + l, g + l, xm, LoadD(g + l));
       s = hn::Add(s, hn::IfThenElseZero(m, gv));
       sx = hn::Add(sx, hn::IfThenElseZero(m, hn::Mul(gv, xm)));
     }
     for (; l < x.L; ++l) {
       if (v[l] == 0) continue;
-      const double xv = widen(p[l]);
-      const double gl = gate_scalar<T, A>(xv, mean[c], sc, sh, widen(g[l]), act.slope);
+      const double gl = gate_scalar<T, A>(channel, p[l], g[l]);
       s_tail += gl;
-      sx_tail += gl * (xv - mean[c]);
+      sx_tail += gl * (widen(p[l]) - mean[c]);
     }
   }
   sum_dy[c] = ReduceSum(s) + s_tail;
@@ -129,7 +129,7 @@ template <class T, Activation A>
 void normalize_masked_rows(const Out3& y, const View3& x, const ComputeOf<T>* valid,
                            const double* mean, const double* scale, const double* shift,
                            double slope, int64_t i0, int64_t i1, bool stream) {
-  using CT = ElementwiseOf<T, A>;
+  using CT = ComputeOf<T>;
   const hn::ScalableTag<CT> d;
   const int64_t L = x.L, C = x.C;
   for (int64_t i = i0; i < i1; ++i) {
@@ -148,15 +148,18 @@ void normalize_masked_rows(const Out3& y, const View3& x, const ComputeOf<T>* va
           if constexpr (A == Activation::None)
             return hn::IfThenElseZero(ValidCompute<T>(d, v + l, load), hn::MulAdd(xm, vs, vb));
           else
-            return hn::IfThenElseZero(ValidCompute<T>(d, v + l, load),
-                                      Activate<T, A>(ActInput(xm, vs, vb), hn::Set(d, slope)));
+            return hn::IfThenElseZero(
+                ValidCompute<T>(d, v + l, load),
+                Activate<T, A>(ActInput(xm, vs, vb), hn::Set(d, static_cast<CT>(slope))));
         },
         [&](int64_t l) -> CT {
           if (v[l] == 0) return CT{0};
           if constexpr (A == Activation::None)
             return std::fma((to_compute(p[l]) - mh) - ml, sc, sh);
           else
-            return act_value<T>(Act{A, slope}, act_input(widen(p[l]), mh, sc, sh));
+            return act_value<T>(
+                A, ActChannel<T>{mh, ml, sc, sh, static_cast<CT>(slope)}.input(to_compute(p[l])),
+                static_cast<CT>(slope));
         });
   }
   if (stream) hwy::FlushStream();
@@ -169,7 +172,7 @@ void backward_input_masked_rows(const Out3& dx, const View3& dy, const View3& x,
                                 const ComputeOf<T>* valid, const double* mean, const double* a,
                                 const double* b, const double* k, const Act& act, int64_t i0,
                                 int64_t i1, bool stream) {
-  using CT = ElementwiseOf<T, A>;
+  using CT = ComputeOf<T>;
   const hn::ScalableTag<CT> d;
   const int64_t L = x.L, C = x.C;
   for (int64_t i = i0; i < i1; ++i) {
@@ -183,33 +186,25 @@ void backward_input_masked_rows(const Out3& dx, const View3& dy, const View3& x,
     const CT ac = static_cast<CT>(a[c]), bc = static_cast<CT>(b[c]), kc = static_cast<CT>(k[c]);
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), va = hn::Set(d, ac), vb = hn::Set(d, bc),
                vk = hn::Set(d, kc);
-    const double sc = A == Activation::None ? 0.0 : act.scale[c];
-    const double sh = A == Activation::None ? 0.0 : act.shift[c];
-    const auto vsc = hn::Set(d, static_cast<CT>(sc)), vsh = hn::Set(d, static_cast<CT>(sh)),
-               vsl = hn::Set(d, static_cast<CT>(act.slope));
+    const ActChannel<T> channel{mh, ml, static_cast<CT>(A == Activation::None ? 0.0 : act.scale[c]),
+                                static_cast<CT>(A == Activation::None ? 0.0 : act.shift[c]),
+                                static_cast<CT>(act.slope)};
+    const auto vsc = hn::Set(d, channel.scale), vsh = hn::Set(d, channel.shift),
+               vsl = hn::Set(d, channel.slope);
     write_run(
         d, out, L, stream,
         [&](int64_t l, auto load) {
           const auto xm = SubMean(load(p + l), vmh, vml);
-          const auto valid_lanes = ValidCompute<T>(d, v + l, load);
-          if constexpr (A == Activation::None) {
-            return hn::IfThenElseZero(valid_lanes,
-                                      hn::MulAdd(va, load(g + l), hn::MulAdd(vb, xm, vk)));
-          } else {
-            const auto gated = Gate<T, A>(ActInput(xm, vsc, vsh), load(g + l), vsl);
-            return hn::IfThenElseZero(valid_lanes,
-                                      hn::Add(hn::Add(hn::Mul(va, gated), hn::Mul(vb, xm)), vk));
-          }
+          const auto gated = Gate<T, A>(ActInput(xm, vsc, vsh), load(g + l), vsl);
+          return hn::IfThenElseZero(ValidCompute<T>(d, v + l, load),
+                                    hn::MulAdd(va, gated, hn::MulAdd(vb, xm, vk)));
         },
         [&](int64_t l) -> CT {
           if (v[l] == 0) return CT{0};
-          if constexpr (A == Activation::None) {
-            return std::fma(ac, to_compute(g[l]), std::fma(bc, (to_compute(p[l]) - mh) - ml, kc));
-          } else {
-            const double xv = widen(p[l]);
-            const double gated = gate_scalar<T, A>(xv, mh, sc, sh, widen(g[l]), act.slope);
-            return ac * gated + bc * (xv - mh) + kc;
-          }
+          CT gated = to_compute(g[l]);
+          if constexpr (A != Activation::None)
+            gated = act_gate<T>(A, channel.input(to_compute(p[l])), gated, channel.slope);
+          return std::fma(ac, gated, std::fma(bc, (to_compute(p[l]) - mh) - ml, kc));
         });
   }
   if (stream) hwy::FlushStream();

@@ -225,13 +225,13 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
   const bool gapped = x.sC != x.L || dy.sC != dy.L;
   std::fill_n(sum_dy, x.C, 0.0);
   std::fill_n(sum_dy_xmu, x.C, 0.0);
-  const VD slope = hn::Set(DD(), act.slope);
   for_rows_of_units(x.L, u0, u1, [&](int64_t n, int64_t k0, int64_t k1, double) {
     for (int64_t c = 0; c < x.C; ++c) {
       const VD m = hn::Set(DD(), mean[c]);
       const double sc = A == Activation::None ? 0.0 : act.scale[c];
       const double sh = A == Activation::None ? 0.0 : act.shift[c];
-      const VD vsc = hn::Set(DD(), sc), vsh = hn::Set(DD(), sh);
+      const auto channel = ActChannel<T>::of(mean[c], sc, sh, act.slope);
+      const auto gate = SumsGate<T, A>::of(m, hn::Set(DD(), sc), hn::Set(DD(), sh), act.slope);
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t l0 = k * kBlock, len = std::min(kBlock, x.L - l0);
         const T* g = row_ptr<T>(dy, n, c, l0);
@@ -244,8 +244,8 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
             prefetch_ahead(p + l, 2 * N * sizeof(T));
           }
           const VD xm0 = hn::Sub(LoadD(p + l), m), xm1 = hn::Sub(LoadD(p + l + N), m);
-          const VD g0 = Gate<T, A>(ActInput(xm0, vsc, vsh), LoadD(g + l), slope);
-          const VD g1 = Gate<T, A>(ActInput(xm1, vsc, vsh), LoadD(g + l + N), slope);
+          const VD g0 = gate(p + l, g + l, xm0, LoadD(g + l));
+          const VD g1 = gate(p + l + N, g + l + N, xm1, LoadD(g + l + N));
           s0 = hn::Add(s0, g0);
           s1 = hn::Add(s1, g1);
           sx0 = hn::MulAdd(g0, xm0, sx0);
@@ -253,13 +253,13 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
         }
         for (; l + N <= len; l += N) {
           const VD xm0 = hn::Sub(LoadD(p + l), m);
-          const VD g0 = Gate<T, A>(ActInput(xm0, vsc, vsh), LoadD(g + l), slope);
+          const VD g0 = gate(p + l, g + l, xm0, LoadD(g + l));
           s0 = hn::Add(s0, g0);
           sx0 = hn::MulAdd(g0, xm0, sx0);
         }
         double s = ReduceSum(hn::Add(s0, s1)), sx = ReduceSum(hn::Add(sx0, sx1));
         for (; l < len; ++l) {
-          const double gl = gate_scalar<T, A>(widen(p[l]), mean[c], sc, sh, widen(g[l]), act.slope);
+          const double gl = gate_scalar<T, A>(channel, p[l], g[l]);
           s += gl;
           sx += gl * (widen(p[l]) - mean[c]);
         }
@@ -270,15 +270,15 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
   });
 }
 
-// Output rows i0 … i1 − 1 (i = n·C + c; unit stride along L), in lanes of ElementwiseOf<T, A>:
+// Output rows i0 … i1 − 1 (i = n·C + c; unit stride along L), in lanes of ComputeOf<T>:
 //   y = ((x − mean_hi) − mean_lo) · scale + shift, the parameters at P laid out as `block` says
 // (always unfolded: folds_mean_lo). mean_hi + mean_lo is the float64 mean split into two T values:
 // x − mean_hi is exact for x near the mean, so large offsets cost no precision. With an
-// activation, y = act(z) with z formed as act_input does (float64 parameters, mean_lo 0).
+// activation, y = act(z) with z formed as ActChannel::input forms it.
 template <class T, Activation A>
-void normalize_rows(const Out3& y, const View3& x, const ElementwiseOf<T, A>* P,
-                    const ParamBlock& block, double slope, int64_t i0, int64_t i1, bool stream) {
-  using CT = ElementwiseOf<T, A>;
+void normalize_rows(const Out3& y, const View3& x, const ComputeOf<T>* P, const ParamBlock& block,
+                    double slope, int64_t i0, int64_t i1, bool stream) {
+  using CT = ComputeOf<T>;
   const hn::ScalableTag<CT> d;
   const int64_t L = x.L, C = x.C;
   const NormalizeColumns<CT, false> params{{P, block.C}};
@@ -296,13 +296,15 @@ void normalize_rows(const Out3& y, const View3& x, const ElementwiseOf<T, A>* P,
           if constexpr (A == Activation::None)
             return hn::MulAdd(xm, vs, vb);
           else
-            return Activate<T, A>(ActInput(xm, vs, vb), hn::Set(d, slope));
+            return Activate<T, A>(ActInput(xm, vs, vb), hn::Set(d, static_cast<CT>(slope)));
         },
         [&](int64_t l) -> CT {
-          if constexpr (A == Activation::None)
+          if constexpr (A == Activation::None) {
             return std::fma((to_compute(p[l]) - mh) - ml, sc, sh);
-          else
-            return act_value<T>(Act{A, slope}, act_input(widen(p[l]), mh, sc, sh));
+          } else {
+            const ActChannel<T> channel{mh, ml, sc, sh, static_cast<CT>(slope)};
+            return act_value<T>(A, channel.input(to_compute(p[l])), channel.slope);
+          }
         });
   }
   if (stream) hwy::FlushStream();
@@ -316,7 +318,8 @@ void backward_sums_rows_channel(const View3& dy, const View3& x, const double* m
   const VD m = hn::Set(DD(), mean[c]);
   const double sc = A == Activation::None ? 0.0 : act.scale[c];
   const double sh = A == Activation::None ? 0.0 : act.shift[c];
-  const VD vsc = hn::Set(DD(), sc), vsh = hn::Set(DD(), sh), slope = hn::Set(DD(), act.slope);
+  const auto channel = ActChannel<T>::of(mean[c], sc, sh, act.slope);
+  const auto gate = SumsGate<T, A>::of(m, hn::Set(DD(), sc), hn::Set(DD(), sh), act.slope);
   VD s = hn::Zero(DD()), sx = hn::Zero(DD());
   double s_tail = 0.0, sx_tail = 0.0;
   for (int64_t n = 0; n < x.N; ++n) {
@@ -325,12 +328,12 @@ void backward_sums_rows_channel(const View3& dy, const View3& x, const double* m
     int64_t l = 0;
     for (; l + N <= x.L; l += N) {
       const VD xm = hn::Sub(LoadD(p + l), m);
-      const VD gv = Gate<T, A>(ActInput(xm, vsc, vsh), LoadD(g + l), slope);
+      const VD gv = gate(p + l, g + l, xm, LoadD(g + l));
       s = hn::Add(s, gv);
       sx = hn::MulAdd(gv, xm, sx);
     }
     for (; l < x.L; ++l) {
-      const double gl = gate_scalar<T, A>(widen(p[l]), mean[c], sc, sh, widen(g[l]), act.slope);
+      const double gl = gate_scalar<T, A>(channel, p[l], g[l]);
       s_tail += gl;
       sx_tail += gl * (widen(p[l]) - mean[c]);
     }
@@ -339,16 +342,15 @@ void backward_sums_rows_channel(const View3& dy, const View3& x, const double* m
   *sum_dy_xmu = ReduceSum(sx) + sx_tail;
 }
 
-// dx rows i0 … i1 − 1 (unit stride along L), in lanes of ElementwiseOf<T, A>, as
+// dx rows i0 … i1 − 1 (unit stride along L), in lanes of ComputeOf<T>, as
 // normalize_rows:
 //   dx = a · dy + b · ((x − mean_hi) − mean_lo) + k.
-// With an activation (backward_input_act_block), dy gated at z, in reference::backward_input's
-// order of operations: (a · dy' + b · (x − mean)) + k.
+// With an activation (backward_input_act_block), dy gated at z (ActChannel::input's bits).
 template <class T, Activation A>
-void backward_input_rows(const Out3& dx, const View3& dy, const View3& x,
-                         const ElementwiseOf<T, A>* P, const ParamBlock& block, double slope,
-                         int64_t i0, int64_t i1, bool stream) {
-  using CT = ElementwiseOf<T, A>;
+void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const ComputeOf<T>* P,
+                         const ParamBlock& block, double slope, int64_t i0, int64_t i1,
+                         bool stream) {
+  using CT = ComputeOf<T>;
   const hn::ScalableTag<CT> d;
   const int64_t L = x.L, C = x.C;
   const BackwardInputColumns<CT, false> params{{P, block.C}};
@@ -373,17 +375,16 @@ void backward_input_rows(const Out3& dx, const View3& dy, const View3& x,
             return hn::MulAdd(va, load(g + l), hn::MulAdd(vb, xm, vk));
           } else {
             const auto gated = Gate<T, A>(ActInput(xm, vsc, vsh), load(g + l), vsl);
-            return hn::Add(hn::Add(hn::Mul(va, gated), hn::Mul(vb, xm)), vk);
+            return hn::MulAdd(va, gated, hn::MulAdd(vb, xm, vk));
           }
         },
         [&](int64_t l) -> CT {
-          if constexpr (A == Activation::None) {
-            return std::fma(a, to_compute(g[l]), std::fma(b, (to_compute(p[l]) - mh) - ml, k));
-          } else {
-            const double xv = widen(p[l]);
-            const double gated = gate_scalar<T, A>(xv, mh, sc, sh, widen(g[l]), slope);
-            return a * gated + b * (xv - mh) + k;
+          CT gated = to_compute(g[l]);
+          if constexpr (A != Activation::None) {
+            const ActChannel<T> channel{mh, ml, sc, sh, static_cast<CT>(slope)};
+            gated = act_gate<T>(A, channel.input(to_compute(p[l])), gated, channel.slope);
           }
+          return std::fma(a, gated, std::fma(b, (to_compute(p[l]) - mh) - ml, k));
         });
   }
   if (stream) hwy::FlushStream();

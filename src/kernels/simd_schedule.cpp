@@ -115,12 +115,9 @@ const void* elementwise_params_t(const ParamBlock& block, const double* mean,
   return finite ? P : nullptr;
 }
 
-// The parameter block of x's compute type: float32 for float32 inputs without an activation,
-// else float64.
-const void* elementwise_params(const View3& x, const Act& act, const ParamBlock& block,
-                               const double* mean, std::initializer_list<const double*> columns) {
-  if (x.dtype == DType::Float32 && !act.enabled())
-    return elementwise_params_t<float>(block, mean, columns.begin());
+const void* elementwise_params(const View3& x, const ParamBlock& block, const double* mean,
+                               std::initializer_list<const double*> columns) {
+  if (x.dtype == DType::Float32) return elementwise_params_t<float>(block, mean, columns.begin());
   return elementwise_params_t<double>(block, mean, columns.begin());
 }
 
@@ -163,10 +160,9 @@ void masked_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, c
 }
 
 // Whether every value of the columns is finite once rounded to float32 (float32 inputs compute
-// in float32 without an activation; the others in float64, where they are finite already).
-static bool finite_in_compute_type(const View3& x, const Act& act,
-                                   std::initializer_list<const double*> columns) {
-  if (x.dtype != DType::Float32 || act.enabled()) return true;
+// in float32; the others in float64, where they are finite already).
+static bool finite_in_compute_type(const View3& x, std::initializer_list<const double*> columns) {
+  if (x.dtype != DType::Float32) return true;
   for (const double* column : columns)
     for (int64_t c = 0; c < x.C; ++c)
       if (!std::isfinite(static_cast<float>(column[c]))) return false;
@@ -176,7 +172,7 @@ static bool finite_in_compute_type(const View3& x, const Act& act,
 bool masked_normalize(const Out3& y, const View3& x, const void* valid, const double* mean,
                       const double* scale, const double* shift, const Act& act) {
   apply_environment_once();
-  if (!finite_in_compute_type(x, act, {mean, scale, shift})) return false;
+  if (!finite_in_compute_type(x, {mean, scale, shift})) return false;
   const bool stream = streams(x);
   parallel_ranges(x.N * x.C, threads_for(x.N * x.C * x.L), [&](int64_t i0, int64_t i1) {
     units::normalize_masked_rows(y, x, valid, mean, scale, shift, act, i0, i1, stream);
@@ -188,7 +184,8 @@ bool masked_backward_input(const Out3& dx, const View3& dy, const View3& x, cons
                            const double* mean, const double* a, const double* b, const double* k,
                            const Act& act) {
   apply_environment_once();
-  if (!finite_in_compute_type(x, act, {mean, a, b, k})) return false;
+  if (!finite_in_compute_type(x, {mean, a, b, k})) return false;
+  if (act.enabled() && !finite_in_compute_type(x, {act.scale, act.shift})) return false;
   const bool stream = streams(x, 2);
   parallel_ranges(x.N * x.C, threads_for(2 * x.N * x.C * x.L), [&](int64_t i0, int64_t i1) {
     units::backward_input_masked_rows(dx, dy, x, valid, mean, a, b, k, act, i0, i1, stream);
@@ -288,10 +285,10 @@ void normalize(Layout layout, const Out3& y, const View3& x, const double* mean,
   apply_environment_once();
   const int threads = threads_for(x.N * x.C * x.L);
   const bool stream = streams(x);
-  // With an activation: float64 parameters, unfolded (z as act_input forms it).
+  // With an activation the block is unfolded: z as ActChannel::input forms it.
   const ParamBlock block =
       normalize_block(x.C, !act.enabled() && folds_mean_lo(layout == Layout::UnitStrideC, stream));
-  const void* P = elementwise_params(x, act, block, mean, {scale, shift});
+  const void* P = elementwise_params(x, block, mean, {scale, shift});
   if (P == nullptr) return reference::normalize(y, x, mean, scale, shift, act);
   if (layout == Layout::UnitStrideL) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
@@ -335,12 +332,19 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
     // it): data from DRAM row by row across the partition's channels; data in cache four rows at
     // a time, in channel tiles, while x and dy come to at most kGroupedRowsBytes per thread.
     const bool from_memory = streams(x);
+    // z's parameters in the compute type, rounded once per call (SumsGate::of_block).
+    Act gated = act;
+    if (act.enabled()) {
+      gated.params = elementwise_params(x, normalize_block(C, false), mean, {act.scale, act.shift});
+      if (gated.params == nullptr)
+        return reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean, act);
+    }
     const int step = !from_memory && 2 * bytes_of(x) <= threads * kGroupedRowsBytes ? 4 : 1;
     const int64_t tile = from_memory ? C : kSumsTile;
     over_partitions(
         parts, threads, C,
         [&](int64_t p, double* ps, double* psx) {
-          units::backward_sums_cols_partition(dy, x, mean, act, parts.first(p), parts.last(p),
+          units::backward_sums_cols_partition(dy, x, mean, gated, parts.first(p), parts.last(p),
                                               parts.channel_first(p), parts.channel_last(p), step,
                                               tile, ps, psx);
         },
@@ -359,8 +363,8 @@ void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3&
           ? backward_input_act_block(x.C)
           : backward_input_block(x.C, folds_mean_lo(layout == Layout::UnitStrideC, stream));
   const void* P = act.enabled()
-                      ? elementwise_params(x, act, block, mean, {a, b, k, act.scale, act.shift})
-                      : elementwise_params(x, act, block, mean, {a, b, k});
+                      ? elementwise_params(x, block, mean, {a, b, k, act.scale, act.shift})
+                      : elementwise_params(x, block, mean, {a, b, k});
   if (P == nullptr) return reference::backward_input(dx, dy, x, mean, a, b, k, act);
   if (layout == Layout::UnitStrideL) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
