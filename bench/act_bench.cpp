@@ -22,16 +22,14 @@
 
 #include <bn1d/tensor.hpp>
 
+#include "cli.hpp"
 #include "measure.hpp"
 #include "runner.hpp"
 
 namespace bench {
 namespace {
 
-struct Options {
-  int threads = omp_get_num_procs();
-  std::string filter;
-};
+using Options = ThreadsAndFilter;
 
 /// The shapes (#21), all float32.
 struct Shape {
@@ -53,31 +51,8 @@ enum class Op { Train, Eval, Backward };
 constexpr Op kOps[] = {Op::Train, Op::Eval, Op::Backward};
 constexpr const char* kOpNames[] = {"train", "eval", "backward"};
 
-[[noreturn]] void fail(const std::string& message) {
-  std::fprintf(stderr, "bn1d_act_bench: %s\n", message.c_str());
-  std::exit(2);
-}
-
 Options parse_args(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::printf("usage: bn1d_act_bench [--threads T] [--filter SUBSTR]\n");
-      std::exit(0);
-    }
-    if (i + 1 >= argc) fail("missing value after " + arg);
-    const std::string value = argv[++i];
-    if (arg == "--threads") {
-      o.threads = std::atoi(value.c_str());
-      if (o.threads < 1) fail("--threads needs a positive integer");
-    } else if (arg == "--filter") {
-      o.filter = value;
-    } else {
-      fail("unknown option " + arg + " (try --help)");
-    }
-  }
-  return o;
+  return parse_threads_and_filter(argc, argv, "bn1d_act_bench");
 }
 
 /// Largest |a − b| over the (N, C, L) float32 elements of two views, skipping those where
