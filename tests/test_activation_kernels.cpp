@@ -57,11 +57,9 @@ const ActCase kActCases[] = {
 
 const DType kDtypes[] = {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16};
 
-// ReLU, LeakyReLU with a small, a negative and a steep slope.
-const Act kActs[] = {{Activation::ReLU, 0.0},
-                     {Activation::LeakyReLU, 0.01},
-                     {Activation::LeakyReLU, -0.5},
-                     {Activation::LeakyReLU, 3.0}};
+// ReLU, LeakyReLU with the default slope and with a negative slope steeper than 1.
+const Act kActs[] = {
+    {Activation::ReLU, 0.0}, {Activation::LeakyReLU, 0.01}, {Activation::LeakyReLU, -3.0}};
 
 ::testing::AssertionResult bitwise(const Tensor& got, const Tensor& want) {
   const std::vector<double> g = values(got), w = values(want);
@@ -207,10 +205,8 @@ TEST(ActivationKernels, EveryTargetMatchesTheOracleBitwise) {
 TEST(ActivationKernels, StreamedOutputsMatchTheOracleBitwise) {
   check_case({{4, 64, 17000}, Layout::Contiguous, simd::Layout::UnitStrideL}, DType::Float32,
              kActs[1]);
-  check_case({{4, 64, 34000}, Layout::Contiguous, simd::Layout::UnitStrideL}, DType::BFloat16,
-             kActs[2]);
   check_case({{9000, 512}, Layout::Contiguous, simd::Layout::UnitStrideC}, DType::Float32,
-             kActs[0]);
+             kActs[2]);
 }
 
 // The masked-lane kernels: the oracle's values at the valid positions, +0 at the padding.
