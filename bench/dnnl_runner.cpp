@@ -10,6 +10,8 @@
 /// Primitives are created once; every call reuses the same dst/diff memory objects. A bf16/f16
 /// src/dst goes with f32 scale, shift, mean and variance (oneDNN's only choice in 2.6).
 /// oneDNN keeps no running statistics: eval uses the last training call's mean and variance.
+/// With Relu::Fused every primitive gets fuse_norm_relu: training then writes a workspace (the
+/// ReLU's mask) that backward reads; inference needs none.
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
 #include <unordered_map>
@@ -24,7 +26,8 @@ using tag = memory::format_tag;
 
 class DnnlRunner final : public Runner {
  public:
-  explicit DnnlRunner(const Problem& p) : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {
+  DnnlRunner(const Problem& p, Relu relu)
+      : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_), fused_relu_(relu == Relu::Fused) {
     const memory::dims dims{p.n, p.c, p.l, 1};
     const tag layout = (!p.three_d || p.channels_last) ? tag::nhwc : tag::nchw;
     layout_ = std::string(layout == tag::nhwc ? "nhwc" : "nchw") + " {" + std::to_string(p.n) +
@@ -32,7 +35,8 @@ class DnnlRunner final : public Runner {
     const memory::desc data(dims, data_type(p.dtype), layout);
     const auto eps = static_cast<float>(p.eps);
     using flags = dnnl::normalization_flags;
-    const flags affine = flags::use_scale | flags::use_shift;
+    const flags affine = flags::use_scale | flags::use_shift |
+                         (relu == Relu::Fused ? flags::fuse_norm_relu : flags::none);
 
     const dnnl::batch_normalization_forward::primitive_desc train_pd(
         {dnnl::prop_kind::forward_training, data, eps, affine}, engine_);
@@ -56,6 +60,7 @@ class DnnlRunner final : public Runner {
     shift_ = memory(channels, engine_);
     diff_scale_ = memory(channels, engine_);
     diff_shift_ = memory(channels, engine_);
+    if (fused_relu_) workspace_ = memory(train_pd.workspace_desc(), engine_);
     auto* scale = static_cast<float*>(scale_.get_data_handle());
     auto* shift = static_cast<float*>(shift_.get_data_handle());
     for (int64_t c = 0; c < p.c; ++c) {
@@ -83,7 +88,9 @@ class DnnlRunner final : public Runner {
   }
 
   void forward_train() override {
-    train_.execute(stream_, forward_args());
+    auto args = forward_args();
+    if (fused_relu_) args.emplace(DNNL_ARG_WORKSPACE, workspace_);
+    train_.execute(stream_, args);
     stream_.wait();
   }
   void forward_eval() override {
@@ -91,37 +98,45 @@ class DnnlRunner final : public Runner {
     stream_.wait();
   }
   void backward() override {
-    backward_.execute(stream_, {{DNNL_ARG_SRC, src_},
-                                {DNNL_ARG_DIFF_DST, diff_dst_},
-                                {DNNL_ARG_MEAN, mean_},
-                                {DNNL_ARG_VARIANCE, variance_},
-                                {DNNL_ARG_SCALE, scale_},
-                                {DNNL_ARG_SHIFT, shift_},
-                                {DNNL_ARG_DIFF_SRC, diff_src_},
-                                {DNNL_ARG_DIFF_SCALE, diff_scale_},
-                                {DNNL_ARG_DIFF_SHIFT, diff_shift_}});
+    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, src_},
+                                               {DNNL_ARG_DIFF_DST, diff_dst_},
+                                               {DNNL_ARG_MEAN, mean_},
+                                               {DNNL_ARG_VARIANCE, variance_},
+                                               {DNNL_ARG_SCALE, scale_},
+                                               {DNNL_ARG_SHIFT, shift_},
+                                               {DNNL_ARG_DIFF_SRC, diff_src_},
+                                               {DNNL_ARG_DIFF_SCALE, diff_scale_},
+                                               {DNNL_ARG_DIFF_SHIFT, diff_shift_}};
+    if (fused_relu_) args.emplace(DNNL_ARG_WORKSPACE, workspace_);
+    backward_.execute(stream_, args);
     stream_.wait();
   }
   View output() const override { return {dst_.get_data_handle(), out_strides_}; }
+  View grad_input() const override { return {diff_src_.get_data_handle(), out_strides_}; }
   std::string note() const override { return layout_ + ": " + impls_; }
 
  private:
   dnnl::engine engine_;
   dnnl::stream stream_;
+  bool fused_relu_;
   dnnl::batch_normalization_forward train_, eval_;
   dnnl::batch_normalization_backward backward_;
   memory src_, diff_dst_, dst_, diff_src_, mean_, variance_, scale_, shift_, diff_scale_,
-      diff_shift_;
+      diff_shift_, workspace_;
   std::array<int64_t, 3> out_strides_{};
   std::string layout_, impls_;
 };
 
 }  // namespace
 
-std::unique_ptr<Runner> make_dnnl_runner(const Problem& p, std::string& why) {
+std::unique_ptr<Runner> make_dnnl_runner(const Problem& p, std::string& why, Relu relu) {
   if (p.dtype == bn1d::DType::Float64) return nullptr;  // oneDNN has no f64 batch normalization
+  if (relu == Relu::Separate || relu == Relu::SeparateInPlace) {
+    why = "not run: the separate ReLU rows time bn1d and libtorch only";
+    return nullptr;
+  }
   try {
-    return std::make_unique<DnnlRunner>(p);
+    return std::make_unique<DnnlRunner>(p, relu);
   } catch (const dnnl::error& e) {  // e.g. f16 on a CPU without AVX512-FP16
     why = std::string("not run: no ") + bn1d::dtype_name(p.dtype) +
           " batch normalization on this CPU (" + e.what() + ")";

@@ -54,6 +54,12 @@ struct View {
   std::array<int64_t, 3> strides{};
 };
 
+/// How a runner follows batch norm with a ReLU (bn1d_act_bench; bn1d_bench runs None): not at
+/// all, fused into the library's batch norm, or as a separate op after it (a new output, or in
+/// place on the batch norm's output); backward then gates dy by output > 0 in the fused passes
+/// or in a separate pass (threshold_backward) before the batch norm's backward.
+enum class Relu { None, Fused, Separate, SeparateInPlace };
+
 /// One library's implementation of the benchmarked ops, bound to one Problem. Output buffers are
 /// allocated by the constructor (or the library's first call) and reused by every later call.
 class Runner {
@@ -67,17 +73,23 @@ class Runner {
   virtual void backward() = 0;
   /// The output of the most recent forward call.
   virtual View output() const = 0;
+  /// The input gradient of the most recent backward call.
+  virtual View grad_input() const = 0;
   /// Anything worth printing under the table (layout and implementation chosen), or "".
   virtual std::string note() const { return {}; }
 };
 
-/// bn1d's BatchNorm1d with forward(input, output) and backward(grad_output, grads).
-std::unique_ptr<Runner> make_bn1d_runner(const Problem& p);
+/// bn1d's BatchNorm1d with forward(input, output) and backward(grad_output, grads); with
+/// Relu::Fused its activation option, with Relu::SeparateInPlace the passes of relu_kernels.hpp
+/// on its output; nullptr for Relu::Separate.
+std::unique_ptr<Runner> make_bn1d_runner(const Problem& p, Relu relu = Relu::None);
 
 #if BN1D_HAVE_TORCH
-/// libtorch's CPU batch norm (at::native_batch_norm / native_batch_norm_backward); nullptr for
-/// float16, which libtorch 1.13 cannot normalize on the CPU.
-std::unique_ptr<Runner> make_torch_runner(const Problem& p);
+/// libtorch's CPU batch norm (at::native_batch_norm / native_batch_norm_backward), followed by
+/// at::relu (Relu::Separate) or at::relu_ (SeparateInPlace), whose backward is
+/// at::threshold_backward; nullptr for float16, which libtorch 1.13 cannot normalize on the CPU,
+/// and for Relu::Fused, which libtorch has not.
+std::unique_ptr<Runner> make_torch_runner(const Problem& p, Relu relu = Relu::None);
 /// at::set_num_threads.
 void set_torch_threads(int threads);
 /// "libtorch 1.13.0 (at::get_num_threads() = N)".
@@ -85,9 +97,11 @@ std::string torch_description();
 #endif
 
 #if BN1D_HAVE_DNNL
-/// oneDNN's batch_normalization primitives; nullptr when the problem is not supported (float64,
-/// or a dtype whose primitives this CPU cannot create), with the reason in @p why.
-std::unique_ptr<Runner> make_dnnl_runner(const Problem& p, std::string& why);
+/// oneDNN's batch_normalization primitives, with Relu::Fused the fuse_norm_relu flag (training
+/// saves a workspace that backward reads); nullptr when the problem is not supported (float64,
+/// a dtype whose primitives this CPU cannot create, a separate ReLU), with the reason in @p why.
+std::unique_ptr<Runner> make_dnnl_runner(const Problem& p, std::string& why,
+                                         Relu relu = Relu::None);
 /// "oneDNN 2.6.3 (OpenMP runtime)".
 std::string dnnl_description();
 #endif

@@ -7,7 +7,9 @@
 /// native_batch_norm_backward.out is a composite that runs the functional op and then copies.
 /// The fastest honest calls are therefore the functional at::native_batch_norm and
 /// at::native_batch_norm_backward, which allocate their outputs on every call; the driver tunes
-/// glibc malloc so that those allocations reuse the freed blocks (see bench.cpp).
+/// glibc malloc so that those allocations reuse the freed blocks (see bench.cpp). A separate
+/// ReLU follows as at::relu or at::relu_, and its backward as at::threshold_backward(dy, y, 0),
+/// what autograd runs for either.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -20,7 +22,7 @@ namespace {
 
 class TorchRunner final : public Runner {
  public:
-  explicit TorchRunner(const Problem& p) : p_(p) {
+  TorchRunner(const Problem& p, Relu relu) : p_(p), relu_(relu) {
     // A bfloat16 input goes with float32 parameters and statistics (mixed precision).
     const auto type = p.dtype == bn1d::DType::BFloat16  ? at::kBFloat16
                       : p.dtype == bn1d::DType::Float32 ? at::kFloat
@@ -57,24 +59,35 @@ class TorchRunner final : public Runner {
     c10::InferenceMode guard;
     std::tie(out_, save_mean_, save_invstd_) = at::native_batch_norm(
         x_, weight_, bias_, running_mean_, running_var_, /*training=*/true, p_.momentum, p_.eps);
+    apply_relu();
   }
   void forward_eval() override {
     c10::InferenceMode guard;
     out_ = std::get<0>(at::native_batch_norm(x_, weight_, bias_, running_mean_, running_var_,
                                              /*training=*/false, p_.momentum, p_.eps));
+    apply_relu();
   }
   void backward() override {
     c10::InferenceMode guard;
+    const at::Tensor dy = relu_ == Relu::None ? dy_ : at::threshold_backward(dy_, out_, 0);
     grads_ =
-        at::native_batch_norm_backward(dy_, x_, weight_, running_mean_, running_var_, save_mean_,
+        at::native_batch_norm_backward(dy, x_, weight_, running_mean_, running_var_, save_mean_,
                                        save_invstd_, /*train=*/true, p_.eps, {true, true, true});
   }
-  View output() const override {
-    return {out_.data_ptr(), {out_.stride(0), out_.stride(1), p_.three_d ? out_.stride(2) : 1}};
-  }
+  View output() const override { return view(out_); }
+  View grad_input() const override { return view(std::get<0>(grads_)); }
 
  private:
+  void apply_relu() {
+    if (relu_ == Relu::Separate) out_ = at::relu(out_);
+    if (relu_ == Relu::SeparateInPlace) at::relu_(out_);
+  }
+  View view(const at::Tensor& t) const {
+    return {t.data_ptr(), {t.stride(0), t.stride(1), p_.three_d ? t.stride(2) : 1}};
+  }
+
   Problem p_;
+  Relu relu_;
   at::Tensor x_, dy_, weight_, bias_, running_mean_, running_var_;
   at::Tensor out_, save_mean_, save_invstd_;
   std::tuple<at::Tensor, at::Tensor, at::Tensor> grads_;
@@ -82,9 +95,10 @@ class TorchRunner final : public Runner {
 
 }  // namespace
 
-std::unique_ptr<Runner> make_torch_runner(const Problem& p) {
+std::unique_ptr<Runner> make_torch_runner(const Problem& p, Relu relu) {
   if (p.dtype == bn1d::DType::Float16) return nullptr;  // "not implemented for 'Half'"
-  return std::make_unique<TorchRunner>(p);
+  if (relu == Relu::Fused) return nullptr;              // no fused BN + ReLU for float32 on the CPU
+  return std::make_unique<TorchRunner>(p, relu);
 }
 
 std::string torch_description() {

@@ -26,6 +26,7 @@
 
 #include <bn1d/bn1d.hpp>
 
+#include "cli.hpp"
 #include "ghost_loop.hpp"
 #include "measure.hpp"
 #include "runner.hpp"
@@ -36,36 +37,10 @@ namespace {
 using bn1d::DType;
 using bn1d::Tensor;
 
-struct Options {
-  int threads = omp_get_num_procs();
-  std::string filter;
-};
-
-[[noreturn]] void fail(const std::string& message) {
-  std::fprintf(stderr, "bn1d_variants_bench: %s\n", message.c_str());
-  std::exit(2);
-}
+using Options = ThreadsAndFilter;
 
 Options parse_args(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::printf("usage: bn1d_variants_bench [--threads T] [--filter SUBSTR]\n");
-      std::exit(0);
-    }
-    if (i + 1 >= argc) fail("missing value after " + arg);
-    const std::string value = argv[++i];
-    if (arg == "--threads") {
-      o.threads = std::atoi(value.c_str());
-      if (o.threads < 1) fail("--threads needs a positive integer");
-    } else if (arg == "--filter") {
-      o.filter = value;
-    } else {
-      fail("unknown option " + arg + " (try --help)");
-    }
-  }
-  return o;
+  return parse_threads_and_filter(argc, argv, "bn1d_variants_bench");
 }
 
 /// Milliseconds with 3–4 significant digits in a field of 9.

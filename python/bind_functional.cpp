@@ -28,6 +28,11 @@ bn1d::Tensor optional_tensor(const py::object& x, const char* name, bool writabl
   return writable ? writable_tensor_of(x, name) : tensor_of(x, name);
 }
 
+// The fused activation named @p name ("none", "relu", "leaky_relu") with @p negative_slope.
+bn1d::FusedActivation fused_activation(const std::string& name, double negative_slope) {
+  return {parse_activation(name), negative_slope};
+}
+
 // The valid positions of lengths or mask (both None: nullopt).
 std::optional<bn1d::ValidPositions> maybe_valid(const py::object& lengths, const py::object& mask) {
   if (lengths.is_none() && mask.is_none()) return std::nullopt;
@@ -68,16 +73,18 @@ py::tuple as_tuple(const bn1d::Normalization& n) {
 py::object batch_norm(const py::object& x, const py::object& running_mean,
                       const py::object& running_var, const py::object& weight,
                       const py::object& bias, bool training, double momentum, double eps,
-                      const py::object& lengths, const py::object& mask) {
+                      const py::object& lengths, const py::object& mask,
+                      const std::string& activation, double negative_slope) {
   const bn1d::Tensor input = tensor_of(x, "input");
   const bn1d::Tensor mean = optional_tensor(running_mean, "running_mean", true);
   const bn1d::Tensor var = optional_tensor(running_var, "running_var", true);
   const bn1d::Tensor w = optional_tensor(weight, "weight", false);
   const bn1d::Tensor b = optional_tensor(bias, "bias", false);
   const auto valid = maybe_valid(lengths, mask);
+  const bn1d::FusedActivation act = fused_activation(activation, negative_slope);
   return to_numpy(without_gil([&] {
-    return valid ? bn1d::batch_norm(input, mean, var, w, b, training, momentum, eps, *valid)
-                 : bn1d::batch_norm(input, mean, var, w, b, training, momentum, eps);
+    return valid ? bn1d::batch_norm(input, mean, var, w, b, training, momentum, eps, *valid, act)
+                 : bn1d::batch_norm(input, mean, var, w, b, training, momentum, eps, act);
   }));
 }
 
@@ -104,44 +111,65 @@ py::tuple combine_grad_stats(const std::vector<py::tuple>& parts) {
 
 py::object batch_norm_apply(const py::object& x, const py::tuple& norm, const py::object& weight,
                             const py::object& bias, const py::object& lengths,
-                            const py::object& mask) {
+                            const py::object& mask, const std::string& activation,
+                            double negative_slope) {
   const bn1d::Tensor input = tensor_of(x, "input");
   const bn1d::Normalization n = normalization_of(norm);
   const bn1d::Tensor w = optional_tensor(weight, "weight", false);
   const bn1d::Tensor b = optional_tensor(bias, "bias", false);
   const auto valid = maybe_valid(lengths, mask);
+  const bn1d::FusedActivation act = fused_activation(activation, negative_slope);
   return to_numpy(without_gil([&] {
-    return valid ? bn1d::batch_norm_apply(input, n, w, b, *valid)
-                 : bn1d::batch_norm_apply(input, n, w, b);
+    return valid ? bn1d::batch_norm_apply(input, n, w, b, *valid, act)
+                 : bn1d::batch_norm_apply(input, n, w, b, act);
   }));
 }
 
+// Without an activation, weight and bias are not read (the sums do not depend on them).
 py::tuple backward_stats(const py::object& dy, const py::object& x, const py::tuple& norm,
-                         const py::object& lengths, const py::object& mask) {
+                         const py::object& lengths, const py::object& mask,
+                         const py::object& weight, const py::object& bias,
+                         const std::string& activation, double negative_slope) {
   const bn1d::Tensor grad_output = tensor_of(dy, "grad_output");
   const bn1d::Tensor input = tensor_of(x, "input");
   const bn1d::Normalization n = normalization_of(norm);
+  const bn1d::Tensor w = optional_tensor(weight, "weight", false);
+  const bn1d::Tensor b = optional_tensor(bias, "bias", false);
   const auto valid = maybe_valid(lengths, mask);
+  const bn1d::FusedActivation act = fused_activation(activation, negative_slope);
   return as_tuple(without_gil([&] {
-    return valid ? bn1d::backward_stats(grad_output, input, n, *valid)
-                 : bn1d::backward_stats(grad_output, input, n);
+    if (!act.enabled()) {
+      return valid ? bn1d::backward_stats(grad_output, input, n, *valid)
+                   : bn1d::backward_stats(grad_output, input, n);
+    }
+    return valid ? bn1d::backward_stats(grad_output, input, n, w, b, act, *valid)
+                 : bn1d::backward_stats(grad_output, input, n, w, b, act);
   }));
 }
 
 py::object backward_input(const py::object& dy, const py::object& x, const py::tuple& norm,
                           const py::object& weight, const py::tuple& global, bool batch_statistics,
-                          const py::object& lengths, const py::object& mask) {
+                          const py::object& lengths, const py::object& mask, const py::object& bias,
+                          const std::string& activation, double negative_slope) {
   const bn1d::Tensor grad_output = tensor_of(dy, "grad_output");
   const bn1d::Tensor input = tensor_of(x, "input");
   const bn1d::Normalization n = normalization_of(norm);
   const bn1d::Tensor w = optional_tensor(weight, "weight", false);
+  const bn1d::Tensor b = optional_tensor(bias, "bias", false);
   const bn1d::GradStats sums = grad_stats_of(global);
   const auto valid = maybe_valid(lengths, mask);
+  const bn1d::FusedActivation act = fused_activation(activation, negative_slope);
   return to_numpy(without_gil([&] {
-    return valid
-               ? bn1d::batch_norm_backward_input(grad_output, input, n, w, sums, batch_statistics,
-                                                 *valid)
-               : bn1d::batch_norm_backward_input(grad_output, input, n, w, sums, batch_statistics);
+    if (!act.enabled()) {
+      return valid ? bn1d::batch_norm_backward_input(grad_output, input, n, w, sums,
+                                                     batch_statistics, *valid)
+                   : bn1d::batch_norm_backward_input(grad_output, input, n, w, sums,
+                                                     batch_statistics);
+    }
+    return valid ? bn1d::batch_norm_backward_input(grad_output, input, n, w, b, sums,
+                                                   batch_statistics, act, *valid)
+                 : bn1d::batch_norm_backward_input(grad_output, input, n, w, b, sums,
+                                                   batch_statistics, act);
   }));
 }
 
@@ -159,9 +187,11 @@ void def_functional(py::module_& mod) {
   mod.def("batch_norm", &batch_norm, py::arg("input"), py::arg("running_mean"),
           py::arg("running_var"), py::arg("weight"), py::arg("bias"), py::arg("training"),
           py::arg("momentum"), py::arg("eps"), py::arg("lengths"), py::arg("mask"),
+          py::arg("activation"), py::arg("negative_slope"),
           "torch.nn.functional.batch_norm over (N, C) or (N, C, L) arrays (None for absent "
           "tensors), over the valid positions only with lengths or mask; the running statistics "
-          "are updated in place in training.");
+          "are updated in place in training. activation ('none', 'relu', 'leaky_relu') is "
+          "applied to the output in the same pass.");
   mod.def("batch_stats", &batch_stats, py::arg("input"), py::arg("lengths"), py::arg("mask"),
           "(count, mean, m2) per channel of input (over the valid positions with lengths/mask).");
   mod.def("combine_stats", &combine_stats, py::arg("parts"),
@@ -192,16 +222,21 @@ void def_functional(py::module_& mod) {
       "Updates the running statistics in place (unbiased variance).");
   mod.def("batch_norm_apply", &batch_norm_apply, py::arg("input"), py::arg("norm"),
           py::arg("weight"), py::arg("bias"), py::arg("lengths"), py::arg("mask"),
-          "(x - mean) * invstd * weight + bias (0 at the padding with lengths/mask).");
+          py::arg("activation"), py::arg("negative_slope"),
+          "act((x - mean) * invstd * weight + bias) (0 at the padding with lengths/mask).");
   mod.def("backward_stats", &backward_stats, py::arg("grad_output"), py::arg("input"),
-          py::arg("norm"), py::arg("lengths"), py::arg("mask"),
-          "(count, sum dy, sum dy * (x - mean)) per channel.");
+          py::arg("norm"), py::arg("lengths"), py::arg("mask"), py::arg("weight"), py::arg("bias"),
+          py::arg("activation"), py::arg("negative_slope"),
+          "(count, sum dy, sum dy * (x - mean)) per channel, dy gated by the activation's "
+          "derivative at the forward's output (weight and bias: the forward's).");
   mod.def("combine_grad_stats", &combine_grad_stats, py::arg("parts"),
           "The sums of the parts' gradient statistics, in order.");
   mod.def("batch_norm_backward_input", &backward_input, py::arg("grad_output"), py::arg("input"),
           py::arg("norm"), py::arg("weight"), py::arg("stats"), py::arg("batch_statistics"),
-          py::arg("lengths"), py::arg("mask"),
-          "The input gradient, with the (global) gradient sums stats.");
+          py::arg("lengths"), py::arg("mask"), py::arg("bias"), py::arg("activation"),
+          py::arg("negative_slope"),
+          "The input gradient, with the (global) gradient sums stats, dy gated by the "
+          "activation's derivative.");
   mod.def("batch_norm_backward_params", &backward_params, py::arg("stats"), py::arg("norm"),
           py::arg("dtype"), "(grad_weight, grad_bias) in dtype from the (local) gradient sums.");
 }

@@ -34,16 +34,20 @@ void def_ghost_batch_norm(py::module_& mod) {
                         "arrays; the computation behind bn1d.GhostBatchNorm1d.");
   cls.def(py::init([](int64_t num_features, int64_t virtual_batch_size,
                       std::optional<double> momentum, const std::string& split, double eps,
-                      bool affine, bool track_running_stats, const std::string& dtype) {
+                      bool affine, bool track_running_stats, const std::string& dtype,
+                      const std::string& activation, double negative_slope) {
             return new Ghost(bn1d::GhostBatchNorm1d(
-                module_options(num_features, eps, momentum, affine, track_running_stats, dtype),
+                module_options(num_features, eps, momentum, affine, track_running_stats, dtype,
+                               activation, negative_slope),
                 virtual_batch_size, parse_split(split)));
           }),
           py::arg("num_features"), py::arg("virtual_batch_size") = 128, py::arg("momentum") = 0.01,
           py::arg("split") = "chunk", py::arg("eps") = 1e-5, py::arg("affine") = true,
           py::arg("track_running_stats") = true, py::arg("dtype") = "float32",
+          py::arg("activation") = "none", py::arg("negative_slope") = 0.01,
           "A module of num_features channels normalizing virtual batches of virtual_batch_size "
-          "samples; split: 'chunk' (torch.chunk, TabNet's) or 'fixed'.")
+          "samples; split: 'chunk' (torch.chunk, TabNet's) or 'fixed'; activation: 'none', "
+          "'relu' or 'leaky_relu' (with negative_slope), fused into the output.")
       .def(
           "forward",
           [](Ghost& self, const py::object& x) {

@@ -201,15 +201,20 @@ py::dict load_file(const std::string& path) {
 // The constructor, forward and infer (the rest: module_binding.hpp).
 void def_compute(py::class_<BatchNorm>& cls) {
   cls.def(py::init([](int64_t num_features, double eps, std::optional<double> momentum, bool affine,
-                      bool track_running_stats, const std::string& dtype) {
+                      bool track_running_stats, const std::string& dtype,
+                      const std::string& activation, double negative_slope) {
             return new BatchNorm(bn1d::BatchNorm1d(
-                module_options(num_features, eps, momentum, affine, track_running_stats, dtype)));
+                module_options(num_features, eps, momentum, affine, track_running_stats, dtype,
+                               activation, negative_slope)));
           }),
           py::arg("num_features"), py::arg("eps") = 1e-5, py::arg("momentum") = 0.1,
           py::arg("affine") = true, py::arg("track_running_stats") = true,
-          py::arg("dtype") = "float32",
+          py::arg("dtype") = "float32", py::arg("activation") = "none",
+          py::arg("negative_slope") = 0.01,
           "A module of num_features channels; dtype: 'float32', 'float64' (which also take "
-          "bfloat16 and float16 inputs: mixed precision), 'bfloat16' or 'float16' (pure).")
+          "bfloat16 and float16 inputs: mixed precision), 'bfloat16' or 'float16' (pure); "
+          "activation: 'none', 'relu' or 'leaky_relu' (with negative_slope), fused into the "
+          "output.")
       .def("forward", &forward, py::arg("input"), py::arg("lengths") = py::none(),
            py::arg("mask") = py::none(),
            "Normalizes input of shape (N, C) or (N, C, L); keeps it (no copy) for backward. With "

@@ -56,6 +56,15 @@ struct Module {
 // "float32", "float64", "bfloat16" or "float16" as a bn1d dtype; Error otherwise.
 bn1d::DType parse_module_dtype(const std::string& name);
 
+// "none", "relu" or "leaky_relu" as a fused activation (the Python layer maps None to "none");
+// Error otherwise.
+inline bn1d::Activation parse_activation(const std::string& name) {
+  if (name == "none") return bn1d::Activation::None;
+  if (name == "relu") return bn1d::Activation::ReLU;
+  if (name == "leaky_relu") return bn1d::Activation::LeakyReLU;
+  throw bn1d::Error("activation: expected None, \"relu\" or \"leaky_relu\", got \"" + name + "\"");
+}
+
 // A forward of @p x: @p step(input, output) runs without the GIL under the exclusive lock; the
 // input object is kept for backward().
 template <class M, class Step>
@@ -207,7 +216,14 @@ void def_state_properties(py::class_<Module<M>>& cls) {
           "dtype",
           [](Mod& self) { return std::string(bn1d::dtype_name(self.m.options().dtype())); },
           "The dtype of the parameters and buffers: 'float32', 'float64', 'bfloat16' or "
-          "'float16'.");
+          "'float16'.")
+      .def_property_readonly(
+          "activation",
+          [](Mod& self) { return bn1d::activation_name(self.m.options().activation()); },
+          "The activation fused into the output: 'none', 'relu' or 'leaky_relu'.")
+      .def_property_readonly(
+          "negative_slope", [](Mod& self) { return self.m.options().negative_slope(); },
+          "LeakyReLU's slope for negative values (unused by the other activations).");
 }
 
 // state_dict, load_state_dict, save, load and the resets.
@@ -270,13 +286,17 @@ void def_common_methods(py::class_<Module<M>>& cls) {
 // The options shared by both constructors, checked by the module's constructor.
 inline bn1d::BatchNorm1dOptions module_options(int64_t num_features, double eps,
                                                std::optional<double> momentum, bool affine,
-                                               bool track_running_stats, const std::string& dtype) {
+                                               bool track_running_stats, const std::string& dtype,
+                                               const std::string& activation,
+                                               double negative_slope) {
   return bn1d::BatchNorm1dOptions(num_features)
       .eps(eps)
       .momentum(momentum)
       .affine(affine)
       .track_running_stats(track_running_stats)
-      .dtype(parse_module_dtype(dtype));
+      .dtype(parse_module_dtype(dtype))
+      .activation(parse_activation(activation))
+      .negative_slope(negative_slope);
 }
 
 // Registers the class GhostBatchNorm1d in @p mod (bind_ghost.cpp).

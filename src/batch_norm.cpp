@@ -138,19 +138,20 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
 }
 
 void batch_norm_apply(Tensor& output, const Tensor& input, const Normalization& norm,
-                      const Tensor& weight, const Tensor& bias) {
+                      const Tensor& weight, const Tensor& bias, const FusedActivation& activation) {
   const kernels::View3 x = detail::input_view(input);
   detail::check_normalization(norm, x.C);
   detail::check_param(weight, "weight", x.C, input.dtype());
   detail::check_param(bias, "bias", x.C, input.dtype());
   detail::check_params_agree({{&weight, "weight"}, {&bias, "bias"}});
-  step::apply(output, input, x, norm, weight, bias);
+  detail::check_activation(activation);
+  step::apply(output, input, x, norm, weight, bias, activation);
 }
 
 Tensor batch_norm_apply(const Tensor& input, const Normalization& norm, const Tensor& weight,
-                        const Tensor& bias) {
+                        const Tensor& bias, const FusedActivation& activation) {
   Tensor output;
-  batch_norm_apply(output, input, norm, weight, bias);
+  batch_norm_apply(output, input, norm, weight, bias, activation);
   return output;
 }
 
@@ -158,11 +159,12 @@ Tensor batch_norm_apply(const Tensor& input, const Normalization& norm, const Te
 static Tensor batch_norm_over(const Tensor& input, const Tensor& running_mean,
                               const Tensor& running_var, const Tensor& weight, const Tensor& bias,
                               bool training, double momentum, double eps,
-                              const detail::Partition& part) {
+                              const FusedActivation& activation, const detail::Partition& part) {
   const kernels::View3 x = detail::input_view(input);
   if (part.valid != nullptr) part.valid->check_fits(input.sizes());
   detail::check_eps(eps);
   detail::check_momentum(momentum);
+  detail::check_activation(activation);
   detail::check_param(weight, "weight", x.C, input.dtype());
   detail::check_param(bias, "bias", x.C, input.dtype());
   if (running_mean.defined() != running_var.defined()) {
@@ -180,7 +182,7 @@ static Tensor batch_norm_over(const Tensor& input, const Tensor& running_mean,
   if (!training) {
     if (!tracking) throw Error("running_mean and running_var must be defined in evaluation mode");
     step::normalization_from_running(norm, running_mean, running_var, eps);
-    step::apply(output, input, x, {&norm, 1}, weight, bias, part);
+    step::apply(output, input, x, {&norm, 1}, weight, bias, activation, part);
     return output;
   }
   if (part.valid == nullptr) detail::check_batch_size(x, input.sizes());
@@ -201,23 +203,23 @@ static Tensor batch_norm_over(const Tensor& input, const Tensor& running_mean,
   BatchStats stats;
   step::batch_stats(stats, x, part, 0);
   step::normalization_from_batch(norm, stats, eps);
-  step::apply(output, input, x, {&norm, 1}, weight, bias, part);
+  step::apply(output, input, x, {&norm, 1}, weight, bias, activation, part);
   if (tracking) step::update_running_stats(running_mean, running_var, stats, momentum);
   return output;
 }
 
 Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, double momentum,
-                  double eps) {
+                  double eps, const FusedActivation& activation) {
   return batch_norm_over(input, running_mean, running_var, weight, bias, training, momentum, eps,
-                         {});
+                         activation, {});
 }
 
 Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, double momentum,
-                  double eps, const ValidPositions& valid) {
+                  double eps, const ValidPositions& valid, const FusedActivation& activation) {
   return batch_norm_over(input, running_mean, running_var, weight, bias, training, momentum, eps,
-                         {&valid, {}});
+                         activation, {&valid, {}});
 }
 
 BatchStats batch_stats(const Tensor& input, const ValidPositions& valid) {
@@ -229,15 +231,17 @@ BatchStats batch_stats(const Tensor& input, const ValidPositions& valid) {
 }
 
 Tensor batch_norm_apply(const Tensor& input, const Normalization& norm, const Tensor& weight,
-                        const Tensor& bias, const ValidPositions& valid) {
+                        const Tensor& bias, const ValidPositions& valid,
+                        const FusedActivation& activation) {
   const kernels::View3 x = detail::input_view(input);
   valid.check_fits(input.sizes());
   detail::check_normalization(norm, x.C);
   detail::check_param(weight, "weight", x.C, input.dtype());
   detail::check_param(bias, "bias", x.C, input.dtype());
   detail::check_params_agree({{&weight, "weight"}, {&bias, "bias"}});
+  detail::check_activation(activation);
   Tensor output;
-  step::apply(output, input, x, {&norm, 1}, weight, bias, {&valid, {}});
+  step::apply(output, input, x, {&norm, 1}, weight, bias, activation, {&valid, {}});
   return output;
 }
 

@@ -40,6 +40,12 @@ int64_t checked_channels(const BatchNorm1d& bn) {
         "without: it normalizes every batch with that batch's statistics, which no weight and "
         "bias reproduce, so it cannot be folded");
   }
+  if (o.activation() != Activation::None) {
+    throw Error(
+        "bn: fold needs a BatchNorm1d without a fused activation, got one with activation=" +
+        activation_name(o.activation()) +
+        ": act(bn(x)) is not affine, so no weight and bias reproduce it");
+  }
   if (!bn.running_mean().defined()) throw Error("bn: use of a moved-from module");
   return o.num_features();
 }

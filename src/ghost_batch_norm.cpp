@@ -6,6 +6,7 @@
 #include <ostream>
 
 #include "format.hpp"
+#include "options_repr.hpp"
 #include "partition.hpp"
 #include "validate.hpp"
 
@@ -94,13 +95,13 @@ Tensor GhostBatchNorm1d::infer(const Tensor& input) const {
 
 std::ostream& operator<<(std::ostream& os, const GhostBatchNorm1d& module) {
   const BatchNorm1dOptions& o = module.options();
-  return os << "GhostBatchNorm1d(" << o.num_features()
-            << ", virtual_batch_size=" << module.virtual_batch_size()
-            << ", split=" << ghost_split_name(module.split())
-            << ", eps=" << python_float_repr(o.eps())
-            << ", momentum=" << (o.momentum() ? python_float_repr(*o.momentum()) : "None")
-            << ", affine=" << (o.affine() ? "true" : "false")
-            << ", track_running_stats=" << (o.track_running_stats() ? "true" : "false") << ")";
+  os << "GhostBatchNorm1d(" << o.num_features()
+     << ", virtual_batch_size=" << module.virtual_batch_size()
+     << ", split=" << ghost_split_name(module.split()) << ", eps=" << python_float_repr(o.eps())
+     << ", momentum=" << (o.momentum() ? python_float_repr(*o.momentum()) : "None")
+     << ", affine=" << (o.affine() ? "true" : "false")
+     << ", track_running_stats=" << (o.track_running_stats() ? "true" : "false");
+  return detail::write_activation(os, o) << ")";
 }
 
 }  // namespace bn1d

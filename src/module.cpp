@@ -20,6 +20,7 @@ void check_options(const BatchNorm1dOptions& o) {
   detail::check_eps(o.eps());
   if (o.momentum()) detail::check_momentum(*o.momentum());
   detail::check_floating_dtype(o.dtype(), "dtype");
+  detail::check_activation(o.fused_activation());
 }
 
 // A float64 {C} normalization buffer, so that the forwards that fill it allocate nothing.
@@ -125,10 +126,19 @@ void BatchNorm1d::reset_parameters() {
 }
 
 std::ostream& detail::write_options(std::ostream& os, const BatchNorm1dOptions& o) {
-  return os << "(" << o.num_features() << ", eps=" << python_float_repr(o.eps())
-            << ", momentum=" << (o.momentum() ? python_float_repr(*o.momentum()) : "None")
-            << ", affine=" << (o.affine() ? "true" : "false")
-            << ", track_running_stats=" << (o.track_running_stats() ? "true" : "false") << ")";
+  os << "(" << o.num_features() << ", eps=" << python_float_repr(o.eps())
+     << ", momentum=" << (o.momentum() ? python_float_repr(*o.momentum()) : "None")
+     << ", affine=" << (o.affine() ? "true" : "false")
+     << ", track_running_stats=" << (o.track_running_stats() ? "true" : "false");
+  return write_activation(os, o) << ")";
+}
+
+std::ostream& detail::write_activation(std::ostream& os, const BatchNorm1dOptions& o) {
+  if (o.activation() == Activation::None) return os;
+  os << ", activation=" << activation_name(o.activation());
+  if (o.activation() == Activation::LeakyReLU)
+    os << ", negative_slope=" << python_float_repr(o.negative_slope());
+  return os;
 }
 
 std::ostream& operator<<(std::ostream& os, const BatchNorm1d& module) {

@@ -51,45 +51,46 @@ void channel_stats(double* mean, double* m2, const kernels::View3& x) {
 }
 
 void normalize(const kernels::Out3& y, const kernels::View3& x, const double* mean,
-               const double* scale, const double* shift) {
+               const double* scale, const double* shift, const kernels::Act& act) {
   Layout layout;
   if (no_values(x)) return;
   if (const auto plan = virtual_cols::plan(x, virtual_cols::Op::Elementwise);
       plan && virtual_cols::fits(plan, y))
-    virtual_cols::normalize(plan, y, x, mean, scale, shift);
+    virtual_cols::normalize(plan, y, x, mean, scale, shift, act);
   else if (simd_layout(layout, x, y))
-    kernels::simd::normalize(layout, y, x, mean, scale, shift);
+    kernels::simd::normalize(layout, y, x, mean, scale, shift, act);
   else
-    kernels::reference::normalize(y, x, mean, scale, shift);
+    kernels::reference::normalize(y, x, mean, scale, shift, act);
 }
 
 void backward_sums(double* sum_dy, double* sum_dy_xmu, const kernels::View3& dy,
-                   const kernels::View3& x, const double* mean) {
+                   const kernels::View3& x, const double* mean, const kernels::Act& act) {
   Layout layout;
   if (no_values(x)) {
     std::fill_n(sum_dy, x.C, 0.0);
     std::fill_n(sum_dy_xmu, x.C, 0.0);
   } else if (const auto plan = virtual_cols::plan(x, virtual_cols::Op::Reduction);
              plan && virtual_cols::fits(plan, dy)) {
-    virtual_cols::backward_sums(plan, sum_dy, sum_dy_xmu, dy, x, mean);
+    virtual_cols::backward_sums(plan, sum_dy, sum_dy_xmu, dy, x, mean, act);
   } else if (simd_layout(layout, dy, x)) {
-    kernels::simd::backward_sums(layout, sum_dy, sum_dy_xmu, dy, x, mean);
+    kernels::simd::backward_sums(layout, sum_dy, sum_dy_xmu, dy, x, mean, act);
   } else {
-    kernels::reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean);
+    kernels::reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean, act);
   }
 }
 
 void backward_input(const kernels::Out3& dx, const kernels::View3& dy, const kernels::View3& x,
-                    const double* mean, const double* a, const double* b, const double* k) {
+                    const double* mean, const double* a, const double* b, const double* k,
+                    const kernels::Act& act) {
   Layout layout;
   if (no_values(x)) return;
   if (const auto plan = virtual_cols::plan(x, virtual_cols::Op::Elementwise);
       plan && virtual_cols::fits(plan, dy) && virtual_cols::fits(plan, dx))
-    virtual_cols::backward_input(plan, dx, dy, x, mean, a, b, k);
+    virtual_cols::backward_input(plan, dx, dy, x, mean, a, b, k, act);
   else if (simd_layout(layout, dy, x, dx))
-    kernels::simd::backward_input(layout, dx, dy, x, mean, a, b, k);
+    kernels::simd::backward_input(layout, dx, dy, x, mean, a, b, k, act);
   else
-    kernels::reference::backward_input(dx, dy, x, mean, a, b, k);
+    kernels::reference::backward_input(dx, dy, x, mean, a, b, k, act);
 }
 
 }  // namespace bn1d::route

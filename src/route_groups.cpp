@@ -145,41 +145,43 @@ void group_stats(double* mean, double* m2, const View3& x, const detail::Partiti
 }
 
 void group_normalize(const Out3& y, const View3& x, const detail::Partition& part, int64_t g,
-                     const double* mean, const double* scale, const double* shift) {
+                     const double* mean, const double* scale, const double* shift,
+                     const kernels::Act& act) {
   const auto scope = whole_batch(x);
   if (part.valid == nullptr) {
     for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
       normalize(sub_view(y, x.dtype, n, count, l, length),
-                sub_view(x, x.dtype, n, count, l, length), mean, scale, shift);
+                sub_view(x, x.dtype, n, count, l, length), mean, scale, shift, act);
     });
     return;
   }
   if (masked_kernels(part, {x.sL, y.sL}, /*elementwise=*/true) &&
-      kernels::simd::masked_normalize(y, x, valid_values(x, *part.valid), mean, scale, shift))
+      kernels::simd::masked_normalize(y, x, valid_values(x, *part.valid), mean, scale, shift, act))
     return;
   const auto runs = part.valid->runs();
   detail::parallel_blocks(static_cast<int64_t>(runs.size()), [&](int64_t i) {
     const auto block_scope = whole_batch(x);
-    normalize(run_view(y, x.dtype, runs[i]), run_view(x, runs[i]), mean, scale, shift);
+    normalize(run_view(y, x.dtype, runs[i]), run_view(x, runs[i]), mean, scale, shift, act);
   });
   zero_padding(y, x, part);
 }
 
 void group_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
-                         const detail::Partition& part, int64_t g, const double* mean) {
+                         const detail::Partition& part, int64_t g, const double* mean,
+                         const kernels::Act& act) {
   const auto scope = whole_batch(x);
   std::fill_n(sum_dy, x.C, 0.0);
   std::fill_n(sum_dy_xmu, x.C, 0.0);
   if (part.valid == nullptr) {
     for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
       backward_sums(sum_dy, sum_dy_xmu, sub_view(dy, dy.dtype, n, count, l, length),
-                    sub_view(x, x.dtype, n, count, l, length), mean);
+                    sub_view(x, x.dtype, n, count, l, length), mean, act);
     });
     return;
   }
   if (masked_kernels(part, {x.sL, dy.sL}))
     return kernels::simd::masked_backward_sums(sum_dy, sum_dy_xmu, dy, x,
-                                               valid_values(x, *part.valid), mean);
+                                               valid_values(x, *part.valid), mean, act);
   // Each run's sums on the threads, then added in run order.
   const auto runs = part.valid->runs();
   const auto size = static_cast<std::size_t>(kRunBatch * x.C);
@@ -191,7 +193,7 @@ void group_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, co
     detail::parallel_blocks(batch, [&](int64_t i) {
       const auto block_scope = whole_batch(x);
       backward_sums(run_dy + i * x.C, run_dy_xmu + i * x.C, run_view(dy, runs[r0 + i]),
-                    run_view(x, runs[r0 + i]), mean);
+                    run_view(x, runs[r0 + i]), mean, act);
     });
     for (int64_t i = 0; i < batch; ++i)
       kernels::simd::add_slot(sum_dy, sum_dy_xmu, run_dy + i * x.C, run_dy_xmu + i * x.C,
@@ -201,24 +203,26 @@ void group_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, co
 
 void group_backward_input(const Out3& dx, const View3& dy, const View3& x,
                           const detail::Partition& part, int64_t g, const double* mean,
-                          const double* a, const double* b, const double* k) {
+                          const double* a, const double* b, const double* k,
+                          const kernels::Act& act) {
   const auto scope = whole_batch(x);
   if (part.valid == nullptr) {
     for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
       backward_input(sub_view(dx, x.dtype, n, count, l, length),
                      sub_view(dy, dy.dtype, n, count, l, length),
-                     sub_view(x, x.dtype, n, count, l, length), mean, a, b, k);
+                     sub_view(x, x.dtype, n, count, l, length), mean, a, b, k, act);
     });
     return;
   }
   if (masked_kernels(part, {x.sL, dy.sL, dx.sL}, /*elementwise=*/true) &&
-      kernels::simd::masked_backward_input(dx, dy, x, valid_values(x, *part.valid), mean, a, b, k))
+      kernels::simd::masked_backward_input(dx, dy, x, valid_values(x, *part.valid), mean, a, b, k,
+                                           act))
     return;
   const auto runs = part.valid->runs();
   detail::parallel_blocks(static_cast<int64_t>(runs.size()), [&](int64_t i) {
     const auto block_scope = whole_batch(x);
     backward_input(run_view(dx, x.dtype, runs[i]), run_view(dy, runs[i]), run_view(x, runs[i]),
-                   mean, a, b, k);
+                   mean, a, b, k, act);
   });
   zero_padding(dx, x, part);
 }

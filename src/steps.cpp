@@ -96,76 +96,128 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
   detail::store_channels(running_var, rvar);
 }
 
+namespace {
+
+// z's coefficients as apply() hands them to normalize, per group g: scale_g = weight · invstd_g
+// (invstd_g itself without weight) and shift = bias (zeros without bias). The backward's gate
+// recomputes z from the same bits (docs/math.md#fused-activation).
+struct ZCoefficients {
+  const double* weighted = nullptr;  // weight · invstd_g at g·C; nullptr without weight
+  const double* shift = nullptr;
+
+  const double* scale(std::span<const Normalization> norms, int64_t g, int64_t C) const {
+    return weighted != nullptr ? weighted + g * C : f64(norms[g].invstd);
+  }
+};
+
+// The coefficients for @p w (weight as float64, or nullptr) and @p bias, into the workspace's
+// scale and bias buffers.
+ZCoefficients z_coefficients(const double* w, const Tensor& bias,
+                             std::span<const Normalization> norms, int64_t C) {
+  const auto n = static_cast<std::size_t>(C);
+  detail::StepWorkspace& ws = detail::thread_workspace();
+  ZCoefficients z;
+  z.shift = detail::channel_f64(bias, ws.bias);
+  if (z.shift == nullptr) {
+    double* zeros = detail::sized(ws.bias, n);
+    std::fill_n(zeros, n, 0.0);
+    z.shift = zeros;
+  }
+  if (w != nullptr) {
+    const auto G = static_cast<int64_t>(norms.size());
+    double* weighted = detail::sized(ws.scale, n * static_cast<std::size_t>(G));
+    for (int64_t g = 0; g < G; ++g) route::multiply(weighted + g * C, w, f64(norms[g].invstd), C);
+    z.weighted = weighted;
+  }
+  return z;
+}
+
+// The kernels' activation of group @p g (none without an activation).
+kernels::Act group_act(const FusedActivation& activation, const ZCoefficients& z,
+                       std::span<const Normalization> norms, int64_t g, int64_t C) {
+  if (!activation.enabled()) return {};
+  return {activation.kind, activation.negative_slope, z.scale(norms, g, C), z.shift};
+}
+
+// z's coefficients for the backward's gate; none needed without an activation.
+ZCoefficients gate_coefficients(const FusedActivation& activation, const Tensor& weight,
+                                const Tensor& bias, std::span<const Normalization> norms,
+                                int64_t C) {
+  if (!activation.enabled()) return {};
+  return z_coefficients(detail::channel_f64(weight, detail::thread_workspace().weight), bias, norms,
+                        C);
+}
+
+}  // namespace
+
 void apply(Tensor& output, const Tensor& input, const kernels::View3& x,
            std::span<const Normalization> norms, const Tensor& weight, const Tensor& bias,
-           const detail::Partition& part, Also also) {
+           const FusedActivation& activation, const detail::Partition& part, Also also) {
   const Normalization& first = norms[0];
   detail::reuse_or_allocate_like(output, input,
                                  {&input, &first.mean, &first.invstd, &weight, &bias}, also);
   if (output.numel() == 0) return;
-  // y = (x − mean) · scale + shift, scale = weight · invstd (invstd without weight), shift = bias
-  // (0 without bias).
-  const auto n = static_cast<std::size_t>(x.C);
-  detail::StepWorkspace& ws = detail::thread_workspace();
-  const double* w = detail::channel_f64(weight, ws.weight);
-  const double* shift = detail::channel_f64(bias, ws.bias);
-  if (shift == nullptr) {
-    double* zeros = detail::sized(ws.bias, n);
-    std::fill_n(zeros, n, 0.0);
-    shift = zeros;
-  }
-  const kernels::Out3 y = detail::output_view(output);
+  // y = act((x − mean) · scale + shift), scale = weight · invstd (invstd without weight),
+  // shift = bias (0 without bias).
   const int64_t G = part.groups();
-  double* weighted =
-      w != nullptr ? detail::sized(ws.scale, n * static_cast<std::size_t>(G)) : nullptr;
-  for (int64_t g = 0; w != nullptr && g < G; ++g)
-    route::multiply(weighted + g * x.C, w, f64(norms[g].invstd), x.C);
+  const ZCoefficients z = z_coefficients(
+      detail::channel_f64(weight, detail::thread_workspace().weight), bias, norms.first(G), x.C);
+  const kernels::Out3 y = detail::output_view(output);
   detail::parallel_blocks(G, [&](int64_t g) {  // groups on the threads
-    const double* scale = w != nullptr ? weighted + g * x.C : f64(norms[g].invstd);
-    route::group_normalize(y, x, part, g, f64(norms[g].mean), scale, shift);
+    route::group_normalize(y, x, part, g, f64(norms[g].mean), z.scale(norms, g, x.C), z.shift,
+                           group_act(activation, z, norms, g, x.C));
   });
 }
 
 void backward_sums(GradStats& sums, const kernels::View3& dy, const kernels::View3& x,
-                   const Normalization& norm, const detail::Partition& part, int64_t g, Also also) {
-  detail::reuse_or_allocate(sums.sum_dy, x.C, DType::Float64, {&norm.mean, &norm.invstd}, also);
+                   const Normalization& norm, const Tensor& weight, const Tensor& bias,
+                   const FusedActivation& activation, const detail::Partition& part, int64_t g,
+                   Also also) {
+  detail::reuse_or_allocate(sums.sum_dy, x.C, DType::Float64,
+                            {&norm.mean, &norm.invstd, &weight, &bias}, also);
   detail::reuse_or_allocate(sums.sum_dy_xmu, x.C, DType::Float64,
-                            {&norm.mean, &norm.invstd, &sums.sum_dy}, also);
+                            {&norm.mean, &norm.invstd, &weight, &bias, &sums.sum_dy}, also);
   sums.count = detail::group_count(part, g, x.N, x.L);
+  const std::span<const Normalization> norms{&norm, 1};
+  const ZCoefficients z = gate_coefficients(activation, weight, bias, norms, x.C);
   route::group_backward_sums(f64_mut(sums.sum_dy), f64_mut(sums.sum_dy_xmu), dy, x, part, g,
-                             f64(norm.mean));
+                             f64(norm.mean), group_act(activation, z, norms, 0, x.C));
 }
 
 void backward_sums(std::span<GradStats> sums, const kernels::View3& dy, const kernels::View3& x,
-                   std::span<const Normalization> norms, const detail::Partition& part) {
-  for (int64_t g = 0; g < part.groups(); ++g) {  // every result chosen first
+                   std::span<const Normalization> norms, const Tensor& weight, const Tensor& bias,
+                   const FusedActivation& activation, const detail::Partition& part) {
+  const int64_t G = part.groups();
+  for (int64_t g = 0; g < G; ++g) {  // every result chosen first
     detail::reuse_or_allocate(sums[g].sum_dy, x.C, DType::Float64, {&norms[g].mean});
     detail::reuse_or_allocate(sums[g].sum_dy_xmu, x.C, DType::Float64, {&norms[g].mean},
                               {&sums[g].sum_dy});
     sums[g].count = detail::group_count(part, g, x.N, x.L);
   }
-  detail::parallel_blocks(part.groups(), [&](int64_t g) {
+  const ZCoefficients z = gate_coefficients(activation, weight, bias, norms.first(G), x.C);
+  detail::parallel_blocks(G, [&](int64_t g) {
     route::group_backward_sums(f64_mut(sums[g].sum_dy), f64_mut(sums[g].sum_dy_xmu), dy, x, part, g,
-                               f64(norms[g].mean));
+                               f64(norms[g].mean), group_act(activation, z, norms, g, x.C));
   });
 }
 
 void backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
                     const kernels::View3& dy, const kernels::View3& x,
-                    std::span<const Normalization> norms, const Tensor& weight,
-                    std::span<const GradStats> globals, bool batch_statistics,
-                    const detail::Partition& part, Also also) {
+                    std::span<const Normalization> norms, const Tensor& weight, const Tensor& bias,
+                    const FusedActivation& activation, std::span<const GradStats> globals,
+                    bool batch_statistics, const detail::Partition& part, Also also) {
   const Normalization& norm = norms[0];
   const GradStats& global = globals[0];
-  detail::reuse_or_allocate_like(
-      grad_input, input,
-      {&input, &grad_output, &norm.mean, &norm.invstd, &weight, &global.sum_dy, &global.sum_dy_xmu},
-      also);
+  detail::reuse_or_allocate_like(grad_input, input,
+                                 {&input, &grad_output, &norm.mean, &norm.invstd, &weight, &bias,
+                                  &global.sum_dy, &global.sum_dy_xmu},
+                                 also);
   if (grad_input.numel() == 0) return;
-  // dx = a · dy + b · (x − mean) + k per channel, with g = weight · invstd:
+  // dx = a · dy' + b · (x − mean) + k per channel, with g = weight · invstd and dy' = dy gated
+  // by the activation (dy without one):
   //   a = g                                   (direct path through x̂)
-  //   k = −g · Σdy / n                        (through the batch mean)
-  //   b = −g · invstd² · Σdy(x − mean) / n    (through the batch variance)
+  //   k = −g · Σdy' / n                       (through the batch mean)
+  //   b = −g · invstd² · Σdy'(x − mean) / n   (through the batch variance)
   // With running statistics the mean and variance are constants: b = k = 0.
   const int64_t G = part.groups();
   const auto n = static_cast<std::size_t>(x.C * G);
@@ -182,9 +234,11 @@ void backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor&
                                  sums ? f64(sums->sum_dy_xmu) : nullptr,
                                  static_cast<double>(sums ? sums->count : 0), x.C);
   }
+  const ZCoefficients z =
+      activation.enabled() ? z_coefficients(w, bias, norms.first(G), x.C) : ZCoefficients{};
   detail::parallel_blocks(G, [&](int64_t g) {  // groups on the threads
     route::group_backward_input(dx, dy, x, part, g, f64(norms[g].mean), a + g * x.C, b + g * x.C,
-                                k + g * x.C);
+                                k + g * x.C, group_act(activation, z, norms, g, x.C));
   });
 }
 

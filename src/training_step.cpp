@@ -127,7 +127,7 @@ struct BatchNorm1d::Step {
   static StepConfig config(const BatchNorm1d& m) {
     const BatchNorm1dOptions& o = m.options_;
     return {o.num_features(), o.dtype(),    m.training_, o.track_running_stats(),
-            o.affine(),       o.momentum(), o.eps()};
+            o.affine(),       o.momentum(), o.eps(),     o.fused_activation()};
   }
 
   // The partition the saved forward normalized over (for backward()).
@@ -229,7 +229,7 @@ struct BatchNorm1d::Step {
       detail::reuse_or_allocate_like(output, input, {&input}, state);
       m.saved_input_ = input;
       step::apply(output, input, x, {m.next_norm_.data(), static_cast<std::size_t>(G)}, m.weight_,
-                  m.bias_, part, state);
+                  m.bias_, m.options_.fused_activation(), part, state);
       for (int64_t g = 0; update && g < G; ++g) {  // in group order: the chunk loop's updates
         ++m.num_batches_tracked_;
         const double factor =
@@ -266,7 +266,8 @@ struct BatchNorm1d::Step {
       // last of the steps that may throw (see forward_batch).
       detail::reuse_or_allocate_like(output, input, {&input}, state);
       m.saved_input_ = input;
-      step::apply(output, input, x, {m.saved_norm_.data(), 1}, m.weight_, m.bias_, part, state);
+      step::apply(output, input, x, {m.saved_norm_.data(), 1}, m.weight_, m.bias_,
+                  m.options_.fused_activation(), part, state);
       m.saved_batch_statistics_ = false;
       return commit_partition(m);
     }
@@ -283,7 +284,8 @@ struct BatchNorm1d::Step {
     }
     detail::reuse_or_allocate_like(output, input, {&input}, state);
     m.saved_input_ = input;
-    step::apply(output, input, x, {m.next_norm_.data(), 1}, m.weight_, m.bias_, part, state);
+    step::apply(output, input, x, {m.next_norm_.data(), 1}, m.weight_, m.bias_,
+                m.options_.fused_activation(), part, state);
     if (cache) {
       m.norm_running_mean_.copy_from(m.running_mean_);  // contiguous, no overlap: a memmove
       m.norm_running_var_.copy_from(m.running_var_);
@@ -356,6 +358,7 @@ struct BatchNorm1d::Step {
       check_backward(m, combiner, grad_output, stage);
       stage = StepFailure::Internal;
       ensure_groups(m.grad_sums_, G);
+      step::reserve_workspace(m.options_.num_features(), G);
       local_sums(m, grad_output);
     });
     if (G == 1) {
@@ -372,7 +375,8 @@ struct BatchNorm1d::Step {
     const kernels::View3 dy = detail::input_view(grad_output, "grad_output");
     const kernels::View3 x = detail::input_view(m.saved_input_);
     const auto G = static_cast<std::size_t>(part.groups());
-    step::backward_sums({m.grad_sums_.data(), G}, dy, x, {m.saved_norm_.data(), G}, part);
+    step::backward_sums({m.grad_sums_.data(), G}, dy, x, {m.saved_norm_.data(), G}, m.weight_,
+                        m.bias_, m.options_.fused_activation(), part);
   }
 
   // grad_input from the @p global sums; weight and bias gradients from the local ones. Every
@@ -398,7 +402,8 @@ struct BatchNorm1d::Step {
                                      &m.bias_, &m.running_mean_, &m.running_var_});
     }
     step::backward_input(grads.input, grad_output, m.saved_input_, dy, x, {m.saved_norm_.data(), G},
-                         m.weight_, global, batch_statistics, part, {&grads.weight, &grads.bias});
+                         m.weight_, m.bias_, m.options_.fused_activation(), global,
+                         batch_statistics, part, {&grads.weight, &grads.bias});
     if (affine) {
       step::backward_params(grads, {m.grad_sums_.data(), G}, {m.saved_norm_.data(), G},
                             m.options_.dtype(),
@@ -438,7 +443,8 @@ struct BatchNorm1d::Step {
                                        m.options_.eps());
     }
     step::apply(output, input, x, {ws.infer_norms.data(), static_cast<std::size_t>(G)}, m.weight_,
-                m.bias_, batch_statistics ? part : part.positions_only(), state);
+                m.bias_, m.options_.fused_activation(),
+                batch_statistics ? part : part.positions_only(), state);
   }
 };
 

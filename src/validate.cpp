@@ -123,6 +123,24 @@ void check_momentum(double momentum) {
   }
 }
 
+void check_activation(const FusedActivation& activation) {
+  switch (activation.kind) {
+    case Activation::None:
+    case Activation::ReLU:
+    case Activation::LeakyReLU:
+      break;
+    default:
+      throw Error(
+          "activation: expected Activation::None, Activation::ReLU or "
+          "Activation::LeakyReLU, got the value " +
+          std::to_string(static_cast<int>(activation.kind)));
+  }
+  if (!std::isfinite(activation.negative_slope)) {
+    throw Error("negative_slope: expected a finite value, got " +
+                python_float_repr(activation.negative_slope));
+  }
+}
+
 void check_batch_size(const kernels::View3& x, const Shape& sizes) {
   if (x.count() == 1) {
     throw Error("Expected more than 1 value per channel when training, got input size " +

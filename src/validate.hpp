@@ -57,6 +57,9 @@ void check_eps(double eps);
 /// momentum must be finite and in [0, 1].
 void check_momentum(double momentum);
 
+/// activation.kind must be one of Activation's values and activation.negative_slope finite.
+void check_activation(const FusedActivation& activation);
+
 /// PyTorch's "Expected more than 1 value per channel when training, got input size [1, 100]"
 /// when N·L == 1 (@p x: the view of an input of @p sizes) and batch statistics are needed.
 void check_batch_size(const kernels::View3& x, const Shape& sizes);

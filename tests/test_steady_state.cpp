@@ -65,27 +65,30 @@ TEST(SteadyState, ForwardAndBackwardIntoBuffersAllocateNothing) {
   // every pass; (1000, 13): narrow channels, 31 groups of 32 rows and 8 rows left over.
   for (const Shape& shape : {Shape{64, 32}, Shape{8, 16, 40}, Shape{8, 16, 5}, Shape{1000, 13}}) {
     for (bool training : {true, false}) {
-      BatchNorm1d m(shape[1]);
-      m.train(training);
-      const Tensor x = randn(shape, DType::Float32, 1), dy = randn(shape, DType::Float32, 2);
-      Tensor y;
-      BatchNorm1d::Gradients g;
-      m.forward(x, y);  // first calls size the buffers
-      m.backward(dy, g);
-      const void* y_storage = y.raw_data();
-      const long n = allocations_during([&] {
-        for (int i = 0; i < 3; ++i) {
-          m.forward(x, y);
-          m.backward(dy, g);
-        }
-      });
-      EXPECT_EQ(n, 0) << format_shape(shape) << " training " << training;
-      EXPECT_EQ(y.raw_data(), y_storage);
-      // Same results as the allocating forms.
-      BatchNorm1d fresh(m.options().num_features());
-      fresh.train(training);
-      fresh.load_state_dict(m.state_dict());
-      EXPECT_EQ(values(y), values(fresh(x)));
+      for (Activation act : {Activation::None, Activation::LeakyReLU}) {  // the gate reuses scratch
+        BatchNorm1d m(BatchNorm1dOptions(shape[1]).activation(act));
+        m.train(training);
+        const Tensor x = randn(shape, DType::Float32, 1), dy = randn(shape, DType::Float32, 2);
+        Tensor y;
+        BatchNorm1d::Gradients g;
+        m.forward(x, y);  // first calls size the buffers
+        m.backward(dy, g);
+        const void* y_storage = y.raw_data();
+        const long n = allocations_during([&] {
+          for (int i = 0; i < 3; ++i) {
+            m.forward(x, y);
+            m.backward(dy, g);
+          }
+        });
+        EXPECT_EQ(n, 0) << format_shape(shape) << " training " << training << " "
+                        << activation_name(act);
+        EXPECT_EQ(y.raw_data(), y_storage);
+        // Same results as the allocating forms.
+        BatchNorm1d fresh(m.options());
+        fresh.train(training);
+        fresh.load_state_dict(m.state_dict());
+        EXPECT_EQ(values(y), values(fresh(x)));
+      }
     }
   }
 }

@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <span>
 
+#include "bn1d/activation.hpp"
 #include "bn1d/tensor.hpp"
 #include "bn1d/valid_positions.hpp"
 
@@ -85,23 +86,31 @@ Normalization normalization_from_running(const Tensor& running_mean, const Tenso
 void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
                           const BatchStats& stats, double momentum);
 
-/// Step 3: y = (x − mean) · invstd · weight + bias per channel. @p weight and @p bias may be
-/// undefined (treated as 1 and 0). Returns a new contiguous tensor of the input's shape.
+/// Step 3: y = act((x − mean) · invstd · weight + bias) per channel (act: @p activation, none
+/// by default). @p weight and @p bias may be undefined (treated as 1 and 0). Returns a new
+/// contiguous tensor of the input's shape.
 Tensor batch_norm_apply(const Tensor& input, const Normalization& norm, const Tensor& weight,
-                        const Tensor& bias);
+                        const Tensor& bias, const FusedActivation& activation = {});
 
 /// torch.nn.functional.batch_norm. With @p training, normalizes with batch statistics and, when
 /// running_mean/running_var are defined, updates them in place with @p momentum (unbiased
 /// variance). Without @p training, normalizes with the running statistics, which must be defined.
 /// Throws Error for N·L == 1 in training mode. An empty batch (no elements) returns an empty
 /// output and leaves the running statistics unchanged.
+/// With @p activation, returns act(batch_norm(...)) computed in the same pass.
 Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, double momentum = 0.1,
-                  double eps = 1e-5);
+                  double eps = 1e-5, const FusedActivation& activation = {});
 
 /// Step 1 of the backward pass: per-channel Σ dy and Σ dy · (x − mean), with mean = norm.mean.
 /// @p grad_output must have the input's shape and dtype (any strides).
 GradStats backward_stats(const Tensor& grad_output, const Tensor& input, const Normalization& norm);
+/// backward_stats() of an output with a fused @p activation: the sums of dy' = dy · act'(z), with
+/// z = (x − mean) · invstd · weight + bias recomputed from the input (@p weight and @p bias as
+/// the forward had them, undefined for 1 and 0).
+GradStats backward_stats(const Tensor& grad_output, const Tensor& input, const Normalization& norm,
+                         const Tensor& weight, const Tensor& bias,
+                         const FusedActivation& activation);
 
 /// Step 2: sums partial gradient statistics of disjoint batches, in the order given. Their
 /// counts must sum within the int64 range.
@@ -116,6 +125,12 @@ GradStats combine_grad_stats(std::span<const GradStats> parts);
 Tensor batch_norm_backward_input(const Tensor& grad_output, const Tensor& input,
                                  const Normalization& norm, const Tensor& weight,
                                  const GradStats& global, bool batch_statistics);
+/// batch_norm_backward_input() of an output with a fused @p activation: dy' = dy · act'(z) in
+/// place of dy (z as in backward_stats; @p global from the gated sums).
+Tensor batch_norm_backward_input(const Tensor& grad_output, const Tensor& input,
+                                 const Normalization& norm, const Tensor& weight,
+                                 const Tensor& bias, const GradStats& global, bool batch_statistics,
+                                 const FusedActivation& activation);
 
 /// Parameter gradients from (local) gradient statistics, in @p dtype:
 ///   grad_weight = Σ dy · (x − mean) · invstd,   grad_bias = Σ dy.
@@ -128,6 +143,12 @@ BatchNormGradients batch_norm_backward_params(const GradStats& stats, const Norm
 BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& input,
                                        const Normalization& norm, const Tensor& weight,
                                        bool batch_statistics, bool affine);
+/// batch_norm_backward() of an output with a fused @p activation (the three steps above with
+/// @p bias and @p activation).
+BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& input,
+                                       const Normalization& norm, const Tensor& weight,
+                                       const Tensor& bias, bool batch_statistics, bool affine,
+                                       const FusedActivation& activation);
 
 // ---- Masked batch norm
 // --------------------------------------------------------------------------- The steps over the
@@ -139,24 +160,40 @@ BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& 
 BatchStats batch_stats(const Tensor& input, const ValidPositions& valid);
 /// batch_norm_apply() at the valid positions, 0 elsewhere.
 Tensor batch_norm_apply(const Tensor& input, const Normalization& norm, const Tensor& weight,
-                        const Tensor& bias, const ValidPositions& valid);
+                        const Tensor& bias, const ValidPositions& valid,
+                        const FusedActivation& activation = {});
 /// batch_norm() over the valid positions: torch.nn.functional.batch_norm of the packed valid
 /// values, 0 at the padding. In training, a batch without valid values is an Error.
 Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, double momentum,
-                  double eps, const ValidPositions& valid);
+                  double eps, const ValidPositions& valid, const FusedActivation& activation = {});
 /// backward_stats() over the valid positions.
 GradStats backward_stats(const Tensor& grad_output, const Tensor& input, const Normalization& norm,
                          const ValidPositions& valid);
+/// backward_stats() with a fused activation over the valid positions.
+GradStats backward_stats(const Tensor& grad_output, const Tensor& input, const Normalization& norm,
+                         const Tensor& weight, const Tensor& bias,
+                         const FusedActivation& activation, const ValidPositions& valid);
 /// batch_norm_backward_input() at the valid positions, 0 elsewhere (n = global.count).
 Tensor batch_norm_backward_input(const Tensor& grad_output, const Tensor& input,
                                  const Normalization& norm, const Tensor& weight,
                                  const GradStats& global, bool batch_statistics,
                                  const ValidPositions& valid);
+/// batch_norm_backward_input() with a fused activation at the valid positions, 0 elsewhere.
+Tensor batch_norm_backward_input(const Tensor& grad_output, const Tensor& input,
+                                 const Normalization& norm, const Tensor& weight,
+                                 const Tensor& bias, const GradStats& global, bool batch_statistics,
+                                 const FusedActivation& activation, const ValidPositions& valid);
 /// batch_norm_backward() over the valid positions.
 BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& input,
                                        const Normalization& norm, const Tensor& weight,
                                        bool batch_statistics, bool affine,
+                                       const ValidPositions& valid);
+/// batch_norm_backward() with a fused activation over the valid positions.
+BatchNormGradients batch_norm_backward(const Tensor& grad_output, const Tensor& input,
+                                       const Normalization& norm, const Tensor& weight,
+                                       const Tensor& bias, bool batch_statistics, bool affine,
+                                       const FusedActivation& activation,
                                        const ValidPositions& valid);
 
 // ---- Allocation-free forms --------------------------------------------------------------------
@@ -177,14 +214,24 @@ void normalization_from_running(Normalization& norm, const Tensor& running_mean,
                                 const Tensor& running_var, double eps);
 /// batch_norm_apply() into @p output.
 void batch_norm_apply(Tensor& output, const Tensor& input, const Normalization& norm,
-                      const Tensor& weight, const Tensor& bias);
+                      const Tensor& weight, const Tensor& bias,
+                      const FusedActivation& activation = {});
 /// backward_stats() into @p stats.
 void backward_stats(GradStats& stats, const Tensor& grad_output, const Tensor& input,
                     const Normalization& norm);
+/// backward_stats() with a fused activation into @p stats.
+void backward_stats(GradStats& stats, const Tensor& grad_output, const Tensor& input,
+                    const Normalization& norm, const Tensor& weight, const Tensor& bias,
+                    const FusedActivation& activation);
 /// batch_norm_backward_input() into @p grad_input.
 void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
                                const Normalization& norm, const Tensor& weight,
                                const GradStats& global, bool batch_statistics);
+/// batch_norm_backward_input() with a fused activation into @p grad_input.
+void batch_norm_backward_input(Tensor& grad_input, const Tensor& grad_output, const Tensor& input,
+                               const Normalization& norm, const Tensor& weight, const Tensor& bias,
+                               const GradStats& global, bool batch_statistics,
+                               const FusedActivation& activation);
 /// batch_norm_backward_params() into grads.weight and grads.bias (grads.input is untouched).
 void batch_norm_backward_params(BatchNormGradients& grads, const GradStats& stats,
                                 const Normalization& norm, DType dtype);
@@ -192,5 +239,9 @@ void batch_norm_backward_params(BatchNormGradients& grads, const GradStats& stat
 void batch_norm_backward(BatchNormGradients& grads, const Tensor& grad_output, const Tensor& input,
                          const Normalization& norm, const Tensor& weight, bool batch_statistics,
                          bool affine);
+/// batch_norm_backward() with a fused activation into @p grads.
+void batch_norm_backward(BatchNormGradients& grads, const Tensor& grad_output, const Tensor& input,
+                         const Normalization& norm, const Tensor& weight, const Tensor& bias,
+                         bool batch_statistics, bool affine, const FusedActivation& activation);
 
 }  // namespace bn1d

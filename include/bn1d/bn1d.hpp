@@ -3,6 +3,7 @@
 /// @brief Umbrella header: everything public in bn1d.
 #pragma once
 
+#include "bn1d/activation.hpp"
 #include "bn1d/batch_norm.hpp"
 #include "bn1d/combine.hpp"
 #include "bn1d/error.hpp"

@@ -27,6 +27,7 @@ struct StepConfig {
   bool affine = true;               ///< the module has weight and bias
   std::optional<double> momentum;   ///< std::nullopt: cumulative average
   double eps = 0.0;                 ///< added to the variance
+  FusedActivation activation;       ///< the activation fused into the output
 };
 
 /// Why a participant's step failed before its partial results could be combined.

@@ -31,7 +31,8 @@ struct FoldedLinear {
 /// @p weight and @p bias have one floating dtype (float32, float64, bfloat16 or float16) and any
 /// strides; @p bias {C} may be undefined (a layer without bias: 0). @p bn's dtype may differ from
 /// the weight's. Throws Error, naming the argument, the expected and the actual value, for a bn
-/// in training mode, without running statistics (track_running_stats false) or moved from; a
+/// in training mode, without running statistics (track_running_stats false), with a fused
+/// activation (not an affine map) or moved from; a
 /// weight or bias whose shape does not fit C; dtypes that differ or are not floating; and a
 /// running_var + eps that is negative or NaN. Nothing is returned half-done.
 FoldedLinear fold_into_preceding(const BatchNorm1d& bn, const Tensor& weight, const Tensor& bias);

@@ -136,7 +136,7 @@ class GhostBatchNorm1d {
 };
 
 /// Prints `GhostBatchNorm1d(64, virtual_batch_size=128, split=chunk, eps=1e-05, momentum=0.01,
-/// affine=true, track_running_stats=true)`.
+/// affine=true, track_running_stats=true)`, with BatchNorm1d's activation text when one is set.
 std::ostream& operator<<(std::ostream& os, const GhostBatchNorm1d& module);
 
 }  // namespace bn1d

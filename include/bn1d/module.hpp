@@ -67,6 +67,23 @@ class BatchNorm1dOptions {
     return *this;
   }
   DType dtype() const noexcept { return dtype_; }
+  /// The activation fused into the output (default Activation::None): forward writes
+  /// act(bn(x)) in the normalizing pass and backward gates grad_output by its derivative,
+  /// recomputed from the input (bn1d/activation.hpp). As torch's `act(bn(x))`, outputs and
+  /// gradients alike.
+  BatchNorm1dOptions& activation(Activation value) {
+    activation_ = value;
+    return *this;
+  }
+  Activation activation() const noexcept { return activation_; }
+  /// LeakyReLU's slope for bn(x) ≤ 0 (default 0.01, must be finite; unused by other activations).
+  BatchNorm1dOptions& negative_slope(double value) {
+    negative_slope_ = value;
+    return *this;
+  }
+  double negative_slope() const noexcept { return negative_slope_; }
+  /// activation() and negative_slope() together, as the functional API takes them.
+  FusedActivation fused_activation() const noexcept { return {activation_, negative_slope_}; }
 
  private:
   int64_t num_features_;
@@ -75,6 +92,8 @@ class BatchNorm1dOptions {
   bool affine_ = true;
   bool track_ = true;
   DType dtype_ = DType::Float32;
+  Activation activation_ = Activation::None;
+  double negative_slope_ = 0.01;
 };
 
 /// Batch normalization over (N, C) or (N, C, L) inputs, exactly as torch.nn.BatchNorm1d:
@@ -85,6 +104,8 @@ class BatchNorm1dOptions {
 /// updates running_mean/running_var with momentum using the **unbiased** variance
 /// (n / (n − 1) · biased, n = N·L) and increments num_batches_tracked. Eval mode normalizes with
 /// the running statistics; without track_running_stats it uses batch statistics in both modes.
+/// With an activation option, forward() and infer() write act(y) and backward() returns the
+/// gradients of act(y), as torch's `relu(bn(x))` or `leaky_relu(bn(x), negative_slope)`.
 ///
 /// Differences from PyTorch (deliberate): a call that throws changes nothing (PyTorch increments
 /// num_batches_tracked before validating); an empty batch (N·L·C == 0) returns an empty output and
@@ -101,7 +122,8 @@ class BatchNorm1d {
   /// BatchNorm1d(num_features) with default options.
   explicit BatchNorm1d(int64_t num_features);
   /// Throws Error for num_features < 1, eps negative or non-finite, momentum outside [0, 1] or
-  /// non-finite, or a dtype that is not floating (Int64).
+  /// non-finite, a dtype that is not floating (Int64), an activation that is not one of
+  /// Activation's values, or a non-finite negative_slope.
   explicit BatchNorm1d(const BatchNorm1dOptions& options);
   /// Deep copy: the copy's parameters and buffers are independent of the original's.
   BatchNorm1d(const BatchNorm1d& other);
@@ -275,7 +297,8 @@ class BatchNorm1d {
 };
 
 /// Prints `BatchNorm1d(100, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)`
-/// (`momentum=None` for a cumulative average); numbers as Python prints them.
+/// (`momentum=None` for a cumulative average); numbers as Python prints them. A fused activation
+/// adds `, activation=relu` or `, activation=leaky_relu, negative_slope=0.01` before the `)`.
 std::ostream& operator<<(std::ostream& os, const BatchNorm1d& module);
 
 }  // namespace bn1d

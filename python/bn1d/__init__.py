@@ -11,6 +11,10 @@ batch over its valid positions only (torch.nn.BatchNorm1d on the packed valid va
 padding. Virtual batches (ghost batch norm, TabNet's GBN): ``bn1d.GhostBatchNorm1d(C,
 virtual_batch_size=128)``, the loop over ``x.chunk(ceil(N / virtual_batch_size))`` in one call.
 ``bn1d.functional.batch_norm`` is torch.nn.functional.batch_norm (with lengths= and mask=).
+Fused activation: ``bn1d.BatchNorm1d(C, activation="relu")`` (or "leaky_relu" with
+``negative_slope=0.01``) computes relu(bn(x)) in the normalizing pass, and its backward gates
+grad_output by the activation's derivative in the same passes: torch's ``relu(bn(x))`` /
+``leaky_relu(bn(x), negative_slope)``, outputs and gradients (0 at 0 for ReLU, as torch).
 
 Inputs are numpy arrays (any strides: used without a copy) or objects with ``__dlpack__`` such
 as CPU torch tensors (also without a copy). Outputs are numpy arrays. ``weight``, ``bias``,
@@ -64,8 +68,8 @@ import numpy as np
 from . import _bn1d
 from . import functional
 from ._bn1d import BFloat16Tensor
-from ._checks import (PathArg, as_array, check_flag, check_int, check_real, dtype_name,
-                      encode_key, on_file, state_value, type_name, valid_positions)
+from ._checks import (PathArg, as_array, check_activation, check_flag, check_int, check_real,
+                      dtype_name, encode_key, on_file, state_value, type_name, valid_positions)
 from ._fold import fold_into_following, fold_into_preceding
 from ._state_files import load_file, save_file
 
@@ -140,7 +144,7 @@ class _Module:
 
     _NAME = "BatchNorm1d"  # the class name in messages and repr
     _OPTION_KEYS = frozenset(("num_features", "eps", "momentum", "affine", "track_running_stats",
-                              "dtype"))
+                              "dtype", "activation", "negative_slope"))
 
     @staticmethod
     def _rebuild(options: Dict[str, Any]) -> "_Module":
@@ -162,6 +166,28 @@ class _Module:
     def dtype(self, value: Any) -> None:
         raise AttributeError(f"dtype: fixed at construction (is {self.dtype}); build a new "
                              f"{self._NAME}")
+
+    @property
+    def activation(self) -> Optional[str]:
+        """The activation fused into the output: None, "relu" or "leaky_relu". Fixed at
+        construction."""
+        return None if self._m.activation == "none" else self._m.activation
+
+    @activation.setter
+    def activation(self, value: Any) -> None:
+        raise AttributeError(f"activation: fixed at construction (is {self.activation!r}); "
+                             f"build a new {self._NAME}")
+
+    @property
+    def negative_slope(self) -> float:
+        """LeakyReLU's slope for negative values (used with activation="leaky_relu" only), as
+        given. Fixed at construction."""
+        return self._given.get("negative_slope", self._m.negative_slope)
+
+    @negative_slope.setter
+    def negative_slope(self, value: Any) -> None:
+        raise AttributeError(f"negative_slope: fixed at construction (is "
+                             f"{self.negative_slope!r}); build a new {self._NAME}")
 
     @property
     def eps(self) -> float:
@@ -375,10 +401,20 @@ class _Module:
         vars(self).update(attributes)
 
     # ---- repr ------------------------------------------------------------------------------
+    def _activation_repr(self) -> str:
+        """", activation=..." (and its slope for leaky_relu) when an activation is fused."""
+        if self.activation is None:
+            return ""
+        slope = (f", negative_slope={self.negative_slope}"
+                 if self.activation == "leaky_relu" else "")
+        return f", activation={self.activation!r}{slope}"
+
     def extra_repr(self) -> str:
-        """The options as torch prints them inside BatchNorm1d(...)."""
+        """The options as torch prints them inside BatchNorm1d(...), then the activation when
+        one is fused."""
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+                f"{self._activation_repr()}")
 
     def __repr__(self) -> str:
         return f"{self._NAME}({self.extra_repr()})"
@@ -399,19 +435,27 @@ class BatchNorm1d(_Module):
     mask: an (N, L) bool array, True = valid). The outputs, running statistics and gradients
     at the valid positions are those of torch.nn.BatchNorm1d applied to the packed valid values
     as a (count, C) batch; the output and grad_input are 0 at every padding position.
+
+    activation (None, "relu" or "leaky_relu", with negative_slope: a finite real number) is
+    fused into the output: forward returns relu(bn(x)) or leaky_relu(bn(x), negative_slope)
+    and backward() the gradients of that composition, as torch computes them (ReLU's gradient
+    is 0 where bn(x) == 0). It is an option, not state: state_dict() and files are unchanged.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-05, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True,
-                 dtype: DTypeLike = "float32") -> None:
+                 dtype: DTypeLike = "float32", activation: Optional[str] = None,
+                 negative_slope: float = 0.01) -> None:
         self._m = _bn1d.BatchNorm1d(check_int("num_features", num_features),
                                     check_real("eps", eps),
                                     check_real("momentum", momentum, none_ok=True),
                                     check_flag("affine", affine),
                                     check_flag("track_running_stats", track_running_stats),
-                                    dtype_name(dtype))
+                                    dtype_name(dtype), *check_activation(activation,
+                                                                         negative_slope))
         # As given, for repr (torch prints what it was given).
-        self._given = {"num_features": num_features, "eps": eps, "momentum": momentum}
+        self._given = {"num_features": num_features, "eps": eps, "momentum": momentum,
+                       "activation": activation, "negative_slope": negative_slope}
 
     @staticmethod
     def _rebuild(options: Dict[str, Any]) -> "BatchNorm1d":
@@ -452,7 +496,8 @@ class GhostBatchNorm1d(_Module):
     samples, the remainder last; a remainder that would hold a single value per channel joins
     the chunk before it. A chunk of a single value per channel is a ValueError raised before
     anything changes. momentum defaults to 0.01 (TabNet's GBN default; its model passes 0.02).
-    The other arguments, attributes and methods are BatchNorm1d's (no lengths or mask).
+    The other arguments (activation and negative_slope included), attributes and methods are
+    BatchNorm1d's (no lengths or mask).
     """
 
     _NAME = "GhostBatchNorm1d"
@@ -461,7 +506,8 @@ class GhostBatchNorm1d(_Module):
     def __init__(self, num_features: int, virtual_batch_size: int = 128,
                  momentum: Optional[float] = 0.01, split: str = "chunk", eps: float = 1e-05,
                  affine: bool = True, track_running_stats: bool = True,
-                 dtype: DTypeLike = "float32") -> None:
+                 dtype: DTypeLike = "float32", activation: Optional[str] = None,
+                 negative_slope: float = 0.01) -> None:
         if not isinstance(split, str):
             raise TypeError(f"split: expected \"chunk\" or \"fixed\", got {type_name(split)}")
         self._m = _bn1d.GhostBatchNorm1d(check_int("num_features", num_features),
@@ -469,9 +515,11 @@ class GhostBatchNorm1d(_Module):
                                          check_real("momentum", momentum, none_ok=True), split,
                                          check_real("eps", eps), check_flag("affine", affine),
                                          check_flag("track_running_stats", track_running_stats),
-                                         dtype_name(dtype))
+                                         dtype_name(dtype),
+                                         *check_activation(activation, negative_slope))
         self._given = {"num_features": num_features, "eps": eps, "momentum": momentum,
-                       "virtual_batch_size": virtual_batch_size, "split": split}
+                       "virtual_batch_size": virtual_batch_size, "split": split,
+                       "activation": activation, "negative_slope": negative_slope}
 
     @staticmethod
     def _rebuild(options: Dict[str, Any]) -> "GhostBatchNorm1d":
@@ -502,4 +550,5 @@ class GhostBatchNorm1d(_Module):
         """The options as printed inside GhostBatchNorm1d(...)."""
         return (f"{self.num_features}, virtual_batch_size={self.virtual_batch_size}, "
                 f"split={self.split!r}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+                f"{self._activation_repr()}")

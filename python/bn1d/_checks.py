@@ -5,6 +5,7 @@ bad value, naming the argument; none converts silently (no float('0.1'), no int(
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import sys
@@ -138,6 +139,24 @@ def check_real(name: str, value: Any, none_ok: bool = False) -> Optional[float]:
             raise ValueError(f"{name}: expected a finite value, got {value}") from None
     expected = "a real number or None" if none_ok else "a real number"
     raise TypeError(f"{name}: expected {expected}, got {type_name(value)}")
+
+
+ACTIVATIONS = ("relu", "leaky_relu")
+
+
+def check_activation(activation: Any, negative_slope: Any) -> tuple[str, float]:
+    """(activation, negative_slope) for the compiled module: activation None, "relu" or
+    "leaky_relu" ("none" for None), negative_slope a finite real number. TypeError for other
+    types, ValueError for other values, naming the argument."""
+    expected = 'None, "relu" or "leaky_relu"'
+    if activation is not None and not isinstance(activation, str):
+        raise TypeError(f"activation: expected {expected}, got {type_name(activation)}")
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected {expected}, got {activation!r}")
+    slope = check_real("negative_slope", negative_slope)
+    if not math.isfinite(slope):
+        raise ValueError(f"negative_slope: expected a finite real number, got {negative_slope}")
+    return ("none" if activation is None else activation), slope
 
 
 def check_int(name: str, value: Any) -> int:

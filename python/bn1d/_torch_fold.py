@@ -12,6 +12,7 @@ import torch
 import bn1d
 
 from ._torch_checks import _type_name
+from ._torch_fuse import activation_module
 from ._torch_state import from_torch
 
 _NO_STATS = "no running statistics, cannot fold (pytorch#71259)"
@@ -153,6 +154,9 @@ def _reason(pair: _Pair, calls: Dict[int, List[Tuple[Any, Any]]],
         return "a Conv1d after a batch norm cannot be folded: its zero padding is not normalized"
     if not _foldable_bn(bn):
         return "a subclass of torch.nn.BatchNorm1d, whose forward may differ"
+    if pair.bn_first and getattr(bn, "activation", None) is not None:
+        return (f"the batch norm has a fused activation ({bn.activation}): the Linear after it "
+                f"sees act(bn(x)), which is not affine")
     if any(m._forward_hooks or m._forward_pre_hooks for m in (first, second)):
         return "a module of the pair has forward hooks (folding would change what they see)"
     if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
@@ -181,10 +185,10 @@ def _as_tensor(a: Any, like: torch.Tensor) -> torch.Tensor:
 
 def _fold_pair(pair: _Pair) -> None:
     """Folds the pair's batch norm into its layer (new nn.Parameters) and puts an
-    nn.Identity in the batch norm's place."""
+    nn.Identity in the batch norm's place (its fused activation's module, if it has one)."""
     first, second = pair.modules()
     bn, layer = (first, second) if pair.bn_first else (second, first)
-    state = from_torch(bn).eval()
+    state = from_torch(bn, with_activation=False).eval()  # the activation follows the layer
     fold = bn1d.fold_into_following if pair.bn_first else bn1d.fold_into_preceding
     weight = layer.weight.detach().cpu()
     bias = None if layer.bias is None else layer.bias.detach().cpu()
@@ -196,7 +200,8 @@ def _fold_pair(pair: _Pair) -> None:
     requires_grad = layer.weight.requires_grad
     layer.weight = torch.nn.Parameter(_as_tensor(new_weight, layer.weight), requires_grad)
     layer.bias = torch.nn.Parameter(_as_tensor(new_bias, layer.weight), requires_grad)
-    pair.parent._modules[pair.keys[0] if pair.bn_first else pair.keys[1]] = torch.nn.Identity()
+    pair.parent._modules[pair.keys[0] if pair.bn_first else pair.keys[1]] = activation_module(
+        getattr(bn, "activation", None), getattr(bn, "negative_slope", 0.01))
 
 
 def _example_args(example_input: Any) -> Tuple[torch.Tensor, ...]:
@@ -219,7 +224,9 @@ def fold(model: torch.nn.Module, example_input: Any) -> Tuple[torch.nn.Module, F
     (N, C) or Conv1d output (N, C, L) before the batch norm, a batch norm input (N, C) before a
     Linear. The layer gets new weight and bias parameters (bias created if it had none; same
     dtype and device) from bn1d.fold_into_preceding / fold_into_following, and the batch norm
-    becomes nn.Identity(). Left in place, with the reason in report.left: batch norms without
+    becomes nn.Identity() (a batch norm with a fused activation: that activation's nn.ReLU or
+    nn.LeakyReLU; one before a Linear is left). Left in place, with the reason in report.left:
+    batch norms without
     running statistics, a Linear acting on L of an (N, C, L) batch norm input
     (pytorch/ao#4116), a Conv1d after a batch norm, pairs the example did not run, modules
     used at several places or run outside their nn.Sequential, modules with forward hooks,

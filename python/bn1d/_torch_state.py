@@ -31,7 +31,8 @@ def to_torch(module, torch_class):
         raise TypeError(f"module: expected a bn1d.BatchNorm1d, got {_type_name(module)}")
     new = torch_class(module.num_features, eps=module.eps, momentum=module.momentum,
                       affine=module.affine, track_running_stats=module.track_running_stats,
-                      dtype=_DTYPES[str(module.dtype)])
+                      dtype=_DTYPES[str(module.dtype)], activation=module.activation,
+                      negative_slope=module.negative_slope)
     # torch copies the values into the new module's own parameters and buffers.
     new.load_state_dict({k: torch.from_numpy(v) if isinstance(v, np.ndarray)
                          else torch.from_dlpack(v) for k, v in module.state_dict().items()})
@@ -82,16 +83,19 @@ def _check_present(module):
                              f"({flag}={getattr(module, flag)}), got {_type_name(value)}")
 
 
-def from_torch(module, dtype=None):
+def from_torch(module, dtype=None, with_activation=True):
     """A bn1d.BatchNorm1d with the options, training flag and a copy of the state of module, a
-    torch.nn.BatchNorm1d (any subclass)."""
+    torch.nn.BatchNorm1d (any subclass); its fused activation too unless not with_activation
+    (fold needs the batch norm alone)."""
     if not isinstance(module, torch.nn.BatchNorm1d):
         raise TypeError(f"module: expected a torch.nn.BatchNorm1d or bn1d.torch.BatchNorm1d, "
                         f"got {_type_name(module)}")
     _check_present(module)
     new = Bn1dModule(module.num_features, eps=module.eps, momentum=module.momentum,
                      affine=module.affine, track_running_stats=module.track_running_stats,
-                     dtype=_state_dtype(module, dtype))
+                     dtype=_state_dtype(module, dtype),
+                     activation=getattr(module, "activation", None) if with_activation else None,
+                     negative_slope=getattr(module, "negative_slope", 0.01))
     state = {}
     for name in _PARAMETERS + _BUFFERS + ("num_batches_tracked",):
         tensor = getattr(module, name)

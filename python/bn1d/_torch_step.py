@@ -7,7 +7,7 @@ statistics and sums are combined: LocalCombiner for one batch, _torch_sync's ove
 torch.distributed. Nothing but tensors is saved for backward (the normalization's mean and
 invstd), so saved-tensor hooks of every kind work."""
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -48,6 +48,26 @@ def check_savable(input: torch.Tensor, *params: Optional[torch.Tensor]) -> None:
                            "can make a clone to get a normal tensor and use it in autograd.")
 
 
+def apply_activation(output: torch.Tensor, activation: Tuple[str, float]) -> torch.Tensor:
+    """torch's own activation of output (torch's path, for inputs bn1d does not take);
+    activation: ("none" | "relu" | "leaky_relu", negative_slope) as check_activation gives."""
+    name, slope = activation
+    if name == "relu":
+        return torch.relu(output)
+    if name == "leaky_relu":
+        return torch.nn.functional.leaky_relu(output, slope)
+    return output
+
+
+def activation_repr(module: torch.nn.Module) -> str:
+    """", activation=..." (with the slope for leaky_relu) for a module with an activation."""
+    if module.activation is None:
+        return ""
+    slope = (f", negative_slope={module.negative_slope}"
+             if module.activation == "leaky_relu" else "")
+    return f", activation={module.activation!r}{slope}"
+
+
 class LocalCombiner:
     """The statistics of the local batch alone (torch.nn.BatchNorm1d)."""
     local_only = True
@@ -70,7 +90,8 @@ class LocalCombiner:
 
 class StepOptions(NamedTuple):
     """One forward's configuration: batch statistics (or running ones), the running-average
-    factor and eps, the valid positions (lengths or mask arrays, None: all) and the combiner."""
+    factor and eps, the valid positions (lengths or mask arrays, None: all), the combiner and
+    the fused activation ("none", "relu" or "leaky_relu", checked by the module)."""
     batch_statistics: bool
     factor: Optional[float]
     eps: float
@@ -78,6 +99,8 @@ class StepOptions(NamedTuple):
     mask: Optional[np.ndarray]
     combiner: Any
     size: Optional[torch.Size] = None  # the caller's input size, for messages (None: input's)
+    activation: str = "none"
+    negative_slope: float = 0.01
 
 
 def _check_count(stats: F.BatchStats, input: torch.Tensor, options: StepOptions) -> None:
@@ -151,7 +174,8 @@ class StepFunction(torch.autograd.Function):
                 _view(running_mean), _view(running_var), options.eps))
         output = _tensor(_bn1d.batch_norm_apply(x, norm, _optional_view(weight),
                                                 _optional_view(bias), options.lengths,
-                                                options.mask))
+                                                options.mask, options.activation,
+                                                options.negative_slope))
         if options.batch_statistics and running_mean is not None and stats.count > 0:
             _bn1d.update_running_stats(_view(running_mean), _view(running_var), stats,
                                        options.factor)
@@ -168,21 +192,23 @@ class StepFunction(torch.autograd.Function):
         options = ctx.options
         norm = F.Normalization(mean.numpy(), invstd.numpy())
         x, dy = _view(input), _view(grad_output)
+        w, b = _optional_view(weight), _optional_view(bias)
+        activation = (options.activation, options.negative_slope)  # dy gated by its derivative
         channels = input.shape[1]
         affine = weight is not None
         sums, error = _zero_sums(channels), None
         if options.batch_statistics or affine:
             try:
                 sums = F.GradStats(*_bn1d.backward_stats(dy, x, norm, options.lengths,
-                                                         options.mask))
+                                                         options.mask, w, b, *activation))
             except Exception as e:  # noqa: BLE001 -- every participant must hear of it
                 error = e
         total = options.combiner.combine_grads(sums, error)
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_input = _tensor(_bn1d.batch_norm_backward_input(
-                dy, x, norm, _optional_view(weight), total, options.batch_statistics,
-                options.lengths, options.mask))
+                dy, x, norm, w, total, options.batch_statistics, options.lengths, options.mask,
+                b, *activation))
         if affine and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
             grad_weight, grad_bias = (_tensor(g) for g in _bn1d.batch_norm_backward_params(
                 sums, norm, dtype_name(weight.dtype)))

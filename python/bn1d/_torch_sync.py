@@ -17,12 +17,12 @@ import torch
 import bn1d.functional as F
 
 from . import _bn1d
-from ._checks import valid_positions
+from ._checks import check_activation, valid_positions
 from ._torch_checks import (SUPPORTED_DTYPES, Error, _check_features, _check_one_dtype, _real,
                             _torch_errors, _type_name)
 from ._torch_convert import check_model, replace, swap
-from ._torch_step import (LocalCombiner, StepFunction, StepOptions, check_dtypes, check_savable,
-                          dtype_name)
+from ._torch_step import (LocalCombiner, StepFunction, StepOptions, activation_repr,
+                          apply_activation, check_dtypes, check_savable, dtype_name)
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
 
@@ -147,16 +147,28 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     on every rank and changes nothing. In eval mode (running statistics), without
     torch.distributed or with one process, it is BatchNorm and makes no collective.
     forward(input, lengths=None, mask=None) also normalizes padded (N, C, L) batches over their
-    valid positions (see bn1d.torch.BatchNorm1d.forward).
+    valid positions (see bn1d.torch.BatchNorm1d.forward). activation (None, "relu" or
+    "leaky_relu") with negative_slope is fused into the output, as in bn1d.torch.BatchNorm1d.
     """
+
+    activation: Optional[str] = None  # instance attributes; these defaults serve old pickles
+    negative_slope: float = 0.01
 
     @_torch_errors
     def __init__(self, num_features: int, eps: float = 1e-05, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True,
-                 process_group: Any = None, device: Any = None, dtype: Any = None) -> None:
+                 process_group: Any = None, device: Any = None, dtype: Any = None, *,
+                 activation: Optional[str] = None, negative_slope: float = 0.01) -> None:
+        check_activation(activation, negative_slope)
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          device=device, dtype=dtype)
         self.process_group = process_group
+        self.activation = activation
+        self.negative_slope = negative_slope
+
+    def extra_repr(self) -> str:
+        """torch's, then the activation when one is fused."""
+        return super().extra_repr() + activation_repr(self)
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
@@ -228,7 +240,8 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
             if lengths is not None or mask is not None:
                 raise ValueError(f"lengths, mask: bn1d's masked batch norm takes CPU tensors, "
                                  f"got an input on {input.device}")
-            return torch.nn.SyncBatchNorm.forward(self, input)
+            activation = check_activation(self.activation, self.negative_slope)
+            return apply_activation(torch.nn.SyncBatchNorm.forward(self, input), activation)
         group, world_size = _process_group(self)
         sync = self.training and world_size > 1
         use_buffers = not self.training or self.track_running_stats
@@ -237,6 +250,7 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         eps = factor = math.nan  # until read: any failure below must reach the other ranks
         try:
             eps, factor = _real("eps", self.eps), self._factor()
+            activation = check_activation(self.activation, self.negative_slope)
             view = self._checked_view(input, running_mean, running_var)
             check_savable(input, self.weight, self.bias)
             lengths, mask = valid_positions(lengths, mask)
@@ -255,7 +269,7 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
                                              and self.running_var is None)
         try:
             options = StepOptions(batch_statistics, factor, eps, lengths, mask, combiner,
-                                  input.shape)
+                                  input.shape, *activation)
             output = StepFunction.apply(view, self.weight, self.bias, running_mean, running_var,
                                         options)
         except BaseException:
@@ -283,11 +297,14 @@ def convert_sync_batchnorm(module: torch.nn.Module, process_group: Any = None) -
     world) with the same options and training flag, sharing its parameter and buffer objects
     (an optimizer built before keeps updating them); returns module, or the new module when
     module itself is a batch norm. As torch.nn.SyncBatchNorm.convert_sync_batchnorm, but the
-    training flag is kept (torch's classmethod leaves the new modules in training mode)."""
+    training flag is kept (torch's classmethod leaves the new modules in training mode). A
+    fused bn1d.torch.BatchNorm1d keeps its activation."""
     check_model(module)
 
     def converted(m: torch.nn.Module) -> SyncBatchNorm:
-        new = swap(m, SyncBatchNorm, process_group=process_group)
+        new = swap(m, SyncBatchNorm, process_group=process_group,
+                   activation=getattr(m, "activation", None),
+                   negative_slope=getattr(m, "negative_slope", 0.01))
         if hasattr(m, "qconfig"):
             new.qconfig = m.qconfig
         return new

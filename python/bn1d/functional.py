@@ -22,15 +22,26 @@ are new numpy arrays (bn1d.BFloat16Tensor for bfloat16). Statistics are float64 
 fields may replace. lengths or mask select the valid positions of an (N, C, L) input (masked
 batch norm): statistics over them only, 0 at the padding. Bad arguments raise TypeError or
 ValueError naming them; nothing is changed by a call that raises.
+
+Fused activation: activation="relu" or "leaky_relu" (with negative_slope) in batch_norm and
+batch_norm_apply returns act(bn(x)) computed in the same pass; the backward steps then take the
+same activation with the forward's weight and bias, and gate dy by the activation's derivative
+(torch's: 0 where bn(x) == 0 for ReLU), recomputing bn(x) from the input:
+
+    y = F.batch_norm_apply(x, norm, weight, bias, activation="relu")
+    sums = F.backward_stats(dy, x, norm, weight=weight, bias=bias, activation="relu")
+    dx = F.batch_norm_backward_input(dy, x, norm, weight, total, batch_statistics=True,
+                                     bias=bias, activation="relu")
 """
 
-from typing import Any, NamedTuple, Sequence, Tuple, Union
+from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _bn1d
 from ._bn1d import BFloat16Tensor
-from ._checks import as_array, check_flag, check_int, check_real, dtype_name, type_name
+from ._checks import (as_array, check_activation, check_flag, check_int, check_real,
+                      dtype_name, type_name)
 from ._checks import valid_positions
 
 __all__ = ["batch_norm", "BatchStats", "GradStats", "Normalization", "batch_stats",
@@ -91,7 +102,8 @@ def _parts(parts: Any, kind: Any) -> list:
 
 def batch_norm(input: Any, running_mean: Any, running_var: Any, weight: Any = None,
                bias: Any = None, training: bool = False, momentum: float = 0.1,
-               eps: float = 1e-05, lengths: Any = None, mask: Any = None) -> Array:
+               eps: float = 1e-05, lengths: Any = None, mask: Any = None,
+               activation: Optional[str] = None, negative_slope: float = 0.01) -> Array:
     """torch.nn.functional.batch_norm of input, (N, C) or (N, C, L). In training, batch
     statistics normalize and, when running_mean and running_var are given, update them in
     place (unbiased variance, momentum); otherwise the running statistics normalize.
@@ -99,13 +111,16 @@ def batch_norm(input: Any, running_mean: Any, running_var: Any, weight: Any = No
     lengths (N integers in [0, L]) or mask ((N, L) bool, True = valid), for an (N, C, L)
     input: statistics over the valid positions only, the result of torch's batch_norm on the
     packed valid values x.permute(0, 2, 1)[valid], and 0 at the padding. In training, a batch
-    without valid values (or with a single one) is a ValueError, and nothing is updated."""
+    without valid values (or with a single one) is a ValueError, and nothing is updated.
+
+    activation (None, "relu" or "leaky_relu" with negative_slope): the result is
+    act(batch_norm(...)), computed in the same pass."""
     lengths, mask = valid_positions(lengths, mask)
     return _bn1d.batch_norm(as_array(input, "input"), _optional(running_mean, "running_mean"),
                             _optional(running_var, "running_var"), _optional(weight, "weight"),
                             _optional(bias, "bias"), check_flag("training", training),
                             check_real("momentum", momentum), check_real("eps", eps), lengths,
-                            mask)
+                            mask, *check_activation(activation, negative_slope))
 
 
 def batch_stats(input: Any, lengths: Any = None, mask: Any = None) -> BatchStats:
@@ -148,24 +163,31 @@ def update_running_stats(running_mean: Any, running_var: Any, stats: BatchStats,
 
 
 def batch_norm_apply(input: Any, norm: Normalization, weight: Any = None, bias: Any = None,
-                     lengths: Any = None, mask: Any = None) -> Array:
+                     lengths: Any = None, mask: Any = None, activation: Optional[str] = None,
+                     negative_slope: float = 0.01) -> Array:
     """Step 3: (x - mean) * invstd * weight + bias per channel (weight 1 and bias 0 when None),
-    a new array of input's shape and dtype; 0 at the padding with lengths or mask."""
+    a new array of input's shape and dtype; 0 at the padding with lengths or mask. With
+    activation ("relu" or "leaky_relu" with negative_slope), act of that, in the same pass."""
     lengths, mask = valid_positions(lengths, mask)
     return _bn1d.batch_norm_apply(as_array(input, "input"), _fields(norm, "norm", Normalization),
                                   _optional(weight, "weight"), _optional(bias, "bias"),
-                                  lengths, mask)
+                                  lengths, mask, *check_activation(activation, negative_slope))
 
 
 def backward_stats(grad_output: Any, input: Any, norm: Normalization, lengths: Any = None,
-                   mask: Any = None) -> GradStats:
+                   mask: Any = None, *, weight: Any = None, bias: Any = None,
+                   activation: Optional[str] = None, negative_slope: float = 0.01) -> GradStats:
     """Step 1 of the backward pass: count, sum of dy and sum of dy * (x - norm.mean) per
     channel (over the valid positions with lengths or mask). grad_output has input's shape and
-    dtype."""
+    dtype. With activation (the forward's, with its weight and bias), dy is first gated by the
+    activation's derivative at z = (x - mean) * invstd * weight + bias: dy where z > 0, else 0
+    (relu) or negative_slope * dy (leaky_relu); without, weight and bias are not used."""
     lengths, mask = valid_positions(lengths, mask)
     return GradStats(*_bn1d.backward_stats(as_array(grad_output, "grad_output"),
                                            as_array(input, "input"),
-                                           _fields(norm, "norm", Normalization), lengths, mask))
+                                           _fields(norm, "norm", Normalization), lengths, mask,
+                                           _optional(weight, "weight"), _optional(bias, "bias"),
+                                           *check_activation(activation, negative_slope)))
 
 
 def combine_grad_stats(parts: Sequence[GradStats]) -> GradStats:
@@ -175,18 +197,21 @@ def combine_grad_stats(parts: Sequence[GradStats]) -> GradStats:
 
 def batch_norm_backward_input(grad_output: Any, input: Any, norm: Normalization, weight: Any,
                               stats: GradStats, batch_statistics: bool, lengths: Any = None,
-                              mask: Any = None) -> Array:
+                              mask: Any = None, *, bias: Any = None,
+                              activation: Optional[str] = None,
+                              negative_slope: float = 0.01) -> Array:
     """Step 3: the input gradient. With batch_statistics (the forward normalized with the
     statistics of the batch that stats sums over, e.g. the combined global batch):
     dx = weight * invstd * (dy - sum_dy / n - (x - mean) * invstd**2 * sum_dy_xmu / n), n =
     stats.count; without (running statistics): dx = weight * invstd * dy. weight None is 1.
-    0 at the padding with lengths or mask."""
+    0 at the padding with lengths or mask. With activation (the forward's, with its bias), dy
+    is gated as in backward_stats, whose gated sums stats must then hold."""
     lengths, mask = valid_positions(lengths, mask)
     return _bn1d.batch_norm_backward_input(
         as_array(grad_output, "grad_output"), as_array(input, "input"),
         _fields(norm, "norm", Normalization), _optional(weight, "weight"),
         _fields(stats, "stats", GradStats), check_flag("batch_statistics", batch_statistics),
-        lengths, mask)
+        lengths, mask, _optional(bias, "bias"), *check_activation(activation, negative_slope))
 
 
 def batch_norm_backward_params(stats: GradStats, norm: Normalization,

@@ -4,6 +4,7 @@
     import bn1d.torch
     bn = bn1d.torch.BatchNorm1d(32)          # same constructor as torch.nn.BatchNorm1d
     model = bn1d.torch.convert(model)        # every torch.nn.BatchNorm1d -> bn1d.torch.BatchNorm1d
+    model = bn1d.torch.convert(model, fuse_activations=True)  # and BN + ReLU -> one fused module
     model = bn1d.torch.revert(model)         # and back
     model = bn1d.torch.convert_sync_batchnorm(model)  # every batch norm -> SyncBatchNorm (CPU)
     t = bn1d.torch.to_torch(m)               # a bn1d.BatchNorm1d (numpy) -> a torch module
@@ -23,6 +24,13 @@ num_batches_tracked += 1 in training with tracked statistics, the exponential-av
 momentum, or 1 / num_batches_tracked when momentum is None; batch statistics in training or
 when there are no running statistics) and then runs bn1d's forward and backward kernels through
 a torch.autograd.Function, so gradients reach the input and weight/bias as usual.
+
+Fused activation: BatchNorm1d(C, activation="relu") (or "leaky_relu", negative_slope=0.01)
+returns relu(bn(x)) (leaky_relu(bn(x), negative_slope)) computed in the normalizing pass, and
+its backward gates grad_output by the activation's derivative in bn1d's backward passes: the
+outputs and gradients of torch's relu(batch_norm(x)), the subgradient 0 at bn(x) == 0
+included. activation and negative_slope are attributes (shown by repr), not state: the state
+dict is torch.nn.BatchNorm1d's. SyncBatchNorm takes them too.
 
 Padded batches: forward(x, lengths=None, mask=None) takes the valid positions of an (N, C, L)
 batch (lengths: N integers, sample n valid at [0, lengths[n]); mask: (N, L) bool, True = valid;
@@ -98,6 +106,15 @@ the same options and training flag that shares the original's parameter and buff
 nothing is copied, dtype and device are kept). Hooks registered on the replaced modules are not
 carried over; subclasses of torch.nn.BatchNorm1d are left alone.
 
+convert(model, fuse_activations=True) first fuses each batch norm (torch.nn.BatchNorm1d, or
+bn1d.torch.BatchNorm1d without an activation) directly followed by an nn.ReLU or nn.LeakyReLU
+(in place or not) in an nn.Sequential into one bn1d.torch.BatchNorm1d with that activation,
+and puts a FusedAway (an nn.Identity holding the original activation) in the activation's
+place: indices, names and state_dict keys are unchanged. Left unfused: an activation not
+directly after the batch norm, a batch norm outside an nn.Sequential or used at several places,
+modules with forward hooks, BatchNorm2d. revert(model) undoes it: the fused module becomes a
+torch.nn.BatchNorm1d and the FusedAway its original activation module again.
+
 Folding for inference
 ---------------------
 fold(model, example_input) returns (folded_model, report): an eval-mode deep copy of model in
@@ -125,20 +142,21 @@ import torch
 import bn1d
 
 from . import _torch_state
-from ._checks import valid_positions
+from ._checks import check_activation, valid_positions
 from ._torch_checks import (SUPPORTED_DTYPES, AssertionValueError, Error,
                             NotImplementedValueError, _check_features, _check_one_dtype, _real,
                             _torch_errors, _type_name)
 from ._torch_convert import check_model, replace, swap
 from ._torch_fold import FoldEntry, FoldReport, fold
+from ._torch_fuse import FusedAway, fuse, unfuse
 from ._torch_ghost import GhostBatchNorm1d
-from ._torch_step import (LocalCombiner, StepFunction, StepOptions, check_dtypes,
-                          check_savable)
+from ._torch_step import (LocalCombiner, StepFunction, StepOptions, activation_repr,
+                          apply_activation, check_dtypes, check_savable)
 from ._torch_sync import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = ["BatchNorm1d", "GhostBatchNorm1d", "SyncBatchNorm", "convert", "revert",
            "convert_sync_batchnorm", "to_torch", "from_torch", "fold", "FoldReport",
-           "FoldEntry", "Error",
+           "FoldEntry", "FusedAway", "Error",
            "NotImplementedValueError", "AssertionValueError"]
 
 _LOCAL = LocalCombiner()
@@ -148,11 +166,24 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
     """torch.nn.BatchNorm1d computed by bn1d (see the module docstring). Same constructor,
     parameters, buffers and state dict as torch.nn.BatchNorm1d."""
 
+    activation: Optional[str] = None  # instance attributes; these defaults serve old pickles
+    negative_slope: float = 0.01
+
     @_torch_errors
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, activation: Optional[str] = None,
+                 negative_slope: float = 0.01, **kwargs: Any) -> None:
         """torch.nn.BatchNorm1d's arguments: num_features, eps=1e-05, momentum=0.1,
-        affine=True, track_running_stats=True, device=None, dtype=None."""
+        affine=True, track_running_stats=True, device=None, dtype=None; and, keyword only,
+        activation (None, "relu" or "leaky_relu") with negative_slope (a finite real
+        number), fused into the output."""
+        check_activation(activation, negative_slope)
         super().__init__(*args, **kwargs)
+        self.activation = activation
+        self.negative_slope = negative_slope
+
+    def extra_repr(self) -> str:
+        """torch's, then the activation when one is fused."""
+        return super().extra_repr() + activation_repr(self)
 
     # torch's own, its RuntimeErrors also ValueErrors (torch fails to name a meta tensor it
     # refuses as a parameter with "Unimplemented backend Meta").
@@ -185,6 +216,7 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
             raise ValueError(f"input: expected a dense (strided) tensor, got layout "
                              f"{input.layout}")
         self._check_input_dim(input)
+        activation = check_activation(self.activation, self.negative_slope)
         # What torch raises after num_batches_tracked += 1: before any state changes here.
         use_buffers = not self.training or self.track_running_stats
         running_mean = self.running_mean if use_buffers else None
@@ -206,7 +238,7 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
             count = self.num_batches_tracked
             before = None if count is None or count.is_meta else count.clone()
             try:
-                return super().forward(input)
+                return apply_activation(super().forward(input), activation)
             except BaseException:
                 if before is not None:
                     count.copy_(before)
@@ -239,7 +271,7 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
             check_dtypes("BatchNorm1d", input, reference.dtype)
             check_savable(input, self.weight, self.bias)
             options = StepOptions(bn_training, _real("momentum", exponential_average_factor),
-                                  eps, lengths, mask, _LOCAL)
+                                  eps, lengths, mask, _LOCAL, None, *activation)
             return StepFunction.apply(input, self.weight, self.bias, running_mean, running_var,
                                       options)
         except BaseException:
@@ -248,20 +280,38 @@ class BatchNorm1d(torch.nn.BatchNorm1d):
             raise
 
 
-def convert(model: torch.nn.Module) -> torch.nn.Module:
+def _fused(m: torch.nn.Module) -> bool:
+    return type(m) is BatchNorm1d and m.activation is not None
+
+
+def convert(model: torch.nn.Module, fuse_activations: bool = False) -> torch.nn.Module:
     """Replaces, in place and recursively, every torch.nn.BatchNorm1d of model by a
     bn1d.torch.BatchNorm1d sharing its parameters and buffers; returns model (the new module
-    when model itself is a torch.nn.BatchNorm1d). TypeError when model is not a
-    torch.nn.Module."""
+    when model itself is a torch.nn.BatchNorm1d). With fuse_activations, each batch norm
+    directly followed by an nn.ReLU or nn.LeakyReLU in an nn.Sequential first becomes one
+    bn1d.torch.BatchNorm1d with that activation, the activation a FusedAway placeholder (see
+    the module docstring). TypeError when model is not a torch.nn.Module or fuse_activations
+    not a bool."""
     check_model(model)
+    if not isinstance(fuse_activations, bool):
+        raise TypeError(f"fuse_activations: expected a bool, got {_type_name(fuse_activations)}")
+    if fuse_activations:
+        fuse(model, lambda m: type(m) is torch.nn.BatchNorm1d
+             or (type(m) is BatchNorm1d and m.activation is None),
+             lambda m, activation, slope: swap(m, BatchNorm1d, activation=activation,
+                                               negative_slope=slope))
     return replace(model, lambda m: type(m) is torch.nn.BatchNorm1d,
                    lambda m: swap(m, BatchNorm1d))
 
 
 def revert(model: torch.nn.Module) -> torch.nn.Module:
     """The inverse of convert(): every bn1d.torch.BatchNorm1d becomes a torch.nn.BatchNorm1d
-    sharing its parameters and buffers; returns model (or the new module)."""
+    sharing its parameters and buffers, a fused one followed by its FusedAway placeholder in
+    an nn.Sequential together with its original activation module; returns model (or the new
+    module). ValueError, before anything changes, for a bn1d.torch.BatchNorm1d with an
+    activation anywhere else (torch's class has none)."""
     check_model(model)
+    unfuse(model, _fused, lambda m: swap(m, torch.nn.BatchNorm1d))
     return replace(model, lambda m: type(m) is BatchNorm1d,
                    lambda m: swap(m, torch.nn.BatchNorm1d))
 

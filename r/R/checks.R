@@ -23,6 +23,26 @@ check_module_options <- function(num_features, eps, momentum, affine,
   check_flag(track_running_stats, "track_running_stats")
 }
 
+# activation: NULL, "relu" or "leaky_relu"; negative_slope: a finite number.
+check_activation <- function(activation, negative_slope) {
+  if (!is.null(activation)) {
+    if (!is.character(activation) || length(activation) != 1 || is.na(activation)) {
+      stop("activation: expected NULL, \"relu\" or \"leaky_relu\", got ",
+           if (is.character(activation)) paste(length(activation), "strings")
+           else paste("an object of class", class(activation)[1]), call. = FALSE)
+    }
+    if (!activation %in% c("relu", "leaky_relu")) {
+      stop("activation: expected NULL, \"relu\" or \"leaky_relu\", got \"",
+           activation, "\"", call. = FALSE)
+    }
+  }
+  check_number(negative_slope, "negative_slope")
+  if (!is.finite(negative_slope)) {
+    stop("negative_slope: expected a finite number, got ", negative_slope,
+         call. = FALSE)
+  }
+}
+
 check_number <- function(x, arg) {
   if (!is.numeric(x) || length(x) != 1 || is.na(x)) {
     stop(arg, ": expected a single number", call. = FALSE)

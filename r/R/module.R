@@ -11,7 +11,8 @@ module_ptr <- function(x) get("ptr", envir = environment(unclass(x)),
 module_fields <- c("training", "weight", "bias", "running_mean",
                    "running_var", "num_batches_tracked", "num_features",
                    "eps", "momentum", "affine", "track_running_stats",
-                   "dtype", "parameters", "buffers")
+                   "dtype", "activation", "negative_slope", "parameters",
+                   "buffers")
 ghost_fields <- c("virtual_batch_size", "split")
 module_methods <- c("forward", "train", "eval", "backward",
                     "reset_parameters", "reset_running_stats", "state_dict",
@@ -33,7 +34,7 @@ module_get <- function(x, name) {
     weight = , bias = , running_mean = , running_var = ,
     num_batches_tracked = cpp_get(ptr, name),
     num_features = , eps = , momentum = , affine = , track_running_stats = ,
-    dtype = cpp_options(ptr)[[name]],
+    dtype = , activation = , negative_slope = cpp_options(ptr)[[name]],
     parameters = Filter(Negate(is.null), list(weight = cpp_get(ptr, "weight"),
                                               bias = cpp_get(ptr, "bias"))),
     buffers = {

@@ -1,6 +1,7 @@
 # nn_batch_norm1d(): R torch's BatchNorm1D module on bn1d's C++ core, whose
 # forward pass also takes the valid positions of padded (N, C, L) batches
-# (lengths or mask: masked batch normalization).
+# (lengths or mask: masked batch normalization), and which can apply a ReLU or
+# LeakyReLU to its output in the same pass (activation: fused activation).
 #
 # A module is a function (m(input) is the forward pass) of class
 # c("nn_batch_norm1d", "nn_module") whose environment holds an external pointer
@@ -9,12 +10,16 @@
 
 nn_batch_norm1d <- function(num_features, eps = 1e-05, momentum = 0.1,
                             affine = TRUE, track_running_stats = TRUE,
-                            dtype = c("float64", "float32")) {
+                            dtype = c("float64", "float32"),
+                            activation = NULL, negative_slope = 0.01) {
   dtype <- match.arg(dtype)
   check_module_options(num_features, eps, momentum, affine, track_running_stats)
+  check_activation(activation, negative_slope)
   ptr <- cpp_new(as.double(num_features), as.double(eps),
                  if (is.null(momentum)) NULL else as.double(momentum),
-                 affine, track_running_stats, dtype)
+                 affine, track_running_stats, dtype,
+                 if (is.null(activation)) "none" else activation,
+                 as.double(negative_slope))
   module <- local({
     ptr <- ptr
     function(input, lengths = NULL, mask = NULL) {

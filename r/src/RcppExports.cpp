@@ -11,8 +11,8 @@ Rcpp::Rostream<false>& Rcpp::Rcerr = Rcpp::Rcpp_cerr_get();
 #endif
 
 // cpp_new
-SEXP cpp_new(double num_features, double eps, SEXP momentum, bool affine, bool track_running_stats, std::string dtype);
-RcppExport SEXP _bn1d_cpp_new(SEXP num_featuresSEXP, SEXP epsSEXP, SEXP momentumSEXP, SEXP affineSEXP, SEXP track_running_statsSEXP, SEXP dtypeSEXP) {
+SEXP cpp_new(double num_features, double eps, SEXP momentum, bool affine, bool track_running_stats, std::string dtype, std::string activation, double negative_slope);
+RcppExport SEXP _bn1d_cpp_new(SEXP num_featuresSEXP, SEXP epsSEXP, SEXP momentumSEXP, SEXP affineSEXP, SEXP track_running_statsSEXP, SEXP dtypeSEXP, SEXP activationSEXP, SEXP negative_slopeSEXP) {
 BEGIN_RCPP
     Rcpp::RObject rcpp_result_gen;
     Rcpp::RNGScope rcpp_rngScope_gen;
@@ -22,7 +22,9 @@ BEGIN_RCPP
     Rcpp::traits::input_parameter< bool >::type affine(affineSEXP);
     Rcpp::traits::input_parameter< bool >::type track_running_stats(track_running_statsSEXP);
     Rcpp::traits::input_parameter< std::string >::type dtype(dtypeSEXP);
-    rcpp_result_gen = Rcpp::wrap(cpp_new(num_features, eps, momentum, affine, track_running_stats, dtype));
+    Rcpp::traits::input_parameter< std::string >::type activation(activationSEXP);
+    Rcpp::traits::input_parameter< double >::type negative_slope(negative_slopeSEXP);
+    rcpp_result_gen = Rcpp::wrap(cpp_new(num_features, eps, momentum, affine, track_running_stats, dtype, activation, negative_slope));
     return rcpp_result_gen;
 END_RCPP
 }
@@ -219,7 +221,7 @@ END_RCPP
 }
 
 static const R_CallMethodDef CallEntries[] = {
-    {"_bn1d_cpp_new", (DL_FUNC) &_bn1d_cpp_new, 6},
+    {"_bn1d_cpp_new", (DL_FUNC) &_bn1d_cpp_new, 8},
     {"_bn1d_cpp_new_ghost", (DL_FUNC) &_bn1d_cpp_new_ghost, 8},
     {"_bn1d_cpp_forward", (DL_FUNC) &_bn1d_cpp_forward, 4},
     {"_bn1d_cpp_backward", (DL_FUNC) &_bn1d_cpp_backward, 2},

@@ -73,8 +73,18 @@ int64_t whole_number(double value, const char* name) {
   return static_cast<int64_t>(value);
 }
 
+// The fused activation named @p name ("none", "relu" or "leaky_relu"; checked in R).
+bn1d::Activation parse_activation(const std::string& name) {
+  if (name == "none") return bn1d::Activation::None;
+  if (name == "relu") return bn1d::Activation::ReLU;
+  if (name == "leaky_relu") return bn1d::Activation::LeakyReLU;
+  throw bn1d::Error("activation: expected NULL, \"relu\" or \"leaky_relu\", got \"" + name + "\"");
+}
+
 bn1d::BatchNorm1dOptions module_options(double num_features, double eps, SEXP momentum, bool affine,
-                                        bool track_running_stats, const std::string& dtype) {
+                                        bool track_running_stats, const std::string& dtype,
+                                        const std::string& activation = "none",
+                                        double negative_slope = 0.01) {
   std::optional<double> m;
   if (!Rf_isNull(momentum)) {
     if (!Rf_isNumeric(momentum) || Rf_xlength(momentum) != 1) {
@@ -87,7 +97,9 @@ bn1d::BatchNorm1dOptions module_options(double num_features, double eps, SEXP mo
       .momentum(m)
       .affine(affine)
       .track_running_stats(track_running_stats)
-      .dtype(parse_dtype(dtype));
+      .dtype(parse_dtype(dtype))
+      .activation(parse_activation(activation))
+      .negative_slope(negative_slope);
   return options;
 }
 
@@ -138,10 +150,10 @@ void run_forward(Module& m, const bn1d::Tensor& input, bn1d::Tensor& output,
 
 // [[Rcpp::export]]
 SEXP cpp_new(double num_features, double eps, SEXP momentum, bool affine, bool track_running_stats,
-             std::string dtype) {
+             std::string dtype, std::string activation, double negative_slope) {
   BN1D_TRY
-  const bn1d::BatchNorm1dOptions options =
-      module_options(num_features, eps, momentum, affine, track_running_stats, dtype);
+  const bn1d::BatchNorm1dOptions options = module_options(
+      num_features, eps, momentum, affine, track_running_stats, dtype, activation, negative_slope);
   return ModulePtr(new Module(std::in_place_type<bn1d::BatchNorm1d>, options), true);
   BN1D_CATCH
 }
@@ -282,6 +294,12 @@ Rcpp::List cpp_options(SEXP xp) {
                          Rcpp::Named("affine") = o.affine(),
                          Rcpp::Named("track_running_stats") = o.track_running_stats(),
                          Rcpp::Named("dtype") = std::string(bn1d::dtype_name(o.dtype())));
+  Rcpp::RObject activation;  // NULL without an activation
+  if (o.activation() != bn1d::Activation::None) {
+    activation = Rcpp::wrap(bn1d::activation_name(o.activation()));
+  }
+  out["activation"] = activation;
+  out["negative_slope"] = o.negative_slope();
   if (const auto* ghost = std::get_if<bn1d::GhostBatchNorm1d>(&m.module)) {
     out["virtual_batch_size"] = static_cast<double>(ghost->virtual_batch_size());
     out["split"] = std::string(bn1d::ghost_split_name(ghost->split()));

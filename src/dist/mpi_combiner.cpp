@@ -30,6 +30,8 @@ enum HeaderField : std::size_t {
   hHasMomentum,  // 0: None (cumulative average)
   hMomentum,     // bits of the float64 momentum (0 without)
   hEps,          // bits of the float64 eps
+  hActivation,   // Activation
+  hSlope,        // bits of the float64 negative_slope of a LeakyReLU (0 otherwise: unused)
   hCount,        // values per channel on this rank (0 on failure)
   kHeaderSize
 };
@@ -114,6 +116,10 @@ std::string field_text(const int64_t* h, std::size_t f) {
       return h[hHasMomentum] ? repr(from_bits(h[hMomentum])) : "None";
     case hEps:
       return repr(from_bits(h[hEps]));
+    case hActivation:
+      return activation_name(static_cast<Activation>(h[hActivation]));
+    case hSlope:
+      return repr(from_bits(h[hSlope]));
     case hTraining:
       return h[hTraining] ? "training"
              : h[hTrack]  ? "eval with running statistics"
@@ -165,6 +171,8 @@ void check_headers(const std::vector<int64_t>& headers, int size, int rank,
   check_agreement(headers, size, hTrack, "track_running_stats");
   check_agreement(headers, size, hMomentum, "momentum", hHasMomentum);
   check_agreement(headers, size, hEps, "eps");
+  check_agreement(headers, size, hActivation, "the activation");
+  check_agreement(headers, size, hSlope, "negative_slope");
   if (at(0, hCall) == static_cast<int64_t>(CallKind::Forward)) {
     check_agreement(headers, size, hTraining, "the mode");
   }
@@ -277,6 +285,9 @@ void MpiStatsCombiner::exchange_header(const StepConfig& config, CallKind call, 
   header_[hHasMomentum] = config.momentum.has_value() ? 1 : 0;
   header_[hMomentum] = config.momentum ? bits(*config.momentum) : 0;
   header_[hEps] = bits(config.eps);
+  header_[hActivation] = static_cast<int64_t>(config.activation.kind);
+  const bool leaky = config.activation.kind == Activation::LeakyReLU;
+  header_[hSlope] = leaky ? bits(config.activation.negative_slope) : 0;
   header_[hCount] = failure == StepFailure::None ? count : 0;
   headers_.resize(kHeaderSize * static_cast<std::size_t>(size_));
   if (size_ == 1) {

@@ -15,8 +15,8 @@
 
 namespace bn1d::kernels {
 
-/// The most coefficients an op has (backward_input: a, b, k).
-constexpr int64_t kMaxCoefficients = 3;
+/// The most coefficients an op has (backward_input with an activation: a, b, k, scale, shift).
+constexpr int64_t kMaxCoefficients = 5;
 
 /// The column of coefficient k: after mean_hi and, unfolded, mean_lo.
 constexpr int64_t coefficient_column(bool folded, int64_t k) { return (folded ? 1 : 2) + k; }
@@ -82,6 +82,9 @@ struct NormalizeColumns : ParamColumns<T, kFolded> {
 
 /// dx = a · dy + b · (x − mean) + k; folded, k − mean_lo · b.
 inline ParamBlock backward_input_block(int64_t C, bool folded) { return {C, 3, folded ? 1 : -1}; }
+/// With an activation (unfolded), dy gated at z = ((x − mean_hi) − mean_lo) · scale + shift:
+/// a, b, k, then scale and shift.
+inline ParamBlock backward_input_act_block(int64_t C) { return {C, 5, -1}; }
 template <class T, bool kFolded>
 struct BackwardInputColumns : ParamColumns<T, kFolded> {
   static constexpr int64_t kA = coefficient_column(kFolded, 0);
@@ -93,6 +96,13 @@ struct BackwardInputColumns : ParamColumns<T, kFolded> {
   T a_at(int64_t c) const { return this->P[kA * this->C + c]; }
   T b_at(int64_t c) const { return this->P[kB * this->C + c]; }
   T k_at(int64_t c) const { return this->P[kK * this->C + c]; }
+  // backward_input_act_block's activation columns.
+  static constexpr int64_t kScale = coefficient_column(kFolded, 3);
+  static constexpr int64_t kShift = coefficient_column(kFolded, 4);
+  const T* scale(int64_t c) const { return this->P + kScale * this->C + c; }
+  const T* shift(int64_t c) const { return this->P + kShift * this->C + c; }
+  T scale_at(int64_t c) const { return this->P[kScale * this->C + c]; }
+  T shift_at(int64_t c) const { return this->P[kShift * this->C + c]; }
 };
 
 }  // namespace bn1d::kernels

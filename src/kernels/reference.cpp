@@ -55,25 +55,47 @@ T& out_at(const Out3& o, int64_t n, int64_t c, int64_t l) {
 
 template <class T>
 void normalize_t(const Out3& y, const View3& x, const double* mean, const double* scale,
-                 const double* shift) {
+                 const double* shift, const Act& act) {
   const int64_t N = x.N, C = x.C, L = x.L;
 #pragma omp parallel for schedule(static) num_threads(thread_count(x))
-  for (int64_t c = 0; c < C; ++c)
+  for (int64_t c = 0; c < C; ++c) {
+    const auto channel = ActChannel<T>::of(mean[c], scale[c], shift[c], act.slope);
     for (int64_t n = 0; n < N; ++n)
-      for (int64_t l = 0; l < L; ++l)
-        out_at<T>(y, n, c, l) = narrow<T>((at<T>(x, n, c, l) - mean[c]) * scale[c] + shift[c]);
+      for (int64_t l = 0; l < L; ++l) {
+        const double v = at<T>(x, n, c, l);
+        // Without an activation, float64 rounded once; with one, z formed as every kernel forms
+        // it (activation.hpp).
+        out_at<T>(y, n, c, l) =
+            act.enabled()
+                ? narrow<T>(act_value<T>(act.kind, channel.input(static_cast<ActCompute<T>>(v)),
+                                         channel.slope))
+                : narrow<T>((v - mean[c]) * scale[c] + shift[c]);
+      }
+  }
+}
+
+// dy at (n, c, l), gated by the activation's derivative at z (recomputed from x) when enabled.
+template <class T>
+double gated_dy(const View3& dy, const View3& x, const double* mean, const Act& act, int64_t n,
+                int64_t c, int64_t l) {
+  const double g = at<T>(dy, n, c, l);
+  if (!act.enabled()) return g;
+  using CT = ActCompute<T>;
+  const auto channel = ActChannel<T>::of(mean[c], act.scale[c], act.shift[c], act.slope);
+  const CT z = channel.input(static_cast<CT>(at<T>(x, n, c, l)));
+  return act_gate<T>(act.kind, z, static_cast<CT>(g), channel.slope);
 }
 
 template <class T>
 void backward_sums_t(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
-                     const double* mean) {
+                     const double* mean, const Act& act) {
   const int64_t N = x.N, C = x.C, L = x.L;
 #pragma omp parallel for schedule(static) num_threads(thread_count(x))
   for (int64_t c = 0; c < C; ++c) {
     double s = 0.0, sx = 0.0;
     for (int64_t n = 0; n < N; ++n)
       for (int64_t l = 0; l < L; ++l) {
-        const double g = at<T>(dy, n, c, l);
+        const double g = gated_dy<T>(dy, x, mean, act, n, c, l);
         s += g;
         sx += g * (at<T>(x, n, c, l) - mean[c]);
       }
@@ -84,14 +106,14 @@ void backward_sums_t(double* sum_dy, double* sum_dy_xmu, const View3& dy, const 
 
 template <class T>
 void backward_input_t(const Out3& dx, const View3& dy, const View3& x, const double* mean,
-                      const double* a, const double* b, const double* k) {
+                      const double* a, const double* b, const double* k, const Act& act) {
   const int64_t N = x.N, C = x.C, L = x.L;
 #pragma omp parallel for schedule(static) num_threads(thread_count(x))
   for (int64_t c = 0; c < C; ++c)
     for (int64_t n = 0; n < N; ++n)
       for (int64_t l = 0; l < L; ++l)
-        out_at<T>(dx, n, c, l) =
-            narrow<T>(a[c] * at<T>(dy, n, c, l) + b[c] * (at<T>(x, n, c, l) - mean[c]) + k[c]);
+        out_at<T>(dx, n, c, l) = narrow<T>(a[c] * gated_dy<T>(dy, x, mean, act, n, c, l) +
+                                           b[c] * (at<T>(x, n, c, l) - mean[c]) + k[c]);
 }
 
 }  // namespace
@@ -101,18 +123,19 @@ void channel_stats(double* mean, double* m2, const View3& x) {
 }
 
 void normalize(const Out3& y, const View3& x, const double* mean, const double* scale,
-               const double* shift) {
-  with_storage(x.dtype, [&]<class T>() { normalize_t<T>(y, x, mean, scale, shift); });
+               const double* shift, const Act& act) {
+  with_storage(x.dtype, [&]<class T>() { normalize_t<T>(y, x, mean, scale, shift, act); });
 }
 
 void backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
-                   const double* mean) {
-  with_storage(x.dtype, [&]<class T>() { backward_sums_t<T>(sum_dy, sum_dy_xmu, dy, x, mean); });
+                   const double* mean, const Act& act) {
+  with_storage(x.dtype,
+               [&]<class T>() { backward_sums_t<T>(sum_dy, sum_dy_xmu, dy, x, mean, act); });
 }
 
 void backward_input(const Out3& dx, const View3& dy, const View3& x, const double* mean,
-                    const double* a, const double* b, const double* k) {
-  with_storage(x.dtype, [&]<class T>() { backward_input_t<T>(dx, dy, x, mean, a, b, k); });
+                    const double* a, const double* b, const double* k, const Act& act) {
+  with_storage(x.dtype, [&]<class T>() { backward_input_t<T>(dx, dy, x, mean, a, b, k, act); });
 }
 
 void invstd(double* invstd, const double* v, double divisor, double eps, int64_t C) {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/activation.hpp"
 #include "kernels/blocking.hpp"
 #include "kernels/element.hpp"
 #include "kernels/view.hpp"
@@ -186,6 +187,92 @@ HWY_INLINE V SubMean(V x, V mean_hi, V mean_lo) {
     return hn::Sub(x, mean_hi);
   } else {
     return hn::Sub(hn::Sub(x, mean_hi), mean_lo);
+  }
+}
+
+// ---- The fused activation (activation.hpp) ---------------------------------------------------
+
+/// z = xm · scale + shift from xm = (x − mean_hi) − mean_lo, a product then a sum (never an
+/// FMA): ActChannel::input's bits in every lane.
+template <class V>
+HWY_INLINE V ActInput(V xm, V scale, V shift) {
+  return hn::Add(hn::Mul(xm, scale), shift);
+}
+
+/// act_value: ReLU keeps z where it is not ≤ kActiveAbove<T> (NaN too), else +0; LeakyReLU
+/// keeps z where it is > kActiveAbove<T>, else z · slope.
+template <class T, Activation A, class V>
+HWY_INLINE V Activate(V z, V slope) {
+  const V above = hn::Set(hn::DFromV<V>(), static_cast<hn::TFromV<V>>(kActiveAbove<T>));
+  if constexpr (A == Activation::ReLU)
+    return hn::IfThenZeroElse(hn::Le(z, above), z);
+  else if constexpr (A == Activation::LeakyReLU)
+    return hn::IfThenElse(hn::Gt(z, above), z, hn::Mul(z, slope));
+  else
+    return z;
+}
+
+/// act_gate: dy times the activation's derivative at z (dy itself without an activation).
+template <class T, Activation A, class V>
+HWY_INLINE V Gate(V z, V dy, V slope) {
+  const V above = hn::Set(hn::DFromV<V>(), static_cast<hn::TFromV<V>>(kActiveAbove<T>));
+  if constexpr (A == Activation::ReLU)
+    return hn::IfThenZeroElse(hn::Le(z, above), dy);
+  else if constexpr (A == Activation::LeakyReLU)
+    return hn::IfThenElse(hn::Gt(z, above), dy, hn::Mul(dy, slope));
+  else
+    return dy;
+}
+
+/// The gate of the gradient sums, which read float64 lanes: dy gated at z, z formed in
+/// ActCompute<T> (float32 lanes matching the float64 ones for float32 storage). The parameters
+/// are per lane (cols) or broadcast (rows).
+template <class T, Activation A>
+struct SumsGate {
+  using DC = hn::Rebind<ActCompute<T>, DD>;
+  using VC = hn::Vec<DC>;
+  VC mean_hi, mean_lo, scale, shift, slope;
+
+  /// From float64 lanes of the mean, scale and shift, rounded as ActChannel::of rounds them.
+  static HWY_INLINE SumsGate of(VD mean, VD scale, VD shift, double slope) {
+    const DC dc;
+    if constexpr (std::is_same_v<ActCompute<T>, float>) {  // ToT: ±inf beyond float's range
+      const VC hi = ToT<float>(mean);
+      return {hi, ToT<float>(hn::Sub(mean, hn::PromoteTo(DD(), hi))), ToT<float>(scale),
+              ToT<float>(shift), hn::Set(dc, static_cast<float>(slope))};
+    } else {
+      return {mean, hn::Zero(dc), scale, shift, hn::Set(dc, slope)};
+    }
+  }
+  /// From channels c … c + lanes − 1 of a normalize parameter block (elementwise_params.hpp).
+  static HWY_INLINE SumsGate of_block(const ActCompute<T>* P, int64_t C, int64_t c, double slope) {
+    const DC dc;
+    return {hn::LoadU(dc, P + c), hn::LoadU(dc, P + C + c), hn::LoadU(dc, P + 2 * C + c),
+            hn::LoadU(dc, P + 3 * C + c), hn::Set(dc, static_cast<ActCompute<T>>(slope))};
+  }
+  /// dy (float64 lanes dyd, stored at dy) gated at z of the values at x (xm: x − mean in float64).
+  HWY_INLINE VD operator()(const T* HWY_RESTRICT x, const T* HWY_RESTRICT dy, VD xm, VD dyd) const {
+    if constexpr (A == Activation::None) {
+      return dyd;
+    } else if constexpr (std::is_same_v<ActCompute<T>, float>) {
+      const DC dc;
+      const VC z = ActInput(hn::Sub(hn::Sub(hn::LoadU(dc, x), mean_hi), mean_lo), scale, shift);
+      return hn::PromoteTo(DD(), Gate<T, A>(z, hn::LoadU(dc, dy), slope));
+    } else {
+      return Gate<T, A>(ActInput(xm, scale, shift), dyd, slope);
+    }
+  }
+};
+
+/// The gated dy of one value in scalar code (the kernels' tails), act_gate's bits.
+template <class T, Activation A>
+HWY_INLINE double gate_scalar(const ActChannel<T>& channel, T x, T dy) {
+  if constexpr (A == Activation::None) {
+    return widen(dy);
+  } else {
+    using CT = ActCompute<T>;
+    return static_cast<double>(act_gate<T>(A, channel.input(static_cast<CT>(widen(x))),
+                                           static_cast<CT>(widen(dy)), channel.slope));
   }
 }
 

@@ -38,16 +38,31 @@ void StatsRowsChannel(const View3& x, int64_t c, double* mean, double* m2) {
 void StatsRowsPartition(const View3& x, int64_t u0, int64_t u1, double* mean, double* m2) {
   with_storage(x.dtype, [&]<class T>() { stats_rows_partition<T>(x, u0, u1, mean, m2); });
 }
-void BackwardSumsRowsChannel(const View3& dy, const View3& x, const double* mean, int64_t c,
-                             double* sum_dy, double* sum_dy_xmu) {
-  with_storage(x.dtype, [&]<class T>() {
-    backward_sums_rows_channel<T>(dy, x, mean, c, sum_dy, sum_dy_xmu);
+// f.template operator()<T, A>() with T the storage type of x and A the activation's kind.
+template <class F>
+void with_storage_act(DType dtype, Activation kind, const F& f) {
+  with_storage(dtype, [&]<class T>() {
+    switch (kind) {
+      case Activation::ReLU:
+        return f.template operator()<T, Activation::ReLU>();
+      case Activation::LeakyReLU:
+        return f.template operator()<T, Activation::LeakyReLU>();
+      default:
+        return f.template operator()<T, Activation::None>();
+    }
   });
 }
-void BackwardSumsRowsPartition(const View3& dy, const View3& x, const double* mean, int64_t u0,
-                               int64_t u1, double* sum_dy, double* sum_dy_xmu) {
-  with_storage(x.dtype, [&]<class T>() {
-    backward_sums_rows_partition<T>(dy, x, mean, u0, u1, sum_dy, sum_dy_xmu);
+
+void BackwardSumsRowsChannel(const View3& dy, const View3& x, const double* mean, const Act& act,
+                             int64_t c, double* sum_dy, double* sum_dy_xmu) {
+  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
+    backward_sums_rows_channel<T, A>(dy, x, mean, act, c, sum_dy, sum_dy_xmu);
+  });
+}
+void BackwardSumsRowsPartition(const View3& dy, const View3& x, const double* mean, const Act& act,
+                               int64_t u0, int64_t u1, double* sum_dy, double* sum_dy_xmu) {
+  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
+    backward_sums_rows_partition<T, A>(dy, x, mean, act, u0, u1, sum_dy, sum_dy_xmu);
   });
 }
 void StatsColsPartition(const View3& x, int64_t r0, int64_t r1, int64_t block, int64_t c0,
@@ -56,37 +71,44 @@ void StatsColsPartition(const View3& x, int64_t r0, int64_t r1, int64_t block, i
     stats_cols_partition<T>(x, r0, r1, block, c0, c1, prefetch, mean, m2);
   });
 }
-void BackwardSumsColsPartition(const View3& dy, const View3& x, const double* mean, int64_t r0,
-                               int64_t r1, int64_t c0, int64_t c1, int step, int64_t tile,
-                               double* sum_dy, double* sum_dy_xmu) {
-  with_storage(x.dtype, [&]<class T>() {
-    backward_sums_cols_partition<T>(dy, x, mean, r0, r1, c0, c1, step, tile, sum_dy, sum_dy_xmu);
+void BackwardSumsColsPartition(const View3& dy, const View3& x, const double* mean, const Act& act,
+                               int64_t r0, int64_t r1, int64_t c0, int64_t c1, int step,
+                               int64_t tile, double* sum_dy, double* sum_dy_xmu) {
+  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
+    backward_sums_cols_partition<T, A>(dy, x, mean, act, r0, r1, c0, c1, step, tile, sum_dy,
+                                       sum_dy_xmu);
   });
 }
 // Elementwise entry points: P holds the per-channel parameters in the input's compute type
-// (ComputeOf), laid out as `block` says (elementwise_params.hpp).
+// (ComputeOf), laid out as `block` says (elementwise_params.hpp); act: the fused activation.
 void NormalizeRows(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
-                   int64_t i0, int64_t i1, bool stream) {
-  with_storage(x.dtype, [&]<class T>() {
-    normalize_rows<T>(y, x, static_cast<const ComputeOf<T>*>(P), block, i0, i1, stream);
+                   const Act& act, int64_t i0, int64_t i1, bool stream) {
+  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
+    normalize_rows<T, A>(y, x, static_cast<const ComputeOf<T>*>(P), block, act.slope, i0, i1,
+                         stream);
   });
 }
 void NormalizeCols(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
-                   int64_t u0, int64_t u1, bool stream) {
-  with_storage(x.dtype, [&]<class T>() {
-    normalize_cols<T>(y, x, static_cast<const ComputeOf<T>*>(P), block, u0, u1, stream);
+                   const Act& act, int64_t u0, int64_t u1, bool stream) {
+  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
+    normalize_cols<T, A>(y, x, static_cast<const ComputeOf<T>*>(P), block, act.slope, u0, u1,
+                         stream);
   });
 }
 void BackwardInputRows(const Out3& dx, const View3& dy, const View3& x, const void* P,
-                       const ParamBlock& block, int64_t i0, int64_t i1, bool stream) {
-  with_storage(x.dtype, [&]<class T>() {
-    backward_input_rows<T>(dx, dy, x, static_cast<const ComputeOf<T>*>(P), block, i0, i1, stream);
+                       const ParamBlock& block, const Act& act, int64_t i0, int64_t i1,
+                       bool stream) {
+  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
+    backward_input_rows<T, A>(dx, dy, x, static_cast<const ComputeOf<T>*>(P), block, act.slope, i0,
+                              i1, stream);
   });
 }
 void BackwardInputCols(const Out3& dx, const View3& dy, const View3& x, const void* P,
-                       const ParamBlock& block, int64_t u0, int64_t u1, bool stream) {
-  with_storage(x.dtype, [&]<class T>() {
-    backward_input_cols<T>(dx, dy, x, static_cast<const ComputeOf<T>*>(P), block, u0, u1, stream);
+                       const ParamBlock& block, const Act& act, int64_t u0, int64_t u1,
+                       bool stream) {
+  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
+    backward_input_cols<T, A>(dx, dy, x, static_cast<const ComputeOf<T>*>(P), block, act.slope, u0,
+                              u1, stream);
   });
 }
 
@@ -98,26 +120,27 @@ void StatsMaskedChannel(const View3& x, const void* valid, int64_t c, double cou
   });
 }
 void BackwardSumsMaskedChannel(const View3& dy, const View3& x, const void* valid,
-                               const double* mean, int64_t c, double* sum_dy, double* sum_dy_xmu) {
-  with_storage(x.dtype, [&]<class T>() {
-    backward_sums_masked_channel<T>(dy, x, static_cast<const ComputeOf<T>*>(valid), mean, c, sum_dy,
-                                    sum_dy_xmu);
+                               const double* mean, const Act& act, int64_t c, double* sum_dy,
+                               double* sum_dy_xmu) {
+  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
+    backward_sums_masked_channel<T, A>(dy, x, static_cast<const ComputeOf<T>*>(valid), mean, act, c,
+                                       sum_dy, sum_dy_xmu);
   });
 }
 void NormalizeMaskedRows(const Out3& y, const View3& x, const void* valid, const double* mean,
-                         const double* scale, const double* shift, int64_t i0, int64_t i1,
-                         bool stream) {
-  with_storage(x.dtype, [&]<class T>() {
-    normalize_masked_rows<T>(y, x, static_cast<const ComputeOf<T>*>(valid), mean, scale, shift, i0,
-                             i1, stream);
+                         const double* scale, const double* shift, const Act& act, int64_t i0,
+                         int64_t i1, bool stream) {
+  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
+    normalize_masked_rows<T, A>(y, x, static_cast<const ComputeOf<T>*>(valid), mean, scale, shift,
+                                act.slope, i0, i1, stream);
   });
 }
 void BackwardInputMaskedRows(const Out3& dx, const View3& dy, const View3& x, const void* valid,
                              const double* mean, const double* a, const double* b, const double* k,
-                             int64_t i0, int64_t i1, bool stream) {
-  with_storage(x.dtype, [&]<class T>() {
-    backward_input_masked_rows<T>(dx, dy, x, static_cast<const ComputeOf<T>*>(valid), mean, a, b, k,
-                                  i0, i1, stream);
+                             const Act& act, int64_t i0, int64_t i1, bool stream) {
+  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
+    backward_input_masked_rows<T, A>(dx, dy, x, static_cast<const ComputeOf<T>*>(valid), mean, a, b,
+                                     k, act, i0, i1, stream);
   });
 }
 
@@ -275,39 +298,42 @@ void stats_rows_channel(const View3& x, int64_t c, double* mean, double* m2) {
 void stats_rows_partition(const View3& x, int64_t u0, int64_t u1, double* mean, double* m2) {
   HWY_DYNAMIC_DISPATCH(StatsRowsPartition)(x, u0, u1, mean, m2);
 }
-void backward_sums_rows_channel(const View3& dy, const View3& x, const double* mean, int64_t c,
-                                double* sum_dy, double* sum_dy_xmu) {
-  HWY_DYNAMIC_DISPATCH(BackwardSumsRowsChannel)(dy, x, mean, c, sum_dy, sum_dy_xmu);
+void backward_sums_rows_channel(const View3& dy, const View3& x, const double* mean, const Act& act,
+                                int64_t c, double* sum_dy, double* sum_dy_xmu) {
+  HWY_DYNAMIC_DISPATCH(BackwardSumsRowsChannel)(dy, x, mean, act, c, sum_dy, sum_dy_xmu);
 }
-void backward_sums_rows_partition(const View3& dy, const View3& x, const double* mean, int64_t u0,
-                                  int64_t u1, double* sum_dy, double* sum_dy_xmu) {
-  HWY_DYNAMIC_DISPATCH(BackwardSumsRowsPartition)(dy, x, mean, u0, u1, sum_dy, sum_dy_xmu);
+void backward_sums_rows_partition(const View3& dy, const View3& x, const double* mean,
+                                  const Act& act, int64_t u0, int64_t u1, double* sum_dy,
+                                  double* sum_dy_xmu) {
+  HWY_DYNAMIC_DISPATCH(BackwardSumsRowsPartition)(dy, x, mean, act, u0, u1, sum_dy, sum_dy_xmu);
 }
 void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t block, int64_t c0,
                           int64_t c1, bool prefetch, double* mean, double* m2) {
   HWY_DYNAMIC_DISPATCH(StatsColsPartition)(x, r0, r1, block, c0, c1, prefetch, mean, m2);
 }
-void backward_sums_cols_partition(const View3& dy, const View3& x, const double* mean, int64_t r0,
-                                  int64_t r1, int64_t c0, int64_t c1, int step, int64_t tile,
-                                  double* sum_dy, double* sum_dy_xmu) {
+void backward_sums_cols_partition(const View3& dy, const View3& x, const double* mean,
+                                  const Act& act, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                                  int step, int64_t tile, double* sum_dy, double* sum_dy_xmu) {
   HWY_DYNAMIC_DISPATCH(BackwardSumsColsPartition)
-  (dy, x, mean, r0, r1, c0, c1, step, tile, sum_dy, sum_dy_xmu);
+  (dy, x, mean, act, r0, r1, c0, c1, step, tile, sum_dy, sum_dy_xmu);
 }
 void normalize_rows(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
-                    int64_t i0, int64_t i1, bool stream) {
-  HWY_DYNAMIC_DISPATCH(NormalizeRows)(y, x, P, block, i0, i1, stream);
+                    const Act& act, int64_t i0, int64_t i1, bool stream) {
+  HWY_DYNAMIC_DISPATCH(NormalizeRows)(y, x, P, block, act, i0, i1, stream);
 }
 void normalize_cols(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
-                    int64_t u0, int64_t u1, bool stream) {
-  HWY_DYNAMIC_DISPATCH(NormalizeCols)(y, x, P, block, u0, u1, stream);
+                    const Act& act, int64_t u0, int64_t u1, bool stream) {
+  HWY_DYNAMIC_DISPATCH(NormalizeCols)(y, x, P, block, act, u0, u1, stream);
 }
 void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const void* P,
-                         const ParamBlock& block, int64_t i0, int64_t i1, bool stream) {
-  HWY_DYNAMIC_DISPATCH(BackwardInputRows)(dx, dy, x, P, block, i0, i1, stream);
+                         const ParamBlock& block, const Act& act, int64_t i0, int64_t i1,
+                         bool stream) {
+  HWY_DYNAMIC_DISPATCH(BackwardInputRows)(dx, dy, x, P, block, act, i0, i1, stream);
 }
 void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const void* P,
-                         const ParamBlock& block, int64_t u0, int64_t u1, bool stream) {
-  HWY_DYNAMIC_DISPATCH(BackwardInputCols)(dx, dy, x, P, block, u0, u1, stream);
+                         const ParamBlock& block, const Act& act, int64_t u0, int64_t u1,
+                         bool stream) {
+  HWY_DYNAMIC_DISPATCH(BackwardInputCols)(dx, dy, x, P, block, act, u0, u1, stream);
 }
 bool update_params(void* P, DType dtype, const ParamBlock& block, const double* mean,
                    const double* const* columns) {
@@ -319,19 +345,21 @@ void stats_masked_channel(const View3& x, const void* valid, int64_t c, double c
   HWY_DYNAMIC_DISPATCH(StatsMaskedChannel)(x, valid, c, count, mean, m2);
 }
 void backward_sums_masked_channel(const View3& dy, const View3& x, const void* valid,
-                                  const double* mean, int64_t c, double* sum_dy,
+                                  const double* mean, const Act& act, int64_t c, double* sum_dy,
                                   double* sum_dy_xmu) {
-  HWY_DYNAMIC_DISPATCH(BackwardSumsMaskedChannel)(dy, x, valid, mean, c, sum_dy, sum_dy_xmu);
+  HWY_DYNAMIC_DISPATCH(BackwardSumsMaskedChannel)(dy, x, valid, mean, act, c, sum_dy, sum_dy_xmu);
 }
 void normalize_masked_rows(const Out3& y, const View3& x, const void* valid, const double* mean,
-                           const double* scale, const double* shift, int64_t i0, int64_t i1,
-                           bool stream) {
-  HWY_DYNAMIC_DISPATCH(NormalizeMaskedRows)(y, x, valid, mean, scale, shift, i0, i1, stream);
+                           const double* scale, const double* shift, const Act& act, int64_t i0,
+                           int64_t i1, bool stream) {
+  HWY_DYNAMIC_DISPATCH(NormalizeMaskedRows)(y, x, valid, mean, scale, shift, act, i0, i1, stream);
 }
 void backward_input_masked_rows(const Out3& dx, const View3& dy, const View3& x, const void* valid,
                                 const double* mean, const double* a, const double* b,
-                                const double* k, int64_t i0, int64_t i1, bool stream) {
-  HWY_DYNAMIC_DISPATCH(BackwardInputMaskedRows)(dx, dy, x, valid, mean, a, b, k, i0, i1, stream);
+                                const double* k, const Act& act, int64_t i0, int64_t i1,
+                                bool stream) {
+  HWY_DYNAMIC_DISPATCH(BackwardInputMaskedRows)
+  (dx, dy, x, valid, mean, a, b, k, act, i0, i1, stream);
 }
 
 }  // namespace units

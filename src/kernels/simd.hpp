@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/activation.hpp"
 #include "kernels/view.hpp"
 
 namespace bn1d::kernels::simd {
@@ -29,14 +30,16 @@ bool layout_applies(Layout layout, const View3& v);
 /// stride along C (written row by row) or along L (written through a transposition tile).
 bool layout_applies(Layout layout, const Out3& o);
 
-/// See reference.hpp for the meaning of each op; @p layout must apply to every view.
+/// See reference.hpp for the meaning of each op; @p layout must apply to every view. With an
+/// activation the elementwise passes form its input as activation.hpp says.
 void channel_stats(Layout layout, double* mean, double* m2, const View3& x);
 void normalize(Layout layout, const Out3& y, const View3& x, const double* mean,
-               const double* scale, const double* shift);
+               const double* scale, const double* shift, const Act& act = {});
 void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View3& dy,
-                   const View3& x, const double* mean);
+                   const View3& x, const double* mean, const Act& act = {});
 void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3& x,
-                    const double* mean, const double* a, const double* b, const double* k);
+                    const double* mean, const double* a, const double* b, const double* k,
+                    const Act& act = {});
 
 /// invstd[c] = 1 / sqrt(v[c] / divisor + eps), or 0 where that sum is 0: the same bits as
 /// reference::invstd (IEEE division and square root are correctly rounded in every lane).
@@ -74,11 +77,12 @@ DType masked_valid_dtype(DType dtype);
 void masked_channel_stats(double* mean, double* m2, const View3& x, const void* valid,
                           int64_t count);
 bool masked_normalize(const Out3& y, const View3& x, const void* valid, const double* mean,
-                      const double* scale, const double* shift);
+                      const double* scale, const double* shift, const Act& act = {});
 void masked_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
-                          const void* valid, const double* mean);
+                          const void* valid, const double* mean, const Act& act = {});
 bool masked_backward_input(const Out3& dx, const View3& dy, const View3& x, const void* valid,
-                           const double* mean, const double* a, const double* b, const double* k);
+                           const double* mean, const double* a, const double* b, const double* k,
+                           const Act& act = {});
 
 /// Zeros at out[0 … len − 1] (elements of @p dtype), written past the caches with @p stream;
 /// streamed runs are followed by one flush_streams() before the data is used.

@@ -166,26 +166,35 @@ void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t block,
 
 // Σ dy and Σ dy · (x − mean) of the R rows g[i], p[i] (dy and x) for channels c0 … c1 − 1, added
 // to sum_dy[c] and sum_dy_xmu[c] row after row (vectors up to vec_end, then one channel at a time).
-template <int R, class T>
+// With an activation, dy is gated at z (act.params of C channels; the tails: act.scale, act.shift).
+template <int R, class T, Activation A>
 HWY_INLINE void backward_sums_cols_rows(const T* const* g, const T* const* p, const double* mean,
-                                        int64_t c0, int64_t c1, int64_t vec_end, double* sum_dy,
-                                        double* sum_dy_xmu) {
+                                        const Act& act, int64_t C, int64_t c0, int64_t c1,
+                                        int64_t vec_end, double* sum_dy, double* sum_dy_xmu) {
   const DD d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   for (int64_t c = c0; c < vec_end; c += N) {
     const VD mu = hn::LoadU(d, mean + c);
+    SumsGate<T, A> gate{};
+    if constexpr (A != Activation::None)
+      gate =
+          SumsGate<T, A>::of_block(static_cast<const ActCompute<T>*>(act.params), C, c, act.slope);
     VD sdy = hn::LoadU(d, sum_dy + c), sxm = hn::LoadU(d, sum_dy_xmu + c);
     for (int i = 0; i < R; ++i) {
-      const VD gv = LoadD(g[i] + c);
+      const VD xm = hn::Sub(LoadD(p[i] + c), mu);
+      const VD gv = gate(p[i] + c, g[i] + c, xm, LoadD(g[i] + c));
       sdy = hn::Add(sdy, gv);
-      sxm = hn::MulAdd(gv, hn::Sub(LoadD(p[i] + c), mu), sxm);
+      sxm = hn::MulAdd(gv, xm, sxm);
     }
     hn::StoreU(sdy, d, sum_dy + c);
     hn::StoreU(sxm, d, sum_dy_xmu + c);
   }
   for (int i = 0; i < R; ++i) {
     for (int64_t c = vec_end; c < c1; ++c) {
-      const double gv = widen(g[i][c]);
+      const double sc = A == Activation::None ? 0.0 : act.scale[c];
+      const double sh = A == Activation::None ? 0.0 : act.shift[c];
+      const double gv =
+          gate_scalar<T, A>(ActChannel<T>::of(mean[c], sc, sh, act.slope), p[i][c], g[i][c]);
       sum_dy[c] += gv;
       sum_dy_xmu[c] += gv * (widen(p[i][c]) - mean[c]);
     }
@@ -198,10 +207,10 @@ HWY_INLINE void backward_sums_cols_rows(const T* const* g, const T* const* p, co
 // channel tiles of at most `tile` channels (c0 and tile multiples of the lane count); how they are
 // walked changes no bit. Step 4 loads and stores the sums once per four rows; tiles keep the sums
 // and the mean in L1 (simd_schedule.cpp chooses: docs/tuning.md#grouped-rows, #sums-tiles).
-template <class T>
-void backward_sums_cols_partition(const View3& dy, const View3& x, const double* mean, int64_t r0,
-                                  int64_t r1, int64_t c0, int64_t c1, int step, int64_t tile,
-                                  double* sum_dy, double* sum_dy_xmu) {
+template <class T, Activation A>
+void backward_sums_cols_partition(const View3& dy, const View3& x, const double* mean,
+                                  const Act& act, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                                  int step, int64_t tile, double* sum_dy, double* sum_dy_xmu) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   std::fill(sum_dy + c0, sum_dy + c1, 0.0);
   std::fill(sum_dy_xmu + c0, sum_dy_xmu + c1, 0.0);
@@ -215,12 +224,12 @@ void backward_sums_cols_partition(const View3& dy, const View3& x, const double*
       for (; r + 4 <= r1; r += 4) {
         for (int i = 0; i < 4; ++i, at.next())
           g[i] = row_ptr<T>(dy, at.n, 0, at.l), p[i] = row_ptr<T>(x, at.n, 0, at.l);
-        backward_sums_cols_rows<4, T>(g, p, mean, t0, t1, vec_end, sum_dy, sum_dy_xmu);
+        backward_sums_cols_rows<4, T, A>(g, p, mean, act, x.C, t0, t1, vec_end, sum_dy, sum_dy_xmu);
       }
     }
     for (; r < r1; ++r, at.next()) {
       g[0] = row_ptr<T>(dy, at.n, 0, at.l), p[0] = row_ptr<T>(x, at.n, 0, at.l);
-      backward_sums_cols_rows<1, T>(g, p, mean, t0, t1, vec_end, sum_dy, sum_dy_xmu);
+      backward_sums_cols_rows<1, T, A>(g, p, mean, act, x.C, t0, t1, vec_end, sum_dy, sum_dy_xmu);
     }
   }
 }
@@ -398,23 +407,74 @@ struct BackwardInputFoldedOp {
   }
 };
 
-// y over units u0 … u1 − 1 (see elementwise_cols), the parameters at P in the form `block` says.
-template <class T>
-void normalize_cols(const Out3& y, const View3& x, const ComputeOf<T>* P, const ParamBlock& block,
-                    int64_t u0, int64_t u1, bool stream) {
+// y = act(z), z = ((x − mean_hi) − mean_lo) · scale + shift formed as ActChannel::input forms
+// it (T: the storage type, whose smallest value sets the activation's threshold).
+template <class T, Activation A>
+struct NormalizeActOp {
   using CT = ComputeOf<T>;
-  if (block.folded())
+  NormalizeColumns<CT, false> p;
+  CT slope;
+  template <class D, class V>
+  HWY_INLINE V vec(D d, int64_t c, V x, V) const {
+    const V xm = SubMean(x, hn::LoadU(d, p.mean_hi(c)), hn::LoadU(d, p.mean_lo(c)));
+    const V z = ActInput(xm, hn::LoadU(d, p.scale(c)), hn::LoadU(d, p.shift(c)));
+    return Activate<T, A>(z, hn::Set(d, slope));
+  }
+  HWY_INLINE CT scalar(int64_t c, CT x, CT) const {
+    const ActChannel<T> channel{p.mean_hi_at(c), p.mean_lo_at(c), p.scale_at(c), p.shift_at(c),
+                                slope};
+    return act_value<T>(A, channel.input(x), slope);
+  }
+};
+
+// dx = a · dy' + b · ((x − mean_hi) − mean_lo) + k, dy' = dy gated at z (BackwardInputOp's
+// arithmetic; the block of backward_input_act_block).
+template <class T, Activation A>
+struct BackwardInputActOp {
+  using CT = ComputeOf<T>;
+  BackwardInputColumns<CT, false> p;
+  CT slope;
+  template <class D, class V>
+  HWY_INLINE V vec(D d, int64_t c, V x, V g) const {
+    const V xm = SubMean(x, hn::LoadU(d, p.mean_hi(c)), hn::LoadU(d, p.mean_lo(c)));
+    const V z = ActInput(xm, hn::LoadU(d, p.scale(c)), hn::LoadU(d, p.shift(c)));
+    const V gated = Gate<T, A>(z, g, hn::Set(d, slope));
+    return hn::MulAdd(hn::LoadU(d, p.a(c)), gated,
+                      hn::MulAdd(hn::LoadU(d, p.b(c)), xm, hn::LoadU(d, p.k(c))));
+  }
+  HWY_INLINE CT scalar(int64_t c, CT x, CT g) const {
+    const ActChannel<T> channel{p.mean_hi_at(c), p.mean_lo_at(c), p.scale_at(c), p.shift_at(c),
+                                slope};
+    const CT gated = act_gate<T>(A, channel.input(x), g, slope);
+    return std::fma(p.a_at(c), gated,
+                    std::fma(p.b_at(c), (x - p.mean_hi_at(c)) - p.mean_lo_at(c), p.k_at(c)));
+  }
+};
+
+// y over units u0 … u1 − 1 (see elementwise_cols), the parameters at P in the form `block` says.
+template <class T, Activation A>
+void normalize_cols(const Out3& y, const View3& x, const ComputeOf<T>* P, const ParamBlock& block,
+                    double slope, int64_t u0, int64_t u1, bool stream) {
+  using CT = ComputeOf<T>;
+  if constexpr (A != Activation::None)
+    elementwise_cols<T>(y, x, nullptr, u0, u1,
+                        NormalizeActOp<T, A>{{{P, x.C}}, static_cast<CT>(slope)}, stream);
+  else if (block.folded())
     elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeFoldedOp<CT>{{{P, x.C}}}, stream);
   else
     elementwise_cols<T>(y, x, nullptr, u0, u1, NormalizeOp<CT>{{{P, x.C}}}, stream);
 }
 
 // dx over units u0 … u1 − 1, as normalize_cols.
-template <class T>
+template <class T, Activation A>
 void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const ComputeOf<T>* P,
-                         const ParamBlock& block, int64_t u0, int64_t u1, bool stream) {
+                         const ParamBlock& block, double slope, int64_t u0, int64_t u1,
+                         bool stream) {
   using CT = ComputeOf<T>;
-  if (block.folded())
+  if constexpr (A != Activation::None)
+    elementwise_cols<T>(dx, x, &dy, u0, u1,
+                        BackwardInputActOp<T, A>{{{P, x.C}}, static_cast<CT>(slope)}, stream);
+  else if (block.folded())
     elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputFoldedOp<CT>{{{P, x.C}}}, stream);
   else
     elementwise_cols<T>(dx, x, &dy, u0, u1, BackwardInputOp<CT>{{{P, x.C}}}, stream);

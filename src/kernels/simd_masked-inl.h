@@ -70,12 +70,16 @@ void stats_masked_channel(const View3& x, const ComputeOf<T>* valid, int64_t c, 
 }
 
 // Σ dy and Σ dy · (x − mean) of channel c over its valid values, rows in order.
-template <class T>
+template <class T, Activation A>
 void backward_sums_masked_channel(const View3& dy, const View3& x, const ComputeOf<T>* valid,
-                                  const double* mean, int64_t c, double* sum_dy,
+                                  const double* mean, const Act& act, int64_t c, double* sum_dy,
                                   double* sum_dy_xmu) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   const VD vm = hn::Set(DD(), mean[c]);
+  const double sc = A == Activation::None ? 0.0 : act.scale[c];
+  const double sh = A == Activation::None ? 0.0 : act.shift[c];
+  const auto channel = ActChannel<T>::of(mean[c], sc, sh, act.slope);
+  const auto gate = SumsGate<T, A>::of(vm, hn::Set(DD(), sc), hn::Set(DD(), sh), act.slope);
   VD s = hn::Zero(DD()), sx = hn::Zero(DD());
   double s_tail = 0.0, sx_tail = 0.0;
   for (int64_t n = 0; n < x.N; ++n) {
@@ -85,15 +89,16 @@ void backward_sums_masked_channel(const View3& dy, const View3& x, const Compute
     int64_t l = 0;
     for (; l + N <= x.L; l += N) {
       const auto m = ValidLanes(v + l);
-      const VD gv = LoadD(g + l);
+      const VD xm = hn::Sub(LoadD(p + l), vm);
+      const VD gv = gate(p + l, g + l, xm, LoadD(g + l));
       s = hn::Add(s, hn::IfThenElseZero(m, gv));
-      sx = hn::Add(sx, hn::IfThenElseZero(m, hn::Mul(gv, hn::Sub(LoadD(p + l), vm))));
+      sx = hn::Add(sx, hn::IfThenElseZero(m, hn::Mul(gv, xm)));
     }
     for (; l < x.L; ++l) {
       if (v[l] == 0) continue;
-      const double gl = static_cast<double>(to_compute(g[l]));
+      const double gl = gate_scalar<T, A>(channel, p[l], g[l]);
       s_tail += gl;
-      sx_tail += gl * (static_cast<double>(to_compute(p[l])) - mean[c]);
+      sx_tail += gl * (widen(p[l]) - mean[c]);
     }
   }
   sum_dy[c] = ReduceSum(s) + s_tail;
@@ -118,18 +123,18 @@ HWY_INLINE auto ValidCompute(D d, const ComputeOf<T>* HWY_RESTRICT valid, Load l
 }
 
 // Output rows i0 … i1 − 1 (i = n·C + c): y = ((x − mean_hi) − mean_lo) · scale + shift at the
-// valid positions (normalize_rows' arithmetic), 0 elsewhere.
-template <class T>
+// valid positions (normalize_rows' arithmetic, with its activation), 0 elsewhere.
+template <class T, Activation A>
 void normalize_masked_rows(const Out3& y, const View3& x, const ComputeOf<T>* valid,
-                           const double* mean, const double* scale, const double* shift, int64_t i0,
-                           int64_t i1, bool stream) {
+                           const double* mean, const double* scale, const double* shift,
+                           double slope, int64_t i0, int64_t i1, bool stream) {
   using CT = ComputeOf<T>;
   const hn::ScalableTag<CT> d;
   const int64_t L = x.L, C = x.C;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / C, c = i % C;
     const T* p = row_ptr<T>(x, n, c, 0);
-    const CT* v = valid + n * L;
+    const ComputeOf<T>* v = valid + n * L;
     T* out = static_cast<T*>(y.data) + n * y.sN + c * y.sC;
     CT mh, ml;
     SplitMean(mean[c], mh, ml);
@@ -138,11 +143,22 @@ void normalize_masked_rows(const Out3& y, const View3& x, const ComputeOf<T>* va
     write_run(
         d, out, L, stream,
         [&](int64_t l, auto load) {
-          return hn::IfThenElseZero(ValidCompute<T>(d, v + l, load),
-                                    hn::MulAdd(SubMean(load(p + l), vmh, vml), vs, vb));
+          const auto xm = SubMean(load(p + l), vmh, vml);
+          if constexpr (A == Activation::None)
+            return hn::IfThenElseZero(ValidCompute<T>(d, v + l, load), hn::MulAdd(xm, vs, vb));
+          else
+            return hn::IfThenElseZero(
+                ValidCompute<T>(d, v + l, load),
+                Activate<T, A>(ActInput(xm, vs, vb), hn::Set(d, static_cast<CT>(slope))));
         },
-        [&](int64_t l) {
-          return v[l] != 0 ? std::fma((to_compute(p[l]) - mh) - ml, sc, sh) : CT{0};
+        [&](int64_t l) -> CT {
+          if (v[l] == 0) return CT{0};
+          if constexpr (A == Activation::None)
+            return std::fma((to_compute(p[l]) - mh) - ml, sc, sh);
+          else
+            return act_value<T>(
+                A, ActChannel<T>{mh, ml, sc, sh, static_cast<CT>(slope)}.input(to_compute(p[l])),
+                static_cast<CT>(slope));
         });
   }
   if (stream) hwy::FlushStream();
@@ -150,11 +166,11 @@ void normalize_masked_rows(const Out3& y, const View3& x, const ComputeOf<T>* va
 
 // Output rows i0 … i1 − 1: dx = a · dy + b · (x − mean) + k at the valid positions
 // (backward_input_rows' arithmetic), 0 elsewhere.
-template <class T>
+template <class T, Activation A>
 void backward_input_masked_rows(const Out3& dx, const View3& dy, const View3& x,
                                 const ComputeOf<T>* valid, const double* mean, const double* a,
-                                const double* b, const double* k, int64_t i0, int64_t i1,
-                                bool stream) {
+                                const double* b, const double* k, const Act& act, int64_t i0,
+                                int64_t i1, bool stream) {
   using CT = ComputeOf<T>;
   const hn::ScalableTag<CT> d;
   const int64_t L = x.L, C = x.C;
@@ -162,24 +178,32 @@ void backward_input_masked_rows(const Out3& dx, const View3& dy, const View3& x,
     const int64_t n = i / C, c = i % C;
     const T* g = row_ptr<T>(dy, n, c, 0);
     const T* p = row_ptr<T>(x, n, c, 0);
-    const CT* v = valid + n * L;
+    const ComputeOf<T>* v = valid + n * L;
     T* out = static_cast<T*>(dx.data) + n * dx.sN + c * dx.sC;
     CT mh, ml;
     SplitMean(mean[c], mh, ml);
     const CT ac = static_cast<CT>(a[c]), bc = static_cast<CT>(b[c]), kc = static_cast<CT>(k[c]);
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), va = hn::Set(d, ac), vb = hn::Set(d, bc),
                vk = hn::Set(d, kc);
+    const ActChannel<T> channel{mh, ml, static_cast<CT>(A == Activation::None ? 0.0 : act.scale[c]),
+                                static_cast<CT>(A == Activation::None ? 0.0 : act.shift[c]),
+                                static_cast<CT>(act.slope)};
+    const auto vsc = hn::Set(d, channel.scale), vsh = hn::Set(d, channel.shift),
+               vsl = hn::Set(d, channel.slope);
     write_run(
         d, out, L, stream,
         [&](int64_t l, auto load) {
           const auto xm = SubMean(load(p + l), vmh, vml);
+          const auto gated = Gate<T, A>(ActInput(xm, vsc, vsh), load(g + l), vsl);
           return hn::IfThenElseZero(ValidCompute<T>(d, v + l, load),
-                                    hn::MulAdd(va, load(g + l), hn::MulAdd(vb, xm, vk)));
+                                    hn::MulAdd(va, gated, hn::MulAdd(vb, xm, vk)));
         },
-        [&](int64_t l) {
-          return v[l] != 0 ? std::fma(ac, to_compute(g[l]),
-                                      std::fma(bc, (to_compute(p[l]) - mh) - ml, kc))
-                           : CT{0};
+        [&](int64_t l) -> CT {
+          if (v[l] == 0) return CT{0};
+          CT gated = to_compute(g[l]);
+          if constexpr (A != Activation::None)
+            gated = act_gate<T>(A, channel.input(to_compute(p[l])), gated, channel.slope);
+          return std::fma(ac, gated, std::fma(bc, (to_compute(p[l]) - mh) - ml, kc));
         });
   }
   if (stream) hwy::FlushStream();

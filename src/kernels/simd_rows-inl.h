@@ -215,9 +215,10 @@ void stats_rows_partition(const View3& x, int64_t u0, int64_t u1, double* mean, 
 
 // Σ dy and Σ dy · (x − mean) over units u0 … u1 − 1 (walked as in stats_rows_partition), into
 // sum_dy[C], sum_dy_xmu[C].
-template <class T>
-void backward_sums_rows_partition(const View3& dy, const View3& x, const double* mean, int64_t u0,
-                                  int64_t u1, double* sum_dy, double* sum_dy_xmu) {
+template <class T, Activation A>
+void backward_sums_rows_partition(const View3& dy, const View3& x, const double* mean,
+                                  const Act& act, int64_t u0, int64_t u1, double* sum_dy,
+                                  double* sum_dy_xmu) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   // Rows that do not follow each other in memory (a run of a masked batch, a slice along L) break
   // the hardware prefetchers' streams: those are prefetched (docs/tuning.md#rows-prefetch).
@@ -227,6 +228,10 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
   for_rows_of_units(x.L, u0, u1, [&](int64_t n, int64_t k0, int64_t k1, double) {
     for (int64_t c = 0; c < x.C; ++c) {
       const VD m = hn::Set(DD(), mean[c]);
+      const double sc = A == Activation::None ? 0.0 : act.scale[c];
+      const double sh = A == Activation::None ? 0.0 : act.shift[c];
+      const auto channel = ActChannel<T>::of(mean[c], sc, sh, act.slope);
+      const auto gate = SumsGate<T, A>::of(m, hn::Set(DD(), sc), hn::Set(DD(), sh), act.slope);
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t l0 = k * kBlock, len = std::min(kBlock, x.L - l0);
         const T* g = row_ptr<T>(dy, n, c, l0);
@@ -238,21 +243,25 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
             prefetch_ahead(g + l, 2 * N * sizeof(T));
             prefetch_ahead(p + l, 2 * N * sizeof(T));
           }
-          const VD g0 = LoadD(g + l), g1 = LoadD(g + l + N);
+          const VD xm0 = hn::Sub(LoadD(p + l), m), xm1 = hn::Sub(LoadD(p + l + N), m);
+          const VD g0 = gate(p + l, g + l, xm0, LoadD(g + l));
+          const VD g1 = gate(p + l + N, g + l + N, xm1, LoadD(g + l + N));
           s0 = hn::Add(s0, g0);
           s1 = hn::Add(s1, g1);
-          sx0 = hn::MulAdd(g0, hn::Sub(LoadD(p + l), m), sx0);
-          sx1 = hn::MulAdd(g1, hn::Sub(LoadD(p + l + N), m), sx1);
+          sx0 = hn::MulAdd(g0, xm0, sx0);
+          sx1 = hn::MulAdd(g1, xm1, sx1);
         }
         for (; l + N <= len; l += N) {
-          const VD g0 = LoadD(g + l);
+          const VD xm0 = hn::Sub(LoadD(p + l), m);
+          const VD g0 = gate(p + l, g + l, xm0, LoadD(g + l));
           s0 = hn::Add(s0, g0);
-          sx0 = hn::MulAdd(g0, hn::Sub(LoadD(p + l), m), sx0);
+          sx0 = hn::MulAdd(g0, xm0, sx0);
         }
         double s = ReduceSum(hn::Add(s0, s1)), sx = ReduceSum(hn::Add(sx0, sx1));
         for (; l < len; ++l) {
-          s += widen(g[l]);
-          sx += widen(g[l]) * (widen(p[l]) - mean[c]);
+          const double gl = gate_scalar<T, A>(channel, p[l], g[l]);
+          s += gl;
+          sx += gl * (widen(p[l]) - mean[c]);
         }
         sum_dy[c] += s;
         sum_dy_xmu[c] += sx;
@@ -264,10 +273,11 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
 // Output rows i0 … i1 − 1 (i = n·C + c; unit stride along L), in lanes of ComputeOf<T>:
 //   y = ((x − mean_hi) − mean_lo) · scale + shift, the parameters at P laid out as `block` says
 // (always unfolded: folds_mean_lo). mean_hi + mean_lo is the float64 mean split into two T values:
-// x − mean_hi is exact for x near the mean, so large offsets cost no precision.
-template <class T>
+// x − mean_hi is exact for x near the mean, so large offsets cost no precision. With an
+// activation, y = act(z) with z formed as ActChannel::input forms it.
+template <class T, Activation A>
 void normalize_rows(const Out3& y, const View3& x, const ComputeOf<T>* P, const ParamBlock& block,
-                    int64_t i0, int64_t i1, bool stream) {
+                    double slope, int64_t i0, int64_t i1, bool stream) {
   using CT = ComputeOf<T>;
   const hn::ScalableTag<CT> d;
   const int64_t L = x.L, C = x.C;
@@ -281,18 +291,35 @@ void normalize_rows(const Out3& y, const View3& x, const ComputeOf<T>* P, const 
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), vs = hn::Set(d, sc), vb = hn::Set(d, sh);
     write_run(
         d, out, L, stream,
-        [&](int64_t l, auto load) { return hn::MulAdd(SubMean(load(p + l), vmh, vml), vs, vb); },
-        [&](int64_t l) { return std::fma((to_compute(p[l]) - mh) - ml, sc, sh); });
+        [&](int64_t l, auto load) {
+          const auto xm = SubMean(load(p + l), vmh, vml);
+          if constexpr (A == Activation::None)
+            return hn::MulAdd(xm, vs, vb);
+          else
+            return Activate<T, A>(ActInput(xm, vs, vb), hn::Set(d, static_cast<CT>(slope)));
+        },
+        [&](int64_t l) -> CT {
+          if constexpr (A == Activation::None) {
+            return std::fma((to_compute(p[l]) - mh) - ml, sc, sh);
+          } else {
+            const ActChannel<T> channel{mh, ml, sc, sh, static_cast<CT>(slope)};
+            return act_value<T>(A, channel.input(to_compute(p[l])), channel.slope);
+          }
+        });
   }
   if (stream) hwy::FlushStream();
 }
 
 // Σ dy and Σ dy · (x − mean) of channel c, accumulated row by row in a fixed order.
-template <class T>
-void backward_sums_rows_channel(const View3& dy, const View3& x, const double* mean, int64_t c,
-                                double* sum_dy, double* sum_dy_xmu) {
+template <class T, Activation A>
+void backward_sums_rows_channel(const View3& dy, const View3& x, const double* mean, const Act& act,
+                                int64_t c, double* sum_dy, double* sum_dy_xmu) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   const VD m = hn::Set(DD(), mean[c]);
+  const double sc = A == Activation::None ? 0.0 : act.scale[c];
+  const double sh = A == Activation::None ? 0.0 : act.shift[c];
+  const auto channel = ActChannel<T>::of(mean[c], sc, sh, act.slope);
+  const auto gate = SumsGate<T, A>::of(m, hn::Set(DD(), sc), hn::Set(DD(), sh), act.slope);
   VD s = hn::Zero(DD()), sx = hn::Zero(DD());
   double s_tail = 0.0, sx_tail = 0.0;
   for (int64_t n = 0; n < x.N; ++n) {
@@ -300,28 +327,34 @@ void backward_sums_rows_channel(const View3& dy, const View3& x, const double* m
     const T* p = row_ptr<T>(x, n, c, 0);
     int64_t l = 0;
     for (; l + N <= x.L; l += N) {
-      const VD gv = LoadD(g + l);
+      const VD xm = hn::Sub(LoadD(p + l), m);
+      const VD gv = gate(p + l, g + l, xm, LoadD(g + l));
       s = hn::Add(s, gv);
-      sx = hn::MulAdd(gv, hn::Sub(LoadD(p + l), m), sx);
+      sx = hn::MulAdd(gv, xm, sx);
     }
     for (; l < x.L; ++l) {
-      s_tail += widen(g[l]);
-      sx_tail += widen(g[l]) * (widen(p[l]) - mean[c]);
+      const double gl = gate_scalar<T, A>(channel, p[l], g[l]);
+      s_tail += gl;
+      sx_tail += gl * (widen(p[l]) - mean[c]);
     }
   }
   *sum_dy = ReduceSum(s) + s_tail;
   *sum_dy_xmu = ReduceSum(sx) + sx_tail;
 }
 
-// dx rows i0 … i1 − 1 (unit stride along L), in lanes of ComputeOf<T>, as normalize_rows:
+// dx rows i0 … i1 − 1 (unit stride along L), in lanes of ComputeOf<T>, as
+// normalize_rows:
 //   dx = a · dy + b · ((x − mean_hi) − mean_lo) + k.
-template <class T>
+// With an activation (backward_input_act_block), dy gated at z (ActChannel::input's bits).
+template <class T, Activation A>
 void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const ComputeOf<T>* P,
-                         const ParamBlock& block, int64_t i0, int64_t i1, bool stream) {
+                         const ParamBlock& block, double slope, int64_t i0, int64_t i1,
+                         bool stream) {
   using CT = ComputeOf<T>;
   const hn::ScalableTag<CT> d;
   const int64_t L = x.L, C = x.C;
   const BackwardInputColumns<CT, false> params{{P, block.C}};
+  const auto vsl = hn::Set(d, static_cast<CT>(slope));
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / C, c = i % C;
     const T* g = row_ptr<T>(dy, n, c, 0);
@@ -331,14 +364,27 @@ void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const 
              b = params.b_at(c), k = params.k_at(c);
     const auto vmh = hn::Set(d, mh), vml = hn::Set(d, ml), va = hn::Set(d, a), vb = hn::Set(d, b),
                vk = hn::Set(d, k);
+    const CT sc = A == Activation::None ? CT{0} : params.scale_at(c);
+    const CT sh = A == Activation::None ? CT{0} : params.shift_at(c);
+    const auto vsc = hn::Set(d, sc), vsh = hn::Set(d, sh);
     write_run(
         d, out, L, stream,
         [&](int64_t l, auto load) {
           const auto xm = SubMean(load(p + l), vmh, vml);
-          return hn::MulAdd(va, load(g + l), hn::MulAdd(vb, xm, vk));
+          if constexpr (A == Activation::None) {
+            return hn::MulAdd(va, load(g + l), hn::MulAdd(vb, xm, vk));
+          } else {
+            const auto gated = Gate<T, A>(ActInput(xm, vsc, vsh), load(g + l), vsl);
+            return hn::MulAdd(va, gated, hn::MulAdd(vb, xm, vk));
+          }
         },
-        [&](int64_t l) {
-          return std::fma(a, to_compute(g[l]), std::fma(b, (to_compute(p[l]) - mh) - ml, k));
+        [&](int64_t l) -> CT {
+          CT gated = to_compute(g[l]);
+          if constexpr (A != Activation::None) {
+            const ActChannel<T> channel{mh, ml, sc, sh, static_cast<CT>(slope)};
+            gated = act_gate<T>(A, channel.input(to_compute(p[l])), gated, channel.slope);
+          }
+          return std::fma(a, gated, std::fma(b, (to_compute(p[l]) - mh) - ml, k));
         });
   }
   if (stream) hwy::FlushStream();

@@ -152,10 +152,10 @@ void masked_channel_stats(double* mean, double* m2, const View3& x, const void* 
 }
 
 void masked_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
-                          const void* valid, const double* mean) {
+                          const void* valid, const double* mean, const Act& act) {
   apply_environment_once();
   parallel_for(x.C, threads_for(2 * x.N * x.C * x.L), [&](int64_t c) {
-    units::backward_sums_masked_channel(dy, x, valid, mean, c, sum_dy, sum_dy_xmu);
+    units::backward_sums_masked_channel(dy, x, valid, mean, act, c, sum_dy, sum_dy_xmu);
   });
 }
 
@@ -170,23 +170,25 @@ static bool finite_in_compute_type(const View3& x, std::initializer_list<const d
 }
 
 bool masked_normalize(const Out3& y, const View3& x, const void* valid, const double* mean,
-                      const double* scale, const double* shift) {
+                      const double* scale, const double* shift, const Act& act) {
   apply_environment_once();
   if (!finite_in_compute_type(x, {mean, scale, shift})) return false;
   const bool stream = streams(x);
   parallel_ranges(x.N * x.C, threads_for(x.N * x.C * x.L), [&](int64_t i0, int64_t i1) {
-    units::normalize_masked_rows(y, x, valid, mean, scale, shift, i0, i1, stream);
+    units::normalize_masked_rows(y, x, valid, mean, scale, shift, act, i0, i1, stream);
   });
   return true;
 }
 
 bool masked_backward_input(const Out3& dx, const View3& dy, const View3& x, const void* valid,
-                           const double* mean, const double* a, const double* b, const double* k) {
+                           const double* mean, const double* a, const double* b, const double* k,
+                           const Act& act) {
   apply_environment_once();
   if (!finite_in_compute_type(x, {mean, a, b, k})) return false;
+  if (act.enabled() && !finite_in_compute_type(x, {act.scale, act.shift})) return false;
   const bool stream = streams(x, 2);
   parallel_ranges(x.N * x.C, threads_for(2 * x.N * x.C * x.L), [&](int64_t i0, int64_t i1) {
-    units::backward_input_masked_rows(dx, dy, x, valid, mean, a, b, k, i0, i1, stream);
+    units::backward_input_masked_rows(dx, dy, x, valid, mean, a, b, k, act, i0, i1, stream);
   });
   return true;
 }
@@ -279,33 +281,34 @@ void channel_stats(Layout layout, double* mean, double* m2, const View3& x) {
 }
 
 void normalize(Layout layout, const Out3& y, const View3& x, const double* mean,
-               const double* scale, const double* shift) {
+               const double* scale, const double* shift, const Act& act) {
   apply_environment_once();
   const int threads = threads_for(x.N * x.C * x.L);
   const bool stream = streams(x);
+  // With an activation the block is unfolded: z as ActChannel::input forms it.
   const ParamBlock block =
-      normalize_block(x.C, folds_mean_lo(layout == Layout::UnitStrideC, stream));
+      normalize_block(x.C, !act.enabled() && folds_mean_lo(layout == Layout::UnitStrideC, stream));
   const void* P = elementwise_params(x, block, mean, {scale, shift});
-  if (P == nullptr) return reference::normalize(y, x, mean, scale, shift);
+  if (P == nullptr) return reference::normalize(y, x, mean, scale, shift, act);
   if (layout == Layout::UnitStrideL) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
-      units::normalize_rows(y, x, P, block, i0, i1, stream);
+      units::normalize_rows(y, x, P, block, act, i0, i1, stream);
     });
   } else {
     parallel_ranges(cols_units(x, y), threads, [&](int64_t u0, int64_t u1) {
-      units::normalize_cols(y, x, P, block, u0, u1, stream);
+      units::normalize_cols(y, x, P, block, act, u0, u1, stream);
     });
   }
 }
 
 void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View3& dy,
-                   const View3& x, const double* mean) {
+                   const View3& x, const double* mean, const Act& act) {
   apply_environment_once();
   const int threads = threads_for(2 * x.N * x.C * x.L);
   const int64_t C = x.C;
   if (layout == Layout::UnitStrideL && x.L < kMinPartitionRow) {
     parallel_for(C, threads, [&](int64_t c) {
-      units::backward_sums_rows_channel(dy, x, mean, c, sum_dy + c, sum_dy_xmu + c);
+      units::backward_sums_rows_channel(dy, x, mean, act, c, sum_dy + c, sum_dy_xmu + c);
     });
     return;
   }
@@ -319,7 +322,8 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
     over_partitions(
         parts, threads, C,
         [&](int64_t p, double* ps, double* psx) {
-          units::backward_sums_rows_partition(dy, x, mean, parts.first(p), parts.last(p), ps, psx);
+          units::backward_sums_rows_partition(dy, x, mean, act, parts.first(p), parts.last(p), ps,
+                                              psx);
         },
         sum(parts.slots));
   } else {
@@ -328,12 +332,19 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
     // it): data from DRAM row by row across the partition's channels; data in cache four rows at
     // a time, in channel tiles, while x and dy come to at most kGroupedRowsBytes per thread.
     const bool from_memory = streams(x);
+    // z's parameters in the compute type, rounded once per call (SumsGate::of_block).
+    Act gated = act;
+    if (act.enabled()) {
+      gated.params = elementwise_params(x, normalize_block(C, false), mean, {act.scale, act.shift});
+      if (gated.params == nullptr)
+        return reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean, act);
+    }
     const int step = !from_memory && 2 * bytes_of(x) <= threads * kGroupedRowsBytes ? 4 : 1;
     const int64_t tile = from_memory ? C : kSumsTile;
     over_partitions(
         parts, threads, C,
         [&](int64_t p, double* ps, double* psx) {
-          units::backward_sums_cols_partition(dy, x, mean, parts.first(p), parts.last(p),
+          units::backward_sums_cols_partition(dy, x, mean, gated, parts.first(p), parts.last(p),
                                               parts.channel_first(p), parts.channel_last(p), step,
                                               tile, ps, psx);
         },
@@ -342,21 +353,26 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
 }
 
 void backward_input(Layout layout, const Out3& dx, const View3& dy, const View3& x,
-                    const double* mean, const double* a, const double* b, const double* k) {
+                    const double* mean, const double* a, const double* b, const double* k,
+                    const Act& act) {
   apply_environment_once();
   const int threads = threads_for(2 * x.N * x.C * x.L);
   const bool stream = streams(x, 2);  // x and dy
   const ParamBlock block =
-      backward_input_block(x.C, folds_mean_lo(layout == Layout::UnitStrideC, stream));
-  const void* P = elementwise_params(x, block, mean, {a, b, k});
-  if (P == nullptr) return reference::backward_input(dx, dy, x, mean, a, b, k);
+      act.enabled()
+          ? backward_input_act_block(x.C)
+          : backward_input_block(x.C, folds_mean_lo(layout == Layout::UnitStrideC, stream));
+  const void* P = act.enabled()
+                      ? elementwise_params(x, block, mean, {a, b, k, act.scale, act.shift})
+                      : elementwise_params(x, block, mean, {a, b, k});
+  if (P == nullptr) return reference::backward_input(dx, dy, x, mean, a, b, k, act);
   if (layout == Layout::UnitStrideL) {
     parallel_ranges(x.N * x.C, threads, [&](int64_t i0, int64_t i1) {
-      units::backward_input_rows(dx, dy, x, P, block, i0, i1, stream);
+      units::backward_input_rows(dx, dy, x, P, block, act, i0, i1, stream);
     });
   } else {
     parallel_ranges(cols_units(x, dx), threads, [&](int64_t u0, int64_t u1) {
-      units::backward_input_cols(dx, dy, x, P, block, u0, u1, stream);
+      units::backward_input_cols(dx, dy, x, P, block, act, u0, u1, stream);
     });
   }
 }

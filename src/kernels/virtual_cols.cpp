@@ -201,43 +201,56 @@ void channel_stats(const Plan& p, double* mean, double* m2, const View3& x) {
 }
 
 void normalize(const Plan& p, const Out3& y, const View3& x, const double* mean,
-               const double* scale, const double* shift) {
+               const double* scale, const double* shift, const Act& act) {
   VirtualColsScratch& s = scratch();
   simd::normalize(simd::Layout::UnitStrideC, wide_out(p, y), wide_view(p, x),
                   expanded(p, mean, s.expanded_mean),
                   expanded(p, scale, s.expanded_coefficients[0]),
-                  expanded(p, shift, s.expanded_coefficients[1]));
+                  expanded(p, shift, s.expanded_coefficients[1]), act);
   if (p.kind == Kind::Cycles && p.rest > 0)
     simd::normalize(simd::Layout::UnitStrideC, rest_out(p, y, x.dtype), rest_view(p, x), mean,
-                    scale, shift);
+                    scale, shift, act);
 }
 
+namespace {
+// The activation of a call on the virtual channels: its z parameters expanded (into buffers
+// first and first + 1 of the scratch) like the others.
+Act expanded_act(const Plan& p, const Act& act, std::size_t first) {
+  if (!act.enabled()) return act;
+  VirtualColsScratch& s = scratch();
+  return {act.kind, act.slope, expanded(p, act.scale, s.expanded_coefficients[first]),
+          expanded(p, act.shift, s.expanded_coefficients[first + 1])};
+}
+}  // namespace
+
 void backward_sums(const Plan& p, double* sum_dy, double* sum_dy_xmu, const View3& dy,
-                   const View3& x, const double* mean) {
+                   const View3& x, const double* mean, const Act& act) {
   VirtualColsScratch& s = scratch();
   double* sum_v = s.virtual_first.get(p.width());
   double* sum2_v = s.virtual_second.get(p.width());
   simd::backward_sums(simd::Layout::UnitStrideC, sum_v, sum2_v, wide_view(p, dy), wide_view(p, x),
-                      expanded(p, mean, s.expanded_mean));
+                      expanded(p, mean, s.expanded_mean), expanded_act(p, act, 0));
   fold_sums(p, sum_dy, sum_dy_xmu, sum_v, sum2_v);
   if (p.kind != Kind::Cycles || p.rest == 0) return;
   double* rest_s = s.rest_first.get(p.C);
   double* rest_sx = s.rest_second.get(p.C);
   simd::backward_sums(simd::Layout::UnitStrideC, rest_s, rest_sx, rest_view(p, dy), rest_view(p, x),
-                      mean);
+                      mean, act);
   simd::add_slot(sum_dy, sum_dy_xmu, rest_s, rest_sx, false, p.C);
 }
 
 void backward_input(const Plan& p, const Out3& dx, const View3& dy, const View3& x,
-                    const double* mean, const double* a, const double* b, const double* k) {
+                    const double* mean, const double* a, const double* b, const double* k,
+                    const Act& act) {
   VirtualColsScratch& s = scratch();
-  simd::backward_input(
-      simd::Layout::UnitStrideC, wide_out(p, dx), wide_view(p, dy), wide_view(p, x),
-      expanded(p, mean, s.expanded_mean), expanded(p, a, s.expanded_coefficients[0]),
-      expanded(p, b, s.expanded_coefficients[1]), expanded(p, k, s.expanded_coefficients[2]));
+  simd::backward_input(simd::Layout::UnitStrideC, wide_out(p, dx), wide_view(p, dy),
+                       wide_view(p, x), expanded(p, mean, s.expanded_mean),
+                       expanded(p, a, s.expanded_coefficients[0]),
+                       expanded(p, b, s.expanded_coefficients[1]),
+                       expanded(p, k, s.expanded_coefficients[2]), expanded_act(p, act, 3));
   if (p.kind == Kind::Cycles && p.rest > 0)
     simd::backward_input(simd::Layout::UnitStrideC, rest_out(p, dx, x.dtype), rest_view(p, dy),
-                         rest_view(p, x), mean, a, b, k);
+                         rest_view(p, x), mean, a, b, k, act);
 }
 
 }  // namespace bn1d::kernels::virtual_cols

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 
+#include "kernels/activation.hpp"
 #include "kernels/view.hpp"
 
 namespace bn1d::kernels::virtual_cols {
@@ -50,10 +51,11 @@ bool fits(const Plan& p, const Out3& o);
 /// The ops of reference.hpp through a plan that fits every view given.
 void channel_stats(const Plan& p, double* mean, double* m2, const View3& x);
 void normalize(const Plan& p, const Out3& y, const View3& x, const double* mean,
-               const double* scale, const double* shift);
+               const double* scale, const double* shift, const Act& act = {});
 void backward_sums(const Plan& p, double* sum_dy, double* sum_dy_xmu, const View3& dy,
-                   const View3& x, const double* mean);
+                   const View3& x, const double* mean, const Act& act = {});
 void backward_input(const Plan& p, const Out3& dx, const View3& dy, const View3& x,
-                    const double* mean, const double* a, const double* b, const double* k);
+                    const double* mean, const double* a, const double* b, const double* k,
+                    const Act& act = {});
 
 }  // namespace bn1d::kernels::virtual_cols

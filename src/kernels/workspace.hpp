@@ -38,7 +38,7 @@ struct VirtualColsScratch {
   /// Per virtual channel: the mean and the coefficients of an op, each channel's value repeated
   /// over its virtual channels.
   AlignedBuffer<double> expanded_mean;
-  std::array<AlignedBuffer<double>, 3> expanded_coefficients;
+  std::array<AlignedBuffer<double>, 5> expanded_coefficients;  // a, b, k, act scale, shift
 };
 
 /// Everything the kernels keep per calling thread.

@@ -45,6 +45,16 @@ TEST_P(SyncVsSingle, NoRunningStatsSynchronizesInEvalToo) {
                          uneven_split(), 2, 41);
 }
 
+// The fused activation's backward gates with the combined statistics and the module's bias.
+TEST_P(SyncVsSingle, FusedActivation) {
+  const Case p = GetParam();
+  compare_with_reference(BatchNorm1dOptions(5).dtype(p.dtype).activation(Activation::ReLU), p.L,
+                         uneven_split(), 2, 61);
+  compare_with_reference(
+      BatchNorm1dOptions(5).dtype(p.dtype).activation(Activation::LeakyReLU).negative_slope(-0.3),
+      p.L, uneven_split(), 2, 67);
+}
+
 TEST_P(SyncVsSingle, SingleValuePerChannelOnOneRank) {
   const Case p = GetParam();
   if (world_size() < 2) GTEST_SKIP() << "needs two ranks";

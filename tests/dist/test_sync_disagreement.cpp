@@ -43,6 +43,15 @@ TEST(SyncBatchNorm1dDisagreement, Momentum) {
                              "momentum (rank 0: 0.1, rank 1: 0.2)");
 }
 
+TEST(SyncBatchNorm1dDisagreement, Activation) {
+  expect_option_disagreement(BatchNorm1dOptions(3),
+                             BatchNorm1dOptions(3).activation(Activation::ReLU),
+                             "the activation (rank 0: none, rank 1: relu)");
+  const BatchNorm1dOptions leaky = BatchNorm1dOptions(3).activation(Activation::LeakyReLU);
+  expect_option_disagreement(leaky, BatchNorm1dOptions(leaky).negative_slope(0.2),
+                             "negative_slope (rank 0: 0.01, rank 1: 0.2)");
+}
+
 TEST(SyncBatchNorm1dDisagreement, Affine) {
   expect_option_disagreement(BatchNorm1dOptions(3), BatchNorm1dOptions(3).affine(false),
                              "affine (rank 0: true, rank 1: false)");

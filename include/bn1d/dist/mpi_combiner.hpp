@@ -21,10 +21,12 @@ namespace bn1d {
 /// (kHeaderValues int64 values per rank, whatever the call and C):
 ///   [call (0 forward, 1 backward), statistics (1 batch statistics: synchronized, 0 running
 ///    statistics: local), status (StepFailure; -1 for a moved-from module), num_features, dtype,
-///    training, affine, track_running_stats, has momentum, momentum (bits), eps (bits), count]
+///    training, affine, track_running_stats, has momentum, momentum (bits), eps (bits),
+///    activation, negative_slope (bits; 0 but for LeakyReLU), count]
 /// and checks it identically on every rank, in this order: a moved-from module on some rank;
 /// then agreement on the call, num_features, dtype, affine, track_running_stats, momentum, eps,
-/// the mode (forward) and the statistics (backward: synchronized or local); then the statuses.
+/// the activation, negative_slope, the mode (forward) and the statistics (backward: synchronized
+/// or local); then the statuses.
 /// Any of these makes **every** rank throw bn1d::Error: "SyncBatchNorm1d: ranks disagree on
 /// <what> (rank 0: <value>, rank R: <value>)", the failing rank its own error and the others
 /// "SyncBatchNorm1d: rank R failed: <reason>". Only when all headers agree and no rank failed do
@@ -44,7 +46,7 @@ namespace bn1d {
 class MpiStatsCombiner final : public StatsCombiner {
  public:
   /// Number of int64 values of the header every call allgathers first.
-  static constexpr std::size_t kHeaderValues = 12;
+  static constexpr std::size_t kHeaderValues = 14;
 
   /// Duplicates @p comm (collective) and sets MPI_ERRORS_RETURN on the duplicate. Throws Error
   /// when MPI is not initialized (or finalized), @p comm is MPI_COMM_NULL, or an MPI call fails.

@@ -169,7 +169,7 @@ class SyncBatchNorm1d {
   int world_size() const noexcept { return combiner_.world_size(); }
 
   /// Bytes this rank contributes to the two MPI_Allgathers of a synchronized forward with
-  /// @p num_features channels: the header (MpiStatsCombiner::header_bytes(), 96) plus the
+  /// @p num_features channels: the header (MpiStatsCombiner::header_bytes(), 112) plus the
   /// float64 record [mean[C], M2[C]]; every rank receives world_size() of each. An eval forward
   /// with running statistics sends the header only.
   static std::size_t forward_record_bytes(int64_t num_features) noexcept {
@@ -196,7 +196,8 @@ class SyncBatchNorm1d {
   MpiStatsCombiner combiner_;  // the communicator and its collectives
 };
 
-/// Prints `SyncBatchNorm1d(100, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)`.
+/// Prints `SyncBatchNorm1d(100, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)`,
+/// with BatchNorm1d's activation text when one is set.
 std::ostream& operator<<(std::ostream& os, const SyncBatchNorm1d& module);
 
 }  // namespace bn1d
