@@ -6,7 +6,6 @@
 /// and oneDNN's batch normalization with fuse_norm_relu. See bench/README.md ("BN + ReLU").
 ///
 ///   bn1d_act_bench [--threads T] [--filter SUBSTR]
-#include <malloc.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -216,13 +215,7 @@ int main(int argc, char** argv) {
   using namespace bench;
   const auto start = std::chrono::steady_clock::now();
   const Options o = parse_args(argc, argv);
-  // As bn1d_bench: libtorch's per-call outputs reuse the freed blocks warm (no mmap, no trim).
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  omp_set_num_threads(o.threads);
-#if BN1D_HAVE_TORCH
-  set_torch_threads(o.threads);
-#endif
+  prepare_process(o.threads);
   print_header(o);
   std::vector<std::string> notes;
   for (const Shape& s : kShapes) {

@@ -5,7 +5,6 @@
 /// oneDNN. See bench/README.md for the model and the columns.
 ///
 ///   bn1d_bench [--threads T] [--filter SUBSTR] [--shapes FILE] [--csv FILE]
-#include <malloc.h>
 #include <omp.h>
 #include <sys/resource.h>
 
@@ -467,15 +466,7 @@ int main(int argc, char** argv) {
   using namespace bench;
   const auto start = std::chrono::steady_clock::now();
   const Options o = parse_args(argc, argv);
-  // libtorch allocates its outputs on every call. glibc would serve each large block with a
-  // fresh mmap (page faults on every call); keeping all blocks on the heap lets a freed output
-  // be reused warm, the closest libtorch 1.13 gets to a preallocated output. Same for everyone.
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  omp_set_num_threads(o.threads);
-#if BN1D_HAVE_TORCH
-  set_torch_threads(o.threads);
-#endif
+  prepare_process(o.threads);
   std::vector<Case> cases = read_shapes(o.shapes);
   std::FILE* csv = nullptr;
   if (!o.csv.empty()) {

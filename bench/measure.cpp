@@ -4,7 +4,9 @@
 #include "measure.hpp"
 
 #include "bound_kernels.hpp"
+#include "runner.hpp"
 
+#include <malloc.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -134,6 +136,15 @@ void combine_kernel(void* dst, const void* a, const void* b, std::size_t bytes, 
                   static_cast<const std::uint64_t*>(a) + begin,
                   static_cast<const std::uint64_t*>(b) + begin, end - begin, streaming);
   }
+}
+
+void prepare_process(int threads) {
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  omp_set_num_threads(threads);
+#if BN1D_HAVE_TORCH
+  set_torch_threads(threads);
+#endif
 }
 
 }  // namespace bench

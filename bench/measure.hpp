@@ -37,6 +37,12 @@ struct Timing {
 /// same stretch of time, and their ratios do not depend on which one ran during a slow spell.
 std::vector<Timing> time_interleaved(const std::vector<std::function<void()>>& fns);
 
+/// Prepares the process for timing on @p threads OpenMP (and libtorch) threads. libtorch allocates
+/// its outputs on every call: glibc would serve each large block with a fresh mmap (page faults on
+/// every call), so all blocks stay on the heap and a freed output is reused warm, the closest
+/// libtorch 1.13 gets to a preallocated output. Same for every library.
+void prepare_process(int threads);
+
 /// "Read" kernel: sums @p bytes of @p src as 64-bit words, in parallel over the OpenMP threads.
 void read_kernel(const void* src, std::size_t bytes);
 

@@ -12,7 +12,6 @@
 /// the whole batch (what the chunking costs). Timing: measure.hpp's time_interleaved, the
 /// policy bn1d_bench prints; train, eval and backward as bn1d_bench's rows. See
 /// bench/variants_and_sync.md.
-#include <malloc.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -188,12 +187,8 @@ void ghost_rows(int64_t N, int64_t C, int64_t vbs) {
 int main(int argc, char** argv) {
   using namespace bench;
   const Options o = parse_args(argc, argv);
-  // As bn1d_bench: freed blocks are reused warm (libtorch allocates its outputs on every call).
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  omp_set_num_threads(o.threads);
+  prepare_process(o.threads);
 #if BN1D_HAVE_TORCH
-  set_torch_threads(o.threads);
   std::printf("peer: %s\n", torch_description().c_str());
 #endif
   std::printf(
