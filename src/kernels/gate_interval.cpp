@@ -58,21 +58,40 @@ int64_t first_true(const Pred& pred, int64_t lo, int64_t hi) {
   return end;
 }
 
-// first_true, usually at or next to the guess: pred at the guess and its two neighbours, with no
-// branch between them (the channels' searches then overlap in the CPU), bisection otherwise.
+// first_true near a guess: the answer is bracketed by steps doubling away from the guess (it is
+// usually within a few values of it: z's roundings move the boundary by a few ulps), then found by
+// bisection in the bracket. Differences of indices are taken as unsigned: for float64 they may
+// exceed int64_t's range.
 template <class Pred>
 int64_t first_true(const Pred& pred, int64_t lo, int64_t hi, int64_t guess) {
-  const int64_t g = std::clamp(guess, lo + 1, hi - 1);
-  const bool before = pred(g - 1), at = pred(g), after = pred(g + 1);
-  if (!before && at) return g;
-  if (!at && after) return g + 1;
-  return first_true(pred, lo, hi);
+  const int64_t g = std::clamp(guess, lo, hi);
+  int64_t below = lo - 1, above = hi + 1;  // pred false at below, true at above (or past the ends)
+  uint64_t step = 1;
+  if (pred(g)) {
+    for (above = g; static_cast<uint64_t>(above) - static_cast<uint64_t>(lo) >= step; step *= 2) {
+      const int64_t i = above - static_cast<int64_t>(step);
+      if (!pred(i)) {
+        below = i;
+        break;
+      }
+      above = i;
+    }
+  } else {
+    for (below = g; static_cast<uint64_t>(hi) - static_cast<uint64_t>(below) >= step; step *= 2) {
+      const int64_t i = below + static_cast<int64_t>(step);
+      if (pred(i)) {
+        above = i;
+        break;
+      }
+      below = i;
+    }
+  }
+  return first_true(pred, below + 1, above - 1);
 }
 
 // The interval of one channel (gate_interval), its z parameters finite in ActCompute<T>.
 template <class T>
-GateInterval interval_of(const ActChannel<T>& ch, Activation kind, double mean, double scale,
-                         double shift) {
+GateInterval interval_of(const ActChannel<T>& ch, Activation kind) {
   using CT = ActCompute<T>;
   const int64_t lowest = index_of(narrow<T>(-std::numeric_limits<double>::infinity()));
   const int64_t highest = index_of(narrow<T>(std::numeric_limits<double>::infinity()));
@@ -93,9 +112,13 @@ GateInterval interval_of(const ActChannel<T>& ch, Activation kind, double mean, 
           1;
     }
   } else {
-    // z crosses kActiveAbove near mean + (kActiveAbove − shift) / scale; the interval is the
-    // inputs above it for (ReLU, scale < 0) and (LeakyReLU, scale > 0), below it otherwise.
-    const int64_t guess = index_of(narrow<T>(mean + (kActiveAbove<T> - shift) / scale));
+    // z crosses kActiveAbove near mean + (kActiveAbove − shift) / scale, with z's rounded
+    // parameters; the interval is the inputs above it for (ReLU, scale < 0) and (LeakyReLU,
+    // scale > 0), below it otherwise.
+    const double mean_c = static_cast<double>(ch.mean_hi) + static_cast<double>(ch.mean_lo);
+    const double crossing =
+        mean_c + (kActiveAbove<T> - static_cast<double>(ch.shift)) / static_cast<double>(ch.scale);
+    const int64_t guess = index_of(narrow<T>(crossing));
     if ((kind == Activation::ReLU) == (ch.scale < 0))
       first = first_true(in, lowest, highest, guess), last = highest;
     else
@@ -111,7 +134,7 @@ bool interval_t(Activation kind, double mean, double scale, double shift, GateIn
   if (!std::isfinite(ch.mean_hi) || !std::isfinite(ch.mean_lo) || !std::isfinite(ch.scale) ||
       !std::isfinite(ch.shift))
     return false;
-  interval = interval_of(ch, kind, mean, scale, shift);
+  interval = interval_of(ch, kind);
   return true;
 }
 
