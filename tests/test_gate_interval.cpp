@@ -165,6 +165,54 @@ TEST(GateInterval, TestsTakeOneSidedSymmetricAndEmptyIntervals) {
   EXPECT_FALSE(kernels::gate_interval(DType::Float64, Activation::ReLU, 0.0, NAN, 0.0, in));
 }
 
+// The float32 tests found a vector of channels at a time (simd::gate_tests) equal the scalar
+// search's on every target: channels of kChannels and random ones, whose crossings fall at, next
+// to and a few values from the guess, and zero scales.
+TEST(GateInterval, VectorSearchGivesTheScalarTests) {
+  std::mt19937 rng(3);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> mean, scale, shift;
+  for (int i = 0; i < 4; ++i)
+    for (const Channel& ch : kChannels) {
+      mean.push_back(ch.mean), scale.push_back(ch.scale), shift.push_back(ch.shift);
+    }
+  for (int i = 0; i < 3000; ++i) {
+    mean.push_back(normal(rng)), shift.push_back(i % 3 == 0 ? -mean.back() : normal(rng));
+    scale.push_back(i % 50 == 0 ? 0.0 : std::ldexp(normal(rng), static_cast<int>(rng() % 40) - 20));
+  }
+  const auto C = static_cast<int64_t>(mean.size());
+  for (Activation kind : kKinds) {
+    std::vector<uint64_t> keep(mean.size()), flip(mean.size());
+    std::vector<double> max(mean.size());
+    ASSERT_TRUE(kernels::gate_tests(DType::Float32, kind, mean.data(), scale.data(), shift.data(),
+                                    C, keep.data(), flip.data(), max.data()));
+    for (const std::string& target : kernels::simd::targets()) {
+      kernels::simd::force_target(target);
+      SCOPED_TRACE(target + " " + activation_name(kind));
+      std::vector<uint64_t> vkeep(mean.size()), vflip(mean.size());
+      std::vector<double> vmax(mean.size());
+      ASSERT_TRUE(kernels::simd::gate_tests(DType::Float32, kind, mean.data(), scale.data(),
+                                            shift.data(), C, vkeep.data(), vflip.data(),
+                                            vmax.data()));
+      int wrong = 0;
+      for (std::size_t c = 0; c < mean.size(); ++c)
+        wrong += vkeep[c] != keep[c] || vflip[c] != flip[c] ||
+                 std::bit_cast<uint64_t>(vmax[c]) != std::bit_cast<uint64_t>(max[c]);
+      EXPECT_EQ(wrong, 0);
+    }
+  }
+  kernels::simd::force_target("");
+  // A channel with no test (a float32 mean of 3e38 with scale 0), or non-finite parameters.
+  for (const double m : {3e38, 1e39}) {
+    std::vector<double> mean2(40, 0.5), scale2(40, 1.0), shift2(40, 0.0), max2(40);
+    std::vector<uint64_t> keep2(40), flip2(40);
+    mean2[21] = m, scale2[21] = 0.0;
+    EXPECT_FALSE(kernels::simd::gate_tests(DType::Float32, Activation::ReLU, mean2.data(),
+                                           scale2.data(), shift2.data(), 40, keep2.data(),
+                                           flip2.data(), max2.data()));
+  }
+}
+
 // The SIMD sums against the oracle on every target, channels-first (rows) and (N, C) (cols), at
 // inputs where the gate is unusual: ±inf (0 · inf in a blocked value's term is NaN, as in torch),
 // zero scales, and a float32 mean near the top of the range (x − mean overflows for negative x:

@@ -66,6 +66,9 @@ void add_slot(double* a, double* b, const double* part_a, const double* part_b, 
               int64_t C);
 /// The first c with v[c] + eps < 0 or NaN, or C when there is none.
 int64_t first_negative_sum(const double* v, double eps, int64_t C);
+/// kernels::gate_tests (gate_interval.hpp), float32 channels a vector at a time (simd_gate.cpp).
+bool gate_tests(DType dtype, Activation kind, const double* mean, const double* scale,
+                const double* shift, int64_t C, uint64_t* keep, uint64_t* flip, double* max);
 
 /// The kernels over the valid positions of an (N, C, L) view with unit stride along L (dy and
 /// the output too), for masks with holes: @p valid holds N·L values of the view's compute type
