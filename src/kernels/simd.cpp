@@ -22,6 +22,7 @@
 #include "kernels/simd-inl.h"
 #include "kernels/simd_channels-inl.h"
 #include "kernels/simd_cols-inl.h"
+#include "kernels/simd_dispatch-inl.h"
 #include "kernels/simd_masked-inl.h"
 #include "kernels/simd_rows-inl.h"
 #include "kernels/view.hpp"
@@ -38,21 +39,6 @@ void StatsRowsChannel(const View3& x, int64_t c, double* mean, double* m2) {
 void StatsRowsPartition(const View3& x, int64_t u0, int64_t u1, double* mean, double* m2) {
   with_storage(x.dtype, [&]<class T>() { stats_rows_partition<T>(x, u0, u1, mean, m2); });
 }
-// f.template operator()<T, A>() with T the storage type of x and A the activation's kind.
-template <class F>
-void with_storage_act(DType dtype, Activation kind, const F& f) {
-  with_storage(dtype, [&]<class T>() {
-    switch (kind) {
-      case Activation::ReLU:
-        return f.template operator()<T, Activation::ReLU>();
-      case Activation::LeakyReLU:
-        return f.template operator()<T, Activation::LeakyReLU>();
-      default:
-        return f.template operator()<T, Activation::None>();
-    }
-  });
-}
-
 void BackwardSumsRowsChannel(const View3& dy, const View3& x, const double* mean, const Act& act,
                              int64_t c, double* sum_dy, double* sum_dy_xmu) {
   with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
