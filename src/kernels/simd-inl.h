@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Per-target helpers of the SIMD kernels: loads and stores of every storage type through float64
 // lanes, so that the reductions accumulate in float64 and outputs are rounded once.
-// Included once per Highway target by simd.cpp.
+// Included once per Highway target by each Highway TU (simd.cpp, simd_forward.cpp,
+// simd_backward_*.cpp, simd_gate.cpp).
 #if defined(BN1D_KERNELS_SIMD_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef BN1D_KERNELS_SIMD_INL_H_
 #undef BN1D_KERNELS_SIMD_INL_H_

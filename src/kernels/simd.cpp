@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: MIT
-// The Highway translation unit: compiled once per target (foreach_target), it defines each
-// target's entry points, one per kernel, and the HWY_EXPORT tables that dispatch to the active
-// target (simd_units.hpp). Each entry point processes one unit of work (a channel, a partition of
-// rows, a range of output rows) serially; simd_schedule.cpp splits calls into units and runs them
-// on threads, simd_targets.cpp chooses the target.
+// The main Highway translation unit: compiled once per target (foreach_target), it defines each
+// target's entry points of the statistics, the masked-rows kernels (simd_masked-inl.h) and the
+// per-channel kernels (simd.hpp), and the HWY_EXPORT tables that dispatch to the active target.
+// The other tensor kernels have their own such units, to compile in parallel (this one took
+// ~70 s alone): simd_forward.cpp (normalize), simd_backward_sums.cpp, simd_backward_input.cpp.
+// Each entry point processes one unit of work (a channel, a partition of rows, a range of output
+// rows) serially (simd_units.hpp); simd_schedule.cpp splits calls into units and runs them on
+// threads, simd_targets.cpp chooses the target.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/simd.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -22,13 +25,14 @@
 #include "kernels/simd-inl.h"
 #include "kernels/simd_channels-inl.h"
 #include "kernels/simd_cols-inl.h"
+#include "kernels/simd_dispatch-inl.h"
 #include "kernels/simd_masked-inl.h"
 #include "kernels/simd_rows-inl.h"
 #include "kernels/view.hpp"
 
 HWY_BEFORE_NAMESPACE();
 namespace bn1d::kernels::HWY_NAMESPACE {
-// ---- Entry points of the tensor kernels, one per op and layout -----------------------------
+// ---- Entry points of the statistics and masked-rows kernels -------------------------------
 
 int64_t TargetId() { return HWY_TARGET; }
 
@@ -38,80 +42,12 @@ void StatsRowsChannel(const View3& x, int64_t c, double* mean, double* m2) {
 void StatsRowsPartition(const View3& x, int64_t u0, int64_t u1, double* mean, double* m2) {
   with_storage(x.dtype, [&]<class T>() { stats_rows_partition<T>(x, u0, u1, mean, m2); });
 }
-// f.template operator()<T, A>() with T the storage type of x and A the activation's kind.
-template <class F>
-void with_storage_act(DType dtype, Activation kind, const F& f) {
-  with_storage(dtype, [&]<class T>() {
-    switch (kind) {
-      case Activation::ReLU:
-        return f.template operator()<T, Activation::ReLU>();
-      case Activation::LeakyReLU:
-        return f.template operator()<T, Activation::LeakyReLU>();
-      default:
-        return f.template operator()<T, Activation::None>();
-    }
-  });
-}
-
-void BackwardSumsRowsChannel(const View3& dy, const View3& x, const double* mean, const Act& act,
-                             int64_t c, double* sum_dy, double* sum_dy_xmu) {
-  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
-    backward_sums_rows_channel<T, A>(dy, x, mean, act, c, sum_dy, sum_dy_xmu);
-  });
-}
-void BackwardSumsRowsPartition(const View3& dy, const View3& x, const double* mean, const Act& act,
-                               int64_t u0, int64_t u1, double* sum_dy, double* sum_dy_xmu) {
-  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
-    backward_sums_rows_partition<T, A>(dy, x, mean, act, u0, u1, sum_dy, sum_dy_xmu);
-  });
-}
 void StatsColsPartition(const View3& x, int64_t r0, int64_t r1, int64_t block, int64_t c0,
                         int64_t c1, bool prefetch, double* mean, double* m2) {
   with_storage(x.dtype, [&]<class T>() {
     stats_cols_partition<T>(x, r0, r1, block, c0, c1, prefetch, mean, m2);
   });
 }
-void BackwardSumsColsPartition(const View3& dy, const View3& x, const double* mean, const Act& act,
-                               int64_t r0, int64_t r1, int64_t c0, int64_t c1, int step,
-                               int64_t tile, double* sum_dy, double* sum_dy_xmu) {
-  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
-    backward_sums_cols_partition<T, A>(dy, x, mean, act, r0, r1, c0, c1, step, tile, sum_dy,
-                                       sum_dy_xmu);
-  });
-}
-// Elementwise entry points: P holds the per-channel parameters in the input's compute type
-// (ComputeOf), laid out as `block` says (elementwise_params.hpp); act: the fused activation.
-void NormalizeRows(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
-                   const Act& act, int64_t i0, int64_t i1, bool stream) {
-  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
-    normalize_rows<T, A>(y, x, static_cast<const ComputeOf<T>*>(P), block, act.slope, i0, i1,
-                         stream);
-  });
-}
-void NormalizeCols(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
-                   const Act& act, int64_t u0, int64_t u1, bool stream) {
-  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
-    normalize_cols<T, A>(y, x, static_cast<const ComputeOf<T>*>(P), block, act.slope, u0, u1,
-                         stream);
-  });
-}
-void BackwardInputRows(const Out3& dx, const View3& dy, const View3& x, const void* P,
-                       const ParamBlock& block, const Act& act, int64_t i0, int64_t i1,
-                       bool stream) {
-  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
-    backward_input_rows<T, A>(dx, dy, x, static_cast<const ComputeOf<T>*>(P), block, act.slope, i0,
-                              i1, stream);
-  });
-}
-void BackwardInputCols(const Out3& dx, const View3& dy, const View3& x, const void* P,
-                       const ParamBlock& block, const Act& act, int64_t u0, int64_t u1,
-                       bool stream) {
-  with_storage_act(x.dtype, act.kind, [&]<class T, Activation A>() {
-    backward_input_cols<T, A>(dx, dy, x, static_cast<const ComputeOf<T>*>(P), block, act.slope, u0,
-                              u1, stream);
-  });
-}
-
 // Masked rows (simd_masked-inl.h): valid holds ComputeOf<T> values.
 void StatsMaskedChannel(const View3& x, const void* valid, int64_t c, double count, double* mean,
                         double* m2) {
@@ -264,14 +200,7 @@ namespace bn1d::kernels::simd {
 HWY_EXPORT(TargetId);
 HWY_EXPORT(StatsRowsChannel);
 HWY_EXPORT(StatsRowsPartition);
-HWY_EXPORT(BackwardSumsRowsChannel);
-HWY_EXPORT(BackwardSumsRowsPartition);
 HWY_EXPORT(StatsColsPartition);
-HWY_EXPORT(BackwardSumsColsPartition);
-HWY_EXPORT(NormalizeRows);
-HWY_EXPORT(NormalizeCols);
-HWY_EXPORT(BackwardInputRows);
-HWY_EXPORT(BackwardInputCols);
 HWY_EXPORT(UpdateParams);
 HWY_EXPORT(ZeroRun);
 HWY_EXPORT(FlushStreams);
@@ -298,42 +227,9 @@ void stats_rows_channel(const View3& x, int64_t c, double* mean, double* m2) {
 void stats_rows_partition(const View3& x, int64_t u0, int64_t u1, double* mean, double* m2) {
   HWY_DYNAMIC_DISPATCH(StatsRowsPartition)(x, u0, u1, mean, m2);
 }
-void backward_sums_rows_channel(const View3& dy, const View3& x, const double* mean, const Act& act,
-                                int64_t c, double* sum_dy, double* sum_dy_xmu) {
-  HWY_DYNAMIC_DISPATCH(BackwardSumsRowsChannel)(dy, x, mean, act, c, sum_dy, sum_dy_xmu);
-}
-void backward_sums_rows_partition(const View3& dy, const View3& x, const double* mean,
-                                  const Act& act, int64_t u0, int64_t u1, double* sum_dy,
-                                  double* sum_dy_xmu) {
-  HWY_DYNAMIC_DISPATCH(BackwardSumsRowsPartition)(dy, x, mean, act, u0, u1, sum_dy, sum_dy_xmu);
-}
 void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t block, int64_t c0,
                           int64_t c1, bool prefetch, double* mean, double* m2) {
   HWY_DYNAMIC_DISPATCH(StatsColsPartition)(x, r0, r1, block, c0, c1, prefetch, mean, m2);
-}
-void backward_sums_cols_partition(const View3& dy, const View3& x, const double* mean,
-                                  const Act& act, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                                  int step, int64_t tile, double* sum_dy, double* sum_dy_xmu) {
-  HWY_DYNAMIC_DISPATCH(BackwardSumsColsPartition)
-  (dy, x, mean, act, r0, r1, c0, c1, step, tile, sum_dy, sum_dy_xmu);
-}
-void normalize_rows(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
-                    const Act& act, int64_t i0, int64_t i1, bool stream) {
-  HWY_DYNAMIC_DISPATCH(NormalizeRows)(y, x, P, block, act, i0, i1, stream);
-}
-void normalize_cols(const Out3& y, const View3& x, const void* P, const ParamBlock& block,
-                    const Act& act, int64_t u0, int64_t u1, bool stream) {
-  HWY_DYNAMIC_DISPATCH(NormalizeCols)(y, x, P, block, act, u0, u1, stream);
-}
-void backward_input_rows(const Out3& dx, const View3& dy, const View3& x, const void* P,
-                         const ParamBlock& block, const Act& act, int64_t i0, int64_t i1,
-                         bool stream) {
-  HWY_DYNAMIC_DISPATCH(BackwardInputRows)(dx, dy, x, P, block, act, i0, i1, stream);
-}
-void backward_input_cols(const Out3& dx, const View3& dy, const View3& x, const void* P,
-                         const ParamBlock& block, const Act& act, int64_t u0, int64_t u1,
-                         bool stream) {
-  HWY_DYNAMIC_DISPATCH(BackwardInputCols)(dx, dy, x, P, block, act, u0, u1, stream);
 }
 bool update_params(void* P, DType dtype, const ParamBlock& block, const double* mean,
                    const double* const* columns) {

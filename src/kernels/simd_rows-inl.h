@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // SIMD kernels of Layout::UnitStrideL, the "rows" kernels: every (n, c) row of L values is
 // contiguous (sL == 1); they vectorize along L.
-// Included once per Highway target by simd.cpp (hence the toggle guard, as in Highway's -inl.h).
+// Included once per Highway target by the Highway TUs that use them (hence the toggle guard, as in
+// Highway's -inl.h).
 #if defined(BN1D_KERNELS_SIMD_ROWS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef BN1D_KERNELS_SIMD_ROWS_INL_H_
 #undef BN1D_KERNELS_SIMD_ROWS_INL_H_

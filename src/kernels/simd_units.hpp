@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
-// One unit of work of a tensor kernel, run serially on the active target (simd.cpp dispatches
-// each to its per-target entry point). The kernels they name are in simd_rows-inl.h
-// (Layout::UnitStrideL) and simd_cols-inl.h (Layout::UnitStrideC); simd_schedule.cpp splits the
-// calls of simd.hpp into these units.
+// One unit of work of a tensor kernel, run serially on the active target (the Highway TUs
+// dispatch each to its per-target entry point: statistics and masked rows in simd.cpp, normalize
+// in simd_forward.cpp, gradient sums in simd_backward_sums.cpp, input gradient in
+// simd_backward_input.cpp). The kernels they name are in simd_rows-inl.h (Layout::UnitStrideL),
+// simd_cols-inl.h (Layout::UnitStrideC) and simd_masked-inl.h; simd_schedule.cpp splits the calls
+// of simd.hpp into these units.
 #pragma once
 
 #include <cstdint>
