@@ -179,9 +179,10 @@ void group_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, co
     });
     return;
   }
-  if (masked_kernels(part, {x.sL, dy.sL}))
-    return kernels::simd::masked_backward_sums(sum_dy, sum_dy_xmu, dy, x,
-                                               valid_values(x, *part.valid), mean, act);
+  if (masked_kernels(part, {x.sL, dy.sL}) &&
+      kernels::simd::masked_backward_sums(sum_dy, sum_dy_xmu, dy, x, valid_values(x, *part.valid),
+                                          mean, act))
+    return;
   // Each run's sums on the threads, then added in run order.
   const auto runs = part.valid->runs();
   const auto size = static_cast<std::size_t>(kRunBatch * x.C);

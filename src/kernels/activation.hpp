@@ -22,9 +22,11 @@ struct Act {
   double slope = 0.0;             ///< LeakyReLU's negative slope
   const double* scale = nullptr;  ///< backward: z's scale (weight · invstd)
   const double* shift = nullptr;  ///< backward: z's shift (bias, or zeros)
-  /// The cols gradient sums: z's parameters in the compute type, the block of normalize
-  /// (elementwise_params.hpp, unfolded), written once per call by the schedule.
-  const void* params = nullptr;
+  /// The SIMD gradient sums: each channel's GateTest (gate_interval.hpp), {C} values each,
+  /// written once per call by the schedule.
+  const uint64_t* gate_keep = nullptr;
+  const uint64_t* gate_flip = nullptr;
+  const double* gate_max = nullptr;
 
   bool enabled() const { return kind != Activation::None; }
 };

@@ -2,7 +2,7 @@
 // Per-target helpers of the SIMD kernels: loads and stores of every storage type through float64
 // lanes, so that the reductions accumulate in float64 and outputs are rounded once.
 // Included once per Highway target by each Highway TU (simd.cpp, simd_forward.cpp,
-// simd_backward_*.cpp).
+// simd_backward_*.cpp, simd_gate.cpp).
 #if defined(BN1D_KERNELS_SIMD_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef BN1D_KERNELS_SIMD_INL_H_
 #undef BN1D_KERNELS_SIMD_INL_H_
@@ -16,6 +16,7 @@
 #include "kernels/activation.hpp"
 #include "kernels/blocking.hpp"
 #include "kernels/element.hpp"
+#include "kernels/gate_interval.hpp"
 #include "kernels/view.hpp"
 
 #include "hwy/cache_control.h"
@@ -225,55 +226,65 @@ HWY_INLINE V Gate(V z, V dy, V slope) {
     return dy;
 }
 
-/// The gate of the gradient sums, which read float64 lanes: dy gated at z, z formed in
-/// ActCompute<T> (float32 lanes matching the float64 ones for float32 storage). The parameters
-/// are per lane (cols) or broadcast (rows).
+/// The gate of the gradient sums, which read float64 lanes: dy gated by the channels' tests
+/// (gate_interval.hpp: GateTest, act.gate_*), per lane (cols) or broadcast (rows); act_gate's
+/// bits in two operations.
 template <class T, Activation A>
 struct SumsGate {
-  using DC = hn::Rebind<ActCompute<T>, DD>;
-  using VC = hn::Vec<DC>;
-  VC mean_hi, mean_lo, scale, shift, slope;
+  VD keep, flip, max, slope;
 
-  /// From float64 lanes of the mean, scale and shift, rounded as ActChannel::of rounds them.
-  static HWY_INLINE SumsGate of(VD mean, VD scale, VD shift, double slope) {
-    const DC dc;
-    if constexpr (std::is_same_v<ActCompute<T>, float>) {  // ToT: ±inf beyond float's range
-      const VC hi = ToT<float>(mean);
-      return {hi, ToT<float>(hn::Sub(mean, hn::PromoteTo(DD(), hi))), ToT<float>(scale),
-              ToT<float>(shift), hn::Set(dc, static_cast<float>(slope))};
-    } else {
-      return {mean, hn::Zero(dc), scale, shift, hn::Set(dc, slope)};
-    }
+  /// Channel c's test in every lane.
+  static HWY_INLINE SumsGate of(const Act& act, int64_t c) {
+    const DD d;
+    const hn::RebindToUnsigned<DD> du;
+    return {hn::BitCast(d, hn::Set(du, act.gate_keep[c])),
+            hn::BitCast(d, hn::Set(du, act.gate_flip[c])), hn::Set(d, act.gate_max[c]),
+            slope_of(act)};
   }
-  /// From channels c … c + lanes − 1 of a normalize parameter block (elementwise_params.hpp).
-  static HWY_INLINE SumsGate of_block(const ActCompute<T>* P, int64_t C, int64_t c, double slope) {
-    const DC dc;
-    return {hn::LoadU(dc, P + c), hn::LoadU(dc, P + C + c), hn::LoadU(dc, P + 2 * C + c),
-            hn::LoadU(dc, P + 3 * C + c), hn::Set(dc, static_cast<ActCompute<T>>(slope))};
+  /// Channels c … c + lanes − 1, one per lane.
+  static HWY_INLINE SumsGate of_lanes(const Act& act, int64_t c) {
+    const DD d;
+    const hn::RebindToUnsigned<DD> du;
+    return {hn::BitCast(d, hn::LoadU(du, act.gate_keep + c)),
+            hn::BitCast(d, hn::LoadU(du, act.gate_flip + c)), hn::LoadU(d, act.gate_max + c),
+            slope_of(act)};
   }
-  /// dy (float64 lanes dyd, stored at dy) gated at z of the values at x (xm: x − mean in float64).
-  HWY_INLINE VD operator()(const T* HWY_RESTRICT x, const T* HWY_RESTRICT dy, VD xm, VD dyd) const {
+  /// dy gated at the stored inputs x (both widened to float64 lanes).
+  HWY_INLINE VD operator()(VD x, VD dy) const {
     if constexpr (A == Activation::None) {
-      return dyd;
-    } else if constexpr (std::is_same_v<ActCompute<T>, float>) {
-      const DC dc;
-      const VC z = ActInput(hn::Sub(hn::Sub(hn::LoadU(dc, x), mean_hi), mean_lo), scale, shift);
-      return hn::PromoteTo(DD(), Gate<T, A>(z, hn::LoadU(dc, dy), slope));
+      return dy;
     } else {
-      return Gate<T, A>(ActInput(xm, scale, shift), dyd, slope);
+      const auto in = hn::Le(hn::Xor(hn::And(x, keep), flip), max);  // GateTest::holds
+      if constexpr (A == Activation::ReLU) return hn::IfThenZeroElse(in, dy);
+      return hn::IfThenElse(in, dy, leak(dy));
     }
+  }
+
+ private:
+  // The slope in ActCompute<T>, widened.
+  static HWY_INLINE VD slope_of(const Act& act) {
+    return hn::Set(DD(), static_cast<double>(static_cast<ActCompute<T>>(act.slope)));
+  }
+  // dy · slope as act_gate rounds it: in float64, or, for float32 inputs, exact in float64
+  // (24 + 24 bits) and then rounded once to float32.
+  HWY_INLINE VD leak(VD dy) const {
+    const VD product = hn::Mul(dy, slope);
+    if constexpr (std::is_same_v<ActCompute<T>, float>)
+      return ToD(ToT<float>(product));
+    else
+      return product;
   }
 };
 
-/// The gated dy of one value in scalar code (the kernels' tails), act_gate's bits.
+/// The gated dy of one value of channel c in scalar code (the kernels' tails), act_gate's bits.
 template <class T, Activation A>
-HWY_INLINE double gate_scalar(const ActChannel<T>& channel, T x, T dy) {
+HWY_INLINE double gate_scalar(const Act& act, int64_t c, T x, T dy) {
   if constexpr (A == Activation::None) {
     return widen(dy);
   } else {
-    using CT = ActCompute<T>;
-    return static_cast<double>(act_gate<T>(A, channel.input(static_cast<CT>(widen(x))),
-                                           static_cast<CT>(widen(dy)), channel.slope));
+    const GateTest test{act.gate_keep[c], act.gate_flip[c], act.gate_max[c]};
+    return gate_by_test<T>(A, test.holds(widen(x)), widen(dy),
+                           static_cast<ActCompute<T>>(act.slope));
   }
 }
 

@@ -66,19 +66,22 @@ void add_slot(double* a, double* b, const double* part_a, const double* part_b, 
               int64_t C);
 /// The first c with v[c] + eps < 0 or NaN, or C when there is none.
 int64_t first_negative_sum(const double* v, double eps, int64_t C);
+/// kernels::gate_tests (gate_interval.hpp), float32 channels a vector at a time (simd_gate.cpp).
+bool gate_tests(DType dtype, Activation kind, const double* mean, const double* scale,
+                const double* shift, int64_t C, uint64_t* keep, uint64_t* flip, double* max);
 
 /// The kernels over the valid positions of an (N, C, L) view with unit stride along L (dy and
 /// the output too), for masks with holes: @p valid holds N·L values of the view's compute type
 /// (masked_valid_dtype), nonzero where valid. Statistics and sums run over the valid values
 /// (@p count of them, > 0, per channel); outputs are written whole, 0 at the invalid positions.
-/// The elementwise ones return false, writing nothing, when a parameter is not finite in the
-/// compute type (the caller then takes another path).
+/// The elementwise ones and the sums with an activation return false, writing nothing, when a
+/// parameter is not finite in the compute type (the caller then takes another path).
 DType masked_valid_dtype(DType dtype);
 void masked_channel_stats(double* mean, double* m2, const View3& x, const void* valid,
                           int64_t count);
 bool masked_normalize(const Out3& y, const View3& x, const void* valid, const double* mean,
                       const double* scale, const double* shift, const Act& act = {});
-void masked_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
+bool masked_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
                           const void* valid, const double* mean, const Act& act = {});
 bool masked_backward_input(const Out3& dx, const View3& dy, const View3& x, const void* valid,
                            const double* mean, const double* a, const double* b, const double* k,

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // SIMD kernels of Layout::UnitStrideC, the "cols" kernels: the C channels of every (n, l) are
 // contiguous (sC == 1); they vectorize along C. Row r = n·L + l of such a view holds x[n, :, l].
-// Included once per Highway target by simd.cpp (hence the toggle guard, as in Highway's -inl.h).
+// Included once per Highway target by the Highway TUs that use them (hence the toggle guard, as in
+// Highway's -inl.h).
 #if defined(BN1D_KERNELS_SIMD_COLS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef BN1D_KERNELS_SIMD_COLS_INL_H_
 #undef BN1D_KERNELS_SIMD_COLS_INL_H_
@@ -166,23 +167,22 @@ void stats_cols_partition(const View3& x, int64_t r0, int64_t r1, int64_t block,
 
 // Σ dy and Σ dy · (x − mean) of the R rows g[i], p[i] (dy and x) for channels c0 … c1 − 1, added
 // to sum_dy[c] and sum_dy_xmu[c] row after row (vectors up to vec_end, then one channel at a time).
-// With an activation, dy is gated at z (act.params of C channels; the tails: act.scale, act.shift).
+// With an activation, dy is gated by the channels' intervals (SumsGate).
 template <int R, class T, Activation A>
 HWY_INLINE void backward_sums_cols_rows(const T* const* g, const T* const* p, const double* mean,
-                                        const Act& act, int64_t C, int64_t c0, int64_t c1,
-                                        int64_t vec_end, double* sum_dy, double* sum_dy_xmu) {
+                                        const Act& act, int64_t c0, int64_t c1, int64_t vec_end,
+                                        double* sum_dy, double* sum_dy_xmu) {
   const DD d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   for (int64_t c = c0; c < vec_end; c += N) {
     const VD mu = hn::LoadU(d, mean + c);
     SumsGate<T, A> gate{};
-    if constexpr (A != Activation::None)
-      gate =
-          SumsGate<T, A>::of_block(static_cast<const ActCompute<T>*>(act.params), C, c, act.slope);
+    if constexpr (A != Activation::None) gate = SumsGate<T, A>::of_lanes(act, c);
     VD sdy = hn::LoadU(d, sum_dy + c), sxm = hn::LoadU(d, sum_dy_xmu + c);
     for (int i = 0; i < R; ++i) {
-      const VD xm = hn::Sub(LoadD(p[i] + c), mu);
-      const VD gv = gate(p[i] + c, g[i] + c, xm, LoadD(g[i] + c));
+      const VD xv = LoadD(p[i] + c);
+      const VD xm = hn::Sub(xv, mu);
+      const VD gv = gate(xv, LoadD(g[i] + c));
       sdy = hn::Add(sdy, gv);
       sxm = hn::MulAdd(gv, xm, sxm);
     }
@@ -191,10 +191,7 @@ HWY_INLINE void backward_sums_cols_rows(const T* const* g, const T* const* p, co
   }
   for (int i = 0; i < R; ++i) {
     for (int64_t c = vec_end; c < c1; ++c) {
-      const double sc = A == Activation::None ? 0.0 : act.scale[c];
-      const double sh = A == Activation::None ? 0.0 : act.shift[c];
-      const double gv =
-          gate_scalar<T, A>(ActChannel<T>::of(mean[c], sc, sh, act.slope), p[i][c], g[i][c]);
+      const double gv = gate_scalar<T, A>(act, c, p[i][c], g[i][c]);
       sum_dy[c] += gv;
       sum_dy_xmu[c] += gv * (widen(p[i][c]) - mean[c]);
     }
@@ -224,12 +221,12 @@ void backward_sums_cols_partition(const View3& dy, const View3& x, const double*
       for (; r + 4 <= r1; r += 4) {
         for (int i = 0; i < 4; ++i, at.next())
           g[i] = row_ptr<T>(dy, at.n, 0, at.l), p[i] = row_ptr<T>(x, at.n, 0, at.l);
-        backward_sums_cols_rows<4, T, A>(g, p, mean, act, x.C, t0, t1, vec_end, sum_dy, sum_dy_xmu);
+        backward_sums_cols_rows<4, T, A>(g, p, mean, act, t0, t1, vec_end, sum_dy, sum_dy_xmu);
       }
     }
     for (; r < r1; ++r, at.next()) {
       g[0] = row_ptr<T>(dy, at.n, 0, at.l), p[0] = row_ptr<T>(x, at.n, 0, at.l);
-      backward_sums_cols_rows<1, T, A>(g, p, mean, act, x.C, t0, t1, vec_end, sum_dy, sum_dy_xmu);
+      backward_sums_cols_rows<1, T, A>(g, p, mean, act, t0, t1, vec_end, sum_dy, sum_dy_xmu);
     }
   }
 }

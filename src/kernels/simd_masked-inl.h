@@ -76,10 +76,8 @@ void backward_sums_masked_channel(const View3& dy, const View3& x, const Compute
                                   double* sum_dy_xmu) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   const VD vm = hn::Set(DD(), mean[c]);
-  const double sc = A == Activation::None ? 0.0 : act.scale[c];
-  const double sh = A == Activation::None ? 0.0 : act.shift[c];
-  const auto channel = ActChannel<T>::of(mean[c], sc, sh, act.slope);
-  const auto gate = SumsGate<T, A>::of(vm, hn::Set(DD(), sc), hn::Set(DD(), sh), act.slope);
+  SumsGate<T, A> gate{};
+  if constexpr (A != Activation::None) gate = SumsGate<T, A>::of(act, c);
   VD s = hn::Zero(DD()), sx = hn::Zero(DD());
   double s_tail = 0.0, sx_tail = 0.0;
   for (int64_t n = 0; n < x.N; ++n) {
@@ -89,14 +87,15 @@ void backward_sums_masked_channel(const View3& dy, const View3& x, const Compute
     int64_t l = 0;
     for (; l + N <= x.L; l += N) {
       const auto m = ValidLanes(v + l);
-      const VD xm = hn::Sub(LoadD(p + l), vm);
-      const VD gv = gate(p + l, g + l, xm, LoadD(g + l));
+      const VD xv = LoadD(p + l);
+      const VD xm = hn::Sub(xv, vm);
+      const VD gv = gate(xv, LoadD(g + l));
       s = hn::Add(s, hn::IfThenElseZero(m, gv));
       sx = hn::Add(sx, hn::IfThenElseZero(m, hn::Mul(gv, xm)));
     }
     for (; l < x.L; ++l) {
       if (v[l] == 0) continue;
-      const double gl = gate_scalar<T, A>(channel, p[l], g[l]);
+      const double gl = gate_scalar<T, A>(act, c, p[l], g[l]);
       s_tail += gl;
       sx_tail += gl * (widen(p[l]) - mean[c]);
     }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // SIMD kernels of Layout::UnitStrideL, the "rows" kernels: every (n, c) row of L values is
 // contiguous (sL == 1); they vectorize along L.
-// Included once per Highway target by simd.cpp (hence the toggle guard, as in Highway's -inl.h).
+// Included once per Highway target by the Highway TUs that use them (hence the toggle guard, as in
+// Highway's -inl.h).
 #if defined(BN1D_KERNELS_SIMD_ROWS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef BN1D_KERNELS_SIMD_ROWS_INL_H_
 #undef BN1D_KERNELS_SIMD_ROWS_INL_H_
@@ -228,10 +229,8 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
   for_rows_of_units(x.L, u0, u1, [&](int64_t n, int64_t k0, int64_t k1, double) {
     for (int64_t c = 0; c < x.C; ++c) {
       const VD m = hn::Set(DD(), mean[c]);
-      const double sc = A == Activation::None ? 0.0 : act.scale[c];
-      const double sh = A == Activation::None ? 0.0 : act.shift[c];
-      const auto channel = ActChannel<T>::of(mean[c], sc, sh, act.slope);
-      const auto gate = SumsGate<T, A>::of(m, hn::Set(DD(), sc), hn::Set(DD(), sh), act.slope);
+      SumsGate<T, A> gate{};
+      if constexpr (A != Activation::None) gate = SumsGate<T, A>::of(act, c);
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t l0 = k * kBlock, len = std::min(kBlock, x.L - l0);
         const T* g = row_ptr<T>(dy, n, c, l0);
@@ -243,23 +242,24 @@ void backward_sums_rows_partition(const View3& dy, const View3& x, const double*
             prefetch_ahead(g + l, 2 * N * sizeof(T));
             prefetch_ahead(p + l, 2 * N * sizeof(T));
           }
-          const VD xm0 = hn::Sub(LoadD(p + l), m), xm1 = hn::Sub(LoadD(p + l + N), m);
-          const VD g0 = gate(p + l, g + l, xm0, LoadD(g + l));
-          const VD g1 = gate(p + l + N, g + l + N, xm1, LoadD(g + l + N));
+          const VD x0 = LoadD(p + l), x1 = LoadD(p + l + N);
+          const VD xm0 = hn::Sub(x0, m), xm1 = hn::Sub(x1, m);
+          const VD g0 = gate(x0, LoadD(g + l)), g1 = gate(x1, LoadD(g + l + N));
           s0 = hn::Add(s0, g0);
           s1 = hn::Add(s1, g1);
           sx0 = hn::MulAdd(g0, xm0, sx0);
           sx1 = hn::MulAdd(g1, xm1, sx1);
         }
         for (; l + N <= len; l += N) {
-          const VD xm0 = hn::Sub(LoadD(p + l), m);
-          const VD g0 = gate(p + l, g + l, xm0, LoadD(g + l));
+          const VD x0 = LoadD(p + l);
+          const VD xm0 = hn::Sub(x0, m);
+          const VD g0 = gate(x0, LoadD(g + l));
           s0 = hn::Add(s0, g0);
           sx0 = hn::MulAdd(g0, xm0, sx0);
         }
         double s = ReduceSum(hn::Add(s0, s1)), sx = ReduceSum(hn::Add(sx0, sx1));
         for (; l < len; ++l) {
-          const double gl = gate_scalar<T, A>(channel, p[l], g[l]);
+          const double gl = gate_scalar<T, A>(act, c, p[l], g[l]);
           s += gl;
           sx += gl * (widen(p[l]) - mean[c]);
         }
@@ -316,10 +316,8 @@ void backward_sums_rows_channel(const View3& dy, const View3& x, const double* m
                                 int64_t c, double* sum_dy, double* sum_dy_xmu) {
   const auto N = static_cast<int64_t>(hn::Lanes(DD()));
   const VD m = hn::Set(DD(), mean[c]);
-  const double sc = A == Activation::None ? 0.0 : act.scale[c];
-  const double sh = A == Activation::None ? 0.0 : act.shift[c];
-  const auto channel = ActChannel<T>::of(mean[c], sc, sh, act.slope);
-  const auto gate = SumsGate<T, A>::of(m, hn::Set(DD(), sc), hn::Set(DD(), sh), act.slope);
+  SumsGate<T, A> gate{};
+  if constexpr (A != Activation::None) gate = SumsGate<T, A>::of(act, c);
   VD s = hn::Zero(DD()), sx = hn::Zero(DD());
   double s_tail = 0.0, sx_tail = 0.0;
   for (int64_t n = 0; n < x.N; ++n) {
@@ -327,13 +325,14 @@ void backward_sums_rows_channel(const View3& dy, const View3& x, const double* m
     const T* p = row_ptr<T>(x, n, c, 0);
     int64_t l = 0;
     for (; l + N <= x.L; l += N) {
-      const VD xm = hn::Sub(LoadD(p + l), m);
-      const VD gv = gate(p + l, g + l, xm, LoadD(g + l));
+      const VD xv = LoadD(p + l);
+      const VD xm = hn::Sub(xv, m);
+      const VD gv = gate(xv, LoadD(g + l));
       s = hn::Add(s, gv);
       sx = hn::MulAdd(gv, xm, sx);
     }
     for (; l < x.L; ++l) {
-      const double gl = gate_scalar<T, A>(channel, p[l], g[l]);
+      const double gl = gate_scalar<T, A>(act, c, p[l], g[l]);
       s_tail += gl;
       sx_tail += gl * (widen(p[l]) - mean[c]);
     }

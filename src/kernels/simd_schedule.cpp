@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "kernels/elementwise_params.hpp"
+#include "kernels/gate_interval.hpp"
 #include "kernels/partitions.hpp"
 #include "kernels/reference.hpp"
 #include "kernels/simd.hpp"
@@ -137,6 +138,18 @@ int64_t cols_units(const View3& x, const Out3& out) {
   return out.sC == 1 ? x.N * x.L : x.N * ((x.C + kChannelBlock - 1) / kChannelBlock);
 }
 
+// act with the gate tests of its channels (gate_interval.hpp) in this thread's workspace, for the
+// gradient sums; false when a channel has none (parameters not finite in the compute type, or an
+// interval a test cannot express).
+bool with_gate_tests(Act& act, const View3& x, const double* mean) {
+  if (!act.enabled()) return true;
+  KernelWorkspace& w = thread_workspace();
+  uint64_t* masks = w.gate_masks.get(2 * x.C);
+  double* max = w.gate_max.get(x.C);
+  act.gate_keep = masks, act.gate_flip = masks + x.C, act.gate_max = max;
+  return gate_tests(x.dtype, act.kind, mean, act.scale, act.shift, x.C, masks, masks + x.C, max);
+}
+
 }  // namespace
 
 DType masked_valid_dtype(DType dtype) {
@@ -151,12 +164,15 @@ void masked_channel_stats(double* mean, double* m2, const View3& x, const void* 
   });
 }
 
-void masked_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
+bool masked_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
                           const void* valid, const double* mean, const Act& act) {
   apply_environment_once();
+  Act gated = act;
+  if (!with_gate_tests(gated, x, mean)) return false;
   parallel_for(x.C, threads_for(2 * x.N * x.C * x.L), [&](int64_t c) {
-    units::backward_sums_masked_channel(dy, x, valid, mean, act, c, sum_dy, sum_dy_xmu);
+    units::backward_sums_masked_channel(dy, x, valid, mean, gated, c, sum_dy, sum_dy_xmu);
   });
+  return true;
 }
 
 // Whether every value of the columns is finite once rounded to float32 (float32 inputs compute
@@ -306,9 +322,12 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
   apply_environment_once();
   const int threads = threads_for(2 * x.N * x.C * x.L);
   const int64_t C = x.C;
+  Act gated = act;
+  if (!with_gate_tests(gated, x, mean))
+    return reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean, act);
   if (layout == Layout::UnitStrideL && x.L < kMinPartitionRow) {
     parallel_for(C, threads, [&](int64_t c) {
-      units::backward_sums_rows_channel(dy, x, mean, act, c, sum_dy + c, sum_dy_xmu + c);
+      units::backward_sums_rows_channel(dy, x, mean, gated, c, sum_dy + c, sum_dy_xmu + c);
     });
     return;
   }
@@ -322,7 +341,7 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
     over_partitions(
         parts, threads, C,
         [&](int64_t p, double* ps, double* psx) {
-          units::backward_sums_rows_partition(dy, x, mean, act, parts.first(p), parts.last(p), ps,
+          units::backward_sums_rows_partition(dy, x, mean, gated, parts.first(p), parts.last(p), ps,
                                               psx);
         },
         sum(parts.slots));
@@ -332,15 +351,8 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
     // it): data from DRAM row by row across the partition's channels; data in cache four rows at
     // a time, in channel tiles, while x and dy come to at most kGroupedRowsBytes per thread.
     const bool from_memory = streams(x);
-    // z's parameters in the compute type, rounded once per call (SumsGate::of_block).
-    Act gated = act;
-    if (act.enabled()) {
-      gated.params = elementwise_params(x, normalize_block(C, false), mean, {act.scale, act.shift});
-      if (gated.params == nullptr)
-        return reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean, act);
-    }
     const int step = !from_memory && 2 * bytes_of(x) <= threads * kGroupedRowsBytes ? 4 : 1;
-    const int64_t tile = from_memory ? C : kSumsTile;
+    const int64_t tile = from_memory ? C : act.enabled() ? kSumsTile / 2 : kSumsTile;
     over_partitions(
         parts, threads, C,
         [&](int64_t p, double* ps, double* psx) {

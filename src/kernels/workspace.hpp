@@ -50,6 +50,9 @@ struct KernelWorkspace {
   /// rewritten only where a value changed since this thread's last call in that dtype.
   AlignedBuffer<float> params_f32;
   AlignedBuffer<double> params_f64;
+  /// The gradient sums' gate tests with an activation (gate_interval.hpp): keep and flip, max.
+  AlignedBuffer<uint64_t> gate_masks;
+  AlignedBuffer<double> gate_max;
   VirtualColsScratch virtual_cols;
 };
 
