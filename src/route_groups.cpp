@@ -172,16 +172,20 @@ void group_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, co
   const auto scope = whole_batch(x);
   std::fill_n(sum_dy, x.C, 0.0);
   std::fill_n(sum_dy_xmu, x.C, 0.0);
+  // The gate tests of the activation found once for the group's blocks and runs (else each call
+  // finds its own).
+  kernels::Act gated = act;
+  (void)kernels::simd::with_gate_tests(gated, x.dtype, x.C, mean);
   if (part.valid == nullptr) {
     for_each_block(part, g, x.N, x.L, [&](int64_t n, int64_t l, int64_t count, int64_t length) {
       backward_sums(sum_dy, sum_dy_xmu, sub_view(dy, dy.dtype, n, count, l, length),
-                    sub_view(x, x.dtype, n, count, l, length), mean, act);
+                    sub_view(x, x.dtype, n, count, l, length), mean, gated);
     });
     return;
   }
   if (masked_kernels(part, {x.sL, dy.sL}) &&
       kernels::simd::masked_backward_sums(sum_dy, sum_dy_xmu, dy, x, valid_values(x, *part.valid),
-                                          mean, act))
+                                          mean, gated))
     return;
   // Each run's sums on the threads, then added in run order.
   const auto runs = part.valid->runs();
@@ -194,7 +198,7 @@ void group_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, co
     detail::parallel_blocks(batch, [&](int64_t i) {
       const auto block_scope = whole_batch(x);
       backward_sums(run_dy + i * x.C, run_dy_xmu + i * x.C, run_view(dy, runs[r0 + i]),
-                    run_view(x, runs[r0 + i]), mean, act);
+                    run_view(x, runs[r0 + i]), mean, gated);
     });
     for (int64_t i = 0; i < batch; ++i)
       kernels::simd::add_slot(sum_dy, sum_dy_xmu, run_dy + i * x.C, run_dy_xmu + i * x.C,

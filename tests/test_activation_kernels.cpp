@@ -253,7 +253,8 @@ TEST(ActivationKernels, MaskedKernelsMatchTheOracleBitwise) {
         // Sums: the oracle's over dy zeroed at the padding.
         const Tensor gz = make_tensor(dy_valid, s, dtype);
         std::vector<double> sm(C), sxm(C), rs(C), rsx(C);
-        simd::masked_backward_sums(sm.data(), sxm.data(), dy, x, valid, p.mean.data(), act);
+        ASSERT_TRUE(
+            simd::masked_backward_sums(sm.data(), sxm.data(), dy, x, valid, p.mean.data(), act));
         reference::backward_sums(rs.data(), rsx.data(), detail::input_view(gz), x, p.mean.data(),
                                  act);
         EXPECT_TRUE(near_sums(sm, rs));

@@ -213,18 +213,20 @@ TEST(GateInterval, VectorSearchGivesTheScalarTests) {
   }
 }
 
-// The SIMD sums against the oracle on every target, channels-first (rows) and (N, C) (cols), at
-// inputs where the gate is unusual: ±inf (0 · inf in a blocked value's term is NaN, as in torch),
-// zero scales, and a float32 mean near the top of the range (x − mean overflows for negative x:
-// the interval has no one-comparison test, and the call takes the oracle's path).
-TEST(GateInterval, SumsAtInfiniteInputsAndZeroScalesMatchTheOracle) {
-  const std::vector<double> mean{0.5, 0.0, -1.0, 3e38}, scale{0.0, 2.0, -1.5, 0.0},
-      shift{-1.0, 0.0, 0.5, 1.0};
+// The SIMD sums against the oracle on every target, channels-first (rows) and (N, C) (cols, 20
+// channels: vectors and a tail), at inputs where the gate is unusual: ±inf (0 · inf in a blocked
+// value's term is NaN, as in torch), zero scales with shifts of both signs, negative scales. Then
+// a float32 mean near the top of the range with a zero scale, where x − mean overflows for
+// negative x only: LeakyReLU's interval has no one-comparison test there (the call takes the
+// oracle's path), ReLU's is empty.
+void check_unusual_sums(const std::vector<double>& mean, const std::vector<double>& scale,
+                        const std::vector<double>& shift) {
+  const auto C = static_cast<int64_t>(mean.size());
   for (const std::string& target : kernels::simd::targets()) {
     kernels::simd::force_target(target);
     for (DType dtype : {DType::Float32, DType::Float64, DType::BFloat16, DType::Float16}) {
       for (Activation kind : kKinds) {
-        for (const Shape& shape : {Shape{3, 4, 40}, Shape{2, 4, 300}, Shape{50, 4}}) {
+        for (const Shape& shape : {Shape{3, C, 40}, Shape{2, C, 300}, Shape{50, C}}) {
           SCOPED_TRACE(target + " " + dtype_name(dtype) + " " + activation_name(kind) + " " +
                        format_shape(shape));
           const auto size =
@@ -241,7 +243,8 @@ TEST(GateInterval, SumsAtInfiniteInputsAndZeroScalesMatchTheOracle) {
                                                 : kernels::simd::Layout::UnitStrideC;
           ASSERT_TRUE(kernels::simd::layout_applies(layout, x));
           const Act act{kind, 0.01, scale.data(), shift.data()};
-          std::vector<double> s(4), sx(4), rs(4), rsx(4);
+          const auto channels = static_cast<std::size_t>(C);
+          std::vector<double> s(channels), sx(channels), rs(channels), rsx(channels);
           kernels::reference::backward_sums(rs.data(), rsx.data(), dy, x, mean.data(), act);
           kernels::simd::backward_sums(layout, s.data(), sx.data(), dy, x, mean.data(), act);
           // Sums in another order: equal to float64 roundings (a gate decided otherwise changes
@@ -250,7 +253,7 @@ TEST(GateInterval, SumsAtInfiniteInputsAndZeroScalesMatchTheOracle) {
             return got == want || (std::isnan(got) && std::isnan(want)) ||
                    std::fabs(got - want) <= 1e-12 * std::fabs(want);
           };
-          for (std::size_t c = 0; c < 4; ++c) {
+          for (std::size_t c = 0; c < channels; ++c) {
             EXPECT_TRUE(same(s[c], rs[c])) << "sum_dy " << c << ": " << s[c] << " vs " << rs[c];
             EXPECT_TRUE(same(sx[c], rsx[c]))
                 << "sum_dy_xmu " << c << ": " << sx[c] << " vs " << rsx[c];
@@ -260,6 +263,19 @@ TEST(GateInterval, SumsAtInfiniteInputsAndZeroScalesMatchTheOracle) {
     }
   }
   kernels::simd::force_target("");
+}
+
+TEST(GateInterval, SumsAtInfiniteInputsAndZeroScalesMatchTheOracle) {
+  std::vector<double> mean, scale, shift;
+  for (int i = 0; i < 5; ++i) {
+    const double offset = 0.125 * i;
+    for (const Channel& ch : {Channel{0.5, 0.0, -1.0}, Channel{0.0, 2.0, 0.0},
+                              Channel{-1.0, -1.5, 0.5}, Channel{0.2, 0.0, 0.3}}) {
+      mean.push_back(ch.mean + offset), scale.push_back(ch.scale), shift.push_back(ch.shift);
+    }
+  }
+  check_unusual_sums(mean, scale, shift);
+  check_unusual_sums({0.5, 0.0, -1.0, 3e38}, {0.0, 2.0, -1.5, 0.0}, {-1.0, 0.0, 0.5, 1.0});
 }
 
 }  // namespace

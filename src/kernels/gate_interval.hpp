@@ -2,10 +2,10 @@
 // The fused activation's gate of the gradient sums, as an interval of stored inputs tested with
 // one comparison. The backward gates dy at z(x) = ActChannel::input(x) (activation.hpp); with a
 // channel's z parameters finite, z is monotone in x (non-decreasing for scale > 0,
-// non-increasing for scale < 0, constant for scale = 0 except where x − mean overflows to ±inf,
-// which gives NaN), so the non-NaN inputs that ReLU blocks (z ≤ kActiveAbove) and those that
-// LeakyReLU passes (z > kActiveAbove) each form an interval [lo, hi] of x. The kernels compare x
-// with it instead of forming z: act_gate's bits in two operations instead of six
+// non-increasing for scale < 0, constant for scale = 0 except where x − mean is ±inf — x = ±inf,
+// or an overflow — which gives NaN), so the non-NaN inputs that ReLU blocks (z ≤ kActiveAbove) and
+// those that LeakyReLU passes (z > kActiveAbove) each form an interval [lo, hi] of x. The kernels
+// compare x with it instead of forming z: act_gate's bits in two operations instead of six
 // (docs/math.md#fused-activation, "The gate as an interval of x").
 #pragma once
 

@@ -69,20 +69,28 @@ int64_t first_negative_sum(const double* v, double eps, int64_t C);
 /// kernels::gate_tests (gate_interval.hpp), float32 channels a vector at a time (simd_gate.cpp).
 bool gate_tests(DType dtype, Activation kind, const double* mean, const double* scale,
                 const double* shift, int64_t C, uint64_t* keep, uint64_t* flip, double* max);
+/// Sets act.gate_* to the gate tests of its C channels (gate_tests, inputs of @p dtype), in the
+/// calling thread's workspace until that thread's next call; nothing to do without an activation
+/// or when act has its tests already. The gradient sums take them from act, or find them per
+/// call: a caller that makes several calls with one mean and act (runs of a masked batch,
+/// virtual channels) finds them once. False, act unchanged, when a channel has none.
+bool with_gate_tests(Act& act, DType dtype, int64_t C, const double* mean);
 
 /// The kernels over the valid positions of an (N, C, L) view with unit stride along L (dy and
 /// the output too), for masks with holes: @p valid holds N·L values of the view's compute type
 /// (masked_valid_dtype), nonzero where valid. Statistics and sums run over the valid values
 /// (@p count of them, > 0, per channel); outputs are written whole, 0 at the invalid positions.
-/// The elementwise ones and the sums with an activation return false, writing nothing, when a
-/// parameter is not finite in the compute type (the caller then takes another path).
+/// The elementwise ones return false, writing nothing, when a parameter is not finite in the
+/// compute type, and the sums with an activation when a channel has no gate test
+/// (with_gate_tests): the caller then takes another path.
 DType masked_valid_dtype(DType dtype);
 void masked_channel_stats(double* mean, double* m2, const View3& x, const void* valid,
                           int64_t count);
 bool masked_normalize(const Out3& y, const View3& x, const void* valid, const double* mean,
                       const double* scale, const double* shift, const Act& act = {});
-bool masked_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, const View3& x,
-                          const void* valid, const double* mean, const Act& act = {});
+[[nodiscard]] bool masked_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy,
+                                        const View3& x, const void* valid, const double* mean,
+                                        const Act& act = {});
 bool masked_backward_input(const Out3& dx, const View3& dy, const View3& x, const void* valid,
                            const double* mean, const double* a, const double* b, const double* k,
                            const Act& act = {});

@@ -138,19 +138,18 @@ int64_t cols_units(const View3& x, const Out3& out) {
   return out.sC == 1 ? x.N * x.L : x.N * ((x.C + kChannelBlock - 1) / kChannelBlock);
 }
 
-// act with the gate tests of its channels (gate_interval.hpp) in this thread's workspace, for the
-// gradient sums; false when a channel has none (parameters not finite in the compute type, or an
-// interval a test cannot express).
-bool with_gate_tests(Act& act, const View3& x, const double* mean) {
-  if (!act.enabled()) return true;
-  KernelWorkspace& w = thread_workspace();
-  uint64_t* masks = w.gate_masks.get(2 * x.C);
-  double* max = w.gate_max.get(x.C);
-  act.gate_keep = masks, act.gate_flip = masks + x.C, act.gate_max = max;
-  return gate_tests(x.dtype, act.kind, mean, act.scale, act.shift, x.C, masks, masks + x.C, max);
-}
-
 }  // namespace
+
+bool with_gate_tests(Act& act, DType dtype, int64_t C, const double* mean) {
+  if (!act.enabled() || act.gate_keep != nullptr) return true;
+  KernelWorkspace& w = thread_workspace();
+  uint64_t* masks = w.gate_masks.get(2 * C);
+  double* max = w.gate_max.get(C);
+  if (!gate_tests(dtype, act.kind, mean, act.scale, act.shift, C, masks, masks + C, max))
+    return false;
+  act.gate_keep = masks, act.gate_flip = masks + C, act.gate_max = max;
+  return true;
+}
 
 DType masked_valid_dtype(DType dtype) {
   return dtype == DType::Float32 ? DType::Float32 : DType::Float64;
@@ -168,7 +167,7 @@ bool masked_backward_sums(double* sum_dy, double* sum_dy_xmu, const View3& dy, c
                           const void* valid, const double* mean, const Act& act) {
   apply_environment_once();
   Act gated = act;
-  if (!with_gate_tests(gated, x, mean)) return false;
+  if (!with_gate_tests(gated, x.dtype, x.C, mean)) return false;
   parallel_for(x.C, threads_for(2 * x.N * x.C * x.L), [&](int64_t c) {
     units::backward_sums_masked_channel(dy, x, valid, mean, gated, c, sum_dy, sum_dy_xmu);
   });
@@ -323,7 +322,7 @@ void backward_sums(Layout layout, double* sum_dy, double* sum_dy_xmu, const View
   const int threads = threads_for(2 * x.N * x.C * x.L);
   const int64_t C = x.C;
   Act gated = act;
-  if (!with_gate_tests(gated, x, mean))
+  if (!with_gate_tests(gated, x.dtype, x.C, mean))
     return reference::backward_sums(sum_dy, sum_dy_xmu, dy, x, mean, act);
   if (layout == Layout::UnitStrideL && x.L < kMinPartitionRow) {
     parallel_for(C, threads, [&](int64_t c) {

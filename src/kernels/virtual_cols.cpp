@@ -91,8 +91,9 @@ VirtualColsScratch& scratch() { return thread_workspace().virtual_cols; }
 
 // out[virtual_channel(c, i)] = v[c] for every i: per-channel coefficients over the view, in
 // `storage`.
-const double* expanded(const Plan& p, const double* v, AlignedBuffer<double>& storage) {
-  double* out = storage.get(p.width());
+template <class T>
+const T* expanded(const Plan& p, const T* v, AlignedBuffer<T>& storage) {
+  T* out = storage.get(p.width());
   if (p.kind == Kind::Runs) {
     for (int64_t c = 0; c < p.C; ++c) std::fill_n(out + c * p.L, p.L, v[c]);
   } else {
@@ -214,12 +215,18 @@ void normalize(const Plan& p, const Out3& y, const View3& x, const double* mean,
 
 namespace {
 // The activation of a call on the virtual channels: its z parameters expanded (into buffers
-// first and first + 1 of the scratch) like the others.
+// first and first + 1 of the scratch) like the others, and its gate tests where it has them.
 Act expanded_act(const Plan& p, const Act& act, std::size_t first) {
   if (!act.enabled()) return act;
   VirtualColsScratch& s = scratch();
-  return {act.kind, act.slope, expanded(p, act.scale, s.expanded_coefficients[first]),
-          expanded(p, act.shift, s.expanded_coefficients[first + 1])};
+  Act wide{act.kind, act.slope, expanded(p, act.scale, s.expanded_coefficients[first]),
+           expanded(p, act.shift, s.expanded_coefficients[first + 1])};
+  if (act.gate_keep != nullptr) {
+    wide.gate_keep = expanded(p, act.gate_keep, s.expanded_gate_masks[0]);
+    wide.gate_flip = expanded(p, act.gate_flip, s.expanded_gate_masks[1]);
+    wide.gate_max = expanded(p, act.gate_max, s.expanded_gate_max);
+  }
+  return wide;
 }
 }  // namespace
 
@@ -228,14 +235,17 @@ void backward_sums(const Plan& p, double* sum_dy, double* sum_dy_xmu, const View
   VirtualColsScratch& s = scratch();
   double* sum_v = s.virtual_first.get(p.width());
   double* sum2_v = s.virtual_second.get(p.width());
+  // The gate tests of the real channels, found once and expanded (else the call finds its own).
+  Act gated = act;
+  (void)simd::with_gate_tests(gated, x.dtype, p.C, mean);
   simd::backward_sums(simd::Layout::UnitStrideC, sum_v, sum2_v, wide_view(p, dy), wide_view(p, x),
-                      expanded(p, mean, s.expanded_mean), expanded_act(p, act, 0));
+                      expanded(p, mean, s.expanded_mean), expanded_act(p, gated, 0));
   fold_sums(p, sum_dy, sum_dy_xmu, sum_v, sum2_v);
   if (p.kind != Kind::Cycles || p.rest == 0) return;
   double* rest_s = s.rest_first.get(p.C);
   double* rest_sx = s.rest_second.get(p.C);
   simd::backward_sums(simd::Layout::UnitStrideC, rest_s, rest_sx, rest_view(p, dy), rest_view(p, x),
-                      mean, act);
+                      mean, gated);
   simd::add_slot(sum_dy, sum_dy_xmu, rest_s, rest_sx, false, p.C);
 }
 

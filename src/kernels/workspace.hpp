@@ -39,6 +39,9 @@ struct VirtualColsScratch {
   /// over its virtual channels.
   AlignedBuffer<double> expanded_mean;
   std::array<AlignedBuffer<double>, 5> expanded_coefficients;  // a, b, k, act scale, shift
+  /// Per virtual channel: the gradient sums' gate tests (gate_interval.hpp): keep, flip; max.
+  std::array<AlignedBuffer<uint64_t>, 2> expanded_gate_masks;
+  AlignedBuffer<double> expanded_gate_max;
 };
 
 /// Everything the kernels keep per calling thread.
