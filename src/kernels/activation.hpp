@@ -80,11 +80,18 @@ inline CT act_value(Activation kind, CT z, CT slope) {
   return kind == Activation::ReLU ? CT{0} : z * slope;
 }
 
+/// dy times the activation's derivative where it passes z (@p passes) or not: dy, or 0 (ReLU),
+/// or dy · slope (LeakyReLU).
+template <class CT>
+inline CT gate_dy(Activation kind, bool passes, CT dy, CT slope) {
+  if (passes) return dy;
+  return kind == Activation::ReLU ? CT{0} : dy * slope;
+}
+
 /// dy (exact in CT) times the activation's derivative at z.
 template <class T, class CT>
 inline CT act_gate(Activation kind, CT z, CT dy, CT slope) {
-  if (act_passes<T>(kind, z)) return dy;
-  return kind == Activation::ReLU ? CT{0} : dy * slope;
+  return gate_dy(kind, act_passes<T>(kind, z), dy, slope);
 }
 
 }  // namespace bn1d::kernels

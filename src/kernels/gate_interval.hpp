@@ -54,9 +54,8 @@ bool gate_tests(DType dtype, Activation kind, const double* mean, const double* 
 /// bits (a NaN input is in no interval: it passes ReLU and takes LeakyReLU's slope, as its NaN z).
 template <class T>
 double gate_by_test(Activation kind, bool in, double dy, ActCompute<T> slope) {
-  if (kind == Activation::ReLU) return in ? 0.0 : dy;
-  if (in) return dy;
-  return static_cast<double>(static_cast<ActCompute<T>>(dy) * slope);
+  const bool passes = (kind == Activation::ReLU) != in;  // ReLU's interval is what it blocks
+  return static_cast<double>(gate_dy(kind, passes, static_cast<ActCompute<T>>(dy), slope));
 }
 
 }  // namespace bn1d::kernels

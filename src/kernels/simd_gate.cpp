@@ -37,7 +37,7 @@ HWY_INLINE VF ValueAt(VI i) {
   return hn::BitCast(DF(), hn::IfThenElse(hn::Lt(i, hn::Zero(di)), negative, i));
 }
 
-// The lanes' tests, or false where a lane needs the scalar search (its mask is cleared).
+// A vector of channels' z parameters, rounded as ActChannel::of rounds them.
 struct Lanes {
   VF mean_hi, mean_lo, scale, shift;
 
@@ -57,7 +57,8 @@ bool GateTestsF32(Activation kind, const double* mean, const double* scale, cons
   const DI di;
   const hn::RebindToUnsigned<DD> du;
   const auto N = static_cast<int64_t>(hn::Lanes(dd));
-  const VI lowest = hn::Set(di, -0x7F800000 + 1), highest = hn::Set(di, 0x7F800000 - 1);
+  // The guesses' range: inside ±inf's indices, so that both neighbours of a guess are values.
+  const VI guess_min = hn::Set(di, -0x7F800000 + 1), guess_max = hn::Set(di, 0x7F800000 - 1);
   HWY_ALIGN float fast_lanes[HWY_MAX_BYTES / sizeof(double)];
   int64_t c = 0;
   for (; c + N <= C; c += N) {
@@ -72,7 +73,7 @@ bool GateTestsF32(Activation kind, const double* mean, const double* scale, cons
     const VD crossing =
         hn::Add(hn::Add(hn::PromoteTo(dd, ch.mean_hi), hn::PromoteTo(dd, ch.mean_lo)),
                 hn::Div(hn::Neg(hn::PromoteTo(dd, ch.shift)), hn::PromoteTo(dd, ch.scale)));
-    const VI g = hn::Min(hn::Max(IndexOf(ToT<float>(crossing)), lowest), highest);
+    const VI g = hn::Min(hn::Max(IndexOf(ToT<float>(crossing)), guess_min), guess_max);
     // Upper intervals ([first, +inf]) for (ReLU, scale < 0) and (LeakyReLU, scale > 0): the
     // search is for the first index in it; else for the first index out of it.
     const auto negative = hn::Lt(ch.scale, hn::Zero(df));
